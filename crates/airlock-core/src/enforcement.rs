@@ -1,0 +1,93 @@
+//! What a backend enforced, rule by rule, so that no protection is assumed.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// How far one protection is enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
+pub enum Status {
+    Enforced,
+    /// Enforced in part; the text says what is missing.
+    Partial(String),
+    /// Not enforced; the text says why and how to get it.
+    Unsupported(String),
+}
+
+/// One protection and its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Protection {
+    /// Short rule name, such as `seccomp` or `memory limit`.
+    pub rule: String,
+    #[serde(flatten)]
+    pub status: Status,
+    /// Whether the spec requires this rule in full, so that anything less fails creation.
+    pub required: bool,
+}
+
+/// The protections of one sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Enforcement(pub Vec<Protection>);
+
+impl Enforcement {
+    pub fn push(&mut self, rule: impl Into<String>, status: Status, required: bool) {
+        self.0.push(Protection {
+            rule: rule.into(),
+            status,
+            required,
+        });
+    }
+
+    /// Returns the required protections that are not fully enforced.
+    pub fn unmet(&self) -> impl Iterator<Item = &Protection> {
+        self.0
+            .iter()
+            .filter(|protection| protection.required && protection.status != Status::Enforced)
+    }
+
+    pub fn get(&self, rule: &str) -> Option<&Protection> {
+        self.0.iter().find(|protection| protection.rule == rule)
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.status {
+            Status::Enforced => write!(f, "{}: enforced", self.rule),
+            Status::Partial(detail) => write!(f, "{}: partial ({detail})", self.rule),
+            Status::Unsupported(detail) => write!(f, "{}: not enforced ({detail})", self.rule),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmet_lists_only_required_and_weaker() {
+        let mut enforcement = Enforcement::default();
+        enforcement.push("seccomp", Status::Enforced, true);
+        enforcement.push(
+            "memory limit",
+            Status::Unsupported("no cgroup".into()),
+            true,
+        );
+        enforcement.push("cpu limit", Status::Unsupported("no cgroup".into()), false);
+        let unmet: Vec<_> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
+        assert_eq!(unmet, ["memory limit"]);
+    }
+
+    #[test]
+    fn serializes_status_with_detail() {
+        let mut enforcement = Enforcement::default();
+        enforcement.push("landlock", Status::Partial("ABI 1".into()), false);
+        let json = serde_json::to_string(&enforcement).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"rule":"landlock","status":"partial","detail":"ABI 1","required":false}]"#
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! Sandbox identifiers.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+
+/// A random 128-bit sandbox id, printed as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SandboxId([u8; 16]);
+
+impl SandboxId {
+    /// Draws a new id from the kernel's random source.
+    pub fn generate() -> io::Result<Self> {
+        let mut bytes = [0u8; 16];
+        File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// Returns the first 12 hex digits, used in hostnames and cgroup names.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_owned()
+    }
+}
+
+impl fmt::Display for SandboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+impl fmt::Debug for SandboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SandboxId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_id_is_prefix_of_full_id() {
+        let id = SandboxId::generate().unwrap();
+        let full = id.to_string();
+        assert_eq!(full.len(), 32);
+        assert!(full.starts_with(&id.short()));
+        assert_eq!(id.short().len(), 12);
+    }
+
+    #[test]
+    fn ids_differ() {
+        assert_ne!(
+            SandboxId::generate().unwrap(),
+            SandboxId::generate().unwrap()
+        );
+    }
+}

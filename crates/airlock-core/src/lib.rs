@@ -1,0 +1,21 @@
+//! The core of Airlock: the sandbox spec, the backend trait every isolation level implements,
+//! and the outcome of a run with its exit status.
+//!
+//! Front ends (the CLI now; the HTTP API and MCP server later) build a [`Spec`], hand it to a
+//! [`Backend`], and turn the returned [`Outcome`] into their own reply.
+
+pub mod action;
+pub mod backend;
+pub mod enforcement;
+pub mod exit;
+pub mod id;
+pub mod outcome;
+pub mod size;
+pub mod spec;
+
+pub use action::Action;
+pub use backend::{Backend, BackendError, Finished, RunOptions};
+pub use enforcement::{Enforcement, Protection, Status};
+pub use id::SandboxId;
+pub use outcome::{EndReason, ExecFailure, Outcome};
+pub use spec::{Limit, Limits, Origin, RootFs, Spec};

@@ -1,0 +1,320 @@
+//! The sandbox spec: what a sandbox contains and which limits apply, independent of backend.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::size::format_bytes;
+
+/// Default memory limit: enough for a compiler or a test suite, small enough to stop a leak.
+pub const DEFAULT_MEMORY: u64 = 2 << 30;
+/// Default limit on processes and threads in the sandbox, low enough to stop a fork bomb.
+pub const DEFAULT_PIDS: u64 = 1024;
+/// Default size of the sandbox's private /tmp.
+pub const DEFAULT_TMP_SIZE: u64 = 512 << 20;
+/// Search path inside the sandbox.
+pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Home directory inside the sandbox; /tmp is writable, so tools can keep caches there.
+pub const SANDBOX_HOME: &str = "/tmp";
+/// Mount point of the workspace inside the sandbox, also the working directory.
+pub const SANDBOX_WORKSPACE: &str = "/workspace";
+/// Host variables copied into the sandbox when set. Every other host variable is dropped.
+pub const PASSED_HOST_VARIABLES: [&str; 2] = ["LANG", "TERM"];
+
+/// Where a setting came from. A limit the caller asked for must be enforced in full, while a
+/// default is applied as far as the host allows and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Default,
+    Requested,
+}
+
+/// One limit with its origin.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> Limit<T> {
+    pub fn default_value(value: T) -> Self {
+        Self {
+            value,
+            origin: Origin::Default,
+        }
+    }
+
+    pub fn requested(value: T) -> Self {
+        Self {
+            value,
+            origin: Origin::Requested,
+        }
+    }
+
+    /// Whether the caller set this limit, so that a weaker enforcement must fail creation.
+    pub fn is_requested(&self) -> bool {
+        self.origin == Origin::Requested
+    }
+}
+
+/// Resource limits of a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Memory of all processes together, in bytes, /tmp included.
+    pub memory: Limit<u64>,
+    /// CPU time per wall-clock second, in CPUs; `None` for no cap.
+    pub cpus: Limit<Option<f64>>,
+    /// Processes and threads alive at once.
+    pub pids: Limit<u64>,
+    /// Size of the private /tmp, in bytes.
+    pub tmp_size: u64,
+    /// Wall-clock time before the whole sandbox is killed; `None` for no limit.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: Limit::default_value(DEFAULT_MEMORY),
+            cpus: Limit::default_value(None),
+            pids: Limit::default_value(DEFAULT_PIDS),
+            tmp_size: DEFAULT_TMP_SIZE,
+            timeout: None,
+        }
+    }
+}
+
+impl Limits {
+    /// Describes the limits for help text and logs, for example "memory 2G, pids 1024".
+    pub fn summary(&self) -> String {
+        let cpus = self
+            .cpus
+            .value
+            .map_or_else(|| "all".to_owned(), |cpus| cpus.to_string());
+        let timeout = self
+            .timeout
+            .map_or_else(|| "none".to_owned(), |timeout| format!("{timeout:?}"));
+        format!(
+            "memory {}, cpus {cpus}, pids {}, tmp {}, timeout {timeout}",
+            format_bytes(self.memory.value),
+            self.pids.value,
+            format_bytes(self.tmp_size),
+        )
+    }
+}
+
+/// The root filesystem a sandbox sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootFs {
+    /// A read-only view of the host's system directories, with secrets hidden.
+    HostView,
+    /// A directory holding a whole root filesystem, such as a debootstrap tree, read-only.
+    Directory(PathBuf),
+}
+
+/// Everything needed to create a sandbox and run one command in it.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The command and its arguments; the first element is searched in the sandbox's PATH.
+    pub command: Vec<OsString>,
+    pub rootfs: RootFs,
+    /// Host directory mounted read-write at /workspace, or `None` for an empty /workspace.
+    pub workspace: Option<PathBuf>,
+    /// Variables set inside the sandbox besides the defaults, in order; later ones win.
+    pub env: Vec<(String, OsString)>,
+    pub limits: Limits,
+    /// Give the command a new pseudo-terminal.
+    pub tty: bool,
+    /// Accept protections weaker than the spec requires instead of failing creation.
+    pub allow_weaker: bool,
+}
+
+/// A spec that cannot describe a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("no command given: pass one after `--`, for example `airlock run -- python3 -V`")]
+    NoCommand,
+    #[error(
+        "workspace {0:?} does not exist: create it or pass another directory with --workspace"
+    )]
+    WorkspaceMissing(PathBuf),
+    #[error("workspace {0:?} is not a directory: pass a directory with --workspace")]
+    WorkspaceNotDirectory(PathBuf),
+    #[error("root filesystem {0:?} does not exist: pass a directory holding a root filesystem to --rootfs")]
+    RootFsMissing(PathBuf),
+    #[error("root filesystem {0:?} is not a directory: pass a directory holding a root filesystem to --rootfs")]
+    RootFsNotDirectory(PathBuf),
+    #[error("root filesystem {0:?} has no usr/ or bin/ directory: pass the top of a root filesystem, such as a debootstrap tree")]
+    RootFsNotRoot(PathBuf),
+    #[error("invalid environment variable {0:?}: expected KEY=VALUE with a non-empty KEY of letters, digits and underscores")]
+    InvalidEnv(String),
+    #[error("cannot resolve {path:?}")]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Spec {
+    /// Creates a spec for `command` with every other field at its default.
+    pub fn new(command: Vec<OsString>) -> Self {
+        Self {
+            command,
+            rootfs: RootFs::HostView,
+            workspace: None,
+            env: Vec::new(),
+            limits: Limits::default(),
+            tty: false,
+            allow_weaker: false,
+        }
+    }
+
+    /// Checks the spec against the host and makes its paths absolute and free of symlinks, so
+    /// a backend can mount them from anywhere.
+    pub fn validate(&mut self) -> Result<(), SpecError> {
+        if self.command.is_empty() {
+            return Err(SpecError::NoCommand);
+        }
+        if let Some(workspace) = &self.workspace {
+            self.workspace = Some(resolve_directory(
+                workspace,
+                SpecError::WorkspaceMissing,
+                SpecError::WorkspaceNotDirectory,
+            )?);
+        }
+        if let RootFs::Directory(root) = &self.rootfs {
+            let root = resolve_directory(
+                root,
+                SpecError::RootFsMissing,
+                SpecError::RootFsNotDirectory,
+            )?;
+            if !root.join("usr").is_dir() && !root.join("bin").is_dir() {
+                return Err(SpecError::RootFsNotRoot(root));
+            }
+            self.rootfs = RootFs::Directory(root);
+        }
+        Ok(())
+    }
+
+    /// Builds the sandbox's environment: the defaults, the passed host variables, then the
+    /// caller's variables.
+    pub fn environment(&self, host: impl Fn(&str) -> Option<OsString>) -> Vec<(String, OsString)> {
+        let mut env: Vec<(String, OsString)> = vec![
+            ("PATH".into(), SANDBOX_PATH.into()),
+            ("HOME".into(), SANDBOX_HOME.into()),
+        ];
+        for name in PASSED_HOST_VARIABLES {
+            if let Some(value) = host(name) {
+                env.push((name.into(), value));
+            }
+        }
+        for (key, value) in &self.env {
+            env.retain(|(existing, _)| existing != key);
+            env.push((key.clone(), value.clone()));
+        }
+        env
+    }
+}
+
+/// Parses one `KEY=VALUE` environment assignment.
+pub fn parse_env(assignment: &str) -> Result<(String, OsString), SpecError> {
+    let invalid = || SpecError::InvalidEnv(assignment.to_owned());
+    let (key, value) = assignment.split_once('=').ok_or_else(invalid)?;
+    let valid_key = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_key || value.contains('\0') {
+        return Err(invalid());
+    }
+    Ok((key.to_owned(), value.into()))
+}
+
+fn resolve_directory(
+    path: &Path,
+    missing: fn(PathBuf) -> SpecError,
+    not_directory: fn(PathBuf) -> SpecError,
+) -> Result<PathBuf, SpecError> {
+    let resolved = match path.canonicalize() {
+        Ok(resolved) => resolved,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(missing(path.to_owned()))
+        }
+        Err(source) => {
+            return Err(SpecError::Resolve {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if !resolved.is_dir() {
+        return Err(not_directory(path.to_owned()));
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_empty_command() {
+        let mut spec = Spec::new(vec![]);
+        assert!(matches!(spec.validate(), Err(SpecError::NoCommand)));
+    }
+
+    #[test]
+    fn validate_rejects_missing_workspace() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.workspace = Some("/nonexistent/airlock-workspace".into());
+        let error = spec.validate().unwrap_err();
+        assert!(matches!(error, SpecError::WorkspaceMissing(_)));
+        assert!(error.to_string().contains("/nonexistent/airlock-workspace"));
+    }
+
+    #[test]
+    fn validate_rejects_file_as_workspace() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.workspace = Some("/etc/hostname".into());
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::WorkspaceNotDirectory(_))
+        ));
+    }
+
+    #[test]
+    fn validate_rejects_directory_that_is_not_a_root() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.rootfs = RootFs::Directory("/proc/self".into());
+        assert!(matches!(spec.validate(), Err(SpecError::RootFsNotRoot(_))));
+    }
+
+    #[test]
+    fn environment_drops_host_secrets_and_applies_overrides() {
+        let host = |name: &str| match name {
+            "LANG" => Some(OsString::from("C.UTF-8")),
+            "AWS_SECRET_ACCESS_KEY" => Some(OsString::from("secret")),
+            _ => None,
+        };
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.env = vec![
+            parse_env("HOME=/workspace").unwrap(),
+            parse_env("A=1").unwrap(),
+        ];
+        let env = spec.environment(host);
+        let names: Vec<&str> = env.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(names, ["PATH", "LANG", "HOME", "A"]);
+        assert_eq!(env[2].1, "/workspace");
+    }
+
+    #[test]
+    fn parse_env_rejects_bad_keys() {
+        for bad in ["NOEQUALS", "=x", "1A=x", "A-B=x", "A=\0"] {
+            assert!(parse_env(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_env("A=b=c").unwrap().1, "b=c");
+    }
+}

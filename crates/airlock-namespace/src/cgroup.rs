@@ -1,0 +1,456 @@
+//! Per-sandbox cgroups for memory, CPU and process limits, on cgroup v1 and v2.
+//!
+//! Root gets a cgroup below `airlock/` at the top of each hierarchy. Other users get one below
+//! their own cgroup where it is delegated to them (writable, with the controllers enabled).
+//! Where neither works, the caller reports the limits as not enforced.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use airlock_core::EndReason;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create cgroup {path:?}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {value:?} to {path:?}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Memory,
+    Pids,
+    Cpu,
+}
+
+impl Controller {
+    pub const ALL: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Cpu => "cpu",
+        }
+    }
+}
+
+/// The cgroup hierarchy layout of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// cgroup v1: one directory per controller.
+    V1,
+    /// cgroup v2: one directory for all controllers.
+    V2,
+}
+
+/// A sandbox's cgroup, removed on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub version: Version,
+    /// (controller, directory) for every controller this cgroup has.
+    dirs: Vec<(Controller, PathBuf)>,
+}
+
+/// One mounted hierarchy from /proc/self/mountinfo.
+#[derive(Debug)]
+struct Hierarchy {
+    mount_point: PathBuf,
+    /// The cgroup path that is the root of this mount.
+    root: String,
+    /// v1 controllers of this hierarchy; empty for cgroup2.
+    controllers: Vec<String>,
+    is_v2: bool,
+}
+
+fn hierarchies() -> Vec<Hierarchy> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+fn parse_mountinfo_line(line: &str) -> Option<Hierarchy> {
+    let (before, after) = line.split_once(" - ")?;
+    let fields: Vec<&str> = before.split(' ').collect();
+    let after: Vec<&str> = after.split(' ').collect();
+    let (fstype, super_options) = (*after.first()?, *after.get(2)?);
+    let is_v2 = fstype == "cgroup2";
+    if fstype != "cgroup" && !is_v2 {
+        return None;
+    }
+    let controllers = super_options
+        .split(',')
+        .filter(|option| ["memory", "pids", "cpu"].contains(option))
+        .map(str::to_owned)
+        .collect();
+    Some(Hierarchy {
+        mount_point: PathBuf::from(fields.get(4)?),
+        root: fields.get(3)?.to_string(),
+        controllers,
+        is_v2,
+    })
+}
+
+/// Parses /proc/self/cgroup into (controllers, path) pairs; v2 has an empty controller list.
+fn own_cgroups() -> Vec<(String, String)> {
+    let content = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    content
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Joins a mount point and a cgroup path seen from the mount's root.
+fn under_mount(hierarchy: &Hierarchy, cgroup_path: &str) -> PathBuf {
+    let relative = cgroup_path
+        .strip_prefix(hierarchy.root.as_str())
+        .unwrap_or(cgroup_path)
+        .trim_start_matches('/');
+    hierarchy.mount_point.join(relative)
+}
+
+fn writable(path: &Path) -> bool {
+    let Ok(path) = crate::sys::cstring(path) else {
+        return false;
+    };
+    // SAFETY: `path` is a NUL-terminated string alive for the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn v2_unified() -> Option<Hierarchy> {
+    hierarchies().into_iter().find(|hierarchy| {
+        hierarchy.is_v2
+            && fs::read_to_string(hierarchy.mount_point.join("cgroup.controllers"))
+                .is_ok_and(|controllers| controllers.split_whitespace().any(|c| c == "memory"))
+    })
+}
+
+/// Finds the parent directories where this process may create sandbox cgroups.
+fn parents(is_root: bool) -> Option<(Version, Vec<(Controller, PathBuf)>)> {
+    if let Some(unified) = v2_unified() {
+        let parent = if is_root {
+            unified.mount_point.join("airlock")
+        } else {
+            let own = own_cgroups()
+                .into_iter()
+                .find(|(controllers, _)| controllers.is_empty())?;
+            under_mount(&unified, &own.1)
+        };
+        let dirs = Controller::ALL
+            .iter()
+            .map(|&c| (c, parent.clone()))
+            .collect();
+        return Some((Version::V2, dirs));
+    }
+    let hierarchies = hierarchies();
+    let own = own_cgroups();
+    let dirs = Controller::ALL
+        .iter()
+        .filter_map(|&controller| {
+            let hierarchy = hierarchies
+                .iter()
+                .find(|h| !h.is_v2 && h.controllers.iter().any(|c| c == controller.name()))?;
+            let parent = if is_root {
+                hierarchy.mount_point.join("airlock")
+            } else {
+                let (_, path) = own.iter().find(|(controllers, _)| {
+                    controllers.split(',').any(|c| c == controller.name())
+                })?;
+                under_mount(hierarchy, path)
+            };
+            Some((controller, parent))
+        })
+        .collect();
+    Some((Version::V1, dirs))
+}
+
+fn write(path: &Path, value: &str) -> Result<(), Error> {
+    fs::write(path, value).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
+}
+
+fn create_dir(path: &Path) -> Result<(), Error> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(Error::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Lists the controllers enabled for children of a v2 cgroup.
+fn v2_subtree_controllers(dir: &Path) -> Vec<String> {
+    fs::read_to_string(dir.join("cgroup.subtree_control"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Cgroup {
+    /// Creates the cgroup `name` for every controller this process can use. Returns `None`
+    /// when no controller is available, which the caller reports.
+    pub fn create(name: &str, is_root: bool) -> Result<Option<Cgroup>, Error> {
+        let Some((version, parents)) = parents(is_root) else {
+            return Ok(None);
+        };
+        let mut cgroup = Cgroup {
+            version: version.clone(),
+            dirs: Vec::new(),
+        };
+        if version == Version::V2 {
+            let Some((_, parent)) = parents.first() else {
+                return Ok(None);
+            };
+            if is_root {
+                if let Err(error) = prepare_v2_root_parent(parent) {
+                    tracing::warn!(error = %crate::error_chain(&error), "cannot prepare the cgroup v2 parent");
+                    return Ok(None);
+                }
+            }
+            let enabled = v2_subtree_controllers(parent);
+            if !writable(parent) {
+                return Ok(None);
+            }
+            let dir = parent.join(name);
+            let usable: Vec<Controller> = Controller::ALL
+                .into_iter()
+                .filter(|c| enabled.iter().any(|e| e == c.name()))
+                .collect();
+            if usable.is_empty() {
+                return Ok(None);
+            }
+            create_dir(&dir)?;
+            cgroup.dirs = usable.into_iter().map(|c| (c, dir.clone())).collect();
+            return Ok(Some(cgroup));
+        }
+        for (controller, parent) in parents {
+            if is_root {
+                create_dir(&parent)?;
+            }
+            if !writable(&parent) {
+                continue;
+            }
+            let dir = parent.join(name);
+            create_dir(&dir)?;
+            cgroup.dirs.push((controller, dir));
+        }
+        Ok((!cgroup.dirs.is_empty()).then_some(cgroup))
+    }
+
+    pub fn has(&self, controller: Controller) -> bool {
+        self.dir(controller).is_some()
+    }
+
+    fn dir(&self, controller: Controller) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(c, _)| *c == controller)
+            .map(|(_, dir)| dir.as_path())
+    }
+
+    fn unique_dirs(&self) -> Vec<&Path> {
+        let mut dirs: Vec<&Path> = self.dirs.iter().map(|(_, dir)| dir.as_path()).collect();
+        dirs.dedup();
+        dirs
+    }
+
+    pub fn set_memory(&self, bytes: u64) -> Result<(), Error> {
+        let Some(dir) = self.dir(Controller::Memory) else {
+            return Ok(());
+        };
+        let value = bytes.to_string();
+        match self.version {
+            Version::V1 => {
+                write(&dir.join("memory.limit_in_bytes"), &value)?;
+                let swap = dir.join("memory.memsw.limit_in_bytes");
+                if swap.exists() {
+                    write(&swap, &value)?;
+                }
+            }
+            Version::V2 => {
+                write(&dir.join("memory.max"), &value)?;
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, "0")?;
+                }
+                write(&dir.join("memory.oom.group"), "1")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_pids(&self, pids: u64) -> Result<(), Error> {
+        match self.dir(Controller::Pids) {
+            Some(dir) => write(&dir.join("pids.max"), &pids.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn set_cpus(&self, cpus: f64) -> Result<(), Error> {
+        const PERIOD_US: u64 = 100_000;
+        let Some(dir) = self.dir(Controller::Cpu) else {
+            return Ok(());
+        };
+        let quota = ((cpus * PERIOD_US as f64) as u64).max(1000);
+        match self.version {
+            Version::V1 => {
+                write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())
+            }
+            Version::V2 => write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}")),
+        }
+    }
+
+    /// Moves process `pid` into every directory of this cgroup.
+    pub fn add_process(&self, pid: libc::pid_t) -> Result<(), Error> {
+        for dir in self.unique_dirs() {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Returns the limit that the sandbox hit, if any: an out-of-memory kill or a refused fork.
+    pub fn limit_hit(&self) -> Option<EndReason> {
+        if let Some(dir) = self.dir(Controller::Memory) {
+            let (file, key) = match self.version {
+                Version::V1 => ("memory.oom_control", "oom_kill"),
+                Version::V2 => ("memory.events", "oom_kill"),
+            };
+            if read_counter(&dir.join(file), key) > 0 {
+                return Some(EndReason::OutOfMemory);
+            }
+        }
+        if let Some(dir) = self.dir(Controller::Pids) {
+            if read_counter(&dir.join("pids.events"), "max") > 0 {
+                return Some(EndReason::PidsLimit);
+            }
+        }
+        None
+    }
+
+    /// Returns the peak memory use of the sandbox in bytes, where the kernel records it.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let dir = self.dir(Controller::Memory)?;
+        let file = match self.version {
+            Version::V1 => "memory.max_usage_in_bytes",
+            Version::V2 => "memory.peak",
+        };
+        fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Kills every process left in the cgroup and removes its directories, waiting up to a
+    /// second for dying processes to leave.
+    fn remove(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for dir in self.unique_dirs() {
+            loop {
+                kill_members(dir);
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => break,
+                    Err(error) if Instant::now() >= deadline => {
+                        tracing::warn!(path = %dir.display(), %error, "cannot remove cgroup");
+                        break;
+                    }
+                    Err(_) => sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn kill_members(dir: &Path) {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|line| line.trim().parse().ok()) {
+        let _ = crate::sys::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Enables the controllers for children of the top-level `airlock` cgroup on v2.
+fn prepare_v2_root_parent(parent: &Path) -> Result<(), Error> {
+    let Some(top) = parent.parent() else {
+        return Ok(());
+    };
+    let available = fs::read_to_string(top.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<String> = Controller::ALL
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == c.name()))
+        .map(|c| format!("+{}", c.name()))
+        .collect();
+    let wanted = wanted.join(" ");
+    create_dir(parent)?;
+    write(&top.join("cgroup.subtree_control"), &wanted)?;
+    write(&parent.join("cgroup.subtree_control"), &wanted)
+}
+
+/// Reads `key N` from a flat-keyed cgroup file, 0 when absent.
+fn read_counter(path: &Path, key: &str) -> u64 {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            (name == key).then(|| value.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v1_and_v2_mountinfo_lines() {
+        let v1 = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory";
+        let hierarchy = parse_mountinfo_line(v1).unwrap();
+        assert_eq!(hierarchy.mount_point, Path::new("/sys/fs/cgroup/memory"));
+        assert_eq!(hierarchy.controllers, ["memory"]);
+        assert!(!hierarchy.is_v2);
+        let v2 = "41 31 0:38 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate";
+        assert!(parse_mountinfo_line(v2).unwrap().is_v2);
+        let other = "22 27 0:21 / /proc rw,relatime - proc proc rw";
+        assert!(parse_mountinfo_line(other).is_none());
+    }
+
+    #[test]
+    fn joins_paths_below_mount_root() {
+        let hierarchy = Hierarchy {
+            mount_point: "/sys/fs/cgroup".into(),
+            root: "/user.slice".into(),
+            controllers: vec![],
+            is_v2: true,
+        };
+        assert_eq!(
+            under_mount(&hierarchy, "/user.slice/user-1000.slice"),
+            Path::new("/sys/fs/cgroup/user-1000.slice")
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Failures of the namespace backend, one variant per step of creating a sandbox.
+
+use std::io;
+
+use crate::{cgroup, seccomp, userns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot generate a sandbox id")]
+    Id(#[source] io::Error),
+    #[error("the namespace backend must start sandboxes from a single-threaded process, but this one has {threads} threads")]
+    MultiThreaded { threads: usize },
+    #[error("cannot set up the sandbox's cgroup")]
+    Cgroup(#[source] cgroup::Error),
+    #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
+    WeakerThanRequired { unmet: String },
+    #[error("argument or environment value {0:?} contains a NUL byte, which a command line cannot carry")]
+    NulByte(String),
+    #[error("cannot build the seccomp filter")]
+    Seccomp(#[source] seccomp::Error),
+    #[error("cannot prepare the standard streams")]
+    Stdio(#[source] io::Error),
+    #[error("cannot create the channel to the sandbox")]
+    Channel(#[source] io::Error),
+    #[error("cannot block the signals forwarded to the sandbox")]
+    Signals(#[source] io::Error),
+    #[error("cannot create the sandbox's namespaces")]
+    Clone(#[source] io::Error),
+    #[error(transparent)]
+    UserNamespace(userns::Error),
+    #[error("cannot attach the sandbox's pseudo-terminal")]
+    Terminal(#[source] io::Error),
+    /// A step inside the sandbox failed; the cause arrives as text over the report pipe.
+    #[error("sandbox setup failed: {step}: {cause}")]
+    Setup { step: String, cause: String },
+    #[error("cannot wait for the sandbox")]
+    Wait(#[source] io::Error),
+    #[error("the sandbox's init died without a report (wait status {status:#x})")]
+    InitDied { status: i32 },
+}

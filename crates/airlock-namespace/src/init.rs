@@ -1,0 +1,209 @@
+//! The sandbox's PID 1. It finishes the sandbox from the inside (cgroup namespace, file tree,
+//! hostname, loopback), starts the workload, forwards signals to it, reaps orphans, and when
+//! the workload exits, kills every process left so nothing outlives the run.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use airlock_core::Spec;
+
+use crate::report::Report;
+use crate::workload::{self, Stdio};
+use crate::{rootfs, sys, tty};
+
+/// Signals the launcher forwards to the init, which passes them to the workload.
+pub const FORWARDED_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// The init's half of the launcher's channels, and what it needs to start the workload.
+pub struct Plan<'a> {
+    pub spec: &'a Spec,
+    pub hostname: String,
+    pub is_root: bool,
+    /// Read end of the pipe on which the launcher says "ID maps and cgroup are ready".
+    pub sync: OwnedFd,
+    pub report: OwnedFd,
+    /// Socket to send the pty master over, when the spec asks for a terminal.
+    pub pty_socket: Option<OwnedFd>,
+    pub stdio: [RawFd; 3],
+    pub workload: &'a workload::Plan,
+}
+
+#[derive(Debug)]
+struct StepError {
+    step: String,
+    source: io::Error,
+}
+
+trait Step<T> {
+    fn step(self, step: &str) -> Result<T, StepError>;
+}
+
+impl<T> Step<T> for io::Result<T> {
+    fn step(self, step: &str) -> Result<T, StepError> {
+        self.map_err(|source| StepError {
+            step: step.to_owned(),
+            source,
+        })
+    }
+}
+
+impl From<rootfs::Error> for StepError {
+    fn from(error: rootfs::Error) -> Self {
+        StepError {
+            step: error.step,
+            source: error.source,
+        }
+    }
+}
+
+/// Runs as PID 1 of the new namespaces; never returns.
+pub fn run(plan: Plan<'_>) -> ! {
+    let report = plan.report.as_raw_fd();
+    match set_up(&plan) {
+        Ok(Some(terminal)) => {
+            start_and_supervise(&plan, Stdio::Terminal(terminal.as_raw_fd()), report)
+        }
+        Ok(None) => start_and_supervise(&plan, Stdio::Fds(plan.stdio), report),
+        Err(error) => fail(report, &error.step, error.source),
+    }
+}
+
+/// Sets up the sandbox from the inside; returns the pty slave when the spec asks for one.
+fn set_up(plan: &Plan<'_>) -> Result<Option<OwnedFd>, StepError> {
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
+        .step("ask to be killed with the launcher")?;
+    sys::setsid().step("start a new session")?;
+    wait_for_launcher(plan.sync.as_raw_fd())?;
+    sys::unshare(libc::CLONE_NEWCGROUP).step("create the cgroup namespace")?;
+    if plan.is_root {
+        sys::setgroups_empty().step("clear supplementary groups")?;
+    }
+    rootfs::build(plan.spec)?;
+    sys::sethostname(&plan.hostname).step("set the hostname")?;
+    bring_up_loopback().step("bring up the loopback interface")?;
+    let Some(socket) = &plan.pty_socket else {
+        return Ok(None);
+    };
+    let (master, slave) = tty::open_pty().step("open a pseudo-terminal")?;
+    tty::send_fd(socket.as_raw_fd(), master.as_raw_fd()).step("pass the pseudo-terminal out")?;
+    Ok(Some(slave))
+}
+
+/// Blocks until the launcher has written the ID maps and placed this process in its cgroup.
+/// End of file means the launcher is gone, so the sandbox ends before it starts.
+fn wait_for_launcher(sync: RawFd) -> Result<(), StepError> {
+    let mut byte = [0u8; 1];
+    match sys::read(sync, &mut byte) {
+        Ok(1) => Ok(()),
+        Ok(_) => sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into()),
+        Err(error) => Err(error).step("wait for the launcher"),
+    }
+}
+
+fn bring_up_loopback() -> io::Result<()> {
+    #[repr(C)]
+    struct InterfaceFlags {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        padding: [u8; 22],
+    }
+    // SAFETY: socket takes integers and returns a new descriptor or -1.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is fresh and owned by nobody else.
+    let socket: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(socket) };
+    let mut request = InterfaceFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        padding: [0; 22],
+    };
+    request.name[..2].copy_from_slice(b"lo");
+    request.flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a `struct ifreq`, whose layout InterfaceFlags matches: a
+    // 16-byte name, then the flags at the start of a 24-byte union.
+    let result = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) };
+    if result == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn start_and_supervise(plan: &Plan<'_>, stdio: Stdio, report: RawFd) -> ! {
+    let mut supervised = sys::sigset(&FORWARDED_SIGNALS);
+    // SAFETY: `supervised` is an initialized signal set.
+    unsafe { libc::sigaddset(&mut supervised, libc::SIGCHLD) };
+    if let Err(source) = sys::set_signal_mask(libc::SIG_BLOCK, &supervised) {
+        fail(report, "block signals", source);
+    }
+    let workload_pid = match sys::fork() {
+        Ok(0) => workload::run(plan.workload, &stdio, report),
+        Ok(pid) => pid,
+        Err(source) => fail(report, "start the workload", source),
+    };
+    release_stdio();
+    // The init keeps no privilege the workload could borrow: no capabilities, and not
+    // dumpable, so /proc/1/mem and ptrace are closed to it.
+    let _ = sys::clear_capabilities();
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    supervise(workload_pid, &supervised, report)
+}
+
+fn fail(report: RawFd, step: &str, source: io::Error) -> ! {
+    let (step, error) = (step.to_owned(), source.to_string());
+    Report::SetupFailed { step, error }.send(report);
+    sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+}
+
+/// Points 0, 1 and 2 at /dev/null, so the init holds no end of the caller's streams and the
+/// launcher sees end of file once the workload's processes are gone.
+fn release_stdio() {
+    if let Ok(null) = sys::open(std::path::Path::new("/dev/null"), libc::O_RDWR) {
+        for fd in 0..3 {
+            let _ = sys::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+fn supervise(workload: libc::pid_t, signals: &libc::sigset_t, report: RawFd) -> ! {
+    loop {
+        let signal = match sys::sigwait(signals) {
+            Ok(signal) => signal,
+            Err(_) => continue,
+        };
+        if signal != libc::SIGCHLD {
+            let _ = sys::kill(workload, signal);
+            continue;
+        }
+        while let Ok(Some((pid, status))) = sys::waitpid(-1, libc::WNOHANG) {
+            if pid == workload {
+                finish(status, report);
+            }
+        }
+    }
+}
+
+/// Kills everything left in the sandbox, reaps it, and reports the workload's status.
+fn finish(status: libc::c_int, report: RawFd) -> ! {
+    let _ = sys::kill(-1, libc::SIGKILL);
+    while sys::waitpid(-1, 0).is_ok() {}
+    let message = if libc::WIFSIGNALED(status) {
+        Report::Signaled {
+            signal: libc::WTERMSIG(status),
+        }
+    } else {
+        Report::Exited {
+            code: libc::WEXITSTATUS(status),
+        }
+    };
+    message.send(report);
+    sys::exit_now(0)
+}

@@ -1,0 +1,142 @@
+//! Copies bytes between the caller's streams and the sandbox where they cannot be handed over
+//! directly: a terminal is never given to the sandbox, so terminal streams and the `--tty`
+//! pseudo-terminal go through here. Each copy uses one fixed 64 KiB buffer, so a flood of
+//! output costs no memory.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys;
+
+const BUFFER_SIZE: usize = 64 * 1024;
+
+/// One direction of copying, from `source` to `sink`.
+pub struct Pump {
+    source: RawFd,
+    sink: RawFd,
+    /// Descriptors closed when the pump finishes, so the reader on the far side sees end of
+    /// file.
+    owned_source: Option<OwnedFd>,
+    owned_sink: Option<OwnedFd>,
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    source_done: bool,
+    /// Set when the sink rejected a write; later bytes are read and dropped, so the sandbox
+    /// never blocks on a reader that went away.
+    sink_broken: bool,
+    /// Whether this pump carries the sandbox's input, which stops when the sandbox ends.
+    pub is_input: bool,
+    last_byte: Option<u8>,
+}
+
+impl Pump {
+    pub fn new(source: RawFd, sink: RawFd, is_input: bool) -> Pump {
+        Pump {
+            source,
+            sink,
+            owned_source: None,
+            owned_sink: None,
+            buffer: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            source_done: false,
+            sink_broken: false,
+            is_input,
+            last_byte: None,
+        }
+    }
+
+    pub fn from_owned(source: OwnedFd, sink: RawFd) -> Pump {
+        let mut pump = Pump::new(source.as_raw_fd(), sink, false);
+        pump.owned_source = Some(source);
+        pump
+    }
+
+    pub fn into_owned(source: RawFd, sink: OwnedFd) -> Pump {
+        let mut pump = Pump::new(source, sink.as_raw_fd(), true);
+        pump.owned_sink = Some(sink);
+        pump
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.source_done && self.start == self.end
+    }
+
+    /// Whether the last byte copied was a newline, or nothing was copied.
+    pub fn ends_line(&self) -> bool {
+        self.last_byte.is_none_or(|byte| byte == b'\n')
+    }
+
+    /// The descriptor and events to poll for, or `None` once finished.
+    pub fn interest(&self) -> Option<libc::pollfd> {
+        if self.is_done() {
+            return None;
+        }
+        let (fd, events) = if self.start < self.end {
+            (self.sink, libc::POLLOUT)
+        } else {
+            (self.source, libc::POLLIN)
+        };
+        Some(libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        })
+    }
+
+    /// Moves bytes after poll reported `revents` for this pump's interest.
+    pub fn service(&mut self, revents: libc::c_short) {
+        if revents == 0 {
+            return;
+        }
+        if self.start < self.end {
+            self.flush();
+        } else {
+            self.fill();
+        }
+        if self.is_done() {
+            self.owned_sink = None;
+            self.owned_source = None;
+        }
+    }
+
+    fn fill(&mut self) {
+        match sys::read(self.source, &mut self.buffer) {
+            Ok(0) => self.source_done = true,
+            Ok(read) => {
+                self.start = 0;
+                self.end = read;
+                self.flush();
+            }
+            Err(error) if retry(&error) => {}
+            // A pty master returns EIO once every slave is closed: that is its end of file.
+            Err(_) => self.source_done = true,
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.sink_broken {
+            self.start = self.end;
+            return;
+        }
+        match sys::write(self.sink, &self.buffer[self.start..self.end]) {
+            Ok(written) => {
+                self.start += written;
+                self.last_byte = Some(self.buffer[self.start - 1]);
+            }
+            Err(error) if retry(&error) => {}
+            Err(_) => {
+                self.sink_broken = true;
+                self.start = self.end;
+            }
+        }
+    }
+}
+
+fn retry(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,347 @@
+//! The sandbox's file tree, built inside its new mount namespace by the init process.
+//!
+//! The steps, in order:
+//! 1. Make every mount private, so nothing done here propagates to the host.
+//! 2. Mount a small tmpfs over /tmp and pivot into it. The host's tree is now at /oldroot,
+//!    /tmp included, and every host path can be reached as /oldroot/PATH for binding.
+//! 3. Mount the sandbox's root, a tmpfs, at /newroot; bind the system directories (or the
+//!    entries of `--rootfs`) read-only into it, and hide host secrets below /etc.
+//! 4. Mount a fresh /proc with its dangerous files masked, a minimal /dev, /tmp and the
+//!    workspace.
+//! 5. Make the root tmpfs read-only, detach /oldroot, and pivot into /newroot, detaching the
+//!    staging tmpfs too. No host path is reachable afterwards.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use airlock_core::spec::SANDBOX_WORKSPACE;
+use airlock_core::{RootFs, Spec};
+
+use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+
+/// A failed step, named by what it tried to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub struct Error {
+    pub step: String,
+    #[source]
+    pub source: io::Error,
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+trait Step<T> {
+    fn step(self, step: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Step<T> for io::Result<T> {
+    fn step(self, step: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error {
+            step: step(),
+            source,
+        })
+    }
+}
+
+const STAGING: &str = "/tmp";
+const OLD_ROOT: &str = "/oldroot";
+const NEW_ROOT: &str = "/newroot";
+
+/// Host directories that make up the read-only system view.
+const HOST_SYSTEM_ENTRIES: [&str; 9] = [
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt",
+];
+
+/// Entries of a `--rootfs` tree that the sandbox provides itself.
+const PROVIDED_ENTRIES: [&str; 5] = ["proc", "dev", "sys", "tmp", "workspace"];
+
+/// Host files below /etc that hold secrets: password hashes, sudo rules, Kerberos keys. SSH
+/// host keys (`etc/ssh/ssh_host_*_key`) are found by name.
+const SECRET_FILES: [&str; 7] = [
+    "etc/shadow",
+    "etc/shadow-",
+    "etc/gshadow",
+    "etc/gshadow-",
+    "etc/sudoers",
+    "etc/security/opasswd",
+    "etc/krb5.keytab",
+];
+const SECRET_DIRS: [&str; 2] = ["etc/ssl/private", "etc/sudoers.d"];
+
+/// Files of /proc that expose host kernel memory, keys or timers, hidden behind /dev/null.
+const PROC_MASKED_FILES: [&str; 6] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "kallsyms",
+];
+/// Directories of /proc hidden behind an empty read-only tmpfs.
+const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
+/// Parts of /proc that stay readable but can never be written.
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// Device nodes bound from the host into the sandbox's /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+const LOCKDOWN: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+
+fn old(path: impl AsRef<Path>) -> PathBuf {
+    Path::new(OLD_ROOT).join(path.as_ref().strip_prefix("/").unwrap_or(path.as_ref()))
+}
+
+fn new(path: impl AsRef<Path>) -> PathBuf {
+    Path::new(NEW_ROOT).join(path.as_ref().strip_prefix("/").unwrap_or(path.as_ref()))
+}
+
+fn mount_tmpfs(target: &Path, options: &str, flags: libc::c_ulong) -> Result<()> {
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        target,
+        Some("tmpfs"),
+        flags,
+        Some(options),
+    )
+    .step(|| format!("mount tmpfs on {}", target.display()))
+}
+
+/// Binds `source` onto `target` with its submounts and adds `attributes` to all of them.
+fn bind(source: &Path, target: &Path, attributes: u64) -> Result<()> {
+    let flags = libc::MS_BIND | libc::MS_REC;
+    sys::mount(Some(source), target, None, flags, None)
+        .step(|| format!("bind {} to {}", source.display(), target.display()))?;
+    sys::mount_setattr(target, attributes, true)
+        .step(|| format!("restrict mount flags of {}", target.display()))
+}
+
+fn make_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).step(|| format!("create directory {}", path.display()))
+}
+
+fn make_file(path: &Path) -> Result<()> {
+    fs::File::create(path)
+        .map(drop)
+        .step(|| format!("create mount point {}", path.display()))
+}
+
+/// Recreates the entry `source` at `target`: a symlink is copied, a directory or file is
+/// bound read-only.
+fn mirror_entry(source: &Path, target: &Path) -> Result<()> {
+    let metadata = fs::symlink_metadata(source).step(|| format!("inspect {}", source.display()))?;
+    if metadata.file_type().is_symlink() {
+        let link = fs::read_link(source).step(|| format!("read link {}", source.display()))?;
+        return symlink(&link, target).step(|| format!("create symlink {}", target.display()));
+    }
+    if metadata.is_dir() {
+        make_dir(target)?;
+    } else {
+        make_file(target)?;
+    }
+    bind(source, target, MOUNT_ATTR_RDONLY | LOCKDOWN)
+}
+
+/// Steps 1 and 2: private mounts, then pivot into a staging tmpfs.
+fn enter_staging() -> Result<()> {
+    sys::mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .step(|| "make all mounts private".into())?;
+    mount_tmpfs(Path::new(STAGING), "mode=0755,size=64k", 0)?;
+    make_dir(&Path::new(STAGING).join("oldroot"))?;
+    make_dir(&Path::new(STAGING).join("newroot"))?;
+    sys::pivot_root(Path::new(STAGING), &Path::new(STAGING).join("oldroot"))
+        .step(|| "pivot_root into the staging tmpfs".into())?;
+    sys::chdir(Path::new("/")).step(|| "change directory to /".into())
+}
+
+/// Step 3: the system directories, read-only.
+fn mount_system(rootfs: &RootFs) -> Result<()> {
+    mount_tmpfs(Path::new(NEW_ROOT), "mode=0755,size=64k", 0)?;
+    match rootfs {
+        RootFs::HostView => {
+            for entry in HOST_SYSTEM_ENTRIES {
+                let source = old(entry);
+                if fs::symlink_metadata(&source).is_ok() {
+                    mirror_entry(&source, &new(entry))?;
+                }
+            }
+            hide_secrets()
+        }
+        RootFs::Directory(dir) => {
+            let source_dir = old(dir);
+            let entries = fs::read_dir(&source_dir).step(|| format!("list {}", dir.display()))?;
+            for entry in entries {
+                let name = entry
+                    .step(|| format!("list {}", dir.display()))?
+                    .file_name();
+                if PROVIDED_ENTRIES.iter().any(|provided| name == *provided) {
+                    continue;
+                }
+                mirror_entry(&source_dir.join(&name), &new(&name))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn hide_secrets() -> Result<()> {
+    for file in SECRET_FILES {
+        let target = new(file);
+        if target.is_file() {
+            bind(
+                &old("/dev/null"),
+                &target,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            )?;
+        }
+    }
+    let ssh_keys = fs::read_dir(new("etc/ssh")).into_iter().flatten().flatten();
+    for entry in ssh_keys {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("ssh_host_") && name.ends_with("_key") {
+            bind(
+                &old("/dev/null"),
+                &entry.path(),
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            )?;
+        }
+    }
+    for dir in SECRET_DIRS {
+        hide_dir(&new(dir))?;
+    }
+    Ok(())
+}
+
+/// Covers a directory with an empty read-only tmpfs, if it exists.
+fn hide_dir(target: &Path) -> Result<()> {
+    if !target.is_dir() {
+        return Ok(());
+    }
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount_tmpfs(target, "mode=0555,size=4k", flags)
+}
+
+/// Step 4a: a fresh /proc with its dangerous parts masked.
+fn mount_proc() -> Result<()> {
+    let proc = new("proc");
+    make_dir(&proc)?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    sys::mount(Some(Path::new("proc")), &proc, Some("proc"), flags, None)
+        .step(|| "mount /proc".into())?;
+    for entry in PROC_READ_ONLY {
+        let target = proc.join(entry);
+        if target.exists() {
+            bind(
+                &target,
+                &target,
+                MOUNT_ATTR_RDONLY | LOCKDOWN | MOUNT_ATTR_NOEXEC,
+            )?;
+        }
+    }
+    for file in PROC_MASKED_FILES {
+        let target = proc.join(file);
+        if target.exists() {
+            bind(
+                &old("/dev/null"),
+                &target,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            )?;
+        }
+    }
+    for dir in PROC_MASKED_DIRS {
+        hide_dir(&proc.join(dir))?;
+    }
+    Ok(())
+}
+
+/// Step 4b: /dev with the harmless devices, a private devpts and /dev/shm.
+fn mount_dev(shm_size: u64) -> Result<()> {
+    let dev = new("dev");
+    make_dir(&dev)?;
+    mount_tmpfs(
+        &dev,
+        "mode=0755,size=64k",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+    )?;
+    for device in DEVICES {
+        let target = dev.join(device);
+        make_file(&target)?;
+        bind(
+            &old(Path::new("/dev").join(device)),
+            &target,
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+        )?;
+    }
+    let pts = dev.join("pts");
+    make_dir(&pts)?;
+    let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    let options = "newinstance,ptmxmode=0666,mode=0620";
+    sys::mount(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        flags,
+        Some(options),
+    )
+    .step(|| "mount a private devpts on /dev/pts".into())?;
+    let shm = dev.join("shm");
+    make_dir(&shm)?;
+    let shm_options = format!("mode=1777,size={shm_size}");
+    mount_tmpfs(&shm, &shm_options, libc::MS_NOSUID | libc::MS_NODEV)?;
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    for (name, target) in links {
+        symlink(target, dev.join(name)).step(|| format!("create symlink /dev/{name}"))?;
+    }
+    Ok(())
+}
+
+/// Step 4c: /tmp and the workspace.
+fn mount_work_dirs(spec: &Spec) -> Result<()> {
+    let tmp = new("tmp");
+    make_dir(&tmp)?;
+    let options = format!("mode=1777,size={}", spec.limits.tmp_size);
+    mount_tmpfs(&tmp, &options, libc::MS_NOSUID | libc::MS_NODEV)?;
+    let workspace = new(SANDBOX_WORKSPACE);
+    make_dir(&workspace)?;
+    if let Some(host_workspace) = &spec.workspace {
+        bind(&old(host_workspace), &workspace, LOCKDOWN)?;
+    }
+    Ok(())
+}
+
+/// Step 5: seal the root and leave the host's tree behind.
+fn enter_new_root() -> Result<()> {
+    let root = Path::new(NEW_ROOT);
+    sys::mount_setattr(root, MOUNT_ATTR_RDONLY | LOCKDOWN, false)
+        .step(|| "make the root read-only".into())?;
+    sys::umount_detach(Path::new(OLD_ROOT)).step(|| "detach the host's root".into())?;
+    sys::chdir(root).step(|| "change directory to the new root".into())?;
+    sys::pivot_root(Path::new("."), Path::new("."))
+        .step(|| "pivot_root into the new root".into())?;
+    sys::umount_detach(Path::new(".")).step(|| "detach the staging tmpfs".into())?;
+    sys::chdir(Path::new(SANDBOX_WORKSPACE)).step(|| "change directory to /workspace".into())
+}
+
+/// Builds the sandbox's file tree and makes it the root of this mount namespace.
+pub fn build(spec: &Spec) -> Result<()> {
+    enter_staging()?;
+    mount_system(&spec.rootfs)?;
+    mount_proc()?;
+    mount_dev(spec.limits.tmp_size)?;
+    mount_work_dirs(spec)?;
+    enter_new_root()
+}

@@ -1,0 +1,479 @@
+//! Thin wrappers over the system calls that libc exposes without a safe interface. Each
+//! wrapper holds the one `unsafe` block for its call and turns -1 into `io::Error`.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Converts a path for a system call. Paths with a NUL byte cannot name a file.
+pub fn cstring(path: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(path.as_ref().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+    if result == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+fn check_long(result: libc::c_long) -> io::Result<libc::c_long> {
+    if result == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Forks with `flags` (namespace flags) and returns the child's pid, or 0 in the child.
+///
+/// The caller must be single-threaded: the child gets a copy of this thread alone, and any
+/// lock another thread held would stay locked forever.
+pub fn clone_process(flags: libc::c_int) -> io::Result<libc::pid_t> {
+    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a null stack makes clone behave like fork, so the child runs on a copy of the
+    // current stack; the caller guarantees there are no other threads.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    check_long(pid).map(|pid| pid as libc::pid_t)
+}
+
+/// Forks the current single-threaded process.
+pub fn fork() -> io::Result<libc::pid_t> {
+    clone_process(0)
+}
+
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    check_long(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Creates a pipe whose ends are closed on exec; returns (read, write).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor with integer arguments touches no memory.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+}
+
+pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only changes the descriptor table.
+    check(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+/// Marks every descriptor from `first` up as close-on-exec.
+pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags in the descriptor table.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    check_long(result).map(drop)
+}
+
+pub fn is_terminal(fd: RawFd) -> bool {
+    // SAFETY: isatty reads no memory of ours.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+pub fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let source = source.map(cstring).transpose()?;
+    let target = cstring(target)?;
+    let fstype = fstype.map(cstring).transpose()?;
+    let data = data.map(cstring).transpose()?;
+    let ptr = |value: &Option<CString>| value.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is null or points to a NUL-terminated string alive for the call.
+    let result = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    };
+    check(result).map(drop)
+}
+
+pub fn umount_detach(target: &Path) -> io::Result<()> {
+    let target = cstring(target)?;
+    // SAFETY: `target` is a NUL-terminated string alive for the call.
+    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+pub fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
+    let new_root = cstring(new_root)?;
+    let put_old = cstring(put_old)?;
+    // SAFETY: both arguments are NUL-terminated strings alive for the call.
+    let result =
+        unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    check_long(result).map(drop)
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// Sets mount attributes on `path` and, with `recursive`, on every mount below it.
+pub fn mount_setattr(path: &Path, attr_set: u64, recursive: bool) -> io::Result<()> {
+    let path = cstring(path)?;
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `path` is NUL-terminated and `attr` is a live `struct mount_attr` whose size is
+    // passed alongside it.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check_long(result).map(drop)
+}
+
+pub fn chdir(path: &Path) -> io::Result<()> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and alive for the call.
+    check(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes only flags.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+pub fn setgroups_empty() -> io::Result<()> {
+    // SAFETY: a zero-length list with a null pointer clears the supplementary groups.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) }).map(drop)
+}
+
+pub fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the options used here take integer arguments only.
+    check(unsafe {
+        libc::prctl(
+            option,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
+    .map(drop)
+}
+
+pub fn setrlimit(resource: libc::__rlimit_resource_t, limit: u64) -> io::Result<()> {
+    let value = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: `value` is a valid rlimit for the call.
+    check(unsafe { libc::setrlimit(resource, &value) }).map(drop)
+}
+
+/// Clears the effective, permitted and inheritable capability sets of this thread.
+pub fn clear_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: version 3 takes two data structs, which `data` provides.
+    let result = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    check_long(result).map(drop)
+}
+
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes integers only.
+    check(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// Waits for a child; returns (pid, wait status), or `None` with WNOHANG and nothing ready.
+pub fn waitpid(
+    pid: libc::pid_t,
+    flags: libc::c_int,
+) -> io::Result<Option<(libc::pid_t, libc::c_int)>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid int for the kernel to fill.
+    let result = check(unsafe { libc::waitpid(pid, &mut status, flags) })?;
+    Ok((result != 0).then_some((result, status)))
+}
+
+/// Builds a signal set from a list of signals.
+pub fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initializes the zeroed set before sigaddset reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Sets the signal mask of this thread and returns the previous one.
+pub fn set_signal_mask(how: libc::c_int, set: &libc::sigset_t) -> io::Result<libc::sigset_t> {
+    // SAFETY: both pointers point to valid sigset_t values.
+    let old = unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        let result = libc::pthread_sigmask(how, set, &mut old);
+        if result != 0 {
+            return Err(io::Error::from_raw_os_error(result));
+        }
+        old
+    };
+    Ok(old)
+}
+
+/// Resets every catchable signal to its default action.
+pub fn reset_signal_dispositions() {
+    for signal in 1..libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is a valid disposition for every catchable signal; an invalid
+        // number only returns an error.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
+/// Waits for one of the signals in `set`, which must be blocked.
+pub fn sigwait(set: &libc::sigset_t) -> io::Result<libc::c_int> {
+    // SAFETY: `set` is a valid signal set and a null info pointer is allowed.
+    check(unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) })
+}
+
+pub fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+    // SAFETY: `set` is a valid signal set; -1 asks for a new descriptor.
+    let fd = check(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: the descriptor is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads one pending signal number from a signalfd, or `None` if none is pending.
+pub fn read_signalfd(fd: &OwnedFd) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: signalfd_siginfo is plain data, so an all-zero value is valid.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: the buffer is `info`, exactly `size` bytes long.
+    let read = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
+    if read == -1 {
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(error);
+    }
+    Ok(Some(info.ssi_signo as libc::c_int))
+}
+
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe the caller's slice.
+    match check(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }) {
+        Ok(ready) => Ok(ready as usize),
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(error) => Err(error),
+    }
+}
+
+pub fn read(fd: RawFd, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buffer`.
+    let read = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+    check_long(read as libc::c_long).map(|read| read as usize)
+}
+
+pub fn write(fd: RawFd, buffer: &[u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe `buffer`.
+    let written = unsafe { libc::write(fd, buffer.as_ptr().cast(), buffer.len()) };
+    check_long(written as libc::c_long).map(|written| written as usize)
+}
+
+/// Writes all of `buffer`, retrying after interrupts and short writes.
+pub fn write_all(fd: RawFd, mut buffer: &[u8]) -> io::Result<()> {
+    while !buffer.is_empty() {
+        match write(fd, buffer) {
+            Ok(written) => buffer = &buffer[written..],
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+pub fn ioctl_int(fd: RawFd, request: libc::c_ulong, arg: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: the requests used with this wrapper take an integer argument.
+    check(unsafe { libc::ioctl(fd, request, arg) })
+}
+
+pub fn get_window_size(fd: RawFd) -> io::Result<libc::winsize> {
+    // SAFETY: winsize is plain data and TIOCGWINSZ fills it.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        check(libc::ioctl(fd, libc::TIOCGWINSZ, &mut size))?;
+        Ok(size)
+    }
+}
+
+pub fn set_window_size(fd: RawFd, size: &libc::winsize) -> io::Result<()> {
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, size) }).map(drop)
+}
+
+pub fn tcgetattr(fd: RawFd) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain data and tcgetattr fills it.
+    unsafe {
+        let mut termios: libc::termios = std::mem::zeroed();
+        check(libc::tcgetattr(fd, &mut termios))?;
+        Ok(termios)
+    }
+}
+
+pub fn tcsetattr(fd: RawFd, termios: &libc::termios) -> io::Result<()> {
+    // SAFETY: tcsetattr reads the termios behind the pointer.
+    check(unsafe { libc::tcsetattr(fd, libc::TCSANOW, termios) }).map(drop)
+}
+
+pub fn make_raw(termios: &mut libc::termios) {
+    // SAFETY: cfmakeraw edits the termios it is given.
+    unsafe { libc::cfmakeraw(termios) };
+}
+
+/// Opens a file with `flags` (O_CLOEXEC is added).
+pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated; the mode argument is unused without O_CREAT.
+    let fd = check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the descriptor is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Executes `program` with `argv` and `envp`; returns only on failure.
+pub fn execve(program: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let to_pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
+        strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let argv = to_pointers(argv);
+    let envp = to_pointers(envp);
+    // SAFETY: `argv` and `envp` are null-terminated arrays of pointers to NUL-terminated
+    // strings that outlive the call.
+    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Exits at once, without running destructors or flushing stdio buffers that belong to the
+/// parent's copy of this process.
+pub fn exit_now(code: libc::c_int) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn geteuid() -> libc::uid_t {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> libc::gid_t {
+    // SAFETY: getegid has no arguments and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// Maximum resident set size of this process, in bytes.
+pub fn own_max_rss() -> u64 {
+    max_rss(libc::RUSAGE_SELF)
+}
+
+/// Maximum resident set size of the largest waited-for descendant, in bytes.
+pub fn children_max_rss() -> u64 {
+    max_rss(libc::RUSAGE_CHILDREN)
+}
+
+fn max_rss(who: libc::c_int) -> u64 {
+    // SAFETY: rusage is plain data and getrusage fills it.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        (usage.ru_maxrss as u64) * 1024
+    }
+}

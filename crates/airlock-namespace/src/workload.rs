@@ -1,0 +1,213 @@
+//! The sandboxed command's own process: it sheds every privilege, then executes the command.
+//!
+//! Order matters: the bounding set and securebits need CAP_SETPCAP, so they go first; Landlock
+//! and seccomp need no_new_privs; capabilities are cleared last but one, and seccomp comes last
+//! so that the filter never sees the setup's own system calls.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use seccompiler::BpfProgram;
+
+use crate::report::Report;
+use crate::{landlock, seccomp, sys};
+
+/// Everything the workload needs, prepared by the launcher before the sandbox exists.
+pub struct Plan {
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    /// Directories searched for a command name without a slash.
+    pub path: Vec<CString>,
+    pub deny_filter: BpfProgram,
+    pub clone3_filter: BpfProgram,
+    /// Apply Landlock; the launcher sets this where the kernel supports it.
+    pub landlock: bool,
+    /// RLIMIT_NPROC to set where no pids cgroup limits the sandbox.
+    pub nproc_rlimit: Option<u64>,
+}
+
+/// Where the workload's standard streams come from.
+pub enum Stdio {
+    /// Descriptors to install as 0, 1 and 2.
+    Fds([RawFd; 3]),
+    /// The slave side of the sandbox's pseudo-terminal.
+    Terminal(RawFd),
+}
+
+/// A failed step, reported to the launcher before the command runs.
+#[derive(Debug)]
+struct StepError {
+    step: &'static str,
+    source: io::Error,
+}
+
+trait Step<T> {
+    fn step(self, step: &'static str) -> Result<T, StepError>;
+}
+
+impl<T> Step<T> for io::Result<T> {
+    fn step(self, step: &'static str) -> Result<T, StepError> {
+        self.map_err(|source| StepError { step, source })
+    }
+}
+
+fn other(error: impl std::error::Error) -> io::Error {
+    io::Error::other(crate::error_chain(&error))
+}
+
+/// Runs in the forked workload process; never returns.
+pub fn run(plan: &Plan, stdio: &Stdio, report_fd: RawFd) -> ! {
+    if let Err(error) = shed_privileges(plan, stdio, report_fd) {
+        let step = error.step.to_owned();
+        Report::SetupFailed {
+            step,
+            error: error.source.to_string(),
+        }
+        .send(report_fd);
+        sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into());
+    }
+    let errno = exec_command(plan);
+    Report::ExecFailed { errno }.send(report_fd);
+    let code = match errno {
+        libc::ENOENT | libc::ENOTDIR => airlock_core::exit::COMMAND_NOT_FOUND,
+        _ => airlock_core::exit::COMMAND_NOT_EXECUTABLE,
+    };
+    sys::exit_now(code.into())
+}
+
+fn shed_privileges(plan: &Plan, stdio: &Stdio, report_fd: RawFd) -> Result<(), StepError> {
+    reset_signals().step("reset signal mask")?;
+    sys::setsid().step("start a new session")?;
+    install_stdio(stdio).step("install standard streams")?;
+    sys::cloexec_from(3).step("close inherited descriptors")?;
+    set_rlimits(plan).step("set resource limits")?;
+    drop_bounding_set().step("drop the capability bounding set")?;
+    lock_securebits().step("lock securebits")?;
+    sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).step("set no_new_privs")?;
+    if plan.landlock {
+        let fully_enforced = landlock::restrict_self()
+            .map_err(other)
+            .step("apply Landlock")?;
+        let abi = landlock::effective_abi();
+        Report::Landlock {
+            abi,
+            fully_enforced,
+        }
+        .send(report_fd);
+    }
+    sys::clear_capabilities().step("clear capabilities")?;
+    seccomp::install(&plan.deny_filter, &plan.clone3_filter)
+        .map_err(other)
+        .step("install the seccomp filter")
+}
+
+fn reset_signals() -> io::Result<()> {
+    sys::reset_signal_dispositions();
+    sys::set_signal_mask(libc::SIG_SETMASK, &sys::sigset(&[])).map(drop)
+}
+
+fn install_stdio(stdio: &Stdio) -> io::Result<()> {
+    match *stdio {
+        Stdio::Fds(fds) => {
+            for (target, &fd) in fds.iter().enumerate() {
+                if fd != target as RawFd {
+                    sys::dup2(fd, target as RawFd)?;
+                }
+            }
+        }
+        Stdio::Terminal(slave) => {
+            sys::ioctl_int(slave, libc::TIOCSCTTY, 0)?;
+            for target in 0..3 {
+                sys::dup2(slave, target)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_rlimits(plan: &Plan) -> io::Result<()> {
+    sys::setrlimit(libc::RLIMIT_CORE, 0)?;
+    if let Some(nproc) = plan.nproc_rlimit {
+        sys::setrlimit(libc::RLIMIT_NPROC, nproc)?;
+    }
+    Ok(())
+}
+
+fn drop_bounding_set() -> io::Result<()> {
+    for capability in 0.. {
+        match sys::prctl(libc::PR_CAPBSET_DROP, capability) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Makes uid 0 inside the sandbox an ordinary user for capabilities, for good.
+fn lock_securebits() -> io::Result<()> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    sys::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+    )?;
+    sys::prctl(libc::PR_SET_SECUREBITS, bits)
+}
+
+/// Executes the command, searching the sandbox's PATH for a name without a slash. Returns the
+/// errno of the failure that best describes why nothing ran.
+fn exec_command(plan: &Plan) -> i32 {
+    let Some(program) = plan.argv.first() else {
+        return libc::ENOENT;
+    };
+    if program.as_bytes().contains(&b'/') {
+        return errno_of(sys::execve(program, &plan.argv, &plan.env));
+    }
+    let mut result = libc::ENOENT;
+    for dir in &plan.path {
+        let candidate = Path::new(std::ffi::OsStr::from_bytes(dir.as_bytes()))
+            .join(std::ffi::OsStr::from_bytes(program.as_bytes()));
+        let Ok(candidate) = sys::cstring(&candidate) else {
+            continue;
+        };
+        match errno_of(sys::execve(&candidate, &plan.argv, &plan.env)) {
+            libc::ENOENT | libc::ENOTDIR => {}
+            errno => result = errno,
+        }
+    }
+    result
+}
+
+fn errno_of(error: io::Error) -> i32 {
+    error.raw_os_error().unwrap_or(libc::EINVAL)
+}
+
+/// Splits a PATH value into its directories, skipping empty entries.
+pub fn search_path(path: &[u8]) -> Vec<CString> {
+    path.split(|&byte| byte == b':')
+        .filter(|dir| !dir.is_empty())
+        .filter_map(|dir| CString::new(dir).ok())
+        .collect()
+}
+
+/// Describes an execve failure for a person.
+pub fn describe_exec_error(program: &CStr, errno: i32) -> String {
+    let error = io::Error::from_raw_os_error(errno);
+    format!("{}: {error}", program.to_string_lossy())
+}
