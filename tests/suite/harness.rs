@@ -1,0 +1,262 @@
+//! Runs the `airlock` binary as root or as an unprivileged user, with a workspace of its own.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The unprivileged account the tests run Airlock as.
+pub const TEST_USER: &str = "airlock-test";
+
+/// Who runs Airlock in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Root,
+    /// The unprivileged test user, inside cgroups delegated to it (as systemd delegates a
+    /// user's slice), so limits are enforced by cgroups.
+    User,
+    /// The unprivileged test user without any delegated cgroup.
+    UserWithoutCgroup,
+}
+
+/// Both callers every containment test runs as.
+pub const CALLERS: [Caller; 2] = [Caller::Root, Caller::User];
+
+/// The test user's uid and gid, creating the account on first use.
+pub fn test_user() -> (u32, u32) {
+    static USER: OnceLock<(u32, u32)> = OnceLock::new();
+    *USER.get_or_init(|| {
+        let exists = Command::new("id")
+            .arg(TEST_USER)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            let status = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    TEST_USER,
+                ])
+                .status()
+                .expect("run useradd");
+            assert!(status.success(), "useradd {TEST_USER} failed");
+        }
+        let id = |flag: &str| -> u32 {
+            let output = Command::new("id")
+                .args([flag, TEST_USER])
+                .output()
+                .expect("run id");
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .expect("numeric id")
+        };
+        (id("-u"), id("-g"))
+    })
+}
+
+extern "C" fn remove_binary_copy() {
+    if let Some(dir) = BINARY_DIR.get() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+static BINARY_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// A copy of the binary in a directory every user can traverse, because the checkout may sit
+/// below a directory the test user cannot enter. It is removed when the test process exits.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("airlock-tests-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("create binary directory");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod directory");
+        let copy = dir.join("airlock");
+        fs::copy(env!("CARGO_BIN_EXE_airlock"), &copy).expect("copy airlock binary");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod binary");
+        BINARY_DIR.set(dir).expect("set once");
+        // SAFETY: the handler only removes a directory and touches no state that exit tears
+        // down first.
+        unsafe { libc::atexit(remove_binary_copy) };
+        copy
+    })
+}
+
+/// A temporary directory owned by `caller`, removed when dropped.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new(caller: Caller) -> Workspace {
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-ws-")
+            .tempdir()
+            .expect("tempdir");
+        if caller != Caller::Root {
+            let (uid, gid) = test_user();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown workspace");
+        }
+        Workspace { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// v1 cgroups delegated to the test user for one run, removed when dropped.
+struct Delegation {
+    dirs: Vec<PathBuf>,
+}
+
+impl Delegation {
+    /// Creates a cgroup per v1 controller, owned by the test user. On a pure cgroup v2 host
+    /// this returns no directories, and the user runs without cgroups.
+    fn create() -> Delegation {
+        let (uid, gid) = test_user();
+        let name = format!("airlock-test-{}-{}", std::process::id(), unique());
+        let mut dirs = Vec::new();
+        for controller in ["memory", "pids", "cpu"] {
+            let root = Path::new("/sys/fs/cgroup").join(controller);
+            if !root.join("cgroup.procs").exists() {
+                continue;
+            }
+            let dir = root.join(&name);
+            fs::create_dir(&dir).expect("create delegated cgroup");
+            for entry in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
+                std::os::unix::fs::chown(&entry, Some(uid), Some(gid)).expect("chown cgroup");
+            }
+            dirs.push(dir);
+        }
+        Delegation { dirs }
+    }
+
+    /// Shell commands that move the shell into the delegated cgroups.
+    fn enter_script(&self) -> String {
+        self.dirs
+            .iter()
+            .map(|dir| format!("echo $$ > {}/cgroup.procs && ", dir.display()))
+            .collect()
+    }
+}
+
+impl Drop for Delegation {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            // Sandboxes remove their own cgroups; give the last exits a moment to settle.
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Builds a command that runs `airlock ARGS` as `caller` in `cwd`. The delegation guard
+/// must outlive the child.
+fn command<S: AsRef<OsStr>>(
+    caller: Caller,
+    args: &[S],
+    cwd: &Path,
+) -> (Command, Option<Delegation>) {
+    let binary = binary();
+    let mut command;
+    let mut delegation = None;
+    match caller {
+        Caller::Root => {
+            command = Command::new(binary);
+            command.args(args);
+        }
+        Caller::User | Caller::UserWithoutCgroup => {
+            let enter = if caller == Caller::User {
+                let created = Delegation::create();
+                let script = created.enter_script();
+                delegation = Some(created);
+                script
+            } else {
+                String::new()
+            };
+            let script = format!(
+                "{enter}exec setpriv --reuid={TEST_USER} --regid={TEST_USER} --init-groups -- \"$0\" \"$@\""
+            );
+            command = Command::new("sh");
+            command.arg("-c").arg(script).arg(binary).args(args);
+        }
+    }
+    command.current_dir(cwd);
+    (command, delegation)
+}
+
+/// Runs `airlock ARGS` as `caller` with `cwd` as working directory and collects its output.
+pub fn run<S: AsRef<OsStr>>(caller: Caller, args: &[S], cwd: &Path) -> Output {
+    run_with_stdin(caller, args, cwd, &[])
+}
+
+/// Like [`run`], feeding `stdin` to the command.
+pub fn run_with_stdin<S: AsRef<OsStr>>(
+    caller: Caller,
+    args: &[S],
+    cwd: &Path,
+    stdin: &[u8],
+) -> Output {
+    use std::io::Write;
+    let (mut command, _delegation) = command(caller, args, cwd);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn airlock");
+    let mut input = child.stdin.take().expect("stdin pipe");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let output = child.wait_with_output().expect("wait for airlock");
+    writer.join().expect("stdin writer");
+    output
+}
+
+/// Runs `sh -c SCRIPT` in a sandbox as `caller`, with a fresh workspace.
+pub fn sandbox_sh(caller: Caller, script: &str) -> Output {
+    let workspace = Workspace::new(caller);
+    run(caller, &["run", "--", "sh", "-c", script], workspace.path())
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Parses the `--json` record, the last line of stderr.
+pub fn json_record(output: &Output) -> serde_json::Value {
+    let stderr = stderr(output);
+    let line = stderr.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .unwrap_or_else(|error| panic!("no JSON record in {stderr:?}: {error}"))
+}
+
+/// Describes an output for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        stdout(output),
+        stderr(output)
+    )
+}
