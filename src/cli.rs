@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use airlock_core::size::{self, format_bytes};
 use airlock_core::spec::{self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE};
-use airlock_core::{Action, Limit, RootFs, Spec};
+use airlock_core::{Action, BackendKind, Limit, RootFs, Spec};
 use clap::{Args, Parser, Subcommand};
 
 /// Run an AI agent's commands in a sandbox whose isolation level is a choice.
@@ -35,8 +35,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Isolation level.
-    #[arg(long, default_value = "namespace", value_parser = ["namespace"])]
-    pub backend: String,
+    #[arg(long, value_name = "NAME", default_value = "namespace")]
+    pub backend: BackendKind,
 
     /// Root filesystem directory, such as a debootstrap tree [default: a read-only view of the
     /// host's /usr, /bin, /sbin, /lib*, /etc and /opt, with secrets hidden].

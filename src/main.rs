@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use airlock_core::exit::AIRLOCK_FAILED;
-use airlock_core::{Action, Backend, ExecFailure, Finished, RunOptions};
+use airlock_core::{Action, Backend, BackendKind, ExecFailure, Finished, RunOptions};
 use airlock_namespace::{error_chain, NamespaceBackend};
 use clap::{CommandFactory, FromArgMatches};
 
@@ -40,22 +40,37 @@ fn main() -> ExitCode {
 }
 
 /// Prints a command-line error as one line with a pointer to the help, and returns 125. Help
-/// and version requests print in full and succeed.
+/// and version requests print in full and succeed; `airlock` alone prints the help and fails.
 fn usage_error(error: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(
-        error.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        let _ = error.print();
-        return ExitCode::SUCCESS;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            return ExitCode::from(AIRLOCK_FAILED);
+        }
+        _ => {}
     }
     let rendered = error.render().to_string();
     let first = rendered.lines().next().unwrap_or_default();
     let message = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("airlock: {message}; run `airlock --help` or `airlock run --help` for the options");
+    let stray_command = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => !arg.starts_with('-'),
+        _ => false,
+    };
+    let tip = if stray_command {
+        "; put the command after `--`, as in `airlock run -- COMMAND`".to_owned()
+    } else {
+        rendered
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("tip: "))
+            .map(|tip| format!("; {tip}"))
+            .unwrap_or_default()
+    };
+    eprintln!("airlock: {message}{tip}; run `airlock run --help` for the options");
     ExitCode::from(AIRLOCK_FAILED)
 }
 
@@ -74,24 +89,23 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn backend(name: &str) -> Box<dyn Backend> {
-    match name {
-        // The parser only accepts known names, so every other name is unreachable.
-        _ => Box::new(NamespaceBackend),
+fn backend(kind: BackendKind) -> Box<dyn Backend> {
+    match kind {
+        BackendKind::Namespace => Box::new(NamespaceBackend),
     }
 }
 
 fn execute(action: Action, json: bool) -> Result<u8, airlock_core::BackendError> {
     match action {
         Action::Run {
-            backend: name,
+            backend: kind,
             mut spec,
         } => {
             spec.validate()?;
             let options = RunOptions {
                 track_stderr_line: json,
             };
-            let finished = backend(&name).run(&spec, options)?;
+            let finished = backend(kind).run(&spec, options)?;
             Ok(report(&finished, json))
         }
     }

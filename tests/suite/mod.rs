@@ -1,2 +1,3 @@
 mod harness;
 mod smoke;
+mod real_project;

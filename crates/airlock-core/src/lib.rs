@@ -13,7 +13,7 @@ pub mod outcome;
 pub mod size;
 pub mod spec;
 
-pub use action::Action;
+pub use action::{Action, BackendKind};
 pub use backend::{Backend, BackendError, Finished, RunOptions};
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;

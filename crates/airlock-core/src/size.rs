@@ -82,7 +82,7 @@ pub fn parse_duration(what: &'static str, value: &str) -> Result<Duration, Parse
 /// Parses a CPU count such as `2` or `0.5`.
 pub fn parse_cpus(what: &'static str, value: &str) -> Result<f64, ParseError> {
     match value.trim().parse::<f64>() {
-        Ok(cpus) if cpus.is_finite() && cpus >= 0.01 && cpus <= 4096.0 => Ok(cpus),
+        Ok(cpus) if (0.01..=4096.0).contains(&cpus) => Ok(cpus),
         _ => Err(invalid(what, value, CPUS_SYNTAX)),
     }
 }

@@ -96,7 +96,7 @@ const NAMESPACE_FLAGS: [u64; 7] = [
 
 /// Terminal ioctls that push input into, or take over, another process's terminal. The
 /// kernel compares only the low 32 bits of the request, so the filter does too.
-const DENIED_IOCTLS: [u64; 2] = [libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
+const DENIED_IOCTLS: [u64; 2] = [libc::TIOCSTI, libc::TIOCLINUX];
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
