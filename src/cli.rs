@@ -25,10 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one command in a fresh sandbox, stream its output, and exit with its status.
     ///
-    /// Exit status: the command's own; 128+N when a signal N killed it; 124 when the timeout
-    /// expired; 123 when the memory limit was hit; 122 when the process limit was hit; 125
-    /// when Airlock itself failed; 126 or 127 when the command could not be executed or was
-    /// not found.
+    /// Exit status: the command's own, or 128+N when a signal N killed it. Airlock's own
+    /// statuses are 122 (process limit hit), 123 (memory limit hit), 124 (timed out), 125
+    /// (Airlock failed), 126 (command not executable) and 127 (command not found).
     Run(RunArgs),
 }
 
@@ -116,7 +115,7 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
     size::parse_duration("timeout", value).map_err(|error| error.to_string())
 }
 
-/// Whether the user gave `--NAME` on the command line rather than taking its default.
+/// Returns whether the user gave `--NAME` on the command line rather than taking its default.
 fn given(matches: &clap::ArgMatches, name: &str) -> bool {
     matches.value_source(name) == Some(clap::parser::ValueSource::CommandLine)
 }
@@ -130,8 +129,8 @@ fn limit<T>(value: T, requested: bool) -> Limit<T> {
 }
 
 impl RunArgs {
-    /// Builds the action. `matches` tells which limits were given explicitly, because a limit
-    /// the caller asked for must be enforced in full.
+    /// Builds the action. `matches` shows which limits were given explicitly, because a limit
+    /// the caller requested must be enforced in full.
     pub fn into_action(self, matches: &clap::ArgMatches) -> Action {
         let mut spec = Spec::new(self.command);
         spec.rootfs = self.rootfs.map_or(RootFs::HostView, RootFs::Directory);

@@ -33,9 +33,15 @@ impl std::str::FromStr for BackendKind {
     type Err = String;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|kind| kind.name() == name).ok_or_else(|| {
-            let known: Vec<&str> = Self::ALL.iter().map(|kind| kind.name()).collect();
-            format!("unknown backend {name:?}: expected one of {}", known.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|kind| kind.name()).collect();
+                format!(
+                    "unknown backend {name:?}: expected one of {}",
+                    known.join(", ")
+                )
+            })
     }
 }

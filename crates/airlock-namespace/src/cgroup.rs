@@ -147,6 +147,10 @@ fn parents(is_root: bool) -> Option<(Version, Vec<(Controller, PathBuf)>)> {
         let parent = if is_root {
             unified.mount_point.join("airlock")
         } else {
+            // NOTE: an unprivileged caller whose own v2 cgroup contains processes (the usual
+            // case, as in a `systemd-run --user --scope -p Delegate=yes` scope) cannot enable
+            // controllers there. Airlock does not yet move its launcher to a leaf cgroup first,
+            // as crun does, so such a caller gets no cgroup.
             let own = own_cgroups()
                 .into_iter()
                 .find(|(controllers, _)| controllers.is_empty())?;

@@ -4,7 +4,7 @@
 //! and seccomp need no_new_privs; capabilities are cleared last but one, and seccomp comes last
 //! so that the filter never sees the setup's own system calls.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -29,7 +29,7 @@ pub struct Plan {
     pub nproc_rlimit: Option<u64>,
 }
 
-/// Where the workload's standard streams come from.
+/// The source of the workload's standard streams.
 pub enum Stdio {
     /// Descriptors to install as 0, 1 and 2.
     Fds([RawFd; 3]),
@@ -204,10 +204,4 @@ pub fn search_path(path: &[u8]) -> Vec<CString> {
         .filter(|dir| !dir.is_empty())
         .filter_map(|dir| CString::new(dir).ok())
         .collect()
-}
-
-/// Describes an execve failure for a person.
-pub fn describe_exec_error(program: &CStr, errno: i32) -> String {
-    let error = io::Error::from_raw_os_error(errno);
-    format!("{}: {error}", program.to_string_lossy())
 }
