@@ -19,7 +19,17 @@ fn sdist() -> PathBuf {
         return archive;
     }
     let status = Command::new("/usr/bin/python3")
-        .args(["-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet", PACKAGE, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            "--quiet",
+            PACKAGE,
+            "-d",
+        ])
         .arg(&cache)
         .status()
         .expect("run pip download (install python3-pip)");
@@ -58,10 +68,22 @@ fn summary(output: &str) -> String {
         .rev()
         .find(|line| line.contains(" passed") || line.contains(" failed"))
         .unwrap_or_else(|| panic!("no pytest summary in {output:?}"));
-    line.trim_matches('=').trim().split(" in ").next().unwrap_or_default().to_owned()
+    line.trim_matches('=')
+        .trim()
+        .split(" in ")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
-const PYTEST: [&str; 6] = ["/usr/bin/python3", "-m", "pytest", "-q", "-p", "no:cacheprovider"];
+const PYTEST: [&str; 6] = [
+    "/usr/bin/python3",
+    "-m",
+    "pytest",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+];
 
 #[test]
 fn python_package_tests_pass_as_on_host() {
@@ -72,7 +94,10 @@ fn python_package_tests_pass_as_on_host() {
         .output()
         .expect("run pytest on the host (install python3-pytest)");
     let host_output = String::from_utf8_lossy(&host.stdout).into_owned();
-    assert!(host.status.success(), "pytest fails on the host: {host_output}");
+    assert!(
+        host.status.success(),
+        "pytest fails on the host: {host_output}"
+    );
     let expected = summary(&host_output);
     drop(host_workspace);
 
