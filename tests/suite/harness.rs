@@ -4,8 +4,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The unprivileged account the tests run Airlock as.
 pub const TEST_USER: &str = "airlock-test";
@@ -110,7 +111,7 @@ impl Workspace {
 }
 
 /// v1 cgroups delegated to the test user for one run, removed when dropped.
-struct Delegation {
+pub struct Delegation {
     dirs: Vec<PathBuf>,
 }
 
@@ -153,7 +154,7 @@ impl Drop for Delegation {
                 if fs::remove_dir(dir).is_ok() || !dir.exists() {
                     break;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
@@ -165,6 +166,47 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Quotes `value` for a POSIX shell.
+pub fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// Builds a shell script that runs `WRAPPER... airlock ARGS...` as `caller`, where the
+/// wrapper is a program such as `/usr/bin/time` that executes Airlock. The delegation guard
+/// must outlive the script.
+pub fn airlock_shell_command<S: AsRef<OsStr>>(
+    caller: Caller,
+    wrapper: &[&str],
+    args: &[S],
+) -> (String, Option<Delegation>) {
+    let binary = binary().to_str().expect("UTF-8 binary path").to_owned();
+    let words: Vec<String> = wrapper
+        .iter()
+        .map(|word| word.to_string())
+        .chain([binary])
+        .chain(
+            args.iter()
+                .map(|arg| arg.as_ref().to_string_lossy().into_owned()),
+        )
+        .map(|word| shell_quote(&word))
+        .collect();
+    let words = words.join(" ");
+    match caller {
+        Caller::Root => (format!("exec {words}"), None),
+        Caller::User | Caller::UserWithoutCgroup => {
+            let delegation = (caller == Caller::User).then(Delegation::create);
+            let enter = delegation
+                .as_ref()
+                .map(Delegation::enter_script)
+                .unwrap_or_default();
+            let script = format!(
+                "{enter}exec setpriv --reuid={TEST_USER} --regid={TEST_USER} --init-groups -- {words}"
+            );
+            (script, delegation)
+        }
+    }
+}
+
 /// Builds a command that runs `airlock ARGS` as `caller` in `cwd`. The delegation guard
 /// must outlive the child.
 fn command<S: AsRef<OsStr>>(
@@ -172,32 +214,60 @@ fn command<S: AsRef<OsStr>>(
     args: &[S],
     cwd: &Path,
 ) -> (Command, Option<Delegation>) {
-    let binary = binary();
-    let mut command;
-    let mut delegation = None;
-    match caller {
-        Caller::Root => {
-            command = Command::new(binary);
-            command.args(args);
-        }
-        Caller::User | Caller::UserWithoutCgroup => {
-            let enter = if caller == Caller::User {
-                let created = Delegation::create();
-                let script = created.enter_script();
-                delegation = Some(created);
-                script
-            } else {
-                String::new()
-            };
-            let script = format!(
-                "{enter}exec setpriv --reuid={TEST_USER} --regid={TEST_USER} --init-groups -- \"$0\" \"$@\""
-            );
-            command = Command::new("sh");
-            command.arg("-c").arg(script).arg(binary).args(args);
-        }
-    }
-    command.current_dir(cwd);
+    let (script, delegation) = airlock_shell_command(caller, &[], args);
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(script).current_dir(cwd);
     (command, delegation)
+}
+
+/// A running `airlock` started by [`spawn_airlock`].
+pub struct Spawned {
+    pub child: Child,
+    _delegation: Option<Delegation>,
+}
+
+/// Starts `WRAPPER... airlock ARGS...` as `caller` in `cwd` with the given stdout and piped
+/// stderr. Without a wrapper the child's pid is Airlock's pid once the shell has executed it.
+pub fn spawn_airlock(
+    caller: Caller,
+    wrapper: &[&str],
+    args: &[&str],
+    cwd: &Path,
+    stdout: Stdio,
+) -> Spawned {
+    let (script, delegation) = airlock_shell_command(caller, wrapper, args);
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn airlock");
+    Spawned {
+        child,
+        _delegation: delegation,
+    }
+}
+
+/// Waits up to `limit` for `child` to exit and returns its exit code. Kills the child and
+/// panics when it is still running at the end.
+pub fn wait_bounded(child: &mut Child, limit: Duration, context: &str) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status
+                .code()
+                .unwrap_or_else(|| panic!("{context}: killed by a signal: {status:?}"));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{context}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs `airlock ARGS` as `caller` with `cwd` as working directory and collects its output.

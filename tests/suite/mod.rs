@@ -1,3 +1,7 @@
+mod containment;
+mod exit_status;
 mod harness;
-mod smoke;
+mod limits;
 mod real_project;
+mod rootfs;
+mod smoke;

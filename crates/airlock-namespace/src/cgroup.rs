@@ -250,8 +250,11 @@ impl Cgroup {
             return Ok(Some(cgroup));
         }
         for (controller, parent) in parents {
-            if is_root {
-                create_dir(&parent)?;
+            // A caller that is uid 0 only inside a user namespace cannot create the shared
+            // parent, so that controller is reported as unavailable rather than failing.
+            if is_root && create_dir(&parent).is_err() {
+                tracing::debug!(path = %parent.display(), "cannot create the cgroup parent");
+                continue;
             }
             if !writable(&parent) {
                 continue;

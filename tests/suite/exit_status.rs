@@ -1,0 +1,424 @@
+//! Exit statuses, the `--json` record, the standard streams, signal forwarding, terminals and
+//! the rejection of invalid input.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::harness::{
+    airlock_shell_command, binary, describe, json_record, run, run_with_stdin, sandbox_sh,
+    shell_quote, spawn_airlock, stderr, stdout, wait_bounded, Caller, Workspace, CALLERS,
+    TEST_USER,
+};
+use super::limits::{airlock_cgroups, assert_no_new_cgroups, unique_token};
+
+#[test]
+fn exit_codes_pass_through() {
+    for caller in CALLERS {
+        for code in [0, 1, 3, 255] {
+            let output = sandbox_sh(caller, &format!("exit {code}"));
+            assert_eq!(
+                output.status.code(),
+                Some(code),
+                "{caller:?}: {}",
+                describe(&output)
+            );
+            assert_eq!(stderr(&output), "", "{caller:?} exit {code}");
+        }
+    }
+}
+
+#[test]
+fn signal_death_exits_128_plus_signal() {
+    for caller in CALLERS {
+        for (signal, number) in [("TERM", 15), ("KILL", 9)] {
+            let workspace = Workspace::new(caller);
+            let script = format!("kill -{signal} $$");
+            let output = run(
+                caller,
+                &["run", "--json", "--", "sh", "-c", &script],
+                workspace.path(),
+            );
+            assert_eq!(
+                output.status.code(),
+                Some(128 + number),
+                "{caller:?}: {}",
+                describe(&output)
+            );
+            let record = json_record(&output);
+            assert_eq!(record["reason"], "exited", "{caller:?}: {record}");
+            assert_eq!(record["signal"], number, "{caller:?}: {record}");
+            assert_eq!(record["exit_code"], serde_json::Value::Null, "{record}");
+        }
+    }
+}
+
+#[test]
+fn missing_command_exits_127() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let name = format!("no-such-command-{}", unique_token());
+        let output = run(caller, &["run", "--", &name], workspace.path());
+        assert_eq!(
+            output.status.code(),
+            Some(127),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        let message = stderr(&output);
+        assert_eq!(message.lines().count(), 1, "{caller:?}: {message:?}");
+        assert!(message.starts_with("airlock: "), "{caller:?}: {message:?}");
+        assert!(
+            message.contains("command not found"),
+            "{caller:?}: {message:?}"
+        );
+        assert!(message.contains(&name), "{caller:?}: {message:?}");
+    }
+}
+
+#[test]
+fn non_executable_file_exits_126() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let script = workspace.path().join("script.sh");
+        fs::write(&script, "#!/bin/sh\necho ran\n").expect("write script");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod script");
+        fs::create_dir(workspace.path().join("directory")).expect("create directory");
+        for command in ["./script.sh", "./directory"] {
+            let output = run(caller, &["run", "--", command], workspace.path());
+            assert_eq!(
+                output.status.code(),
+                Some(126),
+                "{caller:?} {command}: {}",
+                describe(&output)
+            );
+            assert_eq!(stdout(&output), "", "{caller:?} {command}");
+            let message = stderr(&output);
+            assert_eq!(message.lines().count(), 1, "{caller:?}: {message:?}");
+            assert!(
+                message.starts_with("airlock: cannot execute"),
+                "{caller:?}: {message:?}"
+            );
+            assert!(message.contains(command), "{caller:?}: {message:?}");
+        }
+    }
+}
+
+#[test]
+fn json_record_describes_run() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let output = run(
+            caller,
+            &[
+                "run",
+                "--json",
+                "--",
+                "sh",
+                "-c",
+                "printf partial >&2; exit 4",
+            ],
+            workspace.path(),
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(4),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+
+        // The command's unterminated line is ended before the record, so the record is a
+        // whole line of its own and the last one.
+        let text = stderr(&output);
+        let (command_part, record_line) = text
+            .strip_suffix('\n')
+            .and_then(|text| text.rsplit_once('\n'))
+            .unwrap_or_else(|| panic!("{caller:?}: {text:?}"));
+        assert_eq!(command_part, "partial", "{caller:?}: {text:?}");
+        assert!(record_line.starts_with('{'), "{caller:?}: {text:?}");
+
+        let record = json_record(&output);
+        let sandbox_id = record["sandbox_id"].as_str().expect("sandbox_id");
+        assert_eq!(sandbox_id.len(), 32, "{record}");
+        assert!(
+            sandbox_id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{record}"
+        );
+        assert_eq!(record["backend"], "namespace", "{record}");
+        assert_eq!(record["reason"], "exited", "{record}");
+        assert_eq!(record["exit_code"], 4, "{record}");
+        assert_eq!(record["signal"], serde_json::Value::Null, "{record}");
+        assert_eq!(record["exec_failure"], serde_json::Value::Null, "{record}");
+        let duration = record["duration"].as_f64().expect("duration in seconds");
+        assert!(duration > 0.0, "{record}");
+        assert!(duration < 60.0, "{record}");
+        let peak = record["peak_memory"].as_u64().expect("peak_memory");
+        assert!(peak > 0, "{record}");
+
+        let landlock = record["enforcement"]
+            .as_array()
+            .expect("enforcement list")
+            .iter()
+            .find(|p| p["rule"] == "landlock")
+            .cloned()
+            .expect("landlock rule");
+        if landlock["status"] == "enforced" {
+            let abi = record["landlock_abi"].as_u64().expect("landlock_abi");
+            assert!(abi >= 1, "{record}");
+        } else {
+            assert_eq!(record["landlock_abi"], serde_json::Value::Null, "{record}");
+        }
+        for protection in record["enforcement"].as_array().expect("enforcement") {
+            assert!(protection["rule"].is_string(), "{protection}");
+            assert!(protection["status"].is_string(), "{protection}");
+            assert!(protection["required"].is_boolean(), "{protection}");
+        }
+    }
+}
+
+#[test]
+fn streams_keep_exact_bytes() {
+    for caller in CALLERS {
+        let output = sandbox_sh(
+            caller,
+            r"printf '\377\000\200a'; printf '\377\000\201b' >&2",
+        );
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        assert_eq!(output.stdout, b"\xff\x00\x80a", "{caller:?}");
+        assert_eq!(output.stderr, b"\xff\x00\x81b", "{caller:?}");
+    }
+}
+
+#[test]
+fn stdin_reaches_command() {
+    let mut input: Vec<u8> = (0..=255u8).collect();
+    input.extend((0..(1 << 20)).map(|i: u32| (i % 251) as u8));
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let output = run_with_stdin(caller, &["run", "--", "cat"], workspace.path(), &input);
+        assert!(output.status.success(), "{caller:?}: {}", stderr(&output));
+        assert_eq!(output.stdout.len(), input.len(), "{caller:?}");
+        assert!(
+            output.stdout == input,
+            "{caller:?}: stdout differs from stdin"
+        );
+    }
+}
+
+#[test]
+fn sigterm_reaches_command() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let ready = format!("ready.{}", unique_token());
+        let script = format!("trap 'exit 7' TERM; touch {ready}; while :; do sleep 0.1; done");
+        let mut spawned = spawn_airlock(
+            caller,
+            &[],
+            &["run", "--", "sh", "-c", &script],
+            workspace.path(),
+            Stdio::piped(),
+        );
+
+        // The command creates the file once its trap is set, and Airlock has exec'd by then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !workspace.path().join(&ready).exists() {
+            if Instant::now() >= deadline {
+                let _ = spawned.child.kill();
+                let _ = spawned.child.wait();
+                panic!("{caller:?}: command never became ready");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let pid = spawned.child.id() as libc::pid_t;
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("read exe link");
+        assert_eq!(exe, binary(), "{caller:?}: pid {pid} is not airlock");
+        // SAFETY: kill has no memory-safety preconditions, and `pid` is our own child.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "kill airlock");
+
+        let status = wait_bounded(&mut spawned.child, Duration::from_secs(10), "sigterm");
+        assert_eq!(status, 7, "{caller:?}: airlock exited {status}");
+    }
+}
+
+/// Runs `airlock ARGS` as `caller` with a terminal on its standard streams, by `script(1)`,
+/// and returns its output with the terminal's carriage returns removed.
+fn run_in_terminal(caller: Caller, args: &[&str], cwd: &Path) -> Output {
+    let (command, _delegation) = airlock_shell_command(caller, &[], args);
+    let output = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    Output {
+        stdout: output.stdout.into_iter().filter(|&b| b != b'\r').collect(),
+        ..output
+    }
+}
+
+#[test]
+fn tty_option_gives_pseudo_terminal() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let output = run_in_terminal(
+            caller,
+            &[
+                "run",
+                "--tty",
+                "--",
+                "sh",
+                "-c",
+                "tty; test -t 0 && echo stdin-terminal; test -t 1 && echo stdout-terminal",
+            ],
+            workspace.path(),
+        );
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let text = stdout(&output);
+        let tty = text
+            .lines()
+            .find_map(|line| line.split("/dev/pts/").nth(1))
+            .unwrap_or_else(|| panic!("{caller:?}: no /dev/pts/N in {text:?}"));
+        assert!(
+            !tty.is_empty() && tty.chars().all(|c| c.is_ascii_digit()),
+            "{caller:?}: {text:?}"
+        );
+        assert!(
+            text.lines().any(|l| l == "stdin-terminal"),
+            "{caller:?}: {text:?}"
+        );
+        assert!(
+            text.lines().any(|l| l == "stdout-terminal"),
+            "{caller:?}: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn caller_terminal_never_passed_through() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let output = run_in_terminal(
+            caller,
+            &[
+                "run",
+                "--",
+                "sh",
+                "-c",
+                "tty; test -t 0 || echo stdin-not-terminal; test -t 1 || echo stdout-not-terminal",
+            ],
+            workspace.path(),
+        );
+        let text = stdout(&output);
+        assert!(
+            text.lines().any(|l| l == "not a tty"),
+            "{caller:?}: {text:?}"
+        );
+        assert!(
+            text.lines().any(|l| l == "stdin-not-terminal"),
+            "{caller:?}: {text:?}"
+        );
+        assert!(
+            text.lines().any(|l| l == "stdout-not-terminal"),
+            "{caller:?}: {text:?}"
+        );
+    }
+}
+
+/// Asserts the shape every rejection of invalid input has: exit 125, nothing on stdout and
+/// exactly one line on stderr that starts with "airlock: " and contains `needle`.
+fn assert_rejected(output: &Output, needle: &str, context: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(125),
+        "{context}: {}",
+        describe(output)
+    );
+    assert_eq!(stdout(output), "", "{context}");
+    let message = stderr(output);
+    assert!(message.ends_with('\n'), "{context}: {message:?}");
+    assert_eq!(message.lines().count(), 1, "{context}: {message:?}");
+    assert!(message.starts_with("airlock: "), "{context}: {message:?}");
+    assert!(
+        message.contains(needle),
+        "{context}: {message:?} lacks {needle:?}"
+    );
+}
+
+#[test]
+fn invalid_input_rejected_with_one_line() {
+    let cgroups_before = airlock_cgroups();
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let missing = workspace.path().join("missing");
+        let file = workspace.path().join("file");
+        fs::write(&file, "").expect("write file");
+        let missing = missing.to_str().expect("UTF-8 path");
+        let file = file.to_str().expect("UTF-8 path");
+        let cases: [(&[&str], &str); 8] = [
+            (&["run"], "no command"),
+            (&["run", "--bogus", "--", "true"], "--bogus"),
+            (&["run", "--workspace", missing, "--", "true"], missing),
+            (&["run", "--workspace", file, "--", "true"], file),
+            (&["run", "--rootfs", missing, "--", "true"], missing),
+            (&["run", "--memory", "12X", "--", "true"], "12X"),
+            (&["run", "--timeout", "5x", "--", "true"], "5x"),
+            (&["run", "--env", "NOEQUALS", "--", "true"], "NOEQUALS"),
+        ];
+        for (args, needle) in cases {
+            let output = run(caller, args, workspace.path());
+            assert_rejected(&output, needle, &format!("{caller:?} {args:?}"));
+        }
+        assert!(
+            !Path::new(missing).exists(),
+            "{caller:?}: {missing} created"
+        );
+        let entries: Vec<_> = fs::read_dir(workspace.path())
+            .expect("read workspace")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(entries, ["file"], "{caller:?}: workspace changed");
+    }
+    assert_no_new_cgroups(&cgroups_before, "invalid input");
+}
+
+#[test]
+fn disabled_user_namespaces_rejected() {
+    let cgroups_before = airlock_cgroups();
+    // user.max_user_namespaces belongs to the user namespace it is read in, so setting it
+    // to 0 in a new namespace disables nested ones there and leaves the host's value alone.
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec {} run -- true",
+        shell_quote(binary().to_str().expect("UTF-8 binary path"))
+    );
+    let unshare = ["unshare", "--user", "--map-root-user", "sh", "-c", &script];
+    let user = format!("--reuid={TEST_USER}");
+    let group = format!("--regid={TEST_USER}");
+    let as_user = [
+        &["setpriv", &user, &group, "--init-groups", "--"][..],
+        &unshare,
+    ]
+    .concat();
+    for (context, argv) in [("root", &unshare[..]), ("test user", &as_user[..])] {
+        let workspace = Workspace::new(if context == "root" {
+            Caller::Root
+        } else {
+            Caller::UserWithoutCgroup
+        });
+        let output = Command::new(argv[0])
+            .args(&argv[1..])
+            .current_dir(workspace.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run unshare");
+        assert_rejected(&output, "user.max_user_namespaces", context);
+        let entries = fs::read_dir(workspace.path())
+            .expect("read workspace")
+            .count();
+        assert_eq!(entries, 0, "{context}: workspace changed");
+    }
+    assert_no_new_cgroups(&cgroups_before, "disabled user namespaces");
+}
