@@ -25,7 +25,7 @@ pub enum Caller {
 /// Both callers every containment test runs as.
 pub const CALLERS: [Caller; 2] = [Caller::Root, Caller::User];
 
-/// The test user's uid and gid, creating the account on first use.
+/// Returns the test user's uid and gid, creating the account on first use.
 pub fn test_user() -> (u32, u32) {
     static USER: OnceLock<(u32, u32)> = OnceLock::new();
     *USER.get_or_init(|| {
@@ -68,7 +68,7 @@ extern "C" fn remove_binary_copy() {
 
 static BINARY_DIR: OnceLock<PathBuf> = OnceLock::new();
 
-/// A copy of the binary in a directory every user can traverse, because the checkout may sit
+/// Copies the binary to a directory every user can traverse, because the checkout may sit
 /// below a directory the test user cannot enter. It is removed when the test process exits.
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();

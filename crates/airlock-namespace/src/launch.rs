@@ -145,6 +145,8 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     let (uid, gid) = (sys::geteuid(), sys::getegid());
     let is_root = uid == 0;
 
+    // NOTE: the init dies with the launcher (PR_SET_PDEATHSIG), so a killed launcher leaves no
+    // process behind, but its empty cgroup directory stays until it is removed by hand.
     let cgroup =
         Cgroup::create(&format!("airlock-{}", id.short()), is_root).map_err(Error::Cgroup)?;
     if let Some(cgroup) = &cgroup {
