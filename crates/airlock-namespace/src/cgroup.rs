@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -16,6 +17,12 @@ use airlock_core::EndReason;
 pub enum Error {
     #[error("cannot create cgroup {path:?}")]
     Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open {path:?}")]
+    Open {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -55,6 +62,27 @@ pub enum Version {
     V1,
     /// cgroup v2: one directory for all controllers.
     V2,
+}
+
+/// How the sandbox's init gets into its cgroup.
+#[derive(Debug)]
+pub enum Entry {
+    /// cgroup v1: `tasks` files, to which the init writes "0" to move its own thread.
+    Tasks(Vec<OwnedFd>),
+    /// cgroup v2: the group's directory, which the launcher clones the init into.
+    CloneInto(OwnedFd),
+}
+
+impl Entry {
+    /// Moves the calling single-threaded process into the cgroup, for [`Entry::Tasks`].
+    pub fn join(&self) -> io::Result<()> {
+        if let Entry::Tasks(files) = self {
+            for file in files {
+                crate::sys::write_all(file.as_raw_fd(), b"0")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A sandbox's cgroup, removed on drop.
@@ -133,8 +161,8 @@ fn writable(path: &Path) -> bool {
     unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
 }
 
-fn v2_unified() -> Option<Hierarchy> {
-    hierarchies().into_iter().find(|hierarchy| {
+fn v2_unified(hierarchies: &[Hierarchy]) -> Option<&Hierarchy> {
+    hierarchies.iter().find(|hierarchy| {
         hierarchy.is_v2
             && fs::read_to_string(hierarchy.mount_point.join("cgroup.controllers"))
                 .is_ok_and(|controllers| controllers.split_whitespace().any(|c| c == "memory"))
@@ -143,7 +171,8 @@ fn v2_unified() -> Option<Hierarchy> {
 
 /// Finds the parent directories where this process may create sandbox cgroups.
 fn parents(is_root: bool) -> Option<(Version, Vec<(Controller, PathBuf)>)> {
-    if let Some(unified) = v2_unified() {
+    let hierarchies = hierarchies();
+    if let Some(unified) = v2_unified(&hierarchies) {
         let parent = if is_root {
             unified.mount_point.join("airlock")
         } else {
@@ -154,7 +183,7 @@ fn parents(is_root: bool) -> Option<(Version, Vec<(Controller, PathBuf)>)> {
             let own = own_cgroups()
                 .into_iter()
                 .find(|(controllers, _)| controllers.is_empty())?;
-            under_mount(&unified, &own.1)
+            under_mount(unified, &own.1)
         };
         let dirs = Controller::ALL
             .iter()
@@ -162,7 +191,6 @@ fn parents(is_root: bool) -> Option<(Version, Vec<(Controller, PathBuf)>)> {
             .collect();
         return Some((Version::V2, dirs));
     }
-    let hierarchies = hierarchies();
     let own = own_cgroups();
     let dirs = Controller::ALL
         .iter()
@@ -330,12 +358,27 @@ impl Cgroup {
         }
     }
 
-    /// Moves process `pid` into every directory of this cgroup.
-    pub fn add_process(&self, pid: libc::pid_t) -> Result<(), Error> {
-        for dir in self.unique_dirs() {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+    /// Opens what the init needs to start inside this cgroup. Moving a process with a write to
+    /// `cgroup.procs` takes a global lock whose first use waits for an RCU grace period (about
+    /// 12 ms on the benchmark machine), so neither way here does that.
+    pub fn entry(&self) -> Result<Entry, Error> {
+        let open = |path: PathBuf, flags| {
+            crate::sys::open(&path, flags).map_err(|source| Error::Open { path, source })
+        };
+        let dirs = self.unique_dirs();
+        match self.version {
+            // Moving one thread through `tasks` skips the global lock. The init is
+            // single-threaded, so its thread is the whole process.
+            Version::V1 => dirs
+                .into_iter()
+                .map(|dir| open(dir.join("tasks"), libc::O_WRONLY))
+                .collect::<Result<_, _>>()
+                .map(Entry::Tasks),
+            Version::V2 => {
+                let dir = dirs.first().expect("a cgroup has at least one directory");
+                open(dir.to_path_buf(), libc::O_RDONLY | libc::O_DIRECTORY).map(Entry::CloneInto)
+            }
         }
-        Ok(())
     }
 
     /// Returns the limit that the sandbox hit, if any: an out-of-memory kill or a refused fork.

@@ -9,7 +9,7 @@ use airlock_core::Spec;
 
 use crate::report::Report;
 use crate::workload::{self, Stdio};
-use crate::{rootfs, sys, tty};
+use crate::{cgroup, rootfs, sys, tty};
 
 /// Signals the launcher forwards to the init, which passes them to the workload.
 pub const FORWARDED_SIGNALS: [libc::c_int; 6] = [
@@ -26,8 +26,10 @@ pub struct Plan<'a> {
     pub spec: &'a Spec,
     pub hostname: String,
     pub is_root: bool,
-    /// Read end of the pipe on which the launcher says "ID maps and cgroup are ready".
+    /// Read end of the pipe on which the launcher signals that the ID maps are written.
     pub sync: OwnedFd,
+    /// How to join the sandbox's cgroup, if it has one.
+    pub cgroup: Option<&'a cgroup::Entry>,
     pub report: OwnedFd,
     /// Socket to send the pty master over, when the spec asks for a terminal.
     pub pty_socket: Option<OwnedFd>,
@@ -80,6 +82,9 @@ fn set_up(plan: &Plan<'_>) -> Result<Option<OwnedFd>, StepError> {
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .step("ask to be killed with the launcher")?;
     sys::setsid().step("start a new session")?;
+    if let Some(entry) = plan.cgroup {
+        entry.join().step("join the sandbox's cgroup")?;
+    }
     wait_for_launcher(plan.sync.as_raw_fd())?;
     sys::unshare(libc::CLONE_NEWCGROUP).step("create the cgroup namespace")?;
     if plan.is_root {
@@ -96,7 +101,7 @@ fn set_up(plan: &Plan<'_>) -> Result<Option<OwnedFd>, StepError> {
     Ok(Some(slave))
 }
 
-/// Blocks until the launcher has written the ID maps and placed this process in its cgroup.
+/// Blocks until the launcher has written the ID maps.
 /// End of file means the launcher is gone, so the sandbox ends before it starts.
 fn wait_for_launcher(sync: RawFd) -> Result<(), StepError> {
     let mut byte = [0u8; 1];

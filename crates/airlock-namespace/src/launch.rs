@@ -13,7 +13,7 @@ use airlock_core::{
     EndReason, Enforcement, ExecFailure, Finished, Outcome, RunOptions, SandboxId, Spec, Status,
 };
 
-use crate::cgroup::Cgroup;
+use crate::cgroup::{self, Cgroup};
 use crate::error::Error;
 use crate::protections::{self, Assessment};
 use crate::relay::Pump;
@@ -179,7 +179,16 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         Some((outside, inside)) => (Some(outside), Some(inside)),
         None => (None, None),
     };
-    let pid = match sys::clone_process(NAMESPACES) {
+    let cgroup_entry = cgroup
+        .as_ref()
+        .map(Cgroup::entry)
+        .transpose()
+        .map_err(Error::Cgroup)?;
+    let clone_into = match &cgroup_entry {
+        Some(cgroup::Entry::CloneInto(dir)) => Some(dir.as_raw_fd()),
+        _ => None,
+    };
+    let pid = match sys::clone_process(NAMESPACES, clone_into) {
         Ok(0) => {
             drop((sync_write, report_read, pty_outside));
             init::run(init::Plan {
@@ -187,6 +196,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
                 hostname: format!("airlock-{}", id.short()),
                 is_root,
                 sync: sync_read,
+                cgroup: cgroup_entry.as_ref(),
                 report: report_write,
                 pty_socket: pty_inside,
                 stdio: streams.child_fds,
@@ -212,10 +222,8 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     };
     tracing::info!(sandbox = %id, backend = "namespace", pid, "sandbox created");
 
+    drop(cgroup_entry);
     userns::write_maps(pid, uid, gid, is_root).map_err(Error::UserNamespace)?;
-    if let Some(cgroup) = &cgroup {
-        cgroup.add_process(pid).map_err(Error::Cgroup)?;
-    }
     sys::write_all(sync_write.as_raw_fd(), b"1").map_err(Error::Channel)?;
     drop(sync_write);
 

@@ -117,6 +117,23 @@ fn bind(source: &Path, target: &Path, attributes: u64) -> Result<()> {
         .step(|| format!("restrict mount flags of {}", target.display()))
 }
 
+/// Turns "not found" into success, for masks over paths that this kernel or host may lack.
+fn unless_missing(result: Result<()>) -> Result<()> {
+    match result {
+        Err(error) if error.source.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Covers the file `target` with the host's /dev/null, so it reads as empty and swallows
+/// writes. No flags are needed on this mount: it exposes nothing but the null device.
+fn mask_with_null(target: &Path) -> Result<()> {
+    let null = old("/dev/null");
+    let result = sys::mount(Some(&null), target, None, libc::MS_BIND, None)
+        .step(|| format!("mask {} with /dev/null", target.display()));
+    unless_missing(result)
+}
+
 fn make_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).step(|| format!("create directory {}", path.display()))
 }
@@ -193,25 +210,14 @@ fn mount_system(rootfs: &RootFs) -> Result<()> {
 
 fn hide_secrets() -> Result<()> {
     for file in SECRET_FILES {
-        let target = new(file);
-        if target.is_file() {
-            bind(
-                &old("/dev/null"),
-                &target,
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-            )?;
-        }
+        mask_with_null(&new(file))?;
     }
     let ssh_keys = fs::read_dir(new("etc/ssh")).into_iter().flatten().flatten();
     for entry in ssh_keys {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("ssh_host_") && name.ends_with("_key") {
-            bind(
-                &old("/dev/null"),
-                &entry.path(),
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-            )?;
+            mask_with_null(&entry.path())?;
         }
     }
     for dir in SECRET_DIRS {
@@ -222,11 +228,8 @@ fn hide_secrets() -> Result<()> {
 
 /// Covers a directory with an empty read-only tmpfs, if it exists.
 fn hide_dir(target: &Path) -> Result<()> {
-    if !target.is_dir() {
-        return Ok(());
-    }
     let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    mount_tmpfs(target, "mode=0555,size=4k", flags)
+    unless_missing(mount_tmpfs(target, "mode=0555,size=4k", flags))
 }
 
 /// Step 4a: a fresh /proc with its dangerous parts masked.
@@ -238,23 +241,11 @@ fn mount_proc() -> Result<()> {
         .step(|| "mount /proc".into())?;
     for entry in PROC_READ_ONLY {
         let target = proc.join(entry);
-        if target.exists() {
-            bind(
-                &target,
-                &target,
-                MOUNT_ATTR_RDONLY | LOCKDOWN | MOUNT_ATTR_NOEXEC,
-            )?;
-        }
+        let attributes = MOUNT_ATTR_RDONLY | LOCKDOWN | MOUNT_ATTR_NOEXEC;
+        unless_missing(bind(&target, &target, attributes))?;
     }
     for file in PROC_MASKED_FILES {
-        let target = proc.join(file);
-        if target.exists() {
-            bind(
-                &old("/dev/null"),
-                &target,
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-            )?;
-        }
+        mask_with_null(&proc.join(file))?;
     }
     for dir in PROC_MASKED_DIRS {
         hide_dir(&proc.join(dir))?;
@@ -274,11 +265,10 @@ fn mount_dev(shm_size: u64) -> Result<()> {
     for device in DEVICES {
         let target = dev.join(device);
         make_file(&target)?;
-        bind(
-            &old(Path::new("/dev").join(device)),
-            &target,
-            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
-        )?;
+        // A device node needs no extra flags: it is not a directory, and not executable.
+        let source = old(Path::new("/dev").join(device));
+        sys::mount(Some(&source), &target, None, libc::MS_BIND, None)
+            .step(|| format!("bind /dev/{device}"))?;
     }
     let pts = dev.join("pts");
     make_dir(&pts)?;

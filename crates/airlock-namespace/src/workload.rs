@@ -105,7 +105,24 @@ fn shed_privileges(plan: &Plan, stdio: &Stdio, report_fd: RawFd) -> Result<(), S
 }
 
 fn reset_signals() -> io::Result<()> {
-    sys::reset_signal_dispositions();
+    // Handlers do not survive execve, but ignored signals do: the Rust runtime ignores
+    // SIGPIPE, and a caller may have ignored others (nohup ignores SIGHUP).
+    sys::reset_signal_dispositions(&[
+        libc::SIGPIPE,
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGCHLD,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGXFSZ,
+        libc::SIGXCPU,
+    ]);
     sys::set_signal_mask(libc::SIG_SETMASK, &sys::sigset(&[])).map(drop)
 }
 
