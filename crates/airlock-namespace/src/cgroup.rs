@@ -6,12 +6,14 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use airlock_core::EndReason;
+
+use crate::control::CgroupGrant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,27 +64,6 @@ pub enum Version {
     V1,
     /// cgroup v2: one directory for all controllers.
     V2,
-}
-
-/// How the sandbox's init gets into its cgroup.
-#[derive(Debug)]
-pub enum Entry {
-    /// cgroup v1: `tasks` files, to which the init writes "0" to move its own thread.
-    Tasks(Vec<OwnedFd>),
-    /// cgroup v2: the group's directory, which the launcher clones the init into.
-    CloneInto(OwnedFd),
-}
-
-impl Entry {
-    /// Moves the calling single-threaded process into the cgroup, for [`Entry::Tasks`].
-    pub fn join(&self) -> io::Result<()> {
-        if let Entry::Tasks(files) = self {
-            for file in files {
-                crate::sys::write_all(file.as_raw_fd(), b"0")?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A sandbox's cgroup, removed on drop.
@@ -169,6 +150,30 @@ fn v2_unified(hierarchies: &[Hierarchy]) -> Option<&Hierarchy> {
     })
 }
 
+fn open(path: PathBuf, flags: libc::c_int) -> Result<OwnedFd, Error> {
+    crate::sys::open(&path, flags).map_err(|source| Error::Open { path, source })
+}
+
+/// Where this process may create sandbox cgroups: the hierarchy version and the parent
+/// directory per controller.
+#[derive(Debug)]
+pub struct Layout {
+    version: Version,
+    parents: Vec<(Controller, PathBuf)>,
+}
+
+impl Layout {
+    /// Reads the host's cgroup mounts and this process's own cgroups.
+    pub fn discover(is_root: bool) -> Option<Layout> {
+        let (version, parents) = parents(is_root)?;
+        Some(Layout { version, parents })
+    }
+
+    pub fn is_v2(&self) -> bool {
+        self.version == Version::V2
+    }
+}
+
 /// Finds the parent directories where this process may create sandbox cgroups.
 fn parents(is_root: bool) -> Option<(Version, Vec<(Controller, PathBuf)>)> {
     let hierarchies = hierarchies();
@@ -241,12 +246,15 @@ fn v2_subtree_controllers(dir: &Path) -> Vec<String> {
 }
 
 impl Cgroup {
-    /// Creates the cgroup `name` for every controller this process can use. Returns `None`
-    /// when no controller is available, which the caller reports.
-    pub fn create(name: &str, is_root: bool) -> Result<Option<Cgroup>, Error> {
-        let Some((version, parents)) = parents(is_root) else {
-            return Ok(None);
-        };
+    /// Creates the cgroup `name` for the `wanted` controllers this process can use. Returns
+    /// `None` when no controller is available, which the caller reports.
+    pub fn create(
+        layout: &Layout,
+        name: &str,
+        is_root: bool,
+        wanted: &[Controller],
+    ) -> Result<Option<Cgroup>, Error> {
+        let (version, parents) = (layout.version.clone(), layout.parents.clone());
         let mut cgroup = Cgroup {
             version: version.clone(),
             dirs: Vec::new(),
@@ -277,7 +285,9 @@ impl Cgroup {
             cgroup.dirs = usable.into_iter().map(|c| (c, dir.clone())).collect();
             return Ok(Some(cgroup));
         }
-        for (controller, parent) in parents {
+        // On v1 each controller is a directory of its own to create and remove, so only the
+        // controllers of the spec's limits get one.
+        for (controller, parent) in parents.into_iter().filter(|(c, _)| wanted.contains(c)) {
             // A caller that is uid 0 only inside a user namespace cannot create the shared
             // parent, so that controller is reported as unavailable rather than failing.
             if is_root && create_dir(&parent).is_err() {
@@ -358,27 +368,35 @@ impl Cgroup {
         }
     }
 
-    /// Opens what the init needs to start inside this cgroup. Moving a process with a write to
-    /// `cgroup.procs` takes a global lock whose first use waits for an RCU grace period (about
-    /// 12 ms on the benchmark machine), so neither way here does that.
-    pub fn entry(&self) -> Result<Entry, Error> {
-        let open = |path: PathBuf, flags| {
-            crate::sys::open(&path, flags).map_err(|source| Error::Open { path, source })
+    pub fn is_v2(&self) -> bool {
+        self.version == Version::V2
+    }
+
+    /// Opens the v2 group's directory, for the launcher to clone the init into it. Moving a
+    /// process with a write to `cgroup.procs` takes a global lock whose first use waits for
+    /// an RCU grace period (about 12 ms on the benchmark machine); cloning into the group
+    /// takes no such lock.
+    pub fn open_dir(&self) -> Result<OwnedFd, Error> {
+        let dir = self.unique_dirs()[0].to_path_buf();
+        open(dir, libc::O_RDONLY | libc::O_DIRECTORY)
+    }
+
+    /// Opens the v1 `tasks` files the init joins by, and those of the parents it leaves to.
+    /// A thread moved through `tasks` skips the global lock that `cgroup.procs` takes.
+    pub fn grant(&self, limits_pids: bool) -> Result<CgroupGrant, Error> {
+        let mut grant = CgroupGrant {
+            limits_pids,
+            ..CgroupGrant::default()
         };
-        let dirs = self.unique_dirs();
-        match self.version {
-            // Moving one thread through `tasks` skips the global lock. The init is
-            // single-threaded, so its thread is the whole process.
-            Version::V1 => dirs
-                .into_iter()
-                .map(|dir| open(dir.join("tasks"), libc::O_WRONLY))
-                .collect::<Result<_, _>>()
-                .map(Entry::Tasks),
-            Version::V2 => {
-                let dir = dirs.first().expect("a cgroup has at least one directory");
-                open(dir.to_path_buf(), libc::O_RDONLY | libc::O_DIRECTORY).map(Entry::CloneInto)
+        for dir in self.unique_dirs() {
+            grant.join.push(open(dir.join("tasks"), libc::O_WRONLY)?);
+            if let Some(parent) = dir.parent() {
+                grant
+                    .leave
+                    .push(open(parent.join("tasks"), libc::O_WRONLY)?);
             }
         }
+        Ok(grant)
     }
 
     /// Returns the limit that the sandbox hit, if any: an out-of-memory kill or a refused fork.

@@ -1,15 +1,17 @@
-//! The sandbox's PID 1. It finishes the sandbox from the inside (cgroup namespace, file tree,
-//! hostname, loopback), starts the workload, forwards signals to it, reaps orphans, and when
-//! the workload exits, kills every process left so nothing outlives the run.
+//! The sandbox's PID 1. It finishes the sandbox from the inside (file tree, hostname,
+//! loopback, cgroup and its namespace), starts the workload, forwards signals to it, reaps
+//! orphans, and when the workload exits, kills every process left so nothing outlives the
+//! run.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use airlock_core::Spec;
 
+use crate::control::{self, CgroupGrant};
 use crate::report::Report;
 use crate::workload::{self, Stdio};
-use crate::{cgroup, rootfs, sys, tty};
+use crate::{rootfs, sys, tty};
 
 /// Signals the launcher forwards to the init, which passes them to the workload.
 pub const FORWARDED_SIGNALS: [libc::c_int; 6] = [
@@ -28,11 +30,9 @@ pub struct Plan<'a> {
     pub is_root: bool,
     /// Read end of the pipe on which the launcher signals that the ID maps are written.
     pub sync: OwnedFd,
-    /// How to join the sandbox's cgroup, if it has one.
-    pub cgroup: Option<&'a cgroup::Entry>,
     pub report: OwnedFd,
-    /// Socket to send the pty master over, when the spec asks for a terminal.
-    pub pty_socket: Option<OwnedFd>,
+    /// The control socket, which brings the cgroup grant and takes the pty master out.
+    pub control: OwnedFd,
     pub stdio: [RawFd; 3],
     pub workload: &'a workload::Plan,
 }
@@ -65,40 +65,50 @@ impl From<rootfs::Error> for StepError {
     }
 }
 
+/// What the init has once the sandbox is set up.
+struct Ready {
+    grant: CgroupGrant,
+    /// The pty slave, when the spec asks for a terminal.
+    terminal: Option<OwnedFd>,
+}
+
 /// Runs as PID 1 of the new namespaces; never returns.
 pub fn run(plan: Plan<'_>) -> ! {
     let report = plan.report.as_raw_fd();
     match set_up(&plan) {
-        Ok(Some(terminal)) => {
-            start_and_supervise(&plan, Stdio::Terminal(terminal.as_raw_fd()), report)
-        }
-        Ok(None) => start_and_supervise(&plan, Stdio::Fds(plan.stdio), report),
+        Ok(ready) => start_and_supervise(&plan, ready, report),
         Err(error) => fail(report, &error.step, error.source),
     }
 }
 
-/// Sets up the sandbox from the inside; returns the pty slave when the spec asks for one.
-fn set_up(plan: &Plan<'_>) -> Result<Option<OwnedFd>, StepError> {
+/// Sets up the sandbox from the inside. The file tree is built while the launcher creates
+/// the cgroup, which the init joins afterwards.
+fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .step("ask to be killed with the launcher")?;
     sys::setsid().step("start a new session")?;
-    if let Some(entry) = plan.cgroup {
-        entry.join().step("join the sandbox's cgroup")?;
-    }
     wait_for_launcher(plan.sync.as_raw_fd())?;
-    sys::unshare(libc::CLONE_NEWCGROUP).step("create the cgroup namespace")?;
     if plan.is_root {
         sys::setgroups_empty().step("clear supplementary groups")?;
     }
     rootfs::build(plan.spec)?;
     sys::sethostname(&plan.hostname).step("set the hostname")?;
     bring_up_loopback().step("bring up the loopback interface")?;
-    let Some(socket) = &plan.pty_socket else {
-        return Ok(None);
+    let control = plan.control.as_raw_fd();
+    let Some(grant) = CgroupGrant::recv(control).step("receive the cgroup")? else {
+        // The launcher closed the socket: it failed after starting the init.
+        sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
     };
-    let (master, slave) = tty::open_pty().step("open a pseudo-terminal")?;
-    tty::send_fd(socket.as_raw_fd(), master.as_raw_fd()).step("pass the pseudo-terminal out")?;
-    Ok(Some(slave))
+    grant.join().step("join the sandbox's cgroup")?;
+    sys::unshare(libc::CLONE_NEWCGROUP).step("create the cgroup namespace")?;
+    let terminal = if plan.spec.tty {
+        let (master, slave) = tty::open_pty().step("open a pseudo-terminal")?;
+        control::send(control, b"t", &[master.as_raw_fd()]).step("pass the pseudo-terminal out")?;
+        Some(slave)
+    } else {
+        None
+    };
+    Ok(Ready { grant, terminal })
 }
 
 /// Blocks until the launcher has written the ID maps.
@@ -142,7 +152,11 @@ fn bring_up_loopback() -> io::Result<()> {
     Ok(())
 }
 
-fn start_and_supervise(plan: &Plan<'_>, stdio: Stdio, report: RawFd) -> ! {
+fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
+    let stdio = match &ready.terminal {
+        Some(slave) => Stdio::Terminal(slave.as_raw_fd()),
+        None => Stdio::Fds(plan.stdio),
+    };
     let mut supervised = sys::sigset(&FORWARDED_SIGNALS);
     // SAFETY: `supervised` is an initialized signal set.
     unsafe { libc::sigaddset(&mut supervised, libc::SIGCHLD) };
@@ -150,7 +164,7 @@ fn start_and_supervise(plan: &Plan<'_>, stdio: Stdio, report: RawFd) -> ! {
         fail(report, "block signals", source);
     }
     let workload_pid = match sys::fork() {
-        Ok(0) => workload::run(plan.workload, &stdio, report),
+        Ok(0) => workload::run(plan.workload, &stdio, report, !ready.grant.limits_pids),
         Ok(pid) => pid,
         Err(source) => fail(report, "start the workload", source),
     };
@@ -159,7 +173,7 @@ fn start_and_supervise(plan: &Plan<'_>, stdio: Stdio, report: RawFd) -> ! {
     // dumpable, so /proc/1/mem and ptrace are closed to it.
     let _ = sys::clear_capabilities();
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
-    supervise(workload_pid, &supervised, report)
+    supervise(workload_pid, &supervised, report, &ready.grant)
 }
 
 fn fail(report: RawFd, step: &str, source: io::Error) -> ! {
@@ -178,7 +192,12 @@ fn release_stdio() {
     }
 }
 
-fn supervise(workload: libc::pid_t, signals: &libc::sigset_t, report: RawFd) -> ! {
+fn supervise(
+    workload: libc::pid_t,
+    signals: &libc::sigset_t,
+    report: RawFd,
+    grant: &CgroupGrant,
+) -> ! {
     loop {
         let signal = match sys::sigwait(signals) {
             Ok(signal) => signal,
@@ -190,16 +209,19 @@ fn supervise(workload: libc::pid_t, signals: &libc::sigset_t, report: RawFd) -> 
         }
         while let Ok(Some((pid, status))) = sys::waitpid(-1, libc::WNOHANG) {
             if pid == workload {
-                finish(status, report);
+                finish(status, report, grant);
             }
         }
     }
 }
 
-/// Kills everything left in the sandbox, reaps it, and reports the workload's status.
-fn finish(status: libc::c_int, report: RawFd) -> ! {
+/// Kills everything left in the sandbox, reaps it, leaves the cgroup so the launcher can
+/// remove it at once, and reports the workload's status.
+fn finish(status: libc::c_int, report: RawFd, grant: &CgroupGrant) -> ! {
     let _ = sys::kill(-1, libc::SIGKILL);
     while sys::waitpid(-1, 0).is_ok() {}
+    // A failure only delays the removal: the launcher then waits for this process to exit.
+    let _ = grant.leave();
     let message = if libc::WIFSIGNALED(status) {
         Report::Signaled {
             signal: libc::WTERMSIG(status),

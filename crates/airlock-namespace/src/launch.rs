@@ -1,27 +1,21 @@
 //! The launcher: the caller's side of a run. It prepares everything that can fail before the
 //! sandbox exists, starts the init in new namespaces, finishes the outside setup (ID maps,
-//! cgroup), then relays streams and signals and enforces the timeout and limits until the
+//! cgroup) while the init builds the file tree, then hands over to the [`Monitor`] until the
 //! init exits.
 
 use std::ffi::{CString, OsStr};
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use airlock_core::{
-    EndReason, Enforcement, ExecFailure, Finished, Outcome, RunOptions, SandboxId, Spec, Status,
-};
+use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec};
 
-use crate::cgroup::{self, Cgroup};
+use crate::cgroup::{Cgroup, Controller, Layout};
+use crate::control::{self, CgroupGrant};
 use crate::error::Error;
-use crate::protections::{self, Assessment};
-use crate::relay::Pump;
-use crate::report::{self, Report};
-use crate::{init, landlock, seccomp, stdio, sys, tty, userns, workload};
-
-/// How often the launcher checks the cgroup for a limit that was hit.
-const LIMIT_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+use crate::monitor::Monitor;
+use crate::outcome;
+use crate::{init, landlock, protections, seccomp, stdio, sys, tty, userns, workload};
 
 const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
@@ -30,19 +24,22 @@ const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC;
 
-/// The init process, killed and reaped when dropped before it exits on its own.
-struct Sandbox {
-    pid: libc::pid_t,
-    pidfd: OwnedFd,
-    status: Option<libc::c_int>,
+/// The init process and the sandbox's cgroup. Dropping it before the init has exited kills
+/// the init, which takes every process of the sandbox with it, and then removes the cgroup.
+pub struct Sandbox {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub status: Option<libc::c_int>,
+    pub cgroup: Option<Cgroup>,
 }
 
 impl Sandbox {
-    fn kill(&self) {
+    pub fn kill(&self) {
         let _ = sys::kill(self.pid, libc::SIGKILL);
     }
 
-    fn reap(&mut self) -> Option<libc::c_int> {
+    /// Reaps the init if it has exited; returns its wait status once it has.
+    pub fn reap(&mut self) -> Option<libc::c_int> {
         if self.status.is_none() {
             if let Ok(Some((_, status))) = sys::waitpid(self.pid, libc::WNOHANG) {
                 self.status = Some(status);
@@ -59,6 +56,45 @@ impl Drop for Sandbox {
             let _ = sys::waitpid(self.pid, 0);
         }
     }
+}
+
+/// The caller's identity, which the sandbox's root maps to.
+#[derive(Clone, Copy)]
+struct Caller {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    is_root: bool,
+}
+
+/// The launcher's ends of the channels to the init.
+struct Channels {
+    sync: OwnedFd,
+    report: OwnedFd,
+    control: OwnedFd,
+}
+
+/// The init's ends of the channels, moved into it by the clone.
+struct InitChannels {
+    sync: OwnedFd,
+    report: OwnedFd,
+    control: OwnedFd,
+}
+
+fn channels() -> Result<(Channels, InitChannels), Error> {
+    let (sync_read, sync_write) = sys::pipe().map_err(Error::Channel)?;
+    let (report_read, report_write) = sys::pipe().map_err(Error::Channel)?;
+    let (control_outside, control_inside) = control::socketpair().map_err(Error::Channel)?;
+    let launcher = Channels {
+        sync: sync_write,
+        report: report_read,
+        control: control_outside,
+    };
+    let init = InitChannels {
+        sync: sync_read,
+        report: report_write,
+        control: control_inside,
+    };
+    Ok((launcher, init))
 }
 
 /// Checks that this process has one thread, so that cloning it is safe.
@@ -81,11 +117,7 @@ fn to_cstrings<'a>(values: impl Iterator<Item = &'a OsStr>) -> Result<Vec<CStrin
         .collect()
 }
 
-fn workload_plan(
-    spec: &Spec,
-    assessment: &Assessment,
-    landlock_abi: u32,
-) -> Result<workload::Plan, Error> {
+fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error> {
     let env = spec.environment(|name| std::env::var_os(name));
     let path = env
         .iter()
@@ -104,11 +136,29 @@ fn workload_plan(
         deny_filter: seccomp::deny_filter().map_err(Error::Seccomp)?,
         clone3_filter: seccomp::clone3_filter().map_err(Error::Seccomp)?,
         landlock: landlock_abi > 0,
-        nproc_rlimit: assessment.nproc_rlimit,
+        pids: spec.limits.pids.value,
     })
 }
 
-fn apply_limits(cgroup: &Cgroup, spec: &Spec) -> Result<(), Error> {
+/// Creates the sandbox's cgroup with the spec's limits, if this host gives the caller one.
+fn create_cgroup(
+    spec: &Spec,
+    id: &SandboxId,
+    caller: Caller,
+    layout: Option<&Layout>,
+) -> Result<Option<Cgroup>, Error> {
+    let Some(layout) = layout else {
+        return Ok(None);
+    };
+    let mut controllers = vec![Controller::Memory, Controller::Pids];
+    if spec.limits.cpus.value.is_some() {
+        controllers.push(Controller::Cpu);
+    }
+    let name = format!("airlock-{}", id.short());
+    let created = Cgroup::create(layout, &name, caller.is_root, &controllers);
+    let Some(cgroup) = created.map_err(Error::Cgroup)? else {
+        return Ok(None);
+    };
     cgroup
         .set_memory(spec.limits.memory.value)
         .map_err(Error::Cgroup)?;
@@ -118,7 +168,7 @@ fn apply_limits(cgroup: &Cgroup, spec: &Spec) -> Result<(), Error> {
     if let Some(cpus) = spec.limits.cpus.value {
         cgroup.set_cpus(cpus).map_err(Error::Cgroup)?;
     }
-    Ok(())
+    Ok(Some(cgroup))
 }
 
 fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), Error> {
@@ -137,155 +187,6 @@ fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), E
     })
 }
 
-/// Runs `spec` in a new namespace sandbox and waits for it to end.
-pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
-    let started = Instant::now();
-    ensure_single_threaded()?;
-    let id = SandboxId::generate().map_err(Error::Id)?;
-    let (uid, gid) = (sys::geteuid(), sys::getegid());
-    let is_root = uid == 0;
-
-    // NOTE: the init dies with the launcher (PR_SET_PDEATHSIG), so a killed launcher leaves no
-    // process behind, but its empty cgroup directory stays until it is removed by hand.
-    let cgroup =
-        Cgroup::create(&format!("airlock-{}", id.short()), is_root).map_err(Error::Cgroup)?;
-    if let Some(cgroup) = &cgroup {
-        apply_limits(cgroup, spec)?;
-    }
-    let landlock_abi = landlock::effective_abi();
-    let assessment = protections::assess(spec, cgroup.as_ref(), landlock_abi, is_root);
-    check_required(&assessment.enforcement, spec.allow_weaker)?;
-    let workload = workload_plan(spec, &assessment, landlock_abi)?;
-
-    let mut streams =
-        stdio::Plan::new(spec.tty, options.track_stderr_line).map_err(Error::Stdio)?;
-    let (sync_read, sync_write) = sys::pipe().map_err(Error::Channel)?;
-    let (report_read, report_write) = sys::pipe().map_err(Error::Channel)?;
-    let pty_sockets = spec
-        .tty
-        .then(tty::socketpair)
-        .transpose()
-        .map_err(Error::Channel)?;
-    let mut forwarded = init::FORWARDED_SIGNALS.to_vec();
-    if spec.tty {
-        forwarded.push(libc::SIGWINCH);
-    }
-    let forwarded = sys::sigset(&forwarded);
-    let old_mask = sys::set_signal_mask(libc::SIG_BLOCK, &forwarded).map_err(Error::Signals)?;
-    let restore_mask = RestoreMask(old_mask);
-    let signals = sys::signalfd(&forwarded).map_err(Error::Signals)?;
-
-    let (pty_outside, pty_inside) = match pty_sockets {
-        Some((outside, inside)) => (Some(outside), Some(inside)),
-        None => (None, None),
-    };
-    let cgroup_entry = cgroup
-        .as_ref()
-        .map(Cgroup::entry)
-        .transpose()
-        .map_err(Error::Cgroup)?;
-    let clone_into = match &cgroup_entry {
-        Some(cgroup::Entry::CloneInto(dir)) => Some(dir.as_raw_fd()),
-        _ => None,
-    };
-    let pid = match sys::clone_process(NAMESPACES, clone_into) {
-        Ok(0) => {
-            drop((sync_write, report_read, pty_outside));
-            init::run(init::Plan {
-                spec,
-                hostname: format!("airlock-{}", id.short()),
-                is_root,
-                sync: sync_read,
-                cgroup: cgroup_entry.as_ref(),
-                report: report_write,
-                pty_socket: pty_inside,
-                stdio: streams.child_fds,
-                workload: &workload,
-            })
-        }
-        Ok(pid) => pid,
-        Err(source) => {
-            let errno = source.raw_os_error().unwrap_or(0);
-            return Err(match userns::diagnose(errno, is_root) {
-                Some(disabled) => Error::UserNamespace(disabled),
-                None => Error::Clone(source),
-            });
-        }
-    };
-    drop((sync_read, report_write, pty_inside));
-    streams.child_ends.clear();
-    let pidfd = sys::pidfd_open(pid).map_err(Error::Wait)?;
-    let mut sandbox = Sandbox {
-        pid,
-        pidfd,
-        status: None,
-    };
-    tracing::info!(sandbox = %id, backend = "namespace", pid, "sandbox created");
-
-    drop(cgroup_entry);
-    userns::write_maps(pid, uid, gid, is_root).map_err(Error::UserNamespace)?;
-    sys::write_all(sync_write.as_raw_fd(), b"1").map_err(Error::Channel)?;
-    drop(sync_write);
-
-    let mut master: Option<OwnedFd> = None;
-    let mut _raw_mode = None;
-    if let Some(socket) = &pty_outside {
-        master = tty::recv_fd(socket.as_raw_fd()).map_err(Error::Terminal)?;
-    }
-    if let Some(master) = &master {
-        _raw_mode = tty::RawMode::enter(0).map_err(Error::Terminal)?;
-        tty::copy_window_size(master.as_raw_fd());
-        streams.attach_terminal(master).map_err(Error::Terminal)?;
-    }
-
-    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
-    let mut monitor = Monitor {
-        sandbox: &mut sandbox,
-        signals: &signals,
-        pumps: &mut streams.pumps,
-        cgroup: cgroup.as_ref(),
-        deadline,
-        reason: EndReason::Exited,
-        terminal: master.as_ref().map(AsRawFd::as_raw_fd),
-    };
-    let status = monitor.run().map_err(Error::Wait)?;
-    let mut reason = monitor.reason;
-    if reason == EndReason::Exited {
-        // The kernel may have killed the command for a limit before the last check.
-        reason = cgroup
-            .as_ref()
-            .and_then(Cgroup::limit_hit)
-            .unwrap_or(reason);
-    }
-    let stderr_ends_line = streams
-        .stderr_pump
-        .is_none_or(|index| streams.pumps[index].ends_line());
-    drop(restore_mask);
-
-    let reports = report::read_all(report_read.as_raw_fd()).map_err(Error::Channel)?;
-    let peak_memory = cgroup
-        .as_ref()
-        .and_then(Cgroup::peak_memory)
-        .or_else(|| Some(sys::children_max_rss()));
-    let outcome = build_outcome(
-        spec,
-        &id,
-        assessment.enforcement,
-        reason,
-        status,
-        &reports,
-        started,
-        peak_memory,
-    )?;
-    tracing::info!(sandbox = %id, reason = ?outcome.reason, code = ?outcome.exit_code, signal = ?outcome.signal, "sandbox ended");
-    drop(sandbox);
-    drop(cgroup);
-    Ok(Finished {
-        outcome,
-        stderr_ends_line,
-    })
-}
-
 /// Restores the launcher's signal mask when dropped.
 struct RestoreMask(libc::sigset_t);
 
@@ -295,191 +196,183 @@ impl Drop for RestoreMask {
     }
 }
 
+/// Blocks the signals the launcher forwards and returns a signalfd that receives them.
+fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
+    let mut forwarded = init::FORWARDED_SIGNALS.to_vec();
+    if tty {
+        forwarded.push(libc::SIGWINCH);
+    }
+    let forwarded = sys::sigset(&forwarded);
+    let old_mask = sys::set_signal_mask(libc::SIG_BLOCK, &forwarded).map_err(Error::Signals)?;
+    let restore = RestoreMask(old_mask);
+    let signals = sys::signalfd(&forwarded).map_err(Error::Signals)?;
+    Ok((restore, signals))
+}
+
+/// Starts the init in new namespaces, in `cgroup` already where it is a v2 group.
 #[allow(clippy::too_many_arguments)]
-fn build_outcome(
+fn start_init(
     spec: &Spec,
     id: &SandboxId,
-    mut enforcement: Enforcement,
-    reason: EndReason,
-    status: libc::c_int,
-    reports: &[Report],
-    started: Instant,
-    peak_memory: Option<u64>,
-) -> Result<Outcome, Error> {
-    let mut exit_code = None;
-    let mut signal = None;
-    let mut exec_failure = None;
-    let mut landlock_abi = None;
-    for report in reports {
-        match report {
-            Report::SetupFailed { step, error } => {
-                return Err(Error::Setup {
-                    step: step.clone(),
-                    cause: error.clone(),
-                })
-            }
-            Report::Landlock {
-                abi,
-                fully_enforced,
-            } => {
-                landlock_abi = Some(*abi);
-                if !fully_enforced {
-                    mark_landlock_partial(&mut enforcement, *abi);
-                }
-            }
-            Report::ExecFailed { errno } => exec_failure = Some(exec_failure_of(spec, *errno)),
-            Report::Exited { code } => exit_code = Some(*code),
-            Report::Signaled { signal: number } => signal = Some(*number),
+    caller: Caller,
+    cgroup: Option<Cgroup>,
+    init_channels: InitChannels,
+    stdio: [libc::c_int; 3],
+    workload: &workload::Plan,
+) -> Result<Sandbox, Error> {
+    let cgroup_dir = match &cgroup {
+        Some(cgroup) if cgroup.is_v2() => Some(cgroup.open_dir().map_err(Error::Cgroup)?),
+        _ => None,
+    };
+    let pid = match sys::clone_process(NAMESPACES, cgroup_dir.as_ref().map(AsRawFd::as_raw_fd)) {
+        Ok(0) => init::run(init::Plan {
+            spec,
+            hostname: format!("airlock-{}", id.short()),
+            is_root: caller.is_root,
+            sync: init_channels.sync,
+            report: init_channels.report,
+            control: init_channels.control,
+            stdio,
+            workload,
+        }),
+        Ok(pid) => pid,
+        Err(source) => {
+            let errno = source.raw_os_error().unwrap_or(0);
+            return Err(match userns::diagnose(errno, caller.is_root) {
+                Some(disabled) => Error::UserNamespace(disabled),
+                None => Error::Clone(source),
+            });
         }
-    }
-    if exit_code.is_none() && signal.is_none() && reason == EndReason::Exited {
-        // The init died without a report, which only an outside kill causes.
-        return Err(Error::InitDied { status });
-    }
-    if reason != EndReason::Exited && exit_code.is_none() {
-        signal = signal.or(Some(libc::SIGKILL));
-    }
-    Ok(Outcome {
-        sandbox_id: id.to_string(),
-        backend: "namespace",
-        reason,
-        exit_code,
-        signal,
-        duration: started.elapsed(),
-        peak_memory,
-        exec_failure,
-        landlock_abi,
-        enforcement,
+    };
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(pidfd) => pidfd,
+        Err(source) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, 0);
+            return Err(Error::Wait(source));
+        }
+    };
+    Ok(Sandbox {
+        pid,
+        pidfd,
+        status: None,
+        cgroup,
     })
 }
 
-fn mark_landlock_partial(enforcement: &mut Enforcement, abi: u32) {
-    if let Some(protection) = enforcement.0.iter_mut().find(|p| p.rule == "landlock") {
-        protection.status = Status::Partial(format!(
-            "the kernel enforced part of the rules at ABI {abi}"
-        ));
-    }
-}
+/// Runs `spec` in a new namespace sandbox and waits for it to end.
+pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
+    let started = Instant::now();
+    ensure_single_threaded()?;
+    let id = SandboxId::generate().map_err(Error::Id)?;
+    let (uid, gid) = (sys::geteuid(), sys::getegid());
+    let caller = Caller {
+        uid,
+        gid,
+        is_root: uid == 0,
+    };
+    let landlock_abi = landlock::effective_abi();
+    let workload = workload_plan(spec, landlock_abi)?;
+    let mut streams =
+        stdio::Plan::new(spec.tty, options.track_stderr_line).map_err(Error::Stdio)?;
+    let (channels, init_channels) = channels()?;
+    let (restore_mask, signals) = block_forwarded_signals(spec.tty)?;
 
-fn exec_failure_of(spec: &Spec, errno: i32) -> ExecFailure {
-    let command = spec
-        .command
-        .first()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    match errno {
-        libc::ENOENT | libc::ENOTDIR => ExecFailure::NotFound { command },
-        _ => ExecFailure::NotExecutable {
-            command,
-            error: io::Error::from_raw_os_error(errno).to_string(),
+    // NOTE: the init dies with the launcher (PR_SET_PDEATHSIG), so a killed launcher leaves no
+    // process behind, but its empty cgroup directory stays until it is removed by hand.
+    // A v2 group must exist before the clone, which starts the init inside it. A v1 group is
+    // created after it, while the init builds the file tree.
+    let layout = Layout::discover(caller.is_root);
+    let cgroup_v2 = layout.as_ref().is_some_and(Layout::is_v2);
+    let early_cgroup = if cgroup_v2 {
+        create_cgroup(spec, &id, caller, layout.as_ref())?
+    } else {
+        None
+    };
+    let mut sandbox = start_init(
+        spec,
+        &id,
+        caller,
+        early_cgroup,
+        init_channels,
+        streams.child_fds,
+        &workload,
+    )?;
+    streams.child_ends.clear();
+    tracing::info!(sandbox = %id, backend = "namespace", pid = sandbox.pid, "sandbox created");
+
+    userns::write_maps(sandbox.pid, caller.uid, caller.gid, caller.is_root)
+        .map_err(Error::UserNamespace)?;
+    sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
+    if !cgroup_v2 {
+        sandbox.cgroup = create_cgroup(spec, &id, caller, layout.as_ref())?;
+    }
+    let assessment =
+        protections::assess(spec, sandbox.cgroup.as_ref(), landlock_abi, caller.is_root);
+    check_required(&assessment.enforcement, spec.allow_weaker)?;
+    let limits_pids = assessment.nproc_rlimit.is_none();
+    let grant = match &sandbox.cgroup {
+        Some(cgroup) if !cgroup.is_v2() => cgroup.grant(limits_pids).map_err(Error::Cgroup)?,
+        _ => CgroupGrant {
+            limits_pids,
+            ..CgroupGrant::default()
         },
-    }
+    };
+    grant
+        .send(channels.control.as_raw_fd())
+        .map_err(Error::Channel)?;
+    drop(grant);
+
+    let master = receive_terminal(spec, &channels.control)?;
+    let _raw_mode = match &master {
+        Some(master) => attach_terminal(master, &mut streams)?,
+        None => None,
+    };
+    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
+    let mut monitor = Monitor::new(
+        &mut sandbox,
+        &signals,
+        &mut streams.pumps,
+        channels.report.as_raw_fd(),
+        deadline,
+        master.as_ref().map(AsRawFd::as_raw_fd),
+    );
+    let ended = monitor.run().map_err(Error::Wait)?;
+    let stderr_ends_line = streams
+        .stderr_pump
+        .is_none_or(|index| streams.pumps[index].ends_line());
+    drop(restore_mask);
+
+    let outcome = outcome::build(spec, &id, assessment.enforcement, ended, started)?;
+    tracing::info!(
+        sandbox = %id,
+        reason = ?outcome.reason,
+        code = ?outcome.exit_code,
+        signal = ?outcome.signal,
+        "sandbox ended"
+    );
+    drop(sandbox);
+    Ok(Finished {
+        outcome,
+        stderr_ends_line,
+    })
 }
 
-/// The launcher's wait loop.
-struct Monitor<'a> {
-    sandbox: &'a mut Sandbox,
-    signals: &'a OwnedFd,
-    pumps: &'a mut Vec<Pump>,
-    cgroup: Option<&'a Cgroup>,
-    deadline: Option<Instant>,
-    reason: EndReason,
-    terminal: Option<i32>,
+/// Receives the pty master from the init, when the spec asks for a terminal.
+fn receive_terminal(spec: &Spec, control: &OwnedFd) -> Result<Option<OwnedFd>, Error> {
+    if !spec.tty {
+        return Ok(None);
+    }
+    let message = control::recv(control.as_raw_fd()).map_err(Error::Terminal)?;
+    Ok(message.and_then(|(_, fds)| fds.into_iter().next()))
 }
 
-impl Monitor<'_> {
-    /// Waits until the init has exited and every output relay has drained; returns the init's
-    /// wait status.
-    fn run(&mut self) -> io::Result<libc::c_int> {
-        loop {
-            let exited = self.sandbox.reap();
-            let outputs_open = self
-                .pumps
-                .iter()
-                .any(|pump| !pump.is_input && !pump.is_done());
-            if let Some(status) = exited {
-                if !outputs_open {
-                    return Ok(status);
-                }
-            }
-            self.poll_once(exited.is_some())?;
-            if exited.is_none() {
-                self.enforce_limits();
-            }
-        }
-    }
-
-    fn poll_once(&mut self, exited: bool) -> io::Result<()> {
-        let mut fds = vec![
-            libc::pollfd {
-                fd: self.sandbox.pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let mut owners = Vec::new();
-        for (index, pump) in self.pumps.iter().enumerate() {
-            if exited && pump.is_input {
-                continue;
-            }
-            if let Some(interest) = pump.interest() {
-                fds.push(interest);
-                owners.push(index);
-            }
-        }
-        if exited {
-            fds[0].fd = -1;
-        }
-        sys::poll(&mut fds, self.poll_timeout())?;
-        if fds[1].revents != 0 {
-            self.forward_signals()?;
-        }
-        for (pollfd, &index) in fds[2..].iter().zip(&owners) {
-            self.pumps[index].service(pollfd.revents);
-        }
-        Ok(())
-    }
-
-    fn poll_timeout(&self) -> libc::c_int {
-        let mut timeout = self.cgroup.map(|_| LIMIT_CHECK_INTERVAL);
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            timeout = Some(timeout.map_or(left, |t| t.min(left)));
-        }
-        timeout.map_or(-1, |t| t.as_millis().max(1) as libc::c_int)
-    }
-
-    fn forward_signals(&mut self) -> io::Result<()> {
-        while let Some(signal) = sys::read_signalfd(self.signals)? {
-            if signal == libc::SIGWINCH {
-                if let Some(master) = self.terminal {
-                    tty::copy_window_size(master);
-                }
-                continue;
-            }
-            tracing::debug!(signal, "forwarding signal to the sandbox");
-            let _ = sys::kill(self.sandbox.pid, signal);
-        }
-        Ok(())
-    }
-
-    fn enforce_limits(&mut self) {
-        if self.reason != EndReason::Exited {
-            return;
-        }
-        let hit = match self.deadline {
-            Some(deadline) if Instant::now() >= deadline => Some(EndReason::TimedOut),
-            _ => self.cgroup.and_then(Cgroup::limit_hit),
-        };
-        if let Some(reason) = hit {
-            tracing::info!(?reason, "limit hit, killing the sandbox");
-            self.reason = reason;
-            self.sandbox.kill();
-        }
-    }
+fn attach_terminal(
+    master: &OwnedFd,
+    streams: &mut stdio::Plan,
+) -> Result<Option<tty::RawMode>, Error> {
+    let raw_mode = tty::RawMode::enter(0).map_err(Error::Terminal)?;
+    tty::copy_window_size(master.as_raw_fd());
+    streams.attach_terminal(master).map_err(Error::Terminal)?;
+    Ok(raw_mode)
 }

@@ -9,10 +9,13 @@
 //! - the workload ([`workload`]), which sheds its privileges and executes the command.
 
 pub mod cgroup;
+pub mod control;
 pub mod error;
 pub mod init;
 pub mod landlock;
 pub mod launch;
+pub mod monitor;
+pub mod outcome;
 pub mod protections;
 pub mod relay;
 pub mod report;

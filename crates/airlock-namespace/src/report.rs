@@ -1,5 +1,5 @@
 //! Messages from the sandbox's init and workload to the launching process, one JSON object
-//! per line on a pipe. The launcher reads them after the init has exited.
+//! per line on a pipe.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -33,24 +33,66 @@ impl Report {
     }
 }
 
-/// Reads every report from the pipe until end of file.
-pub fn read_all(fd: RawFd) -> io::Result<Vec<Report>> {
-    let mut bytes = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        match sys::read(fd, &mut buffer) {
-            Ok(0) => break,
-            Ok(read) => bytes.extend_from_slice(&buffer[..read]),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-            Err(error) => return Err(error),
+/// Collects reports from the launcher's end of the pipe as they arrive.
+pub struct ReportReader {
+    fd: RawFd,
+    buffer: Vec<u8>,
+    reports: Vec<Report>,
+    closed: bool,
+}
+
+impl ReportReader {
+    /// Reads from `fd`, which it makes non-blocking.
+    pub fn new(fd: RawFd) -> ReportReader {
+        let _ = sys::set_nonblocking(fd);
+        ReportReader {
+            fd,
+            buffer: Vec::new(),
+            reports: Vec::new(),
+            closed: false,
         }
     }
-    Ok(bytes
-        .split(|&byte| byte == b'\n')
-        .filter(|line| !line.is_empty())
-        .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect())
+
+    /// The descriptor to poll, or -1 (which poll skips) after end of file.
+    pub fn fd(&self) -> RawFd {
+        if self.closed {
+            -1
+        } else {
+            self.fd
+        }
+    }
+
+    /// Reads and parses whatever the pipe holds now.
+    pub fn read_available(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        while !self.closed {
+            match sys::read(self.fd, &mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+        }
+        while let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            if let Ok(report) = serde_json::from_slice(&line[..end]) {
+                self.reports.push(report);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the init has reported how the command ended.
+    pub fn has_final(&self) -> bool {
+        self.reports
+            .iter()
+            .any(|report| matches!(report, Report::Exited { .. } | Report::Signaled { .. }))
+    }
+
+    pub fn take(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.reports)
+    }
 }
 
 #[cfg(test)]
@@ -61,14 +103,19 @@ mod tests {
     #[test]
     fn reports_round_trip_through_pipe() {
         let (read, write) = sys::pipe().unwrap();
+        let mut reader = ReportReader::new(read.as_raw_fd());
         Report::Landlock {
             abi: 7,
             fully_enforced: true,
         }
         .send(write.as_raw_fd());
         Report::Exited { code: 3 }.send(write.as_raw_fd());
+        reader.read_available().unwrap();
+        assert!(reader.has_final());
         drop(write);
-        let reports = read_all(read.as_raw_fd()).unwrap();
+        reader.read_available().unwrap();
+        assert_eq!(reader.fd(), -1, "end of file was seen");
+        let reports = reader.take();
         assert_eq!(
             reports,
             [

@@ -25,8 +25,8 @@ pub struct Plan {
     pub clone3_filter: BpfProgram,
     /// Apply Landlock; the launcher sets this where the kernel supports it.
     pub landlock: bool,
-    /// RLIMIT_NPROC to set where no pids cgroup limits the sandbox.
-    pub nproc_rlimit: Option<u64>,
+    /// The process limit, set as RLIMIT_NPROC where no pids cgroup enforces it.
+    pub pids: u64,
 }
 
 /// The source of the workload's standard streams.
@@ -58,9 +58,10 @@ fn other(error: impl std::error::Error) -> io::Error {
     io::Error::other(crate::error_chain(&error))
 }
 
-/// Runs in the forked workload process; never returns.
-pub fn run(plan: &Plan, stdio: &Stdio, report_fd: RawFd) -> ! {
-    if let Err(error) = shed_privileges(plan, stdio, report_fd) {
+/// Runs in the forked workload process; never returns. `nproc_fallback` sets the process
+/// limit as RLIMIT_NPROC, for a sandbox without a pids cgroup.
+pub fn run(plan: &Plan, stdio: &Stdio, report_fd: RawFd, nproc_fallback: bool) -> ! {
+    if let Err(error) = shed_privileges(plan, stdio, report_fd, nproc_fallback) {
         let step = error.step.to_owned();
         Report::SetupFailed {
             step,
@@ -78,12 +79,17 @@ pub fn run(plan: &Plan, stdio: &Stdio, report_fd: RawFd) -> ! {
     sys::exit_now(code.into())
 }
 
-fn shed_privileges(plan: &Plan, stdio: &Stdio, report_fd: RawFd) -> Result<(), StepError> {
+fn shed_privileges(
+    plan: &Plan,
+    stdio: &Stdio,
+    report_fd: RawFd,
+    nproc_fallback: bool,
+) -> Result<(), StepError> {
     reset_signals().step("reset signal mask")?;
     sys::setsid().step("start a new session")?;
     install_stdio(stdio).step("install standard streams")?;
     sys::cloexec_from(3).step("close inherited descriptors")?;
-    set_rlimits(plan).step("set resource limits")?;
+    set_rlimits(plan, nproc_fallback).step("set resource limits")?;
     drop_bounding_set().step("drop the capability bounding set")?;
     lock_securebits().step("lock securebits")?;
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).step("set no_new_privs")?;
@@ -145,10 +151,10 @@ fn install_stdio(stdio: &Stdio) -> io::Result<()> {
     Ok(())
 }
 
-fn set_rlimits(plan: &Plan) -> io::Result<()> {
+fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
     sys::setrlimit(libc::RLIMIT_CORE, 0)?;
-    if let Some(nproc) = plan.nproc_rlimit {
-        sys::setrlimit(libc::RLIMIT_NPROC, nproc)?;
+    if nproc_fallback {
+        sys::setrlimit(libc::RLIMIT_NPROC, plan.pids)?;
     }
     Ok(())
 }
