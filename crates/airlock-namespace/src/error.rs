@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::{cgroup, seccomp, userns};
+use crate::{cgroup, userns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,8 +16,6 @@ pub enum Error {
     WeakerThanRequired { unmet: String },
     #[error("argument or environment value {0:?} contains a NUL byte, which a command line cannot carry")]
     NulByte(String),
-    #[error("cannot build the seccomp filter")]
-    Seccomp(#[source] seccomp::Error),
     #[error("cannot prepare the standard streams")]
     Stdio(#[source] io::Error),
     #[error("cannot create the channel to the sandbox")]

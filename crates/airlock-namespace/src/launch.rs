@@ -133,8 +133,7 @@ fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error
         argv: to_cstrings(spec.command.iter().map(|arg| arg.as_os_str()))?,
         env: to_cstrings(env_pairs.iter().map(|pair| OsStr::from_bytes(pair)))?,
         path,
-        deny_filter: seccomp::deny_filter().map_err(Error::Seccomp)?,
-        clone3_filter: seccomp::clone3_filter().map_err(Error::Seccomp)?,
+        seccomp: seccomp::build(),
         landlock: landlock_abi > 0,
         pids: spec.limits.pids.value,
     })

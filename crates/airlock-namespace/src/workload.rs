@@ -10,8 +10,6 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use seccompiler::BpfProgram;
-
 use crate::report::Report;
 use crate::{landlock, seccomp, sys};
 
@@ -21,8 +19,7 @@ pub struct Plan {
     pub env: Vec<CString>,
     /// Directories searched for a command name without a slash.
     pub path: Vec<CString>,
-    pub deny_filter: BpfProgram,
-    pub clone3_filter: BpfProgram,
+    pub seccomp: seccomp::Filter,
     /// Apply Landlock; the launcher sets this where the kernel supports it.
     pub landlock: bool,
     /// The process limit, set as RLIMIT_NPROC where no pids cgroup enforces it.
@@ -105,7 +102,8 @@ fn shed_privileges(
         .send(report_fd);
     }
     sys::clear_capabilities().step("clear capabilities")?;
-    seccomp::install(&plan.deny_filter, &plan.clone3_filter)
+    plan.seccomp
+        .install()
         .map_err(other)
         .step("install the seccomp filter")
 }
