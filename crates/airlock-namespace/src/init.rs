@@ -220,6 +220,10 @@ fn supervise(
 fn finish(status: libc::c_int, report: RawFd, grant: &CgroupGrant) -> ! {
     let _ = sys::kill(-1, libc::SIGKILL);
     while sys::waitpid(-1, 0).is_ok() {}
+    Report::Usage {
+        max_rss: sys::children_max_rss(),
+    }
+    .send(report);
     // A failure only delays the removal: the launcher then waits for this process to exit.
     let _ = grant.leave();
     let message = if libc::WIFSIGNALED(status) {

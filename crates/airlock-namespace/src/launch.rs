@@ -31,6 +31,9 @@ pub struct Sandbox {
     pub pidfd: OwnedFd,
     pub status: Option<libc::c_int>,
     pub cgroup: Option<Cgroup>,
+    /// Set once the init has killed and reaped every other process of the sandbox and left
+    /// its cgroup, so that only the kernel's teardown of its namespaces remains.
+    pub finished: bool,
 }
 
 impl Sandbox {
@@ -51,7 +54,11 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if self.status.is_none() {
+        // NOTE: a finished init is left to exit on its own, as bubblewrap leaves its PID 1:
+        // the kernel's teardown of its namespaces takes about half a millisecond, and the
+        // CLI exits right after, so the init is reaped by the launcher's own parent chain. A
+        // long-lived caller would have to reap it.
+        if self.status.is_none() && !self.finished {
             self.kill();
             let _ = sys::waitpid(self.pid, 0);
         }
@@ -256,6 +263,7 @@ fn start_init(
         pidfd,
         status: None,
         cgroup,
+        finished: false,
     })
 }
 

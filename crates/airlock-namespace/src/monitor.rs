@@ -19,8 +19,8 @@ const LIMIT_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What the launcher learned once the sandbox has ended.
 pub struct Ended {
-    /// The init's wait status.
-    pub status: libc::c_int,
+    /// The init's wait status, if it was reaped; a finished init is not waited for.
+    pub status: Option<libc::c_int>,
     pub reason: EndReason,
     pub reports: Vec<Report>,
     pub peak_memory: Option<u64>,
@@ -63,34 +63,35 @@ impl<'a> Monitor<'a> {
         }
     }
 
-    /// Waits until the init has exited and every output relay has drained.
+    /// Waits until every output relay has drained and the sandbox is over: the init has
+    /// exited, or it has sent its final report after leaving its cgroup, so that only the
+    /// kernel's teardown of its namespaces remains.
     pub fn run(&mut self) -> io::Result<Ended> {
-        let status = loop {
-            let exited = self.sandbox.reap();
-            if let Some(status) = exited {
-                if !self.outputs_open() {
-                    break status;
-                }
+        loop {
+            let exited = self.sandbox.reap().is_some();
+            // The init leaves a v1 cgroup before its final report, so the cgroup can go
+            // while the kernel tears down the init's namespaces. A v2 cgroup waits for the
+            // init's exit, because leaving it would take the global migration lock.
+            let cgroup_in_use = self.sandbox.cgroup.as_ref().is_some_and(Cgroup::is_v2);
+            if self.reports.has_final() && !cgroup_in_use {
+                self.release_cgroup();
+                self.sandbox.finished = true;
             }
-            self.poll_once(exited.is_some())?;
-            if exited.is_none() {
+            if (exited || self.sandbox.finished) && !self.outputs_open() {
+                break;
+            }
+            self.poll_once(exited)?;
+            if !exited {
                 self.enforce_limits();
             }
-            // The init leaves a v1 cgroup before its final report, so the cgroup can go
-            // while the kernel tears down the init's namespaces.
-            if self.reports.has_final() && self.sandbox.cgroup.as_ref().is_some_and(|c| !c.is_v2())
-            {
-                self.release_cgroup();
-            }
-        };
+        }
         self.reports.read_available()?;
         self.release_cgroup();
-        let peak_memory = self.peak_memory.or_else(|| Some(sys::children_max_rss()));
         Ok(Ended {
-            status,
+            status: self.sandbox.status,
             reason: self.reason,
             reports: self.reports.take(),
-            peak_memory,
+            peak_memory: self.peak_memory,
         })
     }
 

@@ -21,6 +21,7 @@ pub fn build(
     let mut signal = None;
     let mut exec_failure = None;
     let mut landlock_abi = None;
+    let mut peak_rss = None;
     for report in ended.reports {
         match report {
             Report::SetupFailed { step, error } => {
@@ -38,13 +39,14 @@ pub fn build(
             Report::ExecFailed { errno } => exec_failure = Some(exec_failure_of(spec, errno)),
             Report::Exited { code } => exit_code = Some(code),
             Report::Signaled { signal: number } => signal = Some(number),
+            Report::Usage { max_rss } => peak_rss = Some(max_rss),
         }
     }
     let reason = ended.reason;
     if exit_code.is_none() && signal.is_none() && reason == EndReason::Exited {
         // The init died without a report, which only an outside kill causes.
         return Err(Error::InitDied {
-            status: ended.status,
+            status: ended.status.unwrap_or(0),
         });
     }
     if reason != EndReason::Exited && exit_code.is_none() {
@@ -57,7 +59,7 @@ pub fn build(
         exit_code,
         signal,
         duration: started.elapsed(),
-        peak_memory: ended.peak_memory,
+        peak_memory: ended.peak_memory.or(peak_rss),
         exec_failure,
         landlock_abi,
         enforcement,

@@ -21,6 +21,9 @@ pub enum Report {
     Exited { code: i32 },
     /// The command was killed by `signal`.
     Signaled { signal: i32 },
+    /// The largest resident set of any process of the sandbox, in bytes, sent before the
+    /// final report.
+    Usage { max_rss: u64 },
 }
 
 impl Report {
