@@ -85,9 +85,56 @@ struct Hierarchy {
     is_v2: bool,
 }
 
-fn hierarchies() -> Vec<Hierarchy> {
+/// Lists the cgroup hierarchies. For root, the usual mounts below /sys/fs/cgroup are found
+/// with a few statfs(2) calls, which take far less time than reading /proc/self/mountinfo.
+/// Other callers need each mount's root to locate their own cgroup, which only mountinfo has.
+fn hierarchies(is_root: bool) -> Vec<Hierarchy> {
+    if is_root {
+        if let Some(standard) = standard_hierarchies() {
+            return standard;
+        }
+    }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     mountinfo.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn filesystem_type(path: &Path) -> Option<i64> {
+    let path = crate::sys::cstring(path).ok()?;
+    // SAFETY: statfs is plain data, so an all-zero value is valid for the kernel to fill.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a live statfs for the call.
+    let result = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    (result == 0).then_some(stat.f_type)
+}
+
+/// Finds the hierarchies at their usual places: cgroup2 on /sys/fs/cgroup, or one v1
+/// hierarchy per controller at /sys/fs/cgroup/NAME. Returns `None` for any other layout.
+fn standard_hierarchies() -> Option<Vec<Hierarchy>> {
+    let top = Path::new("/sys/fs/cgroup");
+    if filesystem_type(top)? == CGROUP2_SUPER_MAGIC {
+        return Some(vec![Hierarchy {
+            mount_point: top.to_owned(),
+            root: "/".into(),
+            controllers: Vec::new(),
+            is_v2: true,
+        }]);
+    }
+    let found: Vec<Hierarchy> = Controller::ALL
+        .iter()
+        .filter(|controller| {
+            filesystem_type(&top.join(controller.name())) == Some(CGROUP_SUPER_MAGIC)
+        })
+        .map(|controller| Hierarchy {
+            mount_point: top.join(controller.name()),
+            root: "/".into(),
+            controllers: vec![controller.name().to_owned()],
+            is_v2: false,
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
 }
 
 fn parse_mountinfo_line(line: &str) -> Option<Hierarchy> {
@@ -176,7 +223,7 @@ impl Layout {
 
 /// Finds the parent directories where this process may create sandbox cgroups.
 fn parents(is_root: bool) -> Option<(Version, Vec<(Controller, PathBuf)>)> {
-    let hierarchies = hierarchies();
+    let hierarchies = hierarchies(is_root);
     if let Some(unified) = v2_unified(&hierarchies) {
         let parent = if is_root {
             unified.mount_point.join("airlock")
@@ -506,6 +553,22 @@ mod tests {
         assert!(parse_mountinfo_line(v2).unwrap().is_v2);
         let other = "22 27 0:21 / /proc rw,relatime - proc proc rw";
         assert!(parse_mountinfo_line(other).is_none());
+    }
+
+    #[test]
+    fn standard_layout_agrees_with_mountinfo() {
+        let Some(standard) = standard_hierarchies() else {
+            eprintln!("skipped: /sys/fs/cgroup has no standard layout on this host");
+            return;
+        };
+        let from_mountinfo = hierarchies(false);
+        for hierarchy in standard {
+            let resolved = hierarchy.mount_point.canonicalize().unwrap();
+            let listed = from_mountinfo
+                .iter()
+                .find(|h| h.mount_point == resolved && h.is_v2 == hierarchy.is_v2);
+            assert!(listed.is_some(), "{resolved:?} is not a cgroup mount in mountinfo");
+        }
     }
 
     #[test]
