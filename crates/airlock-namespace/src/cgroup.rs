@@ -567,7 +567,10 @@ mod tests {
             let listed = from_mountinfo
                 .iter()
                 .find(|h| h.mount_point == resolved && h.is_v2 == hierarchy.is_v2);
-            assert!(listed.is_some(), "{resolved:?} is not a cgroup mount in mountinfo");
+            assert!(
+                listed.is_some(),
+                "{resolved:?} is not a cgroup mount in mountinfo"
+            );
         }
     }
 

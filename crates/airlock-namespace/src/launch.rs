@@ -216,7 +216,6 @@ fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
 }
 
 /// Starts the init in new namespaces, in `cgroup` already where it is a v2 group.
-#[allow(clippy::too_many_arguments)]
 fn start_init(
     spec: &Spec,
     id: &SandboxId,
@@ -267,6 +266,41 @@ fn start_init(
     })
 }
 
+/// Finishes the setup from the outside while the init builds the file tree: the ID maps, a
+/// v1 cgroup, the check of required protections, and the grant of the cgroup to the init.
+/// Returns what the sandbox enforces.
+fn finish_outside_setup(
+    spec: &Spec,
+    id: &SandboxId,
+    caller: Caller,
+    layout: Option<&Layout>,
+    landlock_abi: u32,
+    sandbox: &mut Sandbox,
+    channels: &Channels,
+) -> Result<Enforcement, Error> {
+    userns::write_maps(sandbox.pid, caller.uid, caller.gid, caller.is_root)
+        .map_err(Error::UserNamespace)?;
+    sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
+    if !layout.is_some_and(Layout::is_v2) {
+        sandbox.cgroup = create_cgroup(spec, id, caller, layout)?;
+    }
+    let assessment =
+        protections::assess(spec, sandbox.cgroup.as_ref(), landlock_abi, caller.is_root);
+    check_required(&assessment.enforcement, spec.allow_weaker)?;
+    let limits_pids = assessment.nproc_rlimit.is_none();
+    let grant = match &sandbox.cgroup {
+        Some(cgroup) if !cgroup.is_v2() => cgroup.grant(limits_pids).map_err(Error::Cgroup)?,
+        _ => CgroupGrant {
+            limits_pids,
+            ..CgroupGrant::default()
+        },
+    };
+    grant
+        .send(channels.control.as_raw_fd())
+        .map_err(Error::Channel)?;
+    Ok(assessment.enforcement)
+}
+
 /// Runs `spec` in a new namespace sandbox and waits for it to end.
 pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     let started = Instant::now();
@@ -308,27 +342,15 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     streams.child_ends.clear();
     tracing::info!(sandbox = %id, backend = "namespace", pid = sandbox.pid, "sandbox created");
 
-    userns::write_maps(sandbox.pid, caller.uid, caller.gid, caller.is_root)
-        .map_err(Error::UserNamespace)?;
-    sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
-    if !cgroup_v2 {
-        sandbox.cgroup = create_cgroup(spec, &id, caller, layout.as_ref())?;
-    }
-    let assessment =
-        protections::assess(spec, sandbox.cgroup.as_ref(), landlock_abi, caller.is_root);
-    check_required(&assessment.enforcement, spec.allow_weaker)?;
-    let limits_pids = assessment.nproc_rlimit.is_none();
-    let grant = match &sandbox.cgroup {
-        Some(cgroup) if !cgroup.is_v2() => cgroup.grant(limits_pids).map_err(Error::Cgroup)?,
-        _ => CgroupGrant {
-            limits_pids,
-            ..CgroupGrant::default()
-        },
-    };
-    grant
-        .send(channels.control.as_raw_fd())
-        .map_err(Error::Channel)?;
-    drop(grant);
+    let enforcement = finish_outside_setup(
+        spec,
+        &id,
+        caller,
+        layout.as_ref(),
+        landlock_abi,
+        &mut sandbox,
+        &channels,
+    )?;
 
     let master = receive_terminal(spec, &channels.control)?;
     let _raw_mode = match &master {
@@ -350,7 +372,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         .is_none_or(|index| streams.pumps[index].ends_line());
     drop(restore_mask);
 
-    let outcome = outcome::build(spec, &id, assessment.enforcement, ended, started)?;
+    let outcome = outcome::build(spec, &id, enforcement, ended, started)?;
     tracing::info!(
         sandbox = %id,
         reason = ?outcome.reason,
