@@ -149,6 +149,10 @@ pub enum SpecError {
     RootFsNotDirectory(PathBuf),
     #[error("root filesystem {0:?} has no usr/ or bin/ directory: pass the top of a root filesystem, such as a debootstrap tree")]
     RootFsNotRoot(PathBuf),
+    #[error("workspace {0:?} would give the sandbox write access to the host's system files: pass a project directory with --workspace")]
+    WorkspaceIsSystem(PathBuf),
+    #[error("root filesystem \"/\" would show the host's secrets: omit --rootfs to get a read-only view of the host with secrets hidden")]
+    RootFsIsHostRoot,
     #[error("invalid environment variable {0:?}: expected KEY=VALUE with a non-empty KEY of letters, digits and underscores")]
     InvalidEnv(String),
     #[error("cannot resolve {path:?}")]
@@ -180,11 +184,15 @@ impl Spec {
             return Err(SpecError::NoCommand);
         }
         if let Some(workspace) = &self.workspace {
-            self.workspace = Some(resolve_directory(
+            let workspace = resolve_directory(
                 workspace,
                 SpecError::WorkspaceMissing,
                 SpecError::WorkspaceNotDirectory,
-            )?);
+            )?;
+            if is_system_path(&workspace) {
+                return Err(SpecError::WorkspaceIsSystem(workspace));
+            }
+            self.workspace = Some(workspace);
         }
         if let RootFs::Directory(root) = &self.rootfs {
             let root = resolve_directory(
@@ -192,6 +200,9 @@ impl Spec {
                 SpecError::RootFsMissing,
                 SpecError::RootFsNotDirectory,
             )?;
+            if root == Path::new("/") {
+                return Err(SpecError::RootFsIsHostRoot);
+            }
             if !root.join("usr").is_dir() && !root.join("bin").is_dir() {
                 return Err(SpecError::RootFsNotRoot(root));
             }
@@ -218,6 +229,20 @@ impl Spec {
         }
         env
     }
+}
+
+/// Host directories that must never be a read-write workspace: the root, the system
+/// directories, and the kernel's file systems, which sit below the root and would come along
+/// with its bind mount.
+const SYSTEM_PATHS: [&str; 13] = [
+    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/var", "/run",
+    "/opt", "/srv",
+];
+const KERNEL_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+fn is_system_path(path: &Path) -> bool {
+    SYSTEM_PATHS.iter().any(|system| path == Path::new(system))
+        || KERNEL_PATHS.iter().any(|kernel| path.starts_with(kernel))
 }
 
 /// Parses one `KEY=VALUE` environment assignment.
@@ -283,6 +308,29 @@ mod tests {
             spec.validate(),
             Err(SpecError::WorkspaceNotDirectory(_))
         ));
+    }
+
+    #[test]
+    fn validate_rejects_system_workspaces() {
+        for system in ["/", "/usr", "/etc", "/proc/self", "/sys", "/dev"] {
+            let mut spec = Spec::new(vec!["true".into()]);
+            spec.workspace = Some(system.into());
+            let error = spec.validate().unwrap_err();
+            assert!(
+                matches!(error, SpecError::WorkspaceIsSystem(_)),
+                "{system}: {error}"
+            );
+        }
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.workspace = Some("/tmp".into());
+        assert!(spec.validate().is_ok(), "/tmp is an ordinary directory");
+    }
+
+    #[test]
+    fn validate_rejects_host_root_as_rootfs() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.rootfs = RootFs::Directory("/".into());
+        assert!(matches!(spec.validate(), Err(SpecError::RootFsIsHostRoot)));
     }
 
     #[test]
