@@ -201,8 +201,8 @@ fn open(path: PathBuf, flags: libc::c_int) -> Result<OwnedFd, Error> {
     crate::sys::open(&path, flags).map_err(|source| Error::Open { path, source })
 }
 
-/// Where this process may create sandbox cgroups: the hierarchy version and the parent
-/// directory per controller.
+/// The places this process may create sandbox cgroups in: the hierarchy version and the
+/// parent directory per controller.
 #[derive(Debug)]
 pub struct Layout {
     version: Version,
@@ -421,8 +421,8 @@ impl Cgroup {
 
     /// Opens the v2 group's directory, for the launcher to clone the init into it. Moving a
     /// process with a write to `cgroup.procs` takes a global lock whose first use waits for
-    /// an RCU grace period (about 12 ms on the benchmark machine); cloning into the group
-    /// takes no such lock.
+    /// an RCU grace period (about 12 ms per spaced start in bench/startup.sh on cgroup v1).
+    /// Cloning into the group takes no such lock.
     pub fn open_dir(&self) -> Result<OwnedFd, Error> {
         let dir = self.unique_dirs()[0].to_path_buf();
         open(dir, libc::O_RDONLY | libc::O_DIRECTORY)

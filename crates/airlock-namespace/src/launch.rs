@@ -54,10 +54,10 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // NOTE: a finished init is left to exit on its own, as bubblewrap leaves its PID 1:
-        // the kernel's teardown of its namespaces takes about half a millisecond, and the
-        // CLI exits right after, so the init is reaped by the launcher's own parent chain. A
-        // long-lived caller would have to reap it.
+        // NOTE: a finished init is left to exit on its own, as bubblewrap leaves its PID 1,
+        // because the kernel's teardown of its namespaces takes about half a millisecond. The
+        // CLI exits right after, so the init's new parent reaps it. A long-lived caller would
+        // have to reap it itself.
         if self.status.is_none() && !self.finished {
             self.kill();
             let _ = sys::waitpid(self.pid, 0);
