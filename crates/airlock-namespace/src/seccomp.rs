@@ -256,7 +256,7 @@ mod tests {
     /// Runs the filter on one system call, as the kernel's BPF interpreter would for the
     /// instructions this module emits.
     fn evaluate(filter: &Filter, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
         for (index, arg) in args.iter().enumerate() {
@@ -344,15 +344,15 @@ mod tests {
 
     #[test]
     fn terminal_injection_ioctls_denied_on_low_bits() {
-        let tiocsti = libc::TIOCSTI as u64;
+        let tiocsti = libc::TIOCSTI;
         assert_eq!(call(libc::SYS_ioctl, [0, tiocsti, 0, 0, 0, 0]), EPERM);
         assert_eq!(
             call(libc::SYS_ioctl, [0, tiocsti | 1 << 32, 0, 0, 0, 0]),
             EPERM
         );
-        let tioclinux = libc::TIOCLINUX as u64;
+        let tioclinux = libc::TIOCLINUX;
         assert_eq!(call(libc::SYS_ioctl, [0, tioclinux, 0, 0, 0, 0]), EPERM);
-        let tcgets = libc::TCGETS as u64;
+        let tcgets = libc::TCGETS;
         assert_eq!(call(libc::SYS_ioctl, [0, tcgets, 0, 0, 0, 0]), RET_ALLOW);
     }
 
