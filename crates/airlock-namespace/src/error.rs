@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::{cgroup, userns};
+use crate::{cgroup, stdio, userns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,8 +16,8 @@ pub enum Error {
     WeakerThanRequired { unmet: String },
     #[error("argument or environment value {0:?} contains a NUL byte, which a command line cannot carry")]
     NulByte(String),
-    #[error("cannot prepare the standard streams")]
-    Stdio(#[source] io::Error),
+    #[error(transparent)]
+    Stdio(stdio::Error),
     #[error("cannot create the channel to the sandbox")]
     Channel(#[source] io::Error),
     #[error("cannot block the signals forwarded to the sandbox")]

@@ -86,6 +86,7 @@ pub fn run(plan: Plan<'_>) -> ! {
 fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .step("ask to be killed with the launcher")?;
+    close_launcher_descriptors(plan).step("close the launcher's descriptors")?;
     sys::setsid().step("start a new session")?;
     wait_for_launcher(plan.sync.as_raw_fd())?;
     if plan.is_root {
@@ -109,6 +110,18 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
         None
     };
     Ok(Ready { grant, terminal })
+}
+
+/// Closes the launcher's descriptors, which the clone copied: the caller's end of a relay
+/// pipe held open here would keep its reader in the sandbox from ever seeing end of file.
+fn close_launcher_descriptors(plan: &Plan<'_>) -> io::Result<()> {
+    let channels = [&plan.sync, &plan.report, &plan.control].map(AsRawFd::as_raw_fd);
+    let keep: Vec<RawFd> = [0, 1, 2]
+        .into_iter()
+        .chain(channels)
+        .chain(plan.stdio)
+        .collect();
+    sys::close_all_except(&keep)
 }
 
 /// Blocks until the launcher has written the ID maps.

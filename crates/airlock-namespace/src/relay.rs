@@ -4,7 +4,7 @@
 //! output costs no memory.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use crate::sys;
 
@@ -16,8 +16,7 @@ pub struct Pump {
     sink: RawFd,
     /// Descriptors closed when the pump finishes, so the reader on the far side sees end of
     /// file.
-    owned_source: Option<OwnedFd>,
-    owned_sink: Option<OwnedFd>,
+    owned: Vec<OwnedFd>,
     buffer: Box<[u8]>,
     start: usize,
     end: usize,
@@ -35,8 +34,7 @@ impl Pump {
         Pump {
             source,
             sink,
-            owned_source: None,
-            owned_sink: None,
+            owned: Vec::new(),
             buffer: vec![0; BUFFER_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -47,16 +45,10 @@ impl Pump {
         }
     }
 
-    pub fn from_owned(source: OwnedFd, sink: RawFd) -> Pump {
-        let mut pump = Pump::new(source.as_raw_fd(), sink, false);
-        pump.owned_source = Some(source);
-        pump
-    }
-
-    pub fn into_owned(source: RawFd, sink: OwnedFd) -> Pump {
-        let mut pump = Pump::new(source, sink.as_raw_fd(), true);
-        pump.owned_sink = Some(sink);
-        pump
+    /// Keeps `fd` open until the pump finishes.
+    pub fn owning(mut self, fd: OwnedFd) -> Pump {
+        self.owned.push(fd);
+        self
     }
 
     pub fn is_done(&self) -> bool {
@@ -96,8 +88,7 @@ impl Pump {
             self.fill();
         }
         if self.is_done() {
-            self.owned_sink = None;
-            self.owned_source = None;
+            self.owned.clear();
         }
     }
 

@@ -70,14 +70,21 @@ const SECRET_FILES: [&str; 7] = [
 ];
 const SECRET_DIRS: [&str; 2] = ["etc/ssl/private", "etc/sudoers.d"];
 
-/// Files of /proc that expose host kernel memory, keys or timers, hidden behind /dev/null.
-const PROC_MASKED_FILES: [&str; 6] = [
+/// Files of /proc that expose host kernel memory, keys, timers or page and allocator state,
+/// hidden behind /dev/null.
+const PROC_MASKED_FILES: [&str; 12] = [
     "kcore",
     "keys",
     "timer_list",
     "sched_debug",
     "latency_stats",
     "kallsyms",
+    "kpagecount",
+    "kpageflags",
+    "kpagecgroup",
+    "vmallocinfo",
+    "slabinfo",
+    "pagetypeinfo",
 ];
 /// Directories of /proc hidden behind an empty read-only tmpfs.
 const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
@@ -125,13 +132,21 @@ fn unless_missing(result: Result<()>) -> Result<()> {
     }
 }
 
+/// Binds the host device node `source` onto the file `target`, read-only: a device can
+/// still be read and written on a read-only mount, but its host inode cannot be changed
+/// (chmod, utimes, xattrs), which uid 0 inside could otherwise do to a root-owned node.
+fn bind_device(source: &Path, target: &Path) -> Result<()> {
+    sys::mount(Some(source), target, None, libc::MS_BIND, None)
+        .step(|| format!("bind {} to {}", source.display(), target.display()))?;
+    let attributes = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
+    sys::mount_setattr(target, attributes, false)
+        .step(|| format!("make {} read-only", target.display()))
+}
+
 /// Covers the file `target` with the host's /dev/null, so it reads as empty and swallows
-/// writes. No flags are needed on this mount: it exposes nothing but the null device.
+/// writes.
 fn mask_with_null(target: &Path) -> Result<()> {
-    let null = old("/dev/null");
-    let result = sys::mount(Some(&null), target, None, libc::MS_BIND, None)
-        .step(|| format!("mask {} with /dev/null", target.display()));
-    unless_missing(result)
+    unless_missing(bind_device(&old("/dev/null"), target))
 }
 
 fn make_dir(path: &Path) -> Result<()> {
@@ -265,10 +280,7 @@ fn mount_dev(shm_size: u64) -> Result<()> {
     for device in DEVICES {
         let target = dev.join(device);
         make_file(&target)?;
-        // A device node needs no extra flags: it is not a directory, and not executable.
-        let source = old(Path::new("/dev").join(device));
-        sys::mount(Some(&source), &target, None, libc::MS_BIND, None)
-            .step(|| format!("bind /dev/{device}"))?;
+        bind_device(&old(Path::new("/dev").join(device)), &target)?;
     }
     let pts = dev.join("pts");
     make_dir(&pts)?;

@@ -1,7 +1,8 @@
-//! How the caller's standard streams reach the sandbox. Pipes, files and sockets are handed
-//! over as they are, which is the fastest path and keeps every byte. A terminal is never
-//! handed over: the sandbox gets a pipe (or, with `--tty`, its own pseudo-terminal) and the
-//! launcher relays between the two.
+//! How the caller's standard streams reach the sandbox. Anonymous pipes and sockets are
+//! handed over as they are, which is the fastest path and keeps every byte. Anything else
+//! (a file, a FIFO, a device, a terminal) is relayed through a pipe by the launcher, because
+//! a descriptor of a host file lets its holder change the file itself: fchmod as uid 0 inside
+//! would change a root-owned host file. With `--tty` the sandbox gets its own pseudo-terminal.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -9,6 +10,49 @@ use std::path::Path;
 
 use crate::relay::Pump;
 use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("standard {stream} is a directory: redirect it from or to a file, or close it")]
+    Directory { stream: &'static str },
+    #[error("cannot inspect standard {stream}")]
+    Inspect {
+        stream: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the relay of standard {stream}")]
+    Relay {
+        stream: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+const STREAMS: [&str; 3] = ["input", "output", "error"];
+
+/// What a standard stream of the caller is, for deciding how it reaches the sandbox.
+enum Kind {
+    Closed,
+    /// An anonymous pipe or a socket: handed over as it is.
+    PassThrough,
+    Directory,
+    /// A file, FIFO, device or terminal: relayed.
+    Relay,
+}
+
+fn kind(fd: RawFd) -> io::Result<Kind> {
+    const PIPEFS_MAGIC: i64 = 0x5049_5045;
+    let Some(mode) = sys::fstat_mode(fd)? else {
+        return Ok(Kind::Closed);
+    };
+    Ok(match mode & libc::S_IFMT {
+        libc::S_IFSOCK => Kind::PassThrough,
+        libc::S_IFIFO if sys::fstatfs_type(fd)? == PIPEFS_MAGIC => Kind::PassThrough,
+        libc::S_IFDIR => Kind::Directory,
+        _ => Kind::Relay,
+    })
+}
 
 /// The workload's side of the streams, and the relays the launcher runs.
 pub struct Plan {
@@ -22,9 +66,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Plans the streams. `relay_stderr` forces a relay of stderr even when it is not a
-    /// terminal, so the launcher can tell where the command's last line ended.
-    pub fn new(tty: bool, relay_stderr: bool) -> io::Result<Plan> {
+    /// Plans the streams. `relay_stderr` forces a relay of stderr even when it could be
+    /// handed over, so the launcher can tell where the command's last line ended.
+    pub fn new(tty: bool, relay_stderr: bool) -> Result<Plan, Error> {
         let mut plan = Plan {
             child_fds: [0, 1, 2],
             child_ends: Vec::new(),
@@ -35,24 +79,36 @@ impl Plan {
             return Ok(plan);
         }
         for fd in 0..3 {
-            if !sys::fd_is_open(fd) {
-                let null = sys::open(Path::new("/dev/null"), libc::O_RDWR)?;
-                plan.child_fds[fd as usize] = null.as_raw_fd();
-                plan.child_ends.push(null);
-            } else if sys::is_terminal(fd) || (fd == 2 && relay_stderr) {
-                plan.relay(fd)?;
+            let stream = STREAMS[fd as usize];
+            let kind = kind(fd).map_err(|source| Error::Inspect { stream, source })?;
+            let forced = fd == 2 && relay_stderr;
+            let relay = |plan: &mut Plan, closed| {
+                plan.relay(fd, closed)
+                    .map_err(|source| Error::Relay { stream, source })
+            };
+            match kind {
+                Kind::Directory => return Err(Error::Directory { stream }),
+                Kind::PassThrough if !forced => {}
+                Kind::Closed => relay(&mut plan, true)?,
+                Kind::PassThrough | Kind::Relay => relay(&mut plan, false)?,
             }
         }
         Ok(plan)
     }
 
-    fn relay(&mut self, fd: RawFd) -> io::Result<()> {
+    /// Gives the sandbox a pipe for stream `fd` and adds the pump that serves it. A closed
+    /// stream is served by /dev/null in the launcher.
+    fn relay(&mut self, fd: RawFd, closed: bool) -> io::Result<()> {
+        let null = closed
+            .then(|| sys::open(Path::new("/dev/null"), libc::O_RDWR))
+            .transpose()?;
+        let caller_end = null.as_ref().map_or(fd, AsRawFd::as_raw_fd);
         let (read, write) = sys::pipe()?;
-        if fd == 0 {
+        let mut pump = if fd == 0 {
             sys::set_nonblocking(write.as_raw_fd())?;
             self.child_fds[0] = read.as_raw_fd();
             self.child_ends.push(read);
-            self.pumps.push(Pump::into_owned(0, write));
+            Pump::new(caller_end, write.as_raw_fd(), true).owning(write)
         } else {
             sys::set_nonblocking(read.as_raw_fd())?;
             self.child_fds[fd as usize] = write.as_raw_fd();
@@ -60,8 +116,12 @@ impl Plan {
             if fd == 2 {
                 self.stderr_pump = Some(self.pumps.len());
             }
-            self.pumps.push(Pump::from_owned(read, fd));
+            Pump::new(read.as_raw_fd(), caller_end, false).owning(read)
+        };
+        if let Some(null) = null {
+            pump = pump.owning(null);
         }
+        self.pumps.push(pump);
         Ok(())
     }
 

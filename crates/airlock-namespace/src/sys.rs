@@ -138,9 +138,56 @@ pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
     check_long(result).map(drop)
 }
 
+/// Closes every descriptor except those in `keep`.
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd >= 0).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first: libc::c_uint = 0;
+    for &fd in &keep {
+        let fd = fd as libc::c_uint;
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd + 1;
+    }
+    close_range(first, libc::c_uint::MAX)
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range only changes the descriptor table; the caller owns every
+    // descriptor in the range and uses none of them afterwards.
+    let result = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    check_long(result).map(drop)
+}
+
 pub fn is_terminal(fd: RawFd) -> bool {
     // SAFETY: isatty reads no memory of ours.
     unsafe { libc::isatty(fd) == 1 }
+}
+
+/// Returns the file mode of `fd`, or `None` if `fd` is not open.
+pub fn fstat_mode(fd: RawFd) -> io::Result<Option<libc::mode_t>> {
+    // SAFETY: stat is plain data, so an all-zero value is valid for the kernel to fill.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a live stat buffer for the call.
+    if unsafe { libc::fstat(fd, &mut stat) } == -1 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EBADF) {
+            return Ok(None);
+        }
+        return Err(error);
+    }
+    Ok(Some(stat.st_mode))
+}
+
+/// Returns the type of the file system `fd` is on, as statfs(2) reports it.
+pub fn fstatfs_type(fd: RawFd) -> io::Result<i64> {
+    // SAFETY: statfs is plain data, so an all-zero value is valid for the kernel to fill.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a live statfs buffer for the call.
+    check(unsafe { libc::fstatfs(fd, &mut stat) })?;
+    Ok(stat.f_type)
 }
 
 pub fn fd_is_open(fd: RawFd) -> bool {

@@ -19,7 +19,7 @@ pub struct Plan {
     pub env: Vec<CString>,
     /// Directories searched for a command name without a slash.
     pub path: Vec<CString>,
-    pub seccomp: seccomp::Filter,
+    pub seccomp: seccomp::Program,
     /// Apply Landlock; the launcher sets this where the kernel supports it.
     pub landlock: bool,
     /// The process limit, set as RLIMIT_NPROC where no pids cgroup enforces it.
@@ -102,8 +102,7 @@ fn shed_privileges(
         .send(report_fd);
     }
     sys::clear_capabilities().step("clear capabilities")?;
-    plan.seccomp
-        .install()
+    seccomp::install(&plan.seccomp)
         .map_err(other)
         .step("install the seccomp filter")
 }

@@ -1,0 +1,149 @@
+//! A sandbox cannot change host files it reaches through its streams, its devices or its
+//! workspace: no mode changes through a redirected file or a device node, and no setuid or
+//! setgid files, which would run as root on the host when Airlock runs as root.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+use super::harness::{
+    airlock_shell_command, describe, sandbox_sh, shell_quote, stderr, test_user, Caller, Workspace,
+    CALLERS,
+};
+
+/// Runs `airlock ARGS` as `caller` through a shell, with `redirections` appended to it.
+fn run_redirected(caller: Caller, args: &[&str], redirections: &str) -> std::process::Output {
+    let workspace = Workspace::new(caller);
+    let (script, _delegation) = airlock_shell_command(caller, &[], args);
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{script} {redirections}"))
+        .current_dir(workspace.path())
+        .output()
+        .expect("run airlock")
+}
+
+/// Creates a file in a fresh directory, owned by `caller`, with `mode`.
+fn host_file(caller: Caller, mode: u32) -> (Workspace, std::path::PathBuf) {
+    let dir = Workspace::new(caller);
+    let path = dir.path().join("host-file");
+    fs::write(&path, b"host data\n").unwrap();
+    if caller != Caller::Root {
+        let (uid, gid) = test_user();
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    (dir, path)
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn redirected_input_file_keeps_mode() {
+    for caller in CALLERS {
+        let (_dir, path) = host_file(caller, 0o600);
+        // The sandbox gets a pipe, so the fchmod changes the pipe and not the host file.
+        let probe = "import os, sys; os.fchmod(0, 0o666); sys.stdout.write(sys.stdin.read())";
+        let redirect = format!("< {}", shell_quote(path.to_str().unwrap()));
+        let output = run_redirected(caller, &["run", "--", "python3", "-c", probe], &redirect);
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        assert_eq!(output.stdout, b"host data\n", "{caller:?}: input was lost");
+        assert_eq!(
+            mode_of(&path),
+            0o600,
+            "{caller:?}: the host file's mode changed"
+        );
+    }
+}
+
+#[test]
+fn redirected_output_file_never_setuid() {
+    for caller in CALLERS {
+        let (_dir, path) = host_file(caller, 0o644);
+        let probe = "import os; os.write(1, b'payload'); os.fchmod(1, 0o4755)";
+        let redirect = format!("> {}", shell_quote(path.to_str().unwrap()));
+        let output = run_redirected(caller, &["run", "--", "python3", "-c", probe], &redirect);
+        assert!(
+            !output.status.success(),
+            "{caller:?}: fchmod succeeded: {}",
+            describe(&output)
+        );
+        assert_eq!(
+            mode_of(&path),
+            0o644,
+            "{caller:?}: the host file's mode changed"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"payload",
+            "{caller:?}: output was lost"
+        );
+    }
+}
+
+#[test]
+fn directory_as_input_rejected() {
+    for caller in CALLERS {
+        let output = run_redirected(caller, &["run", "--", "true"], "< /");
+        assert_eq!(
+            output.status.code(),
+            Some(125),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        let message = stderr(&output);
+        assert!(
+            message.contains("standard input is a directory"),
+            "{caller:?}: {message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{caller:?}: {message}");
+    }
+}
+
+#[test]
+fn device_nodes_keep_host_mode() {
+    let before = mode_of("/dev/null".as_ref());
+    for caller in CALLERS {
+        let output = sandbox_sh(caller, "chmod 600 /dev/null /dev/zero /etc/shadow");
+        assert!(
+            !output.status.success(),
+            "{caller:?}: chmod succeeded: {}",
+            describe(&output)
+        );
+        assert_eq!(
+            mode_of("/dev/null".as_ref()),
+            before,
+            "{caller:?}: /dev/null changed"
+        );
+    }
+}
+
+#[test]
+fn setuid_files_cannot_be_made() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let script = "cp /bin/true made; chmod 4755 made; chmod g+s made; \
+                      python3 -c 'import os; os.open(\"created\", os.O_CREAT | os.O_WRONLY, 0o6755)'; \
+                      test -e made";
+        let args = ["run", "--", "sh", "-c", script];
+        let output = super::harness::run(caller, &args, workspace.path());
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let made = workspace.path().join("made");
+        assert_eq!(
+            mode_of(&made) & 0o6000,
+            0,
+            "{caller:?}: setuid or setgid bit set"
+        );
+        assert!(
+            !workspace.path().join("created").exists(),
+            "{caller:?}: setuid create"
+        );
+        let message = stderr(&output);
+        assert!(
+            message.contains("Operation not permitted"),
+            "{caller:?}: {message}"
+        );
+    }
+}
