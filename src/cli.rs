@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_core::size::{self, format_bytes};
-use airlock_core::spec::{self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE};
+use airlock_core::spec::{
+    self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE, MAX_PIDS, MIN_MEMORY,
+};
 use airlock_core::{Action, BackendKind, Limit, RootFs, Spec};
 use clap::{Args, Parser, Subcommand};
 
@@ -60,9 +62,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = parse_cpus)]
     pub cpus: Option<f64>,
 
-    /// Maximum number of processes and threads at once.
+    /// Maximum number of processes and threads of the command at once, not counting
+    /// Airlock's init.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PIDS,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_PIDS))]
     pub pids: u64,
 
     /// Size of the private /tmp (and of /dev/shm), such as 256M.
@@ -98,7 +101,13 @@ fn parse_env(value: &str) -> Result<(String, OsString), String> {
 }
 
 fn parse_memory(value: &str) -> Result<String, String> {
-    size::parse_bytes("memory limit", value).map_err(|error| error.to_string())?;
+    let bytes = size::parse_bytes("memory limit", value).map_err(|error| error.to_string())?;
+    if bytes < MIN_MEMORY {
+        return Err(format!(
+            "memory limit {value} is too small: the sandbox needs at least {}",
+            format_bytes(MIN_MEMORY)
+        ));
+    }
     Ok(value.to_owned())
 }
 

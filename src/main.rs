@@ -2,7 +2,7 @@
 
 mod cli;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use airlock_core::exit::AIRLOCK_FAILED;
@@ -33,7 +33,12 @@ fn main() -> ExitCode {
     match execute(action, json) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("airlock: {}", error_chain(error.as_ref()));
+            let message = error_chain(error.as_ref());
+            eprintln!("airlock: {message}");
+            if json {
+                let record = serde_json::json!({ "reason": "airlock_failed", "error": message });
+                eprintln!("{record}");
+            }
             ExitCode::from(AIRLOCK_FAILED)
         }
     }
@@ -84,6 +89,7 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

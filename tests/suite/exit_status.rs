@@ -422,3 +422,45 @@ fn disabled_user_namespaces_rejected() {
     }
     assert_no_new_cgroups(&cgroups_before, "disabled user namespaces");
 }
+
+#[test]
+fn failure_prints_json_record() {
+    let workspace = Workspace::new(Caller::Root);
+    let missing = workspace.path().join("missing");
+    let args = [
+        "run",
+        "--json",
+        "--workspace",
+        missing.to_str().unwrap(),
+        "--",
+        "true",
+    ];
+    let output = run(Caller::Root, &args, workspace.path());
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let record = json_record(&output);
+    assert_eq!(record["reason"], "airlock_failed", "{record}");
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("does not exist"), "{record}");
+}
+
+#[test]
+fn unreadable_workspace_rejected() {
+    let workspace = Workspace::new(Caller::Root);
+    let private = workspace.path().join("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(workspace.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let user_workspace = Workspace::new(Caller::User);
+    let args = [
+        "run",
+        "--workspace",
+        private.to_str().unwrap(),
+        "--",
+        "true",
+    ];
+    let output = run(Caller::User, &args, user_workspace.path());
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(message.contains("cannot be read by this user"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+}

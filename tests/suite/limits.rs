@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, run, spawn_airlock, stderr, stdout, wait_bounded, Caller, Workspace,
-    CALLERS,
+    describe, json_record, run, sandbox_sh, spawn_airlock, stderr, stdout, wait_bounded, Caller,
+    Workspace, CALLERS,
 };
 
 /// Returns a token unique to this test process and call, for arguments the tests later look
@@ -546,5 +546,49 @@ fn half_cpu_limit_throttles_busy_loop() {
             ticks <= MAX_TICKS,
             "{caller:?}: busy loop used {ticks} ticks in 2 s at --cpus 0.5"
         );
+    }
+}
+
+/// Creates an empty directory below every v1 `airlock` parent that exists, aged by
+/// `minutes` with touch(1).
+fn fake_sandbox_cgroups(name: &str, minutes: u32) -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    for controller in ["memory", "pids"] {
+        let parent = Path::new("/sys/fs/cgroup").join(controller).join("airlock");
+        if !parent.is_dir() {
+            continue;
+        }
+        let dir = parent.join(name);
+        fs::create_dir(&dir).expect("create fake cgroup");
+        let age = format!("{minutes} minutes ago");
+        let status = Command::new("touch").arg("-d").arg(&age).arg(&dir).status();
+        assert!(status.is_ok_and(|s| s.success()), "touch {dir:?}");
+        dirs.push(dir);
+    }
+    dirs
+}
+
+#[test]
+fn stale_cgroups_swept_by_next_run() {
+    // Make sure the parents exist, then plant one stale and one fresh empty cgroup.
+    assert!(sandbox_sh(Caller::Root, "true").status.success());
+    let token = unique_token();
+    let stale = fake_sandbox_cgroups(&format!("airlock-stale-{token}"), 5);
+    let fresh = fake_sandbox_cgroups(&format!("airlock-fresh-{token}"), 0);
+    if stale.is_empty() {
+        eprintln!("skipped: no cgroup v1 airlock parent on this host");
+        return;
+    }
+    let output = sandbox_sh(Caller::Root, "true");
+    assert!(output.status.success(), "{}", describe(&output));
+    for dir in &stale {
+        assert!(!dir.exists(), "{dir:?} was left behind");
+    }
+    for dir in &fresh {
+        assert!(
+            dir.exists(),
+            "{dir:?} was removed while it could still be in use"
+        );
+        fs::remove_dir(dir).expect("remove fresh cgroup");
     }
 }

@@ -15,7 +15,7 @@ const SIZE_SYNTAX: &str = "a whole number of bytes with an optional suffix K, M,
      (powers of 1024, for example 512M or 2G)";
 const DURATION_SYNTAX: &str = "a whole number with an optional suffix ms, s, m or h \
      (seconds by default, for example 30s or 10m)";
-const CPUS_SYNTAX: &str = "a positive number of CPUs, for example 1 or 0.5";
+const CPUS_SYNTAX: &str = "a number of CPUs from 0.01 to 4096, for example 1 or 0.5";
 
 fn invalid(what: &'static str, value: &str, expected: &'static str) -> ParseError {
     ParseError {

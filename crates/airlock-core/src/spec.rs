@@ -12,6 +12,10 @@ use crate::size::format_bytes;
 pub const DEFAULT_MEMORY: u64 = 2 << 30;
 /// Default limit on processes and threads in the sandbox, low enough to stop a fork bomb.
 pub const DEFAULT_PIDS: u64 = 1024;
+/// Largest process limit: the kernel's limit on process ids, 2^22, less one for the init.
+pub const MAX_PIDS: u64 = (1 << 22) - 1;
+/// Smallest memory limit: less cannot start a dynamically linked command and its init.
+pub const MIN_MEMORY: u64 = 16 << 20;
 /// Default size of the sandbox's private /tmp.
 pub const DEFAULT_TMP_SIZE: u64 = 512 << 20;
 /// Search path inside the sandbox.
@@ -149,6 +153,11 @@ pub enum SpecError {
     RootFsNotDirectory(PathBuf),
     #[error("root filesystem {0:?} has no usr/ or bin/ directory: pass the top of a root filesystem, such as a debootstrap tree")]
     RootFsNotRoot(PathBuf),
+    #[error("workspace {path:?} cannot be read by this user ({cause}): pass a directory you can read and write")]
+    WorkspaceUnreadable {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("workspace {0:?} would give the sandbox write access to the host's system files: pass a project directory with --workspace")]
     WorkspaceIsSystem(PathBuf),
     #[error("root filesystem \"/\" would show the host's secrets: omit --rootfs to get a read-only view of the host with secrets hidden")]
@@ -191,6 +200,12 @@ impl Spec {
             )?;
             if is_system_path(&workspace) {
                 return Err(SpecError::WorkspaceIsSystem(workspace));
+            }
+            if let Err(cause) = std::fs::read_dir(&workspace) {
+                return Err(SpecError::WorkspaceUnreadable {
+                    path: workspace,
+                    cause,
+                });
             }
             self.workspace = Some(workspace);
         }

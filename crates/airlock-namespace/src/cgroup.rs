@@ -320,6 +320,7 @@ impl Cgroup {
             if !writable(parent) {
                 return Ok(None);
             }
+            sweep_stale(parent);
             let dir = parent.join(name);
             let usable: Vec<Controller> = Controller::ALL
                 .into_iter()
@@ -344,6 +345,7 @@ impl Cgroup {
             if !writable(&parent) {
                 continue;
             }
+            sweep_stale(&parent);
             let dir = parent.join(name);
             create_dir(&dir)?;
             cgroup.dirs.push((controller, dir));
@@ -499,6 +501,33 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// Age after which an empty sandbox cgroup is stale. A sandbox's init joins its cgroup
+/// within milliseconds of its creation, and the launcher removes it once the init leaves, so
+/// only a launcher killed in between leaves one behind.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Removes the empty sandbox cgroups below `parent` that a killed launcher left behind.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("airlock-") {
+            continue;
+        }
+        let dir = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|created| created.elapsed().is_ok_and(|age| age > STALE_AFTER));
+        let empty =
+            fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|procs| procs.is_empty());
+        if old && empty && fs::remove_dir(&dir).is_ok() {
+            tracing::info!(path = %dir.display(), "removed a stale sandbox cgroup");
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub enum Error {
     MultiThreaded { threads: usize },
     #[error("cannot set up the sandbox's cgroup")]
     Cgroup(#[source] cgroup::Error),
-    #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
+    #[error("the sandbox cannot enforce what the spec requires: {unmet}; run airlock as root or in a cgroup delegated to you (see the README), or pass --allow-weaker to run with weaker isolation")]
     WeakerThanRequired { unmet: String },
     #[error("argument or environment value {0:?} contains a NUL byte, which a command line cannot carry")]
     NulByte(String),

@@ -169,7 +169,7 @@ fn create_cgroup(
         .set_memory(spec.limits.memory.value)
         .map_err(Error::Cgroup)?;
     cgroup
-        .set_pids(spec.limits.pids.value)
+        .set_pids(spec.limits.pids.value + 1)
         .map_err(Error::Cgroup)?;
     if let Some(cpus) = spec.limits.cpus.value {
         cgroup.set_cpus(cpus).map_err(Error::Cgroup)?;

@@ -12,17 +12,11 @@ pub struct Assessment {
 }
 
 fn no_cgroup(controller: Controller, is_root: bool) -> String {
+    let name = controller.name();
     if is_root {
-        format!(
-            "the cgroup {} controller is not available on this host",
-            controller.name()
-        )
+        format!("the cgroup {name} controller is not available on this host")
     } else {
-        format!(
-            "no delegated cgroup with the {} controller: run as root, or start airlock in a \
-             cgroup you own, such as `systemd-run --user --scope -p Delegate=yes airlock ...`",
-            controller.name()
-        )
+        format!("no cgroup with the {name} controller is delegated to this user")
     }
 }
 

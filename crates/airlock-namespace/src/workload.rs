@@ -151,7 +151,8 @@ fn install_stdio(stdio: &Stdio) -> io::Result<()> {
 fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
     sys::setrlimit(libc::RLIMIT_CORE, 0)?;
     if nproc_fallback {
-        sys::setrlimit(libc::RLIMIT_NPROC, plan.pids)?;
+        // The init runs as the same user, so it counts too.
+        sys::setrlimit(libc::RLIMIT_NPROC, plan.pids + 1)?;
     }
     Ok(())
 }
@@ -193,7 +194,7 @@ fn lock_securebits() -> io::Result<()> {
 /// Executes the command, searching the sandbox's PATH for a name without a slash. Returns the
 /// errno of the failure that best describes why nothing ran.
 fn exec_command(plan: &Plan) -> i32 {
-    let Some(program) = plan.argv.first() else {
+    let Some(program) = plan.argv.first().filter(|program| !program.is_empty()) else {
         return libc::ENOENT;
     };
     if program.as_bytes().contains(&b'/') {
