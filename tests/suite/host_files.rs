@@ -44,8 +44,9 @@ fn mode_of(path: &std::path::Path) -> u32 {
 fn redirected_input_file_keeps_mode() {
     for caller in CALLERS {
         let (_dir, path) = host_file(caller, 0o600);
-        // The sandbox gets a pipe, so the fchmod changes the pipe and not the host file.
-        let probe = "import os, sys; os.fchmod(0, 0o666); sys.stdout.write(sys.stdin.read())";
+        // The sandbox gets a pipe, so the fchmod reaches the pipe, never the host file.
+        let probe = "import os, sys\ntry: os.fchmod(0, 0o666)\nexcept OSError: pass\n\
+                     sys.stdout.write(sys.stdin.read())";
         let redirect = format!("< {}", shell_quote(path.to_str().unwrap()));
         let output = run_redirected(caller, &["run", "--", "python3", "-c", probe], &redirect);
         assert!(output.status.success(), "{caller:?}: {}", describe(&output));
@@ -146,4 +147,47 @@ fn setuid_files_cannot_be_made() {
             "{caller:?}: {message}"
         );
     }
+}
+
+#[test]
+fn root_inside_is_not_host_root() {
+    let canary =
+        std::path::Path::new("/opt").join(format!("airlock-canary-{}", std::process::id()));
+    fs::write(&canary, b"root only\n").unwrap();
+    fs::set_permissions(&canary, fs::Permissions::from_mode(0o600)).unwrap();
+    let workspace = Workspace::new(Caller::Root);
+    let script = format!(
+        "cat {} && echo READ; awk '{{print $2}}' /proc/self/uid_map; touch made",
+        canary.display()
+    );
+    let args = ["run", "--", "sh", "-c", script.as_str()];
+    let output = super::harness::run(Caller::Root, &args, workspace.path());
+    fs::remove_file(&canary).unwrap();
+    let stdout = super::harness::stdout(&output);
+    assert!(
+        !stdout.contains("READ"),
+        "a root-only host file was readable: {stdout}"
+    );
+    let host_uid: u32 = stdout.trim().parse().expect("uid_map line");
+    assert_ne!(host_uid, 0, "root inside is host root");
+    let made = fs::metadata(workspace.path().join("made")).expect("workspace write");
+    assert_eq!(
+        made.uid(),
+        0,
+        "the workspace file belongs to its owner, host root"
+    );
+}
+
+#[test]
+fn user_workspace_keeps_its_owner_under_root() {
+    let (uid, _) = test_user();
+    let workspace = Workspace::new(Caller::User);
+    let output = super::harness::run(
+        Caller::Root,
+        &["run", "--", "touch", "made"],
+        workspace.path(),
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let made = fs::metadata(workspace.path().join("made")).unwrap();
+    assert_eq!(made.uid(), uid, "the file belongs to the workspace's owner");
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use airlock_core::EndReason;
 
-use crate::control::CgroupGrant;
+use crate::control::Grant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -432,10 +432,10 @@ impl Cgroup {
 
     /// Opens the v1 `tasks` files the init joins by, and those of the parents it leaves to.
     /// A thread moved through `tasks` skips the global lock that `cgroup.procs` takes.
-    pub fn grant(&self, limits_pids: bool) -> Result<CgroupGrant, Error> {
-        let mut grant = CgroupGrant {
+    pub fn grant(&self, limits_pids: bool) -> Result<Grant, Error> {
+        let mut grant = Grant {
             limits_pids,
-            ..CgroupGrant::default()
+            ..Grant::default()
         };
         for dir in self.unique_dirs() {
             grant.join.push(open(dir.join("tasks"), libc::O_WRONLY)?);

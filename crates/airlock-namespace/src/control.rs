@@ -1,11 +1,13 @@
 //! The control socket between the launcher and the init. The launcher grants the init its
-//! cgroup, as descriptors of the `tasks` files to join and to leave by, and the init passes
-//! the master of a `--tty` pseudo-terminal back.
+//! cgroup, as descriptors of the `tasks` files to join and to leave by, and an idmapped
+//! workspace mount where it made one; the init passes the master of a `--tty`
+//! pseudo-terminal back.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// The most descriptors one message carries: a join and a leave file per controller.
+/// The most descriptors one message carries: a join and a leave file per controller, and a
+/// workspace mount.
 const MAX_FDS: usize = 8;
 
 /// Creates a connected pair of unix stream sockets, closed on exec.
@@ -111,9 +113,9 @@ pub fn recv(socket: RawFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     Ok(Some((payload[..received].to_vec(), fds)))
 }
 
-/// The cgroup the launcher grants the init.
+/// What the launcher grants the init once its outside setup is done.
 #[derive(Debug, Default)]
-pub struct CgroupGrant {
+pub struct Grant {
     /// `tasks` files of the sandbox's v1 cgroups, which the init writes "0" to.
     pub join: Vec<OwnedFd>,
     /// `tasks` files of their parents, which the init moves back to before it exits, so the
@@ -122,33 +124,43 @@ pub struct CgroupGrant {
     /// Whether a pids cgroup limits the sandbox; without one the workload sets
     /// RLIMIT_NPROC.
     pub limits_pids: bool,
+    /// The workspace as a detached mount, idmapped so that root inside owns the files that
+    /// root owns on the host, without being root on the host.
+    pub workspace: Option<OwnedFd>,
 }
 
-impl CgroupGrant {
+impl Grant {
     pub fn send(&self, socket: RawFd) -> io::Result<()> {
-        let payload = [u8::from(self.limits_pids), self.join.len() as u8];
+        let payload = [
+            u8::from(self.limits_pids),
+            self.join.len() as u8,
+            u8::from(self.workspace.is_some()),
+        ];
         let fds: Vec<RawFd> = self
             .join
             .iter()
             .chain(&self.leave)
+            .chain(&self.workspace)
             .map(AsRawFd::as_raw_fd)
             .collect();
         send(socket, &payload, &fds)
     }
 
     /// Receives the grant; `None` if the launcher closed the socket first.
-    pub fn recv(socket: RawFd) -> io::Result<Option<CgroupGrant>> {
+    pub fn recv(socket: RawFd) -> io::Result<Option<Grant>> {
         let Some((payload, mut fds)) = recv(socket)? else {
             return Ok(None);
         };
-        let [limits_pids, joins] = payload[..] else {
+        let [limits_pids, joins, has_workspace] = payload[..] else {
             return Err(io::Error::from_raw_os_error(libc::EPROTO));
         };
+        let workspace = if has_workspace == 1 { fds.pop() } else { None };
         let leave = fds.split_off(usize::from(joins).min(fds.len()));
-        Ok(Some(CgroupGrant {
+        Ok(Some(Grant {
             join: fds,
             leave,
             limits_pids: limits_pids == 1,
+            workspace,
         }))
     }
 
@@ -178,7 +190,7 @@ mod tests {
     #[test]
     fn grant_round_trips_with_descriptors() {
         let (left, right) = socketpair().unwrap();
-        let grant = CgroupGrant {
+        let grant = Grant {
             join: vec![
                 crate::sys::open(std::path::Path::new("/dev/null"), libc::O_RDONLY).unwrap(),
             ],
@@ -186,12 +198,16 @@ mod tests {
                 crate::sys::open(std::path::Path::new("/dev/zero"), libc::O_RDONLY).unwrap(),
             ],
             limits_pids: true,
+            workspace: Some(
+                crate::sys::open(std::path::Path::new("/dev/full"), libc::O_RDONLY).unwrap(),
+            ),
         };
         grant.send(left.as_raw_fd()).unwrap();
-        let received = CgroupGrant::recv(right.as_raw_fd()).unwrap().unwrap();
+        let received = Grant::recv(right.as_raw_fd()).unwrap().unwrap();
         assert!(received.limits_pids);
         assert_eq!(received.join.len(), 1);
         assert_eq!(received.leave.len(), 1);
+        assert!(received.workspace.is_some());
         let mut byte = [1u8; 1];
         crate::sys::read(received.leave[0].as_raw_fd(), &mut byte).unwrap();
         assert_eq!(byte, [0], "the leave descriptor is /dev/zero");
@@ -200,17 +216,18 @@ mod tests {
     #[test]
     fn empty_grant_round_trips() {
         let (left, right) = socketpair().unwrap();
-        CgroupGrant::default().send(left.as_raw_fd()).unwrap();
-        let received = CgroupGrant::recv(right.as_raw_fd()).unwrap().unwrap();
+        Grant::default().send(left.as_raw_fd()).unwrap();
+        let received = Grant::recv(right.as_raw_fd()).unwrap().unwrap();
         assert!(!received.limits_pids);
         assert!(received.join.is_empty());
         assert!(received.leave.is_empty());
+        assert!(received.workspace.is_none());
     }
 
     #[test]
     fn closed_socket_gives_none() {
         let (left, right) = socketpair().unwrap();
         drop(left);
-        assert!(CgroupGrant::recv(right.as_raw_fd()).unwrap().is_none());
+        assert!(Grant::recv(right.as_raw_fd()).unwrap().is_none());
     }
 }

@@ -26,6 +26,12 @@ pub enum Error {
     Clone(#[source] io::Error),
     #[error(transparent)]
     UserNamespace(userns::Error),
+    #[error("cannot give the sandbox the workspace {path:?} as an idmapped mount, which keeps root inside from being root on the host; put the workspace on a file system that supports idmapped mounts (ext4, xfs, btrfs, tmpfs on Linux 6.3 or later)")]
+    IdmapWorkspace {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot attach the sandbox's pseudo-terminal")]
     Terminal(#[source] io::Error),
     /// A step inside the sandbox failed; the cause arrives as text over the report pipe.

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use airlock_core::Spec;
 
-use crate::control::{self, CgroupGrant};
+use crate::control::{self, Grant};
 use crate::report::Report;
 use crate::workload::{self, Stdio};
 use crate::{rootfs, sys, tty};
@@ -28,6 +28,9 @@ pub struct Plan<'a> {
     pub spec: &'a Spec,
     pub hostname: String,
     pub is_root: bool,
+    /// Bind the workspace while building the file tree; otherwise the launcher grants it
+    /// as an idmapped mount.
+    pub bind_workspace: bool,
     /// Read end of the pipe on which the launcher signals that the ID maps are written.
     pub sync: OwnedFd,
     pub report: OwnedFd,
@@ -67,7 +70,7 @@ impl From<rootfs::Error> for StepError {
 
 /// What the init has once the sandbox is set up.
 struct Ready {
-    grant: CgroupGrant,
+    grant: Grant,
     /// The pty slave, when the spec asks for a terminal.
     terminal: Option<OwnedFd>,
 }
@@ -89,17 +92,19 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     close_launcher_descriptors(plan).step("close the launcher's descriptors")?;
     sys::setsid().step("start a new session")?;
     wait_for_launcher(plan.sync.as_raw_fd())?;
-    if plan.is_root {
-        sys::setgroups_empty().step("clear supplementary groups")?;
-    }
-    rootfs::build(plan.spec)?;
+    become_root_inside(plan.is_root)?;
+    rootfs::build(plan.spec, plan.bind_workspace)?;
     sys::sethostname(&plan.hostname).step("set the hostname")?;
     bring_up_loopback().step("bring up the loopback interface")?;
     let control = plan.control.as_raw_fd();
-    let Some(grant) = CgroupGrant::recv(control).step("receive the cgroup")? else {
+    let Some(grant) = Grant::recv(control).step("receive the cgroup")? else {
         // The launcher closed the socket: it failed after starting the init.
         sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
     };
+    if let Some(tree) = &grant.workspace {
+        rootfs::attach_workspace(tree)?;
+    }
+    rootfs::enter_workspace()?;
     grant.join().step("join the sandbox's cgroup")?;
     sys::unshare(libc::CLONE_NEWCGROUP).step("create the cgroup namespace")?;
     let terminal = if plan.spec.tty {
@@ -122,6 +127,18 @@ fn close_launcher_descriptors(plan: &Plan<'_>) -> io::Result<()> {
         .chain(plan.stdio)
         .collect();
     sys::close_all_except(&keep)
+}
+
+/// Takes uid and gid 0 of the sandbox's user namespace, which the launcher mapped to an
+/// unprivileged host identity. The clone kept the caller's host ids, which for root are
+/// unmapped here. Changing ids clears the parent-death signal, so it is set again.
+fn become_root_inside(is_root: bool) -> Result<(), StepError> {
+    if is_root {
+        sys::setgroups_empty().step("clear supplementary groups")?;
+    }
+    sys::become_id(0).step("become root in the user namespace")?;
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
+        .step("ask to be killed with the launcher")
 }
 
 /// Blocks until the launcher has written the ID maps.
@@ -205,12 +222,7 @@ fn release_stdio() {
     }
 }
 
-fn supervise(
-    workload: libc::pid_t,
-    signals: &libc::sigset_t,
-    report: RawFd,
-    grant: &CgroupGrant,
-) -> ! {
+fn supervise(workload: libc::pid_t, signals: &libc::sigset_t, report: RawFd, grant: &Grant) -> ! {
     loop {
         let signal = match sys::sigwait(signals) {
             Ok(signal) => signal,
@@ -230,7 +242,7 @@ fn supervise(
 
 /// Kills everything left in the sandbox, reaps it, leaves the cgroup so the launcher can
 /// remove it at once, and reports the workload's status.
-fn finish(status: libc::c_int, report: RawFd, grant: &CgroupGrant) -> ! {
+fn finish(status: libc::c_int, report: RawFd, grant: &Grant) -> ! {
     let _ = sys::kill(-1, libc::SIGKILL);
     while sys::waitpid(-1, 0).is_ok() {}
     Report::Usage {

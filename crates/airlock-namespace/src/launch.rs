@@ -6,15 +6,17 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec};
 
 use crate::cgroup::{Cgroup, Controller, Layout};
-use crate::control::{self, CgroupGrant};
+use crate::control::{self, Grant};
 use crate::error::Error;
 use crate::monitor::Monitor;
 use crate::outcome;
+use crate::userns::Identity;
 use crate::{init, landlock, protections, seccomp, stdio, sys, tty, userns, workload};
 
 const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
@@ -65,12 +67,11 @@ impl Drop for Sandbox {
     }
 }
 
-/// The caller's identity, which the sandbox's root maps to.
+/// Who runs the launcher, and who root inside the sandbox is on the host.
 #[derive(Clone, Copy)]
 struct Caller {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
     is_root: bool,
+    identity: Identity,
 }
 
 /// The launcher's ends of the channels to the init.
@@ -234,6 +235,7 @@ fn start_init(
             spec,
             hostname: format!("airlock-{}", id.short()),
             is_root: caller.is_root,
+            bind_workspace: !caller.identity.idmap_workspace,
             sync: init_channels.sync,
             report: init_channels.report,
             control: init_channels.control,
@@ -278,9 +280,13 @@ fn finish_outside_setup(
     sandbox: &mut Sandbox,
     channels: &Channels,
 ) -> Result<Enforcement, Error> {
-    userns::write_maps(sandbox.pid, caller.uid, caller.gid, caller.is_root)
+    userns::write_maps(sandbox.pid, caller.identity, caller.is_root)
         .map_err(Error::UserNamespace)?;
     sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
+    let workspace = match (&spec.workspace, caller.identity.idmap_workspace) {
+        (Some(path), true) => Some(idmapped_workspace(path, sandbox.pid)?),
+        _ => None,
+    };
     if !layout.is_some_and(Layout::is_v2) {
         sandbox.cgroup = create_cgroup(spec, id, caller, layout)?;
     }
@@ -288,17 +294,35 @@ fn finish_outside_setup(
         protections::assess(spec, sandbox.cgroup.as_ref(), landlock_abi, caller.is_root);
     check_required(&assessment.enforcement, spec.allow_weaker)?;
     let limits_pids = assessment.nproc_rlimit.is_none();
-    let grant = match &sandbox.cgroup {
+    let mut grant = match &sandbox.cgroup {
         Some(cgroup) if !cgroup.is_v2() => cgroup.grant(limits_pids).map_err(Error::Cgroup)?,
-        _ => CgroupGrant {
+        _ => Grant {
             limits_pids,
-            ..CgroupGrant::default()
+            ..Grant::default()
         },
     };
+    grant.workspace = workspace;
     grant
         .send(channels.control.as_raw_fd())
         .map_err(Error::Channel)?;
     Ok(assessment.enforcement)
+}
+
+/// Makes the workspace a detached mount whose owners are mapped through the sandbox's user
+/// namespace: host root's files belong to root inside, and what root inside writes belongs
+/// to host root, while the sandbox's processes run as [`userns::UNUSED_HOST_ID`].
+fn idmapped_workspace(path: &Path, init: libc::pid_t) -> Result<OwnedFd, Error> {
+    let failed = |source| Error::IdmapWorkspace {
+        path: path.to_owned(),
+        source,
+    };
+    let tree = sys::open_tree_clone(path).map_err(failed)?;
+    let userns_path = PathBuf::from(format!("/proc/{init}/ns/user"));
+    let userns = sys::open(&userns_path, libc::O_RDONLY).map_err(failed)?;
+    let attributes = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    sys::mount_setattr_tree(tree.as_raw_fd(), attributes, Some(userns.as_raw_fd()))
+        .map_err(failed)?;
+    Ok(tree)
 }
 
 /// Runs `spec` in a new namespace sandbox and waits for it to end.
@@ -308,9 +332,8 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     let id = SandboxId::generate().map_err(Error::Id)?;
     let (uid, gid) = (sys::geteuid(), sys::getegid());
     let caller = Caller {
-        uid,
-        gid,
         is_root: uid == 0,
+        identity: userns::identity(uid, gid, spec.workspace.as_deref()),
     };
     let landlock_abi = landlock::effective_abi();
     let workload = workload_plan(spec, landlock_abi)?;

@@ -48,6 +48,7 @@ pub fn assess(
         "user, pid, mount, network, ipc, uts and cgroup namespaces",
         "read-only root filesystem, entered with pivot_root",
         "network limited to a private loopback",
+        "root inside is an unprivileged user on the host",
         "all capabilities dropped",
         "no_new_privs",
         "seccomp filter",

@@ -13,6 +13,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -312,15 +313,18 @@ fn mount_dev(shm_size: u64) -> Result<()> {
 }
 
 /// Step 4c: /tmp and the workspace.
-fn mount_work_dirs(spec: &Spec) -> Result<()> {
+fn mount_work_dirs(spec: &Spec, bind_workspace: bool) -> Result<()> {
     let tmp = new("tmp");
     make_dir(&tmp)?;
     let options = format!("mode=1777,size={}", spec.limits.tmp_size);
     mount_tmpfs(&tmp, &options, libc::MS_NOSUID | libc::MS_NODEV)?;
     let workspace = new(SANDBOX_WORKSPACE);
     make_dir(&workspace)?;
-    if let Some(host_workspace) = &spec.workspace {
-        bind(&old(host_workspace), &workspace, LOCKDOWN)?;
+    match &spec.workspace {
+        Some(host_workspace) if bind_workspace => {
+            bind(&old(host_workspace), &workspace, LOCKDOWN)?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -335,15 +339,27 @@ fn enter_new_root() -> Result<()> {
     sys::pivot_root(Path::new("."), Path::new("."))
         .step(|| "pivot_root into the new root".into())?;
     sys::umount_detach(Path::new(".")).step(|| "detach the staging tmpfs".into())?;
+    sys::chdir(Path::new("/")).step(|| "change directory to /".into())
+}
+
+/// Attaches the workspace that the launcher prepared as a detached, idmapped mount.
+pub fn attach_workspace(tree: &OwnedFd) -> Result<()> {
+    sys::move_mount(tree.as_raw_fd(), Path::new(SANDBOX_WORKSPACE))
+        .step(|| "attach the workspace".into())
+}
+
+/// Makes /workspace the working directory, once the workspace is mounted there.
+pub fn enter_workspace() -> Result<()> {
     sys::chdir(Path::new(SANDBOX_WORKSPACE)).step(|| "change directory to /workspace".into())
 }
 
-/// Builds the sandbox's file tree and makes it the root of this mount namespace.
-pub fn build(spec: &Spec) -> Result<()> {
+/// Builds the sandbox's file tree and makes it the root of this mount namespace. With
+/// `bind_workspace` false, /workspace stays empty for [`attach_workspace`].
+pub fn build(spec: &Spec, bind_workspace: bool) -> Result<()> {
     enter_staging()?;
     mount_system(&spec.rootfs)?;
     mount_proc()?;
     mount_dev(spec.limits.tmp_size)?;
-    mount_work_dirs(spec)?;
+    mount_work_dirs(spec, bind_workspace)?;
     enter_new_root()
 }

@@ -274,6 +274,70 @@ pub fn mount_setattr(path: &Path, attr_set: u64, recursive: bool) -> io::Result<
     check_long(result).map(drop)
 }
 
+/// Clones the mount tree at `path` into a new detached mount; returns its descriptor.
+pub fn open_tree_clone(path: &Path) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let path = cstring(path)?;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: `path` is NUL-terminated and alive for the call.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    check_long(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sets attributes on the detached mount `tree` and every mount below it, and, with
+/// `userns`, maps its file owners through that user namespace (an idmapped mount).
+pub fn mount_setattr_tree(tree: RawFd, attr_set: u64, userns: Option<RawFd>) -> io::Result<()> {
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let attr = MountAttr {
+        attr_set: attr_set | userns.map_or(0, |_| MOUNT_ATTR_IDMAP),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |fd| fd as u64),
+    };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
+    // SAFETY: the path is an empty NUL-terminated string and `attr` is a live
+    // `struct mount_attr` whose size is passed alongside it.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check_long(result).map(drop)
+}
+
+/// Attaches the detached mount `tree` at `target`.
+pub fn move_mount(tree: RawFd, target: &Path) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let target = cstring(target)?;
+    // SAFETY: both paths are NUL-terminated strings alive for the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check_long(result).map(drop)
+}
+
+/// Sets the real, effective and saved user and group ids to `id` in this user namespace.
+pub fn become_id(id: u32) -> io::Result<()> {
+    // SAFETY: setresgid and setresuid take integers only.
+    check(unsafe { libc::setresgid(id, id, id) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::setresuid(id, id, id) }).map(drop)
+}
+
 pub fn chdir(path: &Path) -> io::Result<()> {
     let path = cstring(path)?;
     // SAFETY: `path` is NUL-terminated and alive for the call.

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,15 +16,56 @@ pub enum Error {
     Disabled { reason: String, fix: &'static str },
 }
 
-/// Maps uid and gid 0 inside the sandbox to the caller's effective ids, the one mapping an
-/// unprivileged process may write. Root inside holds capabilities only over the sandbox's
-/// own namespaces.
-pub fn write_maps(
-    pid: libc::pid_t,
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    is_root: bool,
-) -> Result<(), Error> {
+/// The host uid and gid of root inside a sandbox that root started on a root-owned
+/// workspace: an id no account uses, so that the sandbox owns no host file but its
+/// workspace, which it gets as an idmapped mount.
+pub const UNUSED_HOST_ID: u32 = 2_147_483_646;
+
+/// Who root inside the sandbox is on the host. It is never host root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Whether the workspace needs an idmapped mount to stay writable, because it belongs to
+    /// host root while the sandbox runs as [`UNUSED_HOST_ID`].
+    pub idmap_workspace: bool,
+}
+
+/// Chooses the identity: an unprivileged caller's own ids; for root, the owner of the
+/// workspace when that is an ordinary user, and otherwise [`UNUSED_HOST_ID`] with an
+/// idmapped workspace.
+pub fn identity(
+    caller_uid: libc::uid_t,
+    caller_gid: libc::gid_t,
+    workspace: Option<&Path>,
+) -> Identity {
+    use std::os::unix::fs::MetadataExt;
+    if caller_uid != 0 {
+        return Identity {
+            uid: caller_uid,
+            gid: caller_gid,
+            idmap_workspace: false,
+        };
+    }
+    let owner = workspace.and_then(|dir| fs::metadata(dir).ok());
+    match owner {
+        Some(metadata) if metadata.uid() != 0 => Identity {
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            idmap_workspace: false,
+        },
+        _ => Identity {
+            uid: UNUSED_HOST_ID,
+            gid: UNUSED_HOST_ID,
+            idmap_workspace: workspace.is_some(),
+        },
+    }
+}
+
+/// Maps uid and gid 0 inside the sandbox to `identity`. An unprivileged caller may only map
+/// its own ids, and only after giving up setgroups(2).
+pub fn write_maps(pid: libc::pid_t, identity: Identity, is_root: bool) -> Result<(), Error> {
+    let (uid, gid) = (identity.uid, identity.gid);
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let write = |name: &str, content: String| {
         let path = proc.join(name);
@@ -32,7 +73,6 @@ pub fn write_maps(
     };
     write("uid_map", format!("0 {uid} 1\n"))?;
     if !is_root {
-        // An unprivileged process may map its gid only after giving up setgroups(2).
         write("setgroups", "deny".to_owned())?;
     }
     write("gid_map", format!("0 {gid} 1\n"))
