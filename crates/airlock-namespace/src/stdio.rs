@@ -31,9 +31,14 @@ pub enum Error {
 
 const STREAMS: [&str; 3] = ["input", "output", "error"];
 
+/// The child descriptor that stands for "open the sandbox's own /dev/null".
+pub const SANDBOX_NULL: RawFd = -1;
+
 /// What a standard stream of the caller is, for deciding how it reaches the sandbox.
 enum Kind {
-    Closed,
+    /// Closed, or the null device: the sandbox opens its own /dev/null, a read-only bind
+    /// whose host inode it cannot change.
+    Null,
     /// An anonymous pipe or a socket: handed over as it is.
     PassThrough,
     Directory,
@@ -43,10 +48,12 @@ enum Kind {
 
 fn kind(fd: RawFd) -> io::Result<Kind> {
     const PIPEFS_MAGIC: i64 = 0x5049_5045;
-    let Some(mode) = sys::fstat_mode(fd)? else {
-        return Ok(Kind::Closed);
+    let Some((mode, device)) = sys::fstat_mode(fd)? else {
+        return Ok(Kind::Null);
     };
+    let null_device = libc::makedev(1, 3);
     Ok(match mode & libc::S_IFMT {
+        libc::S_IFCHR if device == null_device => Kind::Null,
         libc::S_IFSOCK => Kind::PassThrough,
         libc::S_IFIFO if sys::fstatfs_type(fd)? == PIPEFS_MAGIC => Kind::PassThrough,
         libc::S_IFDIR => Kind::Directory,
@@ -82,15 +89,16 @@ impl Plan {
             let stream = STREAMS[fd as usize];
             let kind = kind(fd).map_err(|source| Error::Inspect { stream, source })?;
             let forced = fd == 2 && relay_stderr;
-            let relay = |plan: &mut Plan, closed| {
-                plan.relay(fd, closed)
-                    .map_err(|source| Error::Relay { stream, source })
-            };
             match kind {
                 Kind::Directory => return Err(Error::Directory { stream }),
-                Kind::PassThrough if !forced => {}
-                Kind::Closed => relay(&mut plan, true)?,
-                Kind::PassThrough | Kind::Relay => relay(&mut plan, false)?,
+                Kind::PassThrough | Kind::Null if !forced => {
+                    if matches!(kind, Kind::Null) {
+                        plan.child_fds[fd as usize] = SANDBOX_NULL;
+                    }
+                }
+                Kind::PassThrough | Kind::Null | Kind::Relay => plan
+                    .relay(fd)
+                    .map_err(|source| Error::Relay { stream, source })?,
             }
         }
         Ok(plan)
@@ -98,8 +106,8 @@ impl Plan {
 
     /// Gives the sandbox a pipe for stream `fd` and adds the pump that serves it. A closed
     /// stream is served by /dev/null in the launcher.
-    fn relay(&mut self, fd: RawFd, closed: bool) -> io::Result<()> {
-        let null = closed
+    fn relay(&mut self, fd: RawFd) -> io::Result<()> {
+        let null = (!sys::fd_is_open(fd))
             .then(|| sys::open(Path::new("/dev/null"), libc::O_RDWR))
             .transpose()?;
         let caller_end = null.as_ref().map_or(fd, AsRawFd::as_raw_fd);

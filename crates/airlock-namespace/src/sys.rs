@@ -166,8 +166,8 @@ pub fn is_terminal(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-/// Returns the file mode of `fd`, or `None` if `fd` is not open.
-pub fn fstat_mode(fd: RawFd) -> io::Result<Option<libc::mode_t>> {
+/// Returns the file mode and device number of `fd`, or `None` if `fd` is not open.
+pub fn fstat_mode(fd: RawFd) -> io::Result<Option<(libc::mode_t, libc::dev_t)>> {
     // SAFETY: stat is plain data, so an all-zero value is valid for the kernel to fill.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `stat` is a live stat buffer for the call.
@@ -178,7 +178,7 @@ pub fn fstat_mode(fd: RawFd) -> io::Result<Option<libc::mode_t>> {
         }
         return Err(error);
     }
-    Ok(Some(stat.st_mode))
+    Ok(Some((stat.st_mode, stat.st_rdev)))
 }
 
 /// Returns the type of the file system `fd` is on, as statfs(2) reports it.

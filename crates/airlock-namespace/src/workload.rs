@@ -6,12 +6,12 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::report::Report;
-use crate::{landlock, seccomp, sys};
+use crate::{landlock, seccomp, stdio, sys};
 
 /// Everything the workload needs, prepared by the launcher before the sandbox exists.
 pub struct Plan {
@@ -133,7 +133,10 @@ fn install_stdio(stdio: &Stdio) -> io::Result<()> {
     match *stdio {
         Stdio::Fds(fds) => {
             for (target, &fd) in fds.iter().enumerate() {
-                if fd != target as RawFd {
+                if fd == stdio::SANDBOX_NULL {
+                    let null = sys::open(Path::new("/dev/null"), libc::O_RDWR)?;
+                    sys::dup2(null.as_raw_fd(), target as RawFd)?;
+                } else if fd != target as RawFd {
                     sys::dup2(fd, target as RawFd)?;
                 }
             }
