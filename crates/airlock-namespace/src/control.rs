@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// The most descriptors one message carries: a join and a leave file per controller, and a
+/// The maximum number of descriptors in one message: a join and a leave file per controller, and a
 /// workspace mount.
 const MAX_FDS: usize = 8;
 
@@ -113,7 +113,7 @@ pub fn recv(socket: RawFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     Ok(Some((payload[..received].to_vec(), fds)))
 }
 
-/// What the launcher grants the init once its outside setup is done.
+/// The launcher's grant to the init once its outside setup is done.
 #[derive(Debug, Default)]
 pub struct Grant {
     /// `tasks` files of the sandbox's v1 cgroups, which the init writes "0" to.

@@ -68,7 +68,7 @@ impl From<rootfs::Error> for StepError {
     }
 }
 
-/// What the init has once the sandbox is set up.
+/// The init's state once the sandbox is set up.
 struct Ready {
     grant: Grant,
     /// The pty slave, when the spec asks for a terminal.

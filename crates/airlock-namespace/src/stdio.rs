@@ -34,7 +34,7 @@ const STREAMS: [&str; 3] = ["input", "output", "error"];
 /// The child descriptor that stands for "open the sandbox's own /dev/null".
 pub const SANDBOX_NULL: RawFd = -1;
 
-/// What a standard stream of the caller is, for deciding how it reaches the sandbox.
+/// The kind of a standard stream of the caller, which decides how it reaches the sandbox.
 enum Kind {
     /// Closed, or the null device: the sandbox opens its own /dev/null, a read-only bind
     /// whose host inode it cannot change.

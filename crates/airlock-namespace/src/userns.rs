@@ -21,7 +21,7 @@ pub enum Error {
 /// workspace, which it gets as an idmapped mount.
 pub const UNUSED_HOST_ID: u32 = 2_147_483_646;
 
-/// Who root inside the sandbox is on the host. It is never host root.
+/// The host identity of root inside the sandbox, which is never host root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     pub uid: libc::uid_t,

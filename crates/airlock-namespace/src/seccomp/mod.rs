@@ -101,9 +101,10 @@ const DENIED_IOCTLS: [u32; 2] = [libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
 /// fchmodat2(2), added in Linux 6.6.
 const SYS_FCHMODAT2: libc::c_long = 452;
 
-/// System calls that set a file mode, and the argument that holds it. A mode with the
-/// setuid or setgid bit fails with EPERM: when Airlock runs as root, uid 0 inside is uid 0
-/// on the host, and a setuid file it left in the workspace would run as root there.
+/// System calls that set a file mode, and the argument that contains it. A mode with the
+/// setuid or setgid bit fails with EPERM. When Airlock runs as root, files that root inside
+/// writes to the workspace belong to host root (through the idmapped mount), so a setuid file
+/// left there would run as root on the host.
 const MODE_ARGUMENTS: [(libc::c_long, u32); 9] = [
     (libc::SYS_chmod, 1),
     (libc::SYS_fchmod, 1),
@@ -136,7 +137,7 @@ const fn errno(value: i32) -> u32 {
     RET_ERRNO | value as u32
 }
 
-/// Labels of the argument checks, per argument index that holds a mode.
+/// Returns the label of the check of the mode in argument `argument`.
 fn mode_label(argument: u32) -> &'static str {
     match argument {
         1 => "mode in argument 1",
