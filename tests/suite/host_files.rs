@@ -152,7 +152,7 @@ fn setuid_files_cannot_be_made() {
 #[test]
 fn root_inside_is_not_host_root() {
     let canary =
-        std::path::Path::new("/opt").join(format!("airlock-canary-{}", std::process::id()));
+        std::path::Path::new("/etc").join(format!("airlock-canary-{}", std::process::id()));
     fs::write(&canary, b"root only\n").unwrap();
     fs::set_permissions(&canary, fs::Permissions::from_mode(0o600)).unwrap();
     let workspace = Workspace::new(Caller::Root);
