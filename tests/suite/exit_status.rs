@@ -464,3 +464,28 @@ fn unreadable_workspace_rejected() {
     assert!(message.contains("cannot be read by this user"), "{message}");
     assert_eq!(message.lines().count(), 1, "{message}");
 }
+
+#[test]
+fn sigint_reaches_shell_children() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let ready = format!("ready.{}", unique_token());
+        let script = format!("touch {ready}; sleep 30; echo not-reached");
+        let mut spawned = spawn_airlock(
+            caller,
+            &[],
+            &["run", "--", "sh", "-c", &script],
+            workspace.path(),
+            Stdio::piped(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !workspace.path().join(&ready).exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let pid = spawned.child.id() as libc::pid_t;
+        // SAFETY: kill only sends a signal to the airlock process this test started.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let code = wait_bounded(&mut spawned.child, Duration::from_secs(10), "airlock");
+        assert_eq!(code, 130, "{caller:?}: the shell's child outlived SIGINT");
+    }
+}

@@ -191,3 +191,103 @@ fn user_workspace_keeps_its_owner_under_root() {
     let made = fs::metadata(workspace.path().join("made")).unwrap();
     assert_eq!(made.uid(), uid, "the file belongs to the workspace's owner");
 }
+
+#[test]
+fn system_subdirectories_rejected_as_workspace() {
+    let cwd = Workspace::new(Caller::Root);
+    for dir in ["/usr/local/bin", "/etc/ssh", "/root", "/dev/shm", "/home"] {
+        if !std::path::Path::new(dir).is_dir() {
+            continue;
+        }
+        let args = ["run", "--workspace", dir, "--", "true"];
+        let output = super::harness::run(Caller::Root, &args, cwd.path());
+        assert_eq!(
+            output.status.code(),
+            Some(125),
+            "{dir}: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("must not write"),
+            "{dir}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn root_group_never_mapped() {
+    // A directory the test user owns but whose group is still root, as after a plain chown.
+    let workspace = Workspace::new(Caller::Root);
+    let (uid, _) = test_user();
+    std::os::unix::fs::chown(workspace.path(), Some(uid), Some(0)).unwrap();
+    let args = [
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "awk '{print $2}' /proc/self/gid_map",
+    ];
+    let output = super::harness::run(Caller::Root, &args, workspace.path());
+    assert!(output.status.success(), "{}", describe(&output));
+    let host_gid: u32 = super::harness::stdout(&output)
+        .trim()
+        .parse()
+        .expect("gid_map line");
+    assert_ne!(host_gid, 0, "the sandbox's group is host group 0");
+}
+
+/// Bind-mounts a directory holding a canary file below `workspace/nested`; unmounted on drop.
+struct NestedMount {
+    target: std::path::PathBuf,
+    _source: Workspace,
+}
+
+impl NestedMount {
+    fn new(workspace: &std::path::Path) -> NestedMount {
+        let source = Workspace::new(Caller::Root);
+        fs::write(source.path().join("canary"), b"nested\n").unwrap();
+        let target = workspace.join("nested");
+        fs::create_dir(&target).unwrap();
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(source.path())
+            .arg(&target)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount --bind failed");
+        NestedMount {
+            target,
+            _source: source,
+        }
+    }
+}
+
+impl Drop for NestedMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.target).status();
+    }
+}
+
+#[test]
+fn nested_mounts_never_reach_sandbox() {
+    for owner in [Caller::Root, Caller::User] {
+        let workspace = Workspace::new(owner);
+        let _nested = NestedMount::new(workspace.path());
+        let args = ["run", "--", "sh", "-c", "cat nested/canary"];
+        let output = super::harness::run(Caller::Root, &args, workspace.path());
+        let seen = super::harness::stdout(&output);
+        assert!(
+            !seen.contains("nested"),
+            "{owner:?}-owned: the nested mount came along"
+        );
+        if owner == Caller::User {
+            assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+            assert!(
+                stderr(&output).contains("mount points"),
+                "{}",
+                stderr(&output)
+            );
+        }
+    }
+}

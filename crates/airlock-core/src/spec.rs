@@ -158,7 +158,7 @@ pub enum SpecError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("workspace {0:?} would give the sandbox write access to the host's system files: pass a project directory with --workspace")]
+    #[error("workspace {0:?} is a system or shared directory, or a whole home directory, which the sandbox must not write: pass a project directory with --workspace")]
     WorkspaceIsSystem(PathBuf),
     #[error("root filesystem \"/\" would show the host's secrets: omit --rootfs to get a read-only view of the host with secrets hidden")]
     RootFsIsHostRoot,
@@ -246,18 +246,25 @@ impl Spec {
     }
 }
 
-/// Host directories that must never be a read-write workspace: the root, the system
-/// directories, and the kernel's file systems, which sit below the root and would come along
-/// with its bind mount.
-const SYSTEM_PATHS: [&str; 13] = [
-    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/boot", "/var", "/run",
-    "/opt", "/srv",
+/// Host trees that no workspace may be in: the system directories, whose files run as root
+/// on the host, and the kernel's and runtime file systems.
+const SYSTEM_TREES: [&str; 14] = [
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc",
+    "/sys", "/dev", "/run", "/root",
 ];
-const KERNEL_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// Host directories that may hold projects but are too broad to be a workspace themselves:
+/// the whole of them would be writable, other users' files included.
+const SHARED_DIRS: [&str; 8] = [
+    "/", "/var", "/opt", "/srv", "/home", "/tmp", "/mnt", "/media",
+];
 
-fn is_system_path(path: &Path) -> bool {
-    SYSTEM_PATHS.iter().any(|system| path == Path::new(system))
-        || KERNEL_PATHS.iter().any(|kernel| path.starts_with(kernel))
+/// Returns whether `path`, absolute and free of symlinks, must not be a workspace: inside a
+/// system tree, one of the shared directories, or a whole home directory below /home.
+pub fn is_system_path(path: &Path) -> bool {
+    let in_tree = SYSTEM_TREES.iter().any(|tree| path.starts_with(tree));
+    let shared = SHARED_DIRS.iter().any(|dir| path == Path::new(dir));
+    let home = path.parent() == Some(Path::new("/home"));
+    in_tree || shared || home
 }
 
 /// Parses one `KEY=VALUE` environment assignment.
@@ -327,7 +334,21 @@ mod tests {
 
     #[test]
     fn validate_rejects_system_workspaces() {
-        for system in ["/", "/usr", "/etc", "/proc/self", "/sys", "/dev"] {
+        let rejected = [
+            "/",
+            "/usr",
+            "/usr/local/bin",
+            "/etc",
+            "/etc/ssh",
+            "/root",
+            "/home",
+            "/tmp",
+            "/proc/self",
+            "/sys",
+            "/dev",
+            "/dev/shm",
+        ];
+        for system in rejected {
             let mut spec = Spec::new(vec!["true".into()]);
             spec.workspace = Some(system.into());
             let error = spec.validate().unwrap_err();
@@ -336,9 +357,18 @@ mod tests {
                 "{system}: {error}"
             );
         }
+        let allowed = std::env::temp_dir().join(format!("airlock-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&allowed).unwrap();
         let mut spec = Spec::new(vec!["true".into()]);
-        spec.workspace = Some("/tmp".into());
-        assert!(spec.validate().is_ok(), "/tmp is an ordinary directory");
+        spec.workspace = Some(allowed.clone());
+        let result = spec.validate();
+        std::fs::remove_dir(&allowed).unwrap();
+        assert!(
+            result.is_ok(),
+            "a directory below /tmp is an ordinary project directory"
+        );
+        assert!(!is_system_path(Path::new("/home/alice/project")));
+        assert!(is_system_path(Path::new("/home/alice")));
     }
 
     #[test]

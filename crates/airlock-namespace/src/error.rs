@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::{cgroup, stdio, userns};
+use crate::{cgroup, stdio, userns, workspace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,6 +18,8 @@ pub enum Error {
     NulByte(String),
     #[error(transparent)]
     Stdio(stdio::Error),
+    #[error(transparent)]
+    Workspace(workspace::Error),
     #[error("cannot create the channel to the sandbox")]
     Channel(#[source] io::Error),
     #[error("cannot block the signals forwarded to the sandbox")]

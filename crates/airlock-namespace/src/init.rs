@@ -11,6 +11,7 @@ use airlock_core::Spec;
 use crate::control::{self, Grant};
 use crate::report::Report;
 use crate::workload::{self, Stdio};
+use crate::workspace::BindSource;
 use crate::{rootfs, sys, tty};
 
 /// Signals the launcher forwards to the init, which passes them to the workload.
@@ -28,9 +29,9 @@ pub struct Plan<'a> {
     pub spec: &'a Spec,
     pub hostname: String,
     pub is_root: bool,
-    /// Bind the workspace while building the file tree; otherwise the launcher grants it
-    /// as an idmapped mount.
-    pub bind_workspace: bool,
+    /// The workspace to bind while building the file tree; `None` when the launcher grants
+    /// it as an idmapped mount.
+    pub workspace_source: Option<BindSource>,
     /// Read end of the pipe on which the launcher signals that the ID maps are written.
     pub sync: OwnedFd,
     pub report: OwnedFd,
@@ -93,7 +94,7 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     sys::setsid().step("start a new session")?;
     wait_for_launcher(plan.sync.as_raw_fd())?;
     become_root_inside(plan.is_root)?;
-    rootfs::build(plan.spec, plan.bind_workspace)?;
+    rootfs::build(plan.spec, plan.workspace_source.as_ref())?;
     sys::sethostname(&plan.hostname).step("set the hostname")?;
     bring_up_loopback().step("bring up the loopback interface")?;
     let control = plan.control.as_raw_fd();
@@ -229,7 +230,11 @@ fn supervise(workload: libc::pid_t, signals: &libc::sigset_t, report: RawFd, gra
             Err(_) => continue,
         };
         if signal != libc::SIGCHLD {
-            let _ = sys::kill(workload, signal);
+            // The workload leads its own process group, which a signal from a terminal would
+            // reach as a whole, as in `sh -c 'sleep 8'`.
+            if sys::kill(-workload, signal).is_err() {
+                let _ = sys::kill(workload, signal);
+            }
             continue;
         }
         while let Ok(Some((pid, status))) = sys::waitpid(-1, libc::WNOHANG) {

@@ -6,7 +6,7 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec};
@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::monitor::Monitor;
 use crate::outcome;
 use crate::userns::Identity;
+use crate::workspace::HostWorkspace;
 use crate::{init, landlock, protections, seccomp, stdio, sys, tty, userns, workload};
 
 const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
@@ -67,11 +68,11 @@ impl Drop for Sandbox {
     }
 }
 
-/// Who runs the launcher, and who root inside the sandbox is on the host.
-#[derive(Clone, Copy)]
+/// Who runs the launcher, who root inside the sandbox is on the host, and the workspace.
 struct Caller {
     is_root: bool,
     identity: Identity,
+    workspace: Option<HostWorkspace>,
 }
 
 /// The launcher's ends of the channels to the init.
@@ -151,7 +152,7 @@ fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error
 fn create_cgroup(
     spec: &Spec,
     id: &SandboxId,
-    caller: Caller,
+    caller: &Caller,
     layout: Option<&Layout>,
 ) -> Result<Option<Cgroup>, Error> {
     let Some(layout) = layout else {
@@ -220,7 +221,7 @@ fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
 fn start_init(
     spec: &Spec,
     id: &SandboxId,
-    caller: Caller,
+    caller: &Caller,
     cgroup: Option<Cgroup>,
     init_channels: InitChannels,
     stdio: [libc::c_int; 3],
@@ -235,7 +236,11 @@ fn start_init(
             spec,
             hostname: format!("airlock-{}", id.short()),
             is_root: caller.is_root,
-            bind_workspace: !caller.identity.idmap_workspace,
+            workspace_source: caller
+                .workspace
+                .as_ref()
+                .filter(|_| !caller.identity.idmap_workspace)
+                .map(HostWorkspace::bind_source),
             sync: init_channels.sync,
             report: init_channels.report,
             control: init_channels.control,
@@ -274,7 +279,7 @@ fn start_init(
 fn finish_outside_setup(
     spec: &Spec,
     id: &SandboxId,
-    caller: Caller,
+    caller: &Caller,
     layout: Option<&Layout>,
     landlock_abi: u32,
     sandbox: &mut Sandbox,
@@ -283,8 +288,10 @@ fn finish_outside_setup(
     userns::write_maps(sandbox.pid, caller.identity, caller.is_root)
         .map_err(Error::UserNamespace)?;
     sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
-    let workspace = match (&spec.workspace, caller.identity.idmap_workspace) {
-        (Some(path), true) => Some(idmapped_workspace(path, sandbox.pid)?),
+    let workspace = match &caller.workspace {
+        Some(workspace) if caller.identity.idmap_workspace => {
+            Some(idmapped_workspace(workspace, sandbox.pid)?)
+        }
         _ => None,
     };
     if !layout.is_some_and(Layout::is_v2) {
@@ -311,12 +318,12 @@ fn finish_outside_setup(
 /// Makes the workspace a detached mount whose owners are mapped through the sandbox's user
 /// namespace: host root's files belong to root inside, and what root inside writes belongs
 /// to host root, while the sandbox's processes run as [`userns::UNUSED_HOST_ID`].
-fn idmapped_workspace(path: &Path, init: libc::pid_t) -> Result<OwnedFd, Error> {
+fn idmapped_workspace(workspace: &HostWorkspace, init: libc::pid_t) -> Result<OwnedFd, Error> {
     let failed = |source| Error::IdmapWorkspace {
-        path: path.to_owned(),
+        path: workspace.path.clone(),
         source,
     };
-    let tree = sys::open_tree_clone(path).map_err(failed)?;
+    let tree = sys::open_tree_clone(workspace.fd.as_raw_fd()).map_err(failed)?;
     let userns_path = PathBuf::from(format!("/proc/{init}/ns/user"));
     let userns = sys::open(&userns_path, libc::O_RDONLY).map_err(failed)?;
     let attributes = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
@@ -331,9 +338,17 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     ensure_single_threaded()?;
     let id = SandboxId::generate().map_err(Error::Id)?;
     let (uid, gid) = (sys::geteuid(), sys::getegid());
+    let workspace = spec
+        .workspace
+        .as_deref()
+        .map(HostWorkspace::open)
+        .transpose()
+        .map_err(Error::Workspace)?;
+    let owner = workspace.as_ref().map(|workspace| workspace.owner_uid);
     let caller = Caller {
         is_root: uid == 0,
-        identity: userns::identity(uid, gid, spec.workspace.as_deref()),
+        identity: userns::identity(uid, gid, owner),
+        workspace,
     };
     let landlock_abi = landlock::effective_abi();
     let workload = workload_plan(spec, landlock_abi)?;
@@ -343,20 +358,21 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     let (restore_mask, signals) = block_forwarded_signals(spec.tty)?;
 
     // NOTE: the init dies with the launcher (PR_SET_PDEATHSIG), so a killed launcher leaves no
-    // process behind, but its empty cgroup directory stays until it is removed by hand.
+    // process behind, but its empty cgroup directory stays until a later run, a minute on,
+    // removes it.
     // A v2 group must exist before the clone, which starts the init inside it. A v1 group is
     // created after it, while the init builds the file tree.
     let layout = Layout::discover(caller.is_root);
     let cgroup_v2 = layout.as_ref().is_some_and(Layout::is_v2);
     let early_cgroup = if cgroup_v2 {
-        create_cgroup(spec, &id, caller, layout.as_ref())?
+        create_cgroup(spec, &id, &caller, layout.as_ref())?
     } else {
         None
     };
     let mut sandbox = start_init(
         spec,
         &id,
-        caller,
+        &caller,
         early_cgroup,
         init_channels,
         streams.child_fds,
@@ -368,7 +384,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     let enforcement = finish_outside_setup(
         spec,
         &id,
-        caller,
+        &caller,
         layout.as_ref(),
         landlock_abi,
         &mut sandbox,

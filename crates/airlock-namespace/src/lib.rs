@@ -26,6 +26,7 @@ pub mod sys;
 pub mod tty;
 pub mod userns;
 pub mod workload;
+pub mod workspace;
 
 use airlock_core::{Backend, BackendError, Finished, RunOptions, Spec};
 

@@ -14,13 +14,14 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use airlock_core::spec::SANDBOX_WORKSPACE;
 use airlock_core::{RootFs, Spec};
 
 use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+use crate::workspace::BindSource;
 
 /// A failed step, named by what it tried to do.
 #[derive(Debug, thiserror::Error)]
@@ -313,18 +314,15 @@ fn mount_dev(shm_size: u64) -> Result<()> {
 }
 
 /// Step 4c: /tmp and the workspace.
-fn mount_work_dirs(spec: &Spec, bind_workspace: bool) -> Result<()> {
+fn mount_work_dirs(spec: &Spec, workspace_source: Option<&BindSource>) -> Result<()> {
     let tmp = new("tmp");
     make_dir(&tmp)?;
     let options = format!("mode=1777,size={}", spec.limits.tmp_size);
     mount_tmpfs(&tmp, &options, libc::MS_NOSUID | libc::MS_NODEV)?;
     let workspace = new(SANDBOX_WORKSPACE);
     make_dir(&workspace)?;
-    match &spec.workspace {
-        Some(host_workspace) if bind_workspace => {
-            bind(&old(host_workspace), &workspace, LOCKDOWN)?;
-        }
-        _ => {}
+    if let Some(source) = workspace_source {
+        bind_workspace(source, &workspace)?;
     }
     Ok(())
 }
@@ -342,6 +340,28 @@ fn enter_new_root() -> Result<()> {
     sys::chdir(Path::new("/")).step(|| "change directory to /".into())
 }
 
+/// Binds the workspace without the mounts below it. In a user namespace the kernel refuses
+/// such a bind (EINVAL) when mounts below would be uncovered, so a workspace with mount
+/// points inside fails here instead of bringing them along. The directory is opened once
+/// and checked against the launcher's device and inode numbers, so a path swapped since the
+/// launcher checked it is rejected rather than mounted.
+fn bind_workspace(source: &BindSource, target: &Path) -> Result<()> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let opened = sys::open(&old(&source.path), flags).step(|| "open the workspace".into())?;
+    let metadata = fs::metadata(old(format!("/proc/self/fd/{}", opened.as_raw_fd())))
+        .step(|| "inspect the workspace".into())?;
+    if (metadata.dev(), metadata.ino()) != source.identity {
+        let changed =
+            io::Error::other("the path names another directory than the launcher checked");
+        return Err(changed).step(|| "open the workspace".into());
+    }
+    let through_fd = old(format!("/proc/self/fd/{}", opened.as_raw_fd()));
+    let step = || "bind the workspace (it must not contain mount points)".to_owned();
+    sys::mount(Some(&through_fd), target, None, libc::MS_BIND, None).step(step)?;
+    sys::mount_setattr(target, LOCKDOWN, false)
+        .step(|| "restrict the workspace's mount flags".into())
+}
+
 /// Attaches the workspace that the launcher prepared as a detached, idmapped mount.
 pub fn attach_workspace(tree: &OwnedFd) -> Result<()> {
     sys::move_mount(tree.as_raw_fd(), Path::new(SANDBOX_WORKSPACE))
@@ -353,13 +373,14 @@ pub fn enter_workspace() -> Result<()> {
     sys::chdir(Path::new(SANDBOX_WORKSPACE)).step(|| "change directory to /workspace".into())
 }
 
-/// Builds the sandbox's file tree and makes it the root of this mount namespace. With
-/// `bind_workspace` false, /workspace stays empty for [`attach_workspace`].
-pub fn build(spec: &Spec, bind_workspace: bool) -> Result<()> {
+/// Builds the sandbox's file tree and makes it the root of this mount namespace, binding the
+/// workspace from `workspace_source`. Without one, /workspace stays empty for
+/// [`attach_workspace`].
+pub fn build(spec: &Spec, workspace_source: Option<&BindSource>) -> Result<()> {
     enter_staging()?;
     mount_system(&spec.rootfs)?;
     mount_proc()?;
     mount_dev(spec.limits.tmp_size)?;
-    mount_work_dirs(spec, bind_workspace)?;
+    mount_work_dirs(spec, workspace_source)?;
     enter_new_root()
 }

@@ -274,20 +274,21 @@ pub fn mount_setattr(path: &Path, attr_set: u64, recursive: bool) -> io::Result<
     check_long(result).map(drop)
 }
 
-/// Clones the mount tree at `path` into a new detached mount; returns its descriptor.
-pub fn open_tree_clone(path: &Path) -> io::Result<OwnedFd> {
+/// Clones the mount at the directory `dir` into a new detached mount, without the mounts
+/// below it; returns its descriptor.
+pub fn open_tree_clone(dir: RawFd) -> io::Result<OwnedFd> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
-    let path = cstring(path)?;
     let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
-    // SAFETY: `path` is NUL-terminated and alive for the call.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: the path is an empty NUL-terminated string, which with AT_EMPTY_PATH names
+    // `dir` itself.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dir, c"".as_ptr(), flags) };
     // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
     check_long(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Sets attributes on the detached mount `tree` and every mount below it, and, with
-/// `userns`, maps its file owners through that user namespace (an idmapped mount).
+/// Sets attributes on the detached mount `tree`, and, with `userns`, maps its file owners
+/// through that user namespace (an idmapped mount).
 pub fn mount_setattr_tree(tree: RawFd, attr_set: u64, userns: Option<RawFd>) -> io::Result<()> {
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
     let attr = MountAttr {
@@ -296,7 +297,7 @@ pub fn mount_setattr_tree(tree: RawFd, attr_set: u64, userns: Option<RawFd>) -> 
         propagation: 0,
         userns_fd: userns.map_or(0, |fd| fd as u64),
     };
-    let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
+    let flags = libc::AT_EMPTY_PATH;
     // SAFETY: the path is an empty NUL-terminated string and `attr` is a live
     // `struct mount_attr` whose size is passed alongside it.
     let result = unsafe {

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,14 +32,13 @@ pub struct Identity {
 }
 
 /// Chooses the identity: an unprivileged caller's own ids; for root, the owner of the
-/// workspace when that is an ordinary user, and otherwise [`UNUSED_HOST_ID`] with an
-/// idmapped workspace.
+/// workspace when that is an ordinary user (with that user's primary group, or the unused id
+/// if it is group 0), and otherwise [`UNUSED_HOST_ID`] with an idmapped workspace.
 pub fn identity(
     caller_uid: libc::uid_t,
     caller_gid: libc::gid_t,
-    workspace: Option<&Path>,
+    workspace_owner: Option<libc::uid_t>,
 ) -> Identity {
-    use std::os::unix::fs::MetadataExt;
     if caller_uid != 0 {
         return Identity {
             uid: caller_uid,
@@ -47,19 +46,40 @@ pub fn identity(
             idmap_workspace: false,
         };
     }
-    let owner = workspace.and_then(|dir| fs::metadata(dir).ok());
-    match owner {
-        Some(metadata) if metadata.uid() != 0 => Identity {
-            uid: metadata.uid(),
-            gid: metadata.gid(),
+    match workspace_owner {
+        Some(owner) if owner != 0 => Identity {
+            uid: owner,
+            gid: primary_gid(owner)
+                .filter(|&gid| gid != 0)
+                .unwrap_or(UNUSED_HOST_ID),
             idmap_workspace: false,
         },
         _ => Identity {
             uid: UNUSED_HOST_ID,
             gid: UNUSED_HOST_ID,
-            idmap_workspace: workspace.is_some(),
+            idmap_workspace: workspace_owner.is_some(),
         },
     }
+}
+
+/// Looks up the primary group of `uid` in the password database.
+fn primary_gid(uid: libc::uid_t) -> Option<libc::gid_t> {
+    // SAFETY: passwd is plain data, so an all-zero value is valid for getpwuid_r to fill.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    let mut found = std::ptr::null_mut();
+    // SAFETY: `entry` and `buffer` are live for the call, with the buffer's true length, and
+    // `found` receives either null or a pointer to `entry`.
+    let result = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    (result == 0 && !found.is_null()).then_some(entry.pw_gid)
 }
 
 /// Maps uid and gid 0 inside the sandbox to `identity`. An unprivileged caller may only map
