@@ -291,3 +291,34 @@ fn nested_mounts_never_reach_sandbox() {
         }
     }
 }
+
+#[test]
+fn root_refuses_workspace_symlink() {
+    // A user-owned directory with a symlink to a root-only directory, as an attacker would
+    // plant it in a project that root later runs.
+    let victim = Workspace::new(Caller::Root);
+    fs::set_permissions(victim.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(victim.path().join("config"), b"root only\n").unwrap();
+    let attacker = Workspace::new(Caller::User);
+    let link = attacker.path().join("project");
+    std::os::unix::fs::symlink(victim.path(), &link).unwrap();
+    let args = [
+        "run",
+        "--workspace",
+        link.to_str().unwrap(),
+        "--",
+        "cat",
+        "config",
+    ];
+    let output = super::harness::run(Caller::Root, &args, attacker.path());
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        !super::harness::stdout(&output).contains("root only"),
+        "the link was followed"
+    );
+    assert!(
+        stderr(&output).contains("goes through the symlink"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -207,7 +207,16 @@ impl Spec {
                     cause,
                 });
             }
-            self.workspace = Some(workspace);
+            // The path stays as the caller gave it, made absolute and lexically normal, so a
+            // backend running as root can refuse symlinks that the checks above followed.
+            let given = self.workspace.take().unwrap_or_default();
+            self.workspace =
+                Some(
+                    lexically_absolute(&given).map_err(|source| SpecError::Resolve {
+                        path: given.clone(),
+                        source,
+                    })?,
+                );
         }
         if let RootFs::Directory(root) = &self.rootfs {
             let root = resolve_directory(
@@ -247,11 +256,26 @@ impl Spec {
 }
 
 /// Host trees that no workspace may be in: the system directories, whose files run as root
-/// on the host, and the kernel's and runtime file systems.
-const SYSTEM_TREES: [&str; 14] = [
-    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc",
-    "/sys", "/dev", "/run", "/root",
+/// on the host, the kernel's and runtime file systems, and the spools of cron and mail.
+const SYSTEM_TREES: [&str; 15] = [
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/root",
+    "/var/spool",
 ];
+/// Directory names that hold credentials; no workspace may be in one.
+const SECRET_DIR_NAMES: [&str; 2] = [".ssh", ".gnupg"];
 /// Host directories that may hold projects but are too broad to be a workspace themselves:
 /// the whole of them would be writable, other users' files included.
 const SHARED_DIRS: [&str; 8] = [
@@ -264,7 +288,12 @@ pub fn is_system_path(path: &Path) -> bool {
     let in_tree = SYSTEM_TREES.iter().any(|tree| path.starts_with(tree));
     let shared = SHARED_DIRS.iter().any(|dir| path == Path::new(dir));
     let home = path.parent() == Some(Path::new("/home"));
-    in_tree || shared || home
+    let secret = path.components().any(|component| {
+        SECRET_DIR_NAMES
+            .iter()
+            .any(|name| component.as_os_str() == *name)
+    });
+    in_tree || shared || home || secret
 }
 
 /// Parses one `KEY=VALUE` environment assignment.
@@ -278,6 +307,24 @@ pub fn parse_env(assignment: &str) -> Result<(String, OsString), SpecError> {
         return Err(invalid());
     }
     Ok((key.to_owned(), value.into()))
+}
+
+/// Makes `path` absolute against the current directory and removes `.` and `..` components
+/// without looking at the file system.
+pub fn lexically_absolute(path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)?;
+    let mut normal = PathBuf::from("/");
+    for component in absolute.components() {
+        match component {
+            Component::Normal(name) => normal.push(name),
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(normal)
 }
 
 fn resolve_directory(
@@ -369,6 +416,21 @@ mod tests {
         );
         assert!(!is_system_path(Path::new("/home/alice/project")));
         assert!(is_system_path(Path::new("/home/alice")));
+        assert!(is_system_path(Path::new("/home/alice/.ssh")));
+        assert!(is_system_path(Path::new("/var/spool/cron/crontabs")));
+    }
+
+    #[test]
+    fn lexical_paths_drop_dots() {
+        assert_eq!(
+            lexically_absolute(Path::new("/a/./b/../c")).unwrap(),
+            Path::new("/a/c")
+        );
+        assert_eq!(
+            lexically_absolute(Path::new("/..")).unwrap(),
+            Path::new("/")
+        );
+        assert!(lexically_absolute(Path::new("rel")).unwrap().is_absolute());
     }
 
     #[test]

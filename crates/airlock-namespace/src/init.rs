@@ -202,8 +202,8 @@ fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
     release_stdio();
     // The init keeps no privilege the workload could borrow: no capabilities, and not
     // dumpable, so /proc/1/mem and ptrace are closed to it.
-    let _ = sys::clear_capabilities();
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::clear_capabilities();
     supervise(workload_pid, &supervised, report, &ready.grant)
 }
 

@@ -341,7 +341,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     let workspace = spec
         .workspace
         .as_deref()
-        .map(HostWorkspace::open)
+        .map(|path| HostWorkspace::open(path, uid == 0))
         .transpose()
         .map_err(Error::Workspace)?;
     let owner = workspace.as_ref().map(|workspace| workspace.owner_uid);

@@ -585,6 +585,15 @@ pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens `name` relative to the directory `dir` with `flags` (O_CLOEXEC is added).
+pub fn openat(dir: RawFd, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let name = cstring(name)?;
+    // SAFETY: `name` is NUL-terminated; the mode argument is unused without O_CREAT.
+    let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the descriptor is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Executes `program` with `argv` and `envp`; returns only on failure.
 pub fn execve(program: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     let to_pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
