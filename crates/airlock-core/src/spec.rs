@@ -257,7 +257,7 @@ impl Spec {
 
 /// Host trees that no workspace may be in: the system directories, whose files run as root
 /// on the host, the kernel's and runtime file systems, and the spools of cron and mail.
-const SYSTEM_TREES: [&str; 15] = [
+const SYSTEM_TREES: [&str; 14] = [
     "/etc",
     "/usr",
     "/bin",
@@ -271,7 +271,6 @@ const SYSTEM_TREES: [&str; 15] = [
     "/sys",
     "/dev",
     "/run",
-    "/root",
     "/var/spool",
 ];
 /// Directory names that hold credentials; no workspace may be in one.
@@ -282,12 +281,31 @@ const SHARED_DIRS: [&str; 8] = [
     "/", "/var", "/opt", "/srv", "/home", "/tmp", "/mnt", "/media",
 ];
 
+/// Returns the home directory that `path` is in or is: /root, or /home/NAME.
+fn home_of(path: &Path) -> Option<PathBuf> {
+    if path.starts_with("/root") {
+        return Some(PathBuf::from("/root"));
+    }
+    let name = path.strip_prefix("/home").ok()?.components().next()?;
+    Some(Path::new("/home").join(name))
+}
+
 /// Returns whether `path`, absolute and free of symlinks, must not be a workspace: inside a
-/// system tree, one of the shared directories, or a whole home directory below /home.
+/// system tree, one of the shared directories, a whole home directory (/root or /home/NAME),
+/// or inside a hidden directory of a home, where shells and tools keep their start-up files.
 pub fn is_system_path(path: &Path) -> bool {
     let in_tree = SYSTEM_TREES.iter().any(|tree| path.starts_with(tree));
     let shared = SHARED_DIRS.iter().any(|dir| path == Path::new(dir));
-    let home = path.parent() == Some(Path::new("/home"));
+    let home = home_of(path).is_some_and(|home| {
+        let below = path
+            .strip_prefix(&home)
+            .map(|rest| rest.components().next());
+        match below {
+            Ok(None) => true,
+            Ok(Some(first)) => first.as_os_str().to_string_lossy().starts_with('.'),
+            Err(_) => false,
+        }
+    });
     let secret = path.components().any(|component| {
         SECRET_DIR_NAMES
             .iter()
@@ -417,6 +435,11 @@ mod tests {
         assert!(!is_system_path(Path::new("/home/alice/project")));
         assert!(is_system_path(Path::new("/home/alice")));
         assert!(is_system_path(Path::new("/home/alice/.ssh")));
+        assert!(is_system_path(Path::new("/home/alice/.config/autostart")));
+        assert!(is_system_path(Path::new("/root")));
+        assert!(is_system_path(Path::new("/root/.cache")));
+        assert!(!is_system_path(Path::new("/root/project")));
+        assert!(!is_system_path(Path::new("/root/project/.git")));
         assert!(is_system_path(Path::new("/var/spool/cron/crontabs")));
     }
 
