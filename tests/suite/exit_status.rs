@@ -208,39 +208,60 @@ fn stdin_reaches_command() {
     }
 }
 
+/// Runs `sh -c SCRIPT` in a sandbox as `caller`, waits until the script has created the file
+/// `{ready}` in the workspace, sends `signal` to the airlock process, and returns its exit
+/// status.
+fn signal_running_command(caller: Caller, script_template: &str, signal: libc::c_int) -> i32 {
+    let workspace = Workspace::new(caller);
+    let ready = format!("ready.{}", unique_token());
+    let script = script_template.replace("{ready}", &ready);
+    let mut spawned = spawn_airlock(
+        caller,
+        &[],
+        &["run", "--", "sh", "-c", &script],
+        workspace.path(),
+        Stdio::piped(),
+    );
+
+    // The command creates the file once it is set up, and Airlock has exec'd by then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !workspace.path().join(&ready).exists() {
+        if Instant::now() >= deadline {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+            panic!("{caller:?}: command never became ready");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let pid = spawned.child.id() as libc::pid_t;
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("read exe link");
+    assert_eq!(exe, binary(), "{caller:?}: pid {pid} is not airlock");
+    // SAFETY: kill has no memory-safety preconditions, and `pid` is our own child.
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(sent, 0, "kill airlock");
+    wait_bounded(
+        &mut spawned.child,
+        Duration::from_secs(10),
+        "signalled airlock",
+    )
+}
+
 #[test]
 fn sigterm_reaches_command() {
     for caller in CALLERS {
-        let workspace = Workspace::new(caller);
-        let ready = format!("ready.{}", unique_token());
-        let script = format!("trap 'exit 7' TERM; touch {ready}; while :; do sleep 0.1; done");
-        let mut spawned = spawn_airlock(
-            caller,
-            &[],
-            &["run", "--", "sh", "-c", &script],
-            workspace.path(),
-            Stdio::piped(),
-        );
-
-        // The command creates the file once its trap is set, and Airlock has exec'd by then.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !workspace.path().join(&ready).exists() {
-            if Instant::now() >= deadline {
-                let _ = spawned.child.kill();
-                let _ = spawned.child.wait();
-                panic!("{caller:?}: command never became ready");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let pid = spawned.child.id() as libc::pid_t;
-        let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("read exe link");
-        assert_eq!(exe, binary(), "{caller:?}: pid {pid} is not airlock");
-        // SAFETY: kill has no memory-safety preconditions, and `pid` is our own child.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "kill airlock");
-
-        let status = wait_bounded(&mut spawned.child, Duration::from_secs(10), "sigterm");
+        let script = "trap 'exit 7' TERM; touch {ready}; while :; do sleep 0.1; done";
+        let status = signal_running_command(caller, script, libc::SIGTERM);
         assert_eq!(status, 7, "{caller:?}: airlock exited {status}");
+    }
+}
+
+#[test]
+fn sigint_reaches_shell_children() {
+    for caller in CALLERS {
+        // The shell waits for sleep, so only a signal to the whole group ends it early.
+        let script = "touch {ready}; sleep 30; echo not-reached";
+        let status = signal_running_command(caller, script, libc::SIGINT);
+        assert_eq!(status, 130, "{caller:?}: the shell's child outlived SIGINT");
     }
 }
 
@@ -463,29 +484,4 @@ fn unreadable_workspace_rejected() {
     let message = stderr(&output);
     assert!(message.contains("cannot be read by this user"), "{message}");
     assert_eq!(message.lines().count(), 1, "{message}");
-}
-
-#[test]
-fn sigint_reaches_shell_children() {
-    for caller in CALLERS {
-        let workspace = Workspace::new(caller);
-        let ready = format!("ready.{}", unique_token());
-        let script = format!("touch {ready}; sleep 30; echo not-reached");
-        let mut spawned = spawn_airlock(
-            caller,
-            &[],
-            &["run", "--", "sh", "-c", &script],
-            workspace.path(),
-            Stdio::piped(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !workspace.path().join(&ready).exists() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let pid = spawned.child.id() as libc::pid_t;
-        // SAFETY: kill only sends a signal to the airlock process this test started.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let code = wait_bounded(&mut spawned.child, Duration::from_secs(10), "airlock");
-        assert_eq!(code, 130, "{caller:?}: the shell's child outlived SIGINT");
-    }
 }
