@@ -194,8 +194,19 @@ fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
     if let Err(source) = sys::set_signal_mask(libc::SIG_BLOCK, &supervised) {
         fail(report, "block signals", source);
     }
-    let workload_pid = match sys::fork() {
-        Ok(0) => workload::run(plan.workload, &stdio, report, !ready.grant.limits_pids),
+    let start = WorkloadStart {
+        plan: plan.workload,
+        stdio: &stdio,
+        report,
+        nproc_fallback: !ready.grant.limits_pids,
+    };
+    let mut stack = vec![0u8; WORKLOAD_STACK_SIZE];
+    let arg = &start as *const WorkloadStart<'_> as *mut libc::c_void;
+    // SAFETY: the init is single-threaded; `workload_entry` ends in execve or exit_now; and
+    // `start` and `stack` outlive the child, because this call returns only once the child
+    // has executed the command or exited.
+    let spawned = unsafe { sys::spawn_shared(workload_entry, &mut stack, arg) };
+    let workload_pid = match spawned {
         Ok(pid) => pid,
         Err(source) => fail(report, "start the workload", source),
     };
@@ -205,6 +216,24 @@ fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
     let _ = sys::clear_capabilities();
     supervise(workload_pid, &supervised, report, &ready.grant)
+}
+
+/// Stack of the workload until it executes the command: its setup needs far less.
+const WORKLOAD_STACK_SIZE: usize = 1 << 20;
+
+/// What the workload process starts with.
+struct WorkloadStart<'a> {
+    plan: &'a workload::Plan,
+    stdio: &'a Stdio,
+    report: RawFd,
+    nproc_fallback: bool,
+}
+
+extern "C" fn workload_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the WorkloadStart on the init's stack, which stays in place
+    // while the init is suspended for this child.
+    let start = unsafe { &*(arg as *const WorkloadStart<'_>) };
+    workload::run(start.plan, start.stdio, start.report, start.nproc_fallback)
 }
 
 fn fail(report: RawFd, step: &str, source: io::Error) -> ! {

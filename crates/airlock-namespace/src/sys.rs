@@ -91,6 +91,30 @@ fn clone_into_cgroup(flags: libc::c_int, cgroup: RawFd) -> io::Result<libc::pid_
     check_long(pid).map(|pid| pid as libc::pid_t)
 }
 
+/// Starts `child(arg)` in a new process that shares this process's memory until it executes
+/// a program or exits, as vfork(2) and posix_spawn do; this process is suspended until then.
+/// It skips copying the page tables, and the copy-on-write faults after a fork. Returns the
+/// child's pid.
+///
+/// # Safety
+///
+/// The caller must be single-threaded. `child` runs on `stack` with this process's heap, so
+/// it must end in execve or `exit_now` and never return into code that expects the parent's
+/// state; `arg` must stay valid until then, which the suspension guarantees.
+pub unsafe fn spawn_shared(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &mut [u8],
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
+    // The stack grows down on x86-64 and must be 16-byte aligned at its top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: `top` is the aligned end of a live buffer that the child uses as its stack, and
+    // the caller guarantees the rest, as documented above.
+    let pid = unsafe { libc::clone(child, top as *mut libc::c_void, flags, arg) };
+    check(pid)
+}
+
 /// Forks the current single-threaded process.
 pub fn fork() -> io::Result<libc::pid_t> {
     clone_process(0, None)
