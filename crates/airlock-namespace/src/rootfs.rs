@@ -2,14 +2,15 @@
 //!
 //! The steps, in order:
 //! 1. Make every mount private, so nothing done here propagates to the host.
-//! 2. Mount a small tmpfs over /tmp and pivot into it. The host's tree is now at /oldroot,
-//!    /tmp included, and every host path can be reached as /oldroot/PATH for binding.
-//! 3. Mount the sandbox's root, a tmpfs, at /newroot; bind the system directories (or the
-//!    entries of `--rootfs`) read-only into it, and hide host secrets below /etc.
+//! 2. Open the workspace and the `--rootfs` directory, which may lie below /tmp, because the
+//!    next step covers the host's /tmp.
+//! 3. Mount the sandbox's root, a tmpfs, on /tmp; bind the system directories (or the entries
+//!    of `--rootfs`, through its descriptor) read-only into it, and hide host secrets.
 //! 4. Mount a fresh /proc with its dangerous files masked, a minimal /dev, /tmp and the
 //!    workspace.
-//! 5. Make the root tmpfs read-only, detach /oldroot, and pivot into /newroot, detaching the
-//!    staging tmpfs too. No host path is reachable afterwards.
+//! 5. Make the root tmpfs read-only, pivot into it, and detach the host's tree with one
+//!    unmount. Each detaching unmount waits for an RCU grace period, up to 2 ms on an idle
+//!    host, so there is only one. No host path is reachable afterwards.
 
 use std::fs;
 use std::io;
@@ -47,9 +48,9 @@ impl<T> Step<T> for io::Result<T> {
     }
 }
 
-const STAGING: &str = "/tmp";
-const OLD_ROOT: &str = "/oldroot";
-const NEW_ROOT: &str = "/newroot";
+/// Where the sandbox's root is built: a host directory that every system has, whose own
+/// contents the sandbox never needs.
+const NEW_ROOT: &str = "/tmp";
 
 /// Host directories that make up the read-only system view.
 const HOST_SYSTEM_ENTRIES: [&str; 9] = [
@@ -98,8 +99,10 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 const LOCKDOWN: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
-fn old(path: impl AsRef<Path>) -> PathBuf {
-    Path::new(OLD_ROOT).join(path.as_ref().strip_prefix("/").unwrap_or(path.as_ref()))
+/// Returns the path of `fd` through /proc, which reaches the file it was opened on even
+/// where a later mount covers its path.
+fn through_fd(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 fn new(path: impl AsRef<Path>) -> PathBuf {
@@ -148,7 +151,7 @@ fn bind_device(source: &Path, target: &Path) -> Result<()> {
 /// Covers the file `target` with the host's /dev/null, so it reads as empty and swallows
 /// writes.
 fn mask_with_null(target: &Path) -> Result<()> {
-    unless_missing(bind_device(&old("/dev/null"), target))
+    unless_missing(bind_device(Path::new("/dev/null"), target))
 }
 
 fn make_dir(path: &Path) -> Result<()> {
@@ -177,39 +180,24 @@ fn mirror_entry(source: &Path, target: &Path) -> Result<()> {
     bind(source, target, MOUNT_ATTR_RDONLY | LOCKDOWN)
 }
 
-/// Steps 1 and 2: private mounts, then pivot into a staging tmpfs.
-fn enter_staging() -> Result<()> {
-    sys::mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_PRIVATE,
-        None,
-    )
-    .step(|| "make all mounts private".into())?;
-    mount_tmpfs(Path::new(STAGING), "mode=0755,size=64k", 0)?;
-    make_dir(&Path::new(STAGING).join("oldroot"))?;
-    make_dir(&Path::new(STAGING).join("newroot"))?;
-    sys::pivot_root(Path::new(STAGING), &Path::new(STAGING).join("oldroot"))
-        .step(|| "pivot_root into the staging tmpfs".into())?;
-    sys::chdir(Path::new("/")).step(|| "change directory to /".into())
+/// Step 1: no mount made here reaches the host.
+fn make_private() -> Result<()> {
+    let flags = libc::MS_REC | libc::MS_PRIVATE;
+    sys::mount(None, Path::new("/"), None, flags, None).step(|| "make all mounts private".into())
+}
+
+/// Opens a directory that a later mount may cover.
+fn open_dir(path: &Path, what: &str) -> Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    sys::open(path, flags).step(|| format!("open the {what} {}", path.display()))
 }
 
 /// Step 3: the system directories, read-only.
-fn mount_system(rootfs: &RootFs) -> Result<()> {
+fn mount_system(rootfs: &RootFs, rootfs_dir: Option<&OwnedFd>) -> Result<()> {
     mount_tmpfs(Path::new(NEW_ROOT), "mode=0755,size=64k", 0)?;
-    match rootfs {
-        RootFs::HostView => {
-            for entry in HOST_SYSTEM_ENTRIES {
-                let source = old(entry);
-                if fs::symlink_metadata(&source).is_ok() {
-                    mirror_entry(&source, &new(entry))?;
-                }
-            }
-            hide_secrets()
-        }
-        RootFs::Directory(dir) => {
-            let source_dir = old(dir);
+    match (rootfs, rootfs_dir) {
+        (RootFs::Directory(dir), Some(opened)) => {
+            let source_dir = through_fd(opened);
             let entries = fs::read_dir(&source_dir).step(|| format!("list {}", dir.display()))?;
             for entry in entries {
                 let name = entry
@@ -221,6 +209,15 @@ fn mount_system(rootfs: &RootFs) -> Result<()> {
                 mirror_entry(&source_dir.join(&name), &new(&name))?;
             }
             Ok(())
+        }
+        _ => {
+            for entry in HOST_SYSTEM_ENTRIES {
+                let source = Path::new("/").join(entry);
+                if fs::symlink_metadata(&source).is_ok() {
+                    mirror_entry(&source, &new(entry))?;
+                }
+            }
+            hide_secrets()
         }
     }
 }
@@ -282,7 +279,7 @@ fn mount_dev(shm_size: u64) -> Result<()> {
     for device in DEVICES {
         let target = dev.join(device);
         make_file(&target)?;
-        bind_device(&old(Path::new("/dev").join(device)), &target)?;
+        bind_device(&Path::new("/dev").join(device), &target)?;
     }
     let pts = dev.join("pts");
     make_dir(&pts)?;
@@ -314,50 +311,52 @@ fn mount_dev(shm_size: u64) -> Result<()> {
 }
 
 /// Step 4c: /tmp and the workspace.
-fn mount_work_dirs(spec: &Spec, workspace_source: Option<&BindSource>) -> Result<()> {
+fn mount_work_dirs(spec: &Spec, workspace: Option<&OwnedFd>) -> Result<()> {
     let tmp = new("tmp");
     make_dir(&tmp)?;
     let options = format!("mode=1777,size={}", spec.limits.tmp_size);
     mount_tmpfs(&tmp, &options, libc::MS_NOSUID | libc::MS_NODEV)?;
-    let workspace = new(SANDBOX_WORKSPACE);
-    make_dir(&workspace)?;
-    if let Some(source) = workspace_source {
-        bind_workspace(source, &workspace)?;
+    let target = new(SANDBOX_WORKSPACE);
+    make_dir(&target)?;
+    if let Some(opened) = workspace {
+        bind_workspace(opened, &target)?;
     }
     Ok(())
 }
 
-/// Step 5: seal the root and leave the host's tree behind.
+/// Step 5: seal the root and leave the host's tree behind. After pivot_root(".", "."), the
+/// host's root is stacked on top of the new one, and detaching "." removes all of it.
 fn enter_new_root() -> Result<()> {
     let root = Path::new(NEW_ROOT);
     sys::mount_setattr(root, MOUNT_ATTR_RDONLY | LOCKDOWN, false)
         .step(|| "make the root read-only".into())?;
-    sys::umount_detach(Path::new(OLD_ROOT)).step(|| "detach the host's root".into())?;
     sys::chdir(root).step(|| "change directory to the new root".into())?;
     sys::pivot_root(Path::new("."), Path::new("."))
         .step(|| "pivot_root into the new root".into())?;
-    sys::umount_detach(Path::new(".")).step(|| "detach the staging tmpfs".into())?;
+    sys::umount_detach(Path::new(".")).step(|| "detach the host's root".into())?;
     sys::chdir(Path::new("/")).step(|| "change directory to /".into())
 }
 
-/// Binds the workspace without the mounts below it. In a user namespace the kernel refuses
-/// such a bind (EINVAL) when mounts below would be uncovered, so a workspace with mount
-/// points inside fails here instead of bringing them along. The directory is opened once
-/// and checked against the launcher's device and inode numbers, so a path swapped since the
-/// launcher checked it is rejected rather than mounted.
-fn bind_workspace(source: &BindSource, target: &Path) -> Result<()> {
+/// Opens the workspace and checks it against the launcher's device and inode numbers, so a
+/// path swapped since the launcher checked it is rejected rather than mounted.
+fn open_workspace(source: &BindSource) -> Result<OwnedFd> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    let opened = sys::open(&old(&source.path), flags).step(|| "open the workspace".into())?;
-    let metadata = fs::metadata(old(format!("/proc/self/fd/{}", opened.as_raw_fd())))
-        .step(|| "inspect the workspace".into())?;
+    let opened = sys::open(&source.path, flags).step(|| "open the workspace".into())?;
+    let metadata = fs::metadata(through_fd(&opened)).step(|| "inspect the workspace".into())?;
     if (metadata.dev(), metadata.ino()) != source.identity {
         let changed =
             io::Error::other("the path names another directory than the launcher checked");
         return Err(changed).step(|| "open the workspace".into());
     }
-    let through_fd = old(format!("/proc/self/fd/{}", opened.as_raw_fd()));
+    Ok(opened)
+}
+
+/// Binds the workspace without the mounts below it. In a user namespace the kernel refuses
+/// such a bind (EINVAL) when mounts below would be uncovered, so a workspace with mount
+/// points inside fails here instead of bringing them along.
+fn bind_workspace(opened: &OwnedFd, target: &Path) -> Result<()> {
     let step = || "bind the workspace (it must not contain mount points)".to_owned();
-    sys::mount(Some(&through_fd), target, None, libc::MS_BIND, None).step(step)?;
+    sys::mount(Some(&through_fd(opened)), target, None, libc::MS_BIND, None).step(step)?;
     sys::mount_setattr(target, LOCKDOWN, false)
         .step(|| "restrict the workspace's mount flags".into())
 }
@@ -377,10 +376,15 @@ pub fn enter_workspace() -> Result<()> {
 /// workspace from `workspace_source`. Without one, /workspace stays empty for
 /// [`attach_workspace`].
 pub fn build(spec: &Spec, workspace_source: Option<&BindSource>) -> Result<()> {
-    enter_staging()?;
-    mount_system(&spec.rootfs)?;
+    make_private()?;
+    let workspace = workspace_source.map(open_workspace).transpose()?;
+    let rootfs_dir = match &spec.rootfs {
+        RootFs::Directory(dir) => Some(open_dir(dir, "root filesystem")?),
+        RootFs::HostView => None,
+    };
+    mount_system(&spec.rootfs, rootfs_dir.as_ref())?;
     mount_proc()?;
     mount_dev(spec.limits.tmp_size)?;
-    mount_work_dirs(spec, workspace_source)?;
+    mount_work_dirs(spec, workspace.as_ref())?;
     enter_new_root()
 }
