@@ -221,7 +221,7 @@ fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
 /// Stack of the workload until it executes the command: its setup needs far less.
 const WORKLOAD_STACK_SIZE: usize = 1 << 20;
 
-/// What the workload process starts with.
+/// The arguments the workload process starts with.
 struct WorkloadStart<'a> {
     plan: &'a workload::Plan,
     stdio: &'a Stdio,

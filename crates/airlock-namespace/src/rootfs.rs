@@ -48,7 +48,7 @@ impl<T> Step<T> for io::Result<T> {
     }
 }
 
-/// Where the sandbox's root is built: a host directory that every system has, whose own
+/// The host directory the sandbox's root is built on: one that every system has, whose own
 /// contents the sandbox never needs.
 const NEW_ROOT: &str = "/tmp";
 
@@ -137,9 +137,9 @@ fn unless_missing(result: Result<()>) -> Result<()> {
     }
 }
 
-/// Binds the host device node `source` onto the file `target`, read-only: a device can
+/// Binds the host device node `source` onto the file `target`, read-only. A device can
 /// still be read and written on a read-only mount, but its host inode cannot be changed
-/// (chmod, utimes, xattrs), which uid 0 inside could otherwise do to a root-owned node.
+/// (chmod, utimes, xattrs) through it.
 fn bind_device(source: &Path, target: &Path) -> Result<()> {
     sys::mount(Some(source), target, None, libc::MS_BIND, None)
         .step(|| format!("bind {} to {}", source.display(), target.display()))?;

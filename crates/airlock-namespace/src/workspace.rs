@@ -72,7 +72,7 @@ pub struct HostWorkspace {
     pub identity: (u64, u64),
 }
 
-/// What the init needs to bind the workspace: its path as the launcher opened it, and the
+/// The init's description of the workspace to bind: its path as the launcher opened it, and the
 /// device and inode numbers to check that the path still names that directory.
 #[derive(Debug, Clone)]
 pub struct BindSource {
