@@ -9,10 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::harness::{
-    binary, describe, run, sandbox_sh, stdout, test_user, Caller, Workspace, CALLERS,
+    binary, describe, run, sandbox_sh, stdout, test_user, unique_token, Caller, Workspace, CALLERS,
 };
 
 /// The interpreter the probes use, by absolute path because the host's PATH may lead to a
@@ -21,9 +20,7 @@ const PYTHON: &str = "/usr/bin/python3";
 
 /// Returns a name no other test or test process uses, starting with `tag`.
 fn unique_name(tag: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let count = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("airlock-{tag}-{}-{count}", std::process::id())
+    format!("airlock-{tag}-{}", unique_token())
 }
 
 /// Makes `command` run as `caller` on the host, without a sandbox.

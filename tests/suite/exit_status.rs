@@ -9,11 +9,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    airlock_shell_command, binary, describe, json_record, run, run_with_stdin, sandbox_sh,
-    shell_quote, spawn_airlock, stderr, stdout, wait_bounded, Caller, Workspace, CALLERS,
-    TEST_USER,
+    airlock_shell_command, binary, describe, json_record, protection, run, run_with_stdin,
+    sandbox_sh, shell_quote, spawn_airlock, stderr, stdout, unique_token, wait_bounded, Caller,
+    Workspace, CALLERS, TEST_USER,
 };
-use super::limits::{airlock_cgroups, assert_no_new_cgroups, unique_token};
+use super::limits::{airlock_cgroups, assert_no_new_cgroups};
 
 #[test]
 fn exit_codes_pass_through() {
@@ -158,13 +158,7 @@ fn json_record_describes_run() {
         let peak = record["peak_memory"].as_u64().expect("peak_memory");
         assert!(peak > 0, "{record}");
 
-        let landlock = record["enforcement"]
-            .as_array()
-            .expect("enforcement list")
-            .iter()
-            .find(|p| p["rule"] == "landlock")
-            .cloned()
-            .expect("landlock rule");
+        let landlock = protection(&record, "landlock");
         if landlock["status"] == "enforced" {
             let abi = record["landlock_abi"].as_u64().expect("landlock_abi");
             assert!(abi >= 1, "{record}");

@@ -120,7 +120,7 @@ impl Delegation {
     /// this returns no directories, and the user runs without cgroups.
     fn create() -> Delegation {
         let (uid, gid) = test_user();
-        let name = format!("airlock-test-{}-{}", std::process::id(), unique());
+        let name = format!("airlock-test-{}", unique_token());
         let mut dirs = Vec::new();
         for controller in ["memory", "pids", "cpu"] {
             let root = Path::new("/sys/fs/cgroup").join(controller);
@@ -160,10 +160,24 @@ impl Drop for Delegation {
     }
 }
 
-fn unique() -> u64 {
+/// Returns a string of digits that no other call in any test process returns: the process
+/// id, then a per-process counter of fixed width.
+pub fn unique_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    let count = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}{count:06}", std::process::id())
+}
+
+/// Returns the protection named `rule` from a `--json` record's enforcement list.
+pub fn protection(record: &serde_json::Value, rule: &str) -> serde_json::Value {
+    record["enforcement"]
+        .as_array()
+        .expect("enforcement list")
+        .iter()
+        .find(|p| p["rule"] == rule)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {rule:?} in {record}"))
 }
 
 /// Quotes `value` for a POSIX shell.

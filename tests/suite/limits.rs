@@ -12,22 +12,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, run, sandbox_sh, spawn_airlock, stderr, stdout, wait_bounded, Caller,
-    Workspace, CALLERS,
+    describe, json_record, protection, run, sandbox_sh, spawn_airlock, stderr, stdout,
+    unique_token, wait_bounded, Caller, Workspace, CALLERS,
 };
 
 /// Returns a token unique to this test process and call, for arguments the tests later look
 /// for on the host.
-pub(super) fn unique_token() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// Returns the pids of host processes that have `argument` as one of their arguments.
 pub(super) fn processes_with_argument(argument: &str) -> Vec<i32> {
     let mut pids = Vec::new();
@@ -156,16 +146,6 @@ fn cgroups_of_sandbox(sandbox_id: &str) -> Vec<PathBuf> {
 /// the process count doubles until a limit stops it. With `&` the first shell could exit
 /// before the limit is hit, and init would end the bomb instead.
 const FORK_BOMB: &str = "bomb() { bomb | bomb; }; bomb";
-
-fn protection(record: &serde_json::Value, rule: &str) -> serde_json::Value {
-    record["enforcement"]
-        .as_array()
-        .expect("enforcement list")
-        .iter()
-        .find(|p| p["rule"] == rule)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {rule:?} in {record}"))
-}
 
 #[test]
 fn fork_bomb_hits_pids_limit() {

@@ -1,4 +1,6 @@
-use super::harness::{describe, json_record, run, sandbox_sh, stdout, Caller, Workspace};
+use super::harness::{
+    describe, json_record, protection, run, sandbox_sh, stdout, Caller, Workspace,
+};
 
 #[test]
 fn run_prints_and_exits_zero() {
@@ -19,12 +21,6 @@ fn delegated_user_gets_cgroup_limits() {
     );
     assert!(output.status.success(), "{}", describe(&output));
     let record = json_record(&output);
-    let memory = record["enforcement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["rule"] == "memory limit")
-        .cloned()
-        .unwrap();
+    let memory = protection(&record, "memory limit");
     assert_eq!(memory["status"], "enforced", "{record}");
 }

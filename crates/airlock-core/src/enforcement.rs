@@ -1,4 +1,4 @@
-//! What a backend enforced, rule by rule, so that no protection is assumed.
+//! The protections a backend enforced, rule by rule, so that none is assumed.
 
 use std::fmt;
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::enforcement::Enforcement;
 use crate::exit;
 
-/// Why a sandbox ended.
+/// The reason a sandbox ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
@@ -34,7 +34,7 @@ impl EndReason {
     }
 }
 
-/// Why the command could not be started inside the sandbox.
+/// The reason the command could not be started inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecFailure {

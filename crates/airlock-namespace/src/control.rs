@@ -29,7 +29,8 @@ fn control_space(fds: usize) -> usize {
 
 /// Sends `payload` (at least one byte) with `fds` over `socket`.
 pub fn send(socket: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    assert!(!payload.is_empty() && fds.len() <= MAX_FDS);
+    assert!(!payload.is_empty(), "a message carries at least one byte");
+    assert!(fds.len() <= MAX_FDS, "too many descriptors for one message");
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),

@@ -165,7 +165,7 @@ fn bring_up_loopback() -> io::Result<()> {
     if socket == -1 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the descriptor is fresh and owned by nobody else.
+    // SAFETY: the descriptor is fresh, so this is its only owner.
     let socket: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(socket) };
     let mut request = InterfaceFlags {
         name: [0; libc::IFNAMSIZ],

@@ -68,7 +68,7 @@ impl Drop for Sandbox {
     }
 }
 
-/// Who runs the launcher, who root inside the sandbox is on the host, and the workspace.
+/// The launcher's caller, the host identity of root inside the sandbox, and the workspace.
 struct Caller {
     is_root: bool,
     identity: Identity,

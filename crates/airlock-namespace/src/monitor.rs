@@ -17,7 +17,7 @@ use crate::{sys, tty};
 /// How often the launcher checks the cgroup for a limit that was hit.
 const LIMIT_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// What the launcher learned once the sandbox has ended.
+/// The launcher's findings once the sandbox has ended.
 pub struct Ended {
     /// The init's wait status, if it was reaped; a finished init is not waited for.
     pub status: Option<libc::c_int>,

@@ -4,7 +4,7 @@ use airlock_core::{Enforcement, Limit, RootFs, Spec, Status};
 
 use crate::cgroup::{Cgroup, Controller};
 
-/// What the backend will enforce, and the fallbacks it needs for that.
+/// The protections the backend will enforce, and the fallbacks it needs for them.
 pub struct Assessment {
     pub enforcement: Enforcement,
     /// RLIMIT_NPROC to set because no pids cgroup is available.

@@ -65,7 +65,7 @@ impl ReportReader {
         }
     }
 
-    /// Reads and parses whatever the pipe holds now.
+    /// Reads and parses the reports the pipe contains now.
     pub fn read_available(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 4096];
         while !self.closed {

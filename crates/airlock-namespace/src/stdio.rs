@@ -1,8 +1,9 @@
 //! How the caller's standard streams reach the sandbox. Anonymous pipes and sockets are
 //! handed over as they are, which is the fastest path and keeps every byte. Anything else
 //! (a file, a FIFO, a device, a terminal) is relayed through a pipe by the launcher, because
-//! a descriptor of a host file lets its holder change the file itself: fchmod as uid 0 inside
-//! would change a root-owned host file. With `--tty` the sandbox gets its own pseudo-terminal.
+//! a descriptor of a host file lets its holder change the file itself, for example with
+//! fchmod when the sandbox's host user owns it. With `--tty` the sandbox gets its own
+//! pseudo-terminal.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

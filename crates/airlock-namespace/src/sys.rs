@@ -132,7 +132,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: both descriptors are fresh and owned by nobody else.
+    // SAFETY: both descriptors are fresh, so these are their only owners.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -502,7 +502,7 @@ pub fn sigwait(set: &libc::sigset_t) -> io::Result<libc::c_int> {
 pub fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
     // SAFETY: `set` is a valid signal set; -1 asks for a new descriptor.
     let fd = check(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
-    // SAFETY: the descriptor is fresh and owned by nobody else.
+    // SAFETY: the descriptor is fresh, so this is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -605,7 +605,7 @@ pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let path = cstring(path)?;
     // SAFETY: `path` is NUL-terminated; the mode argument is unused without O_CREAT.
     let fd = check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: the descriptor is fresh and owned by nobody else.
+    // SAFETY: the descriptor is fresh, so this is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -614,7 +614,7 @@ pub fn openat(dir: RawFd, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedF
     let name = cstring(name)?;
     // SAFETY: `name` is NUL-terminated; the mode argument is unused without O_CREAT.
     let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: the descriptor is fresh and owned by nobody else.
+    // SAFETY: the descriptor is fresh, so this is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -31,9 +31,9 @@ pub struct Identity {
     pub idmap_workspace: bool,
 }
 
-/// Chooses the identity: an unprivileged caller's own ids; for root, the owner of the
-/// workspace when that is an ordinary user (with that user's primary group, or the unused id
-/// if it is group 0), and otherwise [`UNUSED_HOST_ID`] with an idmapped workspace.
+/// Chooses the identity. An unprivileged caller keeps its own ids. For root, it is the owner
+/// of the workspace when that is an ordinary user, with that user's primary group (or the
+/// unused id instead of group 0), and otherwise [`UNUSED_HOST_ID`] with an idmapped workspace.
 pub fn identity(
     caller_uid: libc::uid_t,
     caller_gid: libc::gid_t,

@@ -21,7 +21,7 @@ const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
-/// Where a jump goes: the next instruction or a label.
+/// The target of a jump: the next instruction or a label.
 #[derive(Debug, Clone, Copy)]
 pub enum To {
     Next,
