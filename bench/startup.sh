@@ -96,9 +96,13 @@ trap 'rm -rf "$scratch"' EXIT
 chmod 755 "$scratch"
 
 echo "== Building Airlock (cargo build --release)"
-(cd "$repo" && cargo build --release)
-airlock_built=$repo/target/release/airlock
+# The path of the built binary depends on the build target (.cargo/config.toml) and on
+# CARGO_TARGET_DIR, so take it from cargo's own report.
+airlock_built=$(cd "$repo" && cargo build --release --message-format=json-render-diagnostics |
+    jq -r 'select(.reason == "compiler-artifact" and .target.name == "airlock"
+        and .executable != null) | .executable')
 
+echo "airlock:    $airlock_built"
 echo "== Machine"
 echo "kernel:     $(uname -r)"
 echo "cpus:       $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"

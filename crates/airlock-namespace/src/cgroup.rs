@@ -107,7 +107,7 @@ fn filesystem_type(path: &Path) -> Option<i64> {
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `stat` is a live statfs for the call.
     let result = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
-    (result == 0).then_some(stat.f_type)
+    (result == 0).then_some(crate::sys::fs_type(&stat))
 }
 
 /// Finds the hierarchies at their usual places: cgroup2 on /sys/fs/cgroup, or one v1

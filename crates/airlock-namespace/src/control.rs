@@ -42,7 +42,7 @@ pub fn send(socket: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
     message.msg_iovlen = 1;
     if !fds.is_empty() {
         message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = control_space(fds.len());
+        message.msg_controllen = control_space(fds.len()) as _;
         // SAFETY: `control` has CMSG_SPACE bytes for `fds.len()` descriptors, so the first
         // header and its data fit inside it.
         unsafe {
@@ -50,7 +50,7 @@ pub fn send(socket: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
             (*header).cmsg_level = libc::SOL_SOCKET;
             (*header).cmsg_type = libc::SCM_RIGHTS;
             let data_len = std::mem::size_of_val(fds) as u32;
-            (*header).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            (*header).cmsg_len = libc::CMSG_LEN(data_len) as _;
             let data = libc::CMSG_DATA(header).cast::<RawFd>();
             for (index, fd) in fds.iter().enumerate() {
                 std::ptr::write_unaligned(data.add(index), *fd);
@@ -80,7 +80,7 @@ pub fn recv(socket: RawFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     message.msg_iov = &mut iov;
     message.msg_iovlen = 1;
     message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = control.len();
+    message.msg_controllen = control.len() as _;
     let received = loop {
         // SAFETY: `message` and the buffers it points to are alive for the call.
         let received = unsafe { libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC) };
@@ -102,7 +102,7 @@ pub fn recv(socket: RawFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     unsafe {
         let header = libc::CMSG_FIRSTHDR(&message);
         if !header.is_null() && (*header).cmsg_type == libc::SCM_RIGHTS {
-            let data_len = (*header).cmsg_len - libc::CMSG_LEN(0) as usize;
+            let data_len = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
             let data = libc::CMSG_DATA(header).cast::<RawFd>();
             for index in 0..data_len / std::mem::size_of::<RawFd>() {
                 fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(

@@ -176,7 +176,13 @@ fn bring_up_loopback() -> io::Result<()> {
     request.flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     // SAFETY: SIOCSIFFLAGS reads a `struct ifreq`, whose layout InterfaceFlags matches: a
     // 16-byte name, then the flags at the start of a 24-byte union.
-    let result = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) };
+    let result = unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCSIFFLAGS as libc::Ioctl,
+            &request,
+        )
+    };
     if result == -1 {
         return Err(io::Error::last_os_error());
     }

@@ -211,7 +211,14 @@ pub fn fstatfs_type(fd: RawFd) -> io::Result<i64> {
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `stat` is a live statfs buffer for the call.
     check(unsafe { libc::fstatfs(fd, &mut stat) })?;
-    Ok(stat.f_type)
+    Ok(fs_type(&stat))
+}
+
+/// The file system type of a statfs result. The C libraries declare `f_type` with different
+/// integer types; the magic numbers compared against it all fit in 32 bits.
+#[allow(clippy::unnecessary_cast)]
+pub fn fs_type(stat: &libc::statfs) -> i64 {
+    stat.f_type as i64
 }
 
 pub fn fd_is_open(fd: RawFd) -> bool {
@@ -403,7 +410,13 @@ pub fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     .map(drop)
 }
 
-pub fn setrlimit(resource: libc::__rlimit_resource_t, limit: u64) -> io::Result<()> {
+/// The type of setrlimit's resource argument, which differs between the C libraries.
+#[cfg(target_env = "gnu")]
+pub type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub type RlimitResource = libc::c_int;
+
+pub fn setrlimit(resource: RlimitResource, limit: u64) -> io::Result<()> {
     let value = libc::rlimit {
         rlim_cur: limit,
         rlim_max: limit,
@@ -562,7 +575,7 @@ pub fn write_all(fd: RawFd, mut buffer: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-pub fn ioctl_int(fd: RawFd, request: libc::c_ulong, arg: libc::c_int) -> io::Result<libc::c_int> {
+pub fn ioctl_int(fd: RawFd, request: libc::Ioctl, arg: libc::c_int) -> io::Result<libc::c_int> {
     // SAFETY: the requests used with this wrapper take an integer argument.
     check(unsafe { libc::ioctl(fd, request, arg) })
 }

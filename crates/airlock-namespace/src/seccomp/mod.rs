@@ -286,15 +286,17 @@ mod tests {
 
     #[test]
     fn terminal_injection_ioctls_denied_on_low_bits() {
-        let tiocsti = libc::TIOCSTI;
+        // The request constants are signed on musl and unsigned on glibc.
+        let request = |value: libc::Ioctl| u64::from(value as u32);
+        let tiocsti = request(libc::TIOCSTI);
         assert_eq!(call(libc::SYS_ioctl, [0, tiocsti, 0, 0, 0, 0]), EPERM);
         assert_eq!(
             call(libc::SYS_ioctl, [0, tiocsti | 1 << 32, 0, 0, 0, 0]),
             EPERM
         );
-        let tioclinux = libc::TIOCLINUX;
+        let tioclinux = request(libc::TIOCLINUX);
         assert_eq!(call(libc::SYS_ioctl, [0, tioclinux, 0, 0, 0, 0]), EPERM);
-        let tcgets = libc::TCGETS;
+        let tcgets = request(libc::TCGETS);
         assert_eq!(call(libc::SYS_ioctl, [0, tcgets, 0, 0, 0, 0]), RET_ALLOW);
     }
 
