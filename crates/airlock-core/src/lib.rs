@@ -5,6 +5,7 @@
 //! [`Backend`], and turn the returned [`Outcome`] into their own reply.
 
 pub mod action;
+pub mod audit;
 pub mod backend;
 pub mod enforcement;
 pub mod exit;
@@ -12,10 +13,11 @@ pub mod id;
 pub mod outcome;
 pub mod size;
 pub mod spec;
+pub mod specfile;
 
 pub use action::{Action, BackendKind};
 pub use backend::{Backend, BackendError, Finished, RunOptions};
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;
 pub use outcome::{EndReason, ExecFailure, Outcome};
-pub use spec::{Limit, Limits, Origin, RootFs, Spec};
+pub use spec::{Limit, Limits, Origin, RootFs, Spec, WorkspaceMode};

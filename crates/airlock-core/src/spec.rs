@@ -119,14 +119,74 @@ pub enum RootFs {
     Directory(PathBuf),
 }
 
+/// How the sandbox sees the workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    /// The project under a copy-on-write overlay: writes go to an upper layer in the state
+    /// directory and reach the host only through `airlock apply`.
+    #[default]
+    Overlay,
+    /// The project itself, read-write: writes reach the host at once.
+    Bind,
+    /// The project, read-only.
+    Readonly,
+    /// No workspace: /workspace is an empty directory.
+    None,
+}
+
+impl WorkspaceMode {
+    pub const ALL: [WorkspaceMode; 4] = [
+        WorkspaceMode::Overlay,
+        WorkspaceMode::Bind,
+        WorkspaceMode::Readonly,
+        WorkspaceMode::None,
+    ];
+
+    /// The name users pass to `--workspace-mode`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkspaceMode::Overlay => "overlay",
+            WorkspaceMode::Bind => "bind",
+            WorkspaceMode::Readonly => "readonly",
+            WorkspaceMode::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkspaceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WorkspaceMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|mode| mode.name() == name)
+            .ok_or_else(|| {
+                format!("unknown workspace mode {name:?}: expected one of overlay, bind, readonly, none")
+            })
+    }
+}
+
 /// Everything needed to create a sandbox and run one command in it.
 #[derive(Debug, Clone)]
 pub struct Spec {
     /// The command and its arguments; the first element is searched in the sandbox's PATH.
     pub command: Vec<OsString>,
     pub rootfs: RootFs,
-    /// Host directory mounted read-write at /workspace, or `None` for an empty /workspace.
+    /// Host directory shown at /workspace, or `None` for an empty /workspace.
     pub workspace: Option<PathBuf>,
+    /// How the workspace is shown: overlay, bind, read-only or not at all.
+    pub workspace_mode: WorkspaceMode,
+    /// A readable name for a persistent sandbox, unique among the caller's sandboxes.
+    pub name: Option<String>,
+    /// How long a persistent sandbox lives before it removes itself; `None` for no limit.
+    pub ttl: Option<Duration>,
     /// Variables set inside the sandbox besides the defaults, in order; later ones win.
     pub env: Vec<(String, OsString)>,
     pub limits: Limits,
@@ -179,6 +239,9 @@ impl Spec {
             command,
             rootfs: RootFs::HostView,
             workspace: None,
+            workspace_mode: WorkspaceMode::default(),
+            name: None,
+            ttl: None,
             env: Vec::new(),
             limits: Limits::default(),
             tty: false,

@@ -1,0 +1,1 @@
+//! The audit log of a sandbox: append-only JSON lines, each chained to the previous one.

@@ -1,0 +1,1 @@
+//! Spec files: every option of `run` and `create` in TOML.

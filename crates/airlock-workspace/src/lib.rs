@@ -1,0 +1,1 @@
+//! The copy-on-write workspace: what a sandbox changed in its overlay, and applying it.
