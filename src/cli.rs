@@ -8,7 +8,8 @@ use airlock_core::size::{self, format_bytes};
 use airlock_core::spec::{
     self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE, MAX_PIDS, MIN_MEMORY,
 };
-use airlock_core::{Action, BackendKind, Limit, RootFs, Spec};
+use airlock_core::specfile::{self, SpecFileError};
+use airlock_core::{Action, BackendKind, Limit, RootFs, Spec, WorkspaceMode};
 use clap::{Args, Parser, Subcommand};
 
 /// Run an AI agent's commands in a sandbox whose isolation level is a choice.
@@ -18,6 +19,11 @@ pub struct Cli {
     /// Log more: -v for lifecycle events, -vv for debugging. AIRLOCK_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Directory holding the sandboxes' state [default: $AIRLOCK_STATE_DIR, else
+    /// /var/lib/airlock for root and $XDG_STATE_HOME/airlock for others].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -29,12 +35,63 @@ pub enum Command {
     ///
     /// Exit status: the command's own, or 128+N when a signal N killed it. Airlock's own
     /// statuses are 122 (process limit hit), 123 (memory limit hit), 124 (timed out), 125
-    /// (Airlock failed), 126 (command not executable) and 127 (command not found).
+    /// (Airlock failed), 126 (command not executable) and 127 (command not found). With the
+    /// default overlay workspace, changes are kept for review when the command made any.
     Run(RunArgs),
+    /// Create a sandbox that keeps running, and print its id.
+    Create(CreateArgs),
+    /// Run a command in a running sandbox, with the same streams and exit statuses as run.
+    Exec(ExecArgs),
+    /// List the sandboxes.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Stop a running sandbox: every process in it ends; its files stay.
+    Stop(TargetArgs),
+    /// Start a stopped sandbox again, with the same spec and workspace changes.
+    Start(TargetArgs),
+    /// Remove sandboxes and their workspace changes.
+    Rm(RemoveArgs),
+    /// Copy files between the host and a running sandbox: `cp ID:PATH HOST_PATH` or
+    /// `cp HOST_PATH ID:PATH`. Relative paths in the sandbox are below /workspace.
+    Cp(CopyArgs),
+    /// Show the memory, CPU time and processes of a running sandbox.
+    Stats(StatsArgs),
+    /// List what the sandbox changed in its overlay workspace.
+    Diff(DiffArgs),
+    /// Copy the sandbox's workspace changes to the project on the host.
+    Apply(ApplyArgs),
+    /// Drop every workspace change of a sandbox.
+    Discard(TargetArgs),
+    /// Show or verify a sandbox's audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Remove what killed or interrupted commands left: half-created or half-removed
+    /// sandboxes, and the processes and cgroups of sandboxes whose supervisor died.
+    Gc(GcArgs),
+    /// The per-sandbox supervisor, started by create and start.
+    #[command(name = "__supervise", hide = true)]
+    Supervise(SuperviseArgs),
 }
 
+impl Command {
+    /// Whether the command prints a JSON record, also when Airlock fails.
+    pub fn wants_json(&self) -> bool {
+        match self {
+            Command::Run(args) => args.json,
+            Command::Exec(args) => args.json,
+            _ => false,
+        }
+    }
+}
+
+/// Options that describe a sandbox, shared by run and create.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct SandboxArgs {
+    /// TOML file with any of these options (keys as the option names with `_` for `-`);
+    /// options given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+
     /// Isolation level.
     #[arg(long, value_name = "NAME", default_value = "namespace")]
     pub backend: BackendKind,
@@ -44,9 +101,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
 
-    /// Directory mounted read-write at /workspace, the working directory.
+    /// Project directory shown at /workspace, the working directory.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub workspace: PathBuf,
+
+    /// How the sandbox sees the workspace: overlay (copy-on-write: changes reach the host
+    /// only through `airlock apply`), bind (writes go to the host at once), readonly, none.
+    #[arg(long, value_name = "MODE", default_value = "overlay")]
+    pub workspace_mode: WorkspaceMode,
 
     /// Set an environment variable inside the sandbox (repeatable). Host variables other than
     /// LANG and TERM are never passed.
@@ -62,8 +124,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = parse_cpus)]
     pub cpus: Option<f64>,
 
-    /// Maximum number of processes and threads of the command at once, not counting
-    /// Airlock's init.
+    /// Maximum number of processes and threads at once, not counting Airlock's init.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PIDS,
           value_parser = clap::value_parser!(u64).range(1..=MAX_PIDS))]
     pub pids: u64,
@@ -73,9 +134,21 @@ pub struct RunArgs {
           default_value_t = format_bytes(DEFAULT_TMP_SIZE))]
     pub tmp_size: String,
 
-    /// Kill the whole sandbox after this long, such as 30s, 10m or 1h [default: none].
-    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    /// Kill the command after this long, such as 30s, 10m or 1h [default: none]. For a
+    /// created sandbox, the default of each exec.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+
+    /// Run even when a protection the spec requires cannot be enforced on this host; the
+    /// weaker protections are logged and listed in the --json record.
+    #[arg(long)]
+    pub allow_weaker: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 
     /// Give the command a new pseudo-terminal (never the caller's terminal).
     #[arg(short, long)]
@@ -86,14 +159,143 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Run even when a protection the spec requires cannot be enforced on this host; the
-    /// weaker protections are logged and listed in the --json record.
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+
+    /// A readable name, usable wherever an id is: letters, digits, `-`, `_` and `.`.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+
+    /// Remove the sandbox this long after its creation, such as 2h [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Print the new sandbox as a JSON object instead of its id alone.
     #[arg(long)]
-    pub allow_weaker: bool,
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The sandbox's id, a unique prefix of it, or its name.
+    pub sandbox: String,
+
+    /// Set an environment variable for this command (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, OsString)>,
+
+    /// Give the command a new pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+
+    /// Kill the command after this long [default: the sandbox's --timeout].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Print one JSON record on the last line of stderr when the command ends.
+    #[arg(long)]
+    pub json: bool,
 
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The sandbox's id, a unique prefix of it, or its name.
+    pub sandbox: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// Stop the sandboxes first if they run.
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// Sandboxes by id, unique id prefix or name.
+    #[arg(required = true, value_name = "SANDBOX")]
+    pub sandboxes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// What to copy: HOST_PATH or ID:PATH.
+    pub source: String,
+    /// Where to copy it: ID:PATH or HOST_PATH.
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The sandbox's id, a unique prefix of it, or its name.
+    pub sandbox: String,
+    /// Print a JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The sandbox's id, a unique prefix of it, or its name.
+    pub sandbox: String,
+    /// Print a unified diff of text files; binary files are named.
+    #[arg(long, conflicts_with = "json")]
+    pub patch: bool,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The sandbox's id, a unique prefix of it, or its name.
+    pub sandbox: String,
+    /// Apply only these workspace paths and what is below them. Changes to paths that run
+    /// code on the host (.git, shell start-up files, CI and editor task files) are applied
+    /// only when named here.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the audit log, one readable line per entry.
+    Show(TargetArgs),
+    /// Check the hash chain of the audit log and name the first line that breaks it.
+    Verify(TargetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Print what was removed as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    pub id: String,
+    /// The process that started this supervisor, whose exit before the handshake ends it.
+    #[arg(long)]
+    pub parent: i32,
 }
 
 fn parse_env(value: &str) -> Result<(String, OsString), String> {
@@ -120,8 +322,13 @@ fn parse_cpus(value: &str) -> Result<f64, String> {
     size::parse_cpus("cpu limit", value).map_err(|error| error.to_string())
 }
 
-fn parse_timeout(value: &str) -> Result<Duration, String> {
-    size::parse_duration("timeout", value).map_err(|error| error.to_string())
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    size::parse_duration("duration", value).map_err(|error| error.to_string())
+}
+
+fn parse_name(value: &str) -> Result<String, String> {
+    airlock_core::specfile::validate_name(value)?;
+    Ok(value.to_owned())
 }
 
 /// Returns whether the user gave `--NAME` on the command line rather than taking its default.
@@ -137,13 +344,19 @@ fn limit<T>(value: T, requested: bool) -> Limit<T> {
     }
 }
 
-impl RunArgs {
-    /// Builds the action. `matches` shows which limits were given explicitly, because a limit
-    /// the caller requested must be enforced in full.
-    pub fn into_action(self, matches: &clap::ArgMatches) -> Action {
-        let mut spec = Spec::new(self.command);
+impl SandboxArgs {
+    /// Builds the spec of the sandbox. `matches` shows which options were given explicitly,
+    /// because a limit the caller requested must be enforced in full and command-line
+    /// options win over the spec file's.
+    pub fn into_spec(
+        self,
+        command: Vec<OsString>,
+        matches: &clap::ArgMatches,
+    ) -> Result<(BackendKind, Spec), SpecFileError> {
+        let mut spec = Spec::new(command);
         spec.rootfs = self.rootfs.map_or(RootFs::HostView, RootFs::Directory);
         spec.workspace = Some(self.workspace);
+        spec.workspace_mode = self.workspace_mode;
         spec.env = self.env;
         let memory = size::parse_bytes("memory limit", &self.memory).unwrap_or(DEFAULT_MEMORY);
         spec.limits.memory = limit(memory, given(matches, "memory"));
@@ -152,11 +365,39 @@ impl RunArgs {
         spec.limits.tmp_size =
             size::parse_bytes("tmp size", &self.tmp_size).unwrap_or(DEFAULT_TMP_SIZE);
         spec.limits.timeout = self.timeout;
-        spec.tty = self.tty;
         spec.allow_weaker = self.allow_weaker;
-        Action::Run {
-            backend: self.backend,
-            spec,
+        let mut backend = self.backend;
+        if let Some(path) = &self.spec {
+            let file = specfile::load(path)?;
+            file.apply(&mut spec, &|option| {
+                given(matches, &option.replace('-', "_"))
+            });
+            if let (Some(name), false) = (&file.backend, given(matches, "backend")) {
+                backend = name.parse().unwrap_or(backend);
+            }
         }
+        Ok((backend, spec))
+    }
+}
+
+impl RunArgs {
+    pub fn into_action(self, matches: &clap::ArgMatches) -> Result<Action, SpecFileError> {
+        let (backend, mut spec) = self.sandbox.into_spec(self.command, matches)?;
+        spec.tty = self.tty || spec.tty;
+        Ok(Action::Run { backend, spec })
+    }
+}
+
+impl CreateArgs {
+    pub fn into_action(self, matches: &clap::ArgMatches) -> Result<Action, SpecFileError> {
+        let (backend, mut spec) = self.sandbox.into_spec(Vec::new(), matches)?;
+        if self.name.is_some() {
+            spec.name = self.name;
+        }
+        if self.ttl.is_some() {
+            spec.ttl = self.ttl;
+        }
+        spec.command.clear();
+        Ok(Action::Create { backend, spec })
     }
 }

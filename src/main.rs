@@ -1,16 +1,21 @@
 //! The `airlock` command line.
 
+mod changes;
 mod cli;
+mod lifecycle;
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use airlock_core::audit;
 use airlock_core::exit::AIRLOCK_FAILED;
-use airlock_core::{Action, Backend, BackendKind, ExecFailure, Finished, RunOptions};
-use airlock_namespace::{error_chain, NamespaceBackend};
+use airlock_core::{Action, BackendError, ExecCommand, ExecFailure, Finished};
+use airlock_namespace::error_chain;
 use clap::{CommandFactory, FromArgMatches};
 
-use cli::{Cli, Command};
+use cli::{AuditCommand, Cli, Command};
+use lifecycle::Engine;
 
 fn main() -> ExitCode {
     let matches = match Cli::command().try_get_matches() {
@@ -22,15 +27,8 @@ fn main() -> ExitCode {
         Err(error) => return usage_error(error),
     };
     init_logging(cli.verbose);
-    let (json, action) = match cli.command {
-        Command::Run(args) => {
-            let run_matches = matches
-                .subcommand_matches("run")
-                .expect("the run subcommand matched");
-            (args.json, args.into_action(run_matches))
-        }
-    };
-    match execute(action, json) {
+    let json = cli.command.wants_json();
+    match execute(cli, &matches) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let message = error_chain(error.as_ref());
@@ -75,7 +73,7 @@ fn usage_error(error: clap::Error) -> ExitCode {
             .map(|tip| format!("; {tip}"))
             .unwrap_or_default()
     };
-    eprintln!("airlock: {message}{tip}; run `airlock run --help` for the options");
+    eprintln!("airlock: {message}{tip}; run `airlock --help` for the commands");
     ExitCode::from(AIRLOCK_FAILED)
 }
 
@@ -95,26 +93,279 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn backend(kind: BackendKind) -> Box<dyn Backend> {
-    match kind {
-        BackendKind::Namespace => Box::new(NamespaceBackend),
+type Result<T> = std::result::Result<T, BackendError>;
+
+/// Parses the command line into an action and carries it out; returns the exit status.
+fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .expect("the subcommand matched")
+    };
+    let state_dir = cli.state_dir.as_deref();
+    let engine = || Engine::new(state_dir);
+    match cli.command {
+        Command::Run(args) => {
+            let json = args.json;
+            let Action::Run { backend, spec } = args.into_action(sub("run"))? else {
+                unreachable!("run arguments make a run action")
+            };
+            let result = engine()?.run(backend, spec, json)?;
+            let code = report(&result.finished, json);
+            if let Some(id) = result.kept {
+                eprintln!(
+                    "airlock: the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"
+                );
+            }
+            Ok(code)
+        }
+        Command::Create(args) => {
+            let json = args.json;
+            let Action::Create { backend, spec } = args.into_action(sub("create"))? else {
+                unreachable!("create arguments make a create action")
+            };
+            let record = engine()?.create(backend, spec)?;
+            if json {
+                let value = serde_json::json!({ "id": record.id, "name": record.name });
+                println!("{value}");
+            } else {
+                println!("{}", record.id);
+            }
+            Ok(0)
+        }
+        Command::Exec(args) => {
+            let command = ExecCommand {
+                argv: args.command,
+                env: args.env,
+                tty: args.tty,
+                timeout: args.timeout,
+            };
+            let finished = engine()?.exec(&args.sandbox, command, args.json)?;
+            Ok(report(&finished, args.json))
+        }
+        Command::Ls(args) => {
+            let listed = engine()?.list()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else {
+                print_list(&listed);
+            }
+            Ok(0)
+        }
+        Command::Stop(args) => {
+            let record = engine()?.stop(&args.sandbox)?;
+            eprintln!("airlock: stopped {}", record.id);
+            Ok(0)
+        }
+        Command::Start(args) => {
+            let record = engine()?.start(&args.sandbox)?;
+            eprintln!("airlock: started {}", record.id);
+            Ok(0)
+        }
+        Command::Rm(args) => {
+            let engine = engine()?;
+            let mut failed = false;
+            for sandbox in &args.sandboxes {
+                match engine.remove(sandbox, args.force) {
+                    Ok(id) => eprintln!("airlock: removed {id}"),
+                    Err(error) => {
+                        eprintln!("airlock: {}", error_chain(error.as_ref()));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { AIRLOCK_FAILED } else { 0 })
+        }
+        Command::Cp(args) => {
+            let (sandbox, source, target, into_sandbox) = copy_operands(&args)?;
+            engine()?.copy(&sandbox, &source, &target, into_sandbox)?;
+            Ok(0)
+        }
+        Command::Stats(args) => {
+            let (id, stats) = engine()?.stats(&args.sandbox)?;
+            if args.json {
+                let mut value = serde_json::to_value(stats)?;
+                value["id"] = id.into();
+                println!("{value}");
+            } else {
+                let memory = stats.memory.map_or_else(
+                    || "unknown".to_owned(),
+                    airlock_core::size::format_bytes_short,
+                );
+                println!(
+                    "{id}  memory {memory}  cpu {:.2}s  processes {}",
+                    stats.cpu_seconds, stats.processes
+                );
+            }
+            Ok(0)
+        }
+        Command::Diff(args) => {
+            let engine = engine()?;
+            let (layers, changes) = changes::diff(&engine, &args.sandbox)?;
+            if args.json {
+                let list: Vec<_> = changes.iter().map(changes::change_json).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if args.patch {
+                let mut stdout = std::io::stdout().lock();
+                airlock_workspace::patch(&layers.lower, &layers.upper, &changes, &mut stdout)?;
+            } else {
+                print_changes(&changes);
+            }
+            Ok(0)
+        }
+        Command::Apply(args) => {
+            let engine = engine()?;
+            let (id, report) = changes::apply(&engine, &args.sandbox, args.paths)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&changes::report_json(&report))?
+                );
+            } else {
+                print_apply(&id, &report);
+            }
+            let incomplete = !report.conflicts.is_empty() || !report.failed.is_empty();
+            Ok(if incomplete { 1 } else { 0 })
+        }
+        Command::Discard(args) => {
+            let (id, restarted) = changes::discard(&engine()?, &args.sandbox)?;
+            let note = if restarted {
+                " (the sandbox was stopped and started again)"
+            } else {
+                ""
+            };
+            eprintln!("airlock: discarded the workspace changes of {id}{note}");
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::Show(args)) => {
+            let (_, path) = engine()?.audit_path(&args.sandbox)?;
+            for entry in audit::read(&path)? {
+                println!("{}", audit::render(&entry));
+            }
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let (id, path) = engine()?.audit_path(&args.sandbox)?;
+            let verified = audit::verify(&path)?;
+            println!(
+                "audit log of {id} is intact: {} lines, head hash {}",
+                verified.lines, verified.head
+            );
+            Ok(0)
+        }
+        Command::Gc(args) => {
+            let collected = engine()?.gc()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&collected)?);
+            } else if collected.is_empty() {
+                eprintln!("airlock: nothing to collect");
+            } else {
+                for item in &collected {
+                    eprintln!("airlock: {}: {}", item.id, item.action);
+                }
+            }
+            Ok(0)
+        }
+        Command::Supervise(args) => {
+            lifecycle::supervise(state_dir, &args.id, args.parent)?;
+            Ok(0)
+        }
     }
 }
 
-fn execute(action: Action, json: bool) -> Result<u8, airlock_core::BackendError> {
-    match action {
-        Action::Run {
-            backend: kind,
-            mut spec,
-        } => {
-            spec.validate()?;
-            let options = RunOptions {
-                track_stderr_line: json,
-            };
-            let finished = backend(kind).run(&spec, options)?;
-            Ok(report(&finished, json))
+/// Splits the operands of `cp` into the sandbox, the source, the target and the direction.
+fn copy_operands(args: &cli::CopyArgs) -> Result<(String, PathBuf, PathBuf, bool)> {
+    let split = |operand: &str| -> Option<(String, PathBuf)> {
+        let (sandbox, path) = operand.split_once(':')?;
+        if sandbox.is_empty() || sandbox.contains('/') {
+            return None;
         }
+        let path = Path::new(path);
+        let inside = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            Path::new(airlock_core::spec::SANDBOX_WORKSPACE).join(path)
+        };
+        Some((sandbox.to_owned(), inside))
+    };
+    match (split(&args.source), split(&args.target)) {
+        (Some((sandbox, source)), None) => Ok((sandbox, source, args.target.clone().into(), false)),
+        (None, Some((sandbox, target))) => Ok((sandbox, args.source.clone().into(), target, true)),
+        _ => Err(format!(
+            "cp needs exactly one operand of the form ID:PATH, got {:?} and {:?}; for example `airlock cp ID:/workspace/out.txt .`",
+            args.source, args.target
+        )
+        .into()),
     }
+}
+
+fn print_list(listed: &[lifecycle::Listed]) {
+    println!(
+        "{:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {:<20}  WORKSPACE",
+        "ID", "NAME", "STATUS", "BACKEND", "MODE", "CREATED"
+    );
+    for sandbox in listed {
+        let short = sandbox.id.get(..12).unwrap_or(&sandbox.id);
+        let created = sandbox.created.get(..19).unwrap_or(&sandbox.created);
+        let workspace = sandbox
+            .workspace
+            .as_ref()
+            .map_or_else(String::new, |path| path.display().to_string());
+        println!(
+            "{short:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {created:<20}  {workspace}",
+            sandbox.name.as_deref().unwrap_or("-"),
+            sandbox.status,
+            sandbox.backend,
+            sandbox.workspace_mode,
+        );
+    }
+}
+
+fn print_changes(changes: &[airlock_workspace::Change]) {
+    for change in changes {
+        let mark = match change.kind {
+            airlock_workspace::ChangeKind::Added => 'A',
+            airlock_workspace::ChangeKind::Modified => 'M',
+            airlock_workspace::ChangeKind::Deleted => 'D',
+        };
+        let sensitive = if change.sensitive {
+            "  (sensitive: applied only when named)"
+        } else {
+            ""
+        };
+        let slash = if matches!(change.file_type, airlock_workspace::FileType::Dir) {
+            "/"
+        } else {
+            ""
+        };
+        println!("{mark} {}{slash}{sensitive}", change.path.display());
+    }
+}
+
+fn print_apply(id: &str, report: &airlock_workspace::ApplyReport) {
+    for path in &report.applied {
+        println!("applied   {}", path.display());
+    }
+    for conflict in &report.conflicts {
+        println!("conflict  {}: {}", conflict.path.display(), conflict.reason);
+    }
+    for skipped in &report.skipped {
+        println!("skipped   {}: {}", skipped.path.display(), skipped.reason);
+    }
+    for failure in &report.failed {
+        println!(
+            "failed    {}: {}",
+            failure.path.display(),
+            error_chain(&failure.error)
+        );
+    }
+    eprintln!(
+        "airlock: {id}: {} applied, {} conflicts, {} skipped, {} failed",
+        report.applied.len(),
+        report.conflicts.len(),
+        report.skipped.len(),
+        report.failed.len()
+    );
 }
 
 /// Prints what the caller should know after the command's own output; returns the exit

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use super::harness::{
-    binary, describe, run, sandbox_sh, stdout, test_user, unique_token, Caller, Workspace, CALLERS,
+    binary, describe, run, sandbox_sh, state_dir, stdout, test_user, unique_token, Caller,
+    Workspace, CALLERS,
 };
 
 /// The interpreter the probes use, by absolute path because the host's PATH may lead to a
@@ -25,6 +26,7 @@ fn unique_name(tag: &str) -> String {
 
 /// Makes `command` run as `caller` on the host, without a sandbox.
 fn as_caller(command: &mut Command, caller: Caller) -> &mut Command {
+    command.env("AIRLOCK_STATE_DIR", state_dir(caller));
     if caller != Caller::Root {
         let (uid, gid) = test_user();
         command.uid(uid).gid(gid);
@@ -331,7 +333,17 @@ echo "$1" > /dev/shm/written
 "#;
         let output = run(
             caller,
-            &["run", "--", "sh", "-c", script, "sh", &content],
+            &[
+                "run",
+                "--workspace-mode",
+                "bind",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                &content,
+            ],
             workspace.path(),
         );
         assert!(output.status.success(), "{caller:?}: {}", describe(&output));

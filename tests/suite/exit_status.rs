@@ -212,7 +212,7 @@ fn signal_running_command(caller: Caller, script_template: &str, signal: libc::c
     let mut spawned = spawn_airlock(
         caller,
         &[],
-        &["run", "--", "sh", "-c", &script],
+        &["run", "--workspace-mode", "bind", "--", "sh", "-c", &script],
         workspace.path(),
         Stdio::piped(),
     );
@@ -320,6 +320,8 @@ fn caller_terminal_never_passed_through() {
             caller,
             &[
                 "run",
+                "--workspace-mode",
+                "bind",
                 "--",
                 "sh",
                 "-c",
@@ -405,8 +407,14 @@ fn disabled_user_namespaces_rejected() {
     let cgroups_before = airlock_cgroups();
     // user.max_user_namespaces belongs to the user namespace it is read in, so setting it
     // to 0 in a new namespace disables nested ones there and leaves the host's value alone.
+    // Root of the outer user namespace is no one on the host, so both callers get a state
+    // directory that anyone may create entries in.
+    let state = tempfile::tempdir().expect("state directory");
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod the state directory");
     let script = format!(
-        "echo 0 > /proc/sys/user/max_user_namespaces && exec {} run -- true",
+        "echo 0 > /proc/sys/user/max_user_namespaces && AIRLOCK_STATE_DIR=$(mktemp -d -p {}) exec {} run -- true",
+        shell_quote(state.path().to_str().expect("UTF-8 state path")),
         shell_quote(binary().to_str().expect("UTF-8 binary path"))
     );
     let unshare = ["unshare", "--user", "--map-root-user", "sh", "-c", &script];

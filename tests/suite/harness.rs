@@ -87,6 +87,25 @@ pub fn binary() -> &'static Path {
     })
 }
 
+/// The state directory of `caller` for this test process, next to the binary copy, so tests
+/// never touch the host's own sandboxes and everything goes when the test process exits.
+pub fn state_dir(caller: Caller) -> PathBuf {
+    let base = binary().parent().expect("binary directory").to_owned();
+    let dir = match caller {
+        Caller::Root => base.join("state-root"),
+        Caller::User | Caller::UserWithoutCgroup => base.join("state-user"),
+    };
+    if !dir.exists() {
+        fs::create_dir_all(&dir).expect("create state directory");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod state");
+        if caller != Caller::Root {
+            let (uid, gid) = test_user();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown state directory");
+        }
+    }
+    dir
+}
+
 /// A temporary directory owned by `caller`, removed when dropped.
 pub struct Workspace {
     dir: tempfile::TempDir,
@@ -205,8 +224,11 @@ pub fn airlock_shell_command<S: AsRef<OsStr>>(
         .map(|word| shell_quote(&word))
         .collect();
     let words = words.join(" ");
+    let state = state_dir(caller);
+    let state = shell_quote(state.to_str().expect("UTF-8 state path"));
+    let export = format!("export AIRLOCK_STATE_DIR={state}; ");
     match caller {
-        Caller::Root => (format!("exec {words}"), None),
+        Caller::Root => (format!("{export}exec {words}"), None),
         Caller::User | Caller::UserWithoutCgroup => {
             let delegation = (caller == Caller::User).then(Delegation::create);
             let enter = delegation
@@ -214,7 +236,7 @@ pub fn airlock_shell_command<S: AsRef<OsStr>>(
                 .map(Delegation::enter_script)
                 .unwrap_or_default();
             let script = format!(
-                "{enter}exec setpriv --reuid={TEST_USER} --regid={TEST_USER} --init-groups -- {words}"
+                "{export}{enter}exec setpriv --reuid={TEST_USER} --regid={TEST_USER} --init-groups -- {words}"
             );
             (script, delegation)
         }

@@ -128,7 +128,7 @@ fn setuid_files_cannot_be_made() {
         let script = "cp /bin/true made; chmod 4755 made; chmod g+s made; \
                       python3 -c 'import os; os.open(\"created\", os.O_CREAT | os.O_WRONLY, 0o6755)'; \
                       test -e made";
-        let args = ["run", "--", "sh", "-c", script];
+        let args = ["run", "--workspace-mode", "bind", "--", "sh", "-c", script];
         let output = super::harness::run(caller, &args, workspace.path());
         assert!(output.status.success(), "{caller:?}: {}", describe(&output));
         let made = workspace.path().join("made");
@@ -160,7 +160,15 @@ fn root_inside_is_not_host_root() {
         "cat {} && echo READ; awk '{{print $2}}' /proc/self/uid_map; touch made",
         canary.display()
     );
-    let args = ["run", "--", "sh", "-c", script.as_str()];
+    let args = [
+        "run",
+        "--workspace-mode",
+        "bind",
+        "--",
+        "sh",
+        "-c",
+        script.as_str(),
+    ];
     let output = super::harness::run(Caller::Root, &args, workspace.path());
     fs::remove_file(&canary).unwrap();
     let stdout = super::harness::stdout(&output);
@@ -184,7 +192,7 @@ fn user_workspace_keeps_its_owner_under_root() {
     let workspace = Workspace::new(Caller::User);
     let output = super::harness::run(
         Caller::Root,
-        &["run", "--", "touch", "made"],
+        &["run", "--workspace-mode", "bind", "--", "touch", "made"],
         workspace.path(),
     );
     assert!(output.status.success(), "{}", describe(&output));

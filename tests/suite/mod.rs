@@ -1,8 +1,11 @@
 mod containment;
+mod crash;
 mod exit_status;
 mod harness;
 mod host_files;
+mod lifecycle;
 mod limits;
 mod real_project;
 mod rootfs;
 mod smoke;
+mod workspace_changes;

@@ -1,5 +1,12 @@
 //! The trait every isolation level implements.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::outcome::EndReason;
+
+use crate::id::SandboxId;
 use crate::outcome::Outcome;
 use crate::spec::Spec;
 
@@ -7,12 +14,18 @@ use crate::spec::Spec;
 /// and box them here, so the front end prints one chain of causes.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Options of one run that concern the caller's streams rather than the sandbox.
-#[derive(Debug, Clone, Copy, Default)]
+/// Options of one run that concern the caller's streams and the sandbox's place on the
+/// host rather than what the sandbox is.
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Relay stderr so that [`Finished::stderr_ends_line`] is known, for a front end that
     /// prints a record on its own line after the command's output.
     pub track_stderr_line: bool,
+    /// The sandbox's id, when the front end has already given it one in the state directory.
+    pub id: Option<SandboxId>,
+    /// The directory that holds the workspace overlay's `upper` and `work` directories;
+    /// required for [`crate::WorkspaceMode::Overlay`].
+    pub layers: Option<PathBuf>,
 }
 
 /// The outcome of a run, with what the front end needs to print after it.
@@ -24,6 +37,56 @@ pub struct Finished {
     pub stderr_ends_line: bool,
 }
 
+/// One command for a running sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct ExecCommand {
+    pub argv: Vec<OsString>,
+    /// Variables set besides the sandbox's own; later ones win.
+    pub env: Vec<(String, OsString)>,
+    /// Give the command a new pseudo-terminal.
+    pub tty: bool,
+    /// Kill the command after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// Why a held sandbox's wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldEnd {
+    /// The supervisor received this signal, which asks it to stop the sandbox.
+    Signal(i32),
+    /// The deadline passed.
+    Expired,
+    /// The sandbox ended by itself.
+    Exited,
+}
+
+/// What a running sandbox uses now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// Memory in use, in bytes.
+    pub memory: Option<u64>,
+    /// CPU time of the processes alive now, in seconds.
+    pub cpu_seconds: f64,
+    /// Processes in the sandbox, its init included.
+    pub processes: u64,
+}
+
+/// A sandbox held without a command, owned by the process that started it (its supervisor).
+/// Dropping it ends the sandbox and removes what the backend made for it.
+pub trait HeldSandbox {
+    /// Backend-specific facts that [`Backend::exec`], [`Backend::stats`] and
+    /// [`Backend::clean_up`] need, stored in the sandbox's record.
+    fn runtime(&self) -> serde_json::Value;
+
+    /// Waits until a signal asks to stop, `deadline` passes or the sandbox ends, calling
+    /// `limit_hit` for each limit its processes run into meanwhile.
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        limit_hit: &mut dyn FnMut(EndReason),
+    ) -> std::io::Result<HeldEnd>;
+}
+
 /// An isolation level that can run a command under a [`Spec`].
 pub trait Backend {
     /// The name users pass to `--backend`.
@@ -32,4 +95,37 @@ pub trait Backend {
     /// Creates a sandbox from `spec`, runs its command with the caller's standard streams,
     /// waits for it to end, and removes the sandbox.
     fn run(&self, spec: &Spec, options: RunOptions) -> Result<Finished, BackendError>;
+
+    /// Creates a sandbox from `spec` without a command and returns once it is ready. The
+    /// calling process becomes its supervisor and must stay single-threaded.
+    fn hold(&self, spec: &Spec, options: &RunOptions)
+        -> Result<Box<dyn HeldSandbox>, BackendError>;
+
+    /// Runs `command` in the running sandbox `id` whose [`HeldSandbox::runtime`] is
+    /// `runtime`, with the caller's standard streams, and waits for it to end.
+    fn exec(
+        &self,
+        id: &SandboxId,
+        spec: &Spec,
+        runtime: &serde_json::Value,
+        command: &ExecCommand,
+        options: &RunOptions,
+    ) -> Result<Finished, BackendError>;
+
+    /// Reads what the running sandbox uses now.
+    fn stats(&self, runtime: &serde_json::Value) -> Result<Stats, BackendError>;
+
+    /// Copies `source` on the host into the running sandbox at `target`, or the other way
+    /// round when `into_sandbox` is false. Paths in the sandbox are absolute.
+    fn copy(
+        &self,
+        runtime: &serde_json::Value,
+        source: &std::path::Path,
+        target: &std::path::Path,
+        into_sandbox: bool,
+    ) -> Result<(), BackendError>;
+
+    /// Removes what sandbox `id`, whose supervisor is gone, may have left: processes and
+    /// cgroups, also when the supervisor died before it could record its `runtime`.
+    fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>);
 }

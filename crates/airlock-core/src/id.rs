@@ -16,6 +16,18 @@ impl SandboxId {
         Ok(Self(bytes))
     }
 
+    /// Parses the 32 hex digits of a printed id.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
     /// Returns the first 12 hex digits, used in hostnames and cgroup names.
     pub fn short(&self) -> String {
         self.to_string()[..12].to_owned()
@@ -45,6 +57,14 @@ mod tests {
         assert_eq!(full.len(), 32);
         assert!(full.starts_with(&id.short()));
         assert_eq!(id.short().len(), 12);
+    }
+
+    #[test]
+    fn printed_id_parses_back() {
+        let id = SandboxId::generate().unwrap();
+        assert_eq!(SandboxId::parse(&id.to_string()), Some(id));
+        assert_eq!(SandboxId::parse("xyz"), None);
+        assert_eq!(SandboxId::parse(&"g".repeat(32)), None);
     }
 
     #[test]

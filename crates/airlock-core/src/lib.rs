@@ -14,9 +14,12 @@ pub mod outcome;
 pub mod size;
 pub mod spec;
 pub mod specfile;
+pub mod state;
 
 pub use action::{Action, BackendKind};
-pub use backend::{Backend, BackendError, Finished, RunOptions};
+pub use backend::{
+    Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, RunOptions, Stats,
+};
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;
 pub use outcome::{EndReason, ExecFailure, Outcome};

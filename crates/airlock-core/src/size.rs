@@ -87,11 +87,22 @@ pub fn parse_cpus(what: &'static str, value: &str) -> Result<f64, ParseError> {
     }
 }
 
+/// Formats a byte count for people, rounded to one decimal, such as "12.3M".
+pub fn format_bytes_short(bytes: u64) -> String {
+    const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+    for (shift, unit) in UNITS {
+        if bytes >= 1 << shift {
+            return format!("{:.1}{unit}", bytes as f64 / (1u64 << shift) as f64);
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// Formats a byte count the way [`parse_bytes`] reads it, for messages and help text.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
     for (shift, unit) in UNITS {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }

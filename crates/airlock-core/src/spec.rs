@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::size::format_bytes;
 
@@ -29,7 +29,7 @@ pub const PASSED_HOST_VARIABLES: [&str; 2] = ["LANG", "TERM"];
 
 /// Where a setting came from. A limit the caller asked for must be enforced in full, while a
 /// default is applied as far as the host allows and reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Default,
@@ -37,7 +37,7 @@ pub enum Origin {
 }
 
 /// One limit with its origin.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Limit<T> {
     pub value: T,
     pub origin: Origin,
@@ -65,7 +65,7 @@ impl<T> Limit<T> {
 }
 
 /// Resource limits of a sandbox.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     /// Memory of all processes together, in bytes, /tmp included.
     pub memory: Limit<u64>,
@@ -111,7 +111,8 @@ impl Limits {
 }
 
 /// The root filesystem a sandbox sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RootFs {
     /// A read-only view of the host's system directories, with secrets hidden.
     HostView,
@@ -120,7 +121,7 @@ pub enum RootFs {
 }
 
 /// How the sandbox sees the workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkspaceMode {
     /// The project under a copy-on-write overlay: writes go to an upper layer in the state
@@ -173,8 +174,9 @@ impl std::str::FromStr for WorkspaceMode {
     }
 }
 
-/// Everything needed to create a sandbox and run one command in it.
-#[derive(Debug, Clone)]
+/// Everything needed to create a sandbox and run one command in it. It is stored with a
+/// persistent sandbox, so that `airlock start` recreates the same sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
     /// The command and its arguments; the first element is searched in the sandbox's PATH.
     pub command: Vec<OsString>,
@@ -255,6 +257,11 @@ impl Spec {
         if self.command.is_empty() {
             return Err(SpecError::NoCommand);
         }
+        self.validate_sandbox()
+    }
+
+    /// Checks everything but the command, for a sandbox created without one.
+    pub fn validate_sandbox(&mut self) -> Result<(), SpecError> {
         if let Some(workspace) = &self.workspace {
             let workspace = resolve_directory(
                 workspace,

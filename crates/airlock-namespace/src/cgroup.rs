@@ -66,12 +66,32 @@ pub enum Version {
     V2,
 }
 
-/// A sandbox's cgroup, removed on drop.
+/// A sandbox's cgroup, removed on drop unless it is only a view of one that another process
+/// owns.
 #[derive(Debug)]
 pub struct Cgroup {
     pub version: Version,
     /// (controller, directory) for every controller this cgroup has.
     dirs: Vec<(Controller, PathBuf)>,
+    owned: bool,
+}
+
+/// A cgroup as stored in a sandbox's record, for the commands that join it, read its
+/// counters or remove what a killed supervisor left.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Description {
+    pub v2: bool,
+    /// (controller name, directory)
+    pub dirs: Vec<(String, PathBuf)>,
+}
+
+/// What a sandbox's cgroup counts now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Memory in use, in bytes, page cache included.
+    pub memory: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
 }
 
 /// One mounted hierarchy from /proc/self/mountinfo.
@@ -219,6 +239,23 @@ impl Layout {
     pub fn is_v2(&self) -> bool {
         self.version == Version::V2
     }
+
+    /// Kills the processes of the sandbox cgroup `name` and removes it wherever this layout
+    /// would have created it, for a sandbox whose supervisor died before recording it.
+    pub fn remove_named(&self, name: &str) {
+        let dirs = self
+            .parents
+            .iter()
+            .map(|(controller, parent)| (*controller, parent.join(name)))
+            .filter(|(_, dir)| dir.is_dir())
+            .collect();
+        let cgroup = Cgroup {
+            version: self.version.clone(),
+            dirs,
+            owned: false,
+        };
+        cgroup.remove_now();
+    }
 }
 
 /// Finds the parent directories where this process may create sandbox cgroups.
@@ -305,6 +342,7 @@ impl Cgroup {
         let mut cgroup = Cgroup {
             version: version.clone(),
             dirs: Vec::new(),
+            owned: true,
         };
         if version == Version::V2 {
             let Some((_, parent)) = parents.first() else {
@@ -467,6 +505,34 @@ impl Cgroup {
         None
     }
 
+    /// Reads the counters behind [`Cgroup::limit_hit`]: out-of-memory kills and refused forks.
+    pub fn limit_counters(&self) -> (u64, u64) {
+        let oom = self.dir(Controller::Memory).map_or(0, |dir| {
+            let file = match self.version {
+                Version::V1 => "memory.oom_control",
+                Version::V2 => "memory.events",
+            };
+            read_counter(&dir.join(file), "oom_kill")
+        });
+        let pids = self
+            .dir(Controller::Pids)
+            .map_or(0, |dir| read_counter(&dir.join("pids.events"), "max"));
+        (oom, pids)
+    }
+
+    /// Returns the limit hit since the counters read `before`, for a cgroup that outlives
+    /// one command.
+    pub fn limit_hit_since(&self, before: (u64, u64)) -> Option<EndReason> {
+        let (oom, pids) = self.limit_counters();
+        if oom > before.0 {
+            Some(EndReason::OutOfMemory)
+        } else if pids > before.1 {
+            Some(EndReason::PidsLimit)
+        } else {
+            None
+        }
+    }
+
     /// Returns the peak memory use of the sandbox in bytes, where the kernel records it.
     pub fn peak_memory(&self) -> Option<u64> {
         let dir = self.dir(Controller::Memory)?;
@@ -475,6 +541,71 @@ impl Cgroup {
             Version::V2 => "memory.peak",
         };
         fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+    }
+
+    pub fn describe(&self) -> Description {
+        Description {
+            v2: self.is_v2(),
+            dirs: self
+                .dirs
+                .iter()
+                .map(|(controller, dir)| (controller.name().to_owned(), dir.clone()))
+                .collect(),
+        }
+    }
+
+    /// A view of the cgroup that `description` names, which dropping leaves in place.
+    pub fn view(description: &Description) -> Cgroup {
+        let dirs = description
+            .dirs
+            .iter()
+            .filter_map(|(name, dir)| {
+                let controller = Controller::ALL.into_iter().find(|c| c.name() == name)?;
+                Some((controller, dir.clone()))
+            })
+            .collect();
+        Cgroup {
+            version: if description.v2 {
+                Version::V2
+            } else {
+                Version::V1
+            },
+            dirs,
+            owned: false,
+        }
+    }
+
+    /// Opens what a process needs to join this cgroup: the v1 `tasks` files, to which it
+    /// writes "0", or the v2 directory to clone into.
+    pub fn join_files(&self) -> Result<Vec<OwnedFd>, Error> {
+        if self.is_v2() {
+            return Ok(vec![self.open_dir()?]);
+        }
+        self.unique_dirs()
+            .into_iter()
+            .map(|dir| open(dir.join("tasks"), libc::O_WRONLY | libc::O_CLOEXEC))
+            .collect()
+    }
+
+    /// Reads the memory and process counters.
+    pub fn usage(&self) -> Usage {
+        let read =
+            |path: PathBuf| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
+        let memory = self
+            .dir(Controller::Memory)
+            .and_then(|dir| match self.version {
+                Version::V1 => read(dir.join("memory.usage_in_bytes")),
+                Version::V2 => read(dir.join("memory.current")),
+            });
+        let pids = self
+            .dir(Controller::Pids)
+            .and_then(|dir| read(dir.join("pids.current")));
+        Usage { memory, pids }
+    }
+
+    /// Kills every process in the cgroup and removes it, for a cgroup whose owner is gone.
+    pub fn remove_now(&self) {
+        self.remove();
     }
 
     /// Kills every process left in the cgroup and removes its directories, waiting up to a
@@ -500,7 +631,9 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        self.remove();
+        if self.owned {
+            self.remove();
+        }
     }
 }
 

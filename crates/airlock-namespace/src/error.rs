@@ -39,6 +39,24 @@ pub enum Error {
     /// A step inside the sandbox failed; the cause arrives as text over the report pipe.
     #[error("sandbox setup failed: {step}: {cause}")]
     Setup { step: String, cause: String },
+    #[error("cannot prepare the workspace overlay's layers in {path:?}")]
+    Layers {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("an overlay workspace needs a directory for its upper layer; pass --workspace-mode bind to write through instead")]
+    NoLayers,
+    #[error(
+        "the sandbox is not running (its init, pid {pid}, is gone): start it with `airlock start`"
+    )]
+    NotRunning { pid: i32 },
+    #[error("the sandbox's record has no usable runtime ({0}); remove it with `airlock rm --force` or `airlock gc`")]
+    Runtime(String),
+    #[error("copy failed: {step}: {cause}")]
+    Copy { step: String, cause: String },
+    #[error("cannot join the sandbox's PID namespace")]
+    Join(#[source] io::Error),
     #[error("cannot wait for the sandbox")]
     Wait(#[source] io::Error),
     #[error("the sandbox's init died without a report (wait status {status:#x})")]

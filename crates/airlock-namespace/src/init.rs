@@ -32,13 +32,19 @@ pub struct Plan<'a> {
     /// The workspace to bind while building the file tree; `None` when the launcher grants
     /// it as an idmapped mount.
     pub workspace_source: Option<BindSource>,
+    /// The directory holding the overlay's upper and work directories, for an overlay
+    /// workspace.
+    pub layers: Option<&'a std::path::Path>,
+    /// Stay as the sandbox's PID 1 without a command, for `airlock exec` to join later.
+    pub hold: bool,
     /// Read end of the pipe on which the launcher signals that the ID maps are written.
     pub sync: OwnedFd,
     pub report: OwnedFd,
     /// The control socket, which brings the cgroup grant and takes the pty master out.
     pub control: OwnedFd,
     pub stdio: [RawFd; 3],
-    pub workload: &'a workload::Plan,
+    /// The command to start; `None` when the sandbox is held.
+    pub workload: Option<&'a workload::Plan>,
 }
 
 #[derive(Debug)]
@@ -79,9 +85,10 @@ struct Ready {
 /// Runs as PID 1 of the new namespaces; never returns.
 pub fn run(plan: Plan<'_>) -> ! {
     let report = plan.report.as_raw_fd();
-    match set_up(&plan) {
-        Ok(ready) => start_and_supervise(&plan, ready, report),
-        Err(error) => fail(report, &error.step, error.source),
+    match (set_up(&plan), plan.workload) {
+        (Ok(ready), Some(workload)) => start_and_supervise(&plan, workload, ready, report),
+        (Ok(ready), None) => hold(ready, report, plan.control.as_raw_fd()),
+        (Err(error), _) => fail(report, &error.step, error.source),
     }
 }
 
@@ -93,6 +100,7 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     close_launcher_descriptors(plan).step("close the launcher's descriptors")?;
     sys::setsid().step("start a new session")?;
     wait_for_launcher(plan.sync.as_raw_fd())?;
+    let layers = plan.layers.map(rootfs::open_layers).transpose()?;
     become_root_inside(plan.is_root)?;
     rootfs::build(plan.spec, plan.workspace_source.as_ref())?;
     sys::sethostname(&plan.hostname).step("set the hostname")?;
@@ -105,6 +113,8 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     if let Some(tree) = &grant.workspace {
         rootfs::attach_workspace(tree)?;
     }
+    rootfs::finish_workspace(plan.spec.workspace_mode, layers.as_ref())?;
+    drop(layers);
     rootfs::enter_workspace()?;
     grant.join().step("join the sandbox's cgroup")?;
     sys::unshare(libc::CLONE_NEWCGROUP).step("create the cgroup namespace")?;
@@ -189,7 +199,12 @@ fn bring_up_loopback() -> io::Result<()> {
     Ok(())
 }
 
-fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
+fn start_and_supervise(
+    plan: &Plan<'_>,
+    workload: &workload::Plan,
+    ready: Ready,
+    report: RawFd,
+) -> ! {
     let stdio = match &ready.terminal {
         Some(slave) => Stdio::Terminal(slave.as_raw_fd()),
         None => Stdio::Fds(plan.stdio),
@@ -201,7 +216,7 @@ fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
         fail(report, "block signals", source);
     }
     let start = WorkloadStart {
-        plan: plan.workload,
+        plan: workload,
         stdio: &stdio,
         report,
         nproc_fallback: !ready.grant.limits_pids,
@@ -222,6 +237,58 @@ fn start_and_supervise(plan: &Plan<'_>, ready: Ready, report: RawFd) -> ! {
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
     let _ = sys::clear_capabilities();
     supervise(workload_pid, &supervised, report, &ready.grant)
+}
+
+/// Keeps the sandbox alive without a command: reports that it is ready, then reaps the
+/// processes that `airlock exec` starts in it once they are orphaned. Its parent ends it
+/// with SIGKILL, which takes every process of the sandbox with it.
+fn hold(ready: Ready, report: RawFd, control: RawFd) -> ! {
+    let children = sys::sigset(&[libc::SIGCHLD]);
+    if let Err(source) = sys::set_signal_mask(libc::SIG_BLOCK, &children) {
+        fail(report, "block signals", source);
+    }
+    drop(ready.terminal);
+    release_stdio();
+    if let Err(source) = send_namespaces(control) {
+        fail(report, "pass the sandbox's namespaces out", source);
+    }
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::clear_capabilities();
+    Report::Ready.send(report);
+    // SAFETY: `report` is the init's end of the report pipe, which nothing else closes.
+    unsafe { libc::close(report) };
+    drop(ready.grant);
+    loop {
+        if sys::sigwait(&children).is_err() {
+            continue;
+        }
+        while let Ok(Some(_)) = sys::waitpid(-1, libc::WNOHANG) {}
+    }
+}
+
+/// The namespaces a joining process enters, in the order it enters them: the user namespace
+/// first, which gives it the capabilities the others need.
+pub const JOINED_NAMESPACES: [(&str, libc::c_int); 7] = [
+    ("user", libc::CLONE_NEWUSER),
+    ("pid", libc::CLONE_NEWPID),
+    ("mnt", libc::CLONE_NEWNS),
+    ("net", libc::CLONE_NEWNET),
+    ("uts", libc::CLONE_NEWUTS),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+];
+
+/// Sends descriptors of this process's namespaces to the launcher, which keeps them for
+/// `airlock exec`: once the init is not dumpable, an unprivileged caller could not open them
+/// through /proc.
+fn send_namespaces(control: RawFd) -> io::Result<()> {
+    let mut fds = Vec::new();
+    for (name, _) in JOINED_NAMESPACES {
+        let path = format!("/proc/self/ns/{name}");
+        fds.push(sys::open(std::path::Path::new(&path), libc::O_RDONLY)?);
+    }
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    control::send(control, b"n", &raw)
 }
 
 /// Stack of the workload until it executes the command: its setup needs far less.

@@ -2,8 +2,8 @@
 //! /dev/shm and to device files, whatever the mounts would permit.
 
 use landlock::{
-    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, ABI,
 };
 
 /// The newest Landlock ABI these rules use.
@@ -43,6 +43,11 @@ pub fn effective_abi() -> u32 {
 }
 
 /// Restricts the calling thread; returns whether every rule was enforced.
+///
+/// The rules set no scopes (signals, abstract unix sockets): each `airlock exec` applies its
+/// own ruleset, so scoped commands of one sandbox could not signal each other or connect to
+/// each other's abstract sockets. The sandbox's PID and network namespaces already keep both
+/// inside it.
 pub fn restrict_self() -> Result<bool, Error> {
     let abi = RULES_ABI;
     let all = AccessFs::from_write(abi);
@@ -56,8 +61,6 @@ pub fn restrict_self() -> Result<bool, Error> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_write(abi))
-        .map_err(Error::Ruleset)?
-        .scope(Scope::from_all(abi))
         .map_err(Error::Ruleset)?
         .create()
         .map_err(Error::Ruleset)?;

@@ -6,10 +6,11 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec};
+use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec, WorkspaceMode};
 
 use crate::cgroup::{Cgroup, Controller, Layout};
 use crate::control::{self, Grant};
@@ -37,11 +38,22 @@ pub struct Sandbox {
     /// Set once the init has killed and reaped every other process of the sandbox and left
     /// its cgroup, so that only the kernel's teardown of its namespaces remains.
     pub finished: bool,
+    /// Whether signals go to the process group that `pid` leads rather than to `pid`
+    /// alone: true for a command joined to a held sandbox, whose init stays.
+    pub group: bool,
 }
 
 impl Sandbox {
+    /// Sends `signal` to the init, or to the joined command's process group.
+    pub fn signal(&self, signal: libc::c_int) {
+        let target = if self.group { -self.pid } else { self.pid };
+        if sys::kill(target, signal).is_err() && self.group {
+            let _ = sys::kill(self.pid, signal);
+        }
+    }
+
     pub fn kill(&self) {
-        let _ = sys::kill(self.pid, libc::SIGKILL);
+        self.signal(libc::SIGKILL);
     }
 
     /// Reaps the init if it has exited; returns its wait status once it has.
@@ -76,10 +88,10 @@ struct Caller {
 }
 
 /// The launcher's ends of the channels to the init.
-struct Channels {
-    sync: OwnedFd,
-    report: OwnedFd,
-    control: OwnedFd,
+pub(crate) struct Channels {
+    pub sync: OwnedFd,
+    pub report: OwnedFd,
+    pub control: OwnedFd,
 }
 
 /// The init's ends of the channels, moved into it by the clone.
@@ -107,7 +119,7 @@ fn channels() -> Result<(Channels, InitChannels), Error> {
 }
 
 /// Checks that this process has one thread, so that cloning it is safe.
-fn ensure_single_threaded() -> Result<(), Error> {
+pub(crate) fn ensure_single_threaded() -> Result<(), Error> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count())
         .unwrap_or(1);
@@ -126,7 +138,7 @@ fn to_cstrings<'a>(values: impl Iterator<Item = &'a OsStr>) -> Result<Vec<CStrin
         .collect()
 }
 
-fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error> {
+pub(crate) fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error> {
     let env = spec.environment(|name| std::env::var_os(name));
     let path = env
         .iter()
@@ -196,7 +208,7 @@ fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), E
 }
 
 /// Restores the launcher's signal mask when dropped.
-struct RestoreMask(libc::sigset_t);
+pub(crate) struct RestoreMask(libc::sigset_t);
 
 impl Drop for RestoreMask {
     fn drop(&mut self) {
@@ -205,7 +217,7 @@ impl Drop for RestoreMask {
 }
 
 /// Blocks the signals the launcher forwards and returns a signalfd that receives them.
-fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
+pub(crate) fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
     let mut forwarded = init::FORWARDED_SIGNALS.to_vec();
     if tty {
         forwarded.push(libc::SIGWINCH);
@@ -217,6 +229,14 @@ fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
     Ok((restore, signals))
 }
 
+/// What the init starts with besides the spec.
+struct InitStart<'a> {
+    layers: Option<&'a Path>,
+    hold: bool,
+    workload: Option<&'a workload::Plan>,
+    stdio: [libc::c_int; 3],
+}
+
 /// Starts the init in new namespaces, in `cgroup` already where it is a v2 group.
 fn start_init(
     spec: &Spec,
@@ -224,8 +244,7 @@ fn start_init(
     caller: &Caller,
     cgroup: Option<Cgroup>,
     init_channels: InitChannels,
-    stdio: [libc::c_int; 3],
-    workload: &workload::Plan,
+    start: InitStart<'_>,
 ) -> Result<Sandbox, Error> {
     let cgroup_dir = match &cgroup {
         Some(cgroup) if cgroup.is_v2() => Some(cgroup.open_dir().map_err(Error::Cgroup)?),
@@ -241,11 +260,13 @@ fn start_init(
                 .as_ref()
                 .filter(|_| !caller.identity.idmap_workspace)
                 .map(HostWorkspace::bind_source),
+            layers: start.layers,
+            hold: start.hold,
             sync: init_channels.sync,
             report: init_channels.report,
             control: init_channels.control,
-            stdio,
-            workload,
+            stdio: start.stdio,
+            workload: start.workload,
         }),
         Ok(pid) => pid,
         Err(source) => {
@@ -270,12 +291,14 @@ fn start_init(
         status: None,
         cgroup,
         finished: false,
+        group: false,
     })
 }
 
 /// Finishes the setup from the outside while the init builds the file tree: the ID maps, a
 /// v1 cgroup, the check of required protections, and the grant of the cgroup to the init.
-/// Returns what the sandbox enforces.
+/// Returns what the sandbox enforces, and whether the process limit falls back to
+/// RLIMIT_NPROC.
 fn finish_outside_setup(
     spec: &Spec,
     id: &SandboxId,
@@ -284,7 +307,7 @@ fn finish_outside_setup(
     landlock_abi: u32,
     sandbox: &mut Sandbox,
     channels: &Channels,
-) -> Result<Enforcement, Error> {
+) -> Result<(Enforcement, bool), Error> {
     userns::write_maps(sandbox.pid, caller.identity, caller.is_root)
         .map_err(Error::UserNamespace)?;
     sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
@@ -312,7 +335,22 @@ fn finish_outside_setup(
     grant
         .send(channels.control.as_raw_fd())
         .map_err(Error::Channel)?;
-    Ok(assessment.enforcement)
+    Ok((assessment.enforcement, !limits_pids))
+}
+
+/// The error an init reported before it exited, for a launcher whose channel to it broke.
+fn init_failure(sandbox: &mut Sandbox, channels: &Channels) -> Option<Error> {
+    let _ = sys::waitpid(sandbox.pid, 0).map(|reaped| {
+        sandbox.status = reaped.map(|(_, status)| status);
+    });
+    let mut reports = crate::report::ReportReader::new(channels.report.as_raw_fd());
+    reports.read_available().ok()?;
+    reports.take().into_iter().find_map(|report| match report {
+        crate::report::Report::SetupFailed { step, error } => {
+            Some(Error::Setup { step, cause: error })
+        }
+        _ => None,
+    })
 }
 
 /// Makes the workspace a detached mount whose owners are mapped through the sandbox's user
@@ -332,15 +370,59 @@ fn idmapped_workspace(workspace: &HostWorkspace, init: libc::pid_t) -> Result<Ow
     Ok(tree)
 }
 
-/// Runs `spec` in a new namespace sandbox and waits for it to end.
-pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
+/// A sandbox whose init has started, with what the launcher set up around it.
+pub(crate) struct Launched {
+    pub id: SandboxId,
+    pub started: Instant,
+    pub sandbox: Sandbox,
+    pub enforcement: Enforcement,
+    pub channels: Channels,
+    pub streams: stdio::Plan,
+    pub signals: OwnedFd,
+    pub restore_mask: RestoreMask,
+    pub is_root: bool,
+    pub landlock_abi: u32,
+    /// Whether the process limit falls back to RLIMIT_NPROC, for lack of a pids cgroup.
+    pub nproc_fallback: bool,
+    /// Inode of the sandbox's PID namespace, read before the init changes its ids and
+    /// stops being inspectable.
+    pub pid_namespace: Option<u64>,
+}
+
+/// Creates the overlay's upper and work directories in `layers`, owned by the host user that
+/// root inside the sandbox maps to, so the init can mount the overlay in its namespace.
+fn prepare_layers(layers: &Path, caller: &Caller) -> Result<(), Error> {
+    let failed = |source| Error::Layers {
+        path: layers.to_owned(),
+        source,
+    };
+    for dir in [layers.to_owned(), layers.join("upper"), layers.join("work")] {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(failed(source)),
+        }
+        if caller.is_root {
+            let Identity { uid, gid, .. } = caller.identity;
+            std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts a sandbox for `spec`: with its command, or held empty for later `exec`s.
+pub(crate) fn launch(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Launched, Error> {
     let started = Instant::now();
     ensure_single_threaded()?;
-    let id = SandboxId::generate().map_err(Error::Id)?;
+    let id = match options.id {
+        Some(id) => id,
+        None => SandboxId::generate().map_err(Error::Id)?,
+    };
     let (uid, gid) = (sys::geteuid(), sys::getegid());
     let workspace = spec
         .workspace
         .as_deref()
+        .filter(|_| spec.workspace_mode != WorkspaceMode::None)
         .map(|path| HostWorkspace::open(path, uid == 0))
         .transpose()
         .map_err(Error::Workspace)?;
@@ -350,12 +432,28 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         identity: userns::identity(uid, gid, owner),
         workspace,
     };
+    let layers = match (spec.workspace_mode, &options.layers) {
+        (WorkspaceMode::Overlay, Some(layers)) if caller.workspace.is_some() => {
+            Some(layers.as_path())
+        }
+        (WorkspaceMode::Overlay, None) if caller.workspace.is_some() => {
+            return Err(Error::NoLayers)
+        }
+        _ => None,
+    };
     let landlock_abi = landlock::effective_abi();
-    let workload = workload_plan(spec, landlock_abi)?;
-    let mut streams =
-        stdio::Plan::new(spec.tty, options.track_stderr_line).map_err(Error::Stdio)?;
+    let workload = if hold {
+        None
+    } else {
+        Some(workload_plan(spec, landlock_abi)?)
+    };
+    let mut streams = if hold {
+        stdio::Plan::detached()
+    } else {
+        stdio::Plan::new(spec.tty, options.track_stderr_line).map_err(Error::Stdio)?
+    };
     let (channels, init_channels) = channels()?;
-    let (restore_mask, signals) = block_forwarded_signals(spec.tty)?;
+    let (restore_mask, signals) = block_forwarded_signals(spec.tty && !hold)?;
 
     // NOTE: the init dies with the launcher (PR_SET_PDEATHSIG), so a killed launcher leaves no
     // process behind, but its empty cgroup directory stays until a later run, a minute on,
@@ -369,19 +467,27 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     } else {
         None
     };
-    let mut sandbox = start_init(
-        spec,
-        &id,
-        &caller,
-        early_cgroup,
-        init_channels,
-        streams.child_fds,
-        &workload,
-    )?;
+    let init_plan = InitStart {
+        layers,
+        hold,
+        workload: workload.as_ref(),
+        stdio: streams.child_fds,
+    };
+    let mut sandbox = start_init(spec, &id, &caller, early_cgroup, init_channels, init_plan)?;
     streams.child_ends.clear();
-    tracing::info!(sandbox = %id, backend = "namespace", pid = sandbox.pid, "sandbox created");
+    tracing::info!(sandbox = %id, backend = "namespace", pid = sandbox.pid, hold, "sandbox created");
+    // The init waits for the ID maps before it changes ids, so it can still be inspected.
+    let pid_namespace = hold
+        .then(|| std::fs::metadata(format!("/proc/{}/ns/pid", sandbox.pid)).ok())
+        .flatten()
+        .map(|metadata| std::os::unix::fs::MetadataExt::ino(&metadata));
 
-    let enforcement = finish_outside_setup(
+    // The init opens the layers only after the ID maps are written, so they are made here,
+    // once the clone has shown that user namespaces work.
+    if let Some(layers) = layers {
+        prepare_layers(layers, &caller)?;
+    }
+    let (enforcement, nproc_fallback) = finish_outside_setup(
         spec,
         &id,
         &caller,
@@ -389,7 +495,40 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         landlock_abi,
         &mut sandbox,
         &channels,
-    )?;
+    )
+    .map_err(|error| match error {
+        Error::Channel(_) => init_failure(&mut sandbox, &channels).unwrap_or(error),
+        error => error,
+    })?;
+    Ok(Launched {
+        id,
+        started,
+        sandbox,
+        enforcement,
+        channels,
+        streams,
+        signals,
+        restore_mask,
+        is_root: caller.is_root,
+        landlock_abi,
+        nproc_fallback,
+        pid_namespace,
+    })
+}
+
+/// Runs `spec` in a new namespace sandbox and waits for it to end.
+pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
+    let Launched {
+        id,
+        started,
+        mut sandbox,
+        enforcement,
+        channels,
+        mut streams,
+        signals,
+        restore_mask,
+        ..
+    } = launch(spec, &options, false)?;
 
     let master = receive_terminal(spec, &channels.control)?;
     let _raw_mode = match &master {
@@ -427,7 +566,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
 }
 
 /// Receives the pty master from the init, when the spec asks for a terminal.
-fn receive_terminal(spec: &Spec, control: &OwnedFd) -> Result<Option<OwnedFd>, Error> {
+pub(crate) fn receive_terminal(spec: &Spec, control: &OwnedFd) -> Result<Option<OwnedFd>, Error> {
     if !spec.tty {
         return Ok(None);
     }
@@ -435,7 +574,7 @@ fn receive_terminal(spec: &Spec, control: &OwnedFd) -> Result<Option<OwnedFd>, E
     Ok(message.and_then(|(_, fds)| fds.into_iter().next()))
 }
 
-fn attach_terminal(
+pub(crate) fn attach_terminal(
     master: &OwnedFd,
     streams: &mut stdio::Plan,
 ) -> Result<Option<tty::RawMode>, Error> {

@@ -11,7 +11,9 @@
 pub mod cgroup;
 pub mod control;
 pub mod error;
+pub mod held;
 pub mod init;
+pub mod join;
 pub mod landlock;
 pub mod launch;
 pub mod monitor;
@@ -28,7 +30,11 @@ pub mod userns;
 pub mod workload;
 pub mod workspace;
 
-use airlock_core::{Backend, BackendError, Finished, RunOptions, Spec};
+use std::path::Path;
+
+use airlock_core::{
+    Backend, BackendError, ExecCommand, Finished, HeldSandbox, RunOptions, SandboxId, Spec, Stats,
+};
 
 pub use error::Error;
 
@@ -56,4 +62,58 @@ impl Backend for NamespaceBackend {
     fn run(&self, spec: &Spec, options: RunOptions) -> Result<Finished, BackendError> {
         Ok(launch::run(spec, options)?)
     }
+
+    fn hold(
+        &self,
+        spec: &Spec,
+        options: &RunOptions,
+    ) -> Result<Box<dyn HeldSandbox>, BackendError> {
+        Ok(Box::new(held::start(spec, options)?))
+    }
+
+    fn exec(
+        &self,
+        id: &SandboxId,
+        spec: &Spec,
+        runtime: &serde_json::Value,
+        command: &ExecCommand,
+        options: &RunOptions,
+    ) -> Result<Finished, BackendError> {
+        Ok(join::exec(
+            id,
+            spec,
+            &runtime_of(runtime)?,
+            command,
+            options,
+        )?)
+    }
+
+    fn stats(&self, runtime: &serde_json::Value) -> Result<Stats, BackendError> {
+        Ok(held::stats(&runtime_of(runtime)?)?)
+    }
+
+    fn copy(
+        &self,
+        runtime: &serde_json::Value,
+        source: &Path,
+        target: &Path,
+        into_sandbox: bool,
+    ) -> Result<(), BackendError> {
+        Ok(join::copy(
+            &runtime_of(runtime)?,
+            source,
+            target,
+            into_sandbox,
+        )?)
+    }
+
+    fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>) {
+        let runtime = runtime.and_then(|runtime| runtime_of(runtime).ok());
+        held::clean_up(id, runtime.as_ref());
+    }
+}
+
+/// Reads the runtime a held sandbox recorded.
+fn runtime_of(value: &serde_json::Value) -> Result<held::Runtime, Error> {
+    serde_json::from_value(value.clone()).map_err(|error| Error::Runtime(error.to_string()))
 }

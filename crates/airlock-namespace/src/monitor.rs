@@ -39,7 +39,13 @@ pub struct Monitor<'a> {
     peak_memory: Option<u64>,
     /// When the cgroup's counters were last read.
     last_limit_check: Instant,
+    /// Stop relaying once the watched process has exited, after copying what its streams
+    /// hold, instead of waiting for every writer to close them.
+    stop_at_exit: bool,
 }
+
+/// Rounds of copying after the watched process exited, at most 64 KiB per stream each.
+const FINAL_DRAIN_ROUNDS: usize = 64;
 
 impl<'a> Monitor<'a> {
     pub fn new(
@@ -60,7 +66,15 @@ impl<'a> Monitor<'a> {
             terminal,
             peak_memory: None,
             last_limit_check: Instant::now(),
+            stop_at_exit: false,
         }
+    }
+
+    /// Makes [`Monitor::run`] return once the process has exited and the output it left in
+    /// the pipes is copied, even if a background process of a held sandbox still holds them.
+    pub fn stop_at_exit(mut self) -> Self {
+        self.stop_at_exit = true;
+        self
     }
 
     /// Waits until every output relay has drained and the sandbox is over: the init has
@@ -78,6 +92,10 @@ impl<'a> Monitor<'a> {
                 self.sandbox.finished = true;
             }
             if (exited || self.sandbox.finished) && !self.outputs_open() {
+                break;
+            }
+            if exited && self.stop_at_exit {
+                self.drain_now()?;
                 break;
             }
             self.poll_once(exited)?;
@@ -153,6 +171,30 @@ impl<'a> Monitor<'a> {
         Ok(())
     }
 
+    /// Copies what the output pipes hold now, without waiting for more.
+    fn drain_now(&mut self) -> io::Result<()> {
+        for _ in 0..FINAL_DRAIN_ROUNDS {
+            let mut fds = Vec::new();
+            let mut owners = Vec::new();
+            for (index, pump) in self.pumps.iter().enumerate() {
+                if pump.is_input {
+                    continue;
+                }
+                if let Some(interest) = pump.interest() {
+                    fds.push(interest);
+                    owners.push(index);
+                }
+            }
+            if fds.is_empty() || sys::poll(&mut fds, 0)? == 0 {
+                return Ok(());
+            }
+            for (pollfd, &index) in fds.iter().zip(&owners) {
+                self.pumps[index].service(pollfd.revents);
+            }
+        }
+        Ok(())
+    }
+
     fn poll_timeout(&self) -> libc::c_int {
         let mut timeout = self.sandbox.cgroup.as_ref().map(|_| LIMIT_CHECK_INTERVAL);
         if let Some(deadline) = self.deadline {
@@ -171,7 +213,7 @@ impl<'a> Monitor<'a> {
                 continue;
             }
             tracing::debug!(signal, "forwarding signal to the sandbox");
-            let _ = sys::kill(self.sandbox.pid, signal);
+            self.sandbox.signal(signal);
         }
         Ok(())
     }

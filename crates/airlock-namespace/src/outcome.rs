@@ -40,6 +40,7 @@ pub fn build(
             Report::Exited { code } => exit_code = Some(code),
             Report::Signaled { signal: number } => signal = Some(number),
             Report::Usage { max_rss } => peak_rss = Some(max_rss),
+            Report::Ready => {}
         }
     }
     let reason = ended.reason;

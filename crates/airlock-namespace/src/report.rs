@@ -21,6 +21,8 @@ pub enum Report {
     Exited { code: i32 },
     /// The command was killed by `signal`.
     Signaled { signal: i32 },
+    /// A held sandbox is set up and waits for `airlock exec`.
+    Ready,
     /// The largest resident set of any process of the sandbox, in bytes, sent before the
     /// final report.
     Usage { max_rss: u64 },

@@ -19,7 +19,7 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use airlock_core::spec::SANDBOX_WORKSPACE;
-use airlock_core::{RootFs, Spec};
+use airlock_core::{RootFs, Spec, WorkspaceMode};
 
 use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use crate::workspace::BindSource;
@@ -365,6 +365,48 @@ fn bind_workspace(opened: &OwnedFd, target: &Path) -> Result<()> {
 pub fn attach_workspace(tree: &OwnedFd) -> Result<()> {
     sys::move_mount(tree.as_raw_fd(), Path::new(SANDBOX_WORKSPACE))
         .step(|| "attach the workspace".into())
+}
+
+/// Opens the directory holding the workspace overlay's `upper` and `work` directories, as a
+/// detached copy of its mount that belongs to this mount namespace. Overlayfs takes layers
+/// only from mounts of the mounter's namespace or from such detached trees; the host's tree
+/// is gone after the pivot. Called before the init changes its ids, while it can still
+/// reach the caller's state directory.
+pub fn open_layers(layers: &Path) -> Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let dir = sys::open(layers, flags).step(|| format!("open the workspace layers {layers:?}"))?;
+    sys::open_tree_clone(dir.as_raw_fd())
+        .step(|| format!("take the workspace layers {layers:?} along"))
+}
+
+/// Finishes /workspace for the spec's workspace mode, once the project is mounted there:
+/// covers it with a copy-on-write overlay whose upper layer is in `layers`, or makes it
+/// read-only.
+pub fn finish_workspace(mode: WorkspaceMode, layers: Option<&OwnedFd>) -> Result<()> {
+    let target = Path::new(SANDBOX_WORKSPACE);
+    match (mode, layers) {
+        (WorkspaceMode::Overlay, Some(layers)) => {
+            let dir = format!("/proc/self/fd/{}", layers.as_raw_fd());
+            // userxattr: in a user namespace overlayfs keeps its markers in user.* xattrs.
+            let options = format!(
+                "lowerdir={SANDBOX_WORKSPACE},upperdir={dir}/upper,workdir={dir}/work,userxattr"
+            );
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            sys::mount(
+                Some(Path::new("overlay")),
+                target,
+                Some("overlay"),
+                flags,
+                Some(&options),
+            )
+            .step(|| "mount the copy-on-write overlay on /workspace".into())
+        }
+        (WorkspaceMode::Readonly, _) => {
+            sys::mount_setattr(target, MOUNT_ATTR_RDONLY | LOCKDOWN, false)
+                .step(|| "make the workspace read-only".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Makes /workspace the working directory, once the workspace is mounted there.

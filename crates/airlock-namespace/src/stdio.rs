@@ -134,6 +134,17 @@ impl Plan {
         Ok(())
     }
 
+    /// Plans no streams: the sandbox's init gets its own /dev/null, for a sandbox held
+    /// without a command.
+    pub fn detached() -> Plan {
+        Plan {
+            child_fds: [SANDBOX_NULL; 3],
+            child_ends: Vec::new(),
+            pumps: Vec::new(),
+            stderr_pump: None,
+        }
+    }
+
     /// Adds the relays of a `--tty` pseudo-terminal once its master has arrived.
     pub fn attach_terminal(&mut self, master: &OwnedFd) -> io::Result<()> {
         sys::set_nonblocking(master.as_raw_fd())?;

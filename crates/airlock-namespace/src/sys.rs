@@ -127,6 +127,55 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     check_long(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Sends `signal` to the process that `pidfd` refers to, which cannot be a reused pid.
+pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal, a null siginfo and flags.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check_long(result).map(drop)
+}
+
+/// The parent of this process.
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: getppid takes no arguments and cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// The size of a memory page in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf takes an integer and returns one.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+/// Clock ticks per second, the unit of CPU times in /proc.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf takes an integer and returns one.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+/// Joins the namespaces in `nstype` of the process that `pidfd` refers to.
+pub fn setns(pidfd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor and flags.
+    check(unsafe { libc::setns(pidfd, nstype) }).map(drop)
+}
+
 /// Creates a pipe whose ends are closed on exec; returns (read, write).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

@@ -1,0 +1,619 @@
+//! The state directory: where persistent sandboxes live between commands.
+//!
+//! ```text
+//! STATE/                       /var/lib/airlock for root, $XDG_STATE_HOME/airlock otherwise
+//!   sandboxes/ID/record.json   the sandbox's record: spec, phase, supervisor, backend runtime
+//!   sandboxes/ID/lock          taken by every command that changes the sandbox
+//!   sandboxes/ID/layers/       the workspace overlay's upper layer and work directory, owned
+//!                              by the host user that root inside the sandbox maps to
+//!   sandboxes/ID/apply.journal temporary files of an apply in progress
+//!   audit/ID.jsonl             the audit log, kept after the sandbox is removed
+//! ```
+//!
+//! A record changes only under the sandbox's lock and is replaced atomically (written to a
+//! temporary file, synced, renamed), so a killed command leaves either the old record or
+//! the new one. Whether a sandbox runs is never stored: it runs while the supervisor process
+//! named in its record is alive, which [`ProcessRef`] checks by pid and start time.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Spec;
+
+/// Environment variable that overrides the state directory.
+pub const STATE_DIR_VARIABLE: &str = "AIRLOCK_STATE_DIR";
+/// State directory of root.
+pub const ROOT_STATE_DIR: &str = "/var/lib/airlock";
+/// Shortest id prefix accepted in place of a whole id.
+pub const MIN_ID_PREFIX: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot find a state directory: set HOME or XDG_STATE_HOME, or pass --state-dir")]
+    NoHome,
+    #[error("cannot create the state directory {path:?}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the state directory {path:?}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the sandbox record {path:?}")]
+    ReadRecord {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the sandbox record {path:?} is damaged: {reason}; remove the sandbox with `airlock gc`"
+    )]
+    DamagedRecord { path: PathBuf, reason: String },
+    #[error("cannot write the sandbox record {path:?}")]
+    WriteRecord {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock the sandbox {id}")]
+    Lock {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no sandbox {reference:?}: `airlock ls` lists the sandboxes by id and name")]
+    NotFound { reference: String },
+    #[error("{reference:?} matches several sandboxes ({matches}): give more of the id")]
+    Ambiguous { reference: String, matches: String },
+    #[error("a sandbox named {name:?} exists already ({id}): choose another --name, or remove it with `airlock rm {name}`")]
+    NameTaken { name: String, id: String },
+    #[error("cannot remove the state of sandbox {id} at {path:?}")]
+    Remove {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where a sandbox is in its life. Each command moves it forward under the sandbox's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The record exists but the sandbox was never ready; a sandbox left in this phase by a
+    /// killed command is removed by `airlock gc`.
+    Creating,
+    /// The sandbox was ready once; it runs while its supervisor lives, and can be started
+    /// again when it does not.
+    Ready,
+    /// Removal began; `airlock gc` finishes it.
+    Removing,
+}
+
+/// A process named by its pid and its start time, so that a reused pid is never taken for
+/// the process that had it before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: i32,
+    /// Start time in clock ticks after boot, field 22 of /proc/PID/stat.
+    pub start_time: u64,
+}
+
+impl ProcessRef {
+    /// The process with `pid`, if it exists now.
+    pub fn of(pid: i32) -> Option<ProcessRef> {
+        let start_time = start_time(pid)?;
+        Some(ProcessRef { pid, start_time })
+    }
+
+    /// Whether the process still runs (a zombie counts as gone).
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+    }
+}
+
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses, so the fields start after the last
+    // closing parenthesis; the first of them is field 3, the state.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state == "Z"))
+}
+
+/// Everything stored about one sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub name: Option<String>,
+    pub backend: String,
+    /// When the sandbox was created, in nanoseconds since the Unix epoch.
+    pub created: u64,
+    pub phase: Phase,
+    pub spec: Spec,
+    /// Made by `airlock run`: removed when its command ends unless the workspace changed.
+    pub ephemeral: bool,
+    /// When the sandbox removes itself, in nanoseconds since the Unix epoch.
+    pub expires: Option<u64>,
+    /// The process that holds the sandbox while it runs: the supervisor of a persistent
+    /// sandbox, or the `airlock run` command of an ephemeral one.
+    pub supervisor: Option<ProcessRef>,
+    /// Backend-specific facts of the running sandbox, such as its init and cgroup.
+    pub runtime: Option<serde_json::Value>,
+    /// Workspace paths applied to the host, with the time of the apply in nanoseconds since
+    /// the Unix epoch: a later host change of such a path is measured from then.
+    #[serde(default)]
+    pub applied: BTreeMap<PathBuf, u64>,
+}
+
+impl Record {
+    pub fn new(id: String, backend: &str, spec: Spec) -> Record {
+        let created = nanos_since_epoch(SystemTime::now());
+        let expires = spec
+            .ttl
+            .map(|ttl| created.saturating_add(ttl.as_nanos() as u64));
+        Record {
+            id,
+            name: spec.name.clone(),
+            backend: backend.to_owned(),
+            created,
+            phase: Phase::Creating,
+            spec,
+            ephemeral: false,
+            expires,
+            supervisor: None,
+            runtime: None,
+            applied: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the sandbox runs now.
+    pub fn is_running(&self) -> bool {
+        self.supervisor.as_ref().is_some_and(ProcessRef::is_alive)
+    }
+
+    /// The short status shown by `airlock ls`.
+    pub fn status(&self) -> &'static str {
+        match (self.phase, self.is_running()) {
+            (Phase::Creating, _) => "creating",
+            (Phase::Removing, _) => "removing",
+            (Phase::Ready, true) => "running",
+            (Phase::Ready, false) => "stopped",
+        }
+    }
+
+    /// When the sandbox was created.
+    pub fn created_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.created)
+    }
+}
+
+pub fn nanos_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// Every sandbox directory, with its record or the reason it cannot be read.
+pub type Listing = Vec<(SandboxDir, Result<Record, StateError>)>;
+
+/// The state directory of one caller.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Finds the state directory: `explicit`, else $AIRLOCK_STATE_DIR, else /var/lib/airlock
+    /// for root and $XDG_STATE_HOME/airlock (by default ~/.local/state/airlock) for others.
+    /// Creates it, readable by its owner only, if it is missing.
+    pub fn locate(explicit: Option<&Path>, is_root: bool) -> Result<StateDir, StateError> {
+        let root = match explicit {
+            Some(path) => path.to_owned(),
+            None => default_root(is_root)?,
+        };
+        let root =
+            crate::spec::lexically_absolute(&root).map_err(|source| StateError::CreateDir {
+                path: root.clone(),
+                source,
+            })?;
+        let state = StateDir { root };
+        for dir in [state.root.clone(), state.sandboxes(), state.audit_dir()] {
+            create_private_dir(&dir)?;
+        }
+        Ok(state)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    fn audit_dir(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+
+    /// The audit log of sandbox `id`, which outlives the sandbox.
+    pub fn audit_path(&self, id: &str) -> PathBuf {
+        self.audit_dir().join(format!("{id}.jsonl"))
+    }
+
+    pub fn sandbox(&self, id: &str) -> SandboxDir {
+        SandboxDir {
+            id: id.to_owned(),
+            path: self.sandboxes().join(id),
+        }
+    }
+
+    /// Every sandbox directory, with its record or the reason it cannot be read.
+    pub fn list(&self) -> Result<Listing, StateError> {
+        let dir = self.sandboxes();
+        let entries = fs::read_dir(&dir).map_err(|source| StateError::ReadDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut sandboxes = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if id.starts_with('.') {
+                continue;
+            }
+            let sandbox = self.sandbox(&id);
+            let record = sandbox.read_record();
+            sandboxes.push((sandbox, record));
+        }
+        sandboxes.sort_by_key(|(_, record)| record.as_ref().map_or(0, |record| record.created));
+        Ok(sandboxes)
+    }
+
+    /// Finds a sandbox by its whole id, a unique prefix of it, or its name.
+    pub fn resolve(&self, reference: &str) -> Result<(SandboxDir, Record), StateError> {
+        let not_found = || StateError::NotFound {
+            reference: reference.to_owned(),
+        };
+        if reference.is_empty() || reference.contains('/') || reference.starts_with('.') {
+            return Err(not_found());
+        }
+        let exact = self.sandbox(reference);
+        if exact.path.is_dir() {
+            let record = exact.read_record()?;
+            return Ok((exact, record));
+        }
+        let mut matches: Vec<(SandboxDir, Record)> = Vec::new();
+        for (sandbox, record) in self.list()? {
+            let Ok(record) = record else { continue };
+            let by_name = record.name.as_deref() == Some(reference);
+            let by_prefix = reference.len() >= MIN_ID_PREFIX && sandbox.id.starts_with(reference);
+            if by_name {
+                return Ok((sandbox, record));
+            }
+            if by_prefix {
+                matches.push((sandbox, record));
+            }
+        }
+        match matches.len() {
+            0 => Err(not_found()),
+            1 => Ok(matches.remove(0)),
+            _ => Err(StateError::Ambiguous {
+                reference: reference.to_owned(),
+                matches: matches
+                    .iter()
+                    .map(|(sandbox, _)| sandbox.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// Creates the directory of a new sandbox and writes its first record. Fails if another
+    /// sandbox has the same name.
+    pub fn allocate(&self, record: &Record) -> Result<SandboxDir, StateError> {
+        if let Some(name) = &record.name {
+            if let Ok((existing, _)) = self.resolve(name) {
+                if existing.id != record.id {
+                    return Err(StateError::NameTaken {
+                        name: name.clone(),
+                        id: existing.id,
+                    });
+                }
+            }
+        }
+        let sandbox = self.sandbox(&record.id);
+        create_private_dir(&sandbox.path)?;
+        sandbox.write_record(record)?;
+        Ok(sandbox)
+    }
+}
+
+fn default_root(is_root: bool) -> Result<PathBuf, StateError> {
+    if let Some(dir) = std::env::var_os(STATE_DIR_VARIABLE).filter(|dir| !dir.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    if is_root {
+        return Ok(PathBuf::from(ROOT_STATE_DIR));
+    }
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .filter(|dir| Path::new(dir).is_absolute())
+        .map(PathBuf::from);
+    let base = match xdg {
+        Some(dir) => dir,
+        None => std::env::var_os("HOME")
+            .filter(|home| Path::new(home).is_absolute())
+            .map(|home| Path::new(&home).join(".local/state"))
+            .ok_or(StateError::NoHome)?,
+    };
+    Ok(base.join("airlock"))
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StateError> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+    {
+        Ok(()) => Ok(()),
+        Err(source) => Err(StateError::CreateDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The directory of one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxDir {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+/// The sandbox's lock, released when dropped.
+#[derive(Debug)]
+pub struct SandboxLock {
+    _file: File,
+}
+
+impl SandboxDir {
+    pub fn record_path(&self) -> PathBuf {
+        self.path.join("record.json")
+    }
+
+    /// The directory holding the workspace overlay's upper layer and work directory.
+    pub fn layers(&self) -> PathBuf {
+        self.path.join("layers")
+    }
+
+    /// The upper layer of the workspace overlay.
+    pub fn upper(&self) -> PathBuf {
+        self.layers().join("upper")
+    }
+
+    /// The work directory overlayfs needs next to the upper layer.
+    pub fn work(&self) -> PathBuf {
+        self.layers().join("work")
+    }
+
+    /// The journal of temporary files of an apply in progress.
+    pub fn apply_journal(&self) -> PathBuf {
+        self.path.join("apply.journal")
+    }
+
+    /// Takes the sandbox's lock, waiting for another command that holds it.
+    pub fn lock(&self) -> Result<SandboxLock, StateError> {
+        let file = self.lock_file()?;
+        file.lock().map_err(|source| StateError::Lock {
+            id: self.id.clone(),
+            source,
+        })?;
+        Ok(SandboxLock { _file: file })
+    }
+
+    /// Takes the sandbox's lock if no other command holds it.
+    pub fn try_lock(&self) -> Result<Option<SandboxLock>, StateError> {
+        let file = self.lock_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(SandboxLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(source)) => Err(StateError::Lock {
+                id: self.id.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn lock_file(&self) -> Result<File, StateError> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.path.join("lock"))
+            .map_err(|source| StateError::Lock {
+                id: self.id.clone(),
+                source,
+            })
+    }
+
+    pub fn read_record(&self) -> Result<Record, StateError> {
+        let path = self.record_path();
+        let text = fs::read(&path).map_err(|source| StateError::ReadRecord {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|error| StateError::DamagedRecord {
+            path,
+            reason: error.to_string(),
+        })
+    }
+
+    /// Replaces the record atomically and durably.
+    pub fn write_record(&self, record: &Record) -> Result<(), StateError> {
+        let path = self.record_path();
+        let failed = |source| StateError::WriteRecord {
+            path: path.clone(),
+            source,
+        };
+        let temporary = self.path.join(".record.json.new");
+        let mut text = serde_json::to_vec_pretty(record)
+            .map_err(io::Error::other)
+            .map_err(failed)?;
+        text.push(b'\n');
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(failed)?;
+        file.write_all(&text).map_err(failed)?;
+        file.sync_data().map_err(failed)?;
+        fs::rename(&temporary, &path).map_err(failed)?;
+        File::open(&self.path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(failed)
+    }
+
+    /// Removes the sandbox's directory and everything in it, without following symlinks.
+    pub fn remove(&self) -> Result<(), StateError> {
+        // overlayfs leaves directories without permissions in its work directory, which
+        // their owner can remove only after granting itself access.
+        make_owner_accessible(&self.work());
+        match fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Remove {
+                id: self.id.clone(),
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Gives the owner read, write and search permission on `dir` and the directories below it,
+/// without following symlinks.
+pub fn make_owner_accessible(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !metadata.is_dir() {
+        return;
+    }
+    if metadata.permissions().mode() & 0o700 != 0o700 {
+        let mode = metadata.permissions().mode() | 0o700;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            make_owner_accessible(&entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temporary_state() -> (tempfile::TempDir, StateDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::locate(Some(dir.path()), false).unwrap();
+        (dir, state)
+    }
+
+    fn record(id: &str, name: Option<&str>) -> Record {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.name = name.map(str::to_owned);
+        Record::new(id.to_owned(), "namespace", spec)
+    }
+
+    #[test]
+    fn record_round_trips_through_the_state_directory() {
+        let (_dir, state) = temporary_state();
+        let sandbox = state.allocate(&record("abcdef0123", Some("web"))).unwrap();
+        let read = sandbox.read_record().unwrap();
+        assert_eq!(read.id, "abcdef0123");
+        assert_eq!(read.name.as_deref(), Some("web"));
+        assert_eq!(read.phase, Phase::Creating);
+        assert_eq!(read.status(), "creating");
+    }
+
+    #[test]
+    fn resolve_finds_by_id_prefix_and_name() {
+        let (_dir, state) = temporary_state();
+        state.allocate(&record("abcdef0123", Some("web"))).unwrap();
+        state.allocate(&record("abc9990000", None)).unwrap();
+        assert_eq!(state.resolve("abcdef0123").unwrap().0.id, "abcdef0123");
+        assert_eq!(state.resolve("abcd").unwrap().0.id, "abcdef0123");
+        assert_eq!(state.resolve("web").unwrap().0.id, "abcdef0123");
+        assert!(matches!(
+            state.resolve("abc"),
+            Err(StateError::NotFound { .. })
+        ));
+        assert!(matches!(
+            state.resolve("../x"),
+            Err(StateError::NotFound { .. })
+        ));
+        state.allocate(&record("abcd000000", None)).unwrap();
+        assert!(matches!(
+            state.resolve("abcd"),
+            Err(StateError::Ambiguous { .. })
+        ));
+    }
+
+    #[test]
+    fn allocate_refuses_a_taken_name() {
+        let (_dir, state) = temporary_state();
+        state.allocate(&record("abcdef0123", Some("web"))).unwrap();
+        let error = state
+            .allocate(&record("1234567890", Some("web")))
+            .unwrap_err();
+        assert!(matches!(error, StateError::NameTaken { .. }));
+        assert!(error.to_string().contains("web"));
+    }
+
+    #[test]
+    fn dead_supervisor_means_stopped() {
+        let mut record = record("abcdef0123", None);
+        record.phase = Phase::Ready;
+        record.supervisor = ProcessRef::of(std::process::id() as i32);
+        assert_eq!(record.status(), "running");
+        record.supervisor = Some(ProcessRef {
+            pid: std::process::id() as i32,
+            start_time: 1,
+        });
+        assert_eq!(record.status(), "stopped");
+    }
+
+    #[test]
+    fn damaged_record_names_the_file_and_gc() {
+        let (_dir, state) = temporary_state();
+        let sandbox = state.allocate(&record("abcdef0123", None)).unwrap();
+        fs::write(sandbox.record_path(), b"{not json").unwrap();
+        let error = sandbox.read_record().unwrap_err().to_string();
+        assert!(
+            error.contains("record.json") && error.contains("airlock gc"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! `airlock exec`: runs a command in a held sandbox by joining its namespaces and cgroup, the
+//! way nsenter does, so no process inside the sandbox has to relay the request.
+//!
+//! The steps, in order:
+//! 1. Open a pidfd of the sandbox's init and check it is still that process.
+//! 2. Clone a joiner process, in the cgroup already where it is a v2 group. It is made
+//!    non-dumpable so no process of the sandbox can read its memory, joins a v1 cgroup, joins
+//!    every namespace of the init in one setns call (the user namespace first, which an
+//!    unprivileged caller needs for the others), and becomes root of the sandbox's user
+//!    namespace. This process stays outside and keeps its host privileges, for the audit log
+//!    and the cgroup counters.
+//! 3. The joiner's PID namespace applies to its children only, so it clones the command's
+//!    process as a sibling (CLONE_PARENT): a child of this process inside the sandbox's PID
+//!    namespace. It reports the pid and exits. The command's process sheds every privilege
+//!    exactly as the command of `airlock run` does ([`workload`]).
+//! 4. Watch it with the same [`Monitor`] as a run: streams, signals to its process group,
+//!    timeout. Processes it leaves in the background keep running in the sandbox.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use airlock_core::{EndReason, ExecCommand, Finished, RunOptions, SandboxId, Spec};
+
+use crate::cgroup::Cgroup;
+use crate::control;
+use crate::error::Error;
+use crate::held::Runtime;
+use crate::init::JOINED_NAMESPACES;
+use crate::launch::{self, Sandbox};
+use crate::monitor::Monitor;
+use crate::outcome;
+use crate::report::Report;
+use crate::workload::{self, Stdio};
+use crate::{stdio, sys, tty};
+
+/// The spec of the command's process: the sandbox's, with the command's own argv,
+/// variables, terminal and timeout.
+fn command_spec(sandbox: &Spec, command: &ExecCommand) -> Spec {
+    let mut spec = sandbox.clone();
+    spec.command = command.argv.clone();
+    spec.env.extend(command.env.iter().cloned());
+    spec.tty = command.tty;
+    spec.limits.timeout = command.timeout;
+    spec
+}
+
+/// What the clone hands to the command's process.
+struct Joiner<'a> {
+    namespaces: &'a [(libc::c_int, OwnedFd)],
+    is_root: bool,
+    /// v1 `tasks` files to write "0" to.
+    tasks: &'a [OwnedFd],
+    plan: &'a workload::Plan,
+    stdio: [RawFd; 3],
+    report: RawFd,
+    control: RawFd,
+    /// Where the joiner writes the pid of the command's process.
+    pid_pipe: RawFd,
+    tty: bool,
+    nproc_fallback: bool,
+}
+
+/// Runs `command` in the held sandbox described by `runtime` and waits for it to end.
+pub fn exec(
+    id: &SandboxId,
+    sandbox: &Spec,
+    runtime: &Runtime,
+    command: &ExecCommand,
+    options: &RunOptions,
+) -> Result<Finished, Error> {
+    let started = Instant::now();
+    launch::ensure_single_threaded()?;
+    let spec = command_spec(sandbox, command);
+    let namespaces = open_namespaces(runtime)?;
+    let cgroup = runtime.cgroup.as_ref().map(Cgroup::view);
+    let join_files = match &cgroup {
+        Some(cgroup) => cgroup.join_files().map_err(Error::Cgroup)?,
+        None => Vec::new(),
+    };
+    let (tasks, cgroup_dir): (&[OwnedFd], Option<RawFd>) = match &cgroup {
+        Some(cgroup) if cgroup.is_v2() => (&[], join_files.first().map(AsRawFd::as_raw_fd)),
+        _ => (&join_files, None),
+    };
+    let counters_before = cgroup.as_ref().map(Cgroup::limit_counters);
+    let plan = launch::workload_plan(&spec, runtime.landlock_abi)?;
+    let mut streams =
+        stdio::Plan::new(spec.tty, options.track_stderr_line).map_err(Error::Stdio)?;
+    let (report_read, report_write) = sys::pipe().map_err(Error::Channel)?;
+    let (control_outside, control_inside) = control::socketpair().map_err(Error::Channel)?;
+    let (restore_mask, signals) = launch::block_forwarded_signals(spec.tty)?;
+
+    let (pid_read, pid_write) = sys::pipe().map_err(Error::Channel)?;
+    let joiner = Joiner {
+        namespaces: &namespaces,
+        is_root: runtime.is_root,
+        tasks,
+        plan: &plan,
+        stdio: streams.child_fds,
+        report: report_write.as_raw_fd(),
+        control: control_inside.as_raw_fd(),
+        pid_pipe: pid_write.as_raw_fd(),
+        tty: spec.tty,
+        nproc_fallback: runtime.nproc_fallback,
+    };
+    let joiner_pid = match sys::clone_process(0, cgroup_dir) {
+        Ok(0) => join_and_run(&joiner),
+        Ok(pid) => pid,
+        Err(source) => return Err(Error::Clone(source)),
+    };
+    drop((report_write, control_inside, pid_write));
+    streams.child_ends.clear();
+    let pid = command_pid(joiner_pid, &pid_read, &report_read)?;
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(pidfd) => pidfd,
+        Err(source) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid, 0);
+            return Err(Error::Wait(source));
+        }
+    };
+    let mut process = Sandbox {
+        pid,
+        pidfd,
+        status: None,
+        cgroup: None,
+        finished: false,
+        group: true,
+    };
+    tracing::info!(sandbox = %id, pid, "command joined the sandbox");
+
+    let master = launch::receive_terminal(&spec, &control_outside)?;
+    let _raw_mode = match &master {
+        Some(master) => launch::attach_terminal(master, &mut streams)?,
+        None => None,
+    };
+    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
+    let mut monitor = Monitor::new(
+        &mut process,
+        &signals,
+        &mut streams.pumps,
+        report_read.as_raw_fd(),
+        deadline,
+        master.as_ref().map(AsRawFd::as_raw_fd),
+    )
+    .stop_at_exit();
+    let mut ended = monitor.run().map_err(Error::Wait)?;
+    let stderr_ends_line = streams
+        .stderr_pump
+        .is_none_or(|index| streams.pumps[index].ends_line());
+    drop(restore_mask);
+
+    if let Some(status) = ended.status {
+        ended.reports.push(if libc::WIFSIGNALED(status) {
+            Report::Signaled {
+                signal: libc::WTERMSIG(status),
+            }
+        } else {
+            Report::Exited {
+                code: libc::WEXITSTATUS(status),
+            }
+        });
+        let killed = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL;
+        if killed && ended.reason == EndReason::Exited {
+            if let (Some(cgroup), Some(before)) = (&cgroup, counters_before) {
+                ended.reason = cgroup.limit_hit_since(before).unwrap_or(ended.reason);
+            }
+        }
+    }
+    ended.peak_memory = None;
+    let outcome = outcome::build(&spec, id, runtime.enforcement.clone(), ended, started)?;
+    Ok(Finished {
+        outcome,
+        stderr_ends_line,
+    })
+}
+
+/// Opens the sandbox's namespaces through the descriptors its supervisor holds, and checks
+/// that neither the supervisor's nor the init's pid was reused since the runtime was
+/// recorded.
+fn open_namespaces(runtime: &Runtime) -> Result<Vec<(libc::c_int, OwnedFd)>, Error> {
+    let not_running = || Error::NotRunning {
+        pid: runtime.init.pid,
+    };
+    if runtime.namespace_fds.len() != JOINED_NAMESPACES.len() {
+        return Err(Error::Runtime("the namespaces are missing".into()));
+    }
+    let mut namespaces = Vec::new();
+    for (&fd, (_, nstype)) in runtime.namespace_fds.iter().zip(JOINED_NAMESPACES) {
+        let path = format!("/proc/{}/fd/{fd}", runtime.supervisor.pid);
+        let opened = sys::open(Path::new(&path), libc::O_RDONLY).map_err(|_| not_running())?;
+        namespaces.push((nstype, opened));
+    }
+    if !runtime.supervisor.is_alive() || !runtime.init.is_alive() {
+        return Err(not_running());
+    }
+    Ok(namespaces)
+}
+
+/// Reaps the joiner and reads the pid of the command's process it cloned; a failed join
+/// becomes the error of the step that failed.
+fn command_pid(
+    joiner: libc::pid_t,
+    pid_pipe: &OwnedFd,
+    report: &OwnedFd,
+) -> Result<libc::pid_t, Error> {
+    let mut bytes = [0u8; 4];
+    let read = sys::read(pid_pipe.as_raw_fd(), &mut bytes);
+    let _ = sys::waitpid(joiner, 0);
+    if matches!(read, Ok(4)) {
+        return Ok(i32::from_ne_bytes(bytes));
+    }
+    let mut reports = crate::report::ReportReader::new(report.as_raw_fd());
+    reports.read_available().map_err(Error::Wait)?;
+    for report in reports.take() {
+        if let Report::SetupFailed { step, error } = report {
+            return Err(Error::Setup { step, cause: error });
+        }
+    }
+    Err(Error::Setup {
+        step: "join the sandbox".into(),
+        cause: "the joining process exited without a report".into(),
+    })
+}
+
+/// The joiner, a child of the caller that enters the sandbox and clones the command's
+/// process into it; never returns.
+fn join_and_run(joiner: &Joiner<'_>) -> ! {
+    let joined = join(joiner).and_then(|stdio| {
+        let pid = step(
+            sys::clone_process(libc::CLONE_PARENT, None),
+            "start the command's process",
+        )?;
+        if pid == 0 {
+            // Its parent is the caller now, whose death must end it too.
+            let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            workload::run(joiner.plan, &stdio, joiner.report, joiner.nproc_fallback)
+        }
+        step(
+            sys::write_all(joiner.pid_pipe, &pid.to_ne_bytes()),
+            "report the command's process",
+        )
+    });
+    match joined {
+        Ok(()) => sys::exit_now(0),
+        Err((step, source)) => {
+            let error = source.to_string();
+            Report::SetupFailed {
+                step: step.to_owned(),
+                error,
+            }
+            .send(joiner.report);
+            sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+        }
+    }
+}
+
+type StepResult<T> = Result<T, (&'static str, std::io::Error)>;
+
+fn step<T>(result: std::io::Result<T>, name: &'static str) -> StepResult<T> {
+    result.map_err(|source| (name, source))
+}
+
+fn join(joiner: &Joiner<'_>) -> StepResult<Stdio> {
+    enter(joiner.namespaces, joiner.tasks, joiner.is_root)?;
+    if !joiner.tty {
+        return Ok(Stdio::Fds(joiner.stdio));
+    }
+    let (master, slave) = step(tty::open_pty(), "open a pseudo-terminal")?;
+    step(
+        control::send(joiner.control, b"t", &[master.as_raw_fd()]),
+        "pass the pseudo-terminal out",
+    )?;
+    drop(master);
+    let slave_fd = slave.as_raw_fd();
+    std::mem::forget(slave);
+    Ok(Stdio::Terminal(slave_fd))
+}
+
+/// Moves this freshly cloned process into the sandbox: its cgroup, its namespaces, and
+/// root of its user namespace, with /workspace as the working directory.
+fn enter(
+    namespaces: &[(libc::c_int, OwnedFd)],
+    tasks: &[OwnedFd],
+    is_root: bool,
+) -> StepResult<()> {
+    step(
+        sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+        "ask to be killed with the caller",
+    )?;
+    // Until it executes the command, this process holds the caller's descriptors and
+    // memory; the sandbox's processes, root in its user namespace, must not read them.
+    step(
+        sys::prctl(libc::PR_SET_DUMPABLE, 0),
+        "make the process non-dumpable",
+    )?;
+    for tasks in tasks {
+        step(
+            sys::write_all(tasks.as_raw_fd(), b"0"),
+            "join the sandbox's cgroup",
+        )?;
+    }
+    for (nstype, fd) in namespaces {
+        step(
+            sys::setns(fd.as_raw_fd(), *nstype),
+            "join the sandbox's namespaces",
+        )?;
+    }
+    if is_root {
+        step(sys::setgroups_empty(), "clear supplementary groups")?;
+    }
+    step(sys::become_id(0), "become root in the user namespace")?;
+    step(
+        sys::chdir(Path::new(airlock_core::spec::SANDBOX_WORKSPACE)),
+        "change directory to /workspace",
+    )
+}
+
+/// Copies `source` into or out of the running sandbox. The bytes travel as a tar stream
+/// between this process, which reads or writes the host side, and a process joined to the
+/// sandbox, which reads or writes the sandbox side. Each side only ever writes below its own
+/// target, and the host side never creates device nodes or setuid files.
+pub fn copy(
+    runtime: &Runtime,
+    source: &Path,
+    target: &Path,
+    into_sandbox: bool,
+) -> Result<(), Error> {
+    launch::ensure_single_threaded()?;
+    let namespaces = open_namespaces(runtime)?;
+    let cgroup = runtime.cgroup.as_ref().map(Cgroup::view);
+    let join_files = match &cgroup {
+        Some(cgroup) => cgroup.join_files().map_err(Error::Cgroup)?,
+        None => Vec::new(),
+    };
+    let (tasks, cgroup_dir): (&[OwnedFd], Option<RawFd>) = match &cgroup {
+        Some(cgroup) if cgroup.is_v2() => (&[], join_files.first().map(AsRawFd::as_raw_fd)),
+        _ => (&join_files, None),
+    };
+    // Out of the sandbox, the host decides the name; into it, the joined process does,
+    // because only it can see whether the target is a directory.
+    let (host_dir, name) = if into_sandbox {
+        (PathBuf::new(), file_name(source)?)
+    } else {
+        copy_destination(target, source, |path| path.is_dir())?
+    };
+    let (data_read, data_write) = sys::pipe().map_err(Error::Channel)?;
+    let (report_read, report_write) = sys::pipe().map_err(Error::Channel)?;
+
+    let pid = match sys::clone_process(0, cgroup_dir) {
+        Ok(0) => {
+            let result = enter(&namespaces, tasks, runtime.is_root).and_then(|()| {
+                if into_sandbox {
+                    drop(data_write);
+                    step(unpack_inside(&data_read, target), "write in the sandbox")
+                } else {
+                    drop(data_read);
+                    step(pack(&data_write, source, &name), "read from the sandbox")
+                }
+            });
+            if let Err((step, source)) = result {
+                Report::SetupFailed {
+                    step: step.to_owned(),
+                    error: crate::error_chain(&source),
+                }
+                .send(report_write.as_raw_fd());
+                sys::exit_now(1);
+            }
+            sys::exit_now(0)
+        }
+        Ok(pid) => pid,
+        Err(source) => return Err(Error::Clone(source)),
+    };
+    drop(report_write);
+    let host_result = if into_sandbox {
+        drop(data_read);
+        pack(&data_write, source, &name)
+    } else {
+        drop(data_write);
+        unpack_on_host(&data_read, &host_dir)
+    };
+    let status = sys::waitpid(pid, 0)
+        .map_err(Error::Wait)?
+        .map_or(0, |(_, status)| status);
+    let mut reports = crate::report::ReportReader::new(report_read.as_raw_fd());
+    reports.read_available().map_err(Error::Wait)?;
+    for report in reports.take() {
+        if let Report::SetupFailed { step, error } = report {
+            return Err(Error::Copy { step, cause: error });
+        }
+    }
+    host_result.map_err(|source| Error::Copy {
+        step: if into_sandbox {
+            "read from the host".into()
+        } else {
+            "write to the host".into()
+        },
+        cause: crate::error_chain(&source),
+    })?;
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(Error::Copy {
+            step: "copy".into(),
+            cause: format!("the copying process ended with wait status {status:#x}"),
+        });
+    }
+    Ok(())
+}
+
+fn file_name(path: &Path) -> Result<OsString, Error> {
+    path.file_name()
+        .map(OsStr::to_os_string)
+        .ok_or_else(|| Error::Copy {
+            step: "name the copy".into(),
+            cause: format!(
+                "{path:?} names no file; give a path that ends in a file or directory name"
+            ),
+        })
+}
+
+/// Where a copy of `source` lands for `target`, the way cp(1) decides: inside `target` when
+/// it is a directory, else at `target` itself. Returns the directory and the name.
+fn copy_destination(
+    target: &Path,
+    source: &Path,
+    is_dir: impl Fn(&Path) -> bool,
+) -> Result<(PathBuf, OsString), Error> {
+    if is_dir(target) {
+        return Ok((target.to_owned(), file_name(source)?));
+    }
+    let parent = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, file_name(target)?))
+}
+
+/// Writes `source` as a tar stream to `fd`, under the top-level `name`. Symlinks are stored
+/// as symlinks, never followed.
+fn pack(fd: &OwnedFd, source: &Path, name: &OsStr) -> std::io::Result<()> {
+    let sink = std::fs::File::from(fd.try_clone()?);
+    let mut builder = tar::Builder::new(sink);
+    builder.follow_symlinks(false);
+    let metadata = std::fs::symlink_metadata(source)?;
+    if metadata.is_dir() {
+        builder.append_dir_all(name, source)?;
+    } else {
+        builder.append_path_with_name(source, name)?;
+    }
+    builder.into_inner()?.sync_all().or(Ok(()))
+}
+
+/// Unpacks a tar stream inside the sandbox: into `target` when it is a directory there,
+/// else as `target` itself.
+fn unpack_inside(fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
+    let into_dir = target.is_dir();
+    let (dir, new_name) = if into_dir {
+        (target.to_owned(), None)
+    } else {
+        let parent = target.parent().unwrap_or(Path::new("/")).to_owned();
+        (parent, target.file_name().map(OsStr::to_os_string))
+    };
+    let source = std::fs::File::from(fd.try_clone()?);
+    let mut archive = tar::Archive::new(source);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let mut components = path.components();
+        let first = components.next().map(|c| c.as_os_str().to_os_string());
+        let top = new_name.clone().or(first).unwrap_or_default();
+        let rest = components.as_path();
+        let mut relative = PathBuf::from(&top);
+        if !rest.as_os_str().is_empty() {
+            relative.push(rest);
+        }
+        let safe = relative
+            .components()
+            .all(|component| matches!(component, std::path::Component::Normal(_)));
+        if !safe {
+            let refused = format!("refusing the archive path {path:?}");
+            return Err(std::io::Error::other(refused));
+        }
+        entry.unpack(dir.join(relative))?;
+    }
+    Ok(())
+}
+
+/// Unpacks a tar stream from the sandbox into `dir` on the host. The tar reader refuses
+/// paths that leave `dir`, also through symlinks; device nodes and FIFOs are skipped, and
+/// permissions lose their setuid, setgid and sticky bits.
+fn unpack_on_host(fd: &OwnedFd, dir: &Path) -> std::io::Result<()> {
+    let source = std::fs::File::from(fd.try_clone()?);
+    let mut archive = tar::Archive::new(source);
+    // Without preserved permissions the reader keeps only the rwx bits of each mode.
+    archive.set_preserve_permissions(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+            tracing::warn!(path = ?entry.path().ok(), "skipped a device node or FIFO");
+            continue;
+        }
+        entry.unpack_in(dir)?;
+    }
+    Ok(())
+}

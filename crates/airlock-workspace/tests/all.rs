@@ -1,0 +1,3 @@
+//! Integration tests of the workspace crate, built as one binary.
+
+mod suite;

@@ -1,0 +1,752 @@
+//! The life of a sandbox across commands: its record in the state directory, the supervisor
+//! that holds it while it runs, and the audit log entry of every action.
+//!
+//! Each action that changes a sandbox takes its lock, moves its record forward atomically,
+//! and only then reports success, so that a command killed at any point leaves either a
+//! usable sandbox or one that `airlock gc` removes:
+//! - create: the record is written in phase `creating` before anything starts, and becomes
+//!   `ready` only after the supervisor reports the sandbox ready. Until it receives the
+//!   acknowledgement of that write, the supervisor dies with the command that started it.
+//! - stop: the supervisor is told to end the sandbox; its death is what makes it stopped.
+//! - rm: the record moves to phase `removing` before anything is deleted.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use airlock_core::audit::{self, AuditLog};
+use airlock_core::state::{self, Phase, ProcessRef, Record, SandboxDir, StateDir};
+use airlock_core::{
+    Backend, BackendError, BackendKind, EndReason, ExecCommand, Finished, HeldEnd, RunOptions,
+    SandboxId, Spec, Stats, WorkspaceMode,
+};
+use airlock_namespace::{error_chain, sys, NamespaceBackend};
+use serde_json::{json, Map, Value};
+
+/// How long `stop` waits for the supervisor to end the sandbox before killing it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("sandbox {id} is not running: start it with `airlock start {id}`")]
+    NotRunning { id: String },
+    #[error("sandbox {id} is already running")]
+    AlreadyRunning { id: String },
+    #[error("sandbox {id} is running: stop it first, or pass --force to stop and remove it")]
+    Running { id: String },
+    #[error("sandbox {id} is being {phase}; wait for that command, or run `airlock gc` if it was killed")]
+    Busy { id: String, phase: &'static str },
+    #[error("cannot start the supervisor of sandbox {id}")]
+    SpawnSupervisor {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sandbox {id} did not start: {message}")]
+    SupervisorFailed { id: String, message: String },
+    #[error("cannot stop the supervisor of sandbox {id}")]
+    StopSupervisor {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown backend {name:?} in the record of sandbox {id}")]
+    UnknownBackend { id: String, name: String },
+    #[error("no command given: pass one after `--`, for example `airlock exec {id} -- ls`")]
+    NoCommand { id: String },
+}
+
+/// The backend a record or a command line names.
+pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
+    match kind {
+        BackendKind::Namespace => Box::new(NamespaceBackend),
+    }
+}
+
+fn backend_of(record: &Record) -> Result<Box<dyn Backend>, LifecycleError> {
+    let kind: BackendKind = record
+        .backend
+        .parse()
+        .map_err(|_| LifecycleError::UnknownBackend {
+            id: record.id.clone(),
+            name: record.backend.clone(),
+        })?;
+    Ok(backend(kind))
+}
+
+fn id_of(record: &Record) -> Option<SandboxId> {
+    SandboxId::parse(&record.id)
+}
+
+/// The fields of an audit entry, from `json!({...})`.
+fn fields(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// What the audit log says about a spec: never the values of its variables.
+fn spec_fields(spec: &Spec) -> Value {
+    json!({
+        "workspace": spec.workspace,
+        "workspace_mode": spec.workspace_mode.name(),
+        "rootfs": match &spec.rootfs {
+            airlock_core::RootFs::HostView => Value::from("host"),
+            airlock_core::RootFs::Directory(dir) => json!(dir),
+        },
+        "limits": spec.limits.summary(),
+        "env_keys": spec.env.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(),
+        "ttl_seconds": spec.ttl.map(|ttl| ttl.as_secs()),
+    })
+}
+
+fn lossy(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The audit fields of a finished command.
+fn exec_fields(argv: &[OsString], started: SystemTime, finished: &Finished) -> Value {
+    let outcome = &finished.outcome;
+    json!({
+        "argv": lossy(argv),
+        "start": audit::format_rfc3339(started),
+        "end": audit::now_rfc3339(),
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "reason": outcome.reason,
+        "duration_ms": outcome.duration.as_millis() as u64,
+    })
+}
+
+/// A sandbox kept after `run` because its workspace changed.
+pub struct RunResult {
+    pub finished: Finished,
+    pub kept: Option<String>,
+}
+
+/// One sandbox as `airlock ls` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub backend: String,
+    pub workspace: Option<PathBuf>,
+    pub workspace_mode: String,
+    pub created: String,
+    pub expires: Option<String>,
+    pub supervisor_pid: Option<i32>,
+    pub init_pid: Option<i64>,
+}
+
+/// What `airlock gc` did to one sandbox.
+#[derive(Debug, serde::Serialize)]
+pub struct Collected {
+    pub id: String,
+    pub action: &'static str,
+}
+
+pub struct Engine {
+    state: StateDir,
+}
+
+impl Engine {
+    pub fn new(state_dir: Option<&Path>) -> Result<Engine, BackendError> {
+        let state = StateDir::locate(state_dir, sys::geteuid() == 0)?;
+        Ok(Engine { state })
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
+    }
+
+    fn log(&self, id: &str, event: &str, value: Value) -> Result<(), BackendError> {
+        let mut log = AuditLog::open(&self.state.audit_path(id), id)?;
+        log.append(event, fields(value))?;
+        Ok(())
+    }
+
+    /// Runs one command in a new sandbox. The sandbox is removed afterwards unless its
+    /// overlay workspace holds changes, which stay for `diff` and `apply`.
+    pub fn run(
+        &self,
+        kind: BackendKind,
+        mut spec: Spec,
+        track_stderr_line: bool,
+    ) -> Result<RunResult, BackendError> {
+        spec.validate()?;
+        let id = SandboxId::generate()?;
+        let mut record = Record::new(id.to_string(), kind.name(), spec.clone());
+        record.ephemeral = true;
+        record.phase = Phase::Ready;
+        record.supervisor = ProcessRef::of(std::process::id() as i32);
+        let sandbox = self.state.allocate(&record)?;
+        let result = self.run_recorded(kind, &spec, &sandbox, id, track_stderr_line);
+        let changed =
+            spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
+        if changed {
+            record.ephemeral = false;
+            record.supervisor = None;
+            sandbox.write_record(&record)?;
+            self.log(
+                &record.id,
+                "kept",
+                json!({"reason": "the workspace changed"}),
+            )?;
+        } else {
+            self.log(&record.id, "removed", json!({}))?;
+            sandbox.remove()?;
+        }
+        Ok(RunResult {
+            finished: result?,
+            kept: changed.then(|| record.id.clone()),
+        })
+    }
+
+    fn run_recorded(
+        &self,
+        kind: BackendKind,
+        spec: &Spec,
+        sandbox: &SandboxDir,
+        id: SandboxId,
+        track_stderr_line: bool,
+    ) -> Result<Finished, BackendError> {
+        let mut created = spec_fields(spec);
+        created["backend"] = kind.name().into();
+        self.log(&sandbox.id, "created", created)?;
+        let options = RunOptions {
+            track_stderr_line,
+            id: Some(id),
+            layers: Some(sandbox.layers()),
+        };
+        let started = SystemTime::now();
+        match backend(kind).run(spec, options) {
+            Ok(finished) => {
+                self.log_exec(&sandbox.id, &spec.command, started, &finished)?;
+                Ok(finished)
+            }
+            Err(error) => {
+                let message = error_chain(error.as_ref());
+                self.log(&sandbox.id, "failed", json!({ "error": message }))?;
+                Err(error)
+            }
+        }
+    }
+
+    fn log_exec(
+        &self,
+        id: &str,
+        argv: &[OsString],
+        started: SystemTime,
+        finished: &Finished,
+    ) -> Result<(), BackendError> {
+        self.log(id, "exec", exec_fields(argv, started, finished))?;
+        if finished.outcome.reason != EndReason::Exited {
+            self.log(id, "limit_hit", json!({ "limit": finished.outcome.reason }))?;
+        }
+        Ok(())
+    }
+
+    /// Creates a sandbox that keeps running under its supervisor.
+    pub fn create(&self, kind: BackendKind, mut spec: Spec) -> Result<Record, BackendError> {
+        spec.validate_sandbox()?;
+        let id = SandboxId::generate()?;
+        let mut record = Record::new(id.to_string(), kind.name(), spec.clone());
+        let sandbox = self.state.allocate(&record)?;
+        let _lock = sandbox.lock()?;
+        let mut created = spec_fields(&spec);
+        created["backend"] = kind.name().into();
+        created["name"] = json!(spec.name);
+        self.log(&record.id, "created", created)?;
+        if let Err(error) = self.spawn_supervisor(&sandbox, &mut record) {
+            let message = error_chain(error.as_ref());
+            self.log(&record.id, "failed", json!({ "error": message }))?;
+            sandbox.remove()?;
+            return Err(error);
+        }
+        Ok(record)
+    }
+
+    /// Starts a stopped sandbox again.
+    pub fn start(&self, reference: &str) -> Result<Record, BackendError> {
+        let (sandbox, _) = self.state.resolve(reference)?;
+        let _lock = sandbox.lock()?;
+        let mut record = sandbox.read_record()?;
+        self.check_settled(&record)?;
+        if record.is_running() {
+            return Err(LifecycleError::AlreadyRunning { id: record.id }.into());
+        }
+        self.clean_up_runtime(&sandbox, &mut record)?;
+        self.spawn_supervisor(&sandbox, &mut record)?;
+        Ok(record)
+    }
+
+    fn check_settled(&self, record: &Record) -> Result<(), LifecycleError> {
+        let phase = match record.phase {
+            Phase::Ready => return Ok(()),
+            Phase::Creating => "created",
+            Phase::Removing => "removed",
+        };
+        Err(LifecycleError::Busy {
+            id: record.id.clone(),
+            phase,
+        })
+    }
+
+    /// Starts the supervisor, waits until it reports the sandbox ready, and records it.
+    /// Called with the sandbox's lock held.
+    fn spawn_supervisor(
+        &self,
+        sandbox: &SandboxDir,
+        record: &mut Record,
+    ) -> Result<(), BackendError> {
+        let id = record.id.clone();
+        let spawn_failed = |source| LifecycleError::SpawnSupervisor {
+            id: id.clone(),
+            source,
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(sandbox.path.join("supervisor.log"))
+            .map_err(spawn_failed)?;
+        let mut child = Command::new("/proc/self/exe")
+            .arg("--state-dir")
+            .arg(self.state.root())
+            .arg("__supervise")
+            .arg(&id)
+            .arg("--parent")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(spawn_failed)?;
+        record.supervisor = ProcessRef::of(child.id() as i32);
+        sandbox.write_record(record)?;
+        let mut line = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let read = stdout.read_line(&mut line);
+        let line = line.trim_end();
+        let Some(runtime) = line.strip_prefix("ready ").filter(|_| read.is_ok()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            record.supervisor = None;
+            sandbox.write_record(record)?;
+            let message = line
+                .strip_prefix("error ")
+                .map_or_else(
+                    || "the supervisor exited before the sandbox was ready; see supervisor.log in the sandbox's state directory".to_owned(),
+                    str::to_owned,
+                );
+            return Err(LifecycleError::SupervisorFailed { id, message }.into());
+        };
+        let runtime: Value = serde_json::from_str(runtime)?;
+        record.phase = Phase::Ready;
+        record.runtime = Some(runtime.clone());
+        sandbox.write_record(record)?;
+        let enforcement = runtime.get("enforcement").cloned().unwrap_or(Value::Null);
+        self.log(&id, "started", json!({ "enforcement": enforcement }))?;
+        // The supervisor dies with this process until it has read the acknowledgement and
+        // answered that it no longer does.
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let mut held = String::new();
+        stdin
+            .write_all(b"ack\n")
+            .and_then(|()| stdout.read_line(&mut held))
+            .map_err(|source| LifecycleError::SpawnSupervisor {
+                id: id.clone(),
+                source,
+            })?;
+        if held.trim_end() != "held" {
+            let message = "the supervisor exited after the sandbox was ready; see supervisor.log in the sandbox's state directory".to_owned();
+            return Err(LifecycleError::SupervisorFailed { id, message }.into());
+        }
+        Ok(())
+    }
+
+    /// Stops a running sandbox; its files stay.
+    pub fn stop(&self, reference: &str) -> Result<Record, BackendError> {
+        let (sandbox, _) = self.state.resolve(reference)?;
+        let _lock = sandbox.lock()?;
+        let mut record = sandbox.read_record()?;
+        self.check_settled(&record)?;
+        if !record.is_running() {
+            return Err(LifecycleError::NotRunning { id: record.id }.into());
+        }
+        self.stop_supervisor(&record)?;
+        self.clean_up_runtime(&sandbox, &mut record)?;
+        self.log(&record.id, "stopped", json!({}))?;
+        Ok(record)
+    }
+
+    /// Asks the supervisor to end the sandbox and waits for it to exit, killing it after
+    /// [`STOP_GRACE`].
+    fn stop_supervisor(&self, record: &Record) -> Result<(), LifecycleError> {
+        let Some(supervisor) = record.supervisor else {
+            return Ok(());
+        };
+        let failed = |source| LifecycleError::StopSupervisor {
+            id: record.id.clone(),
+            source,
+        };
+        let Ok(pidfd) = sys::pidfd_open(supervisor.pid) else {
+            return Ok(());
+        };
+        if !supervisor.is_alive() {
+            return Ok(());
+        }
+        sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGTERM).map_err(failed)?;
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL).map_err(failed)?;
+                break;
+            }
+            let mut fds = [libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let millis = left.as_millis().clamp(1, 1000) as libc::c_int;
+            if sys::poll(&mut fds, millis).map_err(failed)? > 0 {
+                break;
+            }
+        }
+        // The pidfd is readable once the supervisor exited; wait until /proc agrees.
+        while supervisor.is_alive() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Removes what a stopped sandbox's backend may have left (a cgroup, or processes of a
+    /// supervisor that was killed) and forgets its runtime.
+    fn clean_up_runtime(
+        &self,
+        sandbox: &SandboxDir,
+        record: &mut Record,
+    ) -> Result<(), BackendError> {
+        let runtime = record.runtime.take();
+        if let Some(id) = id_of(record) {
+            backend_of(record)?.clean_up(&id, runtime.as_ref());
+        }
+        record.supervisor = None;
+        sandbox.write_record(record)?;
+        Ok(())
+    }
+
+    /// Removes a sandbox; a running one only with `force`.
+    pub fn remove(&self, reference: &str, force: bool) -> Result<String, BackendError> {
+        let (sandbox, _) = self.state.resolve(reference)?;
+        let _lock = sandbox.lock()?;
+        let mut record = sandbox.read_record()?;
+        if record.is_running() {
+            if !force && record.phase == Phase::Ready {
+                return Err(LifecycleError::Running { id: record.id }.into());
+            }
+            self.stop_supervisor(&record)?;
+        }
+        self.remove_locked(&sandbox, &mut record, "rm")?;
+        Ok(record.id)
+    }
+
+    /// Removes a sandbox whose lock the caller holds and whose supervisor is gone.
+    fn remove_locked(
+        &self,
+        sandbox: &SandboxDir,
+        record: &mut Record,
+        by: &str,
+    ) -> Result<(), BackendError> {
+        record.phase = Phase::Removing;
+        sandbox.write_record(record)?;
+        let runtime = record.runtime.take();
+        if let Some(id) = id_of(record) {
+            backend_of(record)?.clean_up(&id, runtime.as_ref());
+        }
+        let journal = sandbox.apply_journal();
+        if journal.exists() {
+            if let Some(workspace) = &record.spec.workspace {
+                crate::changes::recover(workspace, &journal)?;
+            }
+        }
+        sandbox.remove()?;
+        self.log(&record.id, "removed", json!({ "by": by }))?;
+        Ok(())
+    }
+
+    /// The record of a running sandbox.
+    fn running(&self, reference: &str) -> Result<(SandboxDir, Record, Value), BackendError> {
+        let (sandbox, record) = self.state.resolve(reference)?;
+        match (&record.runtime, record.is_running()) {
+            (Some(runtime), true) => {
+                let runtime = runtime.clone();
+                Ok((sandbox, record, runtime))
+            }
+            _ => Err(LifecycleError::NotRunning { id: record.id }.into()),
+        }
+    }
+
+    /// Runs a command in a running sandbox.
+    pub fn exec(
+        &self,
+        reference: &str,
+        mut command: ExecCommand,
+        track_stderr_line: bool,
+    ) -> Result<Finished, BackendError> {
+        let (_, record, runtime) = self.running(reference)?;
+        if command.argv.is_empty() {
+            return Err(LifecycleError::NoCommand { id: record.id }.into());
+        }
+        command.timeout = command.timeout.or(record.spec.limits.timeout);
+        let id = id_of(&record).ok_or_else(|| LifecycleError::NotRunning {
+            id: record.id.clone(),
+        })?;
+        let options = RunOptions {
+            track_stderr_line,
+            ..RunOptions::default()
+        };
+        let started = SystemTime::now();
+        let result = backend_of(&record)?.exec(&id, &record.spec, &runtime, &command, &options);
+        match &result {
+            Ok(finished) => self.log_exec(&record.id, &command.argv, started, finished)?,
+            Err(error) => self.log(
+                &record.id,
+                "exec_failed",
+                json!({ "argv": lossy(&command.argv), "error": error_chain(error.as_ref()) }),
+            )?,
+        }
+        result
+    }
+
+    /// Lists the sandboxes, oldest first.
+    pub fn list(&self) -> Result<Vec<Listed>, BackendError> {
+        let mut listed = Vec::new();
+        for (sandbox, record) in self.state.list()? {
+            let Ok(record) = record else {
+                listed.push(Listed {
+                    id: sandbox.id,
+                    name: None,
+                    status: "damaged".into(),
+                    backend: String::new(),
+                    workspace: None,
+                    workspace_mode: String::new(),
+                    created: String::new(),
+                    expires: None,
+                    supervisor_pid: None,
+                    init_pid: None,
+                });
+                continue;
+            };
+            let running = record.is_running();
+            let nanos = |value: u64| {
+                audit::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(value))
+            };
+            listed.push(Listed {
+                status: record.status().into(),
+                name: record.name.clone(),
+                backend: record.backend.clone(),
+                workspace: record.spec.workspace.clone(),
+                workspace_mode: record.spec.workspace_mode.name().into(),
+                created: nanos(record.created),
+                expires: record.expires.map(nanos),
+                supervisor_pid: record.supervisor.filter(|_| running).map(|s| s.pid),
+                init_pid: record
+                    .runtime
+                    .as_ref()
+                    .filter(|_| running)
+                    .and_then(|runtime| runtime.pointer("/init/pid"))
+                    .and_then(Value::as_i64),
+                id: record.id,
+            });
+        }
+        Ok(listed)
+    }
+
+    pub fn stats(&self, reference: &str) -> Result<(String, Stats), BackendError> {
+        let (_, record, runtime) = self.running(reference)?;
+        let stats = backend_of(&record)?.stats(&runtime)?;
+        Ok((record.id, stats))
+    }
+
+    pub fn copy(
+        &self,
+        reference: &str,
+        source: &Path,
+        target: &Path,
+        into_sandbox: bool,
+    ) -> Result<(), BackendError> {
+        let (_, record, runtime) = self.running(reference)?;
+        backend_of(&record)?.copy(&runtime, source, target, into_sandbox)?;
+        let (host, inside) = if into_sandbox {
+            (source, target)
+        } else {
+            (target, source)
+        };
+        self.log(
+            &record.id,
+            "copy",
+            json!({ "direction": if into_sandbox { "in" } else { "out" },
+                    "host_path": host, "sandbox_path": inside }),
+        )
+    }
+
+    /// Removes what killed commands left behind, and returns what it did.
+    pub fn gc(&self) -> Result<Vec<Collected>, BackendError> {
+        let mut collected = Vec::new();
+        for (sandbox, record) in self.state.list()? {
+            let Some(_lock) = sandbox.try_lock()? else {
+                continue;
+            };
+            let mut record = match record {
+                Ok(record) => record,
+                Err(_) => {
+                    sandbox.remove()?;
+                    collected.push(Collected {
+                        id: sandbox.id,
+                        action: "removed a damaged record",
+                    });
+                    continue;
+                }
+            };
+            let running = record.is_running();
+            let unfinished = match record.phase {
+                Phase::Creating | Phase::Removing => !running,
+                Phase::Ready => record.ephemeral && !running,
+            };
+            if unfinished {
+                if let Some(supervisor) = record.supervisor.filter(ProcessRef::is_alive) {
+                    let _ = sys::kill(supervisor.pid, libc::SIGKILL);
+                }
+                self.remove_locked(&sandbox, &mut record, "gc")?;
+                collected.push(Collected {
+                    id: record.id,
+                    action: "removed",
+                });
+                continue;
+            }
+            if !running && record.runtime.is_some() {
+                self.clean_up_runtime(&sandbox, &mut record)?;
+                collected.push(Collected {
+                    id: record.id.clone(),
+                    action: "cleaned up after a dead supervisor",
+                });
+            }
+            let journal = sandbox.apply_journal();
+            if journal.exists() {
+                if let Some(workspace) = &record.spec.workspace {
+                    crate::changes::recover(workspace, &journal)?;
+                    collected.push(Collected {
+                        id: record.id.clone(),
+                        action: "removed the temporary files of an interrupted apply",
+                    });
+                }
+            }
+        }
+        Ok(collected)
+    }
+
+    pub fn audit_path(&self, reference: &str) -> Result<(String, PathBuf), BackendError> {
+        match self.state.resolve(reference) {
+            Ok((sandbox, _)) => Ok((sandbox.id.clone(), self.state.audit_path(&sandbox.id))),
+            // The audit log outlives its sandbox, so a whole id still finds it.
+            Err(error) => {
+                let path = self.state.audit_path(reference);
+                if SandboxId::parse(reference).is_some() && path.exists() {
+                    Ok((reference.to_owned(), path))
+                } else {
+                    Err(error.into())
+                }
+            }
+        }
+    }
+
+    pub fn log_event(&self, id: &str, event: &str, value: Value) -> Result<(), BackendError> {
+        self.log(id, event, value)
+    }
+}
+
+/// Whether `dir` holds any entry.
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// The supervisor process of one sandbox: it starts the sandbox, reports it ready to the
+/// command that started it, then holds it until it is stopped, its time is up, or it ends.
+pub fn supervise(state_dir: Option<&Path>, id: &str, parent: i32) -> Result<(), BackendError> {
+    // Until the handshake, the supervisor dies with the command that started it, so a
+    // killed `create` leaves no sandbox running behind a record that does not name it.
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)?;
+    if sys::getppid() != parent {
+        return Ok(());
+    }
+    sys::setsid()?;
+    let engine = Engine::new(state_dir)?;
+    let sandbox = engine.state.sandbox(id);
+    let record = sandbox.read_record()?;
+    let options = RunOptions {
+        track_stderr_line: false,
+        id: id_of(&record),
+        layers: Some(sandbox.layers()),
+    };
+    let mut stdout = std::io::stdout();
+    let mut held = match backend_of(&record)?.hold(&record.spec, &options) {
+        Ok(held) => held,
+        Err(error) => {
+            let _ = writeln!(stdout, "error {}", error_chain(error.as_ref()));
+            return Err(error);
+        }
+    };
+    writeln!(stdout, "ready {}", held.runtime())?;
+    stdout.flush()?;
+    let mut ack = String::new();
+    std::io::stdin().read_line(&mut ack)?;
+    if ack.trim_end() != "ack" {
+        return Ok(());
+    }
+    sys::prctl(libc::PR_SET_PDEATHSIG, 0)?;
+    writeln!(stdout, "held")?;
+    stdout.flush()?;
+    release_stdio();
+    let deadline = record.expires.map(|expires| {
+        let now = state::nanos_since_epoch(SystemTime::now());
+        Instant::now() + Duration::from_nanos(expires.saturating_sub(now))
+    });
+    let mut limit_hit = |reason: EndReason| {
+        if let Err(error) = engine.log(id, "limit_hit", json!({ "limit": reason })) {
+            tracing::warn!(sandbox = id, error = %error_chain(error.as_ref()), "cannot log a limit hit");
+        }
+    };
+    let end = held.wait(deadline, &mut limit_hit)?;
+    drop(held);
+    match end {
+        HeldEnd::Signal(_) => Ok(()),
+        HeldEnd::Exited => engine.log(
+            id,
+            "ended",
+            json!({ "reason": "the sandbox's init exited" }),
+        ),
+        HeldEnd::Expired => {
+            engine.log(id, "expired", json!({}))?;
+            let _lock = sandbox.lock()?;
+            let mut record = sandbox.read_record()?;
+            record.supervisor = None;
+            engine.remove_locked(&sandbox, &mut record, "ttl")
+        }
+    }
+}
+
+/// Points the supervisor's stdin and stdout at /dev/null once the handshake is over.
+fn release_stdio() {
+    if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
+        let _ = sys::dup2(null.as_raw_fd(), 0);
+        let _ = sys::dup2(null.as_raw_fd(), 1);
+    }
+}

@@ -1,0 +1,272 @@
+//! Persistent sandboxes: create, exec, stop, start, rm, ls, stats, cp, ttl, and the audit
+//! log, run as root and as the unprivileged test user.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::harness::{
+    describe, json_record, run, state_dir, stderr, stdout, Caller, Workspace, CALLERS,
+};
+
+/// Creates a sandbox for `workspace` and returns its id.
+pub fn create(caller: Caller, workspace: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["create"];
+    args.extend_from_slice(extra);
+    let output = run(caller, &args, workspace);
+    assert!(output.status.success(), "create: {}", describe(&output));
+    let id = stdout(&output).trim().to_owned();
+    assert_eq!(id.len(), 32, "create printed {id:?}");
+    id
+}
+
+/// Runs `airlock exec ID -- sh -c SCRIPT`.
+pub fn exec_sh(caller: Caller, workspace: &Path, id: &str, script: &str) -> std::process::Output {
+    run(caller, &["exec", id, "--", "sh", "-c", script], workspace)
+}
+
+/// Removes the sandbox `id`, stopping it first.
+pub fn remove(caller: Caller, workspace: &Path, id: &str) {
+    let output = run(caller, &["rm", "--force", id], workspace);
+    assert!(output.status.success(), "rm: {}", describe(&output));
+}
+
+fn status_of(caller: Caller, workspace: &Path, id: &str) -> Option<String> {
+    let output = run(caller, &["ls", "--json"], workspace);
+    assert!(output.status.success(), "ls: {}", describe(&output));
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("ls JSON");
+    listed
+        .as_array()
+        .expect("ls array")
+        .iter()
+        .find(|sandbox| sandbox["id"] == id)
+        .map(|sandbox| sandbox["status"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn exec_shares_files_and_processes_between_commands() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let id = create(caller, workspace.path(), &[]);
+        let started = exec_sh(
+            caller,
+            workspace.path(),
+            &id,
+            "echo kept > /tmp/note; sleep 300 >/dev/null 2>&1 & echo $!",
+        );
+        assert!(
+            started.status.success(),
+            "{caller:?}: {}",
+            describe(&started)
+        );
+        let pid = stdout(&started).trim().to_owned();
+        let seen = exec_sh(
+            caller,
+            workspace.path(),
+            &id,
+            &format!("cat /tmp/note; kill -0 {pid} && echo alive; hostname"),
+        );
+        assert!(seen.status.success(), "{caller:?}: {}", describe(&seen));
+        let text = stdout(&seen);
+        assert!(
+            text.starts_with("kept\nalive\nairlock-"),
+            "{caller:?}: {text:?}"
+        );
+        assert_eq!(
+            status_of(caller, workspace.path(), &id).as_deref(),
+            Some("running")
+        );
+        remove(caller, workspace.path(), &id);
+        assert_eq!(status_of(caller, workspace.path(), &id), None);
+    }
+}
+
+#[test]
+fn exec_returns_the_command_status_and_json_record() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let id = create(caller, workspace.path(), &[]);
+        let output = run(
+            caller,
+            &["exec", "--json", &id, "--", "sh", "-c", "echo out; exit 7"],
+            workspace.path(),
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(7),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        assert_eq!(stdout(&output), "out\n");
+        let record = json_record(&output);
+        assert_eq!(record["exit_code"], 7, "{record}");
+        assert_eq!(record["sandbox_id"], id.as_str(), "{record}");
+        let missing = run(
+            caller,
+            &["exec", &id, "--", "no-such-command"],
+            workspace.path(),
+        );
+        assert_eq!(missing.status.code(), Some(127), "{}", describe(&missing));
+        let timed_out = run(
+            caller,
+            &["exec", "--timeout", "1s", &id, "--", "sleep", "30"],
+            workspace.path(),
+        );
+        assert_eq!(
+            timed_out.status.code(),
+            Some(124),
+            "{}",
+            describe(&timed_out)
+        );
+        remove(caller, workspace.path(), &id);
+    }
+}
+
+#[test]
+fn stop_ends_processes_and_start_keeps_workspace_changes() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let id = create(caller, workspace.path(), &["--name", "keeper"]);
+        let wrote = exec_sh(caller, workspace.path(), &id, "echo v1 > /workspace/made");
+        assert!(wrote.status.success(), "{}", describe(&wrote));
+        let stop = run(caller, &["stop", "keeper"], workspace.path());
+        assert!(stop.status.success(), "{}", describe(&stop));
+        assert_eq!(
+            status_of(caller, workspace.path(), &id).as_deref(),
+            Some("stopped")
+        );
+        let refused = exec_sh(caller, workspace.path(), &id, "true");
+        assert_eq!(refused.status.code(), Some(125));
+        assert!(
+            stderr(&refused).contains("not running"),
+            "{}",
+            describe(&refused)
+        );
+        let start = run(caller, &["start", "keeper"], workspace.path());
+        assert!(start.status.success(), "{}", describe(&start));
+        let read = exec_sh(caller, workspace.path(), "keeper", "cat /workspace/made");
+        assert_eq!(stdout(&read), "v1\n", "{caller:?}: {}", describe(&read));
+        assert!(
+            !workspace.path().join("made").exists(),
+            "{caller:?}: the overlay wrote through to the host"
+        );
+        let refused = run(caller, &["rm", &id], workspace.path());
+        assert_eq!(refused.status.code(), Some(125), "{}", describe(&refused));
+        assert!(
+            stderr(&refused).contains("--force"),
+            "{}",
+            describe(&refused)
+        );
+        remove(caller, workspace.path(), &id);
+    }
+}
+
+#[test]
+fn ttl_removes_a_forgotten_sandbox() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let id = create(caller, workspace.path(), &["--ttl", "1s"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status_of(caller, workspace.path(), &id).is_some() {
+        assert!(Instant::now() < deadline, "the sandbox outlived its ttl");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let audit = run(caller, &["audit", "show", &id], workspace.path());
+    let text = stdout(&audit);
+    assert!(
+        text.contains("expired") && text.contains("removed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn stats_counts_processes_and_memory() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let id = create(caller, workspace.path(), &[]);
+        let started = exec_sh(caller, workspace.path(), &id, "sleep 300 >/dev/null 2>&1 &");
+        assert!(started.status.success(), "{}", describe(&started));
+        let output = run(caller, &["stats", "--json", &id], workspace.path());
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let stats: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+        assert_eq!(stats["processes"], 2, "{caller:?}: init and sleep: {stats}");
+        assert!(stats["memory"].as_u64().unwrap_or(0) > 0, "{stats}");
+        remove(caller, workspace.path(), &id);
+    }
+}
+
+#[test]
+fn cp_copies_into_and_out_of_a_sandbox() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let id = create(caller, workspace.path(), &[]);
+        let source = workspace.path().join("input.txt");
+        fs::write(&source, "from the host\n").expect("write input");
+        let into = run(
+            caller,
+            &["cp", "input.txt", &format!("{id}:/tmp/copied.txt")],
+            workspace.path(),
+        );
+        assert!(into.status.success(), "{caller:?}: {}", describe(&into));
+        let read = exec_sh(caller, workspace.path(), &id, "cat /tmp/copied.txt");
+        assert_eq!(stdout(&read), "from the host\n", "{}", describe(&read));
+        let made = exec_sh(
+            caller,
+            workspace.path(),
+            &id,
+            "mkdir -p /tmp/out/sub && echo inside > /tmp/out/sub/file",
+        );
+        assert!(made.status.success(), "{}", describe(&made));
+        let out = run(
+            caller,
+            &["cp", &format!("{id}:/tmp/out"), "fetched"],
+            workspace.path(),
+        );
+        assert!(out.status.success(), "{caller:?}: {}", describe(&out));
+        let fetched = fs::read_to_string(workspace.path().join("fetched/sub/file"))
+            .expect("read the copied file");
+        assert_eq!(fetched, "inside\n");
+        remove(caller, workspace.path(), &id);
+    }
+}
+
+#[test]
+fn audit_log_records_actions_and_names_an_edited_line() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let id = create(caller, workspace.path(), &["--env", "SECRET_TOKEN=hunter2"]);
+    let output = exec_sh(caller, workspace.path(), &id, "exit 3");
+    assert_eq!(output.status.code(), Some(3));
+    remove(caller, workspace.path(), &id);
+    let log = state_dir(caller).join("audit").join(format!("{id}.jsonl"));
+    let text = fs::read_to_string(&log).expect("read the audit log");
+    assert!(
+        !text.contains("hunter2"),
+        "an environment value reached the audit log"
+    );
+    let events: Vec<String> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON line"))
+        .map(|entry| entry["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(events, ["created", "started", "exec", "removed"], "{text}");
+    let verify = run(caller, &["audit", "verify", &id], workspace.path());
+    assert!(verify.status.success(), "{}", describe(&verify));
+    let edited = text.replacen("\"exit_code\":3", "\"exit_code\":0", 1);
+    assert_ne!(edited, text);
+    fs::write(&log, edited).expect("edit the audit log");
+    let verify = run(caller, &["audit", "verify", &id], workspace.path());
+    assert_eq!(verify.status.code(), Some(125));
+    assert!(stderr(&verify).contains("line 3"), "{}", describe(&verify));
+}
+
+#[test]
+fn create_rejects_a_taken_name_and_leaves_nothing() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let id = create(caller, workspace.path(), &["--name", "twin"]);
+    let output = run(caller, &["create", "--name", "twin"], workspace.path());
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(stderr(&output).contains("twin"), "{}", describe(&output));
+    remove(caller, workspace.path(), &id);
+}
