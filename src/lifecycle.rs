@@ -174,6 +174,10 @@ impl Engine {
 
     /// Runs one command in a new sandbox. The sandbox is removed afterwards unless its
     /// overlay workspace holds changes, which stay for `diff` and `apply`.
+    ///
+    /// Its audit entries are written together once the command has ended, with one sync,
+    /// and its record is not synced at all unless the sandbox is kept: a run that a crash
+    /// interrupts leaves no audit entry and a directory that `airlock gc` removes.
     pub fn run(
         &self,
         kind: BackendKind,
@@ -186,57 +190,50 @@ impl Engine {
         record.ephemeral = true;
         record.phase = Phase::Ready;
         record.supervisor = ProcessRef::of(std::process::id() as i32);
-        let sandbox = self.state.allocate(&record)?;
-        let result = self.run_recorded(kind, &spec, &sandbox, id, track_stderr_line);
-        let changed =
-            spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
-        if changed {
-            record.ephemeral = false;
-            record.supervisor = None;
-            sandbox.write_record(&record)?;
-            self.log(
-                &record.id,
-                "kept",
-                json!({"reason": "the workspace changed"}),
-            )?;
-        } else {
-            self.log(&record.id, "removed", json!({}))?;
-            sandbox.remove()?;
-        }
-        Ok(RunResult {
-            finished: result?,
-            kept: changed.then(|| record.id.clone()),
-        })
-    }
-
-    fn run_recorded(
-        &self,
-        kind: BackendKind,
-        spec: &Spec,
-        sandbox: &SandboxDir,
-        id: SandboxId,
-        track_stderr_line: bool,
-    ) -> Result<Finished, BackendError> {
-        let mut created = spec_fields(spec);
+        let sandbox = self.state.allocate_volatile(&record)?;
+        let mut created = spec_fields(&spec);
         created["backend"] = kind.name().into();
-        self.log(&sandbox.id, "created", created)?;
+        let mut entries = vec![audit::Pending::now("created", fields(created))];
         let options = RunOptions {
             track_stderr_line,
             id: Some(id),
             layers: Some(sandbox.layers()),
         };
         let started = SystemTime::now();
-        match backend(kind).run(spec, options) {
+        let result = backend(kind).run(&spec, options);
+        match &result {
             Ok(finished) => {
-                self.log_exec(&sandbox.id, &spec.command, started, &finished)?;
-                Ok(finished)
+                let exec = exec_fields(&spec.command, started, finished);
+                entries.push(audit::Pending::now("exec", fields(exec)));
+                if finished.outcome.reason != EndReason::Exited {
+                    let limit = json!({ "limit": finished.outcome.reason });
+                    entries.push(audit::Pending::now("limit_hit", fields(limit)));
+                }
             }
             Err(error) => {
-                let message = error_chain(error.as_ref());
-                self.log(&sandbox.id, "failed", json!({ "error": message }))?;
-                Err(error)
+                let failed = json!({ "error": error_chain(error.as_ref()) });
+                entries.push(audit::Pending::now("failed", fields(failed)));
             }
         }
+        let changed =
+            spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
+        if changed {
+            record.ephemeral = false;
+            record.supervisor = None;
+            sandbox.write_record(&record)?;
+            let kept = json!({ "reason": "the workspace changed" });
+            entries.push(audit::Pending::now("kept", fields(kept)));
+        } else {
+            entries.push(audit::Pending::now("removed", Map::new()));
+        }
+        AuditLog::open(&self.state.audit_path(&record.id), &record.id)?.append_all(entries)?;
+        if !changed {
+            self.state.recycle(&sandbox)?;
+        }
+        Ok(RunResult {
+            finished: result?,
+            kept: changed.then(|| record.id.clone()),
+        })
     }
 
     fn log_exec(

@@ -265,6 +265,25 @@ struct Tail {
     prev: String,
 }
 
+/// An entry made now and written later with [`AuditLog::append_all`].
+#[derive(Debug, Clone)]
+pub struct Pending {
+    time: String,
+    event: String,
+    fields: Map<String, Value>,
+}
+
+impl Pending {
+    /// An entry stamped with the current time. `fields` must not hold environment values.
+    pub fn now(event: &str, fields: Map<String, Value>) -> Pending {
+        Pending {
+            time: now_rfc3339(),
+            event: event.to_owned(),
+            fields,
+        }
+    }
+}
+
 /// An exclusive `flock(2)` on an open file, released when dropped.
 struct ExclusiveLock<'a>(&'a File);
 
@@ -279,14 +298,15 @@ impl Drop for ExclusiveLock<'_> {
 impl AuditLog {
     /// Opens the log at `path` for the sandbox with id `sandbox`, creating it with mode 0600.
     ///
-    /// After creating the file, syncs its directory so that the new entry in it is durable.
+    /// After creating the file, syncs its directory so that the new entry in it is durable,
+    /// except on file systems whose sync of a file also commits its new directory entry.
     pub fn open(path: &Path, sandbox: &str) -> Result<Self, AuditError> {
         let open_error = |source| AuditError::Open {
             path: path.to_owned(),
             source,
         };
         let (file, created) = open_or_create(path).map_err(open_error)?;
-        if created {
+        if created && !syncs_new_entries(&file) {
             sync_parent_directory(path)?;
         }
         Ok(Self {
@@ -308,25 +328,41 @@ impl AuditLog {
     /// contain credentials. Fails without writing if the last line is incomplete, is not a valid
     /// entry or belongs to another sandbox.
     pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
-        validate_event_name(event)?;
-        validate_field_names(&fields)?;
+        self.append_all(vec![Pending::now(event, fields)])
+    }
+
+    /// Appends several entries with one write and one sync, each with the time it was
+    /// made. Returns the `seq` of the last one. The same rules as [`AuditLog::append`] apply;
+    /// none of the entries is durable before this returns.
+    pub fn append_all(&mut self, entries: Vec<Pending>) -> Result<u64, AuditError> {
+        for entry in &entries {
+            validate_event_name(&entry.event)?;
+            validate_field_names(&entry.fields)?;
+        }
 
         let _lock = self.lock()?;
         let tail = self.read_tail()?;
-        let line = format_line(
-            tail.seq,
-            &now_rfc3339(),
-            &self.sandbox,
-            event,
-            &fields,
-            &tail.prev,
-        );
-        self.write_line(&line, tail.len)?;
+        let (mut seq, mut prev) = (tail.seq, tail.prev.clone());
+        let mut text = String::new();
+        for entry in &entries {
+            let line = format_line(
+                seq,
+                &entry.time,
+                &self.sandbox,
+                &entry.event,
+                &entry.fields,
+                &prev,
+            );
+            prev = sha256_hex(line.trim_end_matches('\n').as_bytes());
+            text.push_str(&line);
+            seq += 1;
+        }
+        self.write_line(&text, tail.len)?;
         self.file.sync_data().map_err(|source| AuditError::Sync {
             path: self.path.clone(),
             source,
         })?;
-        Ok(tail.seq)
+        Ok(seq - 1)
     }
 
     fn lock(&self) -> Result<ExclusiveLock<'_>, AuditError> {
@@ -428,6 +464,20 @@ fn open_or_create(path: &Path) -> io::Result<(File, bool)> {
         }
         Err(error) => Err(error),
     }
+}
+
+/// Whether the file system of `file` journals a new file's directory entry in the same
+/// transaction as the file, so that the file's own fdatasync makes the entry durable: ext4,
+/// XFS and btrfs do. Elsewhere the directory is synced, as POSIX asks.
+fn syncs_new_entries(file: &File) -> bool {
+    const EXT4: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    const BTRFS: u64 = 0x9123_683E;
+    rustix::fs::fstatfs(file).is_ok_and(|stat| {
+        #[allow(clippy::unnecessary_cast)]
+        let kind = stat.f_type as u64;
+        [EXT4, XFS, BTRFS].contains(&kind)
+    })
 }
 
 fn sync_parent_directory(path: &Path) -> Result<(), AuditError> {
@@ -1183,6 +1233,26 @@ mod tests {
 
         assert_eq!(seq, 4);
         assert_eq!(verify(&dir.log()).unwrap().lines, 4);
+    }
+
+    #[test]
+    fn batch_of_entries_chains_like_single_appends() {
+        let dir = TempDir::new("batch");
+        write_chain(&dir.log(), 2);
+        let mut log = AuditLog::open(&dir.log(), SANDBOX).unwrap();
+        let created = Pending::now("created", Map::new());
+        let exec = Pending::now("exec", fields(json!({"exit_code": 0})));
+        let seq = log.append_all(vec![created, exec]).unwrap();
+        let after = log.append("removed", Map::new()).unwrap();
+
+        assert_eq!((seq, after), (4, 5));
+        assert_eq!(verify(&dir.log()).unwrap().lines, 5);
+        let events: Vec<String> = read(&dir.log())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(&events[2..], ["created", "exec", "removed"]);
     }
 
     #[test]

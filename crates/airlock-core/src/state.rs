@@ -8,6 +8,8 @@
 //!                              by the host user that root inside the sandbox maps to
 //!   sandboxes/ID/apply.journal temporary files of an apply in progress
 //!   audit/ID.jsonl             the audit log, kept after the sandbox is removed
+//!   spares/NAME                emptied directories of finished runs, reused by the next
+//!                              run, whose directory operations cost about a millisecond
 //! ```
 //!
 //! A record changes only under the sandbox's lock and is replaced atomically (written to a
@@ -234,7 +236,12 @@ impl StateDir {
                 source,
             })?;
         let state = StateDir { root };
-        for dir in [state.root.clone(), state.sandboxes(), state.audit_dir()] {
+        for dir in [
+            state.root.clone(),
+            state.sandboxes(),
+            state.audit_dir(),
+            state.spares(),
+        ] {
             create_private_dir(&dir)?;
         }
         Ok(state)
@@ -250,6 +257,10 @@ impl StateDir {
 
     fn audit_dir(&self) -> PathBuf {
         self.root.join("audit")
+    }
+
+    fn spares(&self) -> PathBuf {
+        self.root.join("spares")
     }
 
     /// The audit log of sandbox `id`, which outlives the sandbox.
@@ -329,6 +340,52 @@ impl StateDir {
     /// Creates the directory of a new sandbox and writes its first record. Fails if another
     /// sandbox has the same name.
     pub fn allocate(&self, record: &Record) -> Result<SandboxDir, StateError> {
+        self.allocate_with(record, true)
+    }
+
+    /// Like [`StateDir::allocate`], with a record that is not synced to disk, for the
+    /// sandbox of one `airlock run`. Reuses a spare directory when there is one.
+    pub fn allocate_volatile(&self, record: &Record) -> Result<SandboxDir, StateError> {
+        let sandbox = self.sandbox(&record.id);
+        if record.name.is_none() && self.take_spare(&sandbox.path) {
+            sandbox.replace_record(record, false)?;
+            return Ok(sandbox);
+        }
+        self.allocate_with(record, false)
+    }
+
+    /// Moves a spare directory to `target`; false when there is none to take.
+    fn take_spare(&self, target: &Path) -> bool {
+        let Ok(entries) = fs::read_dir(self.spares()) else {
+            return false;
+        };
+        // Another run may take the same spare first, and then the rename fails.
+        entries
+            .flatten()
+            .any(|entry| fs::rename(entry.path(), target).is_ok())
+    }
+
+    /// Keeps the directory of a finished run, whose overlay upper layer is empty, for the
+    /// next run, or removes it when enough spares are kept already.
+    pub fn recycle(&self, sandbox: &SandboxDir) -> Result<(), StateError> {
+        const MAX_SPARES: usize = 4;
+        let spares = fs::read_dir(self.spares()).map_or(MAX_SPARES, |entries| entries.count());
+        let upper_empty = fs::read_dir(sandbox.upper()).is_ok_and(|mut e| e.next().is_none());
+        if spares >= MAX_SPARES || !upper_empty {
+            return sandbox.remove();
+        }
+        // The kernel's work directory belongs to the identity of the last run, which may
+        // differ next time; the next mount makes it again.
+        make_owner_accessible(&sandbox.work());
+        let _ = fs::remove_dir_all(sandbox.work().join("work"));
+        let _ = fs::remove_file(sandbox.record_path());
+        match fs::rename(&sandbox.path, self.spares().join(&sandbox.id)) {
+            Ok(()) => Ok(()),
+            Err(_) => sandbox.remove(),
+        }
+    }
+
+    fn allocate_with(&self, record: &Record, durable: bool) -> Result<SandboxDir, StateError> {
         if let Some(name) = &record.name {
             if let Ok((existing, _)) = self.resolve(name) {
                 if existing.id != record.id {
@@ -341,7 +398,7 @@ impl StateDir {
         }
         let sandbox = self.sandbox(&record.id);
         create_private_dir(&sandbox.path)?;
-        sandbox.write_record(record)?;
+        sandbox.replace_record(record, durable)?;
         Ok(sandbox)
     }
 }
@@ -468,6 +525,17 @@ impl SandboxDir {
 
     /// Replaces the record atomically and durably.
     pub fn write_record(&self, record: &Record) -> Result<(), StateError> {
+        self.replace_record(record, true)
+    }
+
+    /// Replaces the record atomically but without waiting for the disk, for the record of
+    /// a sandbox that `airlock run` removes when its command ends: after a crash, its
+    /// directory holds no record or the old one, and `airlock gc` removes it.
+    pub fn write_record_volatile(&self, record: &Record) -> Result<(), StateError> {
+        self.replace_record(record, false)
+    }
+
+    fn replace_record(&self, record: &Record, durable: bool) -> Result<(), StateError> {
         let path = self.record_path();
         let failed = |source| StateError::WriteRecord {
             path: path.clone(),
@@ -486,8 +554,13 @@ impl SandboxDir {
             .open(&temporary)
             .map_err(failed)?;
         file.write_all(&text).map_err(failed)?;
-        file.sync_data().map_err(failed)?;
+        if durable {
+            file.sync_data().map_err(failed)?;
+        }
         fs::rename(&temporary, &path).map_err(failed)?;
+        if !durable {
+            return Ok(());
+        }
         File::open(&self.path)
             .and_then(|dir| dir.sync_all())
             .map_err(failed)
