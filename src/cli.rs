@@ -333,7 +333,9 @@ fn parse_name(value: &str) -> Result<String, String> {
 
 /// Returns whether the user gave `--NAME` on the command line rather than taking its default.
 fn given(matches: &clap::ArgMatches, name: &str) -> bool {
-    matches.value_source(name) == Some(clap::parser::ValueSource::CommandLine)
+    // `run` has no --name or --ttl, which a spec file may still give.
+    matches.ids().any(|id| id.as_str() == name)
+        && matches.value_source(name) == Some(clap::parser::ValueSource::CommandLine)
 }
 
 fn limit<T>(value: T, requested: bool) -> Limit<T> {

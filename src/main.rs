@@ -95,43 +95,28 @@ fn init_logging(verbose: u8) {
 
 type Result<T> = std::result::Result<T, BackendError>;
 
-/// Parses the command line into an action and carries it out; returns the exit status.
-fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
+/// An action and how its result is printed.
+struct Request {
+    action: Action,
+    json: bool,
+}
+
+/// Turns a parsed subcommand into the action it asks for. The HTTP API and the MCP server
+/// build the same actions from their requests.
+fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
     let sub = |name: &str| {
         matches
             .subcommand_matches(name)
             .expect("the subcommand matched")
     };
-    let state_dir = cli.state_dir.as_deref();
-    let engine = || Engine::new(state_dir);
-    match cli.command {
+    let (action, json) = match command {
         Command::Run(args) => {
             let json = args.json;
-            let Action::Run { backend, spec } = args.into_action(sub("run"))? else {
-                unreachable!("run arguments make a run action")
-            };
-            let result = engine()?.run(backend, spec, json)?;
-            let code = report(&result.finished, json);
-            if let Some(id) = result.kept {
-                eprintln!(
-                    "airlock: the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"
-                );
-            }
-            Ok(code)
+            (args.into_action(sub("run"))?, json)
         }
         Command::Create(args) => {
             let json = args.json;
-            let Action::Create { backend, spec } = args.into_action(sub("create"))? else {
-                unreachable!("create arguments make a create action")
-            };
-            let record = engine()?.create(backend, spec)?;
-            if json {
-                let value = serde_json::json!({ "id": record.id, "name": record.name });
-                println!("{value}");
-            } else {
-                println!("{}", record.id);
-            }
-            Ok(0)
+            (args.into_action(sub("create"))?, json)
         }
         Command::Exec(args) => {
             let command = ExecCommand {
@@ -140,33 +125,137 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
                 tty: args.tty,
                 timeout: args.timeout,
             };
-            let finished = engine()?.exec(&args.sandbox, command, args.json)?;
-            Ok(report(&finished, args.json))
+            let sandbox = args.sandbox;
+            (Action::Exec { sandbox, command }, args.json)
         }
-        Command::Ls(args) => {
-            let listed = engine()?.list()?;
-            if args.json {
+        Command::Ls(args) => (Action::List, args.json),
+        Command::Stop(args) => (
+            Action::Stop {
+                sandbox: args.sandbox,
+            },
+            false,
+        ),
+        Command::Start(args) => (
+            Action::Start {
+                sandbox: args.sandbox,
+            },
+            false,
+        ),
+        Command::Rm(args) => {
+            let (sandboxes, force) = (args.sandboxes, args.force);
+            (Action::Remove { sandboxes, force }, false)
+        }
+        Command::Cp(args) => {
+            let (sandbox, source, target, into_sandbox) = copy_operands(&args)?;
+            let action = Action::Copy {
+                sandbox,
+                source,
+                target,
+                into_sandbox,
+            };
+            (action, false)
+        }
+        Command::Stats(args) => (
+            Action::Stats {
+                sandbox: args.sandbox,
+            },
+            args.json,
+        ),
+        Command::Diff(args) => {
+            let (sandbox, patch) = (args.sandbox, args.patch);
+            (Action::Diff { sandbox, patch }, args.json)
+        }
+        Command::Apply(args) => {
+            let (sandbox, paths) = (args.sandbox, args.paths);
+            (Action::Apply { sandbox, paths }, args.json)
+        }
+        Command::Discard(args) => (
+            Action::Discard {
+                sandbox: args.sandbox,
+            },
+            false,
+        ),
+        Command::Audit(AuditCommand::Show(args)) => (
+            Action::AuditShow {
+                sandbox: args.sandbox,
+            },
+            false,
+        ),
+        Command::Audit(AuditCommand::Verify(args)) => (
+            Action::AuditVerify {
+                sandbox: args.sandbox,
+            },
+            false,
+        ),
+        Command::Gc(args) => (Action::Gc, args.json),
+        Command::Supervise(_) => unreachable!("the supervisor is not an action"),
+    };
+    Ok(Request { action, json })
+}
+
+/// Parses the command line, carries out its action, and prints the result; returns the
+/// exit status.
+fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
+    let state_dir = cli.state_dir.as_deref();
+    if let Command::Supervise(args) = &cli.command {
+        lifecycle::supervise(state_dir, &args.id, args.parent)?;
+        return Ok(0);
+    }
+    let Request { action, json } = request(cli.command, matches)?;
+    let engine = Engine::new(state_dir)?;
+    perform(&engine, action, json)
+}
+
+/// Carries out `action` and prints its result; returns the exit status.
+fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
+    match action {
+        Action::Run { backend, spec } => {
+            let result = engine.run(backend, spec, json)?;
+            let code = report(&result.finished, json);
+            if let Some(id) = result.kept {
+                eprintln!(
+                    "airlock: the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"
+                );
+            }
+            Ok(code)
+        }
+        Action::Create { backend, spec } => {
+            let record = engine.create(backend, spec)?;
+            if json {
+                let value = serde_json::json!({ "id": record.id, "name": record.name });
+                println!("{value}");
+            } else {
+                println!("{}", record.id);
+            }
+            Ok(0)
+        }
+        Action::Exec { sandbox, command } => {
+            let finished = engine.exec(&sandbox, command, json)?;
+            Ok(report(&finished, json))
+        }
+        Action::List => {
+            let listed = engine.list()?;
+            if json {
                 println!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
                 print_list(&listed);
             }
             Ok(0)
         }
-        Command::Stop(args) => {
-            let record = engine()?.stop(&args.sandbox)?;
+        Action::Stop { sandbox } => {
+            let record = engine.stop(&sandbox)?;
             eprintln!("airlock: stopped {}", record.id);
             Ok(0)
         }
-        Command::Start(args) => {
-            let record = engine()?.start(&args.sandbox)?;
+        Action::Start { sandbox } => {
+            let record = engine.start(&sandbox)?;
             eprintln!("airlock: started {}", record.id);
             Ok(0)
         }
-        Command::Rm(args) => {
-            let engine = engine()?;
+        Action::Remove { sandboxes, force } => {
             let mut failed = false;
-            for sandbox in &args.sandboxes {
-                match engine.remove(sandbox, args.force) {
+            for sandbox in &sandboxes {
+                match engine.remove(sandbox, force) {
                     Ok(id) => eprintln!("airlock: removed {id}"),
                     Err(error) => {
                         eprintln!("airlock: {}", error_chain(error.as_ref()));
@@ -176,14 +265,18 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             }
             Ok(if failed { AIRLOCK_FAILED } else { 0 })
         }
-        Command::Cp(args) => {
-            let (sandbox, source, target, into_sandbox) = copy_operands(&args)?;
-            engine()?.copy(&sandbox, &source, &target, into_sandbox)?;
+        Action::Copy {
+            sandbox,
+            source,
+            target,
+            into_sandbox,
+        } => {
+            engine.copy(&sandbox, &source, &target, into_sandbox)?;
             Ok(0)
         }
-        Command::Stats(args) => {
-            let (id, stats) = engine()?.stats(&args.sandbox)?;
-            if args.json {
+        Action::Stats { sandbox } => {
+            let (id, stats) = engine.stats(&sandbox)?;
+            if json {
                 let mut value = serde_json::to_value(stats)?;
                 value["id"] = id.into();
                 println!("{value}");
@@ -199,13 +292,12 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Diff(args) => {
-            let engine = engine()?;
-            let (layers, changes) = changes::diff(&engine, &args.sandbox)?;
-            if args.json {
+        Action::Diff { sandbox, patch } => {
+            let (layers, changes) = changes::diff(engine, &sandbox)?;
+            if json {
                 let list: Vec<_> = changes.iter().map(changes::change_json).collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
-            } else if args.patch {
+            } else if patch {
                 let mut stdout = std::io::stdout().lock();
                 airlock_workspace::patch(&layers.lower, &layers.upper, &changes, &mut stdout)?;
             } else {
@@ -213,10 +305,9 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Apply(args) => {
-            let engine = engine()?;
-            let (id, report) = changes::apply(&engine, &args.sandbox, args.paths)?;
-            if args.json {
+        Action::Apply { sandbox, paths } => {
+            let (id, report) = changes::apply(engine, &sandbox, paths)?;
+            if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&changes::report_json(&report))?
@@ -227,8 +318,8 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             let incomplete = !report.conflicts.is_empty() || !report.failed.is_empty();
             Ok(if incomplete { 1 } else { 0 })
         }
-        Command::Discard(args) => {
-            let (id, restarted) = changes::discard(&engine()?, &args.sandbox)?;
+        Action::Discard { sandbox } => {
+            let (id, restarted) = changes::discard(engine, &sandbox)?;
             let note = if restarted {
                 " (the sandbox was stopped and started again)"
             } else {
@@ -237,15 +328,15 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             eprintln!("airlock: discarded the workspace changes of {id}{note}");
             Ok(0)
         }
-        Command::Audit(AuditCommand::Show(args)) => {
-            let (_, path) = engine()?.audit_path(&args.sandbox)?;
+        Action::AuditShow { sandbox } => {
+            let (_, path) = engine.audit_path(&sandbox)?;
             for entry in audit::read(&path)? {
                 println!("{}", audit::render(&entry));
             }
             Ok(0)
         }
-        Command::Audit(AuditCommand::Verify(args)) => {
-            let (id, path) = engine()?.audit_path(&args.sandbox)?;
+        Action::AuditVerify { sandbox } => {
+            let (id, path) = engine.audit_path(&sandbox)?;
             let verified = audit::verify(&path)?;
             println!(
                 "audit log of {id} is intact: {} lines, head hash {}",
@@ -253,9 +344,9 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::Gc(args) => {
-            let collected = engine()?.gc()?;
-            if args.json {
+        Action::Gc => {
+            let collected = engine.gc()?;
+            if json {
                 println!("{}", serde_json::to_string_pretty(&collected)?);
             } else if collected.is_empty() {
                 eprintln!("airlock: nothing to collect");
@@ -264,10 +355,6 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
                     eprintln!("airlock: {}: {}", item.id, item.action);
                 }
             }
-            Ok(0)
-        }
-        Command::Supervise(args) => {
-            lifecycle::supervise(state_dir, &args.id, args.parent)?;
             Ok(0)
         }
     }

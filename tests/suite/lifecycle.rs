@@ -270,3 +270,57 @@ fn create_rejects_a_taken_name_and_leaves_nothing() {
     assert!(stderr(&output).contains("twin"), "{}", describe(&output));
     remove(caller, workspace.path(), &id);
 }
+
+#[test]
+fn exec_gets_the_same_protections_as_run() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let id = create(caller, workspace.path(), &[]);
+        let script = r#"
+unshare --user true 2>/dev/null; echo "unshare $?"
+grep -c ':' /proc/net/dev
+ls /proc | grep -c '^[0-9]'
+grep CapEff /proc/self/status
+grep NoNewPrivs /proc/self/status
+grep Seccomp: /proc/self/status
+echo x > /etc/hostname 2>/dev/null; echo "write $?"
+"#;
+        let output = exec_sh(caller, workspace.path(), &id, script);
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
+        assert_ne!(lines[0], "unshare 0", "{caller:?}: {lines:?}");
+        assert_eq!(lines[1], "1", "{caller:?}: only lo: {lines:?}");
+        let processes: u32 = lines[2].parse().unwrap();
+        assert!(processes <= 5, "{caller:?}: {processes} processes visible");
+        assert_eq!(lines[3], "CapEff:\t0000000000000000", "{caller:?}");
+        assert_eq!(lines[4], "NoNewPrivs:\t1", "{caller:?}");
+        assert_eq!(lines[5], "Seccomp:\t2", "{caller:?}");
+        assert_ne!(lines[6], "write 0", "{caller:?}");
+        remove(caller, workspace.path(), &id);
+    }
+}
+
+#[test]
+fn spec_file_sets_options_and_names_bad_keys() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let spec = workspace.path().join("sandbox.toml");
+    fs::write(
+        &spec,
+        "workspace_mode = \"none\"\ncommand = [\"sh\", \"-c\", \"echo $GREETING; ls -A /workspace | wc -l\"]\n\n[env]\nGREETING = \"hello\"\n",
+    )
+    .unwrap();
+    let output = run(caller, &["run", "--spec", "sandbox.toml"], workspace.path());
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(stdout(&output), "hello\n0\n");
+    fs::write(&spec, "memory = \"1G\"\nmemroy = \"2G\"\n").unwrap();
+    let output = run(
+        caller,
+        &["create", "--spec", "sandbox.toml"],
+        workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(message.contains("sandbox.toml:2:1"), "{message}");
+    assert!(message.contains("memroy"), "{message}");
+}
