@@ -613,7 +613,11 @@ impl Engine {
                     continue;
                 }
             };
-            let running = record.is_running();
+            let mut running = record.is_running();
+            if running && !self.backend_runs(&record) {
+                // The supervisor outlives its sandbox while it cleans up; wait for it.
+                running = self.wait_for_supervisor(&record);
+            }
             let unfinished = match record.phase {
                 Phase::Creating | Phase::Removing => !running,
                 Phase::Ready => record.ephemeral && !running,
@@ -648,6 +652,24 @@ impl Engine {
             }
         }
         Ok(collected)
+    }
+
+    /// Whether the backend's sandbox of a running record still runs.
+    fn backend_runs(&self, record: &Record) -> bool {
+        let Some(runtime) = &record.runtime else {
+            return false;
+        };
+        backend_of(record).is_ok_and(|backend| backend.is_running(runtime))
+    }
+
+    /// Waits up to [`STOP_GRACE`] for the supervisor of a sandbox that ended to exit;
+    /// returns whether it still runs.
+    fn wait_for_supervisor(&self, record: &Record) -> bool {
+        let deadline = Instant::now() + STOP_GRACE;
+        while record.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        record.is_running()
     }
 
     pub fn audit_path(&self, reference: &str) -> Result<(String, PathBuf), BackendError> {

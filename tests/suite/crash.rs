@@ -95,7 +95,7 @@ fn killed_commands_leave_a_usable_sandbox_or_one_gc_removes() {
         .unwrap();
     assert!(edit.status.success(), "{}", describe(&edit));
 
-    for round in 0..48 {
+    for round in 0..96 {
         for sandbox in listed(&state, root) {
             ids.insert(sandbox["id"].as_str().unwrap().to_owned());
         }
@@ -122,7 +122,7 @@ fn killed_commands_leave_a_usable_sandbox_or_one_gc_removes() {
             _ => vec!["stop".into(), target.clone()],
         };
         let mut child = airlock(&state, root).args(&args).spawn().unwrap();
-        std::thread::sleep(Duration::from_micros(random.next(30_000)));
+        std::thread::sleep(Duration::from_micros(random.next(50_000)));
         let _ = child.kill();
         let _ = child.wait();
         if round % 7 == 3 {

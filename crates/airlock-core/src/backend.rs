@@ -112,6 +112,10 @@ pub trait Backend {
         options: &RunOptions,
     ) -> Result<Finished, BackendError>;
 
+    /// Whether the sandbox that `runtime` describes still runs; false once it ended, also
+    /// while its supervisor is still cleaning up.
+    fn is_running(&self, runtime: &serde_json::Value) -> bool;
+
     /// Reads what the running sandbox uses now.
     fn stats(&self, runtime: &serde_json::Value) -> Result<Stats, BackendError>;
 

@@ -111,7 +111,16 @@ pub fn exec(
     };
     drop((report_write, control_inside, pid_write));
     streams.child_ends.clear();
-    let pid = command_pid(joiner_pid, &pid_read, &report_read)?;
+    let pid = command_pid(joiner_pid, &pid_read, &report_read).map_err(|error| {
+        // A sandbox being stopped has no init to take new processes; say so plainly.
+        if runtime.init.is_alive() {
+            error
+        } else {
+            Error::NotRunning {
+                pid: runtime.init.pid,
+            }
+        }
+    })?;
     let pidfd = match sys::pidfd_open(pid) {
         Ok(pidfd) => pidfd,
         Err(source) => {

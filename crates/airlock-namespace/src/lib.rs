@@ -88,6 +88,10 @@ impl Backend for NamespaceBackend {
         )?)
     }
 
+    fn is_running(&self, runtime: &serde_json::Value) -> bool {
+        runtime_of(runtime).is_ok_and(|runtime| runtime.init.is_alive())
+    }
+
     fn stats(&self, runtime: &serde_json::Value) -> Result<Stats, BackendError> {
         Ok(held::stats(&runtime_of(runtime)?)?)
     }
