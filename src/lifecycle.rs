@@ -193,7 +193,7 @@ impl Engine {
         let sandbox = self.state.allocate_volatile(&record)?;
         let mut created = spec_fields(&spec);
         created["backend"] = kind.name().into();
-        let mut entries = vec![audit::Pending::now("created", fields(created))];
+        let created_at = audit::Pending::now("created", Map::new());
         let options = RunOptions {
             track_stderr_line,
             id: Some(id),
@@ -201,6 +201,11 @@ impl Engine {
         };
         let started = SystemTime::now();
         let result = backend(kind).run(&spec, options);
+        if let Ok(finished) = &result {
+            created["enforcement"] = json!(finished.outcome.enforcement);
+            created["landlock_abi"] = json!(finished.outcome.landlock_abi);
+        }
+        let mut entries = vec![created_at.with_fields(fields(created))];
         match &result {
             Ok(finished) => {
                 let exec = exec_fields(&spec.command, started, finished);
@@ -349,7 +354,9 @@ impl Engine {
         record.runtime = Some(runtime.clone());
         sandbox.write_record(record)?;
         let enforcement = runtime.get("enforcement").cloned().unwrap_or(Value::Null);
-        self.log(&id, "started", json!({ "enforcement": enforcement }))?;
+        let landlock_abi = runtime.get("landlock_abi").cloned().unwrap_or(Value::Null);
+        let started = json!({ "enforcement": enforcement, "landlock_abi": landlock_abi });
+        self.log(&id, "started", started)?;
         // The supervisor dies with this process until it has read the acknowledgement and
         // answered that it no longer does.
         let mut stdin = child.stdin.take().expect("stdin is piped");

@@ -282,6 +282,11 @@ impl Pending {
             fields,
         }
     }
+
+    /// The same entry, at the same time, with `fields`, which are known only later.
+    pub fn with_fields(self, fields: Map<String, Value>) -> Pending {
+        Pending { fields, ..self }
+    }
 }
 
 /// An exclusive `flock(2)` on an open file, released when dropped.
