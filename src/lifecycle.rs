@@ -713,6 +713,9 @@ pub fn supervise(state_dir: Option<&Path>, id: &str, parent: i32) -> Result<(), 
     if sys::getppid() != parent {
         return Ok(());
     }
+    // Descriptors the caller leaked to `create` (a make jobserver, a pipe someone waits on
+    // for end of file) must not live as long as the sandbox.
+    sys::close_all_except(&[0, 1, 2])?;
     sys::setsid()?;
     let engine = Engine::new(state_dir)?;
     let sandbox = engine.state.sandbox(id);

@@ -139,6 +139,9 @@ fn killed_commands_leave_a_usable_sandbox_or_one_gc_removes() {
     for sandbox in listed(&state, root) {
         ids.insert(sandbox["id"].as_str().unwrap().to_owned());
     }
+    // A `stop` or `rm` killed after it signalled a supervisor leaves that supervisor ending
+    // its sandbox, which takes a few milliseconds; let it finish first.
+    std::thread::sleep(Duration::from_millis(500));
 
     let gc = airlock(&state, root).arg("gc").output().unwrap();
     assert!(gc.status.success(), "gc: {}", describe(&gc));

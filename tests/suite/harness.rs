@@ -62,7 +62,36 @@ pub fn test_user() -> (u32, u32) {
 
 extern "C" fn remove_binary_copy() {
     if let Some(dir) = BINARY_DIR.get() {
+        remove_left_sandboxes(dir);
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Removes the sandboxes that failed tests left in the state directories below `dir`, so
+/// that their supervisors do not outlive the test process.
+fn remove_left_sandboxes(dir: &Path) {
+    let binary = dir.join("airlock");
+    for state in ["state-root", "state-user"] {
+        let state = dir.join(state);
+        let Ok(listed) = Command::new(&binary)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["ls", "--json"])
+            .output()
+        else {
+            continue;
+        };
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        for sandbox in listed.as_array().into_iter().flatten() {
+            let Some(id) = sandbox["id"].as_str() else {
+                continue;
+            };
+            let _ = Command::new(&binary)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["rm", "--force", id])
+                .output();
+        }
     }
 }
 

@@ -10,9 +10,12 @@
 //!    namespace. This process stays outside and keeps its host privileges, for the audit log
 //!    and the cgroup counters.
 //! 3. The joiner's PID namespace applies to its children only, so it clones the command's
-//!    process as a sibling (CLONE_PARENT): a child of this process inside the sandbox's PID
-//!    namespace. It reports the pid and exits. The command's process sheds every privilege
-//!    exactly as the command of `airlock run` does ([`workload`]).
+//!    process into the sandbox's PID namespace and stays its parent: it reports the pid,
+//!    waits, and exits with the command's status (or dies of the same signal), so this
+//!    process reads the command's status as the joiner's. If this process dies first, the
+//!    joiner kills and reaps the command; a zombie left to the host's init would keep the
+//!    sandbox's init from exiting until the host's init reaped it. The command's process
+//!    sheds every privilege exactly as the command of `airlock run` does ([`workload`]).
 //! 4. Watch it with the same [`Monitor`] as a run: streams, signals to its process group,
 //!    timeout. Processes it leaves in the background keep running in the sandbox.
 
@@ -58,6 +61,9 @@ struct Joiner<'a> {
     control: RawFd,
     /// Where the joiner writes the pid of the command's process.
     pid_pipe: RawFd,
+    /// Read end of a pipe whose write end only the caller holds: end of file means the
+    /// caller is gone.
+    caller_alive: RawFd,
     tty: bool,
     nproc_fallback: bool,
 }
@@ -92,6 +98,7 @@ pub fn exec(
     let (restore_mask, signals) = launch::block_forwarded_signals(spec.tty)?;
 
     let (pid_read, pid_write) = sys::pipe().map_err(Error::Channel)?;
+    let (alive_read, alive_write) = sys::pipe().map_err(Error::Channel)?;
     let joiner = Joiner {
         namespaces: &namespaces,
         is_root: runtime.is_root,
@@ -101,6 +108,7 @@ pub fn exec(
         report: report_write.as_raw_fd(),
         control: control_inside.as_raw_fd(),
         pid_pipe: pid_write.as_raw_fd(),
+        caller_alive: alive_read.as_raw_fd(),
         tty: spec.tty,
         nproc_fallback: runtime.nproc_fallback,
     };
@@ -109,9 +117,26 @@ pub fn exec(
         Ok(pid) => pid,
         Err(source) => return Err(Error::Clone(source)),
     };
-    drop((report_write, control_inside, pid_write));
+    drop((report_write, control_inside, pid_write, alive_read));
     streams.child_ends.clear();
-    let pid = command_pid(joiner_pid, &pid_read, &report_read).map_err(|error| {
+    let joiner_pidfd = match sys::pidfd_open(joiner_pid) {
+        Ok(pidfd) => pidfd,
+        Err(source) => {
+            let _ = sys::kill(joiner_pid, libc::SIGKILL);
+            let _ = sys::waitpid(joiner_pid, 0);
+            return Err(Error::Wait(source));
+        }
+    };
+    let mut process = Sandbox {
+        pid: joiner_pid,
+        pidfd: joiner_pidfd,
+        status: None,
+        cgroup: None,
+        finished: false,
+        group: true,
+        signal_target: None,
+    };
+    let command = command_pid(&mut process, &pid_read, &report_read).map_err(|error| {
         // A sandbox being stopped has no init to take new processes; say so plainly.
         if runtime.init.is_alive() {
             error
@@ -121,23 +146,8 @@ pub fn exec(
             }
         }
     })?;
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(pidfd) => pidfd,
-        Err(source) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::waitpid(pid, 0);
-            return Err(Error::Wait(source));
-        }
-    };
-    let mut process = Sandbox {
-        pid,
-        pidfd,
-        status: None,
-        cgroup: None,
-        finished: false,
-        group: true,
-    };
-    tracing::info!(sandbox = %id, pid, "command joined the sandbox");
+    process.signal_target = Some(command);
+    tracing::info!(sandbox = %id, pid = command, "command joined the sandbox");
 
     let master = launch::receive_terminal(&spec, &control_outside)?;
     let _raw_mode = match &master {
@@ -158,7 +168,7 @@ pub fn exec(
     let stderr_ends_line = streams
         .stderr_pump
         .is_none_or(|index| streams.pumps[index].ends_line());
-    drop(restore_mask);
+    drop((restore_mask, alive_write));
 
     if let Some(status) = ended.status {
         ended.reports.push(if libc::WIFSIGNALED(status) {
@@ -207,18 +217,20 @@ fn open_namespaces(runtime: &Runtime) -> Result<Vec<(libc::c_int, OwnedFd)>, Err
     Ok(namespaces)
 }
 
-/// Reaps the joiner and reads the pid of the command's process it cloned; a failed join
-/// becomes the error of the step that failed.
+/// Reads the pid of the command's process from the joiner; a failed join becomes the error
+/// of the step that failed.
 fn command_pid(
-    joiner: libc::pid_t,
+    joiner: &mut Sandbox,
     pid_pipe: &OwnedFd,
     report: &OwnedFd,
 ) -> Result<libc::pid_t, Error> {
     let mut bytes = [0u8; 4];
     let read = sys::read(pid_pipe.as_raw_fd(), &mut bytes);
-    let _ = sys::waitpid(joiner, 0);
     if matches!(read, Ok(4)) {
         return Ok(i32::from_ne_bytes(bytes));
+    }
+    if let Ok(Some((_, status))) = sys::waitpid(joiner.pid, 0) {
+        joiner.status = Some(status);
     }
     let mut reports = crate::report::ReportReader::new(report.as_raw_fd());
     reports.read_available().map_err(Error::Wait)?;
@@ -233,26 +245,28 @@ fn command_pid(
     })
 }
 
-/// The joiner, a child of the caller that enters the sandbox and clones the command's
-/// process into it; never returns.
+/// The joiner, a child of the caller that enters the sandbox, starts the command's process
+/// in it, and stays its parent; never returns.
 fn join_and_run(joiner: &Joiner<'_>) -> ! {
     let joined = join(joiner).and_then(|stdio| {
-        let pid = step(
-            sys::clone_process(libc::CLONE_PARENT, None),
-            "start the command's process",
-        )?;
+        let pid = step(sys::clone_process(0, None), "start the command's process")?;
         if pid == 0 {
-            // Its parent is the caller now, whose death must end it too.
             let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
             workload::run(joiner.plan, &stdio, joiner.report, joiner.nproc_fallback)
         }
         step(
             sys::write_all(joiner.pid_pipe, &pid.to_ne_bytes()),
             "report the command's process",
-        )
+        )?;
+        Ok(pid)
     });
     match joined {
-        Ok(()) => sys::exit_now(0),
+        Ok(command) => {
+            // Only the liveness pipe stays: the command's streams must reach end of file
+            // when the command's processes close them.
+            let _ = sys::close_all_except(&[joiner.caller_alive]);
+            wait_for_command(command, joiner.caller_alive)
+        }
         Err((step, source)) => {
             let error = source.to_string();
             Report::SetupFailed {
@@ -263,6 +277,51 @@ fn join_and_run(joiner: &Joiner<'_>) -> ! {
             sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
         }
     }
+}
+
+/// Waits for the command and ends the same way: with its exit code, or by its signal. If
+/// the caller goes first, kills the command's process group and reaps the command.
+fn wait_for_command(command: libc::pid_t, caller_alive: RawFd) -> ! {
+    let watch = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let pidfd = sys::pidfd_open(command).ok();
+    loop {
+        if let Ok(Some((_, status))) = sys::waitpid(command, libc::WNOHANG) {
+            mirror_status(status)
+        }
+        let pidfd_raw = pidfd.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+        let mut fds = [watch(pidfd_raw), watch(caller_alive)];
+        // Without a pidfd, poll only the caller and check the command every 100 ms.
+        let timeout = if pidfd.is_some() { -1 } else { 100 };
+        if sys::poll(&mut fds, timeout).is_err() {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            let _ = sys::kill(-command, libc::SIGKILL);
+            let _ = sys::kill(command, libc::SIGKILL);
+            let _ = sys::waitpid(command, 0);
+            sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+        }
+    }
+}
+
+/// Ends this process the way the command ended: with its exit code, or killed by the same
+/// signal, so the caller reads the command's wait status as the joiner's.
+fn mirror_status(status: libc::c_int) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let signal = libc::WTERMSIG(status);
+        let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+        let _ = sys::setrlimit(libc::RLIMIT_CORE, 0);
+        sys::reset_signal_dispositions(&[signal]);
+        let _ = sys::set_signal_mask(libc::SIG_SETMASK, &sys::sigset(&[]));
+        let _ = sys::kill(sys::getpid(), signal);
+        // A signal whose default action does not end the process lands here.
+        sys::exit_now(128 + signal)
+    }
+    sys::exit_now(libc::WEXITSTATUS(status))
 }
 
 type StepResult<T> = Result<T, (&'static str, std::io::Error)>;
@@ -294,10 +353,6 @@ fn enter(
     tasks: &[OwnedFd],
     is_root: bool,
 ) -> StepResult<()> {
-    step(
-        sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
-        "ask to be killed with the caller",
-    )?;
     // Until it executes the command, this process holds the caller's descriptors and
     // memory; the sandbox's processes, root in its user namespace, must not read them.
     step(
@@ -359,15 +414,21 @@ pub fn copy(
 
     let pid = match sys::clone_process(0, cgroup_dir) {
         Ok(0) => {
-            let result = enter(&namespaces, tasks, runtime.is_root).and_then(|()| {
-                if into_sandbox {
-                    drop(data_write);
-                    step(unpack_inside(&data_read, target), "write in the sandbox")
-                } else {
-                    drop(data_read);
-                    step(pack(&data_write, source, &name), "read from the sandbox")
-                }
-            });
+            let dies_with_caller = step(
+                sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+                "ask to be killed with the caller",
+            );
+            let result = dies_with_caller
+                .and_then(|()| enter(&namespaces, tasks, runtime.is_root))
+                .and_then(|()| {
+                    if into_sandbox {
+                        drop(data_write);
+                        step(unpack_inside(&data_read, target), "write in the sandbox")
+                    } else {
+                        drop(data_read);
+                        step(pack(&data_write, source, &name), "read from the sandbox")
+                    }
+                });
             if let Err((step, source)) = result {
                 Report::SetupFailed {
                     step: step.to_owned(),

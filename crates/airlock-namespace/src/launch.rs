@@ -41,14 +41,17 @@ pub struct Sandbox {
     /// Whether signals go to the process group that `pid` leads rather than to `pid`
     /// alone: true for a command joined to a held sandbox, whose init stays.
     pub group: bool,
+    /// The process that signals go to when it is not `pid`: the command a joiner started.
+    pub signal_target: Option<libc::pid_t>,
 }
 
 impl Sandbox {
     /// Sends `signal` to the init, or to the joined command's process group.
     pub fn signal(&self, signal: libc::c_int) {
-        let target = if self.group { -self.pid } else { self.pid };
+        let pid = self.signal_target.unwrap_or(self.pid);
+        let target = if self.group { -pid } else { pid };
         if sys::kill(target, signal).is_err() && self.group {
-            let _ = sys::kill(self.pid, signal);
+            let _ = sys::kill(pid, signal);
         }
     }
 
@@ -292,6 +295,7 @@ fn start_init(
         cgroup,
         finished: false,
         group: false,
+        signal_target: None,
     })
 }
 

@@ -142,6 +142,12 @@ pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> io::Result<()> {
     check_long(result).map(drop)
 }
 
+/// This process's id.
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: getpid takes no arguments and cannot fail.
+    unsafe { libc::getpid() }
+}
+
 /// The parent of this process.
 pub fn getppid() -> libc::pid_t {
     // SAFETY: getppid takes no arguments and cannot fail.
