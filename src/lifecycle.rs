@@ -753,6 +753,7 @@ pub fn supervise(state_dir: Option<&Path>, id: &str, parent: i32) -> Result<(), 
             tracing::warn!(sandbox = id, error = %error_chain(error.as_ref()), "cannot log a limit hit");
         }
     };
+    sys::release_code_pages();
     let end = held.wait(deadline, &mut limit_hit)?;
     drop(held);
     match end {

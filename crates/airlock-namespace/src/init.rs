@@ -258,6 +258,7 @@ fn hold(ready: Ready, report: RawFd, control: RawFd) -> ! {
     // SAFETY: `report` is the init's end of the report pipe, which nothing else closes.
     unsafe { libc::close(report) };
     drop(ready.grant);
+    sys::release_code_pages();
     loop {
         if sys::sigwait(&children).is_err() {
             continue;

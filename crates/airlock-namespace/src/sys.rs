@@ -142,6 +142,38 @@ pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> io::Result<()> {
     check_long(result).map(drop)
 }
 
+/// Drops this process's mappings of its own program code, which the kernel maps again from
+/// the page cache on the next access. An idle supervisor or init then holds only the few
+/// code pages it touches while it waits, instead of everything setup ran through. Only
+/// executable file mappings are dropped: their pages are never written, so nothing is lost.
+pub fn release_code_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let file_backed = fields.nth(3).is_some_and(|path| path.starts_with('/'));
+        if perms != "r-xp" || !file_backed {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is a private, read-only, executable file mapping of this process,
+        // so discarding its pages loses nothing: the next access reads them from the file.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 /// This process's id.
 pub fn getpid() -> libc::pid_t {
     // SAFETY: getpid takes no arguments and cannot fail.
