@@ -293,9 +293,6 @@ pub struct GcArgs {
 #[derive(Debug, Args)]
 pub struct SuperviseArgs {
     pub id: String,
-    /// The process that started this supervisor, whose exit before the handshake ends it.
-    #[arg(long)]
-    pub parent: i32,
 }
 
 fn parse_env(value: &str) -> Result<(String, OsString), String> {

@@ -26,6 +26,9 @@ use airlock_core::{
 use airlock_namespace::{error_chain, sys, NamespaceBackend};
 use serde_json::{json, Map, Value};
 
+/// Environment variable that gives the supervisor the pid of the command that started it.
+pub const SUPERVISOR_PARENT_VARIABLE: &str = "AIRLOCK_SUPERVISOR_PARENT";
+
 /// How long `stop` waits for the supervisor to end the sandbox before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -33,6 +36,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 pub enum LifecycleError {
     #[error("sandbox {id} is not running: start it with `airlock start {id}`")]
     NotRunning { id: String },
+    #[error("sandbox {id} is past its --ttl: copy what you need with `airlock diff` and `airlock apply`, then remove it with `airlock rm {id}` or `airlock gc`")]
+    Expired { id: String },
     #[error("sandbox {id} is already running")]
     AlreadyRunning { id: String },
     #[error("sandbox {id} is running: stop it first, or pass --force to stop and remove it")]
@@ -55,6 +60,8 @@ pub enum LifecycleError {
     },
     #[error("unknown backend {name:?} in the record of sandbox {id}")]
     UnknownBackend { id: String, name: String },
+    #[error("workspace {workspace:?} overlaps Airlock's state directory {state:?}, whose records a sandbox must not read or write: pass a project directory with --workspace, or another --state-dir")]
+    WorkspaceOverlapsState { workspace: PathBuf, state: PathBuf },
     #[error("no command given: pass one after `--`, for example `airlock exec {id} -- ls`")]
     NoCommand { id: String },
 }
@@ -149,7 +156,7 @@ pub struct Listed {
 #[derive(Debug, serde::Serialize)]
 pub struct Collected {
     pub id: String,
-    pub action: &'static str,
+    pub action: String,
 }
 
 pub struct Engine {
@@ -185,12 +192,13 @@ impl Engine {
         track_stderr_line: bool,
     ) -> Result<RunResult, BackendError> {
         spec.validate()?;
+        self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;
         let mut record = Record::new(id.to_string(), kind.name(), spec.clone());
         record.ephemeral = true;
         record.phase = Phase::Ready;
         record.supervisor = ProcessRef::of(std::process::id() as i32);
-        let sandbox = self.state.allocate_volatile(&record)?;
+        let (sandbox, _lock) = self.state.allocate_volatile(&record)?;
         let mut created = spec_fields(&spec);
         created["backend"] = kind.name().into();
         let created_at = audit::Pending::now("created", Map::new());
@@ -220,8 +228,14 @@ impl Engine {
                 entries.push(audit::Pending::now("failed", fields(failed)));
             }
         }
-        let changed =
-            spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
+        // A copy-up that changed nothing (a file touched, or written back as it was) leaves
+        // entries in the upper layer but no change to review.
+        let changed = spec.workspace_mode == WorkspaceMode::Overlay
+            && has_entries(&sandbox.upper())
+            && spec.workspace.as_ref().is_none_or(|workspace| {
+                airlock_workspace::diff(workspace, &sandbox.upper())
+                    .map_or(true, |changes| !changes.is_empty())
+            });
         if changed {
             record.ephemeral = false;
             record.supervisor = None;
@@ -241,6 +255,23 @@ impl Engine {
         })
     }
 
+    /// Rejects a workspace that is, contains or lies inside the state directory.
+    fn check_workspace(&self, spec: &Spec) -> Result<(), LifecycleError> {
+        let Some(workspace) = &spec.workspace else {
+            return Ok(());
+        };
+        let canonical = workspace
+            .canonicalize()
+            .unwrap_or_else(|_| workspace.clone());
+        if spec.workspace_mode != WorkspaceMode::None && self.state.overlaps(&canonical) {
+            return Err(LifecycleError::WorkspaceOverlapsState {
+                workspace: canonical,
+                state: self.state.root().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     fn log_exec(
         &self,
         id: &str,
@@ -258,10 +289,10 @@ impl Engine {
     /// Creates a sandbox that keeps running under its supervisor.
     pub fn create(&self, kind: BackendKind, mut spec: Spec) -> Result<Record, BackendError> {
         spec.validate_sandbox()?;
+        self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;
         let mut record = Record::new(id.to_string(), kind.name(), spec.clone());
-        let sandbox = self.state.allocate(&record)?;
-        let _lock = sandbox.lock()?;
+        let (sandbox, _lock) = self.state.allocate(&record)?;
         let mut created = spec_fields(&spec);
         created["backend"] = kind.name().into();
         created["name"] = json!(spec.name);
@@ -284,6 +315,13 @@ impl Engine {
         if record.is_running() {
             return Err(LifecycleError::AlreadyRunning { id: record.id }.into());
         }
+        if record
+            .expires
+            .is_some_and(|expires| expires <= state::nanos_since_epoch(SystemTime::now()))
+        {
+            return Err(LifecycleError::Expired { id: record.id }.into());
+        }
+        self.check_workspace(&record.spec)?;
         self.clean_up_runtime(&sandbox, &mut record)?;
         self.spawn_supervisor(&sandbox, &mut record)?;
         Ok(record)
@@ -318,13 +356,18 @@ impl Engine {
             .append(true)
             .open(sandbox.path.join("supervisor.log"))
             .map_err(spawn_failed)?;
-        let mut child = Command::new("/proc/self/exe")
-            .arg("--state-dir")
-            .arg(self.state.root())
+        // The state directory and the parent travel in the environment: the sandbox's init
+        // is a copy of the supervisor, and its command line is readable inside the sandbox.
+        let mut child = Command::new("/proc/self/exe");
+        child.env_clear();
+        if let Some(filter) = std::env::var_os("AIRLOCK_LOG") {
+            child.env("AIRLOCK_LOG", filter);
+        }
+        let mut child = child
             .arg("__supervise")
             .arg(&id)
-            .arg("--parent")
-            .arg(std::process::id().to_string())
+            .env(state::STATE_DIR_VARIABLE, self.state.root())
+            .env(SUPERVISOR_PARENT_VARIABLE, std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -517,6 +560,11 @@ impl Engine {
             track_stderr_line,
             ..RunOptions::default()
         };
+        // The start entry is not synced: the final entry's sync makes both durable, and a
+        // killed `exec` still leaves it in the page cache, so the log shows the attempt.
+        let mut log = AuditLog::open(&self.state.audit_path(&record.id), &record.id)?;
+        let start = json!({ "argv": lossy(&command.argv) });
+        log.append_unsynced(vec![audit::Pending::now("exec_started", fields(start))])?;
         let started = SystemTime::now();
         let result = backend_of(&record)?.exec(&id, &record.spec, &runtime, &command, &options);
         match &result {
@@ -604,61 +652,90 @@ impl Engine {
 
     /// Removes what killed commands left behind, and returns what it did.
     pub fn gc(&self) -> Result<Vec<Collected>, BackendError> {
-        let mut collected = Vec::new();
+        let mut collected: Vec<Collected> = self
+            .state
+            .remove_abandoned_allocations()
+            .into_iter()
+            .map(|id| Collected {
+                id,
+                action: "removed a directory whose creation was interrupted".into(),
+            })
+            .collect();
         for (sandbox, record) in self.state.list()? {
-            let Some(_lock) = sandbox.try_lock()? else {
-                continue;
-            };
-            let mut record = match record {
-                Ok(record) => record,
-                Err(_) => {
-                    sandbox.remove()?;
-                    collected.push(Collected {
-                        id: sandbox.id,
-                        action: "removed a damaged record",
-                    });
-                    continue;
-                }
-            };
-            let mut running = record.is_running();
-            if running && !self.backend_runs(&record) {
-                // The supervisor outlives its sandbox while it cleans up; wait for it.
-                running = self.wait_for_supervisor(&record);
-            }
-            let unfinished = match record.phase {
-                Phase::Creating | Phase::Removing => !running,
-                Phase::Ready => record.ephemeral && !running,
-            };
-            if unfinished {
-                if let Some(supervisor) = record.supervisor.filter(ProcessRef::is_alive) {
-                    let _ = sys::kill(supervisor.pid, libc::SIGKILL);
-                }
-                self.remove_locked(&sandbox, &mut record, "gc")?;
+            // One sandbox that cannot be collected must not keep gc from the others.
+            if let Err(error) = self.collect(&sandbox, record, &mut collected) {
                 collected.push(Collected {
-                    id: record.id,
-                    action: "removed",
+                    id: sandbox.id.clone(),
+                    action: format!("not collected: {}", error_chain(error.as_ref())),
                 });
-                continue;
-            }
-            if !running && record.runtime.is_some() {
-                self.clean_up_runtime(&sandbox, &mut record)?;
-                collected.push(Collected {
-                    id: record.id.clone(),
-                    action: "cleaned up after a dead supervisor",
-                });
-            }
-            let journal = sandbox.apply_journal();
-            if journal.exists() {
-                if let Some(workspace) = &record.spec.workspace {
-                    crate::changes::recover(workspace, &journal)?;
-                    collected.push(Collected {
-                        id: record.id.clone(),
-                        action: "removed the temporary files of an interrupted apply",
-                    });
-                }
             }
         }
         Ok(collected)
+    }
+
+    /// Collects one sandbox, unless a command holds its lock.
+    fn collect(
+        &self,
+        sandbox: &SandboxDir,
+        record: Result<Record, state::StateError>,
+        collected: &mut Vec<Collected>,
+    ) -> Result<(), BackendError> {
+        let Some(_lock) = sandbox.try_lock()? else {
+            return Ok(());
+        };
+        let mut record = match record {
+            Ok(record) => record,
+            Err(_) => {
+                sandbox.remove()?;
+                collected.push(Collected {
+                    id: sandbox.id.clone(),
+                    action: "removed a damaged record and its workspace changes".into(),
+                });
+                return Ok(());
+            }
+        };
+        let mut running = record.is_running();
+        if running && !self.backend_runs(&record) {
+            // The supervisor outlives its sandbox while it cleans up; wait for it.
+            running = self.wait_for_supervisor(&record);
+        }
+        let expired = record
+            .expires
+            .is_some_and(|expires| expires <= state::nanos_since_epoch(SystemTime::now()));
+        let unfinished = match record.phase {
+            Phase::Creating | Phase::Removing => !running,
+            Phase::Ready => (record.ephemeral || expired) && !running,
+        };
+        if unfinished {
+            if let Some(supervisor) = record.supervisor.filter(ProcessRef::is_alive) {
+                let _ = sys::kill(supervisor.pid, libc::SIGKILL);
+            }
+            let by = if expired { "ttl" } else { "gc" };
+            self.remove_locked(sandbox, &mut record, by)?;
+            collected.push(Collected {
+                id: record.id,
+                action: "removed".into(),
+            });
+            return Ok(());
+        }
+        if !running && record.runtime.is_some() {
+            self.clean_up_runtime(sandbox, &mut record)?;
+            collected.push(Collected {
+                id: record.id.clone(),
+                action: "cleaned up after a dead supervisor".into(),
+            });
+        }
+        let journal = sandbox.apply_journal();
+        if journal.exists() {
+            if let Some(workspace) = &record.spec.workspace {
+                crate::changes::recover(workspace, &journal)?;
+                collected.push(Collected {
+                    id: record.id.clone(),
+                    action: "removed the temporary files of an interrupted apply".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether the backend's sandbox of a running record still runs.

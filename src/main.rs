@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use airlock_core::audit;
 use airlock_core::exit::AIRLOCK_FAILED;
-use airlock_core::{Action, BackendError, ExecCommand, ExecFailure, Finished};
+use airlock_core::{Action, BackendError, EndReason, ExecCommand, ExecFailure, Finished};
 use airlock_namespace::error_chain;
 use clap::{CommandFactory, FromArgMatches};
 
@@ -94,6 +94,10 @@ fn init_logging(verbose: u8) {
 }
 
 type Result<T> = std::result::Result<T, BackendError>;
+
+/// Exit status of `audit verify` for a log that fails the check, unlike 125, which says
+/// that Airlock itself failed.
+const AUDIT_BROKEN: u8 = 1;
 
 /// An action and how its result is printed.
 struct Request {
@@ -198,10 +202,21 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
 fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     let state_dir = cli.state_dir.as_deref();
     if let Command::Supervise(args) = &cli.command {
-        lifecycle::supervise(state_dir, &args.id, args.parent)?;
+        // The process that started this supervisor, whose exit before the handshake ends it.
+        let parent = std::env::var(lifecycle::SUPERVISOR_PARENT_VARIABLE)
+            .ok()
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or(0);
+        lifecycle::supervise(state_dir, &args.id, parent)?;
         return Ok(0);
     }
     let Request { action, json } = request(cli.command, matches)?;
+    if !matches!(action, Action::Run { .. } | Action::Exec { .. }) {
+        // A listing piped into `head` ends quietly when the reader goes, as other tools
+        // do. run and exec keep ignoring SIGPIPE: their relays drop output nobody reads.
+        // SAFETY: setting a signal's disposition to the default touches no memory.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let engine = Engine::new(state_dir)?;
     perform(&engine, action, json)
 }
@@ -211,7 +226,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
     match action {
         Action::Run { backend, spec } => {
             let result = engine.run(backend, spec, json)?;
-            let code = report(&result.finished, json);
+            let code = report(&result.finished, json, EndReason::message);
             if let Some(id) = result.kept {
                 eprintln!(
                     "airlock: the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"
@@ -231,7 +246,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Exec { sandbox, command } => {
             let finished = engine.exec(&sandbox, command, json)?;
-            Ok(report(&finished, json))
+            Ok(report(&finished, json, EndReason::exec_message))
         }
         Action::List => {
             let listed = engine.list()?;
@@ -337,7 +352,25 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::AuditVerify { sandbox } => {
             let (id, path) = engine.audit_path(&sandbox)?;
-            let verified = audit::verify(&path)?;
+            let verified = match audit::verify(&path) {
+                Ok(verified) => verified,
+                Err(error @ audit::AuditError::BrokenChain { .. }) => {
+                    eprintln!("airlock: {}", error_chain(&error));
+                    return Ok(AUDIT_BROKEN);
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if verified.lines == 0 {
+                eprintln!("airlock: audit log {path:?} of {id} is empty: every sandbox's log starts with its creation, so it was truncated");
+                return Ok(AUDIT_BROKEN);
+            }
+            if let Some(entry) = audit::read(&path)?.iter().find(|entry| entry.sandbox != id) {
+                eprintln!(
+                    "airlock: audit log {path:?} of {id} holds entry {} of sandbox {}: the log was replaced",
+                    entry.seq, entry.sandbox
+                );
+                return Ok(AUDIT_BROKEN);
+            }
             println!(
                 "audit log of {id} is intact: {} lines, head hash {}",
                 verified.lines, verified.head
@@ -364,7 +397,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
 fn copy_operands(args: &cli::CopyArgs) -> Result<(String, PathBuf, PathBuf, bool)> {
     let split = |operand: &str| -> Option<(String, PathBuf)> {
         let (sandbox, path) = operand.split_once(':')?;
-        if sandbox.is_empty() || sandbox.contains('/') {
+        if sandbox.is_empty() || sandbox.contains('/') || path.is_empty() {
             return None;
         }
         let path = Path::new(path);
@@ -379,7 +412,7 @@ fn copy_operands(args: &cli::CopyArgs) -> Result<(String, PathBuf, PathBuf, bool
         (Some((sandbox, source)), None) => Ok((sandbox, source, args.target.clone().into(), false)),
         (None, Some((sandbox, target))) => Ok((sandbox, args.source.clone().into(), target, true)),
         _ => Err(format!(
-            "cp needs exactly one operand of the form ID:PATH, got {:?} and {:?}; for example `airlock cp ID:/workspace/out.txt .`",
+            "cp needs exactly one operand of the form ID:PATH with a non-empty PATH, got {:?} and {:?}; for example `airlock cp ID:/workspace/out.txt .`",
             args.source, args.target
         )
         .into()),
@@ -408,6 +441,22 @@ fn print_list(listed: &[lifecycle::Listed]) {
     }
 }
 
+/// A path that a sandbox named, for a terminal: quoted with escapes when it holds control
+/// characters, quotes, backslashes or bytes that are not UTF-8, so that it can neither fake
+/// other lines nor send escape sequences.
+fn printable(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let plain = matches!(text, std::borrow::Cow::Borrowed(_))
+        && !text
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\');
+    if plain {
+        text.into_owned()
+    } else {
+        format!("{:?}", path.as_os_str())
+    }
+}
+
 fn print_changes(changes: &[airlock_workspace::Change]) {
     for change in changes {
         let mark = match change.kind {
@@ -425,24 +474,28 @@ fn print_changes(changes: &[airlock_workspace::Change]) {
         } else {
             ""
         };
-        println!("{mark} {}{slash}{sensitive}", change.path.display());
+        println!("{mark} {}{slash}{sensitive}", printable(&change.path));
     }
 }
 
 fn print_apply(id: &str, report: &airlock_workspace::ApplyReport) {
     for path in &report.applied {
-        println!("applied   {}", path.display());
+        println!("applied   {}", printable(path));
     }
     for conflict in &report.conflicts {
-        println!("conflict  {}: {}", conflict.path.display(), conflict.reason);
+        println!(
+            "conflict  {}: {}",
+            printable(&conflict.path),
+            conflict.reason
+        );
     }
     for skipped in &report.skipped {
-        println!("skipped   {}: {}", skipped.path.display(), skipped.reason);
+        println!("skipped   {}: {}", printable(&skipped.path), skipped.reason);
     }
     for failure in &report.failed {
         println!(
             "failed    {}: {}",
-            failure.path.display(),
+            printable(&failure.path),
             error_chain(&failure.error)
         );
     }
@@ -457,7 +510,7 @@ fn print_apply(id: &str, report: &airlock_workspace::ApplyReport) {
 
 /// Prints what the caller should know after the command's own output; returns the exit
 /// status.
-fn report(finished: &Finished, json: bool) -> u8 {
+fn report(finished: &Finished, json: bool, describe: fn(EndReason) -> Option<&'static str>) -> u8 {
     let outcome = &finished.outcome;
     let mut stderr = std::io::stderr().lock();
     let mut line_open = !finished.stderr_ends_line;
@@ -475,7 +528,7 @@ fn report(finished: &Finished, json: bool) -> u8 {
         }
         None => {}
     }
-    if let Some(message) = outcome.reason.message() {
+    if let Some(message) = describe(outcome.reason) {
         say(message.to_owned());
     }
     if json {

@@ -249,15 +249,19 @@ fn audit_log_records_actions_and_names_an_edited_line() {
         .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON line"))
         .map(|entry| entry["event"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(events, ["created", "started", "exec", "removed"], "{text}");
+    assert_eq!(
+        events,
+        ["created", "started", "exec_started", "exec", "removed"],
+        "{text}"
+    );
     let verify = run(caller, &["audit", "verify", &id], workspace.path());
     assert!(verify.status.success(), "{}", describe(&verify));
     let edited = text.replacen("\"exit_code\":3", "\"exit_code\":0", 1);
     assert_ne!(edited, text);
     fs::write(&log, edited).expect("edit the audit log");
     let verify = run(caller, &["audit", "verify", &id], workspace.path());
-    assert_eq!(verify.status.code(), Some(125));
-    assert!(stderr(&verify).contains("line 3"), "{}", describe(&verify));
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(stderr(&verify).contains("line 4"), "{}", describe(&verify));
 }
 
 #[test]

@@ -340,6 +340,17 @@ impl AuditLog {
     /// made. Returns the `seq` of the last one. The same rules as [`AuditLog::append`] apply;
     /// none of the entries is durable before this returns.
     pub fn append_all(&mut self, entries: Vec<Pending>) -> Result<u64, AuditError> {
+        self.write_entries(entries, true)
+    }
+
+    /// Appends entries without waiting for the disk: a later synced append, or the kernel's
+    /// own writeback, makes them durable. They survive the death of this process, but not a
+    /// crash of the machine before then.
+    pub fn append_unsynced(&mut self, entries: Vec<Pending>) -> Result<u64, AuditError> {
+        self.write_entries(entries, false)
+    }
+
+    fn write_entries(&mut self, entries: Vec<Pending>, sync: bool) -> Result<u64, AuditError> {
         for entry in &entries {
             validate_event_name(&entry.event)?;
             validate_field_names(&entry.fields)?;
@@ -363,10 +374,12 @@ impl AuditLog {
             seq += 1;
         }
         self.write_line(&text, tail.len)?;
-        self.file.sync_data().map_err(|source| AuditError::Sync {
-            path: self.path.clone(),
-            source,
-        })?;
+        if sync {
+            self.file.sync_data().map_err(|source| AuditError::Sync {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
         Ok(seq - 1)
     }
 

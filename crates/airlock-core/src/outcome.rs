@@ -34,6 +34,25 @@ impl EndReason {
     }
 }
 
+impl EndReason {
+    /// Describes the reason for a person after `airlock exec`, where a limit ends the
+    /// command and the sandbox keeps running; `None` for a normal exit.
+    pub fn exec_message(self) -> Option<&'static str> {
+        match self {
+            EndReason::Exited => None,
+            EndReason::TimedOut => {
+                Some("timed out: the command's process group was killed; the sandbox still runs")
+            }
+            EndReason::OutOfMemory => Some(
+                "out of memory: the sandbox hit its memory limit and the kernel killed the command; the sandbox still runs",
+            ),
+            EndReason::PidsLimit => Some(
+                "pids limit reached: the sandbox hit its process limit; processes left running in it count too (see airlock stats)",
+            ),
+        }
+    }
+}
+
 /// The reason the command could not be started inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

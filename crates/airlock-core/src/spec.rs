@@ -326,8 +326,9 @@ impl Spec {
 }
 
 /// Host trees that no workspace may be in: the system directories, whose files run as root
-/// on the host, the kernel's and runtime file systems, and the spools of cron and mail.
-const SYSTEM_TREES: [&str; 14] = [
+/// on the host, the kernel's and runtime file systems, the spools of cron and mail, and the
+/// state, logs and caches of system services (Airlock's own state among them).
+const SYSTEM_TREES: [&str; 17] = [
     "/etc",
     "/usr",
     "/bin",
@@ -342,6 +343,9 @@ const SYSTEM_TREES: [&str; 14] = [
     "/dev",
     "/run",
     "/var/spool",
+    "/var/lib",
+    "/var/log",
+    "/var/cache",
 ];
 /// Directory names that hold credentials; no workspace may be in one.
 const SECRET_DIR_NAMES: [&str; 2] = [".ssh", ".gnupg"];

@@ -194,12 +194,18 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         && !name.starts_with('-')
         && name != "."
         && name != "..";
-    if valid {
+    // Sandboxes are also found by a prefix of their hex id, which such a name would shadow.
+    let like_id = name.len() >= crate::state::MIN_ID_PREFIX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    if valid && !like_id {
         return Ok(());
     }
     Err(format!(
         "invalid sandbox name {name:?}: expected 1 to {MAX_NAME_LENGTH} letters, digits, '-', \
-         '_' or '.', not starting with '-' and not \".\" or \"..\""
+         '_' or '.', not starting with '-', not \".\" or \"..\", and not 4 or more hex \
+         digits, which read as a sandbox id"
     ))
 }
 
@@ -906,7 +912,7 @@ A = "1=2"
 
     #[test]
     fn name_validation_accepts_and_rejects() {
-        let longest = "a".repeat(MAX_NAME_LENGTH);
+        let longest = "x".repeat(MAX_NAME_LENGTH);
         for good in [
             "a",
             "build-1",
@@ -924,6 +930,8 @@ A = "1=2"
             "-x",
             ".",
             "..",
+            "d2fdf7e5",
+            "cafe",
             "a b",
             "a/b",
             "é",

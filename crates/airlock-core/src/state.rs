@@ -45,6 +45,12 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    #[error("the state directory {path:?} belongs to uid {owner} with mode {mode:o}, but it must belong to this user and be writable by no one else: fix its owner and mode, or pass another --state-dir")]
+    NotPrivate {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     #[error("cannot read the state directory {path:?}")]
     ReadDir {
         path: PathBuf,
@@ -236,15 +242,23 @@ impl StateDir {
                 source,
             })?;
         let state = StateDir { root };
-        for dir in [
-            state.root.clone(),
-            state.sandboxes(),
-            state.audit_dir(),
-            state.spares(),
-        ] {
+        create_private_dir(&state.root)?;
+        check_private(&state.root)?;
+        for dir in [state.sandboxes(), state.audit_dir(), state.spares()] {
             create_private_dir(&dir)?;
         }
         Ok(state)
+    }
+
+    /// Whether `path`, absolute and free of symlinks, is this state directory, is inside
+    /// it, or contains it: a sandbox whose workspace overlaps the state directory could read
+    /// and forge the records that Airlock acts on.
+    pub fn overlaps(&self, path: &Path) -> bool {
+        let root = self
+            .root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.clone());
+        root.starts_with(path) || path.starts_with(&root)
     }
 
     pub fn root(&self) -> &Path {
@@ -339,19 +353,17 @@ impl StateDir {
 
     /// Creates the directory of a new sandbox and writes its first record. Fails if another
     /// sandbox has the same name.
-    pub fn allocate(&self, record: &Record) -> Result<SandboxDir, StateError> {
-        self.allocate_with(record, true)
+    pub fn allocate(&self, record: &Record) -> Result<(SandboxDir, SandboxLock), StateError> {
+        self.allocate_with(record, true, false)
     }
 
     /// Like [`StateDir::allocate`], with a record that is not synced to disk, for the
     /// sandbox of one `airlock run`. Reuses a spare directory when there is one.
-    pub fn allocate_volatile(&self, record: &Record) -> Result<SandboxDir, StateError> {
-        let sandbox = self.sandbox(&record.id);
-        if record.name.is_none() && self.take_spare(&sandbox.path) {
-            sandbox.replace_record(record, false)?;
-            return Ok(sandbox);
-        }
-        self.allocate_with(record, false)
+    pub fn allocate_volatile(
+        &self,
+        record: &Record,
+    ) -> Result<(SandboxDir, SandboxLock), StateError> {
+        self.allocate_with(record, false, true)
     }
 
     /// Moves a spare directory to `target`; false when there is none to take.
@@ -385,21 +397,64 @@ impl StateDir {
         }
     }
 
-    fn allocate_with(&self, record: &Record, durable: bool) -> Result<SandboxDir, StateError> {
+    fn allocate_with(
+        &self,
+        record: &Record,
+        durable: bool,
+        spare: bool,
+    ) -> Result<(SandboxDir, SandboxLock), StateError> {
         if let Some(name) = &record.name {
-            if let Ok((existing, _)) = self.resolve(name) {
-                if existing.id != record.id {
-                    return Err(StateError::NameTaken {
-                        name: name.clone(),
-                        id: existing.id,
-                    });
+            if let Some(existing) = self.named(name)? {
+                return Err(StateError::NameTaken {
+                    name: name.clone(),
+                    id: existing,
+                });
+            }
+        }
+        // The directory is prepared under a hidden name, which listings skip, and appears
+        // under its id with its record and its lock held, so `gc` never sees it half made.
+        let hidden = self.sandbox(&format!(".new-{}", record.id));
+        if !(spare && self.take_spare(&hidden.path)) {
+            create_private_dir(&hidden.path)?;
+        }
+        let lock = hidden.lock()?;
+        hidden.replace_record(record, durable)?;
+        let sandbox = self.sandbox(&record.id);
+        fs::rename(&hidden.path, &sandbox.path).map_err(|source| StateError::CreateDir {
+            path: sandbox.path.clone(),
+            source,
+        })?;
+        Ok((sandbox, lock))
+    }
+
+    /// The id of the sandbox named `name`, if there is one.
+    fn named(&self, name: &str) -> Result<Option<String>, StateError> {
+        Ok(self.list()?.into_iter().find_map(|(sandbox, record)| {
+            let record = record.ok()?;
+            (record.name.as_deref() == Some(name)).then_some(sandbox.id)
+        }))
+    }
+
+    /// Removes the hidden directories of allocations whose command died, which hold no
+    /// lock any more.
+    pub fn remove_abandoned_allocations(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(entries) = fs::read_dir(self.sandboxes()) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(".new-") {
+                continue;
+            }
+            let hidden = self.sandbox(&name);
+            if let Ok(Some(_lock)) = hidden.try_lock() {
+                if hidden.remove().is_ok() {
+                    removed.push(name);
                 }
             }
         }
-        let sandbox = self.sandbox(&record.id);
-        create_private_dir(&sandbox.path)?;
-        sandbox.replace_record(record, durable)?;
-        Ok(sandbox)
+        removed
     }
 }
 
@@ -421,6 +476,25 @@ fn default_root(is_root: bool) -> Result<PathBuf, StateError> {
             .ok_or(StateError::NoHome)?,
     };
     Ok(base.join("airlock"))
+}
+
+/// Checks that the state directory belongs to the caller and that no one else may write to
+/// it, because Airlock acts on what the records in it say.
+fn check_private(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(path).map_err(|source| StateError::ReadDir {
+        path: path.to_owned(),
+        source,
+    })?;
+    let owner = rustix::process::geteuid().as_raw();
+    if metadata.uid() != owner || metadata.mode() & 0o022 != 0 {
+        return Err(StateError::NotPrivate {
+            path: path.to_owned(),
+            owner: metadata.uid(),
+            mode: metadata.mode() & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 fn create_private_dir(path: &Path) -> Result<(), StateError> {
@@ -568,10 +642,19 @@ impl SandboxDir {
 
     /// Removes the sandbox's directory and everything in it, without following symlinks.
     pub fn remove(&self) -> Result<(), StateError> {
-        // overlayfs leaves directories without permissions in its work directory, which
-        // their owner can remove only after granting itself access.
+        // overlayfs leaves directories without permissions in its work directory, and a
+        // sandbox may leave such directories in its upper layer; their owner can remove them
+        // only after granting itself access.
         make_owner_accessible(&self.work());
-        match fs::remove_dir_all(&self.path) {
+        let mut result = fs::remove_dir_all(&self.path);
+        if result
+            .as_ref()
+            .is_err_and(|error| error.kind() == io::ErrorKind::PermissionDenied)
+        {
+            make_owner_accessible(&self.path);
+            result = fs::remove_dir_all(&self.path);
+        }
+        match result {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StateError::Remove {
@@ -623,7 +706,7 @@ mod tests {
     #[test]
     fn record_round_trips_through_the_state_directory() {
         let (_dir, state) = temporary_state();
-        let sandbox = state.allocate(&record("abcdef0123", Some("web"))).unwrap();
+        let (sandbox, _lock) = state.allocate(&record("abcdef0123", Some("web"))).unwrap();
         let read = sandbox.read_record().unwrap();
         assert_eq!(read.id, "abcdef0123");
         assert_eq!(read.name.as_deref(), Some("web"));
@@ -666,6 +749,33 @@ mod tests {
     }
 
     #[test]
+    fn name_matching_an_id_prefix_is_not_taken() {
+        let (_dir, state) = temporary_state();
+        state.allocate(&record("abcdef0123", None)).unwrap();
+        assert!(state.allocate(&record("1234567890", Some("abcd"))).is_ok());
+    }
+
+    #[test]
+    fn state_directory_writable_by_others_is_rejected() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let error = StateDir::locate(Some(dir.path()), false).unwrap_err();
+        assert!(matches!(error, StateError::NotPrivate { .. }), "{error}");
+        assert!(error.to_string().contains("777"), "{error}");
+    }
+
+    #[test]
+    fn workspace_around_or_inside_state_overlaps() {
+        let (dir, state) = temporary_state();
+        let root = dir.path().canonicalize().unwrap();
+        assert!(state.overlaps(&root));
+        assert!(state.overlaps(root.parent().unwrap()));
+        assert!(state.overlaps(&root.join("sandboxes")));
+        assert!(!state.overlaps(Path::new("/nonexistent/project")));
+    }
+
+    #[test]
     fn dead_supervisor_means_stopped() {
         let mut record = record("abcdef0123", None);
         record.phase = Phase::Ready;
@@ -681,7 +791,7 @@ mod tests {
     #[test]
     fn damaged_record_names_the_file_and_gc() {
         let (_dir, state) = temporary_state();
-        let sandbox = state.allocate(&record("abcdef0123", None)).unwrap();
+        let (sandbox, _lock) = state.allocate(&record("abcdef0123", None)).unwrap();
         fs::write(sandbox.record_path(), b"{not json").unwrap();
         let error = sandbox.read_record().unwrap_err().to_string();
         assert!(

@@ -36,6 +36,24 @@ pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(path, flags, Mode::empty())?)
 }
 
+/// Opens the project directory `path`. As root, no component of the path may be a symlink:
+/// the owner of a directory on the way could otherwise point it at any directory of the
+/// host between the sandbox's creation and this open.
+pub(crate) fn open_project(path: &Path) -> io::Result<OwnedFd> {
+    if !rustix::process::geteuid().is_root() {
+        return open_root(path);
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = rustix::fs::ResolveFlags::NO_SYMLINKS | rustix::fs::ResolveFlags::NO_MAGICLINKS;
+    Ok(rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        flags,
+        Mode::empty(),
+        resolve,
+    )?)
+}
+
 /// Opens the directory `name` in `dir`. A symlink there fails with ELOOP.
 pub(crate) fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?)

@@ -68,10 +68,34 @@ const RULES: &[Rule] = &[
         &[".devcontainer"],
         "dev container definition, built and run by the editor",
     ),
+    rule(&[".hg", "hgrc"], "Mercurial configuration, with hooks"),
+    rule(&[".forgejo", "workflows"], CI),
+    rule(&[".gitea", "workflows"], CI),
+    rule(&["bitbucket-pipelines.yml"], CI),
+    rule(&[".drone.yml"], CI),
+    rule(&[".woodpecker.yml"], CI),
+    rule(&[".woodpecker"], CI),
+    rule(&[".yarnrc.yml"], PACKAGE_MANAGER),
+    rule(&[".yarnrc"], PACKAGE_MANAGER),
+    rule(&[".npmrc"], PACKAGE_MANAGER),
+    rule(&[".pnpmfile.cjs"], PACKAGE_MANAGER),
+    rule(&[".mise.toml"], TOOL),
+    rule(&[".tool-versions"], TOOL),
+    rule(&[".nvim.lua"], EDITOR),
+    rule(&[".exrc"], EDITOR),
+    rule(&[".vimrc"], EDITOR),
+    rule(&[".dir-locals.el"], EDITOR),
+    rule(&[".zed"], EDITOR),
+    rule(&["lefthook.yml"], "git hooks installed by lefthook"),
+    rule(&[".lefthook.yml"], "git hooks installed by lefthook"),
 ];
+
+const PACKAGE_MANAGER: &str = "package manager configuration, which can run scripts";
+const TOOL: &str = "tool manager configuration, which selects the programs that run";
 
 const ABSOLUTE_LINK: &str = "symlink to an absolute path";
 const ESCAPING_LINK: &str = "symlink that leads outside the workspace";
+const CLIMBING_LINK: &str = "symlink whose target climbs with `..`";
 const LINK_TO_SENSITIVE: &str = "symlink to a sensitive path";
 const LINK_FOR_SENSITIVE_DIR: &str = "symlink in place of a directory with sensitive files";
 
@@ -106,6 +130,14 @@ pub fn reason(
     let target = symlink_target?;
     if target.has_root() {
         return Some(ABSOLUTE_LINK);
+    }
+    // A `..` after a symlink component can leave the workspace in a way that no lexical
+    // resolution sees, so any link that climbs is flagged.
+    if target
+        .components()
+        .any(|component| component == Component::ParentDir)
+    {
+        return Some(CLIMBING_LINK);
     }
     let Some(resolved) = resolve_in_workspace(path, target) else {
         return Some(ESCAPING_LINK);

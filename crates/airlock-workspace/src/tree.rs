@@ -20,7 +20,7 @@ pub(crate) struct Tree {
 
 impl Tree {
     pub(crate) fn open_lower(path: &Path) -> Result<Tree, Error> {
-        let root = fs::open_root(path).map_err(|source| Error::OpenLower {
+        let root = fs::open_project(path).map_err(|source| Error::OpenLower {
             path: path.to_owned(),
             source,
         })?;

@@ -65,11 +65,20 @@ fn symlink_to_absolute_path_is_sensitive() {
 fn symlink_leaving_workspace_is_sensitive() {
     let escaping = Path::new("../../outside");
     assert!(reason(Path::new("a/link"), FileType::Symlink, Some(escaping)).is_some());
-    let inside = Path::new("../b/file");
+    let inside = Path::new("b/file");
     assert_eq!(
         reason(Path::new("a/link"), FileType::Symlink, Some(inside)),
         None
     );
+}
+
+#[test]
+fn symlink_climbing_through_another_link_is_sensitive() {
+    // `b` may itself be a link to `.`, so `b/b/..` can leave the workspace.
+    let climbing = Path::new("b/b/..");
+    assert!(reason(Path::new("up"), FileType::Symlink, Some(climbing)).is_some());
+    let sibling = Path::new("../b/file");
+    assert!(reason(Path::new("a/link"), FileType::Symlink, Some(sibling)).is_some());
 }
 
 #[test]
