@@ -181,10 +181,18 @@ pub fn exec(
             }
         });
         let killed = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL;
-        if killed && ended.reason == EndReason::Exited {
-            if let (Some(cgroup), Some(before)) = (&cgroup, counters_before) {
-                ended.reason = cgroup.limit_hit_since(before).unwrap_or(ended.reason);
+        let hit = match (&cgroup, counters_before) {
+            (Some(cgroup), Some(before)) if ended.reason == EndReason::Exited => {
+                cgroup.limit_hit_since(before)
             }
+            _ => None,
+        };
+        // A refused fork shows in the command's own status rather than as a kill, so the
+        // process limit counts whenever it was hit during the command.
+        match hit {
+            Some(EndReason::PidsLimit) => ended.reason = EndReason::PidsLimit,
+            Some(reason) if killed => ended.reason = reason,
+            _ => {}
         }
     }
     ended.peak_memory = None;
