@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Startup benchmark: the wall time from start to exit of /bin/true in a fresh Airlock sandbox.
-# One hyperfine run times it next to bubblewrap with a similar read-only root, unshare(1)
+# One hyperfine run times it, with the default copy-on-write workspace and with a bind-mounted
+# one, next to bubblewrap with a similar read-only root, unshare(1)
 # with the same namespaces and nothing else, and plain /bin/true as the floor.
-# Each pass times the four commands twice: back-to-back, and spaced, with a pause before every
+# Each pass times the five commands twice: back-to-back, and spaced, with a pause before every
 # run. The spaced timing exists because some kernel costs, such as the RCU grace period that
 # a write to cgroup.procs can wait for, only show when sandboxes do not start every few
-# milliseconds. It also records the peak RSS of each of the four with GNU time.
+# milliseconds. It also records the peak RSS of each of the five with GNU time.
 #
 # Usage: bench/startup.sh [--unprivileged[=USER]] [--warmup N] [--runs N]
 #                         [--spaced-runs N] [--pause SECONDS] [--results DIR]
@@ -35,7 +36,7 @@ results_dir=
 unprivileged_user=
 
 usage() {
-    sed -n '10,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '11,25p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while (($#)); do
@@ -144,26 +145,32 @@ median() {
 }
 
 # Runs one pass: checks that every command exits 0 and samples its peak RSS, then times the
-# four commands back-to-back and spaced. Arguments: a label, the airlock binary, then the
+# five commands back-to-back and spaced. Arguments: a label, the airlock binary, then the
 # command that switches user (empty for the current user).
 run_pass() {
     local label=$1 airlock=$2
     shift 2
     local as_user=("$@")
     local workspace=$scratch/$label-workspace output=$scratch/$label
+    # Airlock keeps each run's record, workspace layers and audit log in its state
+    # directory; each pass gets one of its own, on the same file system as /tmp.
+    local state=$scratch/$label-state
     mkdir "$workspace" "$output"
+    mkdir -m 700 "$state"
     if ((${#as_user[@]})); then
-        chown "$unprivileged_user:" "$workspace" "$output"
+        chown "$unprivileged_user:" "$workspace" "$output" "$state"
     fi
+    export AIRLOCK_STATE_DIR=$state
     if [[ $workspace =~ [[:space:]] ]]; then
         echo "startup.sh: the workspace path '$workspace' contains whitespace," \
             "which hyperfine -N would split" >&2
         exit 1
     fi
 
-    local names=(airlock bwrap unshare /bin/true)
+    local names=(airlock airlock-bind bwrap unshare /bin/true)
     local commands=(
         "$airlock run -- /bin/true"
+        "$airlock run --workspace-mode bind -- /bin/true"
         "$(bwrap_command "$workspace")"
         "$(command -v unshare) --user --map-root-user --pid --fork --mount --net --uts --ipc --mount-proc /bin/true"
         /bin/true
@@ -225,7 +232,7 @@ run_pass() {
     fi
 }
 
-# Times the four commands of the current pass in one hyperfine run and exports the results
+# Times the five commands of the current pass in one hyperfine run and exports the results
 # to PREFIX.json and PREFIX.md. Uses run_pass's names, commands, workspace and as_user.
 # Arguments: PREFIX, then extra hyperfine options.
 time_commands() {
