@@ -245,14 +245,50 @@ impl Engine {
         } else {
             entries.push(audit::Pending::now("removed", Map::new()));
         }
-        AuditLog::open(&self.state.audit_path(&record.id), &record.id)?.append_all(entries)?;
-        if !changed {
-            self.state.recycle(&sandbox)?;
+        if changed {
+            AuditLog::open(&self.state.audit_path(&record.id), &record.id)?
+                .append_all(entries)?;
+        } else {
+            self.finish_in_background(&sandbox, &record.id, entries)?;
         }
         Ok(RunResult {
             finished: result?,
             kept: changed.then(|| record.id.clone()),
         })
+    }
+
+    /// Writes a finished run's audit entries and recycles its directory in a child process,
+    /// so the caller gets the command's status without waiting for the disk sync and the
+    /// directory operations (about 1 ms on ext4, more when the disk was idle). The child
+    /// holds the sandbox's lock, which it shares with this process, until it is done, so
+    /// `gc` leaves the directory alone meanwhile. If the fork fails, the work is done here.
+    fn finish_in_background(
+        &self,
+        sandbox: &SandboxDir,
+        id: &str,
+        entries: Vec<audit::Pending>,
+    ) -> Result<(), BackendError> {
+        let finish = || -> Result<(), BackendError> {
+            AuditLog::open(&self.state.audit_path(id), id)?.append_all(entries.clone())?;
+            self.state.recycle(sandbox)?;
+            Ok(())
+        };
+        match sys::clone_process(0, None) {
+            Ok(0) => {
+                // Detached from the caller's session and streams, so that neither a signal
+                // for the caller's process group nor a reader waiting for end of file on
+                // its output involves this process.
+                let _ = sys::setsid();
+                release_stdio();
+                if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
+                    let _ = sys::dup2(null.as_raw_fd(), 2);
+                }
+                let code = if finish().is_ok() { 0 } else { 1 };
+                sys::exit_now(code)
+            }
+            Ok(_) => Ok(()),
+            Err(_) => finish(),
+        }
     }
 
     /// Rejects a workspace that is, contains or lies inside the state directory.
