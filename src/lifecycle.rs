@@ -246,8 +246,7 @@ impl Engine {
             entries.push(audit::Pending::now("removed", Map::new()));
         }
         if changed {
-            AuditLog::open(&self.state.audit_path(&record.id), &record.id)?
-                .append_all(entries)?;
+            AuditLog::open(&self.state.audit_path(&record.id), &record.id)?.append_all(entries)?;
         } else {
             self.finish_in_background(&sandbox, &record.id, entries)?;
         }

@@ -80,15 +80,8 @@ pub fn exec(
     launch::ensure_single_threaded()?;
     let spec = command_spec(sandbox, command);
     let namespaces = open_namespaces(runtime)?;
-    let cgroup = runtime.cgroup.as_ref().map(Cgroup::view);
-    let join_files = match &cgroup {
-        Some(cgroup) => cgroup.join_files().map_err(Error::Cgroup)?,
-        None => Vec::new(),
-    };
-    let (tasks, cgroup_dir): (&[OwnedFd], Option<RawFd>) = match &cgroup {
-        Some(cgroup) if cgroup.is_v2() => (&[], join_files.first().map(AsRawFd::as_raw_fd)),
-        _ => (&join_files, None),
-    };
+    let joined = JoinedCgroup::open(runtime)?;
+    let (cgroup, tasks, cgroup_dir) = (&joined.cgroup, joined.tasks(), joined.dir());
     let counters_before = cgroup.as_ref().map(Cgroup::limit_counters);
     let plan = launch::workload_plan(&spec, runtime.landlock_abi)?;
     let mut streams =
@@ -201,6 +194,43 @@ pub fn exec(
         outcome,
         stderr_ends_line,
     })
+}
+
+/// The sandbox's cgroup and what a process needs to join it: the v1 `tasks` files it writes
+/// "0" to, or the v2 directory it is cloned into.
+struct JoinedCgroup {
+    cgroup: Option<Cgroup>,
+    files: Vec<OwnedFd>,
+}
+
+impl JoinedCgroup {
+    fn open(runtime: &Runtime) -> Result<JoinedCgroup, Error> {
+        let cgroup = runtime.cgroup.as_ref().map(Cgroup::view);
+        let files = match &cgroup {
+            Some(cgroup) => cgroup.join_files().map_err(Error::Cgroup)?,
+            None => Vec::new(),
+        };
+        Ok(JoinedCgroup { cgroup, files })
+    }
+
+    fn is_v2(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(Cgroup::is_v2)
+    }
+
+    fn tasks(&self) -> &[OwnedFd] {
+        if self.is_v2() {
+            &[]
+        } else {
+            &self.files
+        }
+    }
+
+    fn dir(&self) -> Option<RawFd> {
+        self.files
+            .first()
+            .filter(|_| self.is_v2())
+            .map(AsRawFd::as_raw_fd)
+    }
 }
 
 /// Opens the sandbox's namespaces through the descriptors its supervisor holds, and checks
@@ -401,15 +431,8 @@ pub fn copy(
 ) -> Result<(), Error> {
     launch::ensure_single_threaded()?;
     let namespaces = open_namespaces(runtime)?;
-    let cgroup = runtime.cgroup.as_ref().map(Cgroup::view);
-    let join_files = match &cgroup {
-        Some(cgroup) => cgroup.join_files().map_err(Error::Cgroup)?,
-        None => Vec::new(),
-    };
-    let (tasks, cgroup_dir): (&[OwnedFd], Option<RawFd>) = match &cgroup {
-        Some(cgroup) if cgroup.is_v2() => (&[], join_files.first().map(AsRawFd::as_raw_fd)),
-        _ => (&join_files, None),
-    };
+    let joined = JoinedCgroup::open(runtime)?;
+    let (tasks, cgroup_dir) = (joined.tasks(), joined.dir());
     // Out of the sandbox, the host decides the name; into it, the joined process does,
     // because only it can see whether the target is a directory.
     let (host_dir, name) = if into_sandbox {
