@@ -64,7 +64,19 @@ fn usage_error(error: clap::Error) -> ExitCode {
     }
     let rendered = error.render().to_string();
     let first = rendered.lines().next().unwrap_or_default();
-    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // clap lists missing arguments on the lines after "...were not provided:".
+    let message = if first.ends_with(':') {
+        let listed: Vec<&str> = rendered
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .take_while(|line| !line.is_empty())
+            .collect();
+        format!("{first} {}", listed.join(", "))
+    } else {
+        first.to_owned()
+    };
     let stray_command = match error.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(arg)) => !arg.starts_with('-'),
         _ => false,
@@ -335,7 +347,11 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             } else {
                 print_apply(&id, &report);
             }
-            let incomplete = !report.conflicts.is_empty() || !report.failed.is_empty();
+            let unmatched = report
+                .skipped
+                .iter()
+                .any(|skipped| matches!(skipped.reason, airlock_workspace::SkipReason::NoChange));
+            let incomplete = !report.conflicts.is_empty() || !report.failed.is_empty() || unmatched;
             Ok(if incomplete { 1 } else { 0 })
         }
         Action::Discard { sandbox } => {
