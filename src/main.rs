@@ -442,18 +442,22 @@ fn copy_operands(args: &cli::CopyArgs) -> Result<(String, PathBuf, PathBuf, bool
 
 fn print_list(listed: &[lifecycle::Listed]) {
     println!(
-        "{:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {:<20}  WORKSPACE",
-        "ID", "NAME", "STATUS", "BACKEND", "MODE", "CREATED"
+        "{:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {:<20}  {:<20}  WORKSPACE",
+        "ID", "NAME", "STATUS", "BACKEND", "MODE", "CREATED", "EXPIRES"
     );
     for sandbox in listed {
         let short = sandbox.id.get(..12).unwrap_or(&sandbox.id);
         let created = sandbox.created.get(..19).unwrap_or(&sandbox.created);
+        let expires = sandbox
+            .expires
+            .as_deref()
+            .map_or("-", |expires| expires.get(..19).unwrap_or(expires));
         let workspace = sandbox
             .workspace
             .as_ref()
-            .map_or_else(String::new, |path| path.display().to_string());
+            .map_or_else(String::new, |path| printable(path));
         println!(
-            "{short:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {created:<20}  {workspace}",
+            "{short:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {created:<20}  {expires:<20}  {workspace}",
             sandbox.name.as_deref().unwrap_or("-"),
             sandbox.status,
             sandbox.backend,
