@@ -366,15 +366,35 @@ impl StateDir {
         self.allocate_with(record, false, true)
     }
 
-    /// Moves a spare directory to `target`; false when there is none to take.
-    fn take_spare(&self, target: &Path) -> bool {
+    /// Takes a spare directory for the volatile `record`: locks it where it lies, writes the
+    /// record over the old one, and moves it to `sandbox`. Spares are out of `gc`'s sight,
+    /// so this needs no hidden name, and the record needs no atomic replacement: a torn one
+    /// is a damaged record, which `gc` removes. Returns `None` when there is no spare.
+    fn take_spare(
+        &self,
+        record: &Record,
+        sandbox: &SandboxDir,
+    ) -> Result<Option<SandboxLock>, StateError> {
         let Ok(entries) = fs::read_dir(self.spares()) else {
-            return false;
+            return Ok(None);
         };
-        // Another run may take the same spare first, and then the rename fails.
-        entries
-            .flatten()
-            .any(|entry| fs::rename(entry.path(), target).is_ok())
+        for entry in entries.flatten() {
+            let spare = SandboxDir {
+                id: entry.file_name().to_string_lossy().into_owned(),
+                path: entry.path(),
+            };
+            // Another run may be taking the same spare.
+            let Ok(Some(lock)) = spare.try_lock() else {
+                continue;
+            };
+            if spare.overwrite_record(record).is_err() {
+                continue;
+            }
+            if fs::rename(&spare.path, &sandbox.path).is_ok() {
+                return Ok(Some(lock));
+            }
+        }
+        Ok(None)
     }
 
     /// Keeps the directory of a finished run, whose overlay upper layer is empty, for the
@@ -390,7 +410,6 @@ impl StateDir {
         // differ next time; the next mount makes it again.
         make_owner_accessible(&sandbox.work());
         let _ = fs::remove_dir_all(sandbox.work().join("work"));
-        let _ = fs::remove_file(sandbox.record_path());
         match fs::rename(&sandbox.path, self.spares().join(&sandbox.id)) {
             Ok(()) => Ok(()),
             Err(_) => sandbox.remove(),
@@ -411,15 +430,18 @@ impl StateDir {
                 });
             }
         }
+        let sandbox = self.sandbox(&record.id);
+        if spare {
+            if let Some(lock) = self.take_spare(record, &sandbox)? {
+                return Ok((sandbox, lock));
+            }
+        }
         // The directory is prepared under a hidden name, which listings skip, and appears
         // under its id with its record and its lock held, so `gc` never sees it half made.
         let hidden = self.sandbox(&format!(".new-{}", record.id));
-        if !(spare && self.take_spare(&hidden.path)) {
-            create_private_dir(&hidden.path)?;
-        }
+        create_private_dir(&hidden.path)?;
         let lock = hidden.lock()?;
         hidden.replace_record(record, durable)?;
-        let sandbox = self.sandbox(&record.id);
         fs::rename(&hidden.path, &sandbox.path).map_err(|source| StateError::CreateDir {
             path: sandbox.path.clone(),
             source,
@@ -607,6 +629,25 @@ impl SandboxDir {
     /// directory holds no record or the old one, and `airlock gc` removes it.
     pub fn write_record_volatile(&self, record: &Record) -> Result<(), StateError> {
         self.replace_record(record, false)
+    }
+
+    /// Writes the record over the old one in place, for a spare that only its locker sees.
+    fn overwrite_record(&self, record: &Record) -> Result<(), StateError> {
+        let path = self.record_path();
+        let mut text = serde_json::to_vec(record).map_err(io::Error::other);
+        if let Ok(text) = &mut text {
+            text.push(b'\n');
+        }
+        text.and_then(|text| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?
+                .write_all(&text)
+        })
+        .map_err(|source| StateError::WriteRecord { path, source })
     }
 
     fn replace_record(&self, record: &Record, durable: bool) -> Result<(), StateError> {
