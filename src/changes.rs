@@ -14,6 +14,8 @@ use crate::lifecycle::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
+    #[error("sandbox {id} is running, so its processes could change files between your review and this apply: stop it first (`airlock stop {id}`, then `airlock diff {id}`), or pass --running to apply the files as they are now")]
+    Running { id: String },
     #[error("sandbox {id} has no copy-on-write workspace (its workspace mode is {mode}): its changes are already on the host, or it has none")]
     NotOverlay { id: String, mode: WorkspaceMode },
 }
@@ -64,7 +66,7 @@ pub fn type_name(file_type: &FileType) -> &'static str {
 
 pub fn change_json(change: &Change) -> Value {
     json!({
-        "path": change.path,
+        "path": lossy(&change.path),
         "kind": kind_name(&change.kind),
         "type": type_name(&change.file_type),
         "sensitive": change.sensitive,
@@ -72,13 +74,19 @@ pub fn change_json(change: &Change) -> Value {
 }
 
 /// Lists the workspace changes of a sandbox, and logs that they were looked at.
-pub fn diff(engine: &Engine, reference: &str) -> Result<(Layers, Vec<Change>), BackendError> {
+/// Also returns whether the sandbox runs.
+pub fn diff(engine: &Engine, reference: &str) -> Result<(Layers, Vec<Change>, bool), BackendError> {
     let (sandbox, record) = engine.state().resolve(reference)?;
     let layers = layers_of(&sandbox, &record)?;
     let changes = airlock_workspace::diff(&layers.lower, &layers.upper)?;
-    let paths: Vec<&Path> = changes.iter().map(|change| change.path.as_path()).collect();
+    let paths: Vec<String> = changes.iter().map(|change| lossy(&change.path)).collect();
     engine.log_event(&record.id, "diff", json!({ "paths": paths }))?;
-    Ok((layers, changes))
+    Ok((layers, changes, record.is_running()))
+}
+
+/// A path as JSON text: file names that are not UTF-8 get replacement characters.
+fn lossy(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 fn to_time(nanos: u64) -> SystemTime {
@@ -91,11 +99,15 @@ pub fn apply(
     engine: &Engine,
     reference: &str,
     paths: Vec<PathBuf>,
+    running: bool,
 ) -> Result<(String, ApplyReport), BackendError> {
     let (sandbox, _) = engine.state().resolve(reference)?;
     let _lock = sandbox.lock()?;
     let mut record = sandbox.read_record()?;
     let layers = layers_of(&sandbox, &record)?;
+    if record.is_running() && !running {
+        return Err(ChangesError::Running { id: record.id }.into());
+    }
     let applied: BTreeMap<PathBuf, SystemTime> = record
         .applied
         .iter()
@@ -108,10 +120,14 @@ pub fn apply(
         journal: sandbox.apply_journal(),
     };
     let report = airlock_workspace::apply(&layers.lower, &layers.upper, &options)?;
+    // A path that is not UTF-8 cannot be stored in the record; without its baseline, a later
+    // apply reports it as a conflict, which errs on the safe side.
     for (path, time) in &report.baselines {
-        record
-            .applied
-            .insert(path.clone(), nanos_since_epoch(*time));
+        if path.to_str().is_some() {
+            record
+                .applied
+                .insert(path.clone(), nanos_since_epoch(*time));
+        }
     }
     sandbox.write_record(&record)?;
     engine.log_event(&record.id, "apply", report_json(&report))?;
@@ -120,15 +136,15 @@ pub fn apply(
 
 pub fn report_json(report: &ApplyReport) -> Value {
     json!({
-        "applied": report.applied,
+        "applied": report.applied.iter().map(|path| lossy(path)).collect::<Vec<_>>(),
         "conflicts": report.conflicts.iter().map(|conflict| json!({
-            "path": conflict.path, "reason": conflict.reason.to_string(),
+            "path": lossy(&conflict.path), "reason": conflict.reason.to_string(),
         })).collect::<Vec<_>>(),
         "skipped": report.skipped.iter().map(|skipped| json!({
-            "path": skipped.path, "reason": skipped.reason.to_string(),
+            "path": lossy(&skipped.path), "reason": skipped.reason.to_string(),
         })).collect::<Vec<_>>(),
         "failed": report.failed.iter().map(|failure| json!({
-            "path": failure.path,
+            "path": lossy(&failure.path),
             "error": airlock_namespace::error_chain(&failure.error),
         })).collect::<Vec<_>>(),
     })

@@ -270,6 +270,10 @@ pub struct ApplyArgs {
     /// only when named here.
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Apply even though the sandbox runs: its processes may have changed the files since
+    /// you reviewed them. Without it, stop the sandbox first.
+    #[arg(long)]
+    pub running: bool,
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
@@ -389,6 +393,7 @@ impl RunArgs {
 
 impl CreateArgs {
     pub fn into_action(self, matches: &clap::ArgMatches) -> Result<Action, SpecFileError> {
+        let spec_path = self.sandbox.spec.clone();
         let (backend, mut spec) = self.sandbox.into_spec(Vec::new(), matches)?;
         if self.name.is_some() {
             spec.name = self.name;
@@ -396,7 +401,13 @@ impl CreateArgs {
         if self.ttl.is_some() {
             spec.ttl = self.ttl;
         }
-        spec.command.clear();
+        if !spec.command.is_empty() {
+            return Err(SpecFileError::CommandForCreate {
+                path: spec_path.unwrap_or_default(),
+            });
+        }
+        // Each `exec -t` asks for its own terminal; the sandbox itself has none.
+        spec.tty = false;
         Ok(Action::Create { backend, spec })
     }
 }

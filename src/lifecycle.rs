@@ -38,6 +38,8 @@ pub enum LifecycleError {
     NotRunning { id: String },
     #[error("sandbox {id} is past its --ttl: copy what you need with `airlock diff` and `airlock apply`, then remove it with `airlock rm {id}` or `airlock gc`")]
     Expired { id: String },
+    #[error("the root filesystem {root:?} is no longer that directory (a symlink on its path, or it is gone): restore it, or remove the sandbox with `airlock rm`")]
+    RootfsChanged { root: PathBuf },
     #[error("sandbox {id} is already running")]
     AlreadyRunning { id: String },
     #[error("sandbox {id} is running: stop it first, or pass --force to stop and remove it")]
@@ -357,6 +359,7 @@ impl Engine {
             return Err(LifecycleError::Expired { id: record.id }.into());
         }
         self.check_workspace(&record.spec)?;
+        check_rootfs(&record.spec)?;
         self.clean_up_runtime(&sandbox, &mut record)?;
         self.spawn_supervisor(&sandbox, &mut record)?;
         Ok(record)
@@ -559,6 +562,7 @@ impl Engine {
                 crate::changes::recover(workspace, &journal)?;
             }
         }
+        empty_layers(sandbox);
         sandbox.remove()?;
         self.log(&record.id, "removed", json!({ "by": by }))?;
         Ok(())
@@ -721,6 +725,7 @@ impl Engine {
         let mut record = match record {
             Ok(record) => record,
             Err(_) => {
+                empty_layers(sandbox);
                 sandbox.remove()?;
                 collected.push(Collected {
                     id: sandbox.id.clone(),
@@ -808,6 +813,28 @@ impl Engine {
 
     pub fn log_event(&self, id: &str, event: &str, value: Value) -> Result<(), BackendError> {
         self.log(id, event, value)
+    }
+}
+
+/// Checks that a `--rootfs` directory is still the directory the spec names, with no symlink
+/// on its path: its owner could otherwise point a stopped sandbox's root anywhere, `/` too.
+fn check_rootfs(spec: &Spec) -> Result<(), LifecycleError> {
+    let airlock_core::RootFs::Directory(root) = &spec.rootfs else {
+        return Ok(());
+    };
+    let resolved = root.canonicalize().ok();
+    if resolved.as_deref() == Some(root.as_path()) && root != Path::new("/") {
+        return Ok(());
+    }
+    Err(LifecycleError::RootfsChanged { root: root.clone() })
+}
+
+/// Empties the overlay's layers with the workspace crate's remover, which works through
+/// descriptors at a bounded depth and fixes permissions on the way: a sandbox may have left
+/// a tree deeper than a path can name, or directories without permissions.
+pub fn empty_layers(sandbox: &SandboxDir) {
+    if sandbox.layers().is_dir() {
+        let _ = airlock_workspace::discard(&sandbox.upper(), &sandbox.work());
     }
 }
 

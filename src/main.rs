@@ -187,8 +187,13 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
             (Action::Diff { sandbox, patch }, args.json)
         }
         Command::Apply(args) => {
-            let (sandbox, paths) = (args.sandbox, args.paths);
-            (Action::Apply { sandbox, paths }, args.json)
+            let (sandbox, paths, running) = (args.sandbox, args.paths, args.running);
+            let action = Action::Apply {
+                sandbox,
+                paths,
+                running,
+            };
+            (action, args.json)
         }
         Command::Discard(args) => (
             Action::Discard {
@@ -325,20 +330,36 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             Ok(0)
         }
         Action::Diff { sandbox, patch } => {
-            let (layers, changes) = changes::diff(engine, &sandbox)?;
+            let (layers, changes, running) = changes::diff(engine, &sandbox)?;
+            if running {
+                eprintln!(
+                    "airlock: the sandbox is running, so its processes can still change these files; stop it before you apply them"
+                );
+            }
             if json {
                 let list: Vec<_> = changes.iter().map(changes::change_json).collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if patch {
-                let mut stdout = std::io::stdout().lock();
-                airlock_workspace::patch(&layers.lower, &layers.upper, &changes, &mut stdout)?;
+                let stdout = std::io::stdout();
+                if stdout.is_terminal() {
+                    let mut out = EscapeControls::new(stdout.lock());
+                    airlock_workspace::patch(&layers.lower, &layers.upper, &changes, &mut out)?;
+                    out.flush()?;
+                } else {
+                    let mut out = stdout.lock();
+                    airlock_workspace::patch(&layers.lower, &layers.upper, &changes, &mut out)?;
+                }
             } else {
                 print_changes(&changes);
             }
             Ok(0)
         }
-        Action::Apply { sandbox, paths } => {
-            let (id, report) = changes::apply(engine, &sandbox, paths)?;
+        Action::Apply {
+            sandbox,
+            paths,
+            running,
+        } => {
+            let (id, report) = changes::apply(engine, &sandbox, paths, running)?;
             if json {
                 println!(
                     "{}",
@@ -400,6 +421,9 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Gc => {
             let collected = engine.gc()?;
+            let incomplete = collected
+                .iter()
+                .any(|item| item.action.starts_with("not collected"));
             if json {
                 println!("{}", serde_json::to_string_pretty(&collected)?);
             } else if collected.is_empty() {
@@ -409,7 +433,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
                     eprintln!("airlock: {}: {}", item.id, item.action);
                 }
             }
-            Ok(0)
+            Ok(if incomplete { 1 } else { 0 })
         }
     }
 }
@@ -463,6 +487,55 @@ fn print_list(listed: &[lifecycle::Listed]) {
             sandbox.backend,
             sandbox.workspace_mode,
         );
+    }
+}
+
+/// Writes text for a terminal with its control characters shown rather than obeyed: a file's
+/// content must not move the cursor or erase lines of a patch under review. C0 controls other
+/// than newline and tab, and DEL, become caret notation (`^[`); C1 controls, encoded in UTF-8
+/// as 0xC2 0x80 to 0xC2 0x9F, become `\u{80}` to `\u{9f}`.
+struct EscapeControls<W: Write> {
+    inner: W,
+    /// A 0xC2 byte that ended the last write, which may start a C1 control.
+    pending_c2: bool,
+}
+
+impl<W: Write> EscapeControls<W> {
+    fn new(inner: W) -> Self {
+        EscapeControls {
+            inner,
+            pending_c2: false,
+        }
+    }
+}
+
+impl<W: Write> Write for EscapeControls<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(bytes.len());
+        for &byte in bytes {
+            if std::mem::take(&mut self.pending_c2) {
+                if (0x80..=0x9f).contains(&byte) {
+                    out.extend_from_slice(format!("\\u{{{byte:x}}}").as_bytes());
+                    continue;
+                }
+                out.push(0xc2);
+            }
+            match byte {
+                b'\n' | b'\t' => out.push(byte),
+                0x00..=0x1f | 0x7f => out.extend_from_slice(&[b'^', byte ^ 0x40]),
+                0xc2 => self.pending_c2 = true,
+                _ => out.push(byte),
+            }
+        }
+        self.inner.write_all(&out)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.pending_c2) {
+            self.inner.write_all(&[0xc2])?;
+        }
+        self.inner.flush()
     }
 }
 
@@ -562,4 +635,27 @@ fn report(finished: &Finished, json: bool, describe: fn(EndReason) -> Option<&'s
         let _ = writeln!(stderr, "{separator}{record}");
     }
     outcome.exit_status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(chunks: &[&[u8]]) -> String {
+        let mut out = EscapeControls::new(Vec::new());
+        for chunk in chunks {
+            out.write_all(chunk).unwrap();
+        }
+        out.flush().unwrap();
+        String::from_utf8(out.inner).unwrap()
+    }
+
+    #[test]
+    fn terminal_controls_in_a_patch_are_shown_not_obeyed() {
+        assert_eq!(escaped(&[b"a\x1b[2K\rb\tc\n"]), "a^[[2K^Mb\tc\n");
+        assert_eq!(escaped(&[b"\x7f"]), "^?");
+        // A C1 control split across two writes, and an ordinary two-byte letter.
+        assert_eq!(escaped(&[b"x\xc2", b"\x9by"]), "x\\u{9b}y");
+        assert_eq!(escaped(&["é\u{a0}".as_bytes()]), "é\u{a0}");
+    }
 }

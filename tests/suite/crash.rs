@@ -117,7 +117,7 @@ fn killed_commands_leave_a_usable_sandbox_or_one_gc_removes() {
                 "sleep".into(),
                 "5".into(),
             ],
-            3 => vec!["apply".into(), base.clone()],
+            3 => vec!["apply".into(), "--running".into(), base.clone()],
             4 => vec!["rm".into(), "--force".into(), target.clone()],
             _ => vec!["stop".into(), target.clone()],
         };

@@ -65,6 +65,23 @@ extern "C" fn remove_binary_copy() {
         remove_left_sandboxes(dir);
         let _ = fs::remove_dir_all(dir);
     }
+    remove_left_delegations();
+}
+
+/// Removes this test process's delegated cgroups that a supervisor still used when their
+/// guard was dropped; they are empty by now.
+fn remove_left_delegations() {
+    let prefix = format!("airlock-test-{}", std::process::id());
+    for controller in ["memory", "pids", "cpu"] {
+        let Ok(entries) = fs::read_dir(Path::new("/sys/fs/cgroup").join(controller)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+    }
 }
 
 /// Removes the sandboxes that failed tests left in the state directories below `dir`, so
@@ -197,8 +214,14 @@ impl Delegation {
 impl Drop for Delegation {
     fn drop(&mut self) {
         for dir in &self.dirs {
-            // Sandboxes remove their own cgroups; give the last exits a moment to settle.
-            for _ in 0..100 {
+            // Sandboxes remove their own cgroups; give the last exits a moment to settle, and
+            // remove what an ending supervisor has not removed yet.
+            for _ in 0..200 {
+                if let Ok(children) = fs::read_dir(dir) {
+                    for child in children.flatten().filter(|c| c.path().is_dir()) {
+                        let _ = fs::remove_dir(child.path());
+                    }
+                }
                 if fs::remove_dir(dir).is_ok() || !dir.exists() {
                     break;
                 }

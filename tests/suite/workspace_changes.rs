@@ -102,6 +102,15 @@ fn apply_writes_changes_and_reports_a_conflict() {
         // The host edits b.txt meanwhile, so the sandbox's change must not overwrite it.
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(workspace.path().join("b.txt"), "host edit\n").unwrap();
+        let refused = run(caller, &["apply", &id], workspace.path());
+        assert_eq!(refused.status.code(), Some(125), "{}", describe(&refused));
+        assert!(
+            stderr(&refused).contains("stop it first"),
+            "{}",
+            describe(&refused)
+        );
+        let stop = run(caller, &["stop", &id], workspace.path());
+        assert!(stop.status.success(), "{}", describe(&stop));
         let apply = run(caller, &["apply", &id], workspace.path());
         assert_eq!(
             apply.status.code(),
@@ -137,7 +146,7 @@ fn sensitive_changes_apply_only_when_named() {
         true
     );
     assert_eq!(change(&changes, ".bashrc").unwrap()["sensitive"], true);
-    let apply = run(caller, &["apply", &id], workspace.path());
+    let apply = run(caller, &["apply", "--running", &id], workspace.path());
     assert!(apply.status.success(), "{}", describe(&apply));
     assert!(!workspace.path().join(".git/hooks/pre-commit").exists());
     assert!(!workspace.path().join(".bashrc").exists());
@@ -145,7 +154,11 @@ fn sensitive_changes_apply_only_when_named() {
         fs::read_to_string(workspace.path().join("a.txt")).unwrap(),
         "ok\n"
     );
-    let named = run(caller, &["apply", &id, ".bashrc"], workspace.path());
+    let named = run(
+        caller,
+        &["apply", "--running", &id, ".bashrc"],
+        workspace.path(),
+    );
     assert!(named.status.success(), "{}", describe(&named));
     assert!(workspace.path().join(".bashrc").exists());
     assert!(!workspace.path().join(".git/hooks/pre-commit").exists());

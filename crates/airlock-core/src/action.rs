@@ -45,9 +45,11 @@ pub enum Action {
     /// List the workspace changes, or print them as a patch.
     Diff { sandbox: SandboxRef, patch: bool },
     /// Copy workspace changes to the host; all non-sensitive ones when `paths` is empty.
+    /// `running` accepts a running sandbox, whose files may change after they were reviewed.
     Apply {
         sandbox: SandboxRef,
         paths: Vec<PathBuf>,
+        running: bool,
     },
     /// Drop every workspace change.
     Discard { sandbox: SandboxRef },

@@ -13,8 +13,11 @@ pub struct ParseError {
 
 const SIZE_SYNTAX: &str = "a whole number of bytes with an optional suffix K, M, G or T \
      (powers of 1024, for example 512M or 2G)";
+/// Longest duration accepted, 100 years: longer ones overflow clocks and mean "never".
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 const DURATION_SYNTAX: &str = "a whole number with an optional suffix ms, s, m or h \
-     (seconds by default, for example 30s or 10m)";
+     (seconds by default, for example 30s or 10m; at most 100 years)";
 const CPUS_SYNTAX: &str = "a number of CPUs from 0.01 to 4096, for example 1 or 0.5";
 
 fn invalid(what: &'static str, value: &str, expected: &'static str) -> ParseError {
@@ -73,7 +76,7 @@ pub fn parse_duration(what: &'static str, value: &str) -> Result<Duration, Parse
         "h" => Duration::from_secs(number.saturating_mul(3600)),
         _ => return Err(invalid(what, value, DURATION_SYNTAX)),
     };
-    if duration.is_zero() {
+    if duration.is_zero() || duration > MAX_DURATION {
         return Err(invalid(what, value, DURATION_SYNTAX));
     }
     Ok(duration)

@@ -123,6 +123,8 @@ impl fmt::Display for Location {
 /// A spec file that cannot be read or does not describe a valid spec.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecFileError {
+    #[error("spec file {path:?} gives a command, which `create` does not run: remove `command` from it, or use the file with `airlock run`")]
+    CommandForCreate { path: PathBuf },
     #[error("cannot read spec file {path:?}")]
     Read {
         path: PathBuf,
@@ -619,7 +621,9 @@ A = "1=2"
             SpecFileError::Syntax { location, .. }
             | SpecFileError::UnknownKey { location, .. }
             | SpecFileError::InvalidValue { location, .. } => location,
-            SpecFileError::Read { .. } => panic!("read error has no location: {error}"),
+            SpecFileError::Read { .. } | SpecFileError::CommandForCreate { .. } => {
+                panic!("this error has no location: {error}")
+            }
         };
         let position = location.position.expect("error has a position");
         (

@@ -51,6 +51,13 @@ pub enum StateError {
         owner: u32,
         mode: u32,
     },
+    #[error("the state directory {path:?} lies in {parent:?}, which belongs to uid {owner} with mode {mode:o}, so another user could replace it: pass a --state-dir whose parents belong to root or to you and are writable by no one else")]
+    UnsafeParent {
+        path: PathBuf,
+        parent: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     #[error("cannot read the state directory {path:?}")]
     ReadDir {
         path: PathBuf,
@@ -176,7 +183,7 @@ impl Record {
         let created = nanos_since_epoch(SystemTime::now());
         let expires = spec
             .ttl
-            .map(|ttl| created.saturating_add(ttl.as_nanos() as u64));
+            .map(|ttl| created.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)));
         Record {
             id,
             name: spec.name.clone(),
@@ -241,9 +248,16 @@ impl StateDir {
                 path: root.clone(),
                 source,
             })?;
+        create_private_dir(&root)?;
+        // From here on the directory is named by its real path, checked from `/` down, so a
+        // symlink or a parent that someone else controls cannot redirect it later.
+        let root = root.canonicalize().map_err(|source| StateError::ReadDir {
+            path: root.clone(),
+            source,
+        })?;
+        check_private(&root)?;
+        check_ancestors(&root)?;
         let state = StateDir { root };
-        create_private_dir(&state.root)?;
-        check_private(&state.root)?;
         for dir in [state.sandboxes(), state.audit_dir(), state.spares()] {
             create_private_dir(&dir)?;
         }
@@ -519,6 +533,48 @@ fn check_private(path: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Checks that no one but root and the caller can replace the state directory through one of
+/// its parents: each must belong to one of them and be writable by no one else, unless it is
+/// sticky (as /tmp is), where others cannot rename or remove entries they do not own.
+fn check_ancestors(root: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let caller = rustix::process::geteuid().as_raw();
+    // Inside a user namespace, directories of users it does not map (host root among them)
+    // show the overflow uid.
+    let unmapped = in_user_namespace().then(|| {
+        fs::read_to_string("/proc/sys/kernel/overflowuid")
+            .ok()
+            .and_then(|uid| uid.trim().parse::<u32>().ok())
+            .unwrap_or(65534)
+    });
+    for parent in root.ancestors().skip(1) {
+        let metadata = fs::metadata(parent).map_err(|source| StateError::ReadDir {
+            path: parent.to_owned(),
+            source,
+        })?;
+        let trusted_owner =
+            metadata.uid() == 0 || metadata.uid() == caller || Some(metadata.uid()) == unmapped;
+        let shared = metadata.mode() & 0o022 != 0 && metadata.mode() & 0o1000 == 0;
+        if !trusted_owner || shared {
+            return Err(StateError::UnsafeParent {
+                path: root.to_owned(),
+                parent: parent.to_owned(),
+                owner: metadata.uid(),
+                mode: metadata.mode() & 0o7777,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process runs in a user namespace other than the host's.
+fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        fields != ["0", "0", "4294967295"]
+    })
+}
+
 fn create_private_dir(path: &Path) -> Result<(), StateError> {
     match fs::DirBuilder::new()
         .recursive(true)
@@ -581,9 +637,19 @@ impl SandboxDir {
         Ok(SandboxLock { _file: file })
     }
 
-    /// Takes the sandbox's lock if no other command holds it.
+    /// Takes the sandbox's lock if no other command holds it. A directory without a lock
+    /// file is being created or removed by another command, and is left alone.
     pub fn try_lock(&self) -> Result<Option<SandboxLock>, StateError> {
-        let file = self.lock_file()?;
+        let file = match OpenOptions::new().write(true).open(self.path.join("lock")) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Lock {
+                    id: self.id.clone(),
+                    source,
+                })
+            }
+        };
         match file.try_lock() {
             Ok(()) => Ok(Some(SandboxLock { _file: file })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

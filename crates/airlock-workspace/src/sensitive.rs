@@ -80,6 +80,13 @@ const RULES: &[Rule] = &[
     rule(&[".npmrc"], PACKAGE_MANAGER),
     rule(&[".pnpmfile.cjs"], PACKAGE_MANAGER),
     rule(&[".mise.toml"], TOOL),
+    rule(&["mise.toml"], TOOL),
+    rule(&[".mise"], TOOL),
+    rule(&[".config", "mise"], TOOL),
+    rule(
+        &[".devcontainer.json"],
+        "dev container definition, built and run by the editor",
+    ),
     rule(&[".tool-versions"], TOOL),
     rule(&[".nvim.lua"], EDITOR),
     rule(&[".exrc"], EDITOR),
