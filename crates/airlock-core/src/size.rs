@@ -162,6 +162,14 @@ mod tests {
     }
 
     #[test]
+    fn durations_past_a_century_are_rejected() {
+        assert!(parse_duration("ttl", "876000h").is_ok());
+        for bad in ["18446744073709551615s", "5124096h"] {
+            assert!(parse_duration("ttl", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn cpus_accept_fractions_only_in_range() {
         assert_eq!(parse_cpus("cpus", "0.5"), Ok(0.5));
         assert_eq!(parse_cpus("cpus", "2"), Ok(2.0));

@@ -873,6 +873,18 @@ mod tests {
     }
 
     #[test]
+    fn state_directory_under_a_shared_parent_is_rejected() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let error = StateDir::locate(Some(&dir.path().join("state")), false).unwrap_err();
+        assert!(matches!(error, StateError::UnsafeParent { .. }), "{error}");
+        // A sticky parent, as /tmp is, keeps others from replacing the entry.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(StateDir::locate(Some(&dir.path().join("state")), false).is_ok());
+    }
+
+    #[test]
     fn workspace_around_or_inside_state_overlaps() {
         let (dir, state) = temporary_state();
         let root = dir.path().canonicalize().unwrap();
