@@ -26,7 +26,7 @@ use crate::sys;
 /// How often the supervisor checks the cgroup for a limit that was hit.
 const LIMIT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What commands need to know about a running held sandbox, stored in its record.
+/// Facts about a running held sandbox that later commands need, stored in its record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Runtime {
     /// The sandbox's PID 1, whose namespaces `exec` joins.
@@ -39,7 +39,7 @@ pub struct Runtime {
     /// Whether the process limit is set as RLIMIT_NPROC, for lack of a pids cgroup.
     pub nproc_fallback: bool,
     pub enforcement: Enforcement,
-    /// Inode of the sandbox's PID namespace, which tells its processes from others.
+    /// Inode of the sandbox's PID namespace, which identifies its processes.
     pub pid_namespace: u64,
     /// The supervisor, which holds descriptors of the sandbox's namespaces.
     pub supervisor: ProcessRef,

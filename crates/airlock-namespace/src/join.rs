@@ -2,18 +2,21 @@
 //! way nsenter does, so no process inside the sandbox has to relay the request.
 //!
 //! The steps, in order:
-//! 1. Open a pidfd of the sandbox's init and check it is still that process.
-//! 2. Clone a joiner process, in the cgroup already where it is a v2 group. It is made
-//!    non-dumpable so no process of the sandbox can read its memory, joins a v1 cgroup, joins
-//!    every namespace of the init in one setns call (the user namespace first, which an
-//!    unprivileged caller needs for the others), and becomes root of the sandbox's user
-//!    namespace. This process stays outside and keeps its host privileges, for the audit log
-//!    and the cgroup counters.
+//! 1. Open the sandbox's namespaces through the descriptors its supervisor holds
+//!    (/proc/SUPERVISOR/fd/N), and check that the supervisor and the init are still the
+//!    recorded processes. The init is not dumpable, so its own /proc entries are closed to an
+//!    unprivileged caller.
+//! 2. Clone a joiner process, in the cgroup already where it is a v2 group. The joiner is
+//!    made non-dumpable, so no process of the sandbox can read its memory. It joins a v1
+//!    cgroup, then the namespaces, the user namespace first because an unprivileged caller
+//!    needs it for the others. Last, it becomes root of the sandbox's user namespace. This
+//!    process stays outside and keeps its host privileges, for the audit log and the cgroup
+//!    counters.
 //! 3. The joiner's PID namespace applies to its children only, so it clones the command's
-//!    process into the sandbox's PID namespace and stays its parent: it reports the pid,
+//!    process into the sandbox's PID namespace and stays its parent. It reports the pid,
 //!    waits, and exits with the command's status (or dies of the same signal), so this
 //!    process reads the command's status as the joiner's. If this process dies first, the
-//!    joiner kills and reaps the command; a zombie left to the host's init would keep the
+//!    joiner kills and reaps the command: a zombie left to the host's init would keep the
 //!    sandbox's init from exiting until the host's init reaped it. The command's process
 //!    sheds every privilege exactly as the command of `airlock run` does ([`workload`]).
 //! 4. Watch it with the same [`Monitor`] as a run: streams, signals to its process group,
@@ -38,7 +41,7 @@ use crate::report::Report;
 use crate::workload::{self, Stdio};
 use crate::{stdio, sys, tty};
 
-/// The spec of the command's process: the sandbox's, with the command's own argv,
+/// Builds the spec of the command's process: the sandbox's, with the command's own argv,
 /// variables, terminal and timeout.
 fn command_spec(sandbox: &Spec, command: &ExecCommand) -> Spec {
     let mut spec = sandbox.clone();
@@ -49,7 +52,7 @@ fn command_spec(sandbox: &Spec, command: &ExecCommand) -> Spec {
     spec
 }
 
-/// What the clone hands to the command's process.
+/// The joiner's inputs, handed over by the clone.
 struct Joiner<'a> {
     namespaces: &'a [(libc::c_int, OwnedFd)],
     is_root: bool,
@@ -59,7 +62,7 @@ struct Joiner<'a> {
     stdio: [RawFd; 3],
     report: RawFd,
     control: RawFd,
-    /// Where the joiner writes the pid of the command's process.
+    /// The pipe that receives the pid of the command's process.
     pid_pipe: RawFd,
     /// Read end of a pipe whose write end only the caller holds: end of file means the
     /// caller is gone.
@@ -130,7 +133,7 @@ pub fn exec(
         signal_target: None,
     };
     let command = command_pid(&mut process, &pid_read, &report_read).map_err(|error| {
-        // A sandbox being stopped has no init to take new processes; say so plainly.
+        // A sandbox being stopped has no init to take new processes, so report that instead.
         if runtime.init.is_alive() {
             error
         } else {
