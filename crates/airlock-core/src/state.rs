@@ -704,14 +704,21 @@ impl SandboxDir {
         if let Ok(text) = &mut text {
             text.push(b'\n');
         }
+        // Written over the old record without truncating it first: on ext4 a truncation
+        // is a journaled change that costs about 0.3 ms on an idle disk, while records of
+        // successive runs mostly have the same length.
         text.and_then(|text| {
-            OpenOptions::new()
+            let mut file = OpenOptions::new()
                 .create(true)
-                .truncate(true)
+                .truncate(false)
                 .write(true)
                 .mode(0o600)
-                .open(&path)?
-                .write_all(&text)
+                .open(&path)?;
+            file.write_all(&text)?;
+            if file.metadata()?.len() != text.len() as u64 {
+                file.set_len(text.len() as u64)?;
+            }
+            Ok(())
         })
         .map_err(|source| StateError::WriteRecord { path, source })
     }

@@ -6,7 +6,7 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -400,14 +400,22 @@ fn prepare_layers(layers: &Path, caller: &Caller) -> Result<(), Error> {
         path: layers.to_owned(),
         source,
     };
+    let Identity { uid, gid, .. } = caller.identity;
     for dir in [layers.to_owned(), layers.join("upper"), layers.join("work")] {
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(failed(source)),
-        }
-        if caller.is_root {
-            let Identity { uid, gid, .. } = caller.identity;
+        // A reused directory usually has the right owner already, and a chown to the same
+        // owner would still cost a journaled metadata change.
+        let owner = match std::fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => Some((metadata.uid(), metadata.gid())),
+            Ok(_) => return Err(failed(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
+            Err(_) => {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(failed)?;
+                None
+            }
+        };
+        if caller.is_root && owner != Some((uid, gid)) {
             std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).map_err(failed)?;
         }
     }
