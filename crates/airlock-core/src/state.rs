@@ -483,11 +483,15 @@ impl StateDir {
             if !name.starts_with(".new-") {
                 continue;
             }
+            // An allocation killed between its mkdir and its lock leaves no lock file, so
+            // the lock is created here. An allocation that is still running then fails to
+            // take it, or finds its directory gone, and reports an error.
             let hidden = self.sandbox(&name);
-            if let Ok(Some(_lock)) = hidden.try_lock() {
-                if hidden.remove().is_ok() {
-                    removed.push(name);
-                }
+            let Ok(file) = hidden.lock_file() else {
+                continue;
+            };
+            if file.try_lock().is_ok() && hidden.remove().is_ok() {
+                removed.push(name);
             }
         }
         removed
@@ -760,14 +764,19 @@ impl SandboxDir {
         // sandbox may leave such directories in its upper layer; their owner can remove them
         // only after granting itself access.
         make_owner_accessible(&self.work());
-        let mut result = fs::remove_dir_all(&self.path);
+        let mut result = self.remove_contents();
         if result
             .as_ref()
             .is_err_and(|error| error.kind() == io::ErrorKind::PermissionDenied)
         {
             make_owner_accessible(&self.path);
-            result = fs::remove_dir_all(&self.path);
+            result = self.remove_contents();
         }
+        // The lock file goes last, so a removal that is killed halfway leaves a directory
+        // that `gc` can still lock and finish.
+        let result = result
+            .and_then(|()| fs::remove_file(self.path.join("lock")).or_else(not_found_is_ok))
+            .and_then(|()| fs::remove_dir(&self.path));
         match result {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -777,6 +786,31 @@ impl SandboxDir {
                 source,
             }),
         }
+    }
+
+    /// Removes everything in the directory except its lock file.
+    fn remove_contents(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if entry.file_name() == "lock" {
+                continue;
+            }
+            let removed = if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(entry.path())
+            } else {
+                fs::remove_file(entry.path())
+            };
+            removed.or_else(not_found_is_ok)?;
+        }
+        Ok(())
+    }
+}
+
+fn not_found_is_ok(error: io::Error) -> io::Result<()> {
+    if error.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(error)
     }
 }
 
