@@ -637,11 +637,21 @@ impl Engine {
                 continue;
             };
             let running = record.is_running();
+            let mut status = record.status().to_owned();
+            if record.ephemeral && !running {
+                // The run ended. While the child that finishes its bookkeeping holds the
+                // lock, the directory is about to be recycled and is not shown; otherwise
+                // the run was killed, and `gc` removes what is left.
+                if matches!(sandbox.try_lock(), Ok(None)) {
+                    continue;
+                }
+                status = "abandoned".to_owned();
+            }
             let nanos = |value: u64| {
                 audit::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(value))
             };
             listed.push(Listed {
-                status: record.status().into(),
+                status,
                 name: record.name.clone(),
                 backend: record.backend.clone(),
                 workspace: record.spec.workspace.clone(),
