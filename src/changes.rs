@@ -1,4 +1,4 @@
-//! The copy-on-write workspace of a sandbox as the front end sees it: what changed, applying
+//! The copy-on-write workspace of a sandbox from the front end's side: what changed, applying
 //! it to the project on the host, and discarding it.
 
 use std::collections::BTreeMap;
@@ -84,7 +84,7 @@ pub fn diff(engine: &Engine, reference: &str) -> Result<(Layers, Vec<Change>, bo
     Ok((layers, changes, record.is_running()))
 }
 
-/// A path as JSON text: file names that are not UTF-8 get replacement characters.
+/// Converts a path to JSON text: names that are not UTF-8 get replacement characters.
 fn lossy(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
@@ -120,8 +120,8 @@ pub fn apply(
         journal: sandbox.apply_journal(),
     };
     let report = airlock_workspace::apply(&layers.lower, &layers.upper, &options)?;
-    // A path that is not UTF-8 cannot be stored in the record; without its baseline, a later
-    // apply reports it as a conflict, which errs on the safe side.
+    // A path that is not UTF-8 cannot be stored in the record. Without its baseline, a
+    // later apply reports it as a conflict, which errs on the safe side.
     for (path, time) in &report.baselines {
         if path.to_str().is_some() {
             record

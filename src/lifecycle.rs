@@ -1,5 +1,5 @@
 //! The life of a sandbox across commands: its record in the state directory, the supervisor
-//! that holds it while it runs, and the audit log entry of every action.
+//! that keeps it alive while it runs, and the audit log entry of every action.
 //!
 //! Each action that changes a sandbox takes its lock, moves its record forward atomically,
 //! and only then reports success, so that a command killed at any point leaves either a
@@ -7,7 +7,8 @@
 //! - create: the record is written in phase `creating` before anything starts, and becomes
 //!   `ready` only after the supervisor reports the sandbox ready. Until it receives the
 //!   acknowledgement of that write, the supervisor dies with the command that started it.
-//! - stop: the supervisor is told to end the sandbox; its death is what makes it stopped.
+//! - stop: a signal asks the supervisor to end the sandbox, and its exit makes the sandbox
+//!   stopped.
 //! - rm: the record moves to phase `removing` before anything is deleted.
 
 use std::ffi::OsString;
@@ -68,7 +69,7 @@ pub enum LifecycleError {
     NoCommand { id: String },
 }
 
-/// The backend a record or a command line names.
+/// Returns the backend that a record or a command line names.
 pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
         BackendKind::Namespace => Box::new(NamespaceBackend),
@@ -90,7 +91,7 @@ fn id_of(record: &Record) -> Option<SandboxId> {
     SandboxId::parse(&record.id)
 }
 
-/// The fields of an audit entry, from `json!({...})`.
+/// Turns a `json!({...})` object into the fields of an audit entry.
 fn fields(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
@@ -98,7 +99,7 @@ fn fields(value: Value) -> Map<String, Value> {
     }
 }
 
-/// What the audit log says about a spec: never the values of its variables.
+/// Describes a spec for the audit log, without the values of its variables.
 fn spec_fields(spec: &Spec) -> Value {
     json!({
         "workspace": spec.workspace,
@@ -119,7 +120,7 @@ fn lossy(args: &[OsString]) -> Vec<String> {
         .collect()
 }
 
-/// The audit fields of a finished command.
+/// Builds the audit fields of a finished command.
 fn exec_fields(argv: &[OsString], started: SystemTime, finished: &Finished) -> Value {
     let outcome = &finished.outcome;
     json!({
@@ -154,7 +155,7 @@ pub struct Listed {
     pub init_pid: Option<i64>,
 }
 
-/// What `airlock gc` did to one sandbox.
+/// One action of `airlock gc` on one sandbox.
 #[derive(Debug, serde::Serialize)]
 pub struct Collected {
     pub id: String,
@@ -182,7 +183,7 @@ impl Engine {
     }
 
     /// Runs one command in a new sandbox. The sandbox is removed afterwards unless its
-    /// overlay workspace holds changes, which stay for `diff` and `apply`.
+    /// overlay workspace contains changes, which stay for `diff` and `apply`.
     ///
     /// Its audit entries are written together once the command has ended, with one sync,
     /// and its record is not synced at all unless the sandbox is kept: a run that a crash
@@ -258,10 +259,10 @@ impl Engine {
         })
     }
 
-    /// Writes a finished run's audit entries and recycles its directory in a child process,
-    /// so the caller gets the command's status without waiting for the disk sync and the
+    /// Writes a finished run's audit entries and recycles its directory in a child process.
+    /// The caller then gets the command's status without waiting for the disk sync and the
     /// directory operations (about 1 ms on ext4, more when the disk was idle). The child
-    /// holds the sandbox's lock, which it shares with this process, until it is done, so
+    /// keeps the sandbox's lock, which it shares with this process, until it is done, so
     /// `gc` leaves the directory alone meanwhile. If the fork fails, the work is done here.
     fn finish_in_background(
         &self,
@@ -439,7 +440,7 @@ impl Engine {
         let started = json!({ "enforcement": enforcement, "landlock_abi": landlock_abi });
         self.log(&id, "started", started)?;
         // The supervisor dies with this process until it has read the acknowledgement and
-        // answered that it no longer does.
+        // replied that it no longer does.
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let mut held = String::new();
         stdin
@@ -513,7 +514,7 @@ impl Engine {
     }
 
     /// Removes what a stopped sandbox's backend may have left (a cgroup, or processes of a
-    /// supervisor that was killed) and forgets its runtime.
+    /// supervisor that was killed) and clears its runtime.
     fn clean_up_runtime(
         &self,
         sandbox: &SandboxDir,
@@ -568,7 +569,7 @@ impl Engine {
         Ok(())
     }
 
-    /// The record of a running sandbox.
+    /// Returns the record and runtime of a running sandbox.
     fn running(&self, reference: &str) -> Result<(SandboxDir, Record, Value), BackendError> {
         let (sandbox, record) = self.state.resolve(reference)?;
         match (&record.runtime, record.is_running()) {

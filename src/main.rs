@@ -112,7 +112,7 @@ fn init_logging(verbose: u8) {
 
 type Result<T> = std::result::Result<T, BackendError>;
 
-/// Exit status of `audit verify` for a log that fails the check, unlike 125, which says
+/// Exit status of `audit verify` for a log that fails the check, unlike 125, which means
 /// that Airlock itself failed.
 const AUDIT_BROKEN: u8 = 1;
 
@@ -122,7 +122,7 @@ struct Request {
     json: bool,
 }
 
-/// Turns a parsed subcommand into the action it asks for. The HTTP API and the MCP server
+/// Turns a parsed subcommand into the action it requests. The HTTP API and the MCP server
 /// build the same actions from their requests.
 fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
     let sub = |name: &str| {
@@ -235,7 +235,7 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     let Request { action, json } = request(cli.command, matches)?;
     if !matches!(action, Action::Run { .. } | Action::Exec { .. }) {
         // A listing piped into `head` ends quietly when the reader goes, as other tools
-        // do. run and exec keep ignoring SIGPIPE: their relays drop output nobody reads.
+        // do. run and exec keep ignoring SIGPIPE: their relays drop output that no reader takes.
         // SAFETY: setting a signal's disposition to the default touches no memory.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -539,9 +539,9 @@ impl<W: Write> Write for EscapeControls<W> {
     }
 }
 
-/// A path that a sandbox named, for a terminal: quoted with escapes when it holds control
-/// characters, quotes, backslashes or bytes that are not UTF-8, so that it can neither fake
-/// other lines nor send escape sequences.
+/// Formats a path that a sandbox named for a terminal. It is quoted with escapes when it
+/// contains control characters, quotes, backslashes or bytes that are not UTF-8, so that it
+/// can neither fake other lines nor send escape sequences.
 fn printable(path: &Path) -> String {
     let text = path.to_string_lossy();
     let plain = matches!(text, std::borrow::Cow::Borrowed(_))
@@ -651,7 +651,7 @@ mod tests {
     }
 
     #[test]
-    fn terminal_controls_in_a_patch_are_shown_not_obeyed() {
+    fn patch_controls_shown_escaped() {
         assert_eq!(escaped(&[b"a\x1b[2K\rb\tc\n"]), "a^[[2K^Mb\tc\n");
         assert_eq!(escaped(&[b"\x7f"]), "^?");
         // A C1 control split across two writes, and an ordinary two-byte letter.

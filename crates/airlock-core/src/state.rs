@@ -101,7 +101,7 @@ pub enum StateError {
     },
 }
 
-/// Where a sandbox is in its life. Each command moves it forward under the sandbox's lock.
+/// The stage of a sandbox's life. Each command moves it forward under the sandbox's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -125,13 +125,13 @@ pub struct ProcessRef {
 }
 
 impl ProcessRef {
-    /// The process with `pid`, if it exists now.
+    /// Returns the process with `pid`, if it exists now.
     pub fn of(pid: i32) -> Option<ProcessRef> {
         let start_time = start_time(pid)?;
         Some(ProcessRef { pid, start_time })
     }
 
-    /// Whether the process still runs (a zombie counts as gone).
+    /// Returns whether the process still runs (a zombie counts as gone).
     pub fn is_alive(&self) -> bool {
         start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
     }
@@ -167,7 +167,7 @@ pub struct Record {
     pub ephemeral: bool,
     /// When the sandbox removes itself, in nanoseconds since the Unix epoch.
     pub expires: Option<u64>,
-    /// The process that holds the sandbox while it runs: the supervisor of a persistent
+    /// The process that keeps the sandbox alive while it runs: the supervisor of a persistent
     /// sandbox, or the `airlock run` command of an ephemeral one.
     pub supervisor: Option<ProcessRef>,
     /// Backend-specific facts of the running sandbox, such as its init and cgroup.
@@ -199,12 +199,12 @@ impl Record {
         }
     }
 
-    /// Whether the sandbox runs now.
+    /// Returns whether the sandbox runs now.
     pub fn is_running(&self) -> bool {
         self.supervisor.as_ref().is_some_and(ProcessRef::is_alive)
     }
 
-    /// The short status shown by `airlock ls`.
+    /// Returns the short status that `airlock ls` shows.
     pub fn status(&self) -> &'static str {
         match (self.phase, self.is_running()) {
             (Phase::Creating, _) => "creating",
@@ -264,8 +264,8 @@ impl StateDir {
         Ok(state)
     }
 
-    /// Whether `path`, absolute and free of symlinks, is this state directory, is inside
-    /// it, or contains it: a sandbox whose workspace overlaps the state directory could read
+    /// Returns whether `path`, absolute and free of symlinks, is this state directory, is
+    /// inside it, or contains it: a sandbox whose workspace overlaps the state directory could read
     /// and forge the records that Airlock acts on.
     pub fn overlaps(&self, path: &Path) -> bool {
         let root = self
@@ -291,7 +291,7 @@ impl StateDir {
         self.root.join("spares")
     }
 
-    /// The audit log of sandbox `id`, which outlives the sandbox.
+    /// Returns the path of sandbox `id`'s audit log, which outlives the sandbox.
     pub fn audit_path(&self, id: &str) -> PathBuf {
         self.audit_dir().join(format!("{id}.jsonl"))
     }
@@ -451,7 +451,7 @@ impl StateDir {
             }
         }
         // The directory is prepared under a hidden name, which listings skip, and appears
-        // under its id with its record and its lock held, so `gc` never sees it half made.
+        // under its id with its record and its lock held, so `gc` never finds it half made.
         let hidden = self.sandbox(&format!(".new-{}", record.id));
         create_private_dir(&hidden.path)?;
         let lock = hidden.lock()?;

@@ -2,7 +2,7 @@
 //! way nsenter does, so no process inside the sandbox has to relay the request.
 //!
 //! The steps, in order:
-//! 1. Open the sandbox's namespaces through the descriptors its supervisor holds
+//! 1. Open the sandbox's namespaces through the descriptors its supervisor keeps
 //!    (/proc/SUPERVISOR/fd/N), and check that the supervisor and the init are still the
 //!    recorded processes. The init is not dumpable, so its own /proc entries are closed to an
 //!    unprivileged caller.
@@ -394,8 +394,8 @@ fn enter(
     tasks: &[OwnedFd],
     is_root: bool,
 ) -> StepResult<()> {
-    // Until it executes the command, this process holds the caller's descriptors and
-    // memory; the sandbox's processes, root in its user namespace, must not read them.
+    // Until it executes the command, this process has the caller's descriptors and memory,
+    // which the sandbox's processes, root in its user namespace, must not read.
     step(
         sys::prctl(libc::PR_SET_DUMPABLE, 0),
         "make the process non-dumpable",
@@ -522,7 +522,7 @@ fn file_name(path: &Path) -> Result<OsString, Error> {
         })
 }
 
-/// Where a copy of `source` lands for `target`, the way cp(1) decides: inside `target` when
+/// Decides where a copy of `source` lands for `target`, the way cp(1) does: inside `target` when
 /// it is a directory, else at `target` itself. Returns the directory and the name.
 fn copy_destination(
     target: &Path,
