@@ -41,10 +41,15 @@ fn layers_of(sandbox: &SandboxDir, record: &Record) -> Result<Layers, ChangesErr
     })
 }
 
-/// Removes the temporary files a killed apply left in the project.
-pub fn recover(_workspace: &Path, journal: &Path) -> Result<(), BackendError> {
-    airlock_workspace::recover(journal)?;
-    Ok(())
+/// Removes the temporary files that a killed apply left in the project, as its journal lists
+/// them. Returns whether there was such a journal.
+pub fn recover(sandbox: &SandboxDir) -> Result<bool, BackendError> {
+    let journal = sandbox.apply_journal();
+    if !journal.exists() {
+        return Ok(false);
+    }
+    airlock_workspace::recover(&journal)?;
+    Ok(true)
 }
 
 pub fn kind_name(kind: &ChangeKind) -> &'static str {

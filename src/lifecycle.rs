@@ -557,12 +557,7 @@ impl Engine {
         if let Some(id) = id_of(record) {
             backend_of(record)?.clean_up(&id, runtime.as_ref());
         }
-        let journal = sandbox.apply_journal();
-        if journal.exists() {
-            if let Some(workspace) = &record.spec.workspace {
-                crate::changes::recover(workspace, &journal)?;
-            }
-        }
+        crate::changes::recover(sandbox)?;
         empty_layers(sandbox);
         sandbox.remove()?;
         self.log(&record.id, "removed", json!({ "by": by }))?;
@@ -776,15 +771,11 @@ impl Engine {
                 action: "cleaned up after a dead supervisor".into(),
             });
         }
-        let journal = sandbox.apply_journal();
-        if journal.exists() {
-            if let Some(workspace) = &record.spec.workspace {
-                crate::changes::recover(workspace, &journal)?;
-                collected.push(Collected {
-                    id: record.id.clone(),
-                    action: "removed the temporary files of an interrupted apply".into(),
-                });
-            }
+        if crate::changes::recover(sandbox)? {
+            collected.push(Collected {
+                id: record.id.clone(),
+                action: "removed the temporary files of an interrupted apply".into(),
+            });
         }
         Ok(())
     }
