@@ -74,7 +74,7 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the command prints a JSON record, also when Airlock fails.
+    /// Returns whether the command prints a JSON record, also when Airlock fails.
     pub fn wants_json(&self) -> bool {
         match self {
             Command::Run(args) => args.json,
@@ -105,7 +105,7 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub workspace: PathBuf,
 
-    /// How the sandbox sees the workspace: overlay (copy-on-write: changes reach the host
+    /// How the workspace appears in the sandbox: overlay (copy-on-write: changes reach the host
     /// only through `airlock apply`), bind (writes go to the host at once), readonly, none.
     #[arg(long, value_name = "MODE", default_value = "overlay")]
     pub workspace_mode: WorkspaceMode,
@@ -234,9 +234,9 @@ pub struct RemoveArgs {
 
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// What to copy: HOST_PATH or ID:PATH.
+    /// The source: HOST_PATH or ID:PATH.
     pub source: String,
-    /// Where to copy it: ID:PATH or HOST_PATH.
+    /// The destination: ID:PATH or HOST_PATH.
     pub target: String,
 }
 
@@ -406,7 +406,7 @@ impl CreateArgs {
                 path: spec_path.unwrap_or_default(),
             });
         }
-        // Each `exec -t` asks for its own terminal; the sandbox itself has none.
+        // Each `exec -t` gets its own terminal, and the sandbox itself has none.
         spec.tty = false;
         Ok(Action::Create { backend, spec })
     }

@@ -7,7 +7,7 @@
 //! - create: the record is written in phase `creating` before anything starts, and becomes
 //!   `ready` only after the supervisor reports the sandbox ready. Until it receives the
 //!   acknowledgement of that write, the supervisor dies with the command that started it.
-//! - stop: a signal asks the supervisor to end the sandbox, and its exit makes the sandbox
+//! - stop: a signal tells the supervisor to end the sandbox, and its exit makes the sandbox
 //!   stopped.
 //! - rm: the record moves to phase `removing` before anything is deleted.
 
@@ -185,9 +185,9 @@ impl Engine {
     /// Runs one command in a new sandbox. The sandbox is removed afterwards unless its
     /// overlay workspace contains changes, which stay for `diff` and `apply`.
     ///
-    /// Its audit entries are written together once the command has ended, with one sync,
-    /// and its record is not synced at all unless the sandbox is kept: a run that a crash
-    /// interrupts leaves no audit entry and a directory that `airlock gc` removes.
+    /// Its audit entries are written together once the command has ended, with one sync.
+    /// Its record is not synced at all unless the sandbox is kept. A run that a crash
+    /// interrupts leaves no audit entry, and a directory that `airlock gc` removes.
     pub fn run(
         &self,
         kind: BackendKind,
@@ -635,9 +635,9 @@ impl Engine {
             let running = record.is_running();
             let mut status = record.status().to_owned();
             if record.ephemeral && !running {
-                // The run ended. While the child that finishes its bookkeeping holds the
-                // lock, the directory is about to be recycled and is not shown; otherwise
-                // the run was killed, and `gc` removes what is left.
+                // The run ended. While the child that finishes its bookkeeping has the lock,
+                // the directory is about to be recycled, so it is not shown. Without that
+                // child, the run was killed, and `gc` removes what is left.
                 if matches!(sandbox.try_lock(), Ok(None)) {
                     continue;
                 }
@@ -780,7 +780,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether the backend's sandbox of a running record still runs.
+    /// Returns whether the backend's sandbox of a running record still runs.
     fn backend_runs(&self, record: &Record) -> bool {
         let Some(runtime) = &record.runtime else {
             return false;
@@ -840,13 +840,13 @@ pub fn empty_layers(sandbox: &SandboxDir) {
     }
 }
 
-/// Whether `dir` holds any entry.
+/// Returns whether `dir` contains any entry.
 fn has_entries(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
-/// The supervisor process of one sandbox: it starts the sandbox, reports it ready to the
-/// command that started it, then holds it until it is stopped, its time is up, or it ends.
+/// Runs as the supervisor process of one sandbox. It starts the sandbox, reports it ready to
+/// the command that started it, then keeps it until it is stopped, its time is up, or it ends.
 pub fn supervise(state_dir: Option<&Path>, id: &str, parent: i32) -> Result<(), BackendError> {
     // Until the handshake, the supervisor dies with the command that started it, so a
     // killed `create` leaves no sandbox running behind a record that does not name it.

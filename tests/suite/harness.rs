@@ -133,7 +133,7 @@ pub fn binary() -> &'static Path {
     })
 }
 
-/// The state directory of `caller` for this test process, next to the binary copy, so tests
+/// Returns the state directory of `caller` for this test process, next to the binary copy, so tests
 /// never touch the host's own sandboxes and everything goes when the test process exits.
 pub fn state_dir(caller: Caller) -> PathBuf {
     let base = binary().parent().expect("binary directory").to_owned();

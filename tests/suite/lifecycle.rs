@@ -231,7 +231,7 @@ fn cp_copies_into_and_out_of_a_sandbox() {
 }
 
 #[test]
-fn audit_log_records_actions_and_names_an_edited_line() {
+fn audit_log_names_edited_line() {
     let caller = Caller::Root;
     let workspace = Workspace::new(caller);
     let id = create(caller, workspace.path(), &["--env", "SECRET_TOKEN=hunter2"]);

@@ -6,7 +6,7 @@ use std::fs;
 use super::harness::{describe, run, stderr, stdout, Caller, Workspace, CALLERS};
 use super::lifecycle::{create, exec_sh, remove};
 
-/// A workspace with a small project owned by `caller`.
+/// Makes a workspace with a small project owned by `caller`.
 fn project(caller: Caller) -> Workspace {
     let workspace = Workspace::new(caller);
     let root = workspace.path();
@@ -36,7 +36,7 @@ fn change<'a>(changes: &'a [serde_json::Value], path: &str) -> Option<&'a serde_
 }
 
 #[test]
-fn rm_rf_inside_then_discard_leaves_the_project_intact() {
+fn discard_after_rm_rf_keeps_project() {
     for caller in CALLERS {
         let workspace = project(caller);
         let id = create(caller, workspace.path(), &[]);
@@ -166,7 +166,7 @@ fn sensitive_changes_apply_only_when_named() {
 }
 
 #[test]
-fn run_keeps_changes_for_review_and_leaves_the_host_untouched() {
+fn run_keeps_changes_for_review() {
     for caller in CALLERS {
         let workspace = project(caller);
         let output = run(

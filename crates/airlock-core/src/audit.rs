@@ -274,7 +274,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// An entry stamped with the current time. `fields` must not hold environment values.
+    /// Makes an entry stamped with the current time. `fields` must not contain environment
+    /// values.
     pub fn now(event: &str, fields: Map<String, Value>) -> Pending {
         Pending {
             time: now_rfc3339(),
@@ -283,7 +284,7 @@ impl Pending {
         }
     }
 
-    /// The same entry, at the same time, with `fields`, which are known only later.
+    /// Returns the same entry, at the same time, with `fields`, which are known only later.
     pub fn with_fields(self, fields: Map<String, Value>) -> Pending {
         Pending { fields, ..self }
     }
@@ -486,7 +487,7 @@ fn open_or_create(path: &Path) -> io::Result<(File, bool)> {
 
 /// Whether the file system of `file` journals a new file's directory entry in the same
 /// transaction as the file, so that the file's own fdatasync makes the entry durable: ext4,
-/// XFS and btrfs do. Elsewhere the directory is synced, as POSIX asks.
+/// XFS and btrfs do. Elsewhere the directory is synced, as POSIX requires.
 fn syncs_new_entries(file: &File) -> bool {
     const EXT4: u64 = 0xEF53;
     const XFS: u64 = 0x5846_5342;

@@ -23,7 +23,7 @@ pub struct RunOptions {
     pub track_stderr_line: bool,
     /// The sandbox's id, when the front end has already given it one in the state directory.
     pub id: Option<SandboxId>,
-    /// The directory that holds the workspace overlay's `upper` and `work` directories;
+    /// The directory that contains the workspace overlay's `upper` and `work` directories,
     /// required for [`crate::WorkspaceMode::Overlay`].
     pub layers: Option<PathBuf>,
 }
@@ -49,10 +49,10 @@ pub struct ExecCommand {
     pub timeout: Option<Duration>,
 }
 
-/// Why a held sandbox's wait ended.
+/// The reason a held sandbox's wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeldEnd {
-    /// The supervisor received this signal, which asks it to stop the sandbox.
+    /// The supervisor received this signal, a request to stop the sandbox.
     Signal(i32),
     /// The deadline passed.
     Expired,
@@ -60,7 +60,7 @@ pub enum HeldEnd {
     Exited,
 }
 
-/// What a running sandbox uses now.
+/// The resources a running sandbox uses now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Stats {
     /// Memory in use, in bytes.
@@ -78,7 +78,7 @@ pub trait HeldSandbox {
     /// [`Backend::clean_up`] need, stored in the sandbox's record.
     fn runtime(&self) -> serde_json::Value;
 
-    /// Waits until a signal asks to stop, `deadline` passes or the sandbox ends, calling
+    /// Waits until a signal requests a stop, `deadline` passes or the sandbox ends, calling
     /// `limit_hit` for each limit its processes run into meanwhile.
     fn wait(
         &mut self,
@@ -112,7 +112,7 @@ pub trait Backend {
         options: &RunOptions,
     ) -> Result<Finished, BackendError>;
 
-    /// Whether the sandbox that `runtime` describes still runs; false once it ended, also
+    /// Returns whether the sandbox that `runtime` describes still runs: false once it ended, also
     /// while its supervisor is still cleaning up.
     fn is_running(&self, runtime: &serde_json::Value) -> bool;
 

@@ -13,7 +13,7 @@ pub struct ParseError {
 
 const SIZE_SYNTAX: &str = "a whole number of bytes with an optional suffix K, M, G or T \
      (powers of 1024, for example 512M or 2G)";
-/// Longest duration accepted, 100 years: longer ones overflow clocks and mean "never".
+/// Maximum duration accepted, 100 years: longer ones overflow clocks and mean "never".
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const DURATION_SYNTAX: &str = "a whole number with an optional suffix ms, s, m or h \

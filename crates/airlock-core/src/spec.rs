@@ -120,7 +120,7 @@ pub enum RootFs {
     Directory(PathBuf),
 }
 
-/// How the sandbox sees the workspace.
+/// How the workspace appears in the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkspaceMode {
@@ -144,7 +144,7 @@ impl WorkspaceMode {
         WorkspaceMode::None,
     ];
 
-    /// The name users pass to `--workspace-mode`.
+    /// Returns the name users pass to `--workspace-mode`.
     pub fn name(self) -> &'static str {
         match self {
             WorkspaceMode::Overlay => "overlay",

@@ -139,8 +139,8 @@ impl ProcessRef {
 
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses, so the fields start after the last
-    // closing parenthesis; the first of them is field 3, the state.
+    // The command name may contain spaces and parentheses, so the fields start after the
+    // last closing parenthesis. The first of them is field 3, the state.
     let rest = &stat[stat.rfind(')')? + 1..];
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
@@ -303,7 +303,7 @@ impl StateDir {
         }
     }
 
-    /// Every sandbox directory, with its record or the reason it cannot be read.
+    /// Lists every sandbox directory, with its record or the reason it cannot be read.
     pub fn list(&self) -> Result<Listing, StateError> {
         let dir = self.sandboxes();
         let entries = fs::read_dir(&dir).map_err(|source| StateError::ReadDir {
@@ -463,7 +463,7 @@ impl StateDir {
         Ok((sandbox, lock))
     }
 
-    /// The id of the sandbox named `name`, if there is one.
+    /// Returns the id of the sandbox named `name`, if there is one.
     fn named(&self, name: &str) -> Result<Option<String>, StateError> {
         Ok(self.list()?.into_iter().find_map(|(sandbox, record)| {
             let record = record.ok()?;
@@ -519,7 +519,7 @@ fn default_root(is_root: bool) -> Result<PathBuf, StateError> {
 }
 
 /// Checks that the state directory belongs to the caller and that no one else may write to
-/// it, because Airlock acts on what the records in it say.
+/// it, because Airlock acts on the records in it.
 fn check_private(path: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::MetadataExt;
     let metadata = fs::metadata(path).map_err(|source| StateError::ReadDir {
@@ -538,8 +538,8 @@ fn check_private(path: &Path) -> Result<(), StateError> {
 }
 
 /// Checks that no one but root and the caller can replace the state directory through one of
-/// its parents: each must belong to one of them and be writable by no one else, unless it is
-/// sticky (as /tmp is), where others cannot rename or remove entries they do not own.
+/// its parents. Each parent must belong to one of them and be writable by no one else, unless
+/// it is sticky (as /tmp is), because there others cannot rename entries they do not own.
 fn check_ancestors(root: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::MetadataExt;
     let caller = rustix::process::geteuid().as_raw();
@@ -571,7 +571,7 @@ fn check_ancestors(root: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Whether this process runs in a user namespace other than the host's.
+/// Returns whether this process runs in a user namespace other than the host's.
 fn in_user_namespace() -> bool {
     fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
         let fields: Vec<&str> = map.split_whitespace().collect();
@@ -611,22 +611,22 @@ impl SandboxDir {
         self.path.join("record.json")
     }
 
-    /// The directory holding the workspace overlay's upper layer and work directory.
+    /// Returns the directory that contains the overlay's upper layer and work directory.
     pub fn layers(&self) -> PathBuf {
         self.path.join("layers")
     }
 
-    /// The upper layer of the workspace overlay.
+    /// Returns the upper layer of the workspace overlay.
     pub fn upper(&self) -> PathBuf {
         self.layers().join("upper")
     }
 
-    /// The work directory overlayfs needs next to the upper layer.
+    /// Returns the work directory that overlayfs needs next to the upper layer.
     pub fn work(&self) -> PathBuf {
         self.layers().join("work")
     }
 
-    /// The journal of temporary files of an apply in progress.
+    /// Returns the journal of an apply's temporary files.
     pub fn apply_journal(&self) -> PathBuf {
         self.path.join("apply.journal")
     }
@@ -692,13 +692,6 @@ impl SandboxDir {
     /// Replaces the record atomically and durably.
     pub fn write_record(&self, record: &Record) -> Result<(), StateError> {
         self.replace_record(record, true)
-    }
-
-    /// Replaces the record atomically but without waiting for the disk, for the record of
-    /// a sandbox that `airlock run` removes when its command ends: after a crash, its
-    /// directory holds no record or the old one, and `airlock gc` removes it.
-    pub fn write_record_volatile(&self, record: &Record) -> Result<(), StateError> {
-        self.replace_record(record, false)
     }
 
     /// Writes the record over the old one in place, for a spare that only its locker sees.

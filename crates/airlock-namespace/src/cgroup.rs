@@ -85,7 +85,7 @@ pub struct Description {
     pub dirs: Vec<(String, PathBuf)>,
 }
 
-/// What a sandbox's cgroup counts now.
+/// The counters of a sandbox's cgroup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Memory in use, in bytes, page cache included.
@@ -554,7 +554,7 @@ impl Cgroup {
         }
     }
 
-    /// A view of the cgroup that `description` names, which dropping leaves in place.
+    /// Returns a view of the cgroup that `description` names, which dropping leaves in place.
     pub fn view(description: &Description) -> Cgroup {
         let dirs = description
             .dirs

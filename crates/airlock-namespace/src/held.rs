@@ -2,7 +2,7 @@
 //! process, which later `airlock exec` commands join.
 //!
 //! The supervisor is the init's parent. It starts the sandbox with [`start`], records the
-//! [`Runtime`] that joining needs, and waits in [`Held::wait`] until it is told to stop,
+//! [`Runtime`] that joining needs, and waits in [`Held::wait`] until a signal stops it,
 //! the sandbox's time is up, or the init dies. Dropping the [`Held`] kills the init, which
 //! takes every process of the sandbox with it, and removes the cgroup.
 
@@ -41,7 +41,7 @@ pub struct Runtime {
     pub enforcement: Enforcement,
     /// Inode of the sandbox's PID namespace, which identifies its processes.
     pub pid_namespace: u64,
-    /// The supervisor, which holds descriptors of the sandbox's namespaces.
+    /// The supervisor, which keeps descriptors of the sandbox's namespaces open.
     pub supervisor: ProcessRef,
     /// The supervisor's descriptor numbers of the namespaces in
     /// [`crate::init::JOINED_NAMESPACES`] order, for `exec` to open through /proc.
@@ -88,7 +88,7 @@ pub fn start(spec: &Spec, options: &RunOptions) -> Result<Held, Error> {
     })
 }
 
-/// Reads the init's reports until it says it is ready, and turns a failed setup into the
+/// Reads the init's reports until it reports that it is ready, and turns a failed setup into the
 /// error that names the step. Returns the namespaces the init sent.
 fn wait_until_ready(launched: &mut Launched) -> Result<Vec<OwnedFd>, Error> {
     let mut reports = ReportReader::new(launched.channels.report.as_raw_fd());

@@ -436,8 +436,8 @@ pub fn copy(
     let namespaces = open_namespaces(runtime)?;
     let joined = JoinedCgroup::open(runtime)?;
     let (tasks, cgroup_dir) = (joined.tasks(), joined.dir());
-    // Out of the sandbox, the host decides the name; into it, the joined process does,
-    // because only it can see whether the target is a directory.
+    // Out of the sandbox, the host decides the name. Into it, the joined process does,
+    // because only it can find out whether the target is a directory.
     let (host_dir, name) = if into_sandbox {
         (PathBuf::new(), file_name(source)?)
     } else {

@@ -232,7 +232,7 @@ pub(crate) fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd
     Ok((restore, signals))
 }
 
-/// What the init starts with besides the spec.
+/// The init's inputs besides the spec.
 struct InitStart<'a> {
     layers: Option<&'a Path>,
     hold: bool,
@@ -342,7 +342,8 @@ fn finish_outside_setup(
     Ok((assessment.enforcement, !limits_pids))
 }
 
-/// The error an init reported before it exited, for a launcher whose channel to it broke.
+/// Returns the error an init reported before it exited, for a launcher whose channel to it
+/// broke.
 fn init_failure(sandbox: &mut Sandbox, channels: &Channels) -> Option<Error> {
     let _ = sys::waitpid(sandbox.pid, 0).map(|reaped| {
         sandbox.status = reaped.map(|(_, status)| status);

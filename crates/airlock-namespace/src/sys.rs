@@ -174,19 +174,19 @@ pub fn release_code_pages() {
     }
 }
 
-/// This process's id.
+/// Returns this process's id.
 pub fn getpid() -> libc::pid_t {
     // SAFETY: getpid takes no arguments and cannot fail.
     unsafe { libc::getpid() }
 }
 
-/// The parent of this process.
+/// Returns the parent of this process.
 pub fn getppid() -> libc::pid_t {
     // SAFETY: getppid takes no arguments and cannot fail.
     unsafe { libc::getppid() }
 }
 
-/// The size of a memory page in bytes.
+/// Returns the size of a memory page in bytes.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf takes an integer and returns one.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -301,7 +301,7 @@ pub fn fstatfs_type(fd: RawFd) -> io::Result<i64> {
     Ok(fs_type(&stat))
 }
 
-/// The file system type of a statfs result. The C libraries declare `f_type` with different
+/// Returns the file system type of a statfs result. The C libraries declare `f_type` with different
 /// integer types; the magic numbers compared against it all fit in 32 bits.
 #[allow(clippy::unnecessary_cast)]
 pub fn fs_type(stat: &libc::statfs) -> i64 {

@@ -139,7 +139,7 @@ pub fn reason(
         return Some(ABSOLUTE_LINK);
     }
     // A `..` after a symlink component can leave the workspace in a way that no lexical
-    // resolution sees, so any link that climbs is flagged.
+    // resolution detects, so any link that climbs is flagged.
     if target
         .components()
         .any(|component| component == Component::ParentDir)
