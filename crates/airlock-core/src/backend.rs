@@ -4,9 +4,11 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::outcome::EndReason;
+use serde::Serialize;
 
+use crate::enforcement::Enforcement;
 use crate::id::SandboxId;
+use crate::outcome::EndReason;
 use crate::outcome::Outcome;
 use crate::spec::Spec;
 
@@ -87,10 +89,53 @@ pub trait HeldSandbox {
     ) -> std::io::Result<HeldEnd>;
 }
 
+/// How strongly a backend isolates, weakest first. A risk level asks for a minimum class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationClass {
+    /// Only the file tree differs from the host's; a root process can leave it.
+    Chroot,
+    /// Namespaces, cgroups and syscall filters on the host's kernel.
+    Container,
+    /// A guest kernel on this host.
+    VirtualMachine,
+    /// A separate machine.
+    CloudMachine,
+}
+
+impl IsolationClass {
+    pub fn describe(self) -> &'static str {
+        match self {
+            IsolationClass::Chroot => "a chroot",
+            IsolationClass::Container => "a container on the host's kernel",
+            IsolationClass::VirtualMachine => "a virtual machine",
+            IsolationClass::CloudMachine => "a cloud machine",
+        }
+    }
+}
+
+/// Why a backend cannot run on this host for this caller, and what would change that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{reason}; {fix}")]
+pub struct Unavailable {
+    pub reason: String,
+    pub fix: String,
+}
+
 /// An isolation level that can run a command under a [`Spec`].
 pub trait Backend {
     /// The name users pass to `--backend`.
     fn name(&self) -> &'static str;
+
+    /// How strongly this backend isolates.
+    fn class(&self) -> IsolationClass;
+
+    /// Checks, without creating anything, whether this host and caller can run the backend.
+    fn availability(&self) -> Result<(), Unavailable>;
+
+    /// Returns what a sandbox of `spec` would enforce on this host, rule by rule, without
+    /// creating it. Creation repeats the check against what it really got.
+    fn assess(&self, spec: &Spec) -> Enforcement;
 
     /// Creates a sandbox from `spec`, runs its command with the caller's standard streams,
     /// waits for it to end, and removes the sandbox.

@@ -4,6 +4,51 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The names of the rules every backend reports on, in the order they are listed. A backend
+/// reports each rule that applies to the spec, so that reports of different backends line up.
+pub mod rule {
+    pub const FILE_TREE: &str = "host paths outside the root unreachable";
+    pub const ROOT_READ_ONLY: &str = "read-only root filesystem";
+    pub const SECRETS_HIDDEN: &str = "host secrets under /etc hidden";
+    pub const WORKSPACE: &str = "workspace mode";
+    pub const PROCESSES: &str = "host processes hidden";
+    pub const NETWORK: &str = "network limited to a private loopback";
+    pub const IPC: &str = "ipc and hostname isolated";
+    pub const USER: &str = "root inside holds no privilege on the host";
+    pub const CAPABILITIES: &str = "all capabilities dropped";
+    pub const NO_NEW_PRIVS: &str = "no_new_privs";
+    pub const SECCOMP: &str = "seccomp filter";
+    pub const LANDLOCK: &str = "landlock";
+    pub const MEMORY: &str = "memory limit";
+    pub const CPU: &str = "cpu limit";
+    pub const PIDS: &str = "pids limit";
+    pub const TMP_SIZE: &str = "tmp size";
+    pub const TIMEOUT: &str = "timeout";
+    pub const CLEANUP: &str = "no process outlives the sandbox";
+
+    /// Every rule, in report order.
+    pub const ALL: [&str; 18] = [
+        FILE_TREE,
+        ROOT_READ_ONLY,
+        SECRETS_HIDDEN,
+        WORKSPACE,
+        PROCESSES,
+        NETWORK,
+        IPC,
+        USER,
+        CAPABILITIES,
+        NO_NEW_PRIVS,
+        SECCOMP,
+        LANDLOCK,
+        MEMORY,
+        CPU,
+        PIDS,
+        TMP_SIZE,
+        TIMEOUT,
+        CLEANUP,
+    ];
+}
+
 /// How far one protection is enforced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", content = "detail", rename_all = "snake_case")]

@@ -18,7 +18,8 @@ pub mod state;
 
 pub use action::{Action, BackendKind};
 pub use backend::{
-    Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, RunOptions, Stats,
+    Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, IsolationClass,
+    RunOptions, Stats, Unavailable,
 };
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;

@@ -240,6 +240,11 @@ impl Layout {
         self.version == Version::V2
     }
 
+    /// Whether a sandbox cgroup made here would have `controller`.
+    pub fn provides(&self, controller: Controller) -> bool {
+        self.parents.iter().any(|(provided, _)| *provided == controller)
+    }
+
     /// Kills the processes of the sandbox cgroup `name` and removes it wherever this layout
     /// would have created it, for a sandbox whose supervisor died before recording it.
     pub fn remove_named(&self, name: &str) {

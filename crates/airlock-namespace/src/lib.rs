@@ -33,7 +33,8 @@ pub mod workspace;
 use std::path::Path;
 
 use airlock_core::{
-    Backend, BackendError, ExecCommand, Finished, HeldSandbox, RunOptions, SandboxId, Spec, Stats,
+    Backend, BackendError, Enforcement, ExecCommand, Finished, HeldSandbox, IsolationClass,
+    RunOptions, SandboxId, Spec, Stats, Unavailable,
 };
 
 pub use error::Error;
@@ -57,6 +58,26 @@ pub struct NamespaceBackend;
 impl Backend for NamespaceBackend {
     fn name(&self) -> &'static str {
         "namespace"
+    }
+
+    fn class(&self) -> IsolationClass {
+        IsolationClass::Container
+    }
+
+    fn availability(&self) -> Result<(), Unavailable> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let is_root = unsafe { libc::geteuid() } == 0;
+        match userns::diagnose(0, is_root) {
+            Some(userns::Error::Disabled { reason, fix }) => Err(Unavailable {
+                reason: format!("user namespaces are disabled: {reason}"),
+                fix: fix.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn assess(&self, spec: &Spec) -> Enforcement {
+        protections::predict(spec)
     }
 
     fn run(&self, spec: &Spec, options: RunOptions) -> Result<Finished, BackendError> {

@@ -1,8 +1,9 @@
 //! The namespace backend's protections for one spec on this host, rule by rule.
 
+use airlock_core::enforcement::rule;
 use airlock_core::{Enforcement, Limit, RootFs, Spec, Status};
 
-use crate::cgroup::{Cgroup, Controller};
+use crate::cgroup::{Cgroup, Controller, Layout};
 
 /// The protections the backend will enforce, and the fallbacks it needs for them.
 pub struct Assessment {
@@ -25,10 +26,10 @@ fn cgroup_limit<T>(
     rule: &str,
     limit: &Limit<T>,
     controller: Controller,
-    cgroup: Option<&Cgroup>,
+    has: &dyn Fn(Controller) -> bool,
     is_root: bool,
 ) {
-    let status = if cgroup.is_some_and(|cgroup| cgroup.has(controller)) {
+    let status = if has(controller) {
         Status::Enforced
     } else {
         Status::Unsupported(no_cgroup(controller, is_root))
@@ -43,22 +44,43 @@ pub fn assess(
     landlock_abi: u32,
     is_root: bool,
 ) -> Assessment {
+    let has = |controller| cgroup.is_some_and(|cgroup| cgroup.has(controller));
+    assess_with(spec, &has, landlock_abi, is_root)
+}
+
+/// Predicts the protections of a sandbox for `spec` without creating it, from the cgroup
+/// controllers this host would give the caller.
+pub fn predict(spec: &Spec) -> Enforcement {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let layout = Layout::discover(is_root);
+    let has = |controller| layout.as_ref().is_some_and(|layout| layout.provides(controller));
+    assess_with(spec, &has, crate::landlock::effective_abi(), is_root).enforcement
+}
+
+fn assess_with(
+    spec: &Spec,
+    has: &dyn Fn(Controller) -> bool,
+    landlock_abi: u32,
+    is_root: bool,
+) -> Assessment {
     let mut enforcement = Enforcement::default();
-    let always = [
-        "user, pid, mount, network, ipc, uts and cgroup namespaces",
-        "read-only root filesystem, entered with pivot_root",
-        "network limited to a private loopback",
-        "root inside is an unprivileged user on the host",
-        "all capabilities dropped",
-        "no_new_privs",
-        "seccomp filter",
-        "init kills every process when the command exits",
-    ];
-    for rule in always {
-        enforcement.push(rule, Status::Enforced, true);
-    }
+    enforcement.push(rule::FILE_TREE, Status::Enforced, true);
+    enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
     if spec.rootfs == RootFs::HostView {
-        enforcement.push("host secrets under /etc hidden", Status::Enforced, true);
+        enforcement.push(rule::SECRETS_HIDDEN, Status::Enforced, true);
+    }
+    enforcement.push(rule::WORKSPACE, Status::Enforced, true);
+    for always in [
+        rule::PROCESSES,
+        rule::NETWORK,
+        rule::IPC,
+        rule::USER,
+        rule::CAPABILITIES,
+        rule::NO_NEW_PRIVS,
+        rule::SECCOMP,
+    ] {
+        enforcement.push(always, Status::Enforced, true);
     }
     let landlock = if landlock_abi > 0 {
         Status::Enforced
@@ -69,26 +91,26 @@ pub fn assess(
                 .into(),
         )
     };
-    enforcement.push("landlock", landlock, false);
+    enforcement.push(rule::LANDLOCK, landlock, false);
     cgroup_limit(
         &mut enforcement,
-        "memory limit",
+        rule::MEMORY,
         &spec.limits.memory,
         Controller::Memory,
-        cgroup,
+        has,
         is_root,
     );
     if spec.limits.cpus.value.is_some() {
         cgroup_limit(
             &mut enforcement,
-            "cpu limit",
+            rule::CPU,
             &spec.limits.cpus,
             Controller::Cpu,
-            cgroup,
+            has,
             is_root,
         );
     }
-    let has_pids = cgroup.is_some_and(|cgroup| cgroup.has(Controller::Pids));
+    let has_pids = has(Controller::Pids);
     let pids = if has_pids {
         Status::Enforced
     } else {
@@ -97,11 +119,12 @@ pub fn assess(
             no_cgroup(Controller::Pids, is_root)
         ))
     };
-    enforcement.push("pids limit", pids, spec.limits.pids.is_requested());
-    enforcement.push("tmp size", Status::Enforced, false);
+    enforcement.push(rule::PIDS, pids, spec.limits.pids.is_requested());
+    enforcement.push(rule::TMP_SIZE, Status::Enforced, false);
     if spec.limits.timeout.is_some() {
-        enforcement.push("timeout", Status::Enforced, true);
+        enforcement.push(rule::TIMEOUT, Status::Enforced, true);
     }
+    enforcement.push(rule::CLEANUP, Status::Enforced, true);
     Assessment {
         enforcement,
         nproc_rlimit: (!has_pids).then_some(spec.limits.pids.value),
