@@ -9,7 +9,7 @@ use airlock_core::spec::{
     self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE, MAX_PIDS, MIN_MEMORY,
 };
 use airlock_core::specfile::{self, SpecFileError};
-use airlock_core::{Action, BackendKind, Limit, RootFs, Spec, WorkspaceMode};
+use airlock_core::{Action, BackendKind, Limit, RootFs, Spec, User, WorkspaceMode};
 use clap::{Args, Parser, Subcommand};
 
 /// Run an AI agent's commands in a sandbox whose isolation level is a choice.
@@ -143,6 +143,11 @@ pub struct SandboxArgs {
     /// weaker protections are logged and listed in the --json record.
     #[arg(long)]
     pub allow_weaker: bool,
+
+    /// The user the command runs as inside: root, UID or UID:GID [default: the backend's; root
+    /// inside its own user namespace for namespace].
+    #[arg(long, value_name = "USER")]
+    pub user: Option<User>,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +203,10 @@ pub struct ExecArgs {
     /// Kill the command after this long [default: the sandbox's --timeout].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+
+    /// The user this command runs as: root, UID or UID:GID [default: the sandbox's].
+    #[arg(long, value_name = "USER")]
+    pub user: Option<User>,
 
     /// Print one JSON record on the last line of stderr when the command ends.
     #[arg(long)]
@@ -369,6 +378,9 @@ impl SandboxArgs {
             size::parse_bytes("tmp size", &self.tmp_size).unwrap_or(DEFAULT_TMP_SIZE);
         spec.limits.timeout = self.timeout;
         spec.allow_weaker = self.allow_weaker;
+        if self.user.is_some() {
+            spec.user = self.user;
+        }
         let mut backend = self.backend;
         if let Some(path) = &self.spec {
             let file = specfile::load(path)?;

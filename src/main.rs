@@ -145,6 +145,7 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
                 env: args.env,
                 tty: args.tty,
                 timeout: args.timeout,
+                user: args.user,
             };
             let sandbox = args.sandbox;
             (Action::Exec { sandbox, command }, args.json)

@@ -49,6 +49,8 @@ pub struct ExecCommand {
     pub tty: bool,
     /// Kill the command after this long.
     pub timeout: Option<Duration>,
+    /// The user the command runs as; `None` for the sandbox's own.
+    pub user: Option<crate::spec::User>,
 }
 
 /// The reason a held sandbox's wait ended.

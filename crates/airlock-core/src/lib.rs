@@ -18,10 +18,10 @@ pub mod state;
 
 pub use action::{Action, BackendKind};
 pub use backend::{
-    Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, IsolationClass,
-    RunOptions, Stats, Unavailable,
+    Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, IsolationClass, RunOptions,
+    Stats, Unavailable,
 };
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;
 pub use outcome::{EndReason, ExecFailure, Outcome};
-pub use spec::{Limit, Limits, Origin, RootFs, Spec, WorkspaceMode};
+pub use spec::{Limit, Limits, Origin, RootFs, Spec, User, WorkspaceMode};

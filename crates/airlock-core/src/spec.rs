@@ -196,6 +196,46 @@ pub struct Spec {
     pub tty: bool,
     /// Accept protections weaker than the spec requires instead of failing creation.
     pub allow_weaker: bool,
+    /// The user the command runs as inside; `None` for the backend's default.
+    #[serde(default)]
+    pub user: Option<User>,
+}
+
+/// A user and group id inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl User {
+    pub const ROOT: User = User { uid: 0, gid: 0 };
+}
+
+impl std::str::FromStr for User {
+    type Err = String;
+
+    /// Parses `root`, `UID` (the group is the same number) or `UID:GID`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "root" {
+            return Ok(User::ROOT);
+        }
+        let number = |part: &str| {
+            part.parse::<u32>().map_err(|_| {
+                format!("invalid user {text:?}: expected root, a numeric UID, or UID:GID")
+            })
+        };
+        match text.split_once(':') {
+            Some((uid, gid)) => Ok(User {
+                uid: number(uid)?,
+                gid: number(gid)?,
+            }),
+            None => {
+                let uid = number(text)?;
+                Ok(User { uid, gid: uid })
+            }
+        }
+    }
 }
 
 /// A spec that cannot describe a sandbox.
@@ -248,6 +288,7 @@ impl Spec {
             limits: Limits::default(),
             tty: false,
             allow_weaker: false,
+            user: None,
         }
     }
 

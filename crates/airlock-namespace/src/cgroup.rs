@@ -242,7 +242,9 @@ impl Layout {
 
     /// Whether a sandbox cgroup made here would have `controller`.
     pub fn provides(&self, controller: Controller) -> bool {
-        self.parents.iter().any(|(provided, _)| *provided == controller)
+        self.parents
+            .iter()
+            .any(|(provided, _)| *provided == controller)
     }
 
     /// Kills the processes of the sandbox cgroup `name` and removes it wherever this layout

@@ -59,6 +59,8 @@ pub enum Error {
     Join(#[source] io::Error),
     #[error("cannot wait for the sandbox")]
     Wait(#[source] io::Error),
+    #[error("the namespace backend runs commands as root inside the sandbox's user namespace only, which holds no privilege on the host; omit --user or pass --user root")]
+    UserNotMapped { uid: u32 },
     #[error("the sandbox's init died without a report (wait status {status:#x})")]
     InitDied { status: i32 },
 }

@@ -34,7 +34,7 @@ use std::path::Path;
 
 use airlock_core::{
     Backend, BackendError, Enforcement, ExecCommand, Finished, HeldSandbox, IsolationClass,
-    RunOptions, SandboxId, Spec, Stats, Unavailable,
+    RunOptions, SandboxId, Spec, Stats, Unavailable, User,
 };
 
 pub use error::Error;
@@ -81,6 +81,7 @@ impl Backend for NamespaceBackend {
     }
 
     fn run(&self, spec: &Spec, options: RunOptions) -> Result<Finished, BackendError> {
+        check_user(spec.user)?;
         Ok(launch::run(spec, options)?)
     }
 
@@ -89,6 +90,7 @@ impl Backend for NamespaceBackend {
         spec: &Spec,
         options: &RunOptions,
     ) -> Result<Box<dyn HeldSandbox>, BackendError> {
+        check_user(spec.user)?;
         Ok(Box::new(held::start(spec, options)?))
     }
 
@@ -100,6 +102,7 @@ impl Backend for NamespaceBackend {
         command: &ExecCommand,
         options: &RunOptions,
     ) -> Result<Finished, BackendError> {
+        check_user(command.user)?;
         Ok(join::exec(
             id,
             spec,
@@ -135,6 +138,14 @@ impl Backend for NamespaceBackend {
     fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>) {
         let runtime = runtime.and_then(|runtime| runtime_of(runtime).ok());
         held::clean_up(id, runtime.as_ref());
+    }
+}
+
+/// Accepts only root inside: the user namespace maps no other id.
+fn check_user(user: Option<User>) -> Result<(), Error> {
+    match user {
+        Some(user) if user != User::ROOT => Err(Error::UserNotMapped { uid: user.uid }),
+        _ => Ok(()),
     }
 }
 

@@ -54,7 +54,11 @@ pub fn predict(spec: &Spec) -> Enforcement {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     let layout = Layout::discover(is_root);
-    let has = |controller| layout.as_ref().is_some_and(|layout| layout.provides(controller));
+    let has = |controller| {
+        layout
+            .as_ref()
+            .is_some_and(|layout| layout.provides(controller))
+    };
     assess_with(spec, &has, crate::landlock::effective_abi(), is_root).enforcement
 }
 
