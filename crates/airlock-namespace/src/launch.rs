@@ -6,7 +6,7 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -420,7 +420,27 @@ fn prepare_layers(layers: &Path, caller: &Caller) -> Result<(), Error> {
             std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).map_err(failed)?;
         }
     }
-    Ok(())
+    clear_kernel_work_dir(&layers.join("work").join("work")).map_err(failed)
+}
+
+/// Removes the directory overlayfs keeps its temporary files in, left by an earlier mount of
+/// the same layers. A volatile mount leaves a marker there (`incompat/volatile`) that makes
+/// the next mount fail, and the kernel recreates the directory anyway. The kernel makes its
+/// directories with mode 000, so each is opened up before it is emptied.
+fn clear_kernel_work_dir(dir: &Path) -> std::io::Result<()> {
+    let metadata = match std::fs::symlink_metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if !metadata.is_dir() {
+        return std::fs::remove_file(dir);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        clear_kernel_work_dir(&entry?.path())?;
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// Starts a sandbox for `spec`: with its command, or held empty for later `exec`s.
