@@ -221,7 +221,10 @@ fn start_and_supervise(
         report,
         nproc_fallback: !ready.grant.limits_pids,
     };
-    let mut stack = vec![0u8; WORKLOAD_STACK_SIZE];
+    let mut stack = match sys::Stack::new(WORKLOAD_STACK_SIZE) {
+        Ok(stack) => stack,
+        Err(source) => fail(report, "map the workload's stack", source),
+    };
     let arg = &start as *const WorkloadStart<'_> as *mut libc::c_void;
     // SAFETY: the init is single-threaded; `workload_entry` ends in execve or exit_now; and
     // `start` and `stack` outlive the child, because this call returns only once the child

@@ -103,16 +103,49 @@ fn clone_into_cgroup(flags: libc::c_int, cgroup: RawFd) -> io::Result<libc::pid_
 /// state; `arg` must stay valid until then, which the suspension guarantees.
 pub unsafe fn spawn_shared(
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
-    stack: &mut [u8],
+    stack: &mut Stack,
     arg: *mut libc::c_void,
 ) -> io::Result<libc::pid_t> {
-    // The stack grows down on x86-64 and must be 16-byte aligned at its top.
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
-    // SAFETY: `top` is the aligned end of a live buffer that the child uses as its stack, and
-    // the caller guarantees the rest, as documented above.
-    let pid = unsafe { libc::clone(child, top as *mut libc::c_void, flags, arg) };
+    // SAFETY: the top of a live mapping that only the child uses, as its stack, until this
+    // call returns; the caller guarantees the rest, as documented above.
+    let pid = unsafe { libc::clone(child, stack.top(), flags, arg) };
     check(pid)
+}
+
+/// An anonymous mapping for a child's stack. Its pages are zero-filled by the kernel when first
+/// touched, so a child that uses a few kilobytes costs a few page faults, where a zeroed heap
+/// buffer of the same size would fault in every page before the child starts.
+pub struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    pub fn new(len: usize) -> io::Result<Stack> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE;
+        let protection = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: an anonymous mapping at an address of the kernel's choice touches no
+        // existing memory.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, protection, flags, -1, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Stack { base, len })
+    }
+
+    /// The highest address of the stack, 16-byte aligned, where an x86-64 stack starts.
+    fn top(&self) -> *mut libc::c_void {
+        ((self.base as usize + self.len) & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `len` describe the mapping made in `new`, which nothing uses
+        // once the child that ran on it has executed a program or exited.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
 }
 
 /// Forks the current single-threaded process.
