@@ -106,10 +106,10 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "NAME")]
     pub backend: Option<BackendKind>,
 
-    /// Use the lightest backend this host can run that meets this risk level: low (any
-    /// backend, a chroot is enough), medium (a container or stronger), high (a virtual
-    /// machine or stronger), critical (a cloud machine, or a virtual machine with the network
-    /// off). With --backend, that backend must meet the level.
+    /// Use the lightest backend this host can run that meets this risk level. low: any
+    /// backend, a chroot is enough. medium: a container or stronger. high: a virtual machine
+    /// or stronger. critical: a cloud machine, or a virtual machine with the network off.
+    /// With --backend, that backend must meet the level.
     #[arg(long, value_name = "LEVEL")]
     pub risk: Option<RiskLevel>,
 

@@ -13,7 +13,7 @@ pub struct BackendStatus {
     pub name: &'static str,
     pub class: IsolationClass,
     pub status: Status,
-    /// Why the backend cannot run; `None` when it can.
+    /// The reason the backend cannot run; `None` when it can.
     pub reason: Option<String>,
     pub fix: Option<String>,
 }

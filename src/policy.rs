@@ -31,7 +31,7 @@ pub struct Check {
     /// could be chosen.
     chosen: Option<usize>,
     chosen_by: ChosenBy,
-    /// Why a risk level picked the backend, or why it could not.
+    /// The reason a risk level picked the backend, or the reason none could be picked.
     explanation: Option<String>,
     /// Rule names in report order: those of [`rule::ALL`] first, then any other a backend
     /// reported.
@@ -116,7 +116,7 @@ impl Check {
         })
     }
 
-    /// Whether the chosen backend can run here and enforces every required rule.
+    /// Returns whether the chosen backend can run here and enforces every required rule.
     pub fn is_met(&self) -> bool {
         self.chosen_column()
             .is_some_and(|column| column.candidate.availability.is_ok())
@@ -225,12 +225,12 @@ impl Check {
         );
         for column in &self.columns {
             let candidate = &column.candidate;
-            let here = match &candidate.availability {
+            let availability = match &candidate.availability {
                 Ok(()) => "available".to_owned(),
                 Err(unavailable) => format!("unavailable: {unavailable}"),
             };
             println!(
-                "{:<name_width$}  {:<class_width$}  {here}",
+                "{:<name_width$}  {:<class_width$}  {availability}",
                 candidate.name,
                 IsolationClass::describe(candidate.class)
             );

@@ -96,7 +96,7 @@ impl std::str::FromStr for RiskLevel {
     }
 }
 
-/// One backend of this build as the choice sees it on this host.
+/// One backend of this build, with the facts about it on this host that the choice uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// The name users pass to `--backend`.
@@ -128,7 +128,7 @@ pub struct Chosen {
     pub explanation: Option<String>,
 }
 
-/// Why no backend can run a sandbox at the requested risk level.
+/// The reason no backend can run a sandbox at the requested risk level.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectionError {
     /// No backend that meets the level can run on this host.

@@ -198,7 +198,7 @@ impl Stage {
     }
 }
 
-/// How a test guest ended.
+/// The end of a test guest's run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestOutcome {
     /// The guest wrote its line and exited QEMU after `elapsed`.
@@ -279,8 +279,8 @@ fn start(qemu: &Path, accel: Accel) -> io::Result<Running> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
-    // calls on integers: it keeps the image's descriptor open across exec, and asks the
-    // kernel to kill QEMU if this process dies first.
+    // calls on integers. They keep the image's descriptor open across exec, and set
+    // PR_SET_PDEATHSIG so that the kernel kills QEMU if this process dies first.
     unsafe {
         command.pre_exec(move || {
             if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {

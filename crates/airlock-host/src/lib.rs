@@ -55,9 +55,9 @@ pub struct Fact {
     /// Readable name, such as "KVM".
     pub name: String,
     pub status: Status,
-    /// What was found, with the values behind the status.
+    /// The values found, which explain the status.
     pub detail: String,
-    /// What would make the feature usable; `None` when it is.
+    /// The change that would make the feature usable; `None` when it is.
     pub fix: Option<String>,
 }
 

@@ -259,7 +259,7 @@ fn probe_in_child(dir: &Path) -> Probe {
     }
 }
 
-/// The child's side: maps, private mounts, then the overlay mount.
+/// Runs the child's steps: the id maps, private mounts, then the overlay mount.
 fn child_steps(
     uid: libc::uid_t,
     gid: libc::gid_t,
