@@ -3,7 +3,7 @@
 
 use airlock_core::enforcement::rule;
 use airlock_core::risk::{self, Candidate};
-use airlock_core::{BackendKind, BackendRequest, Enforcement, IsolationClass, Spec, Status};
+use airlock_core::{BackendKind, BackendRequest, Enforcement, Spec, Status};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -232,7 +232,7 @@ impl Check {
             println!(
                 "{:<name_width$}  {:<class_width$}  {availability}",
                 candidate.name,
-                IsolationClass::describe(candidate.class)
+                candidate.class.describe()
             );
         }
     }
@@ -290,5 +290,49 @@ impl Check {
         for line in weaker {
             println!("{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_core::IsolationClass;
+
+    fn column(name: &'static str, rules: &[&str]) -> Column {
+        let mut enforcement = Enforcement::default();
+        for rule in rules {
+            enforcement.push(*rule, Status::Enforced, false);
+        }
+        Column {
+            candidate: Candidate {
+                name,
+                class: IsolationClass::Container,
+                availability: Ok(()),
+                network_off: true,
+                is_default: name == "namespace",
+            },
+            enforcement,
+        }
+    }
+
+    #[test]
+    fn rule_order_follows_rule_list_then_extras() {
+        let columns = [
+            column(
+                "namespace",
+                &[rule::MEMORY, "backend's own rule", rule::FILE_TREE],
+            ),
+            column("other", &[rule::SECCOMP, "another own rule"]),
+        ];
+        assert_eq!(
+            rule_order(&columns),
+            [
+                rule::FILE_TREE,
+                rule::SECCOMP,
+                rule::MEMORY,
+                "backend's own rule",
+                "another own rule"
+            ]
+        );
     }
 }

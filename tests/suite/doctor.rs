@@ -223,3 +223,60 @@ fn doctor_reports_cgroups_per_caller() {
         );
     }
 }
+
+/// Runs `airlock doctor --json` as root with `DOCKER_HOST` set to `docker_host`.
+fn doctor_with_docker_host(docker_host: &str) -> serde_json::Value {
+    let output = Command::new(binary())
+        .args(["doctor", "--json"])
+        .env("DOCKER_HOST", docker_host)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run airlock doctor");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+#[test]
+fn docker_socket_checked_with_ping() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("api.sock");
+    let listener = UnixListener::bind(&path).expect("bind socket");
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut request = [0u8; 512];
+        let read = stream.read(&mut request).expect("read request");
+        let answer = b"HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK";
+        stream.write_all(answer).expect("write answer");
+        String::from_utf8_lossy(&request[..read]).into_owned()
+    });
+    let report = doctor_with_docker_host(&format!("unix://{}", path.display()));
+    let request = server.join().expect("server thread");
+    assert!(request.starts_with("GET /_ping HTTP/1."), "{request:?}");
+    let docker = fact(&report, "docker_socket");
+    assert_eq!(docker["status"], "ok", "{docker}");
+    let detail = docker["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(path.to_str().unwrap()), "{docker}");
+
+    // The listener is gone, so the socket file is stale.
+    let report = doctor_with_docker_host(&format!("unix://{}", path.display()));
+    let docker = fact(&report, "docker_socket");
+    assert_ne!(docker["status"], "ok", "{docker}");
+    if !Path::new("/var/run/docker.sock").exists() {
+        assert_eq!(docker["status"], "broken", "{docker}");
+    }
+}
+
+#[test]
+fn docker_host_tcp_address_not_contacted() {
+    // 192.0.2.0/24 is reserved for documentation (RFC 5737); doctor must not connect to it.
+    let report = doctor_with_docker_host("tcp://192.0.2.1:2375");
+    let docker = fact(&report, "docker_socket");
+    let detail = docker["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("DOCKER_HOST=tcp://192.0.2.1:2375 is not a unix socket"),
+        "{docker}"
+    );
+}
