@@ -5,8 +5,10 @@
 //!
 //! A guest that stays in real mode is not enough: on a nested KVM host (a Linux 6.18 guest
 //! of a Firecracker-style VMM), such a guest finished under KVM, while this one reset as it
-//! turned on paging, and rebooted forever without `-no-reboot`. The image lives in a memfd, so no file is left behind whatever
-//! happens to this process, and QEMU gets PR_SET_PDEATHSIG so it ends with this process.
+//! turned on paging, and rebooted forever without `-no-reboot`.
+//!
+//! The image lives in a memfd, so no file is left behind whatever happens to this process,
+//! and QEMU gets PR_SET_PDEATHSIG so that it ends with this process.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -72,7 +72,10 @@ fn kvm_access() -> Result<(), Fact> {
     let device = Path::new(KVM_DEVICE);
     if !device.exists() {
         return Err(kvm_untested(
-            format!("{KVM_DEVICE} is absent: the CPU's virtualization extensions are off, or the kvm module is not loaded"),
+            format!(
+                "{KVM_DEVICE} is absent: the CPU's virtualization extensions are off, or the \
+                 kvm module is not loaded"
+            ),
             "enable VT-x or AMD-V in the firmware and load kvm_intel or kvm_amd; meanwhile \
              guests run under software emulation (TCG)",
         ));
