@@ -3,11 +3,13 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use airlock_core::BackendKind;
 
-use super::harness::{binary, describe, run, stdout, Caller, Workspace};
+use super::harness::{
+    binary, describe, run, stdout, test_user, unique_token, Caller, Workspace, TEST_USER,
+};
 
 /// Every fact id doctor reports, in its order.
 const FACT_IDS: [&str; 19] = [
@@ -155,40 +157,74 @@ fn processes_with_environment(entry: &str) -> Vec<String> {
     found
 }
 
-#[test]
-fn doctor_leaves_no_qemu_or_temp_file() {
-    let temp = tempfile::tempdir().expect("tempdir");
-    let token = format!("AIRLOCK_DOCTOR_TEST={}", super::harness::unique_token());
-    let (key, value) = token.split_once('=').unwrap();
-    let output: Output = Command::new(binary())
+/// Runs `airlock doctor --json` as `caller` (root, or the test user without a delegated
+/// cgroup) with the variables `env` set, and parses its report.
+fn doctor_with_env(caller: Caller, env: &[(&str, &str)]) -> serde_json::Value {
+    let mut command = if caller == Caller::Root {
+        Command::new(binary())
+    } else {
+        let mut setpriv = Command::new("setpriv");
+        setpriv
+            .arg(format!("--reuid={TEST_USER}"))
+            .arg(format!("--regid={TEST_USER}"))
+            .args(["--init-groups", "--"])
+            .arg(binary());
+        setpriv
+    };
+    let output = command
         .args(["doctor", "--json"])
-        .env("TMPDIR", temp.path())
-        .env(key, value)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run airlock doctor");
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    if qemu_installed() {
-        assert_eq!(fact(&report, "tcg")["status"], "ok", "QEMU ran: {report}");
-    }
-    assert_eq!(
-        fact(&report, "overlayfs_in_userns")["status"],
-        "ok",
-        "the overlay check used the temporary directory: {report}"
-    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("not JSON: {error}\n{}", describe(&output)))
+}
 
-    let left: Vec<_> = fs::read_dir(temp.path())
-        .expect("read temporary directory")
-        .flatten()
-        .map(|entry| entry.file_name())
-        .collect();
-    assert!(left.is_empty(), "doctor left {left:?} in $TMPDIR");
-    let survivors = processes_with_environment(&token);
-    assert!(
-        survivors.is_empty(),
-        "processes outlived doctor: {survivors:?}"
-    );
+#[test]
+fn doctor_leaves_no_qemu_or_temp_file() {
+    for caller in [Caller::Root, Caller::UserWithoutCgroup] {
+        let temp = tempfile::tempdir().expect("tempdir");
+        if caller != Caller::Root {
+            let (uid, gid) = test_user();
+            std::os::unix::fs::chown(temp.path(), Some(uid), Some(gid)).expect("chown");
+        }
+        let value = unique_token();
+        let temp_path = temp.path().to_str().expect("UTF-8 path");
+        let env = [
+            ("TMPDIR", temp_path),
+            ("AIRLOCK_DOCTOR_TEST", value.as_str()),
+        ];
+        let report = doctor_with_env(caller, &env);
+        if qemu_installed() {
+            assert_eq!(
+                fact(&report, "tcg")["status"],
+                "ok",
+                "{caller:?}: QEMU ran: {report}"
+            );
+        }
+        assert_eq!(
+            fact(&report, "overlayfs_in_userns")["status"],
+            "ok",
+            "{caller:?}: the overlay check used the temporary directory: {report}"
+        );
+
+        let left: Vec<_> = fs::read_dir(temp.path())
+            .expect("read temporary directory")
+            .flatten()
+            .map(|entry| entry.file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{caller:?}: doctor left {left:?} in $TMPDIR"
+        );
+        let survivors = processes_with_environment(&format!("AIRLOCK_DOCTOR_TEST={value}"));
+        assert!(
+            survivors.is_empty(),
+            "{caller:?}: processes outlived doctor: {survivors:?}"
+        );
+    }
 }
 
 #[test]
@@ -224,16 +260,8 @@ fn doctor_reports_cgroups_per_caller() {
     }
 }
 
-/// Runs `airlock doctor --json` as root with `DOCKER_HOST` set to `docker_host`.
 fn doctor_with_docker_host(docker_host: &str) -> serde_json::Value {
-    let output = Command::new(binary())
-        .args(["doctor", "--json"])
-        .env("DOCKER_HOST", docker_host)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run airlock doctor");
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    serde_json::from_slice(&output.stdout).expect("JSON")
+    doctor_with_env(Caller::Root, &[("DOCKER_HOST", docker_host)])
 }
 
 #[test]

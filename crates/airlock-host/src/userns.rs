@@ -85,7 +85,17 @@ fn restricting_sysctl(
 /// Creates a user and mount namespace in a child and mounts an overlayfs there.
 fn namespace_facts(is_root: bool) -> Vec<Fact> {
     let outcome = match tempfile::Builder::new().prefix("airlock-doctor-").tempdir() {
-        Ok(dir) => probe_in_child(dir.path()),
+        Ok(dir) => {
+            let outcome = probe_in_child(dir.path());
+            let path = dir.path().to_owned();
+            match remove_probe_dir(dir) {
+                Ok(()) => outcome,
+                Err(error) => Probe::Failed {
+                    step: Step::Cleanup,
+                    error: format!("{}: {error}", path.display()),
+                },
+            }
+        }
         Err(error) => Probe::Failed {
             step: Step::Prepare,
             error: error.to_string(),
@@ -116,6 +126,22 @@ fn namespace_facts(is_root: bool) -> Vec<Fact> {
             step: Step::Clone,
             error,
         } => vec![userns_failed(&error, is_root), overlay_untested()],
+        Probe::Failed {
+            step: Step::Cleanup,
+            error,
+        } => vec![
+            Fact::ok(
+                "user_namespaces",
+                "user namespaces",
+                "created one with a mount namespace in a child process",
+            ),
+            Fact::broken(
+                "overlayfs_in_userns",
+                "overlayfs in a user namespace",
+                format!("cannot remove the test's temporary directory {error}"),
+                "remove that directory by hand",
+            ),
+        ],
         Probe::Failed { step, error } => vec![
             Fact::ok(
                 "user_namespaces",
@@ -170,6 +196,17 @@ fn overlay_failed(step: Step, error: &str) -> Fact {
     )
 }
 
+/// Removes the probe's directory. overlayfs creates `work/work` with mode 0, which its owner
+/// cannot list, so an unprivileged caller could not remove it without the chmod.
+fn remove_probe_dir(dir: tempfile::TempDir) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let inner_work = dir.path().join("work/work");
+    if inner_work.exists() {
+        std::fs::set_permissions(&inner_work, std::fs::Permissions::from_mode(0o700))?;
+    }
+    dir.close()
+}
+
 /// A step of the child's check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -178,6 +215,7 @@ enum Step {
     Maps,
     Private,
     Mount,
+    Cleanup,
 }
 
 impl Step {
@@ -188,6 +226,7 @@ impl Step {
             Step::Maps => "writing the user namespace's id maps",
             Step::Private => "making the mounts private",
             Step::Mount => "mounting overlayfs",
+            Step::Cleanup => "removing the temporary directory",
         }
     }
 
@@ -198,14 +237,21 @@ impl Step {
             Step::Maps => 3,
             Step::Private => 4,
             Step::Mount => 5,
+            Step::Cleanup => 6,
         }
     }
 
     fn from_code(code: u8) -> Step {
-        [Step::Prepare, Step::Clone, Step::Maps, Step::Private]
-            .into_iter()
-            .find(|step| step.code() == code)
-            .unwrap_or(Step::Mount)
+        [
+            Step::Prepare,
+            Step::Clone,
+            Step::Maps,
+            Step::Private,
+            Step::Cleanup,
+        ]
+        .into_iter()
+        .find(|step| step.code() == code)
+        .unwrap_or(Step::Mount)
     }
 }
 
@@ -336,6 +382,7 @@ mod tests {
             Step::Maps,
             Step::Private,
             Step::Mount,
+            Step::Cleanup,
         ] {
             assert_eq!(Step::from_code(step.code()), step);
         }
