@@ -9,7 +9,9 @@ use airlock_core::spec::{
     self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE, MAX_PIDS, MIN_MEMORY,
 };
 use airlock_core::specfile::{self, SpecFileError};
-use airlock_core::{Action, BackendKind, Limit, RootFs, Spec, User, WorkspaceMode};
+use airlock_core::{
+    Action, BackendKind, BackendRequest, Limit, RiskLevel, RootFs, Spec, User, WorkspaceMode,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// Run an AI agent's commands in a sandbox whose isolation level is a choice.
@@ -68,6 +70,12 @@ pub enum Command {
     /// Remove what killed or interrupted commands left: half-created or half-removed
     /// sandboxes, and the processes and cgroups of sandboxes whose supervisor died.
     Gc(GcArgs),
+    /// Show which backends this host can run, why not where it cannot, and the host
+    /// features behind them. Takes a few seconds, to boot a test guest under QEMU.
+    Doctor(DoctorArgs),
+    /// Check a spec against the backends.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// The per-sandbox supervisor, started by create and start.
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -79,6 +87,7 @@ impl Command {
         match self {
             Command::Run(args) => args.json,
             Command::Exec(args) => args.json,
+            Command::Policy(PolicyCommand::Check(args)) => args.json,
             _ => false,
         }
     }
@@ -92,9 +101,17 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
 
-    /// Isolation level.
-    #[arg(long, value_name = "NAME", default_value = "namespace")]
-    pub backend: BackendKind,
+    /// Backend by name; `airlock doctor` lists those this host can run [default: namespace,
+    /// or the one --risk picks].
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<BackendKind>,
+
+    /// Use the lightest backend this host can run that meets this risk level. low: any
+    /// backend, a chroot is enough. medium: a container or stronger. high: a virtual machine
+    /// or stronger. critical: a cloud machine, or a virtual machine with the network off.
+    /// With --backend, that backend must meet the level.
+    #[arg(long, value_name = "LEVEL")]
+    pub risk: Option<RiskLevel>,
 
     /// Root filesystem directory, such as a debootstrap tree [default: a read-only view of the
     /// host's /usr, /bin, /sbin, /lib*, /etc and /opt, with secrets hidden].
@@ -304,6 +321,37 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show, rule by rule, whether each backend would enforce a spec on this host.
+    ///
+    /// Exit status: 0 when the chosen backend (--backend, the spec file's backend, what
+    /// --risk picks, or else the default) enforces every rule the spec requires, 1 when it
+    /// does not or cannot run here, 125 for invalid input.
+    Check(PolicyCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// TOML spec file, as --spec takes [default: the default spec with the options given].
+    #[arg(value_name = "SPEC", conflicts_with = "spec")]
+    pub spec_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct SuperviseArgs {
     pub id: String,
 }
@@ -357,14 +405,15 @@ fn limit<T>(value: T, requested: bool) -> Limit<T> {
 }
 
 impl SandboxArgs {
-    /// Builds the spec of the sandbox. `matches` shows which options were given explicitly,
-    /// because a limit the caller requested must be enforced in full and command-line
-    /// options win over the spec file's.
+    /// Builds the spec of the sandbox and how its backend is picked. `matches` shows which
+    /// options were given explicitly, because a limit the caller requested must be enforced
+    /// in full and command-line options win over the spec file's. --backend and --risk are
+    /// one choice: given either on the command line, the file's backend and risk are ignored.
     pub fn into_spec(
         self,
         command: Vec<OsString>,
         matches: &clap::ArgMatches,
-    ) -> Result<(BackendKind, Spec), SpecFileError> {
+    ) -> Result<(BackendRequest, Spec), SpecFileError> {
         let mut spec = Spec::new(command);
         spec.rootfs = self.rootfs.map_or(RootFs::HostView, RootFs::Directory);
         spec.workspace = Some(self.workspace);
@@ -381,17 +430,23 @@ impl SandboxArgs {
         if self.user.is_some() {
             spec.user = self.user;
         }
-        let mut backend = self.backend;
+        let mut request = BackendRequest {
+            backend: self.backend,
+            risk: self.risk,
+        };
         if let Some(path) = &self.spec {
             let file = specfile::load(path)?;
             file.apply(&mut spec, &|option| {
                 given(matches, &option.replace('-', "_"))
             });
-            if let (Some(name), false) = (&file.backend, given(matches, "backend")) {
-                backend = name.parse().unwrap_or(backend);
+            if request == BackendRequest::default() {
+                request = BackendRequest {
+                    backend: file.backend.as_deref().and_then(|name| name.parse().ok()),
+                    risk: file.risk,
+                };
             }
         }
-        Ok((backend, spec))
+        Ok((request, spec))
     }
 }
 
@@ -421,5 +476,15 @@ impl CreateArgs {
         // Each `exec -t` gets its own terminal, and the sandbox itself has none.
         spec.tty = false;
         Ok(Action::Create { backend, spec })
+    }
+}
+
+impl PolicyCheckArgs {
+    pub fn into_action(mut self, matches: &clap::ArgMatches) -> Result<Action, SpecFileError> {
+        if self.spec_file.is_some() {
+            self.sandbox.spec = self.spec_file.take();
+        }
+        let (backend, spec) = self.sandbox.into_spec(Vec::new(), matches)?;
+        Ok(Action::PolicyCheck { backend, spec })
     }
 }

@@ -25,6 +25,8 @@ use airlock_core::{
     SandboxId, Spec, Stats, WorkspaceMode,
 };
 use airlock_namespace::{error_chain, sys, NamespaceBackend};
+
+use crate::selection::Selected;
 use serde_json::{json, Map, Value};
 
 /// Environment variable that gives the supervisor the pid of the command that started it.
@@ -190,10 +192,11 @@ impl Engine {
     /// interrupts leaves no audit entry, and a directory that `airlock gc` removes.
     pub fn run(
         &self,
-        kind: BackendKind,
+        selected: &Selected,
         mut spec: Spec,
         track_stderr_line: bool,
     ) -> Result<RunResult, BackendError> {
+        let kind = selected.kind;
         spec.validate()?;
         self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;
@@ -203,7 +206,7 @@ impl Engine {
         record.supervisor = ProcessRef::of(std::process::id() as i32);
         let (sandbox, _lock) = self.state.allocate_volatile(&record)?;
         let mut created = spec_fields(&spec);
-        created["backend"] = kind.name().into();
+        selected.record(&mut created);
         let created_at = audit::Pending::now("created", Map::new());
         let options = RunOptions {
             track_stderr_line,
@@ -325,14 +328,15 @@ impl Engine {
     }
 
     /// Creates a sandbox that keeps running under its supervisor.
-    pub fn create(&self, kind: BackendKind, mut spec: Spec) -> Result<Record, BackendError> {
+    pub fn create(&self, selected: &Selected, mut spec: Spec) -> Result<Record, BackendError> {
+        let kind = selected.kind;
         spec.validate_sandbox()?;
         self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;
         let mut record = Record::new(id.to_string(), kind.name(), spec.clone());
         let (sandbox, _lock) = self.state.allocate(&record)?;
         let mut created = spec_fields(&spec);
-        created["backend"] = kind.name().into();
+        selected.record(&mut created);
         created["name"] = json!(spec.name);
         self.log(&record.id, "created", created)?;
         if let Err(error) = self.spawn_supervisor(&sandbox, &mut record) {

@@ -7,7 +7,10 @@ static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 mod changes;
 mod cli;
+mod doctor;
 mod lifecycle;
+mod policy;
+mod selection;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -15,11 +18,13 @@ use std::process::ExitCode;
 
 use airlock_core::audit;
 use airlock_core::exit::AIRLOCK_FAILED;
-use airlock_core::{Action, BackendError, EndReason, ExecCommand, ExecFailure, Finished};
+use airlock_core::{
+    Action, BackendError, BackendRequest, EndReason, ExecCommand, ExecFailure, Finished, Spec,
+};
 use airlock_namespace::error_chain;
 use clap::{CommandFactory, FromArgMatches};
 
-use cli::{AuditCommand, Cli, Command};
+use cli::{AuditCommand, Cli, Command, PolicyCommand};
 use lifecycle::Engine;
 
 fn main() -> ExitCode {
@@ -215,6 +220,14 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
             false,
         ),
         Command::Gc(args) => (Action::Gc, args.json),
+        Command::Doctor(args) => (Action::Doctor, args.json),
+        Command::Policy(PolicyCommand::Check(args)) => {
+            let json = args.json;
+            let matches = sub("policy")
+                .subcommand_matches("check")
+                .expect("the subcommand matched");
+            (args.into_action(matches)?, json)
+        }
         Command::Supervise(_) => unreachable!("the supervisor is not an action"),
     };
     Ok(Request { action, json })
@@ -240,15 +253,58 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         // SAFETY: setting a signal's disposition to the default touches no memory.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let engine = Engine::new(state_dir)?;
-    perform(&engine, action, json)
+    match action {
+        Action::Doctor => Ok(report_doctor(json)?),
+        Action::PolicyCheck { backend, spec } => check_policy(backend, spec, json),
+        action => {
+            let engine = Engine::new(state_dir)?;
+            perform(&engine, action, json)
+        }
+    }
+}
+
+/// Exit status of `policy check` when the chosen backend would not enforce every rule the
+/// spec requires.
+const POLICY_UNMET: u8 = 1;
+
+fn report_doctor(json: bool) -> serde_json::Result<u8> {
+    let report = doctor::examine();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        doctor::print(&report);
+    }
+    Ok(0)
+}
+
+/// Prints what each backend would enforce for `spec`; returns 0 when the chosen backend
+/// enforces every required rule.
+fn check_policy(request: BackendRequest, mut spec: Spec, json: bool) -> Result<u8> {
+    spec.validate_sandbox()?;
+    let check = policy::check(request, &spec);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&check.to_json())?);
+    } else {
+        check.print();
+    }
+    Ok(if check.is_met() { 0 } else { POLICY_UNMET })
+}
+
+/// Picks the backend for a new sandbox, and says on stderr why when a risk level picked it.
+fn select_backend(request: BackendRequest, spec: &Spec) -> Result<selection::Selected> {
+    let selected = selection::select(request, spec)?;
+    if let Some(explanation) = &selected.explanation {
+        eprintln!("airlock: {explanation}");
+    }
+    Ok(selected)
 }
 
 /// Carries out `action` and prints its result; returns the exit status.
 fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
     match action {
         Action::Run { backend, spec } => {
-            let result = engine.run(backend, spec, json)?;
+            let selected = select_backend(backend, &spec)?;
+            let result = engine.run(&selected, spec, json)?;
             let code = report(&result.finished, json, EndReason::message);
             if let Some(id) = result.kept {
                 eprintln!(
@@ -258,7 +314,8 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             Ok(code)
         }
         Action::Create { backend, spec } => {
-            let record = engine.create(backend, spec)?;
+            let selected = select_backend(backend, &spec)?;
+            let record = engine.create(&selected, spec)?;
             if json {
                 let value = serde_json::json!({ "id": record.id, "name": record.name });
                 println!("{value}");
@@ -435,6 +492,9 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
                 }
             }
             Ok(if incomplete { 1 } else { 0 })
+        }
+        Action::Doctor | Action::PolicyCheck { .. } => {
+            unreachable!("execute handles these without a state directory")
         }
     }
 }

@@ -1,11 +1,14 @@
 mod containment;
 mod crash;
+mod doctor;
 mod exit_status;
 mod harness;
 mod host_files;
 mod lifecycle;
 mod limits;
+mod policy;
 mod real_project;
+mod risk;
 mod rootfs;
 mod smoke;
 mod workspace_changes;

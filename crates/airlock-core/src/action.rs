@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::backend::ExecCommand;
+use crate::risk::RiskLevel;
 use crate::spec::Spec;
 
 /// A sandbox named by its id, a unique prefix of the id, or its name.
@@ -14,9 +15,9 @@ pub type SandboxRef = String;
 pub enum Action {
     /// Run one command in a fresh sandbox and remove the sandbox afterwards, unless its
     /// overlay workspace holds changes to review.
-    Run { backend: BackendKind, spec: Spec },
+    Run { backend: BackendRequest, spec: Spec },
     /// Create a sandbox that keeps running without a command.
-    Create { backend: BackendKind, spec: Spec },
+    Create { backend: BackendRequest, spec: Spec },
     /// Run a command in a running sandbox.
     Exec {
         sandbox: SandboxRef,
@@ -59,6 +60,18 @@ pub enum Action {
     AuditVerify { sandbox: SandboxRef },
     /// Remove what killed commands left behind.
     Gc,
+    /// Report what this host can run, backend by backend, and the host facts behind it.
+    Doctor,
+    /// Report, rule by rule, what each backend would enforce for `spec`.
+    PolicyCheck { backend: BackendRequest, spec: Spec },
+}
+
+/// How the caller picks the backend of a sandbox: by name, by risk level, both (the named
+/// backend must then meet the level), or neither for the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendRequest {
+    pub backend: Option<BackendKind>,
+    pub risk: Option<RiskLevel>,
 }
 
 /// The isolation levels this build of Airlock provides.

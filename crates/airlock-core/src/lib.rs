@@ -11,12 +11,13 @@ pub mod enforcement;
 pub mod exit;
 pub mod id;
 pub mod outcome;
+pub mod risk;
 pub mod size;
 pub mod spec;
 pub mod specfile;
 pub mod state;
 
-pub use action::{Action, BackendKind};
+pub use action::{Action, BackendKind, BackendRequest};
 pub use backend::{
     Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, IsolationClass, RunOptions,
     Stats, Unavailable,
@@ -24,4 +25,5 @@ pub use backend::{
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;
 pub use outcome::{EndReason, ExecFailure, Outcome};
+pub use risk::RiskLevel;
 pub use spec::{Limit, Limits, Origin, RootFs, Spec, User, WorkspaceMode};

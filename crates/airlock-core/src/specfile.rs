@@ -5,6 +5,7 @@
 //!
 //! ```toml
 //! backend = "namespace"
+//! risk = "medium"              # low, medium, high or critical: the lightest backend that meets it
 //! rootfs = "rootfs"            # a directory, relative to this file's directory
 //! workspace = "project"        # a directory, relative to this file's directory
 //! workspace_mode = "overlay"   # overlay, bind, readonly or none
@@ -40,12 +41,14 @@ use toml::de::DeTable;
 use toml::{Spanned, Value};
 
 use crate::action::BackendKind;
+use crate::risk::RiskLevel;
 use crate::size::{self, format_bytes};
 use crate::spec::{self, Limit, RootFs, Spec, WorkspaceMode, MAX_PIDS, MIN_MEMORY};
 
 /// Every key a spec file may contain, in the order of the format's documentation.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "backend",
+    "risk",
     "rootfs",
     "workspace",
     "workspace_mode",
@@ -71,6 +74,8 @@ pub const MAX_NAME_LENGTH: usize = 63;
 pub struct SpecFile {
     /// A name from [`BackendKind::ALL`], which the front end maps to a [`BackendKind`].
     pub backend: Option<String>,
+    /// The risk level that picks the backend, as `--risk` does.
+    pub risk: Option<RiskLevel>,
     /// Root filesystem directory, already joined to the spec file's directory.
     pub rootfs: Option<PathBuf>,
     /// Workspace directory, already joined to the spec file's directory.
@@ -279,6 +284,7 @@ impl SpecFile {
 #[serde(deny_unknown_fields)]
 struct RawSpecFile {
     backend: Option<Spanned<String>>,
+    risk: Option<Spanned<String>>,
     rootfs: Option<Spanned<String>>,
     workspace: Option<Spanned<String>>,
     workspace_mode: Option<Spanned<String>>,
@@ -366,6 +372,7 @@ impl Source<'_> {
     fn validate(&self, raw: RawSpecFile) -> Result<SpecFile, SpecFileError> {
         Ok(SpecFile {
             backend: raw.backend.map(|value| self.backend(value)).transpose()?,
+            risk: raw.risk.map(|value| self.risk(value)).transpose()?,
             rootfs: raw
                 .rootfs
                 .map(|value| self.path("rootfs", value))
@@ -402,6 +409,11 @@ impl Source<'_> {
         BackendKind::from_str(value.get_ref())
             .map_err(|message| self.invalid("backend", value.span(), message))?;
         Ok(value.into_inner())
+    }
+
+    fn risk(&self, value: Spanned<String>) -> Result<RiskLevel, SpecFileError> {
+        RiskLevel::from_str(value.get_ref())
+            .map_err(|message| self.invalid("risk", value.span(), message))
     }
 
     /// Joins a relative path to the spec file's directory, so that the file means the same
@@ -592,6 +604,7 @@ mod tests {
 
     const FULL: &str = r#"
 backend = "namespace"
+risk = "medium"
 rootfs = "/srv/rootfs"
 workspace = "project"
 workspace_mode = "readonly"
@@ -638,6 +651,7 @@ A = "1=2"
         let file = parse_at(FULL).unwrap();
         let expected = SpecFile {
             backend: Some("namespace".into()),
+            risk: Some(RiskLevel::Medium),
             rootfs: Some("/srv/rootfs".into()),
             workspace: Some("dir/project".into()),
             workspace_mode: Some(WorkspaceMode::Readonly),
@@ -681,7 +695,7 @@ A = "1=2"
         let message = error.to_string();
         assert!(
             message.starts_with(
-                "dir/spec.toml:3:1: unknown key \"memroy\": expected one of backend, rootfs,"
+                "dir/spec.toml:3:1: unknown key \"memroy\": expected one of backend, risk, rootfs,"
             ),
             "{message}"
         );
@@ -755,6 +769,7 @@ A = "1=2"
             "tmp_size = 0",
             "memory = 1.5",
             "backend = \"qemu\"",
+            "risk = \"severe\"",
             "workspace_mode = \"copy\"",
             "workspace = \"\"",
             "rootfs = \"a\\u0000b\"",

@@ -227,24 +227,55 @@ fn open(path: PathBuf, flags: libc::c_int) -> Result<OwnedFd, Error> {
 pub struct Layout {
     version: Version,
     parents: Vec<(Controller, PathBuf)>,
+    is_root: bool,
 }
 
 impl Layout {
     /// Reads the host's cgroup mounts and this process's own cgroups.
     pub fn discover(is_root: bool) -> Option<Layout> {
         let (version, parents) = parents(is_root)?;
-        Some(Layout { version, parents })
+        Some(Layout {
+            version,
+            parents,
+            is_root,
+        })
+    }
+
+    /// Returns the directory below which [`Cgroup::create`] would make a sandbox cgroup with
+    /// `controller`, or why it could not, by the same tests and without creating anything.
+    pub fn check(&self, controller: Controller) -> Result<&Path, String> {
+        let name = controller.name();
+        let Some((_, parent)) = self.parents.iter().find(|(c, _)| *c == controller) else {
+            return Err(format!(
+                "no mounted cgroup hierarchy has the {name} controller"
+            ));
+        };
+        let top = parent.parent().unwrap_or(parent);
+        let usable = match (&self.version, self.is_root) {
+            (Version::V2, true) => fs::read_to_string(top.join("cgroup.controllers"))
+                .is_ok_and(|listed| listed.split_whitespace().any(|c| c == name)),
+            (Version::V2, false) => {
+                writable(parent) && v2_subtree_controllers(parent).iter().any(|c| c == name)
+            }
+            (Version::V1, true) => parent.is_dir() || writable(top),
+            (Version::V1, false) => writable(parent),
+        };
+        if usable {
+            return Ok(parent);
+        }
+        Err(match (&self.version, self.is_root) {
+            (Version::V2, true) => format!("the cgroup v2 root {top:?} does not offer {name}"),
+            (Version::V2, false) => format!(
+                "{parent:?} is not writable by this user or does not enable {name} in its \
+                 cgroup.subtree_control"
+            ),
+            (Version::V1, true) => format!("cannot create {parent:?}"),
+            (Version::V1, false) => format!("{parent:?} is not writable by this user"),
+        })
     }
 
     pub fn is_v2(&self) -> bool {
         self.version == Version::V2
-    }
-
-    /// Whether a sandbox cgroup made here would have `controller`.
-    pub fn provides(&self, controller: Controller) -> bool {
-        self.parents
-            .iter()
-            .any(|(provided, _)| *provided == controller)
     }
 
     /// Kills the processes of the sandbox cgroup `name` and removes it wherever this layout

@@ -57,7 +57,7 @@ pub fn predict(spec: &Spec) -> Enforcement {
     let has = |controller| {
         layout
             .as_ref()
-            .is_some_and(|layout| layout.provides(controller))
+            .is_some_and(|layout| layout.check(controller).is_ok())
     };
     assess_with(spec, &has, crate::landlock::effective_abi(), is_root).enforcement
 }

@@ -1,0 +1,80 @@
+//! Picks the backend of a new sandbox: the one named, the lightest that meets a risk level,
+//! or the default.
+
+use airlock_core::enforcement::rule;
+use airlock_core::risk::{self, Candidate, SelectionError};
+use airlock_core::{BackendKind, BackendRequest, RiskLevel, Spec, Status};
+use serde_json::{json, Value};
+
+use crate::lifecycle;
+
+/// The backend of a new sandbox and, when a risk level picked it, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    pub kind: BackendKind,
+    pub risk: Option<RiskLevel>,
+    /// The line printed on stderr and kept in the audit log, as in "risk medium: using the
+    /// namespace backend (a container on the host's kernel); chroot is too weak".
+    pub explanation: Option<String>,
+}
+
+impl Selected {
+    /// Adds the choice to the fields of the audit log's "created" entry.
+    pub fn record(&self, created: &mut Value) {
+        created["backend"] = self.kind.name().into();
+        if let Some(risk) = self.risk {
+            created["risk"] = risk.name().into();
+            created["backend_choice"] = json!(self.explanation);
+        }
+    }
+}
+
+/// Describes every backend of this build on this host for `spec`, in the order of
+/// [`BackendKind::ALL`].
+pub fn candidates(spec: &Spec) -> Vec<Candidate> {
+    BackendKind::ALL
+        .iter()
+        .map(|&kind| {
+            let backend = lifecycle::backend(kind);
+            let network_off = backend
+                .assess(spec)
+                .get(rule::NETWORK)
+                .is_some_and(|protection| protection.status == Status::Enforced);
+            Candidate {
+                name: kind.name(),
+                class: backend.class(),
+                availability: backend.availability(),
+                network_off,
+                is_default: kind == BackendKind::default(),
+            }
+        })
+        .collect()
+}
+
+/// Picks the backend for `request`. Only a risk level makes this look at the host: a named
+/// or default backend is taken without checking, so that a plain run starts no later.
+pub fn select(request: BackendRequest, spec: &Spec) -> Result<Selected, SelectionError> {
+    let Some(level) = request.risk else {
+        return Ok(Selected {
+            kind: request.backend.unwrap_or_default(),
+            risk: None,
+            explanation: None,
+        });
+    };
+    let candidates = candidates(spec);
+    let named = request.backend.map(index_of);
+    let chosen = risk::select(named, Some(level), &candidates)?;
+    Ok(Selected {
+        kind: BackendKind::ALL[chosen.index],
+        risk: chosen.risk,
+        explanation: chosen.explanation,
+    })
+}
+
+/// Returns the position of `kind` in [`BackendKind::ALL`].
+pub fn index_of(kind: BackendKind) -> usize {
+    BackendKind::ALL
+        .iter()
+        .position(|&listed| listed == kind)
+        .expect("BackendKind::ALL lists every kind")
+}
