@@ -92,7 +92,7 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
 
-    /// Isolation level.
+    /// Isolation level: namespace, or chroot (root only; it isolates the file tree alone).
     #[arg(long, value_name = "NAME", default_value = "namespace")]
     pub backend: BackendKind,
 
@@ -145,7 +145,7 @@ pub struct SandboxArgs {
     pub allow_weaker: bool,
 
     /// The user the command runs as inside: root, UID or UID:GID [default: the backend's; root
-    /// inside its own user namespace for namespace].
+    /// inside its own user namespace for namespace, 65534 (nobody) for chroot].
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use airlock_chroot::ChrootBackend;
 use airlock_core::audit::{self, AuditLog};
 use airlock_core::state::{self, Phase, ProcessRef, Record, SandboxDir, StateDir};
 use airlock_core::{
@@ -73,6 +74,7 @@ pub enum LifecycleError {
 pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
         BackendKind::Namespace => Box::new(NamespaceBackend),
+        BackendKind::Chroot => Box::new(ChrootBackend),
     }
 }
 
@@ -194,6 +196,7 @@ impl Engine {
         mut spec: Spec,
         track_stderr_line: bool,
     ) -> Result<RunResult, BackendError> {
+        backend(kind).availability()?;
         spec.validate()?;
         self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;
@@ -326,6 +329,7 @@ impl Engine {
 
     /// Creates a sandbox that keeps running under its supervisor.
     pub fn create(&self, kind: BackendKind, mut spec: Spec) -> Result<Record, BackendError> {
+        backend(kind).availability()?;
         spec.validate_sandbox()?;
         self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;

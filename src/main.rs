@@ -15,7 +15,9 @@ use std::process::ExitCode;
 
 use airlock_core::audit;
 use airlock_core::exit::AIRLOCK_FAILED;
-use airlock_core::{Action, BackendError, EndReason, ExecCommand, ExecFailure, Finished};
+use airlock_core::{
+    Action, BackendError, BackendKind, EndReason, ExecCommand, ExecFailure, Finished,
+};
 use airlock_namespace::error_chain;
 use clap::{CommandFactory, FromArgMatches};
 
@@ -248,6 +250,7 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
 fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
     match action {
         Action::Run { backend, spec } => {
+            warn_about(backend);
             let result = engine.run(backend, spec, json)?;
             let code = report(&result.finished, json, EndReason::message);
             if let Some(id) = result.kept {
@@ -258,6 +261,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             Ok(code)
         }
         Action::Create { backend, spec } => {
+            warn_about(backend);
             let record = engine.create(backend, spec)?;
             if json {
                 let value = serde_json::json!({ "id": record.id, "name": record.name });
@@ -436,6 +440,15 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             }
             Ok(if incomplete { 1 } else { 0 })
         }
+    }
+}
+
+/// Prints the warning of a backend whose isolation callers must not overestimate, unless the
+/// backend cannot run here, which the action then reports.
+fn warn_about(kind: BackendKind) {
+    let backend = lifecycle::backend(kind);
+    if let (Some(warning), Ok(())) = (backend.warning(), backend.availability()) {
+        eprintln!("airlock: warning: {warning}");
     }
 }
 
