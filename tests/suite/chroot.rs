@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use super::harness::{describe, run, state_dir, stderr, stdout, Caller, Workspace};
 
@@ -314,6 +315,13 @@ fn chroot_killed_supervisor_leaves_nothing_after_gc() {
     let holder = listed["init_pid"].as_i64().expect("holder pid");
     // SAFETY: kill sends a signal to the supervisor this test created; it touches no memory.
     assert_eq!(unsafe { libc::kill(supervisor as i32, libc::SIGKILL) }, 0);
+    // A process that received SIGKILL may run for a moment more, and gc leaves a sandbox
+    // whose supervisor runs alone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_alive(&supervisor.to_string()) {
+        assert!(Instant::now() < deadline, "the supervisor survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let gc = run(ROOT, &["gc"], workspace.path());
     assert!(gc.status.success(), "{}", describe(&gc));
     assert!(

@@ -1,8 +1,8 @@
 //! The command's own process. It starts inside the tree, with /workspace as its working
 //! directory, takes its streams, rlimits and user, and executes the command.
 //!
-//! Order matters: rlimits and no_new_privs are set while the process is still root, because
-//! a lowered hard limit cannot be raised afterwards; the user changes last but one, and the
+//! Order matters. rlimits and no_new_privs are set while the process is still root, because
+//! a lowered hard limit cannot be raised afterwards. The user changes last but one, and the
 //! parent-death signal is set after it, because a change of ids clears it.
 
 use std::ffi::{CString, OsStr};

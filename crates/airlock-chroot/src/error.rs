@@ -20,6 +20,12 @@ pub enum Error {
     Stdio(stdio::Error),
     #[error(transparent)]
     Workspace(workspace::Error),
+    #[error("cannot read the owner of the workspace {path:?}")]
+    WorkspaceOwner {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot show the workspace {path:?}, owned by uid {owner}, as owned by uid {} through an idmapped mount; put the workspace on a file system that supports idmapped mounts (ext4, xfs, btrfs, tmpfs on Linux 6.3 or later), or pass --user {owner}:{owner_group} to run as its owner", user.uid)]
     IdmapWorkspace {
         path: PathBuf,
@@ -37,10 +43,12 @@ pub enum Error {
     },
     #[error("an overlay workspace needs a directory for its upper layer; pass --workspace-mode bind to write through instead")]
     NoLayers,
-    #[error("cannot create the channels to the sandbox's holder process")]
+    #[error("cannot create the pipes to the sandbox's processes")]
     Channel(#[source] io::Error),
     #[error("cannot start the sandbox's holder process in a new mount namespace")]
     Clone(#[source] io::Error),
+    #[error("cannot start the process that joins the sandbox")]
+    Join(#[source] io::Error),
     #[error("cannot attach the sandbox's pseudo-terminal")]
     Terminal(#[source] io::Error),
     /// A step inside the sandbox failed; the cause arrives as text over the report pipe.

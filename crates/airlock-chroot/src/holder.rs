@@ -68,9 +68,9 @@ fn set_up(plan: &Plan<'_>) -> Result<(), (String, io::Error)> {
         .map_err(|error| (error.step, error.source))
 }
 
-/// Closes what the clone copied from the launcher but the holder's channels, the command's
-/// streams and the workspace's mount: a lock file held open here would keep the sandbox's
-/// lock, and a stream kept open would keep its reader from seeing end of file.
+/// Closes the descriptors the clone copied from the launcher, except the holder's channels,
+/// the command's streams and the workspace's mount. A lock file left open here would keep
+/// the sandbox's lock, and a stream left open would keep its reader from seeing end of file.
 fn close_launcher_descriptors(plan: &Plan<'_>) -> io::Result<()> {
     let channels = plan.channels;
     let workspace = match plan.workspace {
@@ -103,6 +103,7 @@ fn start_and_watch(plan: &Plan<'_>, command: &command::Plan) -> ! {
         Err(source) => fail(channels.report, "start the command", source),
     };
     if let Err(source) = sys::write_all(channels.pid, &pid.to_ne_bytes()) {
+        let _ = sys::kill(pid, libc::SIGKILL);
         fail(channels.report, "report the command's pid", source)
     }
     release_stdio();
@@ -236,7 +237,7 @@ fn fail(report: RawFd, step: &str, source: io::Error) -> ! {
     sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
 }
 
-/// Points 0, 1 and 2 at the tree's /dev/null, so the holder holds no end of the caller's
+/// Points 0, 1 and 2 at the tree's /dev/null, so the holder keeps no end of the caller's
 /// streams and the launcher sees end of file once the command's processes are gone.
 fn release_stdio() {
     if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {

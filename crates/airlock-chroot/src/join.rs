@@ -1,6 +1,6 @@
-//! `airlock exec` and `airlock cp` on a held chroot sandbox: a child of the caller joins the
-//! holder's mount namespace with setns, chroots into the tree and changes to /workspace,
-//! then becomes the command (exec) or one side of a tar stream (cp).
+//! `airlock exec` and `airlock cp` on a held chroot sandbox. A child of the caller joins the
+//! holder's mount namespace with setns, chroots into the tree and changes to /workspace.
+//! Then it becomes the command (exec) or one side of a tar stream (cp).
 //!
 //! The steps, in order:
 //! 1. Check that the supervisor and the holder are the recorded processes, open the holder's
@@ -40,6 +40,9 @@ fn command_spec(sandbox: &Spec, runtime: &Runtime, command: &ExecCommand) -> Spe
     spec.env.extend(command.env.iter().cloned());
     spec.tty = command.tty;
     spec.limits.timeout = command.timeout;
+    // NOTE: an idmapped workspace maps its owner to the sandbox's user only, so a command
+    // run as another user cannot create files in a bind-mode workspace (EOVERFLOW). In an
+    // overlay workspace its files go to the upper layer, which is not idmapped.
     spec.user = Some(command.user.unwrap_or(runtime.user));
     spec
 }
@@ -161,7 +164,7 @@ pub fn exec(
     let pid = match sys::clone_process(0, None) {
         Ok(0) => join_and_run(&joiner),
         Ok(pid) => pid,
-        Err(source) => return Err(Error::Clone(source)),
+        Err(source) => return Err(Error::Join(source)),
     };
     drop((report_write, control_inside, namespace));
     streams.child_ends.clear();

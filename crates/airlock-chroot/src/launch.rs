@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::members::{self, Sandbox as Members};
 use crate::{command, holder, protections, tree};
 
-/// What the launcher prepares before the holder exists.
+/// Everything the launcher prepares before the holder exists.
 pub struct Prepared {
     pub id: SandboxId,
     pub user: User,
@@ -64,7 +64,7 @@ pub struct Channels {
     pub control: OwnedFd,
     /// Read end of the pipe that brings the command's pid.
     pub pid: OwnedFd,
-    /// Write end of the pipe whose end of file tells the holder that the launcher is gone.
+    /// Write end of the pipe that reaches end of file in the holder once the launcher is gone.
     pub alive: OwnedFd,
 }
 

@@ -1,4 +1,4 @@
-//! The `chroot` backend, the lightest isolation level: the command sees a read-only file tree
+//! The `chroot` backend, the lightest isolation level. The command gets a read-only file tree
 //! with its workspace, entered with chroot(2), and runs as an unprivileged user under rlimits.
 //! Processes, network, IPC and the hostname are the host's, and a root process can leave the
 //! tree. It needs root.

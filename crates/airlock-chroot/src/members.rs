@@ -35,17 +35,23 @@ pub fn mount_namespace(pid: i32) -> Option<u64> {
     Some(metadata.ino())
 }
 
-/// Returns whether process `pid` sees a mount whose source is `marker`, or `None` when its
-/// mount table cannot be read, because it exited.
+/// Returns whether the mount table of process `pid` contains a mount whose source is
+/// `marker`, or `None` when the table cannot be read because the process exited.
 fn sees_marker(pid: i32, marker: &str) -> Option<bool> {
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-    // Each line ends with " - TYPE SOURCE OPTIONS" after the optional fields.
-    let found = mountinfo.lines().any(|line| {
+    Some(has_source(&mountinfo, marker))
+}
+
+/// Returns whether a line of `mountinfo`, in the format of /proc/PID/mountinfo, has the
+/// mount source `source`.
+fn has_source(mountinfo: &str, source: &str) -> bool {
+    // Each line ends with " - TYPE SOURCE OPTIONS", after a variable number of optional
+    // fields.
+    mountinfo.lines().any(|line| {
         line.split_once(" - ")
             .and_then(|(_, tail)| tail.split(' ').nth(1))
-            .is_some_and(|source| source == marker)
-    });
-    Some(found)
+            .is_some_and(|found| found == source)
+    })
 }
 
 /// Returns the pids that /proc lists now.
@@ -171,4 +177,25 @@ fn process_usage(pid: i32) -> Option<(u64, u64)> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let rss = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some((cpu, rss))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+1061 1060 0:95 / / ro,nosuid,nodev,relatime shared:530 - tmpfs airlock-chroot-ab12 rw,size=64k
+1062 1061 254:0 /usr /usr ro,nosuid,nodev,relatime master:1 - ext4 /dev/vda rw
+1070 1061 0:97 / /tmp rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=524288k
+";
+
+    #[test]
+    fn mount_source_matches_whole_field() {
+        assert!(has_source(MOUNTINFO, "airlock-chroot-ab12"));
+        assert!(has_source(MOUNTINFO, "/dev/vda"));
+        assert!(!has_source(MOUNTINFO, "airlock-chroot-ab1"));
+        assert!(!has_source(MOUNTINFO, "airlock-chroot-ab123"));
+        assert!(!has_source(MOUNTINFO, "tmpfs airlock-chroot-ab12"));
+        assert!(!has_source(MOUNTINFO, "ro,nosuid,nodev,relatime"));
+    }
 }

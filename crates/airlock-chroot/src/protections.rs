@@ -1,4 +1,4 @@
-//! What a chroot sandbox enforces for one spec, rule by rule. The answer depends only on the
+//! What a chroot sandbox enforces for one spec, rule by rule. The result depends only on the
 //! spec, because the backend uses nothing that differs between hosts (no cgroups, no
 //! Landlock), so the prediction and what creation gets are the same.
 

@@ -27,7 +27,7 @@ use crate::error::Error;
 /// processes of other users from the command.
 const PROC_OPTIONS: &str = "hidepid=invisible";
 
-/// How the workspace reaches the holder.
+/// The workspace as the holder receives it.
 pub enum Workspace {
     /// No workspace: /workspace stays an empty directory.
     None,
@@ -50,8 +50,13 @@ pub fn prepare_workspace(spec: &Spec, user: User) -> Result<(Workspace, u32), Er
     }
     // Airlock runs as root here, so no component of the path may be a symlink.
     let workspace = HostWorkspace::open(path, true).map_err(Error::Workspace)?;
-    let metadata = fs::metadata(format!("/proc/self/fd/{}", workspace.fd.as_raw_fd()))
-        .map_err(|source| workspace_error(&workspace, (0, 0), user, source))?;
+    let metadata =
+        fs::metadata(format!("/proc/self/fd/{}", workspace.fd.as_raw_fd())).map_err(|source| {
+            Error::WorkspaceOwner {
+                path: workspace.path.clone(),
+                source,
+            }
+        })?;
     let owner = (metadata.uid(), metadata.gid());
     let mode = metadata.mode() & 0o7777;
     if owner == (user.uid, user.gid) {
@@ -90,8 +95,8 @@ fn idmapped(workspace: &HostWorkspace, owner: (u32, u32), user: User) -> io::Res
 /// Creates a user namespace that maps `owner`'s uid and gid inside to `user`'s outside, and
 /// returns its descriptor. An idmapped mount takes its mapping from a user namespace: the
 /// owner id stored on disk is read as an id inside the namespace and shown as the host id it
-/// maps to. A child process holds the namespace until its maps are written and the namespace
-/// is opened, and then exits.
+/// maps to. A child process keeps the namespace alive until its maps are written and the
+/// namespace is opened, and then exits.
 fn mapping_namespace(owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
     let (release_read, release_write) = sys::pipe()?;
     let pid = sys::clone_process(libc::CLONE_NEWUSER, None)?;

@@ -135,7 +135,7 @@ pub fn reset_signals() -> io::Result<()> {
     sys::set_signal_mask(libc::SIG_SETMASK, &sys::sigset(&[])).map(drop)
 }
 
-/// Makes `stdio` the process's descriptors 0, 1 and 2; a terminal also becomes the
+/// Installs `stdio` as the process's descriptors 0, 1 and 2. A terminal also becomes the
 /// controlling terminal, so the process must lead a new session.
 pub fn install_stdio(stdio: &Stdio) -> io::Result<()> {
     match *stdio {
