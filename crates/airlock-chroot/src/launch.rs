@@ -38,7 +38,7 @@ pub fn prepare(spec: &Spec, options: &RunOptions) -> Result<Prepared, Error> {
     let enforcement = protections::assess(spec);
     protections::check_required(&enforcement, spec.allow_weaker)?;
     let user = protections::sandbox_user(spec);
-    let (workspace, workspace_mode) = tree::prepare_workspace(spec, user)?;
+    let (workspace, permissions) = tree::prepare_workspace(spec, user)?;
     let has_workspace = !matches!(workspace, tree::Workspace::None);
     let layers = match (spec.workspace_mode, &options.layers) {
         (WorkspaceMode::Overlay, Some(layers)) if has_workspace => Some(layers.clone()),
@@ -46,7 +46,7 @@ pub fn prepare(spec: &Spec, options: &RunOptions) -> Result<Prepared, Error> {
         _ => None,
     };
     if let Some(layers) = &layers {
-        tree::prepare_layers(layers, user, workspace_mode)?;
+        tree::prepare_layers(layers, user, permissions)?;
     }
     Ok(Prepared {
         marker: members::marker(&id),

@@ -37,7 +37,7 @@ pub enum Workspace {
     Idmapped(OwnedFd),
 }
 
-/// Opens the spec's workspace and prepares it for `user`; returns it with the permission
+/// Opens the spec's workspace, prepares it for `user`, and returns it with the permission
 /// bits of its directory. A workspace owned by someone else becomes an idmapped mount on
 /// which its owner's files appear as `user`'s, and what `user` writes belongs to the owner
 /// on the host. Files of other owners appear as nobody, since only one id is mapped.
