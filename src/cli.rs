@@ -162,7 +162,7 @@ pub struct SandboxArgs {
     pub allow_weaker: bool,
 
     /// The user the command runs as inside: root, UID or UID:GID [default: the backend's; root
-    /// inside its own user namespace for namespace].
+    /// inside its own user namespace for namespace, 65534 (nobody) for chroot].
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use airlock_chroot::ChrootBackend;
 use airlock_core::audit::{self, AuditLog};
 use airlock_core::state::{self, Phase, ProcessRef, Record, SandboxDir, StateDir};
 use airlock_core::{
@@ -75,6 +76,7 @@ pub enum LifecycleError {
 pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
         BackendKind::Namespace => Box::new(NamespaceBackend),
+        BackendKind::Chroot => Box::new(ChrootBackend),
     }
 }
 
@@ -197,6 +199,7 @@ impl Engine {
         track_stderr_line: bool,
     ) -> Result<RunResult, BackendError> {
         let kind = selected.kind;
+        backend(kind).availability()?;
         spec.validate()?;
         self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;
@@ -330,6 +333,7 @@ impl Engine {
     /// Creates a sandbox that keeps running under its supervisor.
     pub fn create(&self, selected: &Selected, mut spec: Spec) -> Result<Record, BackendError> {
         let kind = selected.kind;
+        backend(kind).availability()?;
         spec.validate_sandbox()?;
         self.check_workspace(&spec)?;
         let id = SandboxId::generate()?;

@@ -19,7 +19,8 @@ use std::process::ExitCode;
 use airlock_core::audit;
 use airlock_core::exit::AIRLOCK_FAILED;
 use airlock_core::{
-    Action, BackendError, BackendRequest, EndReason, ExecCommand, ExecFailure, Finished, Spec,
+    Action, BackendError, BackendKind, BackendRequest, EndReason, ExecCommand, ExecFailure,
+    Finished, Spec,
 };
 use airlock_namespace::error_chain;
 use clap::{CommandFactory, FromArgMatches};
@@ -304,6 +305,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
     match action {
         Action::Run { backend, spec } => {
             let selected = select_backend(backend, &spec)?;
+            warn_about(selected.kind);
             let result = engine.run(&selected, spec, json)?;
             let code = report(&result.finished, json, EndReason::message);
             if let Some(id) = result.kept {
@@ -315,6 +317,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Create { backend, spec } => {
             let selected = select_backend(backend, &spec)?;
+            warn_about(selected.kind);
             let record = engine.create(&selected, spec)?;
             if json {
                 let value = serde_json::json!({ "id": record.id, "name": record.name });
@@ -496,6 +499,15 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         Action::Doctor | Action::PolicyCheck { .. } => {
             unreachable!("execute handles these without a state directory")
         }
+    }
+}
+
+/// Prints the warning of a backend whose isolation callers must not overestimate, unless the
+/// backend cannot run here, which the action then reports.
+fn warn_about(kind: BackendKind) {
+    let backend = lifecycle::backend(kind);
+    if let (Some(warning), Ok(())) = (backend.warning(), backend.availability()) {
+        eprintln!("airlock: warning: {warning}");
     }
 }
 

@@ -1,3 +1,4 @@
+mod chroot;
 mod containment;
 mod crash;
 mod doctor;

@@ -80,15 +80,19 @@ pub enum BackendKind {
     /// Linux namespaces, cgroups, seccomp and Landlock, started by Airlock itself.
     #[default]
     Namespace,
+    /// A chroot in a private mount namespace, with rlimits: root only, and the file tree is
+    /// all it isolates.
+    Chroot,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 1] = [BackendKind::Namespace];
+    pub const ALL: [BackendKind; 2] = [BackendKind::Namespace, BackendKind::Chroot];
 
     /// The name users pass to `--backend`.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Namespace => "namespace",
+            BackendKind::Chroot => "chroot",
         }
     }
 }

@@ -135,6 +135,12 @@ pub trait Backend {
     /// Checks, without creating anything, whether this host and caller can run the backend.
     fn availability(&self) -> Result<(), Unavailable>;
 
+    /// Returns a warning that front ends show each time they create a sandbox of this
+    /// backend, for a backend that leaves out protections callers may take for granted.
+    fn warning(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Returns what a sandbox of `spec` would enforce on this host, rule by rule, without
     /// creating it. Creation repeats the check against what it really got.
     fn assess(&self, spec: &Spec) -> Enforcement;

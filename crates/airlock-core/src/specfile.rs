@@ -4,7 +4,7 @@
 //! Each key is the long option name with `-` replaced by `_`, and every key is optional:
 //!
 //! ```toml
-//! backend = "namespace"
+//! backend = "namespace"        # or "chroot"
 //! risk = "medium"              # low, medium, high or critical: the lightest backend that meets it
 //! rootfs = "rootfs"            # a directory, relative to this file's directory
 //! workspace = "project"        # a directory, relative to this file's directory
@@ -16,6 +16,7 @@
 //! timeout = "10m"              # or a whole number of seconds
 //! tty = false
 //! allow_weaker = false
+//! user = "65534:65534"         # root, UID or UID:GID
 //! name = "build-1"
 //! ttl = "2h"                   # or a whole number of seconds
 //! command = ["make", "test"]   # used by `run` when the command line gives no command
@@ -43,10 +44,10 @@ use toml::{Spanned, Value};
 use crate::action::BackendKind;
 use crate::risk::RiskLevel;
 use crate::size::{self, format_bytes};
-use crate::spec::{self, Limit, RootFs, Spec, WorkspaceMode, MAX_PIDS, MIN_MEMORY};
+use crate::spec::{self, Limit, RootFs, Spec, User, WorkspaceMode, MAX_PIDS, MIN_MEMORY};
 
 /// Every key a spec file may contain, in the order of the format's documentation.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "backend",
     "risk",
     "rootfs",
@@ -60,6 +61,7 @@ pub const KEYS: [&str; 16] = [
     "timeout",
     "tty",
     "allow_weaker",
+    "user",
     "name",
     "ttl",
     "command",
@@ -93,6 +95,8 @@ pub struct SpecFile {
     pub timeout: Option<Duration>,
     pub tty: Option<bool>,
     pub allow_weaker: Option<bool>,
+    /// The user the command runs as inside.
+    pub user: Option<User>,
     /// Sandbox name, valid by [`validate_name`].
     pub name: Option<String>,
     pub ttl: Option<Duration>,
@@ -233,6 +237,9 @@ impl SpecFile {
         if let (Some(allow_weaker), true) = (self.allow_weaker, from_file("allow-weaker")) {
             spec.allow_weaker = allow_weaker;
         }
+        if let (Some(user), true) = (self.user, from_file("user")) {
+            spec.user = Some(user);
+        }
         if let (Some(name), true) = (&self.name, from_file("name")) {
             spec.name = Some(name.clone());
         }
@@ -296,6 +303,7 @@ struct RawSpecFile {
     timeout: Option<Spanned<Value>>,
     tty: Option<bool>,
     allow_weaker: Option<bool>,
+    user: Option<Spanned<String>>,
     name: Option<Spanned<String>>,
     ttl: Option<Spanned<Value>>,
     command: Option<Spanned<Vec<Spanned<String>>>>,
@@ -396,6 +404,7 @@ impl Source<'_> {
                 .transpose()?,
             tty: raw.tty,
             allow_weaker: raw.allow_weaker,
+            user: raw.user.map(|value| self.user(value)).transpose()?,
             name: raw.name.map(|value| self.name(value)).transpose()?,
             ttl: raw
                 .ttl
@@ -518,6 +527,11 @@ impl Source<'_> {
             .map_err(|error| self.invalid(key, value.span(), error.to_string()))
     }
 
+    fn user(&self, value: Spanned<String>) -> Result<User, SpecFileError> {
+        User::from_str(value.get_ref())
+            .map_err(|message| self.invalid("user", value.span(), message))
+    }
+
     fn name(&self, value: Spanned<String>) -> Result<String, SpecFileError> {
         validate_name(value.get_ref())
             .map_err(|message| self.invalid("name", value.span(), message))?;
@@ -615,6 +629,7 @@ tmp_size = 134217728
 timeout = "10m"
 tty = true
 allow_weaker = true
+user = "1000:100"
 name = "build-1.x_y"
 ttl = 7200
 command = ["make", "test"]
@@ -666,6 +681,10 @@ A = "1=2"
             timeout: Some(Duration::from_secs(600)),
             tty: Some(true),
             allow_weaker: Some(true),
+            user: Some(User {
+                uid: 1000,
+                gid: 100,
+            }),
             name: Some("build-1.x_y".into()),
             ttl: Some(Duration::from_secs(7200)),
             command: Some(vec!["make".into(), "test".into()]),
@@ -776,6 +795,8 @@ A = "1=2"
             "command = []",
             "command = [\"a\\u0000b\"]",
             "name = \"-x\"",
+            "user = \"nobody\"",
+            "user = \"1000:\"",
         ] {
             let error = parse_at(text).unwrap_err();
             assert!(
@@ -874,6 +895,50 @@ A = "1=2"
         assert_eq!(spec.ttl, Some(Duration::from_secs(7200)));
         assert!(spec.tty);
         assert!(spec.allow_weaker);
+        assert_eq!(
+            spec.user,
+            Some(User {
+                uid: 1000,
+                gid: 100
+            })
+        );
+    }
+
+    #[test]
+    fn user_key_accepts_root_and_ids() {
+        let root = parse_at("user = \"root\"").unwrap();
+        assert_eq!(root.user, Some(User::ROOT));
+        let uid_only = parse_at("user = \"65534\"").unwrap();
+        assert_eq!(
+            uid_only.user,
+            Some(User {
+                uid: 65534,
+                gid: 65534
+            })
+        );
+        let error = parse_at("tty = true\nuser = \"alice\"").unwrap_err();
+        assert_eq!(location_of(&error), ("dir/spec.toml".into(), 2, 8));
+        assert!(
+            error.to_string().contains("invalid user \"alice\""),
+            "{error}"
+        );
+        let error = parse_at("user = 0").unwrap_err();
+        assert!(
+            error.to_string().contains("user: invalid type: integer"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn command_line_user_wins_over_file() {
+        let file = parse_at("user = \"root\"").unwrap();
+        let mut spec = Spec::new(vec!["true".into()]);
+        let given_user = User { uid: 7, gid: 7 };
+        spec.user = Some(given_user);
+        file.apply(&mut spec, &|option| option == "user");
+        assert_eq!(spec.user, Some(given_user));
+        file.apply(&mut spec, &|_| false);
+        assert_eq!(spec.user, Some(User::ROOT));
     }
 
     #[test]

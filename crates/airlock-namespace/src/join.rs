@@ -365,9 +365,11 @@ fn mirror_status(status: libc::c_int) -> ! {
     sys::exit_now(libc::WEXITSTATUS(status))
 }
 
-type StepResult<T> = Result<T, (&'static str, std::io::Error)>;
+/// The result of a step in a child process: the step's name with its error.
+pub type StepResult<T> = Result<T, (&'static str, std::io::Error)>;
 
-fn step<T>(result: std::io::Result<T>, name: &'static str) -> StepResult<T> {
+/// Names the step whose `result` this is.
+pub fn step<T>(result: std::io::Result<T>, name: &'static str) -> StepResult<T> {
     result.map_err(|source| (name, source))
 }
 
@@ -436,6 +438,20 @@ pub fn copy(
     let namespaces = open_namespaces(runtime)?;
     let joined = JoinedCgroup::open(runtime)?;
     let (tasks, cgroup_dir) = (joined.tasks(), joined.dir());
+    let enter_sandbox = || enter(&namespaces, tasks, runtime.is_root);
+    transfer(cgroup_dir, &enter_sandbox, source, target, into_sandbox)
+}
+
+/// Copies `source` into or out of a running sandbox as [`copy`] does, through a child that
+/// `enter` moves into the sandbox. The child is cloned into the v2 cgroup `cgroup_dir`, when
+/// given, and dies with this process.
+pub fn transfer(
+    cgroup_dir: Option<RawFd>,
+    enter: &dyn Fn() -> StepResult<()>,
+    source: &Path,
+    target: &Path,
+    into_sandbox: bool,
+) -> Result<(), Error> {
     // Out of the sandbox, the host decides the name. Into it, the joined process does,
     // because only it can find out whether the target is a directory.
     let (host_dir, name) = if into_sandbox {
@@ -452,17 +468,15 @@ pub fn copy(
                 sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
                 "ask to be killed with the caller",
             );
-            let result = dies_with_caller
-                .and_then(|()| enter(&namespaces, tasks, runtime.is_root))
-                .and_then(|()| {
-                    if into_sandbox {
-                        drop(data_write);
-                        step(unpack_inside(&data_read, target), "write in the sandbox")
-                    } else {
-                        drop(data_read);
-                        step(pack(&data_write, source, &name), "read from the sandbox")
-                    }
-                });
+            let result = dies_with_caller.and_then(|()| enter()).and_then(|()| {
+                if into_sandbox {
+                    drop(data_write);
+                    step(unpack_inside(&data_read, target), "write in the sandbox")
+                } else {
+                    drop(data_read);
+                    step(pack(&data_write, source, &name), "read from the sandbox")
+                }
+            });
             if let Err((step, source)) = result {
                 Report::SetupFailed {
                     step: step.to_owned(),

@@ -122,7 +122,7 @@ fn channels() -> Result<(Channels, InitChannels), Error> {
 }
 
 /// Checks that this process has one thread, so that cloning it is safe.
-pub(crate) fn ensure_single_threaded() -> Result<(), Error> {
+pub fn ensure_single_threaded() -> Result<(), Error> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count())
         .unwrap_or(1);
@@ -211,7 +211,7 @@ fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), E
 }
 
 /// Restores the launcher's signal mask when dropped.
-pub(crate) struct RestoreMask(libc::sigset_t);
+pub struct RestoreMask(libc::sigset_t);
 
 impl Drop for RestoreMask {
     fn drop(&mut self) {
@@ -220,7 +220,7 @@ impl Drop for RestoreMask {
 }
 
 /// Blocks the signals the launcher forwards and returns a signalfd that receives them.
-pub(crate) fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
+pub fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
     let mut forwarded = init::FORWARDED_SIGNALS.to_vec();
     if tty {
         forwarded.push(libc::SIGWINCH);
@@ -599,7 +599,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
 }
 
 /// Receives the pty master from the init, when the spec asks for a terminal.
-pub(crate) fn receive_terminal(spec: &Spec, control: &OwnedFd) -> Result<Option<OwnedFd>, Error> {
+pub fn receive_terminal(spec: &Spec, control: &OwnedFd) -> Result<Option<OwnedFd>, Error> {
     if !spec.tty {
         return Ok(None);
     }
@@ -607,7 +607,9 @@ pub(crate) fn receive_terminal(spec: &Spec, control: &OwnedFd) -> Result<Option<
     Ok(message.and_then(|(_, fds)| fds.into_iter().next()))
 }
 
-pub(crate) fn attach_terminal(
+/// Puts the caller's terminal in raw mode, until the returned guard is dropped, and relays it
+/// to the pseudo-terminal `master`.
+pub fn attach_terminal(
     master: &OwnedFd,
     streams: &mut stdio::Plan,
 ) -> Result<Option<tty::RawMode>, Error> {

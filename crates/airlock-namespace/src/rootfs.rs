@@ -11,6 +11,9 @@
 //! 5. Make the root tmpfs read-only, pivot into it, and detach the host's tree with one
 //!    unmount. Each detaching unmount waits for an RCU grace period (up to 2 ms measured on
 //!    an idle 2-CPU VM), so there is only one. No host path is reachable afterwards.
+//!
+//! The chroot backend's holder runs steps 1 to 4 through [`assemble`], then chroots into the
+//! tree instead of step 5, so the host's tree stays in its mount namespace.
 
 use std::fs;
 use std::io;
@@ -50,7 +53,26 @@ impl<T> Step<T> for io::Result<T> {
 
 /// The host directory the sandbox's root is built on: one that every system has, whose own
 /// contents the sandbox never needs.
-const NEW_ROOT: &str = "/tmp";
+pub const NEW_ROOT: &str = "/tmp";
+
+/// The parts of the tree that differ between the backends that build one.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeOptions<'a> {
+    /// Source name of the root tmpfs, shown in /proc/PID/mountinfo of every process that
+    /// sees the tree.
+    pub root_source: &'a str,
+    /// Options of the /proc mount, such as `hidepid=invisible` for a /proc that shows the
+    /// host's processes.
+    pub proc_options: Option<&'a str>,
+}
+
+impl TreeOptions<'_> {
+    /// The namespace backend's tree, whose /proc shows only the sandbox's PID namespace.
+    pub const NAMESPACE: TreeOptions<'static> = TreeOptions {
+        root_source: "tmpfs",
+        proc_options: None,
+    };
+}
 
 /// Host directories that make up the read-only system view.
 const HOST_SYSTEM_ENTRIES: [&str; 9] = [
@@ -110,8 +132,18 @@ fn new(path: impl AsRef<Path>) -> PathBuf {
 }
 
 fn mount_tmpfs(target: &Path, options: &str, flags: libc::c_ulong) -> Result<()> {
+    mount_labelled_tmpfs("tmpfs", target, options, flags)
+}
+
+/// Mounts a tmpfs whose source, shown in mountinfo, is `source`.
+fn mount_labelled_tmpfs(
+    source: &str,
+    target: &Path,
+    options: &str,
+    flags: libc::c_ulong,
+) -> Result<()> {
     sys::mount(
-        Some(Path::new("tmpfs")),
+        Some(Path::new(source)),
         target,
         Some("tmpfs"),
         flags,
@@ -193,8 +225,8 @@ fn open_dir(path: &Path, what: &str) -> Result<OwnedFd> {
 }
 
 /// Step 3: the system directories, read-only.
-fn mount_system(rootfs: &RootFs, rootfs_dir: Option<&OwnedFd>) -> Result<()> {
-    mount_tmpfs(Path::new(NEW_ROOT), "mode=0755,size=64k", 0)?;
+fn mount_system(rootfs: &RootFs, rootfs_dir: Option<&OwnedFd>, root_source: &str) -> Result<()> {
+    mount_labelled_tmpfs(root_source, Path::new(NEW_ROOT), "mode=0755,size=64k", 0)?;
     match (rootfs, rootfs_dir) {
         (RootFs::Directory(dir), Some(opened)) => {
             let source_dir = through_fd(opened);
@@ -247,11 +279,11 @@ fn hide_dir(target: &Path) -> Result<()> {
 }
 
 /// Step 4a: a fresh /proc with its dangerous parts masked.
-fn mount_proc() -> Result<()> {
+fn mount_proc(options: Option<&str>) -> Result<()> {
     let proc = new("proc");
     make_dir(&proc)?;
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    sys::mount(Some(Path::new("proc")), &proc, Some("proc"), flags, None)
+    sys::mount(Some(Path::new("proc")), &proc, Some("proc"), flags, options)
         .step(|| "mount /proc".into())?;
     for entry in PROC_READ_ONLY {
         let target = proc.join(entry);
@@ -324,12 +356,17 @@ fn mount_work_dirs(spec: &Spec, workspace: Option<&OwnedFd>) -> Result<()> {
     Ok(())
 }
 
+/// Makes the root tmpfs at [`NEW_ROOT`] read-only, once everything is mounted on it.
+pub fn seal_root() -> Result<()> {
+    sys::mount_setattr(Path::new(NEW_ROOT), MOUNT_ATTR_RDONLY | LOCKDOWN, false)
+        .step(|| "make the root read-only".into())
+}
+
 /// Step 5: seal the root and leave the host's tree behind. After pivot_root(".", "."), the
 /// host's root is stacked on top of the new one, and detaching "." removes all of it.
 fn enter_new_root() -> Result<()> {
+    seal_root()?;
     let root = Path::new(NEW_ROOT);
-    sys::mount_setattr(root, MOUNT_ATTR_RDONLY | LOCKDOWN, false)
-        .step(|| "make the root read-only".into())?;
     sys::chdir(root).step(|| "change directory to the new root".into())?;
     sys::pivot_root(Path::new("."), Path::new("."))
         .step(|| "pivot_root into the new root".into())?;
@@ -423,15 +460,25 @@ pub fn enter_workspace() -> Result<()> {
 /// workspace from `workspace_source`. Without one, /workspace stays empty for
 /// [`attach_workspace`].
 pub fn build(spec: &Spec, workspace_source: Option<&BindSource>) -> Result<()> {
+    assemble(spec, workspace_source, &TreeOptions::NAMESPACE)?;
+    enter_new_root()
+}
+
+/// Builds the sandbox's file tree at [`NEW_ROOT`] (steps 1 to 4), binding the workspace from
+/// `workspace_source`, and leaves the root writable and the host's tree in place.
+pub fn assemble(
+    spec: &Spec,
+    workspace_source: Option<&BindSource>,
+    options: &TreeOptions<'_>,
+) -> Result<()> {
     make_private()?;
     let workspace = workspace_source.map(open_workspace).transpose()?;
     let rootfs_dir = match &spec.rootfs {
         RootFs::Directory(dir) => Some(open_dir(dir, "root filesystem")?),
         RootFs::HostView => None,
     };
-    mount_system(&spec.rootfs, rootfs_dir.as_ref())?;
-    mount_proc()?;
+    mount_system(&spec.rootfs, rootfs_dir.as_ref(), options.root_source)?;
+    mount_proc(options.proc_options)?;
     mount_dev(spec.limits.tmp_size)?;
-    mount_work_dirs(spec, workspace.as_ref())?;
-    enter_new_root()
+    mount_work_dirs(spec, workspace.as_ref())
 }

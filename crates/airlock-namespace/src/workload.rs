@@ -67,13 +67,18 @@ pub fn run(plan: &Plan, stdio: &Stdio, report_fd: RawFd, nproc_fallback: bool) -
         .send(report_fd);
         sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into());
     }
-    let errno = exec_command(plan);
+    let errno = execute(&plan.argv, &plan.env, &plan.path);
     Report::ExecFailed { errno }.send(report_fd);
-    let code = match errno {
+    sys::exit_now(exec_failure_status(errno).into())
+}
+
+/// Returns the exit status of a command whose execve failed with `errno`: not found, or not
+/// executable.
+pub fn exec_failure_status(errno: i32) -> u8 {
+    match errno {
         libc::ENOENT | libc::ENOTDIR => airlock_core::exit::COMMAND_NOT_FOUND,
         _ => airlock_core::exit::COMMAND_NOT_EXECUTABLE,
-    };
-    sys::exit_now(code.into())
+    }
 }
 
 fn shed_privileges(
@@ -107,7 +112,8 @@ fn shed_privileges(
         .step("install the seccomp filter")
 }
 
-fn reset_signals() -> io::Result<()> {
+/// Restores the default action of every signal a caller may have ignored, and unblocks all.
+pub fn reset_signals() -> io::Result<()> {
     // Handlers do not survive execve, but ignored signals do: the Rust runtime ignores
     // SIGPIPE, and a caller may have ignored others (nohup ignores SIGHUP).
     sys::reset_signal_dispositions(&[
@@ -129,7 +135,9 @@ fn reset_signals() -> io::Result<()> {
     sys::set_signal_mask(libc::SIG_SETMASK, &sys::sigset(&[])).map(drop)
 }
 
-fn install_stdio(stdio: &Stdio) -> io::Result<()> {
+/// Installs `stdio` as the process's descriptors 0, 1 and 2. A terminal also becomes the
+/// controlling terminal, so the process must lead a new session.
+pub fn install_stdio(stdio: &Stdio) -> io::Result<()> {
     match *stdio {
         Stdio::Fds(fds) => {
             for (target, &fd) in fds.iter().enumerate() {
@@ -194,23 +202,23 @@ fn lock_securebits() -> io::Result<()> {
     sys::prctl(libc::PR_SET_SECUREBITS, bits)
 }
 
-/// Executes the command, searching the sandbox's PATH for a name without a slash. Returns the
-/// errno of the failure that best describes why nothing ran.
-fn exec_command(plan: &Plan) -> i32 {
-    let Some(program) = plan.argv.first().filter(|program| !program.is_empty()) else {
+/// Executes `argv` with `env`, searching the directories of `path` for a name without a
+/// slash. Returns the errno of the failure that best describes why nothing ran.
+pub fn execute(argv: &[CString], env: &[CString], path: &[CString]) -> i32 {
+    let Some(program) = argv.first().filter(|program| !program.is_empty()) else {
         return libc::ENOENT;
     };
     if program.as_bytes().contains(&b'/') {
-        return errno_of(sys::execve(program, &plan.argv, &plan.env));
+        return errno_of(sys::execve(program, argv, env));
     }
     let mut result = libc::ENOENT;
-    for dir in &plan.path {
+    for dir in path {
         let candidate = Path::new(std::ffi::OsStr::from_bytes(dir.as_bytes()))
             .join(std::ffi::OsStr::from_bytes(program.as_bytes()));
         let Ok(candidate) = sys::cstring(&candidate) else {
             continue;
         };
-        match errno_of(sys::execve(&candidate, &plan.argv, &plan.env)) {
+        match errno_of(sys::execve(&candidate, argv, env)) {
             libc::ENOENT | libc::ENOTDIR => {}
             errno => result = errno,
         }

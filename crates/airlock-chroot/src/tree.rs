@@ -1,0 +1,208 @@
+//! The sandbox's file tree: what the launcher prepares on the host, and what the holder
+//! builds in its private mount namespace with the namespace backend's [`rootfs`] steps.
+//!
+//! The holder's steps, in order:
+//! 1. Open the overlay's layers, then build the tree at [`rootfs::NEW_ROOT`] (made private,
+//!    system directories read-only, secrets hidden, /proc, /dev, /tmp, the workspace bound),
+//!    with the sandbox's [`crate::members::marker`] as the source of its root tmpfs.
+//! 2. Make the root read-only and chroot into it. The holder stays there, so that the paths
+//!    of the later steps are the sandbox's own.
+//! 3. Attach an idmapped workspace, cover /workspace with the overlay or make it read-only,
+//!    and change into it.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use airlock_core::{Spec, User, WorkspaceMode};
+use airlock_namespace::rootfs::{self, TreeOptions};
+use airlock_namespace::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID};
+use airlock_namespace::workspace::{BindSource, HostWorkspace};
+
+use crate::error::Error;
+
+/// Options of the sandbox's /proc: it shows the host's PID namespace, so it hides the
+/// processes of other users from the command.
+const PROC_OPTIONS: &str = "hidepid=invisible";
+
+/// The workspace as the holder receives it.
+pub enum Workspace {
+    /// No workspace: /workspace stays an empty directory.
+    None,
+    /// The holder binds this directory, which belongs to the sandbox's user.
+    Bind(BindSource),
+    /// A detached mount of the workspace whose owner appears as the sandbox's user.
+    Idmapped(OwnedFd),
+}
+
+/// Opens the spec's workspace, prepares it for `user`, and returns it with the permission
+/// bits of its directory. A workspace owned by someone else becomes an idmapped mount on
+/// which its owner's files appear as `user`'s, and what `user` writes belongs to the owner
+/// on the host. Files of other owners appear as nobody, since only one id is mapped.
+pub fn prepare_workspace(spec: &Spec, user: User) -> Result<(Workspace, u32), Error> {
+    let Some(path) = spec.workspace.as_deref() else {
+        return Ok((Workspace::None, 0));
+    };
+    if spec.workspace_mode == WorkspaceMode::None {
+        return Ok((Workspace::None, 0));
+    }
+    // Airlock runs as root here, so no component of the path may be a symlink.
+    let workspace = HostWorkspace::open(path, true).map_err(Error::Workspace)?;
+    let metadata =
+        fs::metadata(format!("/proc/self/fd/{}", workspace.fd.as_raw_fd())).map_err(|source| {
+            Error::WorkspaceOwner {
+                path: workspace.path.clone(),
+                source,
+            }
+        })?;
+    let owner = (metadata.uid(), metadata.gid());
+    let mode = metadata.mode() & 0o7777;
+    if owner == (user.uid, user.gid) {
+        return Ok((Workspace::Bind(workspace.bind_source()), mode));
+    }
+    let tree = idmapped(&workspace, owner, user)
+        .map_err(|source| workspace_error(&workspace, owner, user, source))?;
+    Ok((Workspace::Idmapped(tree), mode))
+}
+
+fn workspace_error(
+    workspace: &HostWorkspace,
+    owner: (u32, u32),
+    user: User,
+    source: io::Error,
+) -> Error {
+    Error::IdmapWorkspace {
+        path: workspace.path.clone(),
+        owner: owner.0,
+        owner_group: owner.1,
+        user,
+        source,
+    }
+}
+
+/// Makes a detached, nosuid and nodev copy of the workspace's mount whose owner `owner`
+/// appears as `user`.
+fn idmapped(workspace: &HostWorkspace, owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
+    let mapping = mapping_namespace(owner, user)?;
+    let tree = sys::open_tree_clone(workspace.fd.as_raw_fd())?;
+    let attributes = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    sys::mount_setattr_tree(tree.as_raw_fd(), attributes, Some(mapping.as_raw_fd()))?;
+    Ok(tree)
+}
+
+/// Creates a user namespace that maps `owner`'s uid and gid inside to `user`'s outside, and
+/// returns its descriptor. An idmapped mount takes its mapping from a user namespace: the
+/// owner id stored on disk is read as an id inside the namespace and shown as the host id it
+/// maps to. A child process keeps the namespace alive until its maps are written and the
+/// namespace is opened, and then exits.
+fn mapping_namespace(owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
+    let (release_read, release_write) = sys::pipe()?;
+    let pid = sys::clone_process(libc::CLONE_NEWUSER, None)?;
+    if pid == 0 {
+        drop(release_write);
+        let mut byte = [0u8; 1];
+        let _ = sys::read(release_read.as_raw_fd(), &mut byte);
+        sys::exit_now(0)
+    }
+    drop(release_read);
+    let opened = write_maps(pid, owner, user);
+    drop(release_write);
+    let _ = sys::waitpid(pid, 0);
+    opened
+}
+
+fn write_maps(pid: libc::pid_t, owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    fs::write(
+        proc.join("uid_map"),
+        format!("{} {} 1\n", owner.0, user.uid),
+    )?;
+    fs::write(
+        proc.join("gid_map"),
+        format!("{} {} 1\n", owner.1, user.gid),
+    )?;
+    sys::open(&proc.join("ns/user"), libc::O_RDONLY)
+}
+
+/// Creates the overlay's `layers` directory and its `upper` and `work` directories, and
+/// empties the kernel's own directory below `work`, which an earlier mount of the same
+/// layers may have left. `layers` stays private to root. The overlay's root shows the
+/// owner and mode of `upper`, which therefore belongs to `user` with the workspace
+/// directory's `mode`, as the workspace's root does through its mount.
+pub fn prepare_layers(layers: &Path, user: User, mode: u32) -> Result<(), Error> {
+    let failed = |source| Error::Layers {
+        path: layers.to_owned(),
+        source,
+    };
+    for dir in [layers.to_owned(), layers.join("upper"), layers.join("work")] {
+        match fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(_) => return Err(failed(io::Error::from_raw_os_error(libc::ENOTDIR))),
+            Err(_) => fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(failed)?,
+        }
+    }
+    let upper = layers.join("upper");
+    std::os::unix::fs::lchown(&upper, Some(user.uid), Some(user.gid)).map_err(failed)?;
+    fs::set_permissions(&upper, fs::Permissions::from_mode(mode)).map_err(failed)?;
+    remove_kernel_dir(&layers.join("work").join("work")).map_err(failed)
+}
+
+/// Removes a directory tree that overlayfs made, whose directories it creates with mode 000,
+/// so each is opened up before it is emptied. A volatile overlay leaves a marker in it that
+/// makes the next mount fail.
+fn remove_kernel_dir(dir: &Path) -> io::Result<()> {
+    let metadata = match fs::symlink_metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if !metadata.is_dir() {
+        return fs::remove_file(dir);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    for entry in fs::read_dir(dir)? {
+        remove_kernel_dir(&entry?.path())?;
+    }
+    fs::remove_dir(dir)
+}
+
+/// Builds the tree in this process's new mount namespace and chroots into it, with
+/// /workspace as the working directory. Runs in the holder.
+pub fn build(
+    spec: &Spec,
+    marker: &str,
+    workspace: &Workspace,
+    layers: Option<&Path>,
+) -> Result<(), rootfs::Error> {
+    let layers = layers.map(rootfs::open_layers).transpose()?;
+    let bind = match workspace {
+        Workspace::Bind(source) => Some(source),
+        Workspace::None | Workspace::Idmapped(_) => None,
+    };
+    let options = TreeOptions {
+        root_source: marker,
+        proc_options: Some(PROC_OPTIONS),
+    };
+    rootfs::assemble(spec, bind, &options)?;
+    rootfs::seal_root()?;
+    enter(Path::new(rootfs::NEW_ROOT)).map_err(|source| rootfs::Error {
+        step: "chroot into the tree".into(),
+        source,
+    })?;
+    if let Workspace::Idmapped(tree) = workspace {
+        rootfs::attach_workspace(tree)?;
+    }
+    rootfs::finish_workspace(spec.workspace_mode, layers.as_ref())?;
+    rootfs::enter_workspace()
+}
+
+/// Changes the root directory to `root` and the working directory to the new root.
+pub fn enter(root: &Path) -> io::Result<()> {
+    crate::sys::chroot(root)?;
+    sys::chdir(Path::new("/"))
+}
