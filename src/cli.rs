@@ -9,7 +9,7 @@ use airlock_core::spec::{
     self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE, MAX_PIDS, MIN_MEMORY,
 };
 use airlock_core::specfile::{self, SpecFileError};
-use airlock_core::{Action, BackendKind, Limit, RootFs, Spec, User, WorkspaceMode};
+use airlock_core::{Action, BackendKind, Limit, ProbeTargets, RootFs, Spec, User, WorkspaceMode};
 use clap::{Args, Parser, Subcommand};
 
 /// Run an AI agent's commands in a sandbox whose isolation level is a choice.
@@ -68,6 +68,18 @@ pub enum Command {
     /// Remove what killed or interrupted commands left: half-created or half-removed
     /// sandboxes, and the processes and cgroups of sandboxes whose supervisor died.
     Gc(GcArgs),
+    /// Run containment probes in a sandbox of each available backend and print which
+    /// escapes each backend stops.
+    ///
+    /// Each probe sets up a canary on the host (a process, a file, a variable, a loopback
+    /// listener), tries to reach it from inside the sandbox, and the host judges the result:
+    /// contained, ESCAPED, or n/a when the probe does not apply. Exit status: 0 when the
+    /// probes ran, whatever they found; 125 on invalid input or when no sandbox could be
+    /// created.
+    Probe(ProbeArgs),
+    /// One containment probe, run by `airlock probe` inside a sandbox; prints one JSON result.
+    #[command(name = "__probe", hide = true)]
+    ProbeInside(ProbeInsideArgs),
     /// The per-sandbox supervisor, started by create and start.
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -79,6 +91,7 @@ impl Command {
         match self {
             Command::Run(args) => args.json,
             Command::Exec(args) => args.json,
+            Command::Probe(args) => args.json,
             _ => false,
         }
     }
@@ -301,6 +314,50 @@ pub struct GcArgs {
     /// Print what was removed as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Probe only this backend, which must be available on this host.
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
+    pub backend: Option<BackendKind>,
+
+    /// Probe every available backend, and list the unavailable ones with the reason.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print the results as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also run every probe on the host, outside any sandbox, as a control column in which
+    /// each probe should report ESCAPED. For tests: the probes then mount, fork, allocate and
+    /// write on the host itself, within the same small caps.
+    #[arg(long, hide = true)]
+    pub unconfined: bool,
+}
+
+impl ProbeArgs {
+    pub fn into_action(self) -> Action {
+        let targets = match (self.backend, self.all) {
+            (Some(kind), _) => ProbeTargets::One(kind),
+            (None, true) => ProbeTargets::All,
+            (None, false) => ProbeTargets::Available,
+        };
+        Action::Probe {
+            targets,
+            unconfined: self.unconfined,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeInsideArgs {
+    /// The probe's name, as in the rows of `airlock probe`.
+    pub name: String,
+    /// The probe's arguments, which the host chose.
+    #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

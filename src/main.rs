@@ -8,6 +8,7 @@ static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 mod changes;
 mod cli;
 mod lifecycle;
+mod probe;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ use cli::{AuditCommand, Cli, Command};
 use lifecycle::Engine;
 
 fn main() -> ExitCode {
+    if let Some(code) = refuse_setuid() {
+        return code;
+    }
     let matches = match Cli::command().try_get_matches() {
         Ok(matches) => matches,
         Err(error) => return usage_error(error),
@@ -45,6 +49,24 @@ fn main() -> ExitCode {
             ExitCode::from(AIRLOCK_FAILED)
         }
     }
+}
+
+/// Refuses to run with setuid or setgid privileges, except for the one use that
+/// `airlock probe` makes of a setuid copy: reporting the privileges it runs with. Returns
+/// the exit status when it refused or reported, and `None` for an ordinary start.
+fn refuse_setuid() -> Option<ExitCode> {
+    // SAFETY: these calls take no arguments and cannot fail.
+    let elevated =
+        unsafe { libc::getuid() != libc::geteuid() || libc::getgid() != libc::getegid() };
+    if !elevated {
+        return None;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args == ["__probe", probe::PRIVILEGES_HELPER] {
+        return Some(probe::inside::run(probe::PRIVILEGES_HELPER, &[]));
+    }
+    eprintln!("airlock: refusing to run with setuid or setgid privileges: install Airlock without the setuid bit, and run it as root or as an ordinary user");
+    Some(ExitCode::from(AIRLOCK_FAILED))
 }
 
 /// Prints a command-line error as one line with a pointer to the help, and returns 125. Help
@@ -215,7 +237,12 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
             false,
         ),
         Command::Gc(args) => (Action::Gc, args.json),
+        Command::Probe(args) => {
+            let json = args.json;
+            (args.into_action(), json)
+        }
         Command::Supervise(_) => unreachable!("the supervisor is not an action"),
+        Command::ProbeInside(_) => unreachable!("a probe inside a sandbox is not an action"),
     };
     Ok(Request { action, json })
 }
@@ -232,6 +259,15 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             .unwrap_or(0);
         lifecycle::supervise(state_dir, &args.id, parent)?;
         return Ok(0);
+    }
+    if let Command::ProbeInside(args) = &cli.command {
+        // Inside a sandbox: no state directory, no logging, one JSON line.
+        let code = probe::inside::run(&args.name, &args.args);
+        return Ok(if code == ExitCode::SUCCESS {
+            0
+        } else {
+            AIRLOCK_FAILED
+        });
     }
     let Request { action, json } = request(cli.command, matches)?;
     if !matches!(action, Action::Run { .. } | Action::Exec { .. }) {
@@ -436,7 +472,48 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             }
             Ok(if incomplete { 1 } else { 0 })
         }
+        Action::Probe {
+            targets,
+            unconfined,
+        } => print_probes(engine, targets, unconfined, json),
     }
+}
+
+/// Runs the containment probes and prints the matrix; returns 0 when any backend was
+/// probed, 128+N when signal N interrupted the run.
+fn print_probes(
+    engine: &Engine,
+    targets: airlock_core::ProbeTargets,
+    unconfined: bool,
+    json: bool,
+) -> Result<u8> {
+    let matrix = match probe::run(engine, targets, unconfined) {
+        Ok(matrix) => matrix,
+        Err(error @ probe::ProbeError::Interrupted(probe::Interrupted(signal))) => {
+            eprintln!("airlock: {}", error_chain(&error));
+            return Ok(128u8.saturating_add(signal as u8));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&matrix.to_json())?);
+    } else {
+        print!("{}", matrix.render());
+    }
+    if matrix.probed_any_backend() {
+        return Ok(0);
+    }
+    if matrix.columns.is_empty()
+        || matrix
+            .columns
+            .iter()
+            .all(|c| c.backend == probe::UNCONFINED)
+    {
+        eprintln!("airlock: no backend is available on this host; `airlock probe --all` lists the reasons");
+    } else {
+        eprintln!("airlock: no sandbox could be created; the reasons are listed above");
+    }
+    Ok(AIRLOCK_FAILED)
 }
 
 /// Splits the operands of `cp` into the sandbox, the source, the target and the direction.

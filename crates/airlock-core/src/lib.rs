@@ -16,7 +16,7 @@ pub mod spec;
 pub mod specfile;
 pub mod state;
 
-pub use action::{Action, BackendKind};
+pub use action::{Action, BackendKind, ProbeTargets};
 pub use backend::{
     Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, IsolationClass, RunOptions,
     Stats, Unavailable,
