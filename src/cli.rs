@@ -72,9 +72,9 @@ pub enum Command {
     /// escapes each backend stops.
     ///
     /// Each probe sets up a canary on the host (a process, a file, a variable, a loopback
-    /// listener), tries to reach it from inside the sandbox, and the host judges the result:
-    /// contained, ESCAPED, or n/a when the probe does not apply. Exit status: 0 when the
-    /// probes ran, whatever they found; 125 on invalid input or when no sandbox could be
+    /// listener) and tries to reach it from inside the sandbox. The host then judges the
+    /// result: contained, ESCAPED, or n/a when the probe does not apply. Exit status: 0 when
+    /// the probes ran, whatever they found; 125 on invalid input or when no sandbox could be
     /// created.
     Probe(ProbeArgs),
     /// One containment probe, run by `airlock probe` inside a sandbox; prints one JSON result.

@@ -511,7 +511,7 @@ fn print_probes(
     {
         eprintln!("airlock: no backend is available on this host; `airlock probe --all` lists the reasons");
     } else {
-        eprintln!("airlock: no sandbox could be created; the reasons are listed above");
+        eprintln!("airlock: no sandbox for the probes could be set up; the output lists why");
     }
     Ok(AIRLOCK_FAILED)
 }

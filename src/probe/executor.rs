@@ -35,7 +35,7 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const SANDBOX_TTL: Duration = Duration::from_secs(300);
 /// Name of the copy of Airlock in the sandbox's workspace.
 const PROBE_BINARY_NAME: &str = ".airlock-probe";
-/// The most output kept from one probe.
+/// Maximum output kept from one probe, in bytes.
 const OUTPUT_LIMIT: u64 = 1 << 20;
 
 /// One command that runs a probe.
@@ -61,14 +61,14 @@ impl Invocation<'_> {
     }
 }
 
-/// How a probe's command ended.
+/// The end of a probe's command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ended {
     Exited(i32),
     Signaled(i32),
     /// The backend ended it at a limit: its timeout, the memory or the process limit.
     Limit(EndReason),
-    /// It could not be started; the message says why.
+    /// It could not be started, for the reason in the message.
     NotStarted(String),
     /// It still ran past its timeout and the grace period, so the host killed it.
     Killed,
@@ -91,7 +91,7 @@ impl Ended {
     }
 }
 
-/// What a probe's command printed and how it ended.
+/// A probe's command after it ran: the JSON lines it printed and how it ended.
 #[derive(Debug)]
 pub struct Execution {
     /// The JSON objects the probe printed, one per line, in order.
@@ -150,7 +150,7 @@ impl Execution {
     }
 }
 
-/// Where probes run: one sandbox of one backend, or the bare host.
+/// A place where probes run: one sandbox of one backend, or the bare host.
 pub trait Executor {
     /// Runs `airlock __probe PROBE ARGS` and waits for it, at most until its deadline.
     fn exec(
@@ -224,29 +224,19 @@ impl Executor for SandboxExecutor<'_> {
             let ended = Ended::NotStarted("the sandbox was already removed".to_owned());
             return Ok(Execution::parse(&[], &[], ended));
         };
-        let mut argv: Vec<OsString> = vec![
-            Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME).into(),
-            "__probe".into(),
-            probe.into(),
-        ];
-        argv.extend(invocation.args.iter().map(OsString::from));
-        let command = ExecCommand {
-            argv,
-            env: Vec::new(),
-            tty: invocation.terminal.is_some(),
-            timeout: Some(invocation.timeout),
-            user: invocation.as_root.then_some(User::ROOT),
-        };
+        let command = probe_command(probe, invocation);
         let mut capture = match Capture::new() {
             Ok(capture) => capture,
             Err(error) => return Ok(not_started("cannot capture its output", &error)),
         };
+
         let terminal = invocation.terminal.map(|fd| fd.as_raw_fd());
         let pid = match sys::fork() {
             Ok(0) => run_exec_child(self.engine, &id, command, &capture, terminal),
             Ok(pid) => pid,
             Err(error) => return Ok(not_started("cannot fork", &error)),
         };
+
         let deadline = Instant::now() + invocation.timeout + KILL_GRACE;
         let waited = wait_for_child(pid, deadline, interrupts)?;
         let summary = capture.outcome_summary();
@@ -273,13 +263,30 @@ impl Drop for SandboxExecutor<'_> {
     }
 }
 
+/// Builds the exec of `airlock __probe PROBE ARGS`, run from the copy in the workspace.
+fn probe_command(probe: &str, invocation: &Invocation<'_>) -> ExecCommand {
+    let mut argv: Vec<OsString> = vec![
+        Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME).into(),
+        "__probe".into(),
+        probe.into(),
+    ];
+    argv.extend(invocation.args.iter().map(OsString::from));
+    ExecCommand {
+        argv,
+        env: Vec::new(),
+        tty: invocation.terminal.is_some(),
+        timeout: Some(invocation.timeout),
+        user: invocation.as_root.then_some(User::ROOT),
+    }
+}
+
 fn not_started(step: &str, error: &io::Error) -> Execution {
     Execution::parse(&[], &[], Ended::NotStarted(format!("{step}: {error}")))
 }
 
-/// The child that runs one `exec` through the engine, so that the host can kill it at its
-/// deadline. It leaves Airlock's session, so that neither the caller's terminal nor its
-/// signals reach the probe, and it never returns into the parent's code.
+/// Runs one `exec` through the engine in a child process, which the host can kill at its
+/// deadline. The child leaves Airlock's session, so that neither the caller's terminal nor
+/// its signals reach the probe, and it never returns into the parent's code.
 fn run_exec_child(
     engine: &Engine,
     id: &str,
@@ -438,7 +445,7 @@ fn spawn_unconfined(
     command.spawn()
 }
 
-/// How the wait for a child ended.
+/// The end of the wait for a child.
 enum Waited {
     /// The child exited with this wait status.
     Status(libc::c_int),

@@ -1,5 +1,5 @@
 //! The host's side of the probes: the canaries that a probe tries to reach from inside the
-//! sandbox, and what the host knows about itself to judge the result. Every canary removes
+//! sandbox, and the facts about the host that the judges compare with. Every canary removes
 //! itself when dropped, so each path out of a probe, an interrupted run included, cleans up.
 
 use std::ffi::CString;
@@ -37,7 +37,7 @@ pub const LIMITS: ProbeLimits = ProbeLimits {
     tmp_size: 16 << 20,
 };
 
-/// What the host provides to every probe it sets up.
+/// The host's settings for every probe it sets up.
 #[derive(Debug)]
 pub struct Host {
     /// A directory outside the workspace that the caller can write, for canary files: the
@@ -93,7 +93,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// A process the host starts for a probe to see, signal or trace. It blocks every signal,
 /// so a signal sent to it stays pending where the host can read it, and it allows any
-/// process of its user to trace it, so that only the sandbox stands between the two. It is
+/// process of its user to trace it, so that only the sandbox is between the two. It is
 /// killed and reaped when dropped, and dies with Airlock if Airlock is killed.
 pub struct CanaryProcess {
     pid: libc::pid_t,
@@ -122,8 +122,8 @@ impl CanaryProcess {
         &self.name
     }
 
-    /// The address of 16 random bytes in the process's memory, which a probe that can read
-    /// the process's memory reports back.
+    /// Returns the address of 16 random bytes in the process's memory, which a probe that
+    /// can read the process's memory reports back.
     pub fn secret_address(&self) -> usize {
         self.secret.as_ptr() as usize
     }
@@ -220,7 +220,7 @@ impl CanaryFile {
         &self.path
     }
 
-    /// Returns whether the file no longer holds what the host wrote.
+    /// Returns whether the file no longer contains what the host wrote.
     pub fn changed(&self) -> bool {
         std::fs::read(&self.path).map_or(true, |now| now != self.content)
     }
@@ -325,7 +325,7 @@ impl HostTerminal {
         })
     }
 
-    /// The slave side, which the probe gets as its terminal.
+    /// Returns the slave side, which the probe gets as its terminal.
     pub fn slave(&self) -> BorrowedFd<'_> {
         self.slave.as_fd()
     }
@@ -412,9 +412,10 @@ pub struct Disk {
 pub const DISK_SAMPLE: usize = 4096;
 
 /// Finds the block device of the host's root file system and reads its first bytes where
-/// the host can. Fails with the reason the disk probe cannot tell anything here: the root is
-/// not on a block device (an overlay or a tmpfs root), or the host itself is denied its disk
-/// (EPERM: a devices cgroup or a security module), which no sandbox it starts can get past.
+/// the host can. Fails with the reason why the disk probe cannot show anything here: the
+/// root is not on a block device (an overlay or a tmpfs root), or the host itself is denied
+/// its disk with EPERM. A devices cgroup or a security module does that, and no sandbox that
+/// the host starts gets past it.
 pub fn root_disk() -> Result<Disk, String> {
     let mounts =
         system::mounts().map_err(|error| format!("cannot read the mount table: {error}"))?;
@@ -458,8 +459,8 @@ pub fn root_disk() -> Result<Disk, String> {
     })
 }
 
-/// FNV-1a, 64 bits, as hex: enough to tell whether two reads of a disk returned the same
-/// bytes, where nobody chooses the bytes to collide.
+/// Hashes `bytes` with FNV-1a, 64 bits, as hex. That is enough to tell whether two reads of
+/// a disk returned the same bytes, since no one picks the bytes to collide.
 pub fn fnv1a(bytes: &[u8]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in bytes {

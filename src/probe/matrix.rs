@@ -33,7 +33,8 @@ pub enum ColumnState {
     Probed,
     /// The backend cannot run on this host; the reason and the fix.
     Unavailable(String),
-    /// No sandbox could be created; the error.
+    /// The probes' sandbox could not be created, or the binary not copied into it; the
+    /// error.
     Failed(String),
 }
 
@@ -52,11 +53,11 @@ pub struct Column {
 }
 
 impl Column {
-    /// A column whose every cell is n/a for the same reason.
+    /// Builds a column whose every cell is n/a for the same reason.
     pub fn without_probes(backend: &str, state: ColumnState, probes: &[&dyn Probe]) -> Column {
         let reason = match &state {
             ColumnState::Unavailable(reason) => format!("the backend is not available: {reason}"),
-            ColumnState::Failed(error) => format!("no sandbox could be created: {error}"),
+            ColumnState::Failed(error) => format!("cannot set up the probes' sandbox: {error}"),
             ColumnState::Probed => String::new(),
         };
         let cells = probes
@@ -156,7 +157,10 @@ impl Matrix {
                 return;
             }
             ColumnState::Failed(error) => {
-                let text = format!("{}: no sandbox could be created: {error}", column.backend);
+                let text = format!(
+                    "{}: cannot set up the probes' sandbox: {error}",
+                    column.backend
+                );
                 out.push_str(&wrap("", &text, 2));
                 return;
             }

@@ -5,15 +5,19 @@
 //! 1. stages a private directory with an empty workspace and a copy of this binary
 //!    ([`staging`]), creates a sandbox from it with small limits through the [`Engine`], and
 //!    copies the binary in;
-//! 2. for each probe, sets up the probe's canary on the host ([`host`]), runs
+//! 2. for each probe, sets up the probe's canary on the host ([`host`]) and runs
 //!    `airlock __probe NAME ARGS` in the sandbox as its own exec with a timeout
-//!    ([`executor`], [`inside`]), judges from what happened to the canary and from the
-//!    probe's report, and removes the canary;
+//!    ([`executor`], [`inside`]). It then judges from what happened to the canary and from
+//!    the probe's report, and removes the canary;
 //! 3. removes the sandbox, then judges the probes that look for what outlived it.
 //!
 //! SIGINT, SIGTERM and SIGHUP are held back while this runs ([`interrupt`]) and checked
 //! between steps, so an interrupted run unwinds through the same guards that remove every
 //! sandbox, canary and temporary file.
+//!
+//! NOTE: SIGKILL cannot be held back. A killed run leaves its staging directory and canary
+//! files behind. Its canary processes die with it, and its sandbox removes itself when its
+//! time to live ends, or with `airlock gc`.
 
 mod executor;
 mod host;

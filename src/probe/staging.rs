@@ -36,7 +36,7 @@ pub struct Staging {
 impl Staging {
     /// Creates `TMPDIR/airlock-probe-TOKEN` with an empty workspace and a copy of this
     /// binary. As root it also places a root-owned setuid copy in the workspace, which
-    /// nobody else can reach: the directory is private to its owner.
+    /// no other user can reach, because the directory is private to its owner.
     pub fn create(is_root: bool) -> Result<Staging, StagingError> {
         let root = std::env::temp_dir().join(format!("airlock-probe-{}", token(6)));
         let private = |path: &Path| {

@@ -1,5 +1,5 @@
 //! Facts about the running system that both sides of a probe read: the host to set up and
-//! judge a probe, and the probe inside the sandbox to report what it sees.
+//! judge a probe, and the probe inside the sandbox to report what it finds.
 
 use std::ffi::CStr;
 use std::io;
@@ -102,6 +102,7 @@ fn hardware_address(name: &str) -> Option<String> {
     }
     // SAFETY: the descriptor is fresh, so this is its only owner.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+
     // SAFETY: ifreq is plain data, so all zeros is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     if name.len() >= request.ifr_name.len() {
@@ -110,6 +111,7 @@ fn hardware_address(name: &str) -> Option<String> {
     for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
         *slot = byte as libc::c_char;
     }
+
     // SAFETY: SIOCGIFHWADDR reads the name from and writes the address into `request`.
     let result = unsafe {
         libc::ioctl(
@@ -121,7 +123,8 @@ fn hardware_address(name: &str) -> Option<String> {
     if result == -1 {
         return None;
     }
-    // SAFETY: after SIOCGIFHWADDR the union holds a sockaddr.
+
+    // SAFETY: after SIOCGIFHWADDR the union contains a sockaddr.
     let address = unsafe { request.ifr_ifru.ifru_hwaddr };
     let bytes: Vec<String> = address.sa_data[..6]
         .iter()
@@ -187,7 +190,7 @@ fn unescape_octal(field: &str) -> String {
 }
 
 /// Names an error by its errno constant, such as `EPERM`, which is shorter in a matrix
-/// cell than its description; falls back to the description for other errors.
+/// cell than its description. Other errors keep their description.
 pub fn error_name(error: &io::Error) -> String {
     let name = match error.raw_os_error() {
         Some(libc::EPERM) => "EPERM",

@@ -227,7 +227,7 @@ pub struct ChrootEscape;
 struct ChrootReport {
     /// The step that failed, with its error.
     failed: Option<String>,
-    /// What the probe read at the canary's path after the escape.
+    /// The content or error read at the canary's path after the escape.
     read: Option<FileRead>,
 }
 

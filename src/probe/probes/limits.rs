@@ -18,7 +18,7 @@ use airlock_core::EndReason;
 
 /// How many times the limit a bomb may reach before it stops by itself.
 const CAP_FACTOR: u64 = 4;
-/// The most processes the fork bomb starts, whatever its arguments say.
+/// Maximum number of processes the fork bomb starts, whatever cap its arguments give.
 const MAX_FORKS: u64 = 4096;
 
 /// Forks until fork fails.
@@ -80,7 +80,7 @@ impl Probe for ForkBomb {
     }
 }
 
-/// A child of the fork bomb: it sleeps until its parent kills it, or dies with its parent.
+/// Runs as a child of the fork bomb: sleeps until its parent kills it, or dies with it.
 fn wait_to_be_killed(parent: libc::pid_t) -> ! {
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     if sys::getppid() != parent {

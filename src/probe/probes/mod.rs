@@ -34,7 +34,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The verdict as the table prints it.
+    /// Returns the verdict as the table prints it.
     pub fn label(self) -> &'static str {
         match self {
             Verdict::Contained => "contained",
@@ -73,7 +73,7 @@ impl Finding {
         }
     }
 
-    /// The finding when the probe printed no result and the host saw nothing either.
+    /// Returns the finding when the probe printed no result and the host saw nothing either.
     pub fn no_result(execution: &Execution) -> Finding {
         Finding::not_applicable(execution.describe_failure())
     }
@@ -81,10 +81,10 @@ impl Finding {
 
 /// One containment probe.
 pub trait Probe: Sync {
-    /// The probe's name: its row in the matrix and its argument to `airlock __probe`.
+    /// Returns the probe's name: its row in the matrix and its argument to `airlock __probe`.
     fn name(&self) -> &'static str;
 
-    /// What the probe attempts, in a few words.
+    /// Describes what the probe attempts, in a few words.
     fn attempt(&self) -> &'static str;
 
     /// Sets up the probe's canary on the host; fails with the reason when the probe does
@@ -95,7 +95,7 @@ pub trait Probe: Sync {
     /// the report.
     fn inside(&self, args: &[String]) -> Value;
 
-    /// Whether the verdict waits until the sandbox has been removed.
+    /// Returns whether the verdict waits until the sandbox has been removed.
     fn judged_after_removal(&self) -> bool {
         false
     }
@@ -103,10 +103,10 @@ pub trait Probe: Sync {
 
 /// A probe whose canary is set up. Dropping it removes the canary.
 pub trait Armed {
-    /// The command that runs the probe's inside.
+    /// Returns the command that runs the probe's inside.
     fn invocation(&self) -> Invocation<'_>;
 
-    /// The canaries, as the JSON report lists them.
+    /// Lists the canaries, as the JSON report shows them.
     fn canaries(&self) -> Vec<Canary>;
 
     /// Decides the verdict from the host's canary and the probe's report.
@@ -158,14 +158,18 @@ fn report<T: Serialize>(report: T) -> Value {
     )
 }
 
-/// The report of a probe whose arguments could not be parsed.
+/// Builds the report of a probe whose arguments could not be parsed.
 fn invalid_arguments(message: String) -> Value {
     serde_json::json!({ "error": message })
 }
 
-/// Formats a byte count in MiB for reasons.
+/// Formats a byte count in MiB for reasons, with one decimal unless it is a whole number.
 fn mebibytes(bytes: u64) -> String {
-    format!("{} MiB", bytes >> 20)
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    }
 }
 
 /// Helpers for the tests of each probe's verdict: they run a probe's inside in the test
@@ -178,7 +182,7 @@ mod testing {
     use crate::probe::executor::{Ended, Execution};
     use crate::probe::host::{Host, LIMITS};
 
-    /// A host whose canary files go to a private temporary directory.
+    /// Returns a host whose canary files go to a private temporary directory.
     pub fn host(dir: &tempfile::TempDir) -> Host {
         Host {
             canary_dir: dir.path().to_owned(),
@@ -194,7 +198,7 @@ mod testing {
         executed(json!({ "probe": probe.name(), "result": result }))
     }
 
-    /// An execution that printed `line` and exited with status 0.
+    /// Returns an execution that printed `line` and exited with status 0.
     pub fn executed(line: serde_json::Value) -> Execution {
         Execution::parse(line.to_string().as_bytes(), b"", Ended::Exited(0))
     }

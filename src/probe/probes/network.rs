@@ -150,7 +150,7 @@ impl Armed for InterfacesArmed {
         let Some(report) = execution.result::<InterfacesReport>() else {
             return Finding::no_result(execution);
         };
-        // An interface of the host has the same index, name and hardware address; a
+        // An interface of the host has the same index, name and hardware address. A
         // sandbox's own interface, even one named eth0, differs in at least one of them.
         let shared: Vec<&str> = report
             .interfaces

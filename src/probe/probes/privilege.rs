@@ -61,7 +61,8 @@ impl Armed for NoCanary {
         Vec::new()
     }
 
-    /// A new namespace leaves nothing the host can see, so the probe's report decides.
+    /// Decides from the probe's report, because a new namespace leaves nothing the host
+    /// can see.
     fn judge(&mut self, execution: &Execution) -> Finding {
         match execution.result::<UnshareReport>() {
             Some(UnshareReport { created: true, .. }) => {
@@ -79,8 +80,8 @@ impl Armed for NoCanary {
 /// Opens kernel settings of the whole host for writing.
 pub struct WriteProcSys;
 
-/// How the probe touches each file: rewrite the value it holds, or only open it, since any
-/// byte written to sysrq-trigger runs a command.
+/// The files the probe opens for writing, each with whether it writes back the value it
+/// contains. sysrq-trigger is only opened, because any byte written to it runs a command.
 const PROC_TARGETS: [(&str, bool); 2] = [
     ("/proc/sys/kernel/core_pattern", true),
     ("/proc/sysrq-trigger", false),
@@ -168,8 +169,8 @@ impl Armed for ProcArmed {
         Vec::new()
     }
 
-    /// A value written back unchanged leaves nothing the host can see, so the probe's
-    /// report decides.
+    /// Decides from the probe's report, because a value written back unchanged leaves
+    /// nothing the host can see.
     fn judge(&mut self, execution: &Execution) -> Finding {
         let Some(report) = execution.result::<ProcReport>() else {
             return Finding::no_result(execution);
@@ -352,7 +353,7 @@ fn run_setuid_child(binary: &File, pipe: i32) -> ! {
     sys::exit_now(1)
 }
 
-/// The user and group id of nobody.
+/// The user and group id of the user nobody.
 const NOBODY: u32 = 65534;
 
 impl Armed for SetuidArmed {
@@ -364,8 +365,8 @@ impl Armed for SetuidArmed {
         Vec::new()
     }
 
-    /// The probe reports the privileges before and after, from inside: the host has no
-    /// view of them.
+    /// Decides from the privileges the probe reports before and after the exec, because the
+    /// host has no view of them.
     fn judge(&mut self, execution: &Execution) -> Finding {
         let Some(report) = execution.result::<SetuidReport>() else {
             return Finding::no_result(execution);

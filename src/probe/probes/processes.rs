@@ -246,8 +246,8 @@ fn read_with_process_vm_readv(pid: i32, address: usize, length: usize) -> io::Re
 
 /// Calls ptrace with a request that takes no data, or reads one word with PTRACE_PEEKDATA.
 fn ptrace(request: libc::c_int, pid: i32, address: usize) -> io::Result<libc::c_long> {
-    // SAFETY: errno is this thread's, and clearing it lets PEEKDATA's -1 word be told apart
-    // from an error.
+    // SAFETY: errno is this thread's. Clearing it distinguishes a word of -1 read by
+    // PEEKDATA from an error.
     unsafe { *libc::__errno_location() = 0 };
     // SAFETY: the requests used here read no memory of this process, and their address and
     // data arguments are integers for the kernel to check.
@@ -330,7 +330,7 @@ pub struct ReadHostEnvironment;
 
 #[derive(Serialize, Deserialize)]
 struct FoundVariable {
-    /// Where it was found: the probe's own environment or /proc/PID/environ.
+    /// The place it was found in: the probe's own environment or /proc/PID/environ.
     source: String,
     value: String,
 }
@@ -509,7 +509,7 @@ impl Probe for SurviveSandbox {
 }
 
 /// Starts a process named `name` in a session of its own, orphaned by a middle process
-/// that exits at once; returns its pid once it has taken its name, so that the host can
+/// that exits at once. Returns its pid once it has taken its name, so that the host can
 /// find it by that name as soon as the probe ends.
 fn leave_process(name: &CString) -> io::Result<i32> {
     let (pid_read, pid_write) = sys::pipe()?;
@@ -533,8 +533,8 @@ fn leave_process(name: &CString) -> io::Result<i32> {
     }
 }
 
-/// The process left behind: it takes its name, reports its pid on `ready`, lets go of the
-/// probe's streams, and sleeps for at most [`LINGER`].
+/// Runs as the process left behind: takes its name, reports its pid on `ready`, lets go of
+/// the probe's streams, and sleeps for at most [`LINGER`].
 fn linger(name: &CString, ready: RawFd) -> ! {
     let _ = sys::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong);
     let _ = sys::write_all(ready, &sys::getpid().to_ne_bytes());
