@@ -63,7 +63,10 @@ fn refuse_setuid() -> Option<ExitCode> {
     }
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args == ["__probe", probe::PRIVILEGES_HELPER] {
-        return Some(probe::inside::run(probe::PRIVILEGES_HELPER, &[]));
+        return Some(ExitCode::from(probe::inside::run(
+            probe::PRIVILEGES_HELPER,
+            &[],
+        )));
     }
     eprintln!("airlock: refusing to run with setuid or setgid privileges: install Airlock without the setuid bit, and run it as root or as an ordinary user");
     Some(ExitCode::from(AIRLOCK_FAILED))
@@ -262,12 +265,7 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     }
     if let Command::ProbeInside(args) = &cli.command {
         // Inside a sandbox: no state directory, no logging, one JSON line.
-        let code = probe::inside::run(&args.name, &args.args);
-        return Ok(if code == ExitCode::SUCCESS {
-            0
-        } else {
-            AIRLOCK_FAILED
-        });
+        return Ok(probe::inside::run(&args.name, &args.args));
     }
     let Request { action, json } = request(cli.command, matches)?;
     if !matches!(action, Action::Run { .. } | Action::Exec { .. }) {
@@ -503,12 +501,11 @@ fn print_probes(
     if matrix.probed_any_backend() {
         return Ok(0);
     }
-    if matrix.columns.is_empty()
-        || matrix
-            .columns
-            .iter()
-            .all(|c| c.backend == probe::UNCONFINED)
-    {
+    let selected_any = matrix
+        .columns
+        .iter()
+        .any(|column| column.backend != probe::UNCONFINED);
+    if !selected_any {
         eprintln!("airlock: no backend is available on this host; `airlock probe --all` lists the reasons");
     } else {
         eprintln!("airlock: no sandbox for the probes could be set up; the output lists why");

@@ -4,7 +4,6 @@
 //! host still learns how far they got.
 
 use std::io::Write;
-use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
@@ -13,8 +12,9 @@ use super::probes;
 /// Exit status of a probe that the binary does not know, or of a failed write.
 const PROBE_FAILED: u8 = 125;
 
-/// Runs the probe `name` with the host's `args` and prints its result.
-pub fn run(name: &str, args: &[String]) -> ExitCode {
+/// Runs the probe `name` with the host's `args` and prints its result; returns the exit
+/// status.
+pub fn run(name: &str, args: &[String]) -> u8 {
     let result = if name == probes::PRIVILEGES_HELPER {
         serde_json::to_value(probes::current_privileges()).unwrap_or_default()
     } else {
@@ -24,14 +24,14 @@ pub fn run(name: &str, args: &[String]) -> ExitCode {
                 eprintln!(
                     "airlock: unknown probe {name:?}: run `airlock probe --json` for the names"
                 );
-                return ExitCode::from(PROBE_FAILED);
+                return PROBE_FAILED;
             }
         }
     };
     if emit(&json!({ "probe": name, "result": result })) {
-        ExitCode::SUCCESS
+        0
     } else {
-        ExitCode::from(PROBE_FAILED)
+        PROBE_FAILED
     }
 }
 
