@@ -10,7 +10,8 @@ use airlock_core::spec::{
 };
 use airlock_core::specfile::{self, SpecFileError};
 use airlock_core::{
-    Action, BackendKind, BackendRequest, Limit, RiskLevel, RootFs, Spec, User, WorkspaceMode,
+    Action, BackendKind, BackendRequest, Limit, ProbeTargets, RiskLevel, RootFs, Spec, User,
+    WorkspaceMode,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -76,6 +77,18 @@ pub enum Command {
     /// Check a spec against the backends.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run containment probes in a sandbox of each available backend and print which
+    /// escapes each backend stops.
+    ///
+    /// Each probe sets up a canary on the host (a process, a file, a variable, a loopback
+    /// listener) and tries to reach it from inside the sandbox. The host then judges the
+    /// result: contained, ESCAPED, or n/a when the probe does not apply. Exit status: 0 when
+    /// the probes ran, whatever they found; 125 on invalid input or when no sandbox could be
+    /// created.
+    Probe(ProbeArgs),
+    /// One containment probe, run by `airlock probe` inside a sandbox; prints one JSON result.
+    #[command(name = "__probe", hide = true)]
+    ProbeInside(ProbeInsideArgs),
     /// The per-sandbox supervisor, started by create and start.
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -88,6 +101,7 @@ impl Command {
             Command::Run(args) => args.json,
             Command::Exec(args) => args.json,
             Command::Policy(PolicyCommand::Check(args)) => args.json,
+            Command::Probe(args) => args.json,
             _ => false,
         }
     }
@@ -349,6 +363,50 @@ pub struct PolicyCheckArgs {
     /// TOML spec file, as --spec takes [default: the default spec with the options given].
     #[arg(value_name = "SPEC", conflicts_with = "spec")]
     pub spec_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Probe only this backend, which must be available on this host.
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
+    pub backend: Option<BackendKind>,
+
+    /// Probe every available backend, and list the unavailable ones with the reason.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print the results as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also run every probe on the host, outside any sandbox, as a control column in which
+    /// each probe should report ESCAPED. For tests: the probes then mount, fork, allocate and
+    /// write on the host itself, within the same small caps.
+    #[arg(long, hide = true)]
+    pub unconfined: bool,
+}
+
+impl ProbeArgs {
+    pub fn into_action(self) -> Action {
+        let targets = match (self.backend, self.all) {
+            (Some(kind), _) => ProbeTargets::One(kind),
+            (None, true) => ProbeTargets::All,
+            (None, false) => ProbeTargets::Available,
+        };
+        Action::Probe {
+            targets,
+            unconfined: self.unconfined,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeInsideArgs {
+    /// The probe's name, as in the rows of `airlock probe`.
+    pub name: String,
+    /// The probe's arguments, which the host chose.
+    #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod cli;
 mod doctor;
 mod lifecycle;
 mod policy;
+mod probe;
 mod selection;
 
 use std::io::{IsTerminal, Write};
@@ -29,6 +30,9 @@ use cli::{AuditCommand, Cli, Command, PolicyCommand};
 use lifecycle::Engine;
 
 fn main() -> ExitCode {
+    if let Some(code) = refuse_setuid() {
+        return code;
+    }
     let matches = match Cli::command().try_get_matches() {
         Ok(matches) => matches,
         Err(error) => return usage_error(error),
@@ -51,6 +55,27 @@ fn main() -> ExitCode {
             ExitCode::from(AIRLOCK_FAILED)
         }
     }
+}
+
+/// Refuses to run with setuid or setgid privileges, except for the one use that
+/// `airlock probe` makes of a setuid copy: reporting the privileges it runs with. Returns
+/// the exit status when it refused or reported, and `None` for an ordinary start.
+fn refuse_setuid() -> Option<ExitCode> {
+    // SAFETY: these calls take no arguments and cannot fail.
+    let elevated =
+        unsafe { libc::getuid() != libc::geteuid() || libc::getgid() != libc::getegid() };
+    if !elevated {
+        return None;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args == ["__probe", probe::PRIVILEGES_HELPER] {
+        return Some(ExitCode::from(probe::inside::run(
+            probe::PRIVILEGES_HELPER,
+            &[],
+        )));
+    }
+    eprintln!("airlock: refusing to run with setuid or setgid privileges: install Airlock without the setuid bit, and run it as root or as an ordinary user");
+    Some(ExitCode::from(AIRLOCK_FAILED))
 }
 
 /// Prints a command-line error as one line with a pointer to the help, and returns 125. Help
@@ -229,7 +254,12 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
                 .expect("the subcommand matched");
             (args.into_action(matches)?, json)
         }
+        Command::Probe(args) => {
+            let json = args.json;
+            (args.into_action(), json)
+        }
         Command::Supervise(_) => unreachable!("the supervisor is not an action"),
+        Command::ProbeInside(_) => unreachable!("a probe inside a sandbox is not an action"),
     };
     Ok(Request { action, json })
 }
@@ -246,6 +276,10 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
             .unwrap_or(0);
         lifecycle::supervise(state_dir, &args.id, parent)?;
         return Ok(0);
+    }
+    if let Command::ProbeInside(args) = &cli.command {
+        // Inside a sandbox: no state directory, no logging, one JSON line.
+        return Ok(probe::inside::run(&args.name, &args.args));
     }
     let Request { action, json } = request(cli.command, matches)?;
     if !matches!(action, Action::Run { .. } | Action::Exec { .. }) {
@@ -499,6 +533,10 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         Action::Doctor | Action::PolicyCheck { .. } => {
             unreachable!("execute handles these without a state directory")
         }
+        Action::Probe {
+            targets,
+            unconfined,
+        } => print_probes(engine, targets, unconfined, json),
     }
 }
 
@@ -509,6 +547,42 @@ fn warn_about(kind: BackendKind) {
     if let (Some(warning), Ok(())) = (backend.warning(), backend.availability()) {
         eprintln!("airlock: warning: {warning}");
     }
+}
+
+/// Runs the containment probes and prints the matrix; returns 0 when any backend was
+/// probed, 128+N when signal N interrupted the run.
+fn print_probes(
+    engine: &Engine,
+    targets: airlock_core::ProbeTargets,
+    unconfined: bool,
+    json: bool,
+) -> Result<u8> {
+    let matrix = match probe::run(engine, targets, unconfined) {
+        Ok(matrix) => matrix,
+        Err(error @ probe::ProbeError::Interrupted(probe::Interrupted(signal))) => {
+            eprintln!("airlock: {}", error_chain(&error));
+            return Ok(128u8.saturating_add(signal as u8));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&matrix.to_json())?);
+    } else {
+        print!("{}", matrix.render());
+    }
+    if matrix.probed_any_backend() {
+        return Ok(0);
+    }
+    let selected_any = matrix
+        .columns
+        .iter()
+        .any(|column| column.backend != probe::UNCONFINED);
+    if !selected_any {
+        eprintln!("airlock: no backend is available on this host; `airlock probe --all` lists the reasons");
+    } else {
+        eprintln!("airlock: no sandbox for the probes could be set up; the output lists why");
+    }
+    Ok(AIRLOCK_FAILED)
 }
 
 /// Splits the operands of `cp` into the sandbox, the source, the target and the direction.

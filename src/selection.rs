@@ -19,6 +19,15 @@ pub struct Selected {
 }
 
 impl Selected {
+    /// The backend named by the caller, without a risk level.
+    pub fn named(kind: BackendKind) -> Selected {
+        Selected {
+            kind,
+            risk: None,
+            explanation: None,
+        }
+    }
+
     /// Adds the choice to the fields of the audit log's "created" entry.
     pub fn record(&self, created: &mut Value) {
         created["backend"] = self.kind.name().into();
@@ -55,11 +64,7 @@ pub fn candidates(spec: &Spec) -> Vec<Candidate> {
 /// or default backend is taken without checking, so that a plain run starts no later.
 pub fn select(request: BackendRequest, spec: &Spec) -> Result<Selected, SelectionError> {
     let Some(level) = request.risk else {
-        return Ok(Selected {
-            kind: request.backend.unwrap_or_default(),
-            risk: None,
-            explanation: None,
-        });
+        return Ok(Selected::named(request.backend.unwrap_or_default()));
     };
     let candidates = candidates(spec);
     let named = request.backend.map(index_of);

@@ -8,6 +8,7 @@ mod host_files;
 mod lifecycle;
 mod limits;
 mod policy;
+mod probe;
 mod real_project;
 mod risk;
 mod rootfs;

@@ -64,6 +64,23 @@ pub enum Action {
     Doctor,
     /// Report, rule by rule, what each backend would enforce for `spec`.
     PolicyCheck { backend: BackendRequest, spec: Spec },
+    /// Run the containment probes in a sandbox of each backend that `targets` selects. With
+    /// `unconfined`, run them on the host too, outside any sandbox, as a control group.
+    Probe {
+        targets: ProbeTargets,
+        unconfined: bool,
+    },
+}
+
+/// The backends that `airlock probe` runs its probes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeTargets {
+    /// Every backend that this host and caller can run.
+    Available,
+    /// Every backend; those that cannot run here are listed with the reason.
+    All,
+    /// One backend, which must be able to run here.
+    One(BackendKind),
 }
 
 /// How the caller picks the backend of a sandbox: by name, by risk level, both (the named

@@ -1,0 +1,391 @@
+//! `airlock probe`: the containment matrix of the namespace backend, the unconfined control
+//! column that shows each probe can detect its escape, and the cleanup after every run,
+//! an interrupted one included.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::harness::{
+    describe, run, spawn_airlock, stderr, stdout, test_user, wait_bounded, Caller, Workspace,
+    CALLERS,
+};
+
+/// Every probe, in the matrix's order.
+const PROBES: [&str; 19] = [
+    "see-host-processes",
+    "signal-host-process",
+    "ptrace-host-process",
+    "read-host-environment",
+    "read-host-file",
+    "write-outside-workspace",
+    "chroot-escape",
+    "mount-filesystem",
+    "device-node",
+    "reach-host-loopback",
+    "see-network-interfaces",
+    "create-user-namespace",
+    "write-proc-sys",
+    "setuid-binary",
+    "tiocsti-injection",
+    "fork-bomb",
+    "fill-tmp",
+    "memory-bomb",
+    "survive-sandbox",
+];
+
+/// Prefix of the names of the canary processes and of the processes probes leave behind.
+const PROCESS_NAME_PREFIX: &str = "airlock-";
+
+/// Probe runs check for leftovers by name and in /tmp, so they must not overlap.
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A private temporary directory for one run, given to Airlock as TMPDIR, so that the
+/// test can check that the run left nothing in it.
+struct PrivateTmp {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateTmp {
+    fn new(caller: Caller) -> PrivateTmp {
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-probe-tmp-")
+            .tempdir()
+            .expect("create a private TMPDIR");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+        if caller != Caller::Root {
+            let (uid, gid) = test_user();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown TMPDIR");
+        }
+        PrivateTmp { dir }
+    }
+
+    fn variable(&self) -> String {
+        format!("TMPDIR={}", self.dir.path().display())
+    }
+
+    fn entries(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.dir.path())
+            .expect("read TMPDIR")
+            .map(|entry| entry.expect("entry").path())
+            .collect()
+    }
+}
+
+/// Runs `airlock ARGS` as `caller` with `tmp` as TMPDIR, and collects its output.
+fn run_probe(caller: Caller, tmp: &PrivateTmp, args: &[&str]) -> Output {
+    let workspace = Workspace::new(caller);
+    let variable = tmp.variable();
+    let spawned = spawn_airlock(
+        caller,
+        &["env", &variable],
+        args,
+        workspace.path(),
+        Stdio::piped(),
+    );
+    spawned
+        .child
+        .wait_with_output()
+        .expect("wait for airlock probe")
+}
+
+fn matrix(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("no JSON matrix ({error}): {}", describe(output)))
+}
+
+/// Returns the verdict and reason of every probe in `backend`'s column, in order.
+fn column(matrix: &Value, backend: &str) -> Vec<(String, String, String)> {
+    matrix["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|probe| {
+            let result = &probe["results"][backend];
+            (
+                probe["name"].as_str().expect("name").to_owned(),
+                result["verdict"].as_str().expect("verdict").to_owned(),
+                result["reason"].as_str().expect("reason").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Returns whether a probe may be n/a here for a reason outside any backend: the host
+/// lacks what the probe needs, or the caller is not root.
+fn allowed_not_applicable(caller: Caller, probe: &str, reason: &str) -> bool {
+    match probe {
+        "device-node" => {
+            reason.contains("is denied its disk") || reason.contains("not on a block device")
+        }
+        "see-network-interfaces" => reason.contains("no network interface other than lo"),
+        "setuid-binary" => caller != Caller::Root && reason.contains("needs root on the host"),
+        _ => false,
+    }
+}
+
+/// Returns whether a process `pid` named `name` still runs (a zombie does not).
+fn process_alive(pid: i64, name: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].trim_start().chars().next();
+    &stat[open + 1..close] == name && !matches!(state, Some('Z' | 'X'))
+}
+
+/// Lists the live processes whose name starts with `prefix`.
+fn live_processes_named(prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
+            continue;
+        };
+        let Ok(name) = fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let name = name.trim_end();
+        if name.starts_with(prefix) && process_alive(pid, name) {
+            found.push(format!("{pid} ({name})"));
+        }
+    }
+    found
+}
+
+/// Returns whether a socket listens on `address` (such as 127.0.0.1:41234) on the host.
+fn listening(address: &str) -> bool {
+    let port = address
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse::<u16>().ok());
+    let Some(port) = port else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let table = fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+    })
+}
+
+/// Waits up to two seconds for `condition` to hold.
+fn eventually(condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// Checks that every canary the matrix lists is gone from the host.
+fn assert_canaries_gone(matrix: &Value) {
+    let mounts = || fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    for probe in matrix["probes"].as_array().expect("probes") {
+        for (backend, result) in probe["results"].as_object().expect("results") {
+            for canary in result["canaries"].as_array().expect("canaries") {
+                let context = format!("{} in {backend}: {canary}", probe["name"]);
+                let text = |field: &str| canary[field].as_str().unwrap_or_default().to_owned();
+                match canary["kind"].as_str().expect("kind") {
+                    "process" => {
+                        let pid = canary["pid"].as_i64().expect("pid");
+                        let name = text("name");
+                        assert!(eventually(|| !process_alive(pid, &name)), "left: {context}");
+                    }
+                    "process_name" => {
+                        let name = text("name");
+                        let gone = eventually(|| live_processes_named(&name).is_empty());
+                        assert!(gone, "left: {context}");
+                    }
+                    "file" => assert!(!Path::new(&text("path")).exists(), "left: {context}"),
+                    "listener" => assert!(!listening(&text("address")), "left: {context}"),
+                    "mount" => assert!(!mounts().contains(&text("source")), "left: {context}"),
+                    "variable" | "terminal" => {}
+                    kind => panic!("unknown canary kind {kind}: {context}"),
+                }
+            }
+        }
+    }
+}
+
+/// Checks that the sandboxes the matrix names are gone, with their staging directories.
+fn assert_sandboxes_gone(caller: Caller, matrix: &Value) {
+    let workspace = Workspace::new(caller);
+    let listed = run(caller, &["ls", "--json"], workspace.path());
+    let listed = stdout(&listed);
+    for backend in matrix["backends"].as_array().expect("backends") {
+        if let Some(id) = backend["sandbox"].as_str() {
+            assert!(!listed.contains(id), "sandbox {id} still listed: {listed}");
+        }
+        if let Some(staging) = backend["staging"].as_str() {
+            assert!(!Path::new(staging).exists(), "{staging} left");
+        }
+    }
+}
+
+#[test]
+fn namespace_column_shows_every_probe_contained() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for caller in CALLERS {
+        let tmp = PrivateTmp::new(caller);
+        let output = run_probe(caller, &tmp, &["probe", "--backend", "namespace", "--json"]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        let matrix = matrix(&output);
+        let column = column(&matrix, "namespace");
+        let names: Vec<&str> = column.iter().map(|(name, _, _)| name.as_str()).collect();
+        assert_eq!(names, PROBES, "{caller:?}");
+        for (probe, verdict, reason) in &column {
+            let context = format!("{caller:?}: {probe}: {verdict}: {reason}");
+            assert_ne!(verdict, "escaped", "{context}");
+            let expected = verdict == "contained"
+                || (verdict == "not_applicable" && allowed_not_applicable(caller, probe, reason));
+            assert!(expected, "{context}");
+            assert!(!reason.is_empty(), "{context}");
+        }
+        assert_canaries_gone(&matrix);
+        assert_sandboxes_gone(caller, &matrix);
+        assert_eq!(
+            tmp.entries(),
+            Vec::<PathBuf>::new(),
+            "{caller:?}: TMPDIR not empty"
+        );
+    }
+}
+
+#[test]
+fn unconfined_control_detects_every_escape() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Outside a sandbox only root can mount, chroot, mknod and place a setuid binary, so
+    // only root's control column shows every escape.
+    let caller = Caller::Root;
+    let tmp = PrivateTmp::new(caller);
+    let args = ["probe", "--backend", "namespace", "--unconfined", "--json"];
+    let output = run_probe(caller, &tmp, &args);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let matrix = matrix(&output);
+    for (probe, verdict, reason) in column(&matrix, "unconfined") {
+        let context = format!("{probe}: {verdict}: {reason}");
+        let expected = verdict == "escaped"
+            || (verdict == "not_applicable" && allowed_not_applicable(caller, &probe, &reason));
+        assert!(expected, "the control missed an escape: {context}");
+    }
+    assert_canaries_gone(&matrix);
+    assert_sandboxes_gone(caller, &matrix);
+    assert_eq!(tmp.entries(), Vec::<PathBuf>::new(), "TMPDIR not empty");
+}
+
+#[test]
+fn table_fits_in_100_columns() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = PrivateTmp::new(Caller::Root);
+    let output = run_probe(Caller::Root, &tmp, &["probe", "--backend", "namespace"]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let table = stdout(&output);
+    let lines: Vec<&str> = table.lines().collect();
+    let header = lines.iter().find(|line| line.starts_with("PROBE"));
+    assert!(
+        header.is_some_and(|line| line.contains("namespace")),
+        "{table}"
+    );
+    for probe in PROBES {
+        let row = lines.iter().find(|line| line.starts_with(probe));
+        assert!(
+            row.is_some_and(|row| row.contains("contained") || row.contains("n/a")),
+            "{table}"
+        );
+    }
+    let wide: Vec<&&str> = lines
+        .iter()
+        .filter(|line| line.chars().count() > 100)
+        .collect();
+    assert!(wide.is_empty(), "lines wider than 100 columns: {wide:?}");
+}
+
+#[test]
+fn interrupted_run_leaves_nothing() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for caller in CALLERS {
+        let tmp = PrivateTmp::new(caller);
+        let workspace = Workspace::new(caller);
+        let variable = tmp.variable();
+        let mut spawned = spawn_airlock(
+            caller,
+            &["env", &variable],
+            &["probe", "--json"],
+            workspace.path(),
+            Stdio::null(),
+        );
+        // Long enough for the sandbox and the first canaries, short of the end of the run.
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = spawned.child.id() as libc::pid_t;
+        // SAFETY: kill takes integers only; the pid is this test's unreaped child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let code = wait_bounded(&mut spawned.child, Duration::from_secs(60), "airlock probe");
+        assert_eq!(code, 130, "{caller:?}: the run ended before the interrupt");
+        let left = || live_processes_named(PROCESS_NAME_PREFIX);
+        assert!(
+            eventually(|| left().is_empty()),
+            "{caller:?}: left {:?}",
+            left()
+        );
+        let listed = stdout(&run(caller, &["ls"], workspace.path()));
+        let probe_sandboxes: Vec<&str> = listed
+            .lines()
+            .filter(|line| line.contains(" probe-"))
+            .collect();
+        assert!(
+            probe_sandboxes.is_empty(),
+            "{caller:?}: {probe_sandboxes:?}"
+        );
+        assert_eq!(
+            tmp.entries(),
+            Vec::<PathBuf>::new(),
+            "{caller:?}: TMPDIR not empty"
+        );
+    }
+}
+
+#[test]
+fn unknown_backend_rejected() {
+    let workspace = Workspace::new(Caller::Root);
+    let output = run(
+        Caller::Root,
+        &["probe", "--backend", "nonesuch"],
+        workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("nonesuch"),
+        "{}",
+        describe(&output)
+    );
+    let both = run(
+        Caller::Root,
+        &["probe", "--backend", "namespace", "--all"],
+        workspace.path(),
+    );
+    assert_eq!(both.status.code(), Some(125), "{}", describe(&both));
+}
