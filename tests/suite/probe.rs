@@ -1,6 +1,6 @@
-//! `airlock probe`: the containment matrix of the namespace backend, the unconfined control
-//! column that shows each probe can detect its escape, and the cleanup after every run,
-//! an interrupted one included.
+//! `airlock probe`: the containment matrix of the namespace and chroot backends, the
+//! unconfined control column that shows each probe can detect its escape, and the cleanup
+//! after every run, an interrupted one included.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -267,6 +267,43 @@ fn namespace_column_shows_every_probe_contained() {
             "{caller:?}: TMPDIR not empty"
         );
     }
+}
+
+/// The escapes a chroot cannot stop: a root process leaves it, and the network is the
+/// host's. Its column must show them, and the namespace column none.
+const CHROOT_ESCAPES: [&str; 3] = [
+    "chroot-escape",
+    "reach-host-loopback",
+    "see-network-interfaces",
+];
+
+#[test]
+fn chroot_column_shows_its_real_escapes() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The chroot backend needs root.
+    let caller = Caller::Root;
+    let tmp = PrivateTmp::new(caller);
+    let output = run_probe(caller, &tmp, &["probe", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let matrix = matrix(&output);
+    for (probe, verdict, reason) in column(&matrix, "chroot") {
+        let context = format!("chroot: {probe}: {verdict}: {reason}");
+        if CHROOT_ESCAPES.contains(&probe.as_str()) {
+            let allowed =
+                verdict == "not_applicable" && allowed_not_applicable(caller, &probe, &reason);
+            assert!(verdict == "escaped" || allowed, "{context}");
+        } else {
+            assert_ne!(verdict, "escaped", "{context}");
+        }
+    }
+    for (probe, verdict, reason) in column(&matrix, "namespace") {
+        assert_ne!(verdict, "escaped", "namespace: {probe}: {reason}");
+    }
+    assert_canaries_gone(&matrix);
+    assert_sandboxes_gone(caller, &matrix);
+    assert_eq!(tmp.entries(), Vec::<PathBuf>::new(), "TMPDIR not empty");
 }
 
 #[test]
