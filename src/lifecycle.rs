@@ -25,6 +25,7 @@ use airlock_core::{
     SandboxId, Spec, Stats, WorkspaceMode,
 };
 use airlock_namespace::{error_chain, sys, NamespaceBackend};
+use airlock_nspawn::NspawnBackend;
 use serde_json::{json, Map, Value};
 
 /// Environment variable that gives the supervisor the pid of the command that started it.
@@ -73,6 +74,7 @@ pub enum LifecycleError {
 pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
         BackendKind::Namespace => Box::new(NamespaceBackend),
+        BackendKind::Nspawn => Box::new(NspawnBackend),
     }
 }
 

@@ -215,7 +215,9 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
             false,
         ),
         Command::Gc(args) => (Action::Gc, args.json),
-        Command::Supervise(_) => unreachable!("the supervisor is not an action"),
+        Command::Supervise(_) | Command::NspawnInit => {
+            unreachable!("the supervisor and the nspawn init are not actions")
+        }
     };
     Ok(Request { action, json })
 }
@@ -224,6 +226,9 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
 /// exit status.
 fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     let state_dir = cli.state_dir.as_deref();
+    if let Command::NspawnInit = &cli.command {
+        airlock_nspawn::init::run();
+    }
     if let Command::Supervise(args) = &cli.command {
         // The process that started this supervisor, whose exit before the handshake ends it.
         let parent = std::env::var(lifecycle::SUPERVISOR_PARENT_VARIABLE)

@@ -67,15 +67,18 @@ pub enum BackendKind {
     /// Linux namespaces, cgroups, seccomp and Landlock, started by Airlock itself.
     #[default]
     Namespace,
+    /// A systemd-nspawn container, started without systemd as PID 1.
+    Nspawn,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 1] = [BackendKind::Namespace];
+    pub const ALL: [BackendKind; 2] = [BackendKind::Namespace, BackendKind::Nspawn];
 
     /// The name users pass to `--backend`.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Namespace => "namespace",
+            BackendKind::Nspawn => "nspawn",
         }
     }
 }

@@ -122,7 +122,7 @@ fn channels() -> Result<(Channels, InitChannels), Error> {
 }
 
 /// Checks that this process has one thread, so that cloning it is safe.
-pub(crate) fn ensure_single_threaded() -> Result<(), Error> {
+pub fn ensure_single_threaded() -> Result<(), Error> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count())
         .unwrap_or(1);
@@ -141,7 +141,7 @@ fn to_cstrings<'a>(values: impl Iterator<Item = &'a OsStr>) -> Result<Vec<CStrin
         .collect()
 }
 
-pub(crate) fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error> {
+pub fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error> {
     let env = spec.environment(|name| std::env::var_os(name));
     let path = env
         .iter()
@@ -211,7 +211,7 @@ fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), E
 }
 
 /// Restores the launcher's signal mask when dropped.
-pub(crate) struct RestoreMask(libc::sigset_t);
+pub struct RestoreMask(libc::sigset_t);
 
 impl Drop for RestoreMask {
     fn drop(&mut self) {
@@ -220,7 +220,7 @@ impl Drop for RestoreMask {
 }
 
 /// Blocks the signals the launcher forwards and returns a signalfd that receives them.
-pub(crate) fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
+pub fn block_forwarded_signals(tty: bool) -> Result<(RestoreMask, OwnedFd), Error> {
     let mut forwarded = init::FORWARDED_SIGNALS.to_vec();
     if tty {
         forwarded.push(libc::SIGWINCH);
