@@ -277,6 +277,12 @@ impl Engine {
             self.state.recycle(sandbox)?;
             Ok(())
         };
+        // When this process leads the terminal's session, as under `script -c` or a
+        // terminal emulator, its exit sends SIGHUP to its process group, which the child is
+        // still in until its setsid. The child inherits the ignored disposition, and this
+        // process is about to exit anyway.
+        // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         match sys::clone_process(0, None) {
             Ok(0) => {
                 // Detached from the caller's session and streams, so that neither a signal

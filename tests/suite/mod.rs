@@ -5,6 +5,7 @@ mod harness;
 mod host_files;
 mod lifecycle;
 mod limits;
+mod nspawn;
 mod real_project;
 mod rootfs;
 mod smoke;

@@ -4,7 +4,8 @@
 //! or stays idle for `airlock exec`.
 //!
 //! Its channels to the launcher come through systemd-nspawn's socket-activation passing
-//! (`LISTEN_FDS`): descriptor 3 carries the plan, descriptor 4 takes the reports, in the
+//! (`LISTEN_FDS`): descriptor 3 carries the plan and then the launcher's go-ahead,
+//! descriptor 4 takes the reports, in the
 //! namespace backend's report format, and descriptor 5 reaches end of file when the
 //! launcher is gone. systemd-nspawn killed with SIGKILL leaves its container running, so
 //! the init ends the container itself when the launcher dies. The plan travels on a pipe rather than on the command
@@ -16,8 +17,8 @@
 //! capabilities of its user namespace, which the init itself needs to mount the overlay.
 
 use std::ffi::{CString, OsString};
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -77,17 +78,45 @@ fn set_up() -> StepResult<Plan> {
         "change directory to /workspace",
     )?;
     Report::Ready.send(REPORT_FD);
+    wait_for_launcher()?;
     Ok(plan)
 }
 
+/// Reads the plan, one line of JSON. The launcher writes nothing more until it has read
+/// the ready report, so no read takes bytes past the line.
 fn read_plan() -> StepResult<Plan> {
-    // SAFETY: systemd-nspawn passed descriptor 3 to this process, and nothing else owns it.
-    let mut pipe = unsafe { std::fs::File::from_raw_fd(PLAN_FD) };
     let mut bytes = Vec::new();
-    step(pipe.read_to_end(&mut bytes), "read the plan")?;
+    let mut chunk = [0u8; 4096];
+    while !bytes.ends_with(b"\n") {
+        match step(sys::read(PLAN_FD, &mut chunk), "read the plan")? {
+            0 => exit_without_launcher(),
+            read => bytes.extend_from_slice(&chunk[..read]),
+        }
+    }
     serde_json::from_slice(&bytes)
         .map_err(io::Error::other)
         .map_err(|source| ("parse the plan", source))
+}
+
+/// Waits until the launcher has found this process's host pid, which signals and the
+/// timeout go to, so that none is sent before the command starts.
+fn wait_for_launcher() -> StepResult<()> {
+    let mut byte = [0u8; 1];
+    match step(sys::read(PLAN_FD, &mut byte), "wait for the launcher")? {
+        0 => exit_without_launcher(),
+        _ => {
+            // SAFETY: the plan descriptor is this process's own, and nothing uses it
+            // afterwards.
+            unsafe { libc::close(PLAN_FD) };
+            Ok(())
+        }
+    }
+}
+
+/// Ends the container when the launcher closed the plan pipe early: it is gone, or it
+/// gave up on the container.
+fn exit_without_launcher() -> ! {
+    sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
 }
 
 /// Mounts the copy-on-write workspace. Root of the container's user namespace may mount an

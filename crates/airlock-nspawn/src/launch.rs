@@ -8,8 +8,8 @@
 //! 3. Fork a child that joins the cgroups, enters a new mount namespace, assembles the
 //!    container's root there ([`stage`]), puts its channels at descriptors 3 to 5 and
 //!    executes systemd-nspawn, which runs the Airlock binary as the container's init.
-//! 4. Send the init its plan, wait for its ready report, and find its host pid, which
-//!    signals, the timeout and `airlock exec` go to.
+//! 4. Send the init its plan, wait for its ready report, find its host pid, which signals,
+//!    the timeout and `airlock exec` go to, and only then let it start the command.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -261,8 +261,10 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         restore_mask,
         _liveness: liveness_write,
     };
-    send_plan(plan_write, &plan)?;
+    send_plan(&plan_write, &plan)?;
     container.wait_until_ready()?;
+    // The init starts the command, or waits for `exec`, once it reads this.
+    sys::write_all(plan_write.as_raw_fd(), b"g").map_err(Error::SendPlan)?;
     Ok(container)
 }
 
@@ -289,9 +291,9 @@ fn prepare_layers(layers: &Path) -> Result<PathBuf, Error> {
     Ok(layers.to_owned())
 }
 
-fn send_plan(pipe: OwnedFd, plan: &init::Plan) -> Result<(), Error> {
-    let bytes = serde_json::to_vec(plan).expect("plans always serialize");
-    // The pipe is closed when this returns, which ends the init's read.
+fn send_plan(pipe: &OwnedFd, plan: &init::Plan) -> Result<(), Error> {
+    let mut bytes = serde_json::to_vec(plan).expect("plans always serialize");
+    bytes.push(b'\n');
     sys::write_all(pipe.as_raw_fd(), &bytes).map_err(Error::SendPlan)
 }
 
