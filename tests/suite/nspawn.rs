@@ -198,6 +198,7 @@ fn nspawn_host_view_hides_secrets_and_host_processes() {
         .args(["-c", "exec -a \"$0\" sleep 60", &marker])
         .spawn()
         .expect("start the host canary");
+
     let script = format!(
         "wc -c < /etc/shadow; cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -c '[{first}]{rest}'; ls /proc | grep -c '^[0-9]'; kill -0 {} 2>/dev/null && echo reached",
         canary.id(),
@@ -207,6 +208,7 @@ fn nspawn_host_view_hides_secrets_and_host_processes() {
     let output = nspawn_sh(workspace.path(), &[], &script);
     let _ = canary.kill();
     let _ = canary.wait();
+
     let text = stdout(&output);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
@@ -268,12 +270,14 @@ fn nspawn_writes_outside_workspace_and_tmp_fail() {
         !workspace.path().join("ok").exists(),
         "an overlay write reached the host's workspace"
     );
+
     let readonly = nspawn_sh(
         workspace.path(),
         &["--workspace-mode", "readonly"],
         "touch /workspace/ro 2>/dev/null && echo wrote; true",
     );
     assert_eq!(stdout(&readonly), "", "{}", describe(&readonly));
+
     let bind = nspawn_sh(
         workspace.path(),
         &["--workspace-mode", "bind"],
@@ -316,6 +320,7 @@ fn nspawn_debootstrap_rootfs_replaces_host_tree() {
     );
     assert!(text.contains("from the host\n"), "{text}");
     assert!(!text.contains("wrote-usr"), "the tree is writable: {text}");
+
     assert!(!Path::new(rootfs).join("usr/probe").exists());
     assert!(
         !Path::new(rootfs).join("workspace").exists(),
@@ -497,6 +502,7 @@ fn nspawn_killed_run_leaves_nothing_after_gc() {
         assert!(Instant::now() < deadline, "the container did not start");
         std::thread::sleep(Duration::from_millis(20));
     };
+
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

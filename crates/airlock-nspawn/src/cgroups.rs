@@ -26,7 +26,7 @@ const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 /// How long the clean-up waits for the processes of a cgroup to leave it.
 const REMOVE_GRACE: Duration = Duration::from_secs(2);
 
-/// The name of sandbox `id`'s cgroups, the same as the namespace backend's.
+/// Returns the name of sandbox `id`'s cgroups, the same as the namespace backend's.
 pub fn name(id: &SandboxId) -> String {
     format!("airlock-{}", id.short())
 }
@@ -151,9 +151,9 @@ fn create_limits(spec: &Spec, id: &SandboxId) -> Result<Option<Cgroup>, Error> {
     cgroup
         .set_memory(spec.limits.memory.value)
         .map_err(Error::Cgroup)?;
-    // The container's init counts besides the command's processes.
+    // systemd-nspawn and the container's init count besides the command's processes.
     cgroup
-        .set_pids(spec.limits.pids.value + 1)
+        .set_pids(spec.limits.pids.value + 2)
         .map_err(Error::Cgroup)?;
     if let Some(cpus) = spec.limits.cpus.value {
         cgroup.set_cpus(cpus).map_err(Error::Cgroup)?;

@@ -39,6 +39,8 @@ pub enum Error {
     SendPlan(#[source] io::Error),
     #[error("cannot start systemd-nspawn")]
     Spawn(#[source] io::Error),
+    #[error("cannot wait for the sandbox")]
+    Wait(#[source] io::Error),
     #[error("systemd-nspawn exited with status {status} before the sandbox was ready; its messages are above")]
     NspawnExited { status: i32 },
     #[error("cannot find the init process of the container that systemd-nspawn {nspawn} started")]

@@ -37,7 +37,7 @@ pub const REPORT_FD: RawFd = 4;
 /// Read end of a pipe whose write end only the launcher holds.
 pub const LIVENESS_FD: RawFd = 5;
 
-/// What the launcher tells the init.
+/// The launcher's instructions to the init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// The command; empty for a held sandbox.
@@ -120,9 +120,9 @@ fn exit_without_launcher() -> ! {
 }
 
 /// Mounts the copy-on-write workspace. Root of the container's user namespace may mount an
-/// overlay in the mount namespace it owns; its layers are ID-mapped binds, so what the
-/// command writes belongs to the caller on the host. An empty read-only tmpfs then covers
-/// the layers, which systemd-nspawn's mounts lock in place.
+/// overlay in the mount namespace it owns. Its layers are ID-mapped binds, so what the
+/// command writes belongs to the caller on the host. The layers' mounts are locked, because
+/// systemd-nspawn made them, so an empty read-only tmpfs covers them instead of an unmount.
 fn mount_overlay() -> StepResult<()> {
     let options = format!(
         "lowerdir={OVERLAY_LOWER},upperdir={OVERLAY_LAYERS}/upper,workdir={OVERLAY_LAYERS}/work"
@@ -242,8 +242,8 @@ fn start_and_supervise(plan: &Plan) -> ! {
     supervise(workload_pid, &signals)
 }
 
-/// Forwards signals to the command's process group and reaps; when the command exits, kills
-/// every process left in the container and reports how the command ended.
+/// Forwards signals to the command's process group and reaps orphans. When the command
+/// exits, kills every process left in the container and reports how the command ended.
 fn supervise(workload: libc::pid_t, signals: &OwnedFd) -> ! {
     loop {
         let Some(signal) = wait_for_signal(signals) else {
@@ -307,7 +307,7 @@ fn fail(step: &str, source: io::Error) -> ! {
     sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
 }
 
-/// Points 0, 1 and 2 at /dev/null, so the init holds no end of the command's streams.
+/// Points 0, 1 and 2 at /dev/null, so the init keeps no end of the command's streams open.
 fn release_stdio() {
     if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
         for fd in 0..3 {

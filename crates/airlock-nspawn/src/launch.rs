@@ -73,7 +73,7 @@ pub fn machine(id: &SandboxId) -> String {
     format!("airlock-{}", id.short())
 }
 
-/// What the child that executes systemd-nspawn needs, prepared before the fork.
+/// The inputs of the child that executes systemd-nspawn, prepared before the fork.
 struct Child<'a> {
     parent: libc::pid_t,
     binary: CString,
@@ -303,8 +303,8 @@ fn step<T>(result: io::Result<T>, name: &str) -> StepResult<T> {
     result.map_err(|source| (name.to_owned(), source))
 }
 
-/// The child: joins the cgroups, assembles the root in a new mount namespace, and
-/// executes systemd-nspawn; never returns. A failed step is reported like an init's.
+/// Runs as the child: joins the cgroups, assembles the root in a new mount namespace, and
+/// executes systemd-nspawn. Never returns, and reports a failed step as an init does.
 fn exec_nspawn(child: &Child<'_>) -> ! {
     let mut installed = false;
     let error = match prepare_child(child, &mut installed) {
@@ -335,8 +335,8 @@ fn prepare_child(child: &Child<'_>, installed: &mut bool) -> StepResult<std::con
     stage::build(child.stage, &child.sources).map_err(|error| (error.step, error.source))?;
     install_descriptors(&child.descriptors)?;
     *installed = true;
-    // The variables of socket activation tell systemd-nspawn to pass descriptors 3 to 5
-    // on to the container's init; its pid is this process's, since execve keeps it.
+    // The variables of socket activation make systemd-nspawn pass descriptors 3 to 5 on to
+    // the container's init. LISTEN_PID is this process's pid, which execve keeps.
     let mut environment = child.environment.clone();
     environment.push(CString::new("LISTEN_FDS=3").expect("no NUL byte"));
     environment.push(CString::new(format!("LISTEN_PID={}", sys::getpid())).expect("no NUL byte"));
@@ -379,7 +379,7 @@ impl Container {
     fn wait_until_ready(&mut self) -> Result<(), Error> {
         let mut reports = ReportReader::new(self.report.as_raw_fd());
         loop {
-            reports.read_available().map_err(Error::Spawn)?;
+            reports.read_available().map_err(Error::Wait)?;
             let mut ready = false;
             for report in reports.take() {
                 match report {
@@ -407,7 +407,7 @@ impl Container {
                 revents: 0,
             };
             let mut fds = [watch(reports.fd()), watch(self.nspawn.pidfd.as_raw_fd())];
-            sys::poll(&mut fds, -1).map_err(Error::Spawn)?;
+            sys::poll(&mut fds, -1).map_err(Error::Wait)?;
         }
     }
 
@@ -502,14 +502,15 @@ fn status_field(pid: i32, name: &str) -> Option<String> {
     Some(line[name.len()..].trim().to_owned())
 }
 
-/// Where the first host UID of sandbox `id`'s user namespace is kept, for the clean-up of
-/// a sandbox whose systemd-nspawn was killed.
+/// Returns the file that keeps the first host UID of sandbox `id`'s user namespace, for the
+/// clean-up of a sandbox whose systemd-nspawn was killed.
 fn uid_shift_file(id: &SandboxId) -> PathBuf {
     stage::path(id).join("uid-shift")
 }
 
 /// Records the first host UID of the container's user namespace in the staging directory on
-/// the host; the assembled root covers it only in systemd-nspawn's mount namespace.
+/// the host. The assembled root covers that directory only in systemd-nspawn's mount
+/// namespace.
 fn record_uid_shift(id: &SandboxId, leader: libc::pid_t) {
     let map = std::fs::read_to_string(format!("/proc/{leader}/uid_map")).unwrap_or_default();
     let Some(shift) = map.split_whitespace().nth(1) else {
@@ -578,30 +579,30 @@ impl Drop for StageGuard {
 pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     let mut container = start(spec, &options, false)?;
     let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
-    let ended = {
-        let Container {
-            nspawn,
-            signals,
-            streams,
-            report,
-            ..
-        } = &mut container;
-        let mut monitor = Monitor::new(
-            nspawn,
-            signals,
-            &mut streams.pumps,
-            report.as_raw_fd(),
-            deadline,
-            None,
-        );
-        monitor.run().map_err(Error::Spawn)?
-    };
+    let Container {
+        nspawn,
+        signals,
+        streams,
+        report,
+        ..
+    } = &mut container;
+    let mut monitor = Monitor::new(
+        nspawn,
+        signals,
+        &mut streams.pumps,
+        report.as_raw_fd(),
+        deadline,
+        None,
+    );
+    let mut ended = monitor.run().map_err(Error::Wait)?;
     let stderr_ends_line = container
         .streams
         .stderr_pump
         .is_none_or(|index| container.streams.pumps[index].ends_line());
+
+    // systemd-nspawn removes its own directories and cgroups after the container's init
+    // exited, before the launcher removes the rest.
     container.wait_for_nspawn();
-    let mut ended = ended;
     let mut reports = std::mem::take(&mut container.early_reports);
     reports.append(&mut ended.reports);
     ended.reports = reports;

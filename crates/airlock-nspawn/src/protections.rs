@@ -1,4 +1,4 @@
-//! What a systemd-nspawn sandbox enforces for one spec on this host, rule by rule.
+//! The protections of a systemd-nspawn sandbox for one spec on this host, rule by rule.
 //!
 //! systemd-nspawn provides the namespaces (mount, PID, network with only `lo`, IPC, UTS,
 //! user, cgroup), the read-only root, no_new_privs, its own seccomp allow-list, and a
@@ -76,6 +76,7 @@ pub fn assess(spec: &Spec, host: &Host) -> Enforcement {
         enforcement.push(rule::SECRETS_HIDDEN, Status::Enforced, true);
     }
     enforcement.push(rule::WORKSPACE, Status::Enforced, true);
+
     for always in [rule::PROCESSES, rule::NETWORK, rule::IPC] {
         enforcement.push(always, Status::Enforced, true);
     }
@@ -87,6 +88,7 @@ pub fn assess(spec: &Spec, host: &Host) -> Enforcement {
         )
     };
     enforcement.push(rule::USER, user, true);
+
     for always in [rule::CAPABILITIES, rule::NO_NEW_PRIVS, rule::SECCOMP] {
         enforcement.push(always, Status::Enforced, true);
     }
@@ -98,6 +100,7 @@ pub fn assess(spec: &Spec, host: &Host) -> Enforcement {
         )
     };
     enforcement.push(rule::LANDLOCK, landlock, false);
+
     cgroup_limit(
         &mut enforcement,
         rule::MEMORY,

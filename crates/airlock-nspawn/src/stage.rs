@@ -5,9 +5,9 @@
 //! sandbox's clean-up removes it.
 //!
 //! The staging directory, a tmpfs in that namespace, holds:
-//! - `root/`: the container's root. Read-only binds of the host's system directories, with
-//!   the host's secrets covered, or of the entries of `--rootfs`; the Airlock binary at
-//!   `/.airlock/airlock`; and empty mount points for what systemd-nspawn mounts itself.
+//! - `root/`: the container's root. It has read-only binds of the host's system directories
+//!   with the host's secrets covered, or of the entries of `--rootfs`. It also has the Airlock
+//!   binary at `/.airlock/airlock`, and empty mount points for what systemd-nspawn mounts.
 //! - `workspace/`: the workspace, opened again in the new mount namespace and checked against
 //!   the device and inode numbers the launcher found, so that a path swapped for a symlink
 //!   since cannot redirect it.
@@ -26,7 +26,7 @@ use airlock_namespace::workspace::BindSource;
 
 use crate::command::{AIRLOCK_DIR, INIT_PATH, OVERLAY_LAYERS, OVERLAY_LOWER};
 
-/// The host directory that holds one staging directory per sandbox.
+/// The host directory that contains one staging directory per sandbox.
 pub const PARENT: &str = "/run/airlock/nspawn";
 
 /// Mount points of the container's root that systemd-nspawn mounts over, or that Airlock
@@ -95,7 +95,7 @@ pub fn remove(id: &SandboxId) {
     }
 }
 
-/// What goes into the staging directory.
+/// The sources of the staging directory's mounts.
 pub struct Sources<'a> {
     pub rootfs: &'a RootFs,
     /// The workspace as the launcher opened it, for every workspace mode but `none`.
