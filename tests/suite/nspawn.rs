@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -107,6 +108,44 @@ fn leftovers(id: &str) -> Vec<String> {
             .map(|path| path.display().to_string()),
     );
     left
+}
+
+/// Lists systemd-nspawn's UID range lock files that no process holds, which a killed
+/// systemd-nspawn leaves and the clean-up removes. A file counts only if it is unlocked at two
+/// checks 200 ms apart, because a systemd-nspawn of a test running at the same time creates
+/// its file a moment before it locks it.
+fn stale_uid_locks() -> Vec<PathBuf> {
+    let first = unlocked_uid_locks();
+    std::thread::sleep(Duration::from_millis(200));
+    let second = unlocked_uid_locks();
+    first
+        .into_iter()
+        .filter(|path| second.contains(path))
+        .collect()
+}
+
+fn unlocked_uid_locks() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/run/systemd/nspawn-uid") else {
+        return Vec::new();
+    };
+    let mut stale = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(file) = fs::OpenOptions::new().write(true).open(entry.path()) else {
+            continue;
+        };
+        let lock = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        // SAFETY: `lock` is a live flock structure and the descriptor is open for the call.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0 {
+            stale.push(entry.path());
+        }
+    }
+    stale
 }
 
 /// Lists the sandboxes of `workspace` as `ls --json` shows them. Tests running at the same
@@ -467,6 +506,7 @@ fn nspawn_killed_supervisor_leaves_nothing_after_gc() {
     let gc = run(ROOT, &["gc"], root);
     assert!(gc.status.success(), "gc: {}", describe(&gc));
     assert_eq!(leftovers(&id), Vec::<String>::new());
+    assert_eq!(stale_uid_locks(), Vec::<PathBuf>::new());
     let removed = run(ROOT, &["rm", "--force", &id], root);
     assert!(removed.status.success(), "rm: {}", describe(&removed));
     assert_eq!(leftovers(&id), Vec::<String>::new());
@@ -514,6 +554,7 @@ fn nspawn_killed_run_leaves_nothing_after_gc() {
     let gc = run(ROOT, &["gc"], workspace.path());
     assert!(gc.status.success(), "gc: {}", describe(&gc));
     assert_eq!(leftovers(&id), Vec::<String>::new());
+    assert_eq!(stale_uid_locks(), Vec::<PathBuf>::new());
 }
 
 /// Runs `airlock ARGS` as root in a private mount namespace in which /run/systemd/nspawn is

@@ -41,7 +41,7 @@ pub enum Error {
     Spawn(#[source] io::Error),
     #[error("cannot wait for the sandbox")]
     Wait(#[source] io::Error),
-    #[error("systemd-nspawn exited with status {status} before the sandbox was ready; its messages are above")]
+    #[error("systemd-nspawn exited with status {status} before the sandbox was ready; its messages are above (\"Failed to map ids\" means that the workspace's file system has no ID-mapped mounts: use a workspace on ext4, xfs, btrfs, or tmpfs on Linux 6.3 or later)")]
     NspawnExited { status: i32 },
     #[error("cannot find the init process of the container that systemd-nspawn {nspawn} started")]
     NoLeader { nspawn: i32 },

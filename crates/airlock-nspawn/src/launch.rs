@@ -417,7 +417,6 @@ impl Container {
             if let Some(leader) = find_leader(self.nspawn.pid) {
                 self.leader = Some(leader);
                 self.nspawn.signal_target = Some(leader.pid);
-                record_uid_shift(&self.id, leader.pid);
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -502,25 +501,6 @@ fn status_field(pid: i32, name: &str) -> Option<String> {
     Some(line[name.len()..].trim().to_owned())
 }
 
-/// Returns the file that keeps the first host UID of sandbox `id`'s user namespace, for the
-/// clean-up of a sandbox whose systemd-nspawn was killed.
-fn uid_shift_file(id: &SandboxId) -> PathBuf {
-    stage::path(id).join("uid-shift")
-}
-
-/// Records the first host UID of the container's user namespace in the staging directory on
-/// the host. The assembled root covers that directory only in systemd-nspawn's mount
-/// namespace.
-fn record_uid_shift(id: &SandboxId, leader: libc::pid_t) {
-    let map = std::fs::read_to_string(format!("/proc/{leader}/uid_map")).unwrap_or_default();
-    let Some(shift) = map.split_whitespace().nth(1) else {
-        return;
-    };
-    if let Err(error) = std::fs::write(uid_shift_file(id), shift) {
-        tracing::warn!(sandbox = %id, %error, "cannot record the container's UID range");
-    }
-}
-
 /// Removes what systemd-nspawn of sandbox `id` leaves on the host when it is killed: its
 /// mount propagation directory and UID range lock below /run/systemd, and the staging
 /// directory. Call only once that systemd-nspawn has exited.
@@ -532,14 +512,43 @@ pub fn remove_host_leftovers(id: &SandboxId) {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    if let Ok(shift) = std::fs::read_to_string(uid_shift_file(id)) {
-        let shift = shift.trim();
-        if !shift.is_empty() && shift.bytes().all(|byte| byte.is_ascii_digit()) {
-            let _ = std::fs::remove_file(Path::new("/run/systemd/nspawn-uid").join(shift));
-        }
-        let _ = std::fs::remove_file(uid_shift_file(id));
-    }
+    remove_stale_uid_locks();
     stage::remove(id);
+}
+
+/// The directory of systemd-nspawn's UID range locks, one file per range's first UID.
+const UID_LOCK_DIR: &str = "/run/systemd/nspawn-uid";
+
+/// Removes the UID range lock files that no process holds. systemd-nspawn holds an
+/// open-file-description lock on the file of its range while it runs and removes the file at
+/// exit, but a killed one leaves it. systemd removes its lock files the same way, under the
+/// lock, and its lockers check after locking that the file was not removed meanwhile.
+fn remove_stale_uid_locks() {
+    let Ok(entries) = std::fs::read_dir(UID_LOCK_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            continue;
+        };
+        let lock = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        // SAFETY: `lock` is a live flock structure and the descriptor is open for the call.
+        let locked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0;
+        if locked {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Removes the staging directory unless [`StageGuard::keep`] handed it to a container.
