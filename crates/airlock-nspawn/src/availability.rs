@@ -13,9 +13,9 @@ const SEARCH_DIRS: [&str; 4] = ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin
 /// image locks.
 pub const STATE_DIR: &str = "/run/systemd/nspawn";
 
-/// The oldest systemd-nspawn whose `--bind=` accepts the `idmap` option, which the workspace
-/// needs so that root inside writes files as the caller.
-const MIN_VERSION: u32 = 250;
+/// The oldest systemd-nspawn whose `--bind=` accepts the `rootidmap` option, which the
+/// workspace needs so that root inside writes files as the workspace's owner.
+const MIN_VERSION: u32 = 252;
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
@@ -108,7 +108,7 @@ fn check_version(binary: &Path) -> Result<(), Unavailable> {
         Some(version) if version >= MIN_VERSION => Ok(()),
         found => Err(Unavailable {
             reason: format!(
-                "{} is version {}, but the backend needs systemd {MIN_VERSION} or later for ID-mapped bind mounts",
+                "{} is version {}, but the backend needs systemd {MIN_VERSION} or later for the rootidmap bind option",
                 binary.display(),
                 found.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
             ),

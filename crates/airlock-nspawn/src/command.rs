@@ -44,8 +44,9 @@ pub struct Invocation<'a> {
 ///   need systemd as PID 1.
 /// - `--private-users=pick --private-users-ownership=off`: a user namespace with a UID range
 ///   of its own, without touching the owners of the files in the root, which are the
-///   host's own read-only files. The workspace is bound with `idmap`, so root inside reads
-///   and writes it as the caller (root) on the host.
+///   host's own read-only files. The workspace is bound with `rootidmap`, so root inside
+///   reads and writes it as the workspace's owner on the host, as the namespace backend's
+///   root inside does.
 /// - `--read-only`, `--private-network` (only `lo`), `--no-new-privileges=yes`.
 /// - `--link-journal=no --resolv-conf=off --timezone=off`: nspawn touches no file of the
 ///   root and prints nothing about the journal.
@@ -104,8 +105,10 @@ fn push_workspace(arguments: &mut Vec<OsString>, invocation: &Invocation<'_>) {
     let Some(workspace) = invocation.workspace else {
         return;
     };
+    // NOTE: systemd 252 maps groups with the owner's UID as the GID, so new files of a
+    // workspace whose owner's UID and GID differ get the group whose GID is that UID.
     let options = if invocation.user_namespaces {
-        "idmap,norbind"
+        "rootidmap,norbind"
     } else {
         "norbind"
     };
@@ -164,10 +167,10 @@ mod tests {
     fn overlay_binds_lower_read_only_and_layers() {
         let arguments = strings(arguments(&invocation(WorkspaceMode::Overlay)));
         assert!(arguments.contains(
-            &"--bind-ro=/run/airlock/nspawn/x/workspace:/.airlock/lower:idmap,norbind".into()
+            &"--bind-ro=/run/airlock/nspawn/x/workspace:/.airlock/lower:rootidmap,norbind".into()
         ));
         assert!(arguments.contains(
-            &"--bind=/run/airlock/nspawn/x/layers:/.airlock/layers:idmap,norbind".into()
+            &"--bind=/run/airlock/nspawn/x/layers:/.airlock/layers:rootidmap,norbind".into()
         ));
         assert!(!arguments.iter().any(|a| a.contains(":/workspace:")));
     }
@@ -176,11 +179,12 @@ mod tests {
     fn each_mode_binds_the_workspace_as_asked() {
         let readonly = strings(arguments(&invocation(WorkspaceMode::Readonly)));
         assert!(readonly.contains(
-            &"--bind-ro=/run/airlock/nspawn/x/workspace:/workspace:idmap,norbind".into()
+            &"--bind-ro=/run/airlock/nspawn/x/workspace:/workspace:rootidmap,norbind".into()
         ));
         let bind = strings(arguments(&invocation(WorkspaceMode::Bind)));
-        assert!(bind
-            .contains(&"--bind=/run/airlock/nspawn/x/workspace:/workspace:idmap,norbind".into()));
+        assert!(bind.contains(
+            &"--bind=/run/airlock/nspawn/x/workspace:/workspace:rootidmap,norbind".into()
+        ));
         let none = strings(arguments(&invocation(WorkspaceMode::None)));
         assert!(!none.iter().any(|a| a.starts_with("--bind")));
     }

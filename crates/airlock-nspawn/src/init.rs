@@ -73,6 +73,7 @@ fn set_up() -> StepResult<Plan> {
     if plan.overlay {
         mount_overlay()?;
     }
+    hide_airlock_dir()?;
     step(
         sys::chdir(Path::new(airlock_core::spec::SANDBOX_WORKSPACE)),
         "change directory to /workspace",
@@ -121,8 +122,7 @@ fn exit_without_launcher() -> ! {
 
 /// Mounts the copy-on-write workspace. Root of the container's user namespace may mount an
 /// overlay in the mount namespace it owns. Its layers are ID-mapped binds, so what the
-/// command writes belongs to the caller on the host. The layers' mounts are locked, because
-/// systemd-nspawn made them, so an empty read-only tmpfs covers them instead of an unmount.
+/// command writes belongs to the owner of the layers directory on the host, root.
 fn mount_overlay() -> StepResult<()> {
     let options = format!(
         "lowerdir={OVERLAY_LOWER},upperdir={OVERLAY_LAYERS}/upper,workdir={OVERLAY_LAYERS}/work"
@@ -138,17 +138,23 @@ fn mount_overlay() -> StepResult<()> {
             Some(&options),
         ),
         "mount the workspace overlay",
-    )?;
-    let hidden = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    )
+}
+
+/// Covers /.airlock, the Airlock binary and the overlay's layers, with an empty read-only
+/// tmpfs. Their mounts are locked, because systemd-nspawn made them, so they cannot be
+/// unmounted. This process keeps running from the covered binary.
+fn hide_airlock_dir() -> StepResult<()> {
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     step(
         sys::mount(
             Some(Path::new("tmpfs")),
             Path::new(AIRLOCK_DIR),
             Some("tmpfs"),
-            hidden,
+            flags,
             Some("mode=0555,size=4k"),
         ),
-        "hide the overlay's layers",
+        "hide /.airlock",
     )
 }
 

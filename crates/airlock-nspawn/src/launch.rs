@@ -268,8 +268,8 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     Ok(container)
 }
 
-/// Creates the overlay's `upper` and `work` directories, owned by root, which root inside
-/// the container is through the ID-mapped bind.
+/// Creates the overlay's `upper` and `work` directories, owned by root, so that root inside
+/// the container is root for them through the `rootidmap` bind.
 fn prepare_layers(layers: &Path) -> Result<PathBuf, Error> {
     let failed = |source| Error::Layers {
         path: layers.to_owned(),
