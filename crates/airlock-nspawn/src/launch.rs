@@ -105,19 +105,10 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     let host = Host::discover();
     let enforcement = protections::assess(spec, &host);
     protections::check_required(&enforcement, spec.allow_weaker)?;
-    let workspace = spec
-        .workspace
-        .as_deref()
-        .filter(|_| spec.workspace_mode != WorkspaceMode::None)
-        .map(|path| HostWorkspace::open(path, true))
-        .transpose()
-        .map_err(airlock_namespace::Error::Workspace)?;
-    let layers = match (spec.workspace_mode, &options.layers, &workspace) {
-        (WorkspaceMode::Overlay, Some(layers), Some(_)) => Some(prepare_layers(layers)?),
-        (WorkspaceMode::Overlay, None, Some(_)) => return Err(Error::NoLayers),
-        _ => None,
-    };
+    let (workspace, layers) = open_workspace(spec, options)?;
 
+    // From here on, what is created is removed on failure: the cgroups and the staging
+    // directory by their guards, the container by its own drop.
     // A path rather than /proc/self/exe, which names the file through a mount of this
     // mount namespace, which the child's new namespace cannot bind from.
     let airlock = std::env::current_exe().map_err(Error::Spawn)?;
@@ -136,6 +127,8 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         pids: spec.limits.pids.value,
         nproc_fallback,
     };
+
+    // The child's inputs, prepared before the fork.
     let root = stage_dir.path.join("root");
     let staged_workspace = stage_dir.path.join("workspace");
     let staged_layers = stage_dir.path.join("layers");
@@ -150,20 +143,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         tmp_size: spec.limits.tmp_size,
         nproc: nproc_fallback.then_some(spec.limits.pids.value + 2),
     };
-    let mut streams = if hold {
-        stdio::Plan::detached()
-    } else if spec.tty {
-        // systemd-nspawn relays the terminal through a pseudo-terminal of the container.
-        stdio::Plan {
-            child_fds: [0, 1, 2],
-            child_ends: Vec::new(),
-            pumps: Vec::new(),
-            stderr_pump: None,
-        }
-    } else {
-        stdio::Plan::new(false, options.track_stderr_line)
-            .map_err(airlock_namespace::Error::Stdio)?
-    };
+    let mut streams = plan_streams(spec, options, hold)?;
     let null =
         sys::open(Path::new("/dev/null"), libc::O_RDWR | libc::O_CLOEXEC).map_err(Error::Spawn)?;
     let stdio = streams.child_fds.map(|fd| {
@@ -178,26 +158,11 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     let (liveness_read, liveness_write) = sys::pipe().map_err(Error::Spawn)?;
     let (restore_mask, signals) = shared::block_forwarded_signals(false)?;
 
-    let mut environment = vec![cstring(format!("PATH={NSPAWN_PATH}"))?];
-    if spec.tty {
-        if let Some(term) = std::env::var_os("TERM") {
-            let mut assignment = OsString::from("TERM=");
-            assignment.push(term);
-            environment.push(cstring(assignment)?);
-        }
-    }
     let child = Child {
         parent: sys::getpid(),
         binary: cstring(binary.clone())?,
-        arguments: std::iter::once(cstring("systemd-nspawn")?)
-            .chain(
-                command::arguments(&invocation)
-                    .into_iter()
-                    .map(cstring)
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-            .collect(),
-        environment,
+        arguments: nspawn_arguments(&invocation)?,
+        environment: nspawn_environment(spec.tty)?,
         cgroups: cgroups.join_files()?,
         stage: &stage_dir.path,
         sources: stage::Sources {
@@ -216,6 +181,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         ],
         report: report_write.as_raw_fd(),
     };
+    // The child executes systemd-nspawn; from now on the container's drop cleans up.
     let pid = match sys::fork() {
         Ok(0) => exec_nspawn(&child),
         Ok(pid) => pid,
@@ -266,6 +232,65 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     // The init starts the command, or waits for `exec`, once it reads this.
     sys::write_all(plan_write.as_raw_fd(), b"g").map_err(Error::SendPlan)?;
     Ok(container)
+}
+
+/// Opens the workspace, for every mode but `none`, and prepares the overlay's layers.
+fn open_workspace(
+    spec: &Spec,
+    options: &RunOptions,
+) -> Result<(Option<HostWorkspace>, Option<PathBuf>), Error> {
+    let workspace = spec
+        .workspace
+        .as_deref()
+        .filter(|_| spec.workspace_mode != WorkspaceMode::None)
+        .map(|path| HostWorkspace::open(path, true))
+        .transpose()
+        .map_err(airlock_namespace::Error::Workspace)?;
+    let layers = match (spec.workspace_mode, &options.layers, &workspace) {
+        (WorkspaceMode::Overlay, Some(layers), Some(_)) => Some(prepare_layers(layers)?),
+        (WorkspaceMode::Overlay, None, Some(_)) => return Err(Error::NoLayers),
+        _ => None,
+    };
+    Ok((workspace, layers))
+}
+
+/// Plans the streams systemd-nspawn passes to the container: none for a held container, the
+/// caller's terminal with `-t`, which systemd-nspawn relays through a pseudo-terminal of the
+/// container, and otherwise the namespace backend's plan.
+fn plan_streams(spec: &Spec, options: &RunOptions, hold: bool) -> Result<stdio::Plan, Error> {
+    if hold {
+        return Ok(stdio::Plan::detached());
+    }
+    if spec.tty {
+        return Ok(stdio::Plan {
+            child_fds: [0, 1, 2],
+            child_ends: Vec::new(),
+            pumps: Vec::new(),
+            stderr_pump: None,
+        });
+    }
+    let plan = stdio::Plan::new(false, options.track_stderr_line)
+        .map_err(airlock_namespace::Error::Stdio)?;
+    Ok(plan)
+}
+
+/// Builds systemd-nspawn's whole argument list, its name first.
+fn nspawn_arguments(invocation: &Invocation<'_>) -> Result<Vec<CString>, Error> {
+    std::iter::once(OsString::from("systemd-nspawn"))
+        .chain(command::arguments(invocation))
+        .map(cstring)
+        .collect()
+}
+
+/// Builds systemd-nspawn's environment: a search path, and `TERM` for a terminal it relays.
+fn nspawn_environment(tty: bool) -> Result<Vec<CString>, Error> {
+    let mut environment = vec![cstring(format!("PATH={NSPAWN_PATH}"))?];
+    if let Some(term) = std::env::var_os("TERM").filter(|_| tty) {
+        let mut assignment = OsString::from("TERM=");
+        assignment.push(term);
+        environment.push(cstring(assignment)?);
+    }
+    Ok(environment)
 }
 
 /// Creates the overlay's `upper` and `work` directories, owned by root, so that root inside
