@@ -107,11 +107,12 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     protections::check_required(&enforcement, spec.allow_weaker)?;
     let (workspace, layers) = open_workspace(spec, options)?;
 
-    // From here on, what is created is removed on failure: the cgroups and the staging
-    // directory by their guards, the container by its own drop.
     // A path rather than /proc/self/exe, which names the file through a mount of this
     // mount namespace, which the child's new namespace cannot bind from.
     let airlock = std::env::current_exe().map_err(Error::Spawn)?;
+
+    // From here on, what is created is removed on failure: the cgroups and the staging
+    // directory by their guards, the container by its own drop.
     let cgroups = Cgroups::create(spec, &id)?;
     let nproc_fallback = !cgroups.has(Controller::Pids);
     let stage_dir = StageGuard::create(&id)?;
