@@ -7,6 +7,10 @@
 //! root cgroup it would leave both at the top of the host's tree, so the process that
 //! executes it first joins `airlock/airlock-ID` in each of those hierarchies, which the
 //! clean-up removes with everything below.
+//!
+//! NOTE: only the hybrid layout (cgroup v1 controllers, `name=systemd` and a unified
+//! hierarchy) was tested. On a cgroup v2 host systemd-nspawn runs in the limit cgroup itself
+//! and makes its `payload` and `supervisor` cgroups below it, which is untested.
 
 use std::fs;
 use std::io;
