@@ -631,3 +631,31 @@ fn nspawn_unavailable_to_unprivileged_user() {
     assert!(message.contains("needs root"), "{message}");
     assert!(message.contains("--backend namespace"), "{message}");
 }
+
+#[test]
+fn nspawn_rootfs_without_usr_rejected() {
+    if !nspawn_installed() {
+        return;
+    }
+    let workspace = Workspace::new(ROOT);
+    let tree = tempfile::tempdir().unwrap();
+    fs::create_dir(tree.path().join("bin")).unwrap();
+    let tree_path = tree.path().to_str().unwrap();
+    let output = run(
+        ROOT,
+        &[
+            "run",
+            "--backend",
+            "nspawn",
+            "--rootfs",
+            tree_path,
+            "--",
+            "true",
+        ],
+        workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(message.contains("has no usr/ directory"), "{message}");
+    assert!(message.contains(tree_path), "{message}");
+}

@@ -13,6 +13,8 @@ pub enum Error {
     Id(#[source] io::Error),
     #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation, or use --backend namespace")]
     WeakerThanRequired { unmet: String },
+    #[error("root filesystem {0:?} has no usr/ directory, which systemd-nspawn requires of a container's tree: pass a tree with usr/, such as a debootstrap tree")]
+    RootfsWithoutUsr(PathBuf),
     #[error("cannot set up the sandbox's cgroup")]
     Cgroup(#[source] airlock_namespace::cgroup::Error),
     #[error("cannot create the cgroup {path:?} that systemd-nspawn keeps its processes in")]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_core::state::ProcessRef;
-use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec, WorkspaceMode};
+use airlock_core::{Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, WorkspaceMode};
 use airlock_namespace::cgroup::{Cgroup, Controller};
 use airlock_namespace::launch::{self as shared, RestoreMask, Sandbox};
 use airlock_namespace::monitor::Monitor;
@@ -37,6 +37,13 @@ use crate::{availability, stage};
 
 /// How long the launcher waits for systemd-nspawn to exit after the container's init died.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the launcher waits for systemd-nspawn to exit by itself when the container's
+/// init is unknown, before it kills systemd-nspawn.
+const UNLED_EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// How long the launcher relays systemd-nspawn's last messages after it exited early.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long the launcher looks for the container's init after it reported ready.
 const LEADER_SEARCH: Duration = Duration::from_secs(2);
@@ -105,6 +112,11 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     let host = Host::discover();
     let enforcement = protections::assess(spec, &host);
     protections::check_required(&enforcement, spec.allow_weaker)?;
+    if let RootFs::Directory(dir) = &spec.rootfs {
+        if !dir.join("usr").is_dir() {
+            return Err(Error::RootfsWithoutUsr(dir.clone()));
+        }
+    }
     let (workspace, layers) = open_workspace(spec, options)?;
 
     // A path rather than /proc/self/exe, which names the file through a mount of this
@@ -411,7 +423,8 @@ impl Container {
                 match report {
                     Report::Ready => ready = true,
                     Report::SetupFailed { step, error } => {
-                        return Err(airlock_namespace::Error::Setup { step, cause: error }.into())
+                        self.relay_output(Duration::ZERO);
+                        return Err(airlock_namespace::Error::Setup { step, cause: error }.into());
                     }
                     other => self.early_reports.push(other),
                 }
@@ -420,6 +433,8 @@ impl Container {
                 return self.find_leader();
             }
             if let Some(status) = self.nspawn.reap() {
+                // systemd-nspawn's messages say why; its streams close once it is gone.
+                self.relay_output(OUTPUT_GRACE);
                 let status = if libc::WIFEXITED(status) {
                     libc::WEXITSTATUS(status)
                 } else {
@@ -433,7 +448,40 @@ impl Container {
                 revents: 0,
             };
             let mut fds = [watch(reports.fd()), watch(self.nspawn.pidfd.as_raw_fd())];
-            sys::poll(&mut fds, -1).map_err(Error::Wait)?;
+            // Output waiting in a relay wakes the next round of relaying at once.
+            let timeout = if self.relay_output(Duration::ZERO) {
+                0
+            } else {
+                100
+            };
+            sys::poll(&mut fds, timeout).map_err(Error::Wait)?;
+        }
+    }
+
+    /// Copies what systemd-nspawn wrote to the relayed output streams before the command
+    /// started, which the [`Monitor`] relays afterwards. Waits up to `grace` for writers
+    /// to close them. Returns whether anything was copied.
+    fn relay_output(&mut self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        let mut copied = false;
+        loop {
+            let mut fds = Vec::new();
+            let mut owners = Vec::new();
+            for (index, pump) in self.streams.pumps.iter().enumerate() {
+                if let Some(interest) = pump.interest().filter(|_| !pump.is_input) {
+                    fds.push(interest);
+                    owners.push(index);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let millis = left.as_millis().min(100) as libc::c_int;
+            if fds.is_empty() || !matches!(sys::poll(&mut fds, millis), Ok(1..)) {
+                return copied;
+            }
+            for (pollfd, &index) in fds.iter().zip(&owners) {
+                copied |= pollfd.revents != 0;
+                self.streams.pumps[index].service(pollfd.revents);
+            }
         }
     }
 
@@ -456,16 +504,23 @@ impl Container {
 
     /// Waits up to [`EXIT_GRACE`] for systemd-nspawn to exit, then kills it.
     pub fn wait_for_nspawn(&mut self) {
-        let deadline = Instant::now() + EXIT_GRACE;
+        if !self.nspawn_exits_within(EXIT_GRACE) {
+            tracing::warn!(sandbox = %self.id, pid = self.nspawn.pid, "systemd-nspawn did not exit; killing it");
+            let _ = sys::kill(self.nspawn.pid, libc::SIGKILL);
+            let _ = sys::waitpid(self.nspawn.pid, 0).map(|reaped| {
+                self.nspawn.status = reaped.map(|(_, status)| status);
+            });
+        }
+        self.nspawn.status.get_or_insert(0);
+    }
+
+    /// Waits up to `grace` for systemd-nspawn to exit and reaps it; returns whether it did.
+    fn nspawn_exits_within(&mut self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
         while self.nspawn.reap().is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::warn!(sandbox = %self.id, pid = self.nspawn.pid, "systemd-nspawn did not exit; killing it");
-                let _ = sys::kill(self.nspawn.pid, libc::SIGKILL);
-                let _ = sys::waitpid(self.nspawn.pid, 0).map(|reaped| {
-                    self.nspawn.status = reaped.map(|(_, status)| status);
-                });
-                break;
+                return false;
             }
             let mut fds = [libc::pollfd {
                 fd: self.nspawn.pidfd.as_raw_fd(),
@@ -475,17 +530,25 @@ impl Container {
             let millis = left.as_millis().clamp(1, 100) as libc::c_int;
             let _ = sys::poll(&mut fds, millis);
         }
-        self.nspawn.status.get_or_insert(0);
+        true
     }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
         if self.nspawn.status.is_none() {
-            if let Some(leader) = self.leader.filter(ProcessRef::is_alive) {
-                let _ = sys::kill(leader.pid, libc::SIGKILL);
-            } else {
-                let _ = sys::kill(self.nspawn.pid, libc::SIGKILL);
+            match self.leader.filter(ProcessRef::is_alive) {
+                // Killing the container's PID 1 ends the container, and systemd-nspawn then
+                // removes its own cgroups and directories before it exits.
+                Some(leader) => {
+                    let _ = sys::kill(leader.pid, libc::SIGKILL);
+                }
+                // Without a known init, as when the init failed, systemd-nspawn exits by
+                // itself and is killed only if it does not.
+                None if self.nspawn_exits_within(UNLED_EXIT_GRACE) => {}
+                None => {
+                    let _ = sys::kill(self.nspawn.pid, libc::SIGKILL);
+                }
             }
             self.wait_for_nspawn();
         }
