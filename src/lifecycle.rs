@@ -277,10 +277,10 @@ impl Engine {
             self.state.recycle(sandbox)?;
             Ok(())
         };
-        // When this process leads the terminal's session, as under `script -c` or a
-        // terminal emulator, its exit sends SIGHUP to its process group, which the child is
-        // still in until its setsid. The child inherits the ignored disposition, and this
-        // process is about to exit anyway.
+        // When this process leads the terminal's session, as under `script -c` or in a
+        // terminal emulator, its exit makes the kernel send SIGHUP to the terminal's
+        // foreground process group, which the child is in until its setsid. The child
+        // inherits the ignored disposition, and this process is about to exit anyway.
         // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         match sys::clone_process(0, None) {

@@ -141,7 +141,7 @@ fn to_cstrings<'a>(values: impl Iterator<Item = &'a OsStr>) -> Result<Vec<CStrin
         .collect()
 }
 
-pub fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error> {
+pub(crate) fn workload_plan(spec: &Spec, landlock_abi: u32) -> Result<workload::Plan, Error> {
     let env = spec.environment(|name| std::env::var_os(name));
     let path = env
         .iter()
