@@ -659,3 +659,49 @@ fn nspawn_rootfs_without_usr_rejected() {
     assert!(message.contains("has no usr/ directory"), "{message}");
     assert!(message.contains(tree_path), "{message}");
 }
+
+#[test]
+fn nspawn_terminal_interrupt_reaches_command() {
+    if !nspawn_installed() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let workspace = Workspace::new(ROOT);
+    // The command's name is put together inside, so that airlock's own command line, which
+    // carries the script, does not contain it.
+    let prefix = format!("airlock-nspawn-{}", std::process::id());
+    let marker = format!("{prefix}-interrupted");
+    // Ctrl-C sends SIGINT to the terminal's foreground process group: here, the group that
+    // airlock leads.
+    let mut child = Command::new(binary())
+        .arg("--state-dir")
+        .arg(state_dir(ROOT))
+        .args(["run", "--backend", "nspawn", "--workspace-mode", "none"])
+        .args([
+            "--",
+            "bash",
+            "-c",
+            "exec -a \"$0-interrupted\" sleep 30",
+            &prefix,
+        ])
+        .current_dir(workspace.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("start airlock run");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_naming(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the command did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // SAFETY: kill takes integers only; the group is the child's, which this test started.
+    let sent = unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    assert_eq!(sent, 0, "cannot signal airlock's process group");
+    let code = super::harness::wait_bounded(&mut child, Duration::from_secs(10), "airlock run");
+    let mut message = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut message).unwrap();
+    assert_eq!(code, 130, "{message}");
+}

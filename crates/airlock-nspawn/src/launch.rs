@@ -91,6 +91,8 @@ struct Child<'a> {
     sources: stage::Sources<'a>,
     /// Sources of descriptors 0 to 5, in order.
     descriptors: [RawFd; 6],
+    /// Whether systemd-nspawn leads a process group of its own.
+    own_process_group: bool,
     report: RawFd,
 }
 
@@ -193,6 +195,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             liveness_read.as_raw_fd(),
         ],
         report: report_write.as_raw_fd(),
+        own_process_group: !spec.tty || hold,
     };
     // The child executes systemd-nspawn; from now on the container's drop cleans up.
     let pid = match sys::fork() {
@@ -369,6 +372,18 @@ fn prepare_child(child: &Child<'_>, installed: &mut bool) -> StepResult<std::con
         sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into());
     }
     step(cgroups::join(&child.cgroups), "join the sandbox's cgroups")?;
+    if child.own_process_group {
+        // A signal from the terminal, such as SIGINT from Ctrl-C, reaches the launcher's
+        // process group, and the launcher forwards it to the container's init. Received by
+        // systemd-nspawn itself, it would kill the container instead. With `-t`,
+        // systemd-nspawn reads the terminal, so it stays in the terminal's foreground group,
+        // and Ctrl-C reaches the container as a byte of its pseudo-terminal.
+        // SAFETY: setpgid takes integers only.
+        let result = unsafe { libc::setpgid(0, 0) };
+        if result == -1 {
+            return Err(("start a process group".into(), io::Error::last_os_error()));
+        }
+    }
     step(sys::unshare(libc::CLONE_NEWNS), "create a mount namespace")?;
     stage::build(child.stage, &child.sources).map_err(|error| (error.step, error.source))?;
     install_descriptors(&child.descriptors)?;
