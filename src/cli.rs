@@ -92,6 +92,9 @@ pub enum Command {
     /// The per-sandbox supervisor, started by create and start.
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
+    /// The init of an nspawn sandbox, started by systemd-nspawn inside the container.
+    #[command(name = "__nspawn-init", hide = true)]
+    NspawnInit,
 }
 
 impl Command {

@@ -26,9 +26,10 @@ use airlock_core::{
     SandboxId, Spec, Stats, WorkspaceMode,
 };
 use airlock_namespace::{error_chain, sys, NamespaceBackend};
+use airlock_nspawn::NspawnBackend;
+use serde_json::{json, Map, Value};
 
 use crate::selection::Selected;
-use serde_json::{json, Map, Value};
 
 /// Environment variable that gives the supervisor the pid of the command that started it.
 pub const SUPERVISOR_PARENT_VARIABLE: &str = "AIRLOCK_SUPERVISOR_PARENT";
@@ -77,6 +78,7 @@ pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
         BackendKind::Namespace => Box::new(NamespaceBackend),
         BackendKind::Chroot => Box::new(ChrootBackend),
+        BackendKind::Nspawn => Box::new(NspawnBackend),
     }
 }
 
@@ -281,6 +283,12 @@ impl Engine {
             self.state.recycle(sandbox)?;
             Ok(())
         };
+        // When this process leads the terminal's session, as under `script -c` or in a
+        // terminal emulator, its exit makes the kernel send SIGHUP to the terminal's
+        // foreground process group, which the child is in until its setsid. The child
+        // inherits the ignored disposition, and this process is about to exit anyway.
+        // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         match sys::clone_process(0, None) {
             Ok(0) => {
                 // Detached from the caller's session and streams, so that neither a signal

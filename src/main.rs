@@ -258,7 +258,9 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
             let json = args.json;
             (args.into_action(), json)
         }
-        Command::Supervise(_) => unreachable!("the supervisor is not an action"),
+        Command::Supervise(_) | Command::NspawnInit => {
+            unreachable!("the supervisor and the nspawn init are not actions")
+        }
         Command::ProbeInside(_) => unreachable!("a probe inside a sandbox is not an action"),
     };
     Ok(Request { action, json })
@@ -268,6 +270,9 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
 /// exit status.
 fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     let state_dir = cli.state_dir.as_deref();
+    if let Command::NspawnInit = &cli.command {
+        airlock_nspawn::init::run();
+    }
     if let Command::Supervise(args) = &cli.command {
         // The process that started this supervisor, whose exit before the handshake ends it.
         let parent = std::env::var(lifecycle::SUPERVISOR_PARENT_VARIABLE)

@@ -7,6 +7,7 @@ mod harness;
 mod host_files;
 mod lifecycle;
 mod limits;
+mod nspawn;
 mod policy;
 mod probe;
 mod real_project;

@@ -100,16 +100,23 @@ pub enum BackendKind {
     /// A chroot in a private mount namespace, with rlimits: root only, and the file tree is
     /// all it isolates.
     Chroot,
+    /// A systemd-nspawn container, started without systemd as PID 1.
+    Nspawn,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 2] = [BackendKind::Namespace, BackendKind::Chroot];
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Namespace,
+        BackendKind::Chroot,
+        BackendKind::Nspawn,
+    ];
 
     /// The name users pass to `--backend`.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Namespace => "namespace",
             BackendKind::Chroot => "chroot",
+            BackendKind::Nspawn => "nspawn",
         }
     }
 }

@@ -75,16 +75,16 @@ impl TreeOptions<'_> {
 }
 
 /// Host directories that make up the read-only system view.
-const HOST_SYSTEM_ENTRIES: [&str; 9] = [
+pub const HOST_SYSTEM_ENTRIES: [&str; 9] = [
     "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt",
 ];
 
 /// Entries of a `--rootfs` tree that the sandbox provides itself.
-const PROVIDED_ENTRIES: [&str; 5] = ["proc", "dev", "sys", "tmp", "workspace"];
+pub const PROVIDED_ENTRIES: [&str; 5] = ["proc", "dev", "sys", "tmp", "workspace"];
 
 /// Host files below /etc that hold secrets: password hashes, sudo rules, Kerberos keys. SSH
 /// host keys (`etc/ssh/ssh_host_*_key`) are found by name.
-const SECRET_FILES: [&str; 7] = [
+pub const SECRET_FILES: [&str; 7] = [
     "etc/shadow",
     "etc/shadow-",
     "etc/gshadow",
@@ -93,7 +93,7 @@ const SECRET_FILES: [&str; 7] = [
     "etc/security/opasswd",
     "etc/krb5.keytab",
 ];
-const SECRET_DIRS: [&str; 2] = ["etc/ssl/private", "etc/sudoers.d"];
+pub const SECRET_DIRS: [&str; 2] = ["etc/ssl/private", "etc/sudoers.d"];
 
 /// Files of /proc that expose host kernel memory, keys, timers or page and allocator state,
 /// hidden behind /dev/null.

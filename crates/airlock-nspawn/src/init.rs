@@ -1,0 +1,323 @@
+//! The container's PID 1: the Airlock binary, bound read-only at /.airlock/airlock and
+//! started by systemd-nspawn as its payload. It reads its plan from the launcher, mounts an
+//! overlay workspace, reports that the container is ready, and then either starts the command
+//! or stays idle for `airlock exec`.
+//!
+//! Its channels to the launcher come through systemd-nspawn's socket-activation passing
+//! (`LISTEN_FDS`): descriptor 3 carries the plan and then the launcher's go-ahead,
+//! descriptor 4 takes the reports, in the
+//! namespace backend's report format, and descriptor 5 reaches end of file when the
+//! launcher is gone. systemd-nspawn killed with SIGKILL leaves its container running, so
+//! the init ends the container itself when the launcher dies. The plan travels on a pipe rather than on the command
+//! line, because `--env` values may be secrets and a command line is readable by every user
+//! of the host.
+//!
+//! The command's process sheds every privilege exactly as the namespace backend's command
+//! does, with [`airlock_namespace::workload::run`]: systemd-nspawn leaves the init 27
+//! capabilities of its user namespace, which the init itself needs to mount the overlay.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use airlock_namespace::init::FORWARDED_SIGNALS;
+use airlock_namespace::report::Report;
+use airlock_namespace::workload::{self, Stdio};
+use airlock_namespace::{seccomp, sys};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{AIRLOCK_DIR, OVERLAY_LAYERS, OVERLAY_LOWER};
+
+/// The descriptor the plan arrives on.
+pub const PLAN_FD: RawFd = 3;
+/// The descriptor the reports leave on.
+pub const REPORT_FD: RawFd = 4;
+/// Read end of a pipe whose write end only the launcher holds.
+pub const LIVENESS_FD: RawFd = 5;
+
+/// The launcher's instructions to the init.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// The command; empty for a held sandbox.
+    pub argv: Vec<OsString>,
+    /// The command's whole environment.
+    pub env: Vec<(String, OsString)>,
+    /// Mount an overlay on /workspace from the layers systemd-nspawn bound.
+    pub overlay: bool,
+    /// Apply Landlock to the command.
+    pub landlock: bool,
+    /// The process limit, set as RLIMIT_NPROC when `nproc_fallback` is set.
+    pub pids: u64,
+    pub nproc_fallback: bool,
+}
+
+type StepResult<T> = Result<T, (&'static str, io::Error)>;
+
+fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
+    result.map_err(|source| (name, source))
+}
+
+/// Runs as the container's PID 1; never returns.
+pub fn run() -> ! {
+    match set_up() {
+        Ok(plan) if plan.argv.is_empty() => hold(),
+        Ok(plan) => start_and_supervise(&plan),
+        Err((step, source)) => fail(step, source),
+    }
+}
+
+fn set_up() -> StepResult<Plan> {
+    let plan = read_plan()?;
+    if plan.overlay {
+        mount_overlay()?;
+    }
+    hide_airlock_dir()?;
+    step(
+        sys::chdir(Path::new(airlock_core::spec::SANDBOX_WORKSPACE)),
+        "change directory to /workspace",
+    )?;
+    Report::Ready.send(REPORT_FD);
+    wait_for_launcher()?;
+    Ok(plan)
+}
+
+/// Reads the plan, one line of JSON. The launcher writes nothing more until it has read
+/// the ready report, so no read takes bytes past the line.
+fn read_plan() -> StepResult<Plan> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !bytes.ends_with(b"\n") {
+        match step(sys::read(PLAN_FD, &mut chunk), "read the plan")? {
+            0 => exit_without_launcher(),
+            read => bytes.extend_from_slice(&chunk[..read]),
+        }
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(io::Error::other)
+        .map_err(|source| ("parse the plan", source))
+}
+
+/// Waits until the launcher has found this process's host pid, which signals and the
+/// timeout go to, so that none is sent before the command starts.
+fn wait_for_launcher() -> StepResult<()> {
+    let mut byte = [0u8; 1];
+    match step(sys::read(PLAN_FD, &mut byte), "wait for the launcher")? {
+        0 => exit_without_launcher(),
+        _ => {
+            // SAFETY: the plan descriptor is this process's own, and nothing uses it
+            // afterwards.
+            unsafe { libc::close(PLAN_FD) };
+            Ok(())
+        }
+    }
+}
+
+/// Ends the container when the launcher closed the plan pipe early: it is gone, or it
+/// gave up on the container.
+fn exit_without_launcher() -> ! {
+    sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+}
+
+/// Mounts the copy-on-write workspace. Root of the container's user namespace may mount an
+/// overlay in the mount namespace it owns. Its layers are ID-mapped binds, so what the
+/// command writes belongs to the owner of the layers directory on the host, root.
+fn mount_overlay() -> StepResult<()> {
+    let options = format!(
+        "lowerdir={OVERLAY_LOWER},upperdir={OVERLAY_LAYERS}/upper,workdir={OVERLAY_LAYERS}/work"
+    );
+    let workspace = Path::new(airlock_core::spec::SANDBOX_WORKSPACE);
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    step(
+        sys::mount(
+            Some(Path::new("overlay")),
+            workspace,
+            Some("overlay"),
+            flags,
+            Some(&options),
+        ),
+        "mount the workspace overlay",
+    )
+}
+
+/// Covers /.airlock, the Airlock binary and the overlay's layers, with an empty read-only
+/// tmpfs. Their mounts are locked, because systemd-nspawn made them, so they cannot be
+/// unmounted. This process keeps running from the covered binary.
+fn hide_airlock_dir() -> StepResult<()> {
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    step(
+        sys::mount(
+            Some(Path::new("tmpfs")),
+            Path::new(AIRLOCK_DIR),
+            Some("tmpfs"),
+            flags,
+            Some("mode=0555,size=4k"),
+        ),
+        "hide /.airlock",
+    )
+}
+
+fn to_cstring(bytes: &[u8]) -> StepResult<CString> {
+    CString::new(bytes).map_err(|_| ("read the plan", io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+/// Builds the command's process plan from the launcher's plan.
+fn workload_plan(plan: &Plan) -> StepResult<workload::Plan> {
+    let argv = plan
+        .argv
+        .iter()
+        .map(|arg| to_cstring(arg.as_bytes()))
+        .collect::<StepResult<Vec<_>>>()?;
+    let env = plan
+        .env
+        .iter()
+        .map(|(key, value)| to_cstring(&[key.as_bytes(), b"=", value.as_bytes()].concat()))
+        .collect::<StepResult<Vec<_>>>()?;
+    let path = plan
+        .env
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "PATH")
+        .map(|(_, value)| workload::search_path(value.as_bytes()))
+        .unwrap_or_default();
+    Ok(workload::Plan {
+        argv,
+        env,
+        path,
+        seccomp: seccomp::build(),
+        landlock: plan.landlock,
+        pids: plan.pids,
+    })
+}
+
+/// Blocks `signals` and returns a signalfd that receives them.
+fn receive_signals(signals: &[libc::c_int]) -> OwnedFd {
+    let set = sys::sigset(signals);
+    if let Err(source) = sys::set_signal_mask(libc::SIG_BLOCK, &set) {
+        fail("block signals", source);
+    }
+    match sys::signalfd(&set) {
+        Ok(fd) => fd,
+        Err(source) => fail("create a signalfd", source),
+    }
+}
+
+/// Waits until a signal arrives or the launcher is gone; in that case, kills every process
+/// of the container and exits, which ends the container.
+fn wait_for_signal(signals: &OwnedFd) -> Option<libc::c_int> {
+    let watch = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [watch(signals.as_raw_fd()), watch(LIVENESS_FD)];
+    if sys::poll(&mut fds, -1).is_err() {
+        return None;
+    }
+    if fds[1].revents != 0 {
+        let _ = sys::kill(-1, libc::SIGKILL);
+        sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+    }
+    sys::read_signalfd(signals).ok().flatten()
+}
+
+fn start_and_supervise(plan: &Plan) -> ! {
+    let workload_plan = match workload_plan(plan) {
+        Ok(workload_plan) => workload_plan,
+        Err((step, source)) => fail(step, source),
+    };
+    let mut watched = FORWARDED_SIGNALS.to_vec();
+    watched.push(libc::SIGCHLD);
+    let signals = receive_signals(&watched);
+    let workload_pid = match sys::fork() {
+        Ok(0) => workload::run(
+            &workload_plan,
+            &Stdio::Fds([0, 1, 2]),
+            REPORT_FD,
+            plan.nproc_fallback,
+        ),
+        Ok(pid) => pid,
+        Err(source) => fail("start the command", source),
+    };
+    release_stdio();
+    // The init keeps no privilege the command could borrow: not dumpable, so ptrace and
+    // /proc/1/mem are closed to it, and no capabilities.
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::clear_capabilities();
+    supervise(workload_pid, &signals)
+}
+
+/// Forwards signals to the command's process group and reaps orphans. When the command
+/// exits, kills every process left in the container and reports how the command ended.
+fn supervise(workload: libc::pid_t, signals: &OwnedFd) -> ! {
+    loop {
+        let Some(signal) = wait_for_signal(signals) else {
+            continue;
+        };
+        if signal != libc::SIGCHLD {
+            if sys::kill(-workload, signal).is_err() {
+                let _ = sys::kill(workload, signal);
+            }
+            continue;
+        }
+        while let Ok(Some((pid, status))) = sys::waitpid(-1, libc::WNOHANG) {
+            if pid == workload {
+                finish(status);
+            }
+        }
+    }
+}
+
+fn finish(status: libc::c_int) -> ! {
+    let _ = sys::kill(-1, libc::SIGKILL);
+    while sys::waitpid(-1, 0).is_ok() {}
+    Report::Usage {
+        max_rss: sys::children_max_rss(),
+    }
+    .send(REPORT_FD);
+    let report = if libc::WIFSIGNALED(status) {
+        Report::Signaled {
+            signal: libc::WTERMSIG(status),
+        }
+    } else {
+        Report::Exited {
+            code: libc::WEXITSTATUS(status),
+        }
+    };
+    report.send(REPORT_FD);
+    sys::exit_now(0)
+}
+
+/// Keeps the container alive without a command and reaps the processes that `airlock exec`
+/// leaves behind. The supervisor ends it with SIGKILL, which ends the container.
+fn hold() -> ! {
+    let signals = receive_signals(&[libc::SIGCHLD]);
+    release_stdio();
+    // SAFETY: the report descriptor is this process's own, and nothing uses it afterwards.
+    unsafe { libc::close(REPORT_FD) };
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let _ = sys::clear_capabilities();
+    loop {
+        wait_for_signal(&signals);
+        while let Ok(Some(_)) = sys::waitpid(-1, libc::WNOHANG) {}
+    }
+}
+
+fn fail(step: &str, source: io::Error) -> ! {
+    Report::SetupFailed {
+        step: step.to_owned(),
+        error: source.to_string(),
+    }
+    .send(REPORT_FD);
+    sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+}
+
+/// Points 0, 1 and 2 at /dev/null, so the init keeps no end of the command's streams open.
+fn release_stdio() {
+    if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
+        for fd in 0..3 {
+            let _ = sys::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
