@@ -7,7 +7,7 @@
 //! takes every process of the sandbox with it, and removes the cgroup.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -141,52 +141,66 @@ impl HeldSandbox for Held {
         deadline: Option<Instant>,
         limit_hit: &mut dyn FnMut(EndReason),
     ) -> io::Result<HeldEnd> {
+        let pidfd = self.launched.sandbox.pidfd.as_raw_fd();
         loop {
             if self.launched.sandbox.reap().is_some() {
                 return Ok(HeldEnd::Exited);
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|deadline| now >= deadline) {
-                return Ok(HeldEnd::Expired);
-            }
-            self.check_limits(limit_hit);
-            let mut timeout = LIMIT_CHECK_INTERVAL;
-            if let Some(deadline) = deadline {
-                timeout = timeout.min(deadline.saturating_duration_since(now));
-            }
-            let watch = |fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let mut fds = [
-                watch(self.launched.sandbox.pidfd.as_raw_fd()),
-                watch(self.launched.signals.as_raw_fd()),
-            ];
-            let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-            sys::poll(&mut fds, millis)?;
-            if fds[1].revents != 0 {
-                if let Some(signal) = sys::read_signalfd(&self.launched.signals)? {
-                    return Ok(HeldEnd::Signal(signal));
-                }
+            let cgroup = self.launched.sandbox.cgroup.as_ref();
+            report_new_limit(cgroup, &mut self.reported, limit_hit);
+            if let Some(end) = wait_step(pidfd, &self.launched.signals, deadline)? {
+                return Ok(end);
             }
         }
     }
 }
 
-impl Held {
-    fn check_limits(&mut self, limit_hit: &mut dyn FnMut(EndReason)) {
-        let Some(cgroup) = &self.launched.sandbox.cgroup else {
-            return;
-        };
-        let Some(reason) = cgroup.limit_hit() else {
-            return;
-        };
-        if !self.reported.contains(&reason) {
-            self.reported.push(reason);
-            limit_hit(reason);
+/// Calls `limit_hit` for a limit of `cgroup` that its processes ran into, unless it is in
+/// `reported` already, so each limit is reported once.
+pub fn report_new_limit(
+    cgroup: Option<&Cgroup>,
+    reported: &mut Vec<EndReason>,
+    limit_hit: &mut dyn FnMut(EndReason),
+) {
+    let Some(reason) = cgroup.and_then(Cgroup::limit_hit) else {
+        return;
+    };
+    if !reported.contains(&reason) {
+        reported.push(reason);
+        limit_hit(reason);
+    }
+}
+
+/// Waits until the process of `pidfd` ends, the signalfd `signals` has a signal, `deadline`
+/// passes, or the limit check interval is over. Returns why the held sandbox's wait ends, or
+/// `None` to check again.
+pub fn wait_step(
+    pidfd: RawFd,
+    signals: &OwnedFd,
+    deadline: Option<Instant>,
+) -> io::Result<Option<HeldEnd>> {
+    let now = Instant::now();
+    if deadline.is_some_and(|deadline| now >= deadline) {
+        return Ok(Some(HeldEnd::Expired));
+    }
+    let mut timeout = LIMIT_CHECK_INTERVAL;
+    if let Some(deadline) = deadline {
+        timeout = timeout.min(deadline.saturating_duration_since(now));
+    }
+    let watch = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [watch(pidfd), watch(signals.as_raw_fd())];
+    let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    sys::poll(&mut fds, millis)?;
+    if fds[1].revents != 0 {
+        if let Some(signal) = sys::read_signalfd(signals)? {
+            return Ok(Some(HeldEnd::Signal(signal)));
         }
     }
+    Ok(None)
 }
 
 /// Reads what the running sandbox uses: the cgroup's memory counter where there is one, else

@@ -12,14 +12,11 @@ use std::time::{Duration, Instant};
 use airlock_core::state::ProcessRef;
 use airlock_core::{EndReason, HeldEnd, HeldSandbox, RunOptions, SandboxId, Spec};
 use airlock_namespace::init::JOINED_NAMESPACES;
-use airlock_namespace::sys;
+use airlock_namespace::{held, sys};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::launch::{self, Container};
-
-/// How often the supervisor checks the cgroup for a limit that was hit.
-const LIMIT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Facts about a running held container that later commands need, stored in its record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,50 +112,16 @@ impl HeldSandbox for Held {
         deadline: Option<Instant>,
         limit_hit: &mut dyn FnMut(EndReason),
     ) -> io::Result<HeldEnd> {
+        let pidfd = self.container.nspawn.pidfd.as_raw_fd();
         loop {
             if self.container.nspawn.reap().is_some() {
                 return Ok(HeldEnd::Exited);
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|deadline| now >= deadline) {
-                return Ok(HeldEnd::Expired);
+            let cgroup = self.container.cgroups.limits.as_ref();
+            held::report_new_limit(cgroup, &mut self.reported, limit_hit);
+            if let Some(end) = held::wait_step(pidfd, &self.container.signals, deadline)? {
+                return Ok(end);
             }
-            self.check_limits(limit_hit);
-            let mut timeout = LIMIT_CHECK_INTERVAL;
-            if let Some(deadline) = deadline {
-                timeout = timeout.min(deadline.saturating_duration_since(now));
-            }
-            let watch = |fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let mut fds = [
-                watch(self.container.nspawn.pidfd.as_raw_fd()),
-                watch(self.container.signals.as_raw_fd()),
-            ];
-            let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-            sys::poll(&mut fds, millis)?;
-            if fds[1].revents != 0 {
-                if let Some(signal) = sys::read_signalfd(&self.container.signals)? {
-                    return Ok(HeldEnd::Signal(signal));
-                }
-            }
-        }
-    }
-}
-
-impl Held {
-    fn check_limits(&mut self, limit_hit: &mut dyn FnMut(EndReason)) {
-        let Some(cgroup) = &self.container.cgroups.limits else {
-            return;
-        };
-        let Some(reason) = cgroup.limit_hit() else {
-            return;
-        };
-        if !self.reported.contains(&reason) {
-            self.reported.push(reason);
-            limit_hit(reason);
         }
     }
 }
