@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Start-up overhead of each Airlock backend over the plain tool it wraps, measured in one
-# hyperfine run: Airlock's chroot backend against chroot(8), its nspawn backend against
-# systemd-nspawn, and its namespace backend against bubblewrap. Each pair starts /bin/true
-# from the same Debian root filesystem, so the difference is Airlock's own work: its state
-# directory, workspace, limits, seccomp, Landlock and audit log.
+# Start-up overhead of Airlock's process-level backends over the plain tool each wraps,
+# measured in one hyperfine run: the chroot backend against chroot(8), and the namespace
+# backend against bubblewrap. Each pair starts /bin/true from the same Debian root
+# filesystem, so the difference is Airlock's own work: its state directory, workspace,
+# limits, seccomp, Landlock and audit log. bench/nspawn.sh does the same for the nspawn
+# backend against systemd-nspawn, which needs a cgroup of its own.
 #
 # Usage: bench/backends.sh [--rootfs DIR] [--warmup N] [--runs N] [--results DIR]
 #
@@ -13,8 +14,8 @@
 #   --runs N        timed runs per command (default 100).
 #   --results DIR   copy hyperfine's JSON and Markdown exports and the summary there.
 #
-# Needs root, cargo, and the Debian packages hyperfine, bubblewrap, jq, coreutils and
-# systemd-container. Every temporary directory it makes is removed on exit.
+# Needs root, cargo, and the Debian packages hyperfine, bubblewrap, jq and coreutils. Every
+# temporary directory it makes is removed on exit.
 
 set -euo pipefail
 
@@ -47,7 +48,7 @@ for number in "$warmup" "$runs"; do
     fi
 done
 if ((EUID != 0)); then
-    echo "backends.sh: run it as root: the chroot and nspawn backends need root" >&2
+    echo "backends.sh: run it as root: the chroot backend needs root" >&2
     exit 1
 fi
 if ! [[ -x $rootfs/bin/true ]]; then
@@ -57,12 +58,12 @@ if ! [[ -x $rootfs/bin/true ]]; then
     exit 1
 fi
 missing=()
-for tool in cargo hyperfine bwrap jq chroot systemd-nspawn; do
+for tool in cargo hyperfine bwrap jq chroot; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
     echo "backends.sh: missing tools: ${missing[*]}" >&2
-    echo "Install them with: apt-get install hyperfine bubblewrap jq coreutils systemd-container" >&2
+    echo "Install them with: apt-get install hyperfine bubblewrap jq coreutils" >&2
     exit 1
 fi
 
@@ -80,18 +81,11 @@ airlock=$(cd "$repo" && cargo build --release --message-format=json-render-diagn
         and .executable != null) | .executable')
 
 echo "== Machine"
-echo "kernel:         $(uname -r)"
-echo "cpus:           $(nproc)"
-echo "systemd-nspawn: $(systemd-nspawn --version | head -n1)"
-echo "bubblewrap:     $(bwrap --version)"
-echo "airlock:        $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-echo "rootfs:         $rootfs"
-
-# systemd-nspawn keeps its runtime state here; without systemd as PID 1 it must be a tmpfs.
-if ! mountpoint -q /run/systemd/nspawn; then
-    mkdir -p /run/systemd/nspawn
-    mount -t tmpfs tmpfs /run/systemd/nspawn
-fi
+echo "kernel:     $(uname -r)"
+echo "cpus:       $(nproc)"
+echo "bubblewrap: $(bwrap --version)"
+echo "airlock:    $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "rootfs:     $rootfs"
 
 # Prints the bubblewrap command that starts /bin/true with the root filesystem's /usr and /etc
 # read-only on bubblewrap's own tmpfs root, the rest of its top level as the tree has it.
@@ -114,14 +108,11 @@ bwrap_command() {
 # Pairs of (name, command): the plain tool first, then Airlock's backend.
 names=(
     chroot airlock-chroot
-    systemd-nspawn airlock-nspawn
     bwrap airlock-namespace
 )
 commands=(
     "chroot --userspec=65534:65534 $rootfs /bin/true"
     "$airlock run --backend chroot --rootfs $rootfs -- /bin/true"
-    "systemd-nspawn --quiet --register=no --private-network --read-only -D $rootfs /bin/true"
-    "$airlock run --backend nspawn --rootfs $rootfs -- /bin/true"
     "$(bwrap_command)"
     "$airlock run --backend namespace --rootfs $rootfs -- /bin/true"
 )
