@@ -144,6 +144,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     };
 
     // The child's inputs, prepared before the fork.
+    let entry = cgroups.entry()?;
     let root = stage_dir.path.join("root");
     let staged_workspace = stage_dir.path.join("workspace");
     let staged_layers = stage_dir.path.join("layers");
@@ -178,7 +179,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         binary: cstring(binary.clone())?,
         arguments: nspawn_arguments(&invocation)?,
         environment: nspawn_environment(spec.tty)?,
-        cgroups: cgroups.join_files()?,
+        cgroups: entry.join,
         stage: &stage_dir.path,
         sources: stage::Sources {
             rootfs: &spec.rootfs,
@@ -198,7 +199,8 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         own_process_group: !spec.tty || hold,
     };
     // The child executes systemd-nspawn; from now on the container's drop cleans up.
-    let pid = match sys::fork() {
+    let fork_into = entry.fork_into.as_ref().map(AsRawFd::as_raw_fd);
+    let pid = match sys::clone_process(0, fork_into) {
         Ok(0) => exec_nspawn(&child),
         Ok(pid) => pid,
         Err(source) => return Err(Error::Spawn(source)),
