@@ -3,7 +3,7 @@
 
 use airlock_core::enforcement::rule;
 use airlock_core::risk::{self, Candidate, SelectionError};
-use airlock_core::{BackendKind, BackendRequest, RiskLevel, Spec, Status};
+use airlock_core::{BackendKind, BackendRequest, RiskLevel, Spec, Status, Unavailable};
 use serde_json::{json, Value};
 
 use crate::lifecycle;
@@ -66,7 +66,18 @@ pub fn select(request: BackendRequest, spec: &Spec) -> Result<Selected, Selectio
     let Some(level) = request.risk else {
         return Ok(Selected::named(request.backend.unwrap_or_default()));
     };
-    let candidates = candidates(spec);
+    let mut candidates = candidates(spec);
+    if !spec.allow_weaker {
+        // A backend that would reject the spec is no choice for a risk level.
+        for (candidate, kind) in candidates.iter_mut().zip(BackendKind::ALL) {
+            if let (Ok(()), Some(unmet)) = (&candidate.availability, unmet_rules(kind, spec)) {
+                candidate.availability = Err(Unavailable {
+                    reason: format!("it cannot enforce what the spec requires: {unmet}"),
+                    fix: "pass --allow-weaker to accept weaker isolation".into(),
+                });
+            }
+        }
+    }
     let named = request.backend.map(index_of);
     let chosen = risk::select(named, Some(level), &candidates)?;
     Ok(Selected {
@@ -74,6 +85,17 @@ pub fn select(request: BackendRequest, spec: &Spec) -> Result<Selected, Selectio
         risk: chosen.risk,
         explanation: chosen.explanation,
     })
+}
+
+/// Lists the rules the spec requires that backend `kind` would not enforce in full here, or
+/// returns `None` when it enforces them all.
+fn unmet_rules(kind: BackendKind, spec: &Spec) -> Option<String> {
+    let enforcement = lifecycle::backend(kind).assess(spec);
+    let unmet: Vec<&str> = enforcement
+        .unmet()
+        .map(|protection| protection.rule.as_str())
+        .collect();
+    (!unmet.is_empty()).then(|| unmet.join(", "))
 }
 
 /// Returns the position of `kind` in [`BackendKind::ALL`].

@@ -125,7 +125,8 @@ fn chroot_default_user_writes_only_workspace_and_tmp() {
 #[test]
 fn chroot_user_root_runs_as_root() {
     let workspace = Workspace::new(ROOT);
-    let output = run_sh(workspace.path(), &["--user", "root"], "id -u; id -g");
+    let root = ["--user", "root", "--allow-weaker"];
+    let output = run_sh(workspace.path(), &root, "id -u; id -g");
     assert!(output.status.success(), "{}", describe(&output));
     assert_eq!(stdout(&output), "0\n0\n");
     let numeric = run_sh(workspace.path(), &["--user", "4242:4343"], "id -u; id -g");
@@ -140,7 +141,7 @@ fn chroot_host_shadow_hidden_from_root_and_nobody() {
     for user in ["root", "65534"] {
         let output = run_sh(
             workspace.path(),
-            &["--user", user],
+            &["--user", user, "--allow-weaker"],
             "cat /etc/shadow /etc/gshadow 2>/dev/null | wc -c",
         );
         assert!(output.status.success(), "{user}: {}", describe(&output));
@@ -190,7 +191,11 @@ fn chroot_workspace_modes() {
 #[test]
 fn chroot_create_exec_cp_diff_apply_rm() {
     let workspace = Workspace::new(ROOT);
-    let id = create(workspace.path(), &["--name", "chroot-life"]);
+    // --allow-weaker accepts the exec as host root below.
+    let id = create(
+        workspace.path(),
+        &["--name", "chroot-life", "--allow-weaker"],
+    );
     let listed = status_of(workspace.path(), &id).expect("listed");
     assert_eq!(listed["backend"], "chroot", "{listed}");
     assert_eq!(listed["status"], "running", "{listed}");
@@ -428,4 +433,55 @@ fn chroot_runs_in_a_debian_rootfs() {
     );
     assert!(output.status.success(), "{}", describe(&output));
     assert_eq!(stdout(&output), "bookworm\n65534\n/workspace\n");
+}
+
+#[test]
+fn chroot_host_root_needs_allow_weaker() {
+    let workspace = Workspace::new(ROOT);
+    let output = run_sh(workspace.path(), &["--user", "root"], "id -u");
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert_eq!(
+        stdout(&output),
+        "",
+        "the command ran: {}",
+        describe(&output)
+    );
+    assert!(
+        stderr(&output).contains("--allow-weaker"),
+        "{}",
+        describe(&output)
+    );
+
+    let id = create(workspace.path(), &[]);
+    let exec = run(
+        ROOT,
+        &["exec", "--user", "root", &id, "--", "id", "-u"],
+        workspace.path(),
+    );
+    assert_eq!(exec.status.code(), Some(125), "{}", describe(&exec));
+    assert!(
+        stderr(&exec).contains("--allow-weaker"),
+        "{}",
+        describe(&exec)
+    );
+    let removed = run(ROOT, &["rm", "--force", &id], workspace.path());
+    assert!(removed.status.success(), "{}", describe(&removed));
+}
+
+#[test]
+fn chroot_command_cannot_plant_setuid_files_on_host() {
+    let workspace = Workspace::new(ROOT);
+    let script = "cp /bin/true planted; chmod 4755 planted; chmod 2755 planted; \
+                  install -m 4755 /bin/true installed; \
+                  python3 -c 'import os; os.close(os.open(\"opened\", os.O_CREAT | os.O_WRONLY, 0o4755))'; \
+                  true";
+    let output = run_sh(workspace.path(), &["--workspace-mode", "bind"], script);
+    assert!(output.status.success(), "{}", describe(&output));
+    for name in ["planted", "installed", "opened"] {
+        let Ok(metadata) = fs::metadata(workspace.path().join(name)) else {
+            continue;
+        };
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+        assert_eq!(mode & 0o6000, 0, "{name} has mode {mode:o} on the host");
+    }
 }

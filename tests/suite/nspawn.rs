@@ -705,3 +705,31 @@ fn nspawn_terminal_interrupt_reaches_command() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut message).unwrap();
     assert_eq!(code, 130, "{message}");
 }
+
+#[test]
+fn nspawn_overlay_removes_and_renames_host_directories() {
+    if !nspawn_installed() {
+        return;
+    }
+    let workspace = Workspace::new(ROOT);
+    fs::create_dir_all(workspace.path().join("old/sub")).unwrap();
+    fs::write(workspace.path().join("old/sub/file"), "x").unwrap();
+    fs::create_dir(workspace.path().join("src")).unwrap();
+    fs::write(workspace.path().join("src/a"), "a").unwrap();
+    let output = nspawn_sh(
+        workspace.path(),
+        &[],
+        "rm -rf old && mv src moved && mkdir old && ls old moved",
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(
+        stdout(&output),
+        "moved:\na\n\nold:\n",
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        workspace.path().join("old/sub/file").exists(),
+        "an overlay change reached the host"
+    );
+}

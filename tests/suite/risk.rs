@@ -303,3 +303,22 @@ fn spec_file_risk_picks_backend() {
         describe(&output)
     );
 }
+
+#[test]
+fn risk_skips_backend_that_would_reject_the_spec() {
+    // As root, low picks chroot, whose rlimits cannot enforce a requested memory limit and
+    // whose root is host root; both specs must go to the next lightest backend instead.
+    let workspace = Workspace::new(Caller::Root);
+    for extra in [["--memory", "1G"], ["--user", "root"]] {
+        let mut args = vec!["run", "--risk", "low"];
+        args.extend_from_slice(&extra);
+        args.extend_from_slice(&["--", "true"]);
+        let output = run(Caller::Root, &args, workspace.path());
+        assert!(output.status.success(), "{extra:?}: {}", describe(&output));
+        assert!(
+            stderr(&output).contains("using the namespace backend"),
+            "{extra:?}: {}",
+            describe(&output)
+        );
+    }
+}

@@ -103,6 +103,11 @@ fn prepare(plan: &Plan, stdio: &Stdio) -> Result<(), StepError> {
     set_rlimits(plan).step("set resource limits")?;
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).step("set no_new_privs")?;
     crate::sys::become_user(plan.user).step("change to the sandbox's user")?;
+    // The workspace's files belong to their host owner, so a setuid bit set here would make
+    // a program that runs as that owner on the host.
+    airlock_namespace::seccomp::build_setid_guard()
+        .install()
+        .step("install the seccomp filter against setuid files")?;
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .step("ask to be killed with the parent")
 }

@@ -12,6 +12,8 @@ pub enum Error {
     Unavailable(Unavailable),
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
+    #[error("exec --user root in a chroot sandbox would run as root on the host, which can leave the chroot; omit --user, or create the sandbox with --user root --allow-weaker to accept that")]
+    RootExecNotAccepted,
     #[error("the sandbox cannot enforce what the spec requires: {unmet}; use --backend namespace, which enforces limits with cgroups, or pass --allow-weaker to run with weaker isolation")]
     WeakerThanRequired { unmet: String },
     #[error("argument or environment value {0:?} contains a NUL byte, which a command line cannot carry")]

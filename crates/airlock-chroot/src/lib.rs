@@ -104,6 +104,10 @@ impl Backend for ChrootBackend {
         command: &ExecCommand,
         options: &RunOptions,
     ) -> Result<Finished, BackendError> {
+        // Creating a sandbox with --user root needs --allow-weaker, and so does an exec as root.
+        if command.user.is_some_and(|user| user.uid == 0) && !spec.allow_weaker {
+            return Err(Error::RootExecNotAccepted.into());
+        }
         let runtime = runtime_of(runtime)?;
         Ok(join::exec(id, spec, &runtime, command, options)?)
     }

@@ -116,11 +116,15 @@ fn push_privileges(enforcement: &mut Enforcement, root: bool) {
         // file capability gives the command root or a capability back.
         (Status::Enforced, Status::Enforced)
     };
-    enforcement.push(rule::USER, user, false);
+    // Root inside a chroot is root on the host: the caller must accept that explicitly.
+    enforcement.push(rule::USER, user, root);
     enforcement.push(rule::CAPABILITIES, capabilities, false);
     enforcement.push(rule::NO_NEW_PRIVS, Status::Enforced, false);
-    let seccomp = format!("this backend installs no seccomp filter; {USE_NAMESPACE}");
-    enforcement.push(rule::SECCOMP, Status::Unsupported(seccomp), false);
+    let seccomp = format!(
+        "the filter only keeps setuid and setgid bits off files; mount, chroot, ptrace and \
+         new namespaces are allowed as on the host; {USE_NAMESPACE}"
+    );
+    enforcement.push(rule::SECCOMP, Status::Partial(seccomp), false);
     let landlock = format!("this backend applies no Landlock rules; {USE_NAMESPACE}");
     enforcement.push(rule::LANDLOCK, Status::Unsupported(landlock), false);
 }

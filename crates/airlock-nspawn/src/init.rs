@@ -122,10 +122,13 @@ fn exit_without_launcher() -> ! {
 
 /// Mounts the copy-on-write workspace. Root of the container's user namespace may mount an
 /// overlay in the mount namespace it owns. Its layers are ID-mapped binds, so what the
-/// command writes belongs to the owner of the layers directory on the host, root.
+/// command writes belongs to the owner of the layers directory on the host, root. In a user
+/// namespace overlayfs cannot set its trusted.* markers (of an opaque or renamed directory),
+/// so `userxattr` keeps them in user.* xattrs, which is also where `airlock diff` reads them.
 fn mount_overlay() -> StepResult<()> {
     let options = format!(
-        "lowerdir={OVERLAY_LOWER},upperdir={OVERLAY_LAYERS}/upper,workdir={OVERLAY_LAYERS}/work"
+        "lowerdir={OVERLAY_LOWER},upperdir={OVERLAY_LAYERS}/upper,workdir={OVERLAY_LAYERS}/work,\
+         userxattr"
     );
     let workspace = Path::new(airlock_core::spec::SANDBOX_WORKSPACE);
     let flags = libc::MS_NOSUID | libc::MS_NODEV;

@@ -575,8 +575,55 @@ impl Drop for Container {
 }
 
 /// Finds the container's init: the process whose pid in its own namespace is 1 and whose
-/// parent is systemd-nspawn or a child of it, which clones the container.
+/// parent is systemd-nspawn or a child of it, which clones the container. It looks at those
+/// children through the kernel's lists of each thread's children, and searches every process
+/// only where the kernel keeps no such list.
 fn find_leader(nspawn: libc::pid_t) -> Option<ProcessRef> {
+    let Some(children) = children_of(nspawn) else {
+        return search_leader(nspawn);
+    };
+    let grandchildren = children
+        .iter()
+        .flat_map(|&child| children_of(child).unwrap_or_default());
+    children
+        .iter()
+        .copied()
+        .chain(grandchildren)
+        .find(|&pid| is_namespace_init(pid))
+        .and_then(ProcessRef::of)
+}
+
+/// Returns the children of every thread of process `pid`, or `None` where the kernel has no
+/// `children` files.
+fn children_of(pid: libc::pid_t) -> Option<Vec<libc::pid_t>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        let listed = match std::fs::read_to_string(&path) {
+            Ok(listed) => listed,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(_) => continue,
+        };
+        children.extend(
+            listed
+                .split_whitespace()
+                .filter_map(|pid| pid.parse::<libc::pid_t>().ok()),
+        );
+    }
+    Some(children)
+}
+
+/// Returns whether process `pid` is PID 1 of a PID namespace below this one.
+fn is_namespace_init(pid: libc::pid_t) -> bool {
+    status_field(pid, "NSpid:").is_some_and(|nspid| {
+        let levels: Vec<&str> = nspid.split_whitespace().collect();
+        levels.len() >= 2 && levels.last() == Some(&"1")
+    })
+}
+
+/// Finds the container's init by reading the status of every process.
+fn search_leader(nspawn: libc::pid_t) -> Option<ProcessRef> {
     let parent_of = |pid: i32| status_field(pid, "PPid:")?.parse::<i32>().ok();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -586,11 +633,7 @@ fn find_leader(nspawn: libc::pid_t) -> Option<ProcessRef> {
         else {
             continue;
         };
-        let Some(nspid) = status_field(pid, "NSpid:") else {
-            continue;
-        };
-        let levels: Vec<&str> = nspid.split_whitespace().collect();
-        if levels.len() < 2 || levels.last() != Some(&"1") {
+        if !is_namespace_init(pid) {
             continue;
         }
         let parent = parent_of(pid);

@@ -224,6 +224,57 @@ pub fn build() -> Program {
     asm.finish()
 }
 
+/// Builds the filter of a backend that keeps the host's other system calls: it only keeps
+/// setuid and setgid bits off the files a command creates or changes, which a backend whose
+/// workspace is bound from the host needs, so that a command cannot leave a setuid file
+/// that runs with its owner's host privileges.
+///
+/// ```text
+/// arch != x86-64 or nr has the x32 bit            -> kill
+/// nr is openat2                                   -> ENOSYS
+/// nr sets a file mode with the setuid/setgid bit  -> EPERM
+/// anything else                                   -> allow
+/// ```
+pub fn build_setid_guard() -> Program {
+    let mut asm = Assembler::default();
+    asm.load(OFFSET_ARCH)
+        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
+        .load(OFFSET_NR)
+        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next)
+        .jump(
+            Test::Equal,
+            libc::SYS_openat2 as u32,
+            To::Label("enosys"),
+            To::Next,
+        );
+    for (nr, argument) in MODE_ARGUMENTS {
+        asm.jump(
+            Test::Equal,
+            nr as u32,
+            To::Label(mode_label(argument)),
+            To::Next,
+        );
+    }
+    asm.ret(RET_ALLOW);
+    for argument in [1, 2] {
+        asm.label(mode_label(argument))
+            .load(offset_arg_low(argument))
+            .goto("mode");
+    }
+    asm.label(mode_label(3))
+        .load(offset_arg_low(3))
+        .label("mode")
+        .jump(Test::AnyBitSet, SETID_BITS, To::Label("eperm"), To::Next)
+        .ret(RET_ALLOW)
+        .label("kill")
+        .ret(RET_KILL_PROCESS)
+        .label("eperm")
+        .ret(errno(libc::EPERM))
+        .label("enosys")
+        .ret(errno(libc::ENOSYS));
+    asm.finish()
+}
+
 /// Installs `program` on the calling thread. no_new_privs must already be set.
 pub fn install(program: &Program) -> Result<(), Error> {
     program.install().map_err(Error::Install)
@@ -238,6 +289,24 @@ mod tests {
     }
 
     const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
+
+    #[test]
+    fn setid_guard_denies_setuid_modes_and_allows_the_rest() {
+        let guard = build_setid_guard();
+        let call =
+            |nr: libc::c_long, args: [u64; 6]| guard.evaluate(AUDIT_ARCH_X86_64, nr as u32, args);
+        assert_eq!(call(libc::SYS_chmod, [0, 0o4755, 0, 0, 0, 0]), EPERM);
+        assert_eq!(call(libc::SYS_fchmodat, [0, 0, 0o2755, 0, 0, 0]), EPERM);
+        assert_eq!(call(libc::SYS_openat, [0, 0, 0o100, 0o4755, 0, 0]), EPERM);
+        assert_eq!(call(libc::SYS_mkdirat, [0, 0, 0o755, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(libc::SYS_chmod, [0, 0o755, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(libc::SYS_chroot, [0; 6]), RET_ALLOW);
+        assert_eq!(call(libc::SYS_mount, [0; 6]), RET_ALLOW);
+        assert_eq!(
+            call(libc::SYS_openat2, [0; 6]),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
+    }
     const ENOSYS: u32 = RET_ERRNO | libc::ENOSYS as u32;
 
     #[test]
