@@ -179,7 +179,8 @@ pub struct SandboxArgs {
     pub allow_weaker: bool,
 
     /// The user the command runs as inside: root, UID or UID:GID [default: the backend's; root
-    /// inside its own user namespace for namespace, 65534 (nobody) for chroot].
+    /// inside its own user namespace for namespace, 65534 (nobody) for chroot]. Under chroot,
+    /// root is host root and needs --allow-weaker.
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
 }
@@ -238,7 +239,8 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
-    /// The user this command runs as: root, UID or UID:GID [default: the sandbox's].
+    /// The user this command runs as: root, UID or UID:GID [default: the sandbox's]. In a
+    /// chroot sandbox, root is host root and needs a sandbox created with --allow-weaker.
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
 
