@@ -572,3 +572,30 @@ fn stale_cgroups_swept_by_next_run() {
         fs::remove_dir(dir).expect("remove fresh cgroup");
     }
 }
+
+#[test]
+fn command_not_init_is_first_for_the_oom_killer() {
+    // Over the memory limit, the kernel kills the process with the highest score: a
+    // command's, not the init, whose death would end a held sandbox.
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let output = run(
+            caller,
+            &[
+                "run",
+                "--",
+                "cat",
+                "/proc/self/oom_score_adj",
+                "/proc/1/oom_score_adj",
+            ],
+            workspace.path(),
+        );
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        assert_eq!(
+            stdout(&output),
+            "300\n0\n",
+            "{caller:?}: {}",
+            describe(&output)
+        );
+    }
+}

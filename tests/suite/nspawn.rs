@@ -733,3 +733,53 @@ fn nspawn_overlay_removes_and_renames_host_directories() {
         "an overlay change reached the host"
     );
 }
+
+#[test]
+fn nspawn_supervisor_stays_outside_the_memory_limit() {
+    if !nspawn_installed() {
+        return;
+    }
+    let workspace = Workspace::new(ROOT);
+    let created = run(
+        ROOT,
+        &["create", "--backend", "nspawn", "--workspace-mode", "none"],
+        workspace.path(),
+    );
+    assert!(created.status.success(), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+    let exec = run(
+        ROOT,
+        &[
+            "exec",
+            &id,
+            "--",
+            "cat",
+            "/proc/self/oom_score_adj",
+            "/proc/1/oom_score_adj",
+        ],
+        workspace.path(),
+    );
+    assert_eq!(stdout(&exec), "300\n0\n", "{}", describe(&exec));
+    // systemd-nspawn, counted against the limit, would be the OOM killer's first choice and
+    // end the container with it.
+    let limit_cgroup = format!("/airlock/airlock-{}", &id[..12]);
+    let supervisors: Vec<String> = processes_naming(&id[..12])
+        .iter()
+        .filter_map(|found| found.split(':').next().map(str::to_owned))
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "systemd-nspawn")
+        })
+        .collect();
+    assert!(!supervisors.is_empty(), "no systemd-nspawn of {id} found");
+    for pid in supervisors {
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let memory = cgroups.lines().find(|line| line.contains(":memory:"));
+        assert!(
+            !memory.is_some_and(|line| line.ends_with(&limit_cgroup)),
+            "systemd-nspawn {pid} is in the limit cgroup: {cgroups}"
+        );
+    }
+    let removed = run(ROOT, &["rm", "--force", &id], workspace.path());
+    assert!(removed.status.success(), "{}", describe(&removed));
+}

@@ -92,6 +92,7 @@ fn shed_privileges(
     install_stdio(stdio).step("install standard streams")?;
     sys::cloexec_from(3).step("close inherited descriptors")?;
     set_rlimits(plan, nproc_fallback).step("set resource limits")?;
+    raise_oom_score();
     drop_bounding_set().step("drop the capability bounding set")?;
     lock_securebits().step("lock securebits")?;
     sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).step("set no_new_privs")?;
@@ -110,6 +111,35 @@ fn shed_privileges(
     seccomp::install(&plan.seccomp)
         .map_err(other)
         .step("install the seccomp filter")
+}
+
+/// The OOM killer score adjustment of the command: out of 1000, so that when the sandbox
+/// runs out of memory the kernel kills a command's process rather than the sandbox's init,
+/// whose death would end the sandbox. Raising one's own score needs no privilege.
+const COMMAND_OOM_SCORE_ADJ: &[u8] = b"300";
+
+/// Raises this process's OOM killer score, as far as /proc allows; without it the command is
+/// as exposed as the init. It allocates nothing, since it may run in a vfork child.
+///
+/// A process that changed its ids is not dumpable, and /proc then gives its files to host
+/// root, so the process could not write its own score. The command becomes dumpable at
+/// execve anyway, so it is made so now. A vfork child shares the init's memory, which the
+/// init makes undumpable again once the command runs.
+fn raise_oom_score() {
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1);
+    // SAFETY: a NUL-terminated literal path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let _ = sys::write_all(fd, COMMAND_OOM_SCORE_ADJ);
+    // SAFETY: `fd` was opened above and nothing else uses it.
+    unsafe { libc::close(fd) };
 }
 
 /// Restores the default action of every signal a caller may have ignored, and unblocks all.

@@ -105,20 +105,14 @@ impl Cgroups {
     }
 
     /// Opens what the child that executes systemd-nspawn enters its cgroups by: the cgroup v2
-    /// directory it is forked into, and the files it writes "0" to for the v1 cgroups (the
-    /// limit cgroup's `tasks` files, and the `tasks` file of the `name=systemd` hierarchy).
+    /// directory it is forked into, and the `tasks` file it writes "0" to for the
+    /// `name=systemd` hierarchy. The v1 limit cgroups are left to [`Cgroups::admit`], so that
+    /// systemd-nspawn itself does not count against the sandbox's limits.
     /// Being forked into a v2 cgroup and writing a v1 `tasks` file both move one thread,
     /// which does not wait for the RCU grace period that moving a whole process through
     /// `cgroup.procs` can wait for (up to 15 ms measured here).
     pub fn entry(&self) -> Result<Entry, Error> {
         let mut entry = Entry::default();
-        if let Some(limits) = &self.limits {
-            if !limits.is_v2() {
-                entry
-                    .join
-                    .extend(limits.join_files().map_err(Error::Cgroup)?);
-            }
-        }
         for dir in &self.placement {
             let opened = if filesystem_type(dir) == Some(CGROUP2_SUPER_MAGIC) {
                 let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
@@ -133,6 +127,22 @@ impl Cgroups {
             })?;
         }
         Ok(entry)
+    }
+
+    /// Moves the container's init, `pid`, into the v1 limit cgroups, where everything it
+    /// starts stays. systemd-nspawn remains outside them: counted against the memory limit,
+    /// it would be the largest process there, and the kernel's OOM killer would end the whole
+    /// container with it. On cgroup v2 the limit cgroup is a placement directory, which the
+    /// init is in already.
+    pub fn admit(&self, pid: libc::pid_t) -> Result<(), Error> {
+        let Some(limits) = self.limits.as_ref().filter(|limits| !limits.is_v2()) else {
+            return Ok(());
+        };
+        let text = pid.to_string();
+        for file in limits.join_files().map_err(Error::Cgroup)? {
+            sys::write_all(file.as_raw_fd(), text.as_bytes()).map_err(Error::AdmitInit)?;
+        }
+        Ok(())
     }
 
     pub fn has(&self, controller: Controller) -> bool {

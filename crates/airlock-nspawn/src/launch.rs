@@ -247,6 +247,9 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     };
     send_plan(&plan_write, &plan)?;
     container.wait_until_ready()?;
+    if let Some(leader) = container.leader {
+        container.cgroups.admit(leader.pid)?;
+    }
     // The init starts the command, or waits for `exec`, once it reads this.
     sys::write_all(plan_write.as_raw_fd(), b"g").map_err(Error::SendPlan)?;
     Ok(container)
