@@ -47,6 +47,8 @@ pub enum Error {
     Wait(#[source] io::Error),
     #[error("systemd-nspawn exited with status {status} before the sandbox was ready; its messages are above (\"Failed to map ids\" means that the workspace's file system has no ID-mapped mounts: use a workspace on ext4, xfs, btrfs, or tmpfs on Linux 6.3 or later)")]
     NspawnExited { status: i32 },
+    #[error("systemd-nspawn (pid {pid}) was killed by signal {signal} while the command ran; the container was ended with it")]
+    NspawnKilled { pid: i32, signal: i32 },
     #[error("cannot find the init process of the container that systemd-nspawn {nspawn} started")]
     NoLeader { nspawn: i32 },
     #[error("cannot open the namespaces of the container's init {pid}")]

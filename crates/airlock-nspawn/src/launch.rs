@@ -754,8 +754,21 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         report.as_raw_fd(),
         deadline,
         None,
-    );
+    )
+    .stop_at_exit();
     let mut ended = monitor.run().map_err(Error::Wait)?;
+    // systemd-nspawn killed from outside leaves its container running, with no one to
+    // enforce the timeout or relay its output: end it now.
+    if let Some(leader) = container.leader.filter(ProcessRef::is_alive) {
+        let _ = sys::kill(leader.pid, libc::SIGKILL);
+        let status = container.nspawn.status.unwrap_or(0);
+        if libc::WIFSIGNALED(status) {
+            return Err(Error::NspawnKilled {
+                pid: container.nspawn.pid,
+                signal: libc::WTERMSIG(status),
+            });
+        }
+    }
     let stderr_ends_line = container
         .streams
         .stderr_pump
