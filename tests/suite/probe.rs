@@ -375,8 +375,16 @@ fn interrupted_run_leaves_nothing() {
             workspace.path(),
             Stdio::null(),
         );
-        // Long enough for the sandbox and the first canaries, short of the end of the run.
-        std::thread::sleep(Duration::from_millis(300));
+        // Interrupt once the run's first sandbox exists, well before the run's end.
+        let started = || {
+            stdout(&run(caller, &["ls"], workspace.path()))
+                .lines()
+                .any(|line| line.contains(" probe-"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !started() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let pid = spawned.child.id() as libc::pid_t;
         // SAFETY: kill takes integers only; the pid is this test's unreaped child.
         unsafe { libc::kill(pid, libc::SIGINT) };
