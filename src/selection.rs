@@ -19,7 +19,7 @@ pub struct Selected {
 }
 
 impl Selected {
-    /// The backend named by the caller, without a risk level.
+    /// Selects the backend the caller named, without a risk level.
     pub fn named(kind: BackendKind) -> Selected {
         Selected {
             kind,

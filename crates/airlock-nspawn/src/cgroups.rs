@@ -67,7 +67,7 @@ pub fn placement_dirs(id: &SandboxId) -> Vec<PathBuf> {
         .collect()
 }
 
-/// How a process enters the cgroups of a sandbox.
+/// The descriptors a process enters the cgroups of a sandbox by.
 #[derive(Debug, Default)]
 pub struct Entry {
     /// The cgroup v2 directory to fork the process into.

@@ -224,10 +224,10 @@ pub fn build() -> Program {
     asm.finish()
 }
 
-/// Builds the filter of a backend that keeps the host's other system calls: it only keeps
-/// setuid and setgid bits off the files a command creates or changes, which a backend whose
-/// workspace is bound from the host needs, so that a command cannot leave a setuid file
-/// that runs with its owner's host privileges.
+/// Builds the filter of a backend that leaves the other system calls to the host. It only
+/// keeps setuid and setgid bits off the files a command creates or changes. A backend that
+/// binds the workspace from the host needs it, because a setuid file left there would run
+/// with its owner's host privileges.
 ///
 /// ```text
 /// arch != x86-64 or nr has the x32 bit            -> kill
@@ -291,7 +291,7 @@ mod tests {
     const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;
 
     #[test]
-    fn setid_guard_denies_setuid_modes_and_allows_the_rest() {
+    fn setid_guard_denies_only_setid_modes() {
         let guard = build_setid_guard();
         let call =
             |nr: libc::c_long, args: [u64; 6]| guard.evaluate(AUDIT_ARCH_X86_64, nr as u32, args);
