@@ -344,7 +344,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
     match action {
         Action::Run { backend, spec } => {
             let selected = select_backend(backend, &spec)?;
-            warn_about(selected.kind);
+            warn_about(selected.kind, &spec);
             let result = engine.run(&selected, spec, json)?;
             let code = report(&result.finished, json, EndReason::message);
             if let Some(id) = result.kept {
@@ -356,7 +356,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Create { backend, spec } => {
             let selected = select_backend(backend, &spec)?;
-            warn_about(selected.kind);
+            warn_about(selected.kind, &spec);
             let record = engine.create(&selected, spec)?;
             if json {
                 let value = serde_json::json!({ "id": record.id, "name": record.name });
@@ -547,10 +547,19 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
 
 /// Prints the warning of a backend whose isolation callers must not overestimate, unless the
 /// backend cannot run here, which the action then reports.
-fn warn_about(kind: BackendKind) {
+fn warn_about(kind: BackendKind, spec: &Spec) {
     let backend = lifecycle::backend(kind);
-    if let (Some(warning), Ok(())) = (backend.warning(), backend.availability()) {
+    if backend.availability().is_err() {
+        return;
+    }
+    if let Some(warning) = backend.warning() {
         eprintln!("airlock: warning: {warning}");
+    }
+    // The rules --allow-weaker accepted; the audit log records them with the sandbox.
+    if spec.allow_weaker {
+        for protection in backend.assess(spec).unmet() {
+            eprintln!("airlock: warning: running with weaker isolation than the spec requires: {protection}");
+        }
     }
 }
 

@@ -364,6 +364,9 @@ fn chroot_requested_cpus_need_allow_weaker() {
 
     let allowed = run_sh(workspace.path(), &["--cpus", "1", "--allow-weaker"], "true");
     assert!(allowed.status.success(), "{}", describe(&allowed));
+    let warned =
+        "airlock: warning: running with weaker isolation than the spec requires: cpu limit";
+    assert!(stderr(&allowed).contains(warned), "{}", describe(&allowed));
     let id = create(workspace.path(), &["--cpus", "1", "--allow-weaker"]);
     let started = audit_entry(&id, "started");
     let cpu = started["enforcement"]

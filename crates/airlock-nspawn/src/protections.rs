@@ -142,7 +142,7 @@ pub fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(
     }
     if allow_weaker {
         for protection in enforcement.unmet() {
-            tracing::warn!(%protection, "running with weaker isolation than requested");
+            tracing::info!(%protection, "running with weaker isolation than requested");
         }
         return Ok(());
     }
