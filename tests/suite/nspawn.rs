@@ -110,24 +110,26 @@ fn leftovers(id: &str) -> Vec<String> {
     left
 }
 
-/// Lists systemd-nspawn's UID range lock files that no process holds, which a killed
-/// systemd-nspawn leaves and the clean-up removes. A file counts only if it is unlocked at two
+/// Lists systemd-nspawn's UID range and image lock files that no process holds, which a
+/// killed systemd-nspawn leaves and the clean-up removes. A file counts only if it is unlocked at two
 /// checks 200 ms apart, because a systemd-nspawn of a test running at the same time creates
 /// its file a moment before it locks it.
-fn stale_uid_locks() -> Vec<PathBuf> {
-    let first = unlocked_uid_locks();
+fn stale_locks() -> Vec<PathBuf> {
+    let first = unlocked_locks();
     std::thread::sleep(Duration::from_millis(200));
-    let second = unlocked_uid_locks();
+    let second = unlocked_locks();
     first
         .into_iter()
         .filter(|path| second.contains(path))
         .collect()
 }
 
-fn unlocked_uid_locks() -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir("/run/systemd/nspawn-uid") else {
-        return Vec::new();
-    };
+fn unlocked_locks() -> Vec<PathBuf> {
+    let dirs = ["/run/systemd/nspawn-uid", "/run/systemd/nspawn/locks"];
+    let entries = dirs
+        .iter()
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flatten();
     let mut stale = Vec::new();
     for entry in entries.flatten() {
         let Ok(file) = fs::OpenOptions::new().write(true).open(entry.path()) else {
@@ -506,7 +508,7 @@ fn nspawn_killed_supervisor_leaves_nothing_after_gc() {
     let gc = run(ROOT, &["gc"], root);
     assert!(gc.status.success(), "gc: {}", describe(&gc));
     assert_eq!(leftovers(&id), Vec::<String>::new());
-    assert_eq!(stale_uid_locks(), Vec::<PathBuf>::new());
+    assert_eq!(stale_locks(), Vec::<PathBuf>::new());
     let removed = run(ROOT, &["rm", "--force", &id], root);
     assert!(removed.status.success(), "rm: {}", describe(&removed));
     assert_eq!(leftovers(&id), Vec::<String>::new());
@@ -554,7 +556,7 @@ fn nspawn_killed_run_leaves_nothing_after_gc() {
     let gc = run(ROOT, &["gc"], workspace.path());
     assert!(gc.status.success(), "gc: {}", describe(&gc));
     assert_eq!(leftovers(&id), Vec::<String>::new());
-    assert_eq!(stale_uid_locks(), Vec::<PathBuf>::new());
+    assert_eq!(stale_locks(), Vec::<PathBuf>::new());
 }
 
 /// Runs `airlock ARGS` as root in a private mount namespace in which /run/systemd/nspawn is

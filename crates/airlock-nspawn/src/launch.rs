@@ -664,24 +664,35 @@ pub fn remove_host_leftovers(id: &SandboxId) {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    remove_stale_uid_locks();
+    remove_stale_locks();
     stage::remove(id);
 }
 
 /// The directory of systemd-nspawn's UID range locks, one file per range's first UID.
 const UID_LOCK_DIR: &str = "/run/systemd/nspawn-uid";
 
-/// Removes the UID range lock files that no process holds. systemd-nspawn holds an
-/// open-file-description lock on the file of its range while it runs and removes the file at
-/// exit, but a killed one leaves it. systemd removes its lock files the same way, under the
-/// lock, and its lockers check after locking that the file was not removed meanwhile.
-fn remove_stale_uid_locks() {
-    let Ok(entries) = std::fs::read_dir(UID_LOCK_DIR) else {
+/// Removes the lock files that systemd-nspawn leaves when it is killed and that no process
+/// holds: the UID range locks (one file per range's first UID), and the image locks
+/// (`inode-DEV:INO`, one per container root, which is a new staging tmpfs for each sandbox).
+/// systemd-nspawn holds an open-file-description lock on each while it runs and removes the
+/// file at exit. systemd removes its lock files the same way, under the lock, and its lockers
+/// check after locking that the file was not removed meanwhile.
+fn remove_stale_locks() {
+    let image_locks = Path::new(availability::STATE_DIR).join("locks");
+    remove_unheld_locks(Path::new(UID_LOCK_DIR), |name| {
+        name.iter().all(u8::is_ascii_digit)
+    });
+    remove_unheld_locks(&image_locks, |name| name.starts_with(b"inode-"));
+}
+
+/// Removes the files in `dir` whose names `matches` accepts and on which no process holds a
+/// lock.
+fn remove_unheld_locks(dir: &Path, matches: impl Fn(&[u8]) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+        if !matches(entry.file_name().as_encoded_bytes()) {
             continue;
         }
         let path = entry.path();
