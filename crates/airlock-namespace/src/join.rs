@@ -603,6 +603,15 @@ fn unpack_inside(fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Returns whether a symlink target is absolute or climbs with `..`, so that it may name a
+/// path outside the copied tree.
+fn leaves_copy(target: &Path) -> bool {
+    target.is_absolute()
+        || target
+            .components()
+            .any(|part| part == std::path::Component::ParentDir)
+}
+
 /// Unpacks a tar stream from the sandbox into `dir` on the host. The tar reader refuses
 /// paths that leave `dir`, also through symlinks; device nodes and FIFOs are skipped, and
 /// permissions lose their setuid, setgid and sticky bits.
@@ -616,9 +625,26 @@ fn unpack_on_host(fd: &OwnedFd, dir: &Path) -> std::io::Result<()> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
+        let path = entry.path().map(|path| path.display().to_string());
+        let path = path.unwrap_or_else(|_| "an entry with an unreadable name".into());
         if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
-            tracing::warn!(path = ?entry.path().ok(), "skipped a device node or FIFO");
+            eprintln!("airlock: warning: skipped {path}: a device node or FIFO");
             continue;
+        }
+        if kind.is_symlink() {
+            // The link is copied as a link. One that points outside the copy names a host
+            // path, which whatever follows it later on the host would read or write.
+            let target = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|target| target.into_owned());
+            if let Some(target) = target.filter(|target| leaves_copy(target)) {
+                eprintln!(
+                    "airlock: warning: copied {path} as a symlink to {}, a path outside the copy",
+                    target.display()
+                );
+            }
         }
         entry.unpack_in(dir)?;
     }
