@@ -63,6 +63,10 @@ pub fn parse_bytes(what: &'static str, value: &str) -> Result<u64, ParseError> {
     Ok(bytes)
 }
 
+/// The expected form named when a duration is zero.
+const DURATION_NOT_ZERO: &str =
+    "more than zero, such as 500ms or 30s; omit the option for no limit";
+
 /// Parses a duration such as `30s`, `10m`, `1h`, `500ms` or `90` (seconds).
 pub fn parse_duration(what: &'static str, value: &str) -> Result<Duration, ParseError> {
     let (digits, suffix) = split_number(value.trim());
@@ -76,7 +80,10 @@ pub fn parse_duration(what: &'static str, value: &str) -> Result<Duration, Parse
         "h" => Duration::from_secs(number.saturating_mul(3600)),
         _ => return Err(invalid(what, value, DURATION_SYNTAX)),
     };
-    if duration.is_zero() || duration > MAX_DURATION {
+    if duration.is_zero() {
+        return Err(invalid(what, value, DURATION_NOT_ZERO));
+    }
+    if duration > MAX_DURATION {
         return Err(invalid(what, value, DURATION_SYNTAX));
     }
     Ok(duration)
