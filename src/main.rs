@@ -626,29 +626,76 @@ fn copy_operands(args: &cli::CopyArgs) -> Result<(String, PathBuf, PathBuf, bool
 }
 
 fn print_list(listed: &[lifecycle::Listed]) {
-    println!(
-        "{:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {:<20}  {:<20}  WORKSPACE",
-        "ID", "NAME", "STATUS", "BACKEND", "MODE", "CREATED", "EXPIRES"
-    );
-    for sandbox in listed {
-        let short = sandbox.id.get(..12).unwrap_or(&sandbox.id);
-        let created = sandbox.created.get(..19).unwrap_or(&sandbox.created);
-        let expires = sandbox
-            .expires
-            .as_deref()
-            .map_or("-", |expires| expires.get(..19).unwrap_or(expires));
-        let workspace = sandbox
-            .workspace
-            .as_ref()
-            .map_or_else(String::new, |path| printable(path));
-        println!(
-            "{short:<12}  {:<16}  {:<8}  {:<9}  {:<8}  {created:<20}  {expires:<20}  {workspace}",
-            sandbox.name.as_deref().unwrap_or("-"),
-            sandbox.status,
-            sandbox.backend,
-            sandbox.workspace_mode,
-        );
+    let rows: Vec<[String; 8]> = listed
+        .iter()
+        .map(|sandbox| {
+            let short = sandbox.id.get(..12).unwrap_or(&sandbox.id);
+            let created = sandbox.created.get(..19).unwrap_or(&sandbox.created);
+            let expires = sandbox
+                .expires
+                .as_deref()
+                .map_or("-", |expires| expires.get(..19).unwrap_or(expires));
+            let workspace = sandbox
+                .workspace
+                .as_ref()
+                .map_or_else(String::new, |path| printable(path));
+            let name = sandbox
+                .name
+                .as_deref()
+                .map_or_else(|| "-".into(), printable_text);
+            [
+                short.to_owned(),
+                name,
+                sandbox.status.to_string(),
+                sandbox.backend.to_string(),
+                sandbox.workspace_mode.to_string(),
+                created.to_owned(),
+                expires.to_owned(),
+                workspace,
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "NAME",
+        "STATUS",
+        "BACKEND",
+        "MODE",
+        "CREATED",
+        "EXPIRES",
+        "WORKSPACE",
+    ];
+    // Each column is as wide as its widest cell, so long names and statuses stay aligned.
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
     }
+    let print_row = |cells: &[&str]| {
+        let last = cells.len() - 1;
+        let mut line = String::new();
+        for (index, cell) in cells.iter().enumerate() {
+            if index == last {
+                line.push_str(cell);
+            } else {
+                let padding = widths[index] - cell.chars().count();
+                line.push_str(cell);
+                line.push_str(&" ".repeat(padding + 2));
+            }
+        }
+        println!("{}", line.trim_end());
+    };
+    print_row(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        print_row(&cells);
+    }
+}
+
+/// Shows a name's control characters as escapes, so that a name cannot break the table.
+fn printable_text(text: &str) -> String {
+    text.chars().flat_map(char::escape_debug).collect()
 }
 
 /// Writes text for a terminal with its control characters shown rather than obeyed: a file's
