@@ -443,6 +443,13 @@ fn chroot_host_root_needs_allow_weaker() {
     let workspace = Workspace::new(ROOT);
     let output = run_sh(workspace.path(), &["--user", "root"], "id -u");
     assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let root_group = run_sh(workspace.path(), &["--user", "1000:0"], "id -g");
+    assert_eq!(
+        root_group.status.code(),
+        Some(125),
+        "{}",
+        describe(&root_group)
+    );
     assert_eq!(
         stdout(&output),
         "",
@@ -480,6 +487,16 @@ fn chroot_command_cannot_plant_setuid_files_on_host() {
                   true";
     let output = run_sh(workspace.path(), &["--workspace-mode", "bind"], script);
     assert!(output.status.success(), "{}", describe(&output));
+    // io_uring's requests carry modes that seccomp cannot read, so io_uring is denied.
+    let uring = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+                 params = ctypes.create_string_buffer(120); \
+                 print(libc.syscall(425, 8, params), ctypes.get_errno())";
+    let denied = run_sh(
+        workspace.path(),
+        &["--workspace-mode", "bind"],
+        &format!("python3 -c '{uring}'"),
+    );
+    assert_eq!(stdout(&denied), "-1 1\n", "{}", describe(&denied));
     for name in ["planted", "installed", "opened"] {
         let Ok(metadata) = fs::metadata(workspace.path().join(name)) else {
             continue;

@@ -12,7 +12,7 @@ pub enum Error {
     Unavailable(Unavailable),
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
-    #[error("exec --user root in a chroot sandbox would run as root on the host, which can leave the chroot; omit --user, or create the sandbox with --user root --allow-weaker to accept that")]
+    #[error("exec --user with uid or gid 0 in a chroot sandbox would run as root or root's group on the host; omit --user, or create the sandbox with --allow-weaker to accept that")]
     RootExecNotAccepted,
     #[error("the sandbox cannot enforce what the spec requires: {unmet}; use --backend namespace, which enforces limits with cgroups, or pass --allow-weaker to run with weaker isolation")]
     WeakerThanRequired { unmet: String },

@@ -105,7 +105,8 @@ impl Backend for ChrootBackend {
         options: &RunOptions,
     ) -> Result<Finished, BackendError> {
         // Creating a sandbox with --user root needs --allow-weaker, and so does an exec as root.
-        if command.user.is_some_and(|user| user.uid == 0) && !spec.allow_weaker {
+        let privileged = |user: airlock_core::User| user.uid == 0 || user.gid == 0;
+        if command.user.is_some_and(privileged) && !spec.allow_weaker {
             return Err(Error::RootExecNotAccepted.into());
         }
         let runtime = runtime_of(runtime)?;

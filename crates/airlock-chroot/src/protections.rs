@@ -30,7 +30,7 @@ pub fn assess(spec: &Spec) -> Enforcement {
     let mut enforcement = Enforcement::default();
     push_file_tree(&mut enforcement, spec, user);
     push_host_sharing(&mut enforcement, user);
-    push_privileges(&mut enforcement, root);
+    push_privileges(&mut enforcement, root, user.gid == 0);
     push_limits(&mut enforcement, spec, user);
     let cleanup = if root {
         Status::Partial(format!(
@@ -105,11 +105,18 @@ fn push_host_sharing(enforcement: &mut Enforcement, user: User) {
     enforcement.push(rule::IPC, ipc, false);
 }
 
-fn push_privileges(enforcement: &mut Enforcement, root: bool) {
+fn push_privileges(enforcement: &mut Enforcement, root: bool, root_group: bool) {
     let (user, capabilities) = if root {
         (
             Status::Unsupported("--user root runs the command as root on the host".into()),
             Status::Unsupported("root keeps every capability".into()),
+        )
+    } else if root_group {
+        (
+            Status::Unsupported(
+                "group 0 is the host's root group, which owns and may write host files".into(),
+            ),
+            Status::Enforced,
         )
     } else {
         // Every mount of the tree is nosuid and no_new_privs is set, so no setuid program or
@@ -117,12 +124,12 @@ fn push_privileges(enforcement: &mut Enforcement, root: bool) {
         (Status::Enforced, Status::Enforced)
     };
     // Root inside a chroot is root on the host: the caller must accept that explicitly.
-    enforcement.push(rule::USER, user, root);
+    enforcement.push(rule::USER, user, root || root_group);
     enforcement.push(rule::CAPABILITIES, capabilities, false);
     enforcement.push(rule::NO_NEW_PRIVS, Status::Enforced, false);
     let seccomp = format!(
-        "the filter only keeps setuid and setgid bits off files; mount, chroot, ptrace and \
-         new namespaces are allowed as on the host; {USE_NAMESPACE}"
+        "the filter only keeps setuid and setgid bits off files and denies io_uring; mount, \
+         chroot, ptrace and new namespaces are allowed as on the host; {USE_NAMESPACE}"
     );
     enforcement.push(rule::SECCOMP, Status::Partial(seccomp), false);
     let landlock = format!("this backend applies no Landlock rules; {USE_NAMESPACE}");

@@ -232,9 +232,13 @@ pub fn build() -> Program {
 /// ```text
 /// arch != x86-64 or nr has the x32 bit            -> kill
 /// nr is openat2                                   -> ENOSYS
+/// nr is an io_uring call                          -> EPERM
 /// nr sets a file mode with the setuid/setgid bit  -> EPERM
 /// anything else                                   -> allow
 /// ```
+///
+/// io_uring's requests carry their modes in memory, where seccomp cannot read them, so
+/// io_uring is denied outright.
 pub fn build_setid_guard() -> Program {
     let mut asm = Assembler::default();
     asm.load(OFFSET_ARCH)
@@ -247,6 +251,13 @@ pub fn build_setid_guard() -> Program {
             To::Label("enosys"),
             To::Next,
         );
+    for nr in [
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ] {
+        asm.jump(Test::Equal, nr as u32, To::Label("eperm"), To::Next);
+    }
     for (nr, argument) in MODE_ARGUMENTS {
         asm.jump(
             Test::Equal,
@@ -300,6 +311,7 @@ mod tests {
         assert_eq!(call(libc::SYS_openat, [0, 0, 0o100, 0o4755, 0, 0]), EPERM);
         assert_eq!(call(libc::SYS_mkdirat, [0, 0, 0o755, 0, 0, 0]), RET_ALLOW);
         assert_eq!(call(libc::SYS_chmod, [0, 0o755, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(call(libc::SYS_io_uring_setup, [0; 6]), EPERM);
         assert_eq!(call(libc::SYS_chroot, [0; 6]), RET_ALLOW);
         assert_eq!(call(libc::SYS_mount, [0; 6]), RET_ALLOW);
         assert_eq!(
