@@ -22,7 +22,6 @@ use airlock_core::state::ProcessRef;
 use airlock_core::{ExecCommand, Finished, RunOptions, SandboxId, Spec};
 use airlock_namespace::join::{self as shared_join, step, StepResult};
 use airlock_namespace::launch::{self as shared, Sandbox};
-use airlock_namespace::monitor::Monitor;
 use airlock_namespace::report::Report;
 use airlock_namespace::rootfs::NEW_ROOT;
 use airlock_namespace::workload::Stdio;
@@ -189,38 +188,16 @@ pub fn exec(
     };
     tracing::info!(sandbox = %id, pid, "command joined the sandbox");
 
-    let master = shared::receive_terminal(&spec, &control_outside)?;
-    let _raw_mode = match &master {
-        Some(master) => shared::attach_terminal(master, &mut streams)?,
-        None => None,
-    };
-    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
-    let mut monitor = Monitor::new(
+    let watched = shared_join::watch_command(
+        &spec,
         &mut process,
         &signals,
-        &mut streams.pumps,
-        report_read.as_raw_fd(),
-        deadline,
-        master.as_ref().map(AsRawFd::as_raw_fd),
-    )
-    .stop_at_exit();
-    let mut ended = monitor.run().map_err(Error::Wait)?;
-    let stderr_ends_line = streams
-        .stderr_pump
-        .is_none_or(|index| streams.pumps[index].ends_line());
+        &mut streams,
+        &control_outside,
+        &report_read,
+    );
     drop(restore_mask);
-
-    if let Some(status) = ended.status {
-        ended.reports.push(if libc::WIFSIGNALED(status) {
-            Report::Signaled {
-                signal: libc::WTERMSIG(status),
-            }
-        } else {
-            Report::Exited {
-                code: libc::WEXITSTATUS(status),
-            }
-        });
-    }
+    let (mut ended, stderr_ends_line) = watched?;
     ended.peak_memory = None;
     let mut outcome = outcome::build(&spec, id, enforcement, ended, started)?;
     outcome.backend = crate::NAME;

@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::held::Runtime;
 use crate::init::JOINED_NAMESPACES;
 use crate::launch::{self, Sandbox};
-use crate::monitor::Monitor;
+use crate::monitor::{Ended, Monitor};
 use crate::outcome;
 use crate::report::Report;
 use crate::workload::{self, Stdio};
@@ -145,37 +145,18 @@ pub fn exec(
     process.signal_target = Some(command);
     tracing::info!(sandbox = %id, pid = command, "command joined the sandbox");
 
-    let master = launch::receive_terminal(&spec, &control_outside)?;
-    let _raw_mode = match &master {
-        Some(master) => launch::attach_terminal(master, &mut streams)?,
-        None => None,
-    };
-    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
-    let mut monitor = Monitor::new(
+    let watched = watch_command(
+        &spec,
         &mut process,
         &signals,
-        &mut streams.pumps,
-        report_read.as_raw_fd(),
-        deadline,
-        master.as_ref().map(AsRawFd::as_raw_fd),
-    )
-    .stop_at_exit();
-    let mut ended = monitor.run().map_err(Error::Wait)?;
-    let stderr_ends_line = streams
-        .stderr_pump
-        .is_none_or(|index| streams.pumps[index].ends_line());
+        &mut streams,
+        &control_outside,
+        &report_read,
+    );
     drop((restore_mask, alive_write));
+    let (mut ended, stderr_ends_line) = watched?;
 
     if let Some(status) = ended.status {
-        ended.reports.push(if libc::WIFSIGNALED(status) {
-            Report::Signaled {
-                signal: libc::WTERMSIG(status),
-            }
-        } else {
-            Report::Exited {
-                code: libc::WEXITSTATUS(status),
-            }
-        });
         let killed = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL;
         let hit = match (&cgroup, counters_before) {
             (Some(cgroup), Some(before)) if ended.reason == EndReason::Exited => {
@@ -197,6 +178,51 @@ pub fn exec(
         outcome,
         stderr_ends_line,
     })
+}
+
+/// Watches a command that joined a running sandbox until it ends: takes its pseudo-terminal
+/// when it has one, relays its streams and signals, and enforces the spec's timeout. Returns
+/// how it ended, with its exit status as the last report, and whether its stderr ended a
+/// line. The backends whose `exec` joins a sandbox from the host share it.
+pub fn watch_command(
+    spec: &Spec,
+    process: &mut Sandbox,
+    signals: &OwnedFd,
+    streams: &mut stdio::Plan,
+    control: &OwnedFd,
+    reports: &OwnedFd,
+) -> Result<(Ended, bool), Error> {
+    let master = launch::receive_terminal(spec, control)?;
+    let _raw_mode = match &master {
+        Some(master) => launch::attach_terminal(master, streams)?,
+        None => None,
+    };
+    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
+    let mut monitor = Monitor::new(
+        process,
+        signals,
+        &mut streams.pumps,
+        reports.as_raw_fd(),
+        deadline,
+        master.as_ref().map(AsRawFd::as_raw_fd),
+    )
+    .stop_at_exit();
+    let mut ended = monitor.run().map_err(Error::Wait)?;
+    let stderr_ends_line = streams
+        .stderr_pump
+        .is_none_or(|index| streams.pumps[index].ends_line());
+    if let Some(status) = ended.status {
+        ended.reports.push(if libc::WIFSIGNALED(status) {
+            Report::Signaled {
+                signal: libc::WTERMSIG(status),
+            }
+        } else {
+            Report::Exited {
+                code: libc::WEXITSTATUS(status),
+            }
+        });
+    }
+    Ok((ended, stderr_ends_line))
 }
 
 /// The sandbox's cgroup and what a process needs to join it: the v1 `tasks` files it writes
