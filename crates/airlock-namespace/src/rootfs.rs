@@ -36,9 +36,10 @@ pub struct Error {
     pub source: io::Error,
 }
 
-type Result<T> = std::result::Result<T, Error>;
+pub type Result<T> = std::result::Result<T, Error>;
 
-trait Step<T> {
+/// Names the step of an I/O result that failed.
+pub trait Step<T> {
     fn step(self, step: impl FnOnce() -> String) -> Result<T>;
 }
 

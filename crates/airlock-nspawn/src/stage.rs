@@ -20,7 +20,9 @@ use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use airlock_core::{RootFs, SandboxId};
-use airlock_namespace::rootfs::{HOST_SYSTEM_ENTRIES, PROVIDED_ENTRIES, SECRET_DIRS, SECRET_FILES};
+use airlock_namespace::rootfs::{
+    Result, Step, HOST_SYSTEM_ENTRIES, PROVIDED_ENTRIES, SECRET_DIRS, SECRET_FILES,
+};
 use airlock_namespace::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use airlock_namespace::workspace::BindSource;
 
@@ -45,30 +47,6 @@ const MOUNT_POINTS: [&str; 8] = [
 /// Entries of a `--rootfs` tree left out of the container's root, besides
 /// [`PROVIDED_ENTRIES`]: systemd-nspawn mounts a tmpfs on /run, and /.airlock is Airlock's.
 const NSPAWN_PROVIDED: [&str; 2] = ["run", ".airlock"];
-
-/// A failed step of the assembly, named by what it tried to do.
-#[derive(Debug, thiserror::Error)]
-#[error("{step}")]
-pub struct Error {
-    pub step: String,
-    #[source]
-    pub source: io::Error,
-}
-
-type Result<T> = std::result::Result<T, Error>;
-
-trait Step<T> {
-    fn step(self, step: impl FnOnce() -> String) -> Result<T>;
-}
-
-impl<T> Step<T> for io::Result<T> {
-    fn step(self, step: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error {
-            step: step(),
-            source,
-        })
-    }
-}
 
 /// Returns the staging directory of sandbox `id`.
 pub fn path(id: &SandboxId) -> PathBuf {
