@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec, User, WorkspaceMode};
 use airlock_namespace::launch::{self as shared, Sandbox};
-use airlock_namespace::monitor::Monitor;
 use airlock_namespace::report::{Report, ReportReader};
 use airlock_namespace::{control, outcome, stdio, sys};
 
@@ -186,25 +185,17 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     };
     sandbox.signal_target = Some(command_pid);
 
-    let master = shared::receive_terminal(spec, &channels.control)?;
-    let _raw_mode = match &master {
-        Some(master) => shared::attach_terminal(master, &mut streams)?,
-        None => None,
-    };
-    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
-    let mut monitor = Monitor::new(
+    let watched = shared::watch(
+        spec,
         &mut sandbox,
         &signals,
-        &mut streams.pumps,
-        channels.report.as_raw_fd(),
-        deadline,
-        master.as_ref().map(AsRawFd::as_raw_fd),
+        &mut streams,
+        &channels.control,
+        &channels.report,
+        false,
     );
-    let ended = monitor.run().map_err(Error::Wait)?;
-    let stderr_ends_line = streams
-        .stderr_pump
-        .is_none_or(|index| streams.pumps[index].ends_line());
     drop(restore_mask);
+    let (ended, stderr_ends_line) = watched?;
     let reported = ended
         .reports
         .iter()

@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::held::Runtime;
 use crate::init::JOINED_NAMESPACES;
 use crate::launch::{self, Sandbox};
-use crate::monitor::{Ended, Monitor};
+use crate::monitor::Ended;
 use crate::outcome;
 use crate::report::Report;
 use crate::workload::{self, Stdio};
@@ -192,25 +192,8 @@ pub fn watch_command(
     control: &OwnedFd,
     reports: &OwnedFd,
 ) -> Result<(Ended, bool), Error> {
-    let master = launch::receive_terminal(spec, control)?;
-    let _raw_mode = match &master {
-        Some(master) => launch::attach_terminal(master, streams)?,
-        None => None,
-    };
-    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
-    let mut monitor = Monitor::new(
-        process,
-        signals,
-        &mut streams.pumps,
-        reports.as_raw_fd(),
-        deadline,
-        master.as_ref().map(AsRawFd::as_raw_fd),
-    )
-    .stop_at_exit();
-    let mut ended = monitor.run().map_err(Error::Wait)?;
-    let stderr_ends_line = streams
-        .stderr_pump
-        .is_none_or(|index| streams.pumps[index].ends_line());
+    let (mut ended, stderr_ends_line) =
+        launch::watch(spec, process, signals, streams, control, reports, true)?;
     if let Some(status) = ended.status {
         ended.reports.push(if libc::WIFSIGNALED(status) {
             Report::Signaled {

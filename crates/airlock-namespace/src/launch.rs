@@ -15,7 +15,7 @@ use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec, Workspace
 use crate::cgroup::{Cgroup, Controller, Layout};
 use crate::control::{self, Grant};
 use crate::error::Error;
-use crate::monitor::Monitor;
+use crate::monitor::{Ended, Monitor};
 use crate::outcome;
 use crate::userns::Identity;
 use crate::workspace::HostWorkspace;
@@ -563,25 +563,17 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         ..
     } = launch(spec, &options, false)?;
 
-    let master = receive_terminal(spec, &channels.control)?;
-    let _raw_mode = match &master {
-        Some(master) => attach_terminal(master, &mut streams)?,
-        None => None,
-    };
-    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
-    let mut monitor = Monitor::new(
+    let watched = watch(
+        spec,
         &mut sandbox,
         &signals,
-        &mut streams.pumps,
-        channels.report.as_raw_fd(),
-        deadline,
-        master.as_ref().map(AsRawFd::as_raw_fd),
+        &mut streams,
+        &channels.control,
+        &channels.report,
+        false,
     );
-    let ended = monitor.run().map_err(Error::Wait)?;
-    let stderr_ends_line = streams
-        .stderr_pump
-        .is_none_or(|index| streams.pumps[index].ends_line());
     drop(restore_mask);
+    let (ended, stderr_ends_line) = watched?;
 
     let outcome = outcome::build(spec, &id, enforcement, ended, started)?;
     tracing::info!(
@@ -596,6 +588,43 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         outcome,
         stderr_ends_line,
     })
+}
+
+/// Watches the sandbox's command until it ends: takes its pseudo-terminal when it has one,
+/// relays its streams and signals, and enforces the spec's timeout. With `stop_at_exit` the
+/// watch ends when `process` exits, for a command that joined a running sandbox. Returns how
+/// it ended and whether its stderr ended a line.
+pub fn watch(
+    spec: &Spec,
+    process: &mut Sandbox,
+    signals: &OwnedFd,
+    streams: &mut stdio::Plan,
+    control: &OwnedFd,
+    reports: &OwnedFd,
+    stop_at_exit: bool,
+) -> Result<(Ended, bool), Error> {
+    let master = receive_terminal(spec, control)?;
+    let _raw_mode = match &master {
+        Some(master) => attach_terminal(master, streams)?,
+        None => None,
+    };
+    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
+    let mut monitor = Monitor::new(
+        process,
+        signals,
+        &mut streams.pumps,
+        reports.as_raw_fd(),
+        deadline,
+        master.as_ref().map(AsRawFd::as_raw_fd),
+    );
+    if stop_at_exit {
+        monitor = monitor.stop_at_exit();
+    }
+    let ended = monitor.run().map_err(Error::Wait)?;
+    let stderr_ends_line = streams
+        .stderr_pump
+        .is_none_or(|index| streams.pumps[index].ends_line());
+    Ok((ended, stderr_ends_line))
 }
 
 /// Receives the pty master from the init, when the spec asks for a terminal.
