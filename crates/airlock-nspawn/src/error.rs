@@ -17,8 +17,6 @@ pub enum Error {
     RootfsWithoutUsr(PathBuf),
     #[error("cannot set up the sandbox's cgroup")]
     Cgroup(#[source] airlock_namespace::cgroup::Error),
-    #[error("cannot move the container's init into the sandbox's limit cgroups")]
-    AdmitInit(#[source] io::Error),
     #[error("cannot create the cgroup {path:?} that systemd-nspawn keeps its processes in")]
     PlacementCgroup {
         path: PathBuf,

@@ -25,7 +25,7 @@ use std::path::Path;
 use airlock_namespace::init::FORWARDED_SIGNALS;
 use airlock_namespace::report::Report;
 use airlock_namespace::workload::{self, Stdio};
-use airlock_namespace::{seccomp, sys};
+use airlock_namespace::{control, seccomp, sys};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{AIRLOCK_DIR, OVERLAY_LAYERS, OVERLAY_LOWER};
@@ -100,18 +100,22 @@ fn read_plan() -> StepResult<Plan> {
 }
 
 /// Waits until the launcher has found this process's host pid, which signals and the
-/// timeout go to, so that none is sent before the command starts.
+/// timeout go to, so that none is sent before the command starts. The go-ahead carries the
+/// `tasks` files of the sandbox's v1 limit cgroups, which this process joins by writing "0",
+/// so that the command and everything it starts stay in them.
 fn wait_for_launcher() -> StepResult<()> {
-    let mut byte = [0u8; 1];
-    match step(sys::read(PLAN_FD, &mut byte), "wait for the launcher")? {
-        0 => exit_without_launcher(),
-        _ => {
-            // SAFETY: the plan descriptor is this process's own, and nothing uses it
-            // afterwards.
-            unsafe { libc::close(PLAN_FD) };
-            Ok(())
-        }
+    let Some((_, joins)) = step(control::recv(PLAN_FD), "wait for the launcher")? else {
+        exit_without_launcher()
+    };
+    for join in &joins {
+        step(
+            sys::write_all(join.as_raw_fd(), b"0"),
+            "join the sandbox's limit cgroups",
+        )?;
     }
+    // SAFETY: the plan descriptor is this process's own, and nothing uses it afterwards.
+    unsafe { libc::close(PLAN_FD) };
+    Ok(())
 }
 
 /// Ends the container when the launcher closed the plan pipe early: it is gone, or it

@@ -26,7 +26,7 @@ use airlock_namespace::launch::{self as shared, RestoreMask, Sandbox};
 use airlock_namespace::monitor::Monitor;
 use airlock_namespace::report::{Report, ReportReader};
 use airlock_namespace::workspace::HostWorkspace;
-use airlock_namespace::{outcome, stdio, sys};
+use airlock_namespace::{control, outcome, stdio, sys};
 
 use crate::cgroups::{self, Cgroups};
 use crate::command::{self, Invocation};
@@ -169,7 +169,8 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             fd
         }
     });
-    let (plan_read, plan_write) = sys::pipe().map_err(Error::Spawn)?;
+    // A socket rather than a pipe, because the go-ahead carries descriptors.
+    let (plan_read, plan_write) = control::socketpair().map_err(Error::Spawn)?;
     let (report_read, report_write) = sys::pipe().map_err(Error::Spawn)?;
     let (liveness_read, liveness_write) = sys::pipe().map_err(Error::Spawn)?;
     let (restore_mask, signals) = shared::block_forwarded_signals(false)?;
@@ -247,11 +248,10 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     };
     send_plan(&plan_write, &plan)?;
     container.wait_until_ready()?;
-    if let Some(leader) = container.leader {
-        container.cgroups.admit(leader.pid)?;
-    }
-    // The init starts the command, or waits for `exec`, once it reads this.
-    sys::write_all(plan_write.as_raw_fd(), b"g").map_err(Error::SendPlan)?;
+    // The init joins these cgroups, then starts the command or waits for `exec`.
+    let joins = container.cgroups.limit_join_files()?;
+    let joins: Vec<RawFd> = joins.iter().map(AsRawFd::as_raw_fd).collect();
+    control::send(plan_write.as_raw_fd(), b"g", &joins).map_err(Error::SendPlan)?;
     Ok(container)
 }
 
