@@ -569,6 +569,14 @@ fn pack(fd: &OwnedFd, source: &Path, name: &OsStr) -> std::io::Result<()> {
     let mut builder = tar::Builder::new(sink);
     builder.follow_symlinks(false);
     let metadata = std::fs::symlink_metadata(source)?;
+    let kind = metadata.file_type();
+    if !(kind.is_dir() || kind.is_file() || kind.is_symlink()) {
+        return Err(std::io::Error::other(format!(
+            "{} is a device node, FIFO or socket (a hidden secret is a bind of /dev/null); cp \
+             copies files, directories and symlinks only",
+            source.display()
+        )));
+    }
     if metadata.is_dir() {
         builder.append_dir_all(name, source)?;
     } else {
