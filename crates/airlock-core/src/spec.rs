@@ -220,10 +220,16 @@ impl std::str::FromStr for User {
         if text == "root" {
             return Ok(User::ROOT);
         }
-        let number = |part: &str| {
-            part.parse::<u32>().map_err(|_| {
-                format!("invalid user {text:?}: expected root, a numeric UID, or UID:GID")
-            })
+        let number = |part: &str| match part.parse::<u32>() {
+            // The kernel reads -1 as "leave unchanged" in setresuid and friends.
+            Ok(u32::MAX) => Err(format!(
+                "invalid user {text:?}: {} is reserved and names no user; pick another id",
+                u32::MAX
+            )),
+            Ok(id) => Ok(id),
+            Err(_) => Err(format!(
+                "invalid user {text:?}: expected root, a numeric UID, or UID:GID"
+            )),
         };
         match text.split_once(':') {
             Some((uid, gid)) => Ok(User {
@@ -486,6 +492,22 @@ fn resolve_directory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_parses_root_ids_and_rejects_reserved() {
+        assert_eq!("root".parse::<User>(), Ok(User::ROOT));
+        assert_eq!(
+            "1000".parse::<User>(),
+            Ok(User {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        assert_eq!("1000:50".parse::<User>(), Ok(User { uid: 1000, gid: 50 }));
+        assert!("4294967295".parse::<User>().is_err());
+        assert!("5:4294967295".parse::<User>().is_err());
+        assert!("bob".parse::<User>().is_err());
+    }
 
     #[test]
     fn validate_rejects_empty_command() {
