@@ -93,6 +93,22 @@ fn usage_error(error: clap::Error) -> ExitCode {
         }
         _ => {}
     }
+    // clap quotes a value as it is, so a newline in it would cut the one-line message below.
+    if let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
+        if value.chars().any(char::is_control) {
+            let option = match error.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(option)) => option.clone(),
+                _ => "an option".to_owned(),
+            };
+            let reason = std::error::Error::source(&error)
+                .map(|source| format!(": {source}"))
+                .unwrap_or_default();
+            eprintln!(
+                "airlock: invalid value {value:?} for '{option}'{reason}; run `airlock --help` for the commands"
+            );
+            return ExitCode::from(AIRLOCK_FAILED);
+        }
+    }
     let rendered = error.render().to_string();
     let first = rendered.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
