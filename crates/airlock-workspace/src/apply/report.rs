@@ -70,6 +70,9 @@ pub enum SkipReason {
     TooDeep,
     /// A named path that matches no change.
     NoChange,
+    /// The change is below a path whose own change was skipped, such as the files of a
+    /// directory that the sandbox replaced with a sensitive symlink.
+    ParentSkipped,
 }
 
 #[derive(Debug)]
@@ -126,6 +129,9 @@ impl fmt::Display for SkipReason {
             SkipReason::SpecialFile => "a FIFO, socket or device node, which apply never creates",
             SkipReason::TooDeep => "nested too deep to compare",
             SkipReason::NoChange => "no change at or below this path",
+            SkipReason::ParentSkipped => {
+                "below a path whose change was skipped: apply that path to apply this one"
+            }
         })
     }
 }

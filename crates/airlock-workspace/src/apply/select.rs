@@ -66,6 +66,24 @@ pub(super) fn select<'c>(changes: &'c [Change], named: &[PathBuf]) -> Selection<
             None => selection.chosen.push(change),
         }
     }
+    // A change below a skipped one would apply half of a replacement: the files of a
+    // directory deleted, while the symlink that replaced the directory is left out.
+    let skipped_parents: Vec<PathBuf> = selection
+        .skipped
+        .iter()
+        .map(|skipped| skipped.path.clone())
+        .collect();
+    selection.chosen.retain(|change| {
+        let below = |parent: &PathBuf| change.path != *parent && change.path.starts_with(parent);
+        if !skipped_parents.iter().any(below) {
+            return true;
+        }
+        selection.skipped.push(Skipped {
+            path: change.path.clone(),
+            reason: SkipReason::ParentSkipped,
+        });
+        false
+    });
     for name in named {
         if !changes.iter().any(|change| change.path.starts_with(name)) {
             selection.skipped.push(Skipped {

@@ -88,3 +88,24 @@ fn named_sensitive_paths_are_applied() {
     assert!(report.conflicts.is_empty(), "{:?}", report.conflicts);
     assert!(report.failed.is_empty(), "{:?}", report.failed);
 }
+
+#[test]
+fn skipped_symlink_keeps_replaced_directory_whole() {
+    // The sandbox replaced the directory `lib` with a symlink to /etc: applying the deletion
+    // of `lib/util.py` without the symlink would leave the project's `lib` half removed.
+    let layers = Layers::new();
+    write(&layers.lower.join("lib/util.py"), "x = 1\n");
+    link("/etc", &layers.upper.join("lib"));
+    let report = airlock_workspace::apply(&layers.lower, &layers.upper, &layers.options()).unwrap();
+
+    assert!(layers.lower.join("lib/util.py").exists(), "{report:?}");
+    let reason_of = |path: &str| {
+        report
+            .skipped
+            .iter()
+            .find(|skipped| skipped.path == Path::new(path))
+            .map(|skipped| skipped.reason)
+    };
+    assert_eq!(reason_of("lib"), Some(SkipReason::Sensitive));
+    assert_eq!(reason_of("lib/util.py"), Some(SkipReason::ParentSkipped));
+}
