@@ -346,7 +346,7 @@ fn check_policy(request: BackendRequest, mut spec: Spec, json: bool) -> Result<u
     Ok(if check.is_met() { 0 } else { POLICY_UNMET })
 }
 
-/// Picks the backend for a new sandbox, and says on stderr why when a risk level picked it.
+/// Picks the backend for a new sandbox, and prints on stderr why when a risk level picked it.
 fn select_backend(request: BackendRequest, spec: &Spec) -> Result<selection::Selected> {
     let selected = selection::select(request, spec)?;
     if let Some(explanation) = &selected.explanation {

@@ -71,17 +71,17 @@ impl Staging {
         &self.root
     }
 
-    /// The directory the probes' sandbox gets as its workspace.
+    /// Returns the directory the probes' sandbox gets as its workspace.
     pub fn workspace(&self) -> PathBuf {
         self.root.join("workspace")
     }
 
-    /// The copy of the running binary that goes into the sandbox.
+    /// Returns the copy of the running binary that goes into the sandbox.
     pub fn binary(&self) -> PathBuf {
         self.root.join("airlock")
     }
 
-    /// The name of the setuid copy in the workspace, or why there is none.
+    /// Returns the name of the setuid copy in the workspace, or why there is none.
     pub fn setuid_copy(&self) -> Result<String, String> {
         self.setuid_copy.clone()
     }

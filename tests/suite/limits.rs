@@ -574,7 +574,7 @@ fn stale_cgroups_swept_by_next_run() {
 }
 
 #[test]
-fn command_not_init_is_first_for_the_oom_killer() {
+fn oom_killer_prefers_command_over_init() {
     // Over the memory limit, the kernel kills the process with the highest score: a
     // command's, not the init, whose death would end a held sandbox.
     for caller in CALLERS {

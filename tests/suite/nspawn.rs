@@ -1,6 +1,7 @@
-//! The `nspawn` backend, run as root: a command in a systemd-nspawn container with the host
-//! view or a debootstrap tree as its root, what it can reach, the persistent sandbox's life,
-//! and what is left on the host after `rm` and after a killed supervisor and `gc`.
+//! The `nspawn` backend, run as root. A command runs in a systemd-nspawn container with the
+//! host view or a debootstrap tree as its root. The tests cover what it can reach, the
+//! persistent sandbox's life, and what is left on the host after `rm` and after a killed
+//! supervisor and `gc`.
 //!
 //! They need systemd-nspawn (the Debian package systemd-container), a tmpfs on
 //! /run/systemd/nspawn, and the tree that scripts/test builds with debootstrap.

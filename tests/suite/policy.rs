@@ -1,5 +1,5 @@
 //! `airlock policy check`: what each backend would enforce for a spec, and the exit status
-//! that tells whether the chosen backend meets every rule the spec requires.
+//! that shows whether the chosen backend meets every rule the spec requires.
 
 use std::fs;
 

@@ -306,8 +306,8 @@ fn spec_file_risk_picks_backend() {
 
 #[test]
 fn risk_skips_backend_that_would_reject_the_spec() {
-    // As root, low picks chroot, whose rlimits cannot enforce a requested memory limit and
-    // whose root is host root; both specs must go to the next lightest backend instead.
+    // As root, low picks chroot. Its rlimits cannot enforce a requested memory limit, and its
+    // root is host root, so both specs must go to the next lightest backend instead.
     let workspace = Workspace::new(Caller::Root);
     for extra in [["--memory", "1G"], ["--user", "root"]] {
         let mut args = vec!["run", "--risk", "low"];

@@ -212,7 +212,7 @@ fn finish(status: libc::c_int, marker: &str, report: RawFd) -> ! {
 }
 
 /// Returns whether this single-threaded process has a child, from the kernel's list of its
-/// thread's children; an error where the kernel does not provide that list.
+/// thread's children. Fails where the kernel does not provide that list.
 fn has_children() -> io::Result<bool> {
     let children = std::fs::read_to_string("/proc/thread-self/children")?;
     Ok(!children.trim().is_empty())

@@ -6,8 +6,8 @@
 //! Three processes take part:
 //! - the launcher ([`launch`]), the caller of a run or the supervisor of a held sandbox
 //!   ([`held`]), which prepares, watches and cleans up;
-//! - the holder ([`holder`]), a root process in a new private mount namespace, which builds
-//!   the tree ([`tree`]) and keeps the namespace alive; in a run it starts the command and
+//! - the holder ([`holder`]), a root process in a new private mount namespace. It builds the
+//!   tree ([`tree`]) and keeps the namespace alive. In a run it also starts the command and
 //!   kills what the command leaves behind;
 //! - the command ([`command`]), which takes its rlimits and user and executes. `exec` and
 //!   `cp` join the holder's namespace from outside ([`join`]).

@@ -91,7 +91,8 @@ pub trait HeldSandbox {
     ) -> std::io::Result<HeldEnd>;
 }
 
-/// How strongly a backend isolates, weakest first. A risk level asks for a minimum class.
+/// The strength of a backend's isolation, weakest first. A risk level requires a minimum
+/// class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IsolationClass {
@@ -116,7 +117,7 @@ impl IsolationClass {
     }
 }
 
-/// Why a backend cannot run on this host for this caller, and what would change that.
+/// The reason a backend cannot run on this host for this caller, and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{reason}; {fix}")]
 pub struct Unavailable {
@@ -129,7 +130,7 @@ pub trait Backend {
     /// The name users pass to `--backend`.
     fn name(&self) -> &'static str;
 
-    /// How strongly this backend isolates.
+    /// Returns how strongly this backend isolates.
     fn class(&self) -> IsolationClass;
 
     /// Checks, without creating anything, whether this host and caller can run the backend.

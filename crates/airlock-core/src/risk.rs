@@ -39,7 +39,7 @@ impl RiskLevel {
         }
     }
 
-    /// Returns whether a backend of `class` meets this level. `network_off` tells whether
+    /// Returns whether a backend of `class` meets this level. `network_off` is whether
     /// that backend would cut the sandbox off the network, which `critical` requires of a
     /// virtual machine.
     pub fn is_met_by(self, class: IsolationClass, network_off: bool) -> bool {

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use crate::Fact;
 
-/// How long one socket may take to accept the request and answer it.
+/// How long one socket may take to accept the request and reply.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Largest answer read from a socket, in bytes; `/_ping` returns a few hundred.
+/// Largest reply read from a socket, in bytes. A `/_ping` reply is a few hundred.
 const MAX_ANSWER: u64 = 4096;
 
 /// A socket to try, and where its path came from.
@@ -65,7 +65,7 @@ pub fn candidates(
     (found, remote)
 }
 
-/// Returns whether an HTTP answer is a successful `/_ping`: status 200 and the body `OK`.
+/// Returns whether an HTTP reply is a successful `/_ping`: status 200 and the body `OK`.
 pub fn is_ping_answer(answer: &[u8]) -> bool {
     let text = String::from_utf8_lossy(answer);
     let status_ok = text

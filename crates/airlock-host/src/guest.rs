@@ -3,9 +3,9 @@
 //! through the `isa-debug-exit` device. It writes a letter to the serial port as it enters
 //! each mode, so a failure names the step where the guest stopped.
 //!
-//! A guest that stays in real mode is not enough: on a nested KVM host (a Linux 6.18 guest
-//! of a Firecracker-style VMM), such a guest finished under KVM, while this one reset as it
-//! turned on paging, and rebooted forever without `-no-reboot`.
+//! A guest that stays in real mode is not enough. On a nested KVM host (a Linux 6.18 guest
+//! of a Firecracker-style VMM), such a guest finished under KVM. This one reset as it turned
+//! on paging, and rebooted forever without `-no-reboot`.
 //!
 //! The image lives in a memfd, so no file is left behind whatever happens to this process,
 //! and QEMU gets PR_SET_PDEATHSIG so that it ends with this process.
@@ -36,7 +36,7 @@ pub const EXIT_STATUS: i32 = ((EXIT_VALUE as i32) << 1) | 1;
 /// I/O port of the `isa-debug-exit` device, as passed to QEMU.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 
-/// Where the BIOS loads the boot sector.
+/// The address where the BIOS loads the boot sector.
 const LOAD_ADDRESS: u32 = 0x7c00;
 
 /// Offsets in the boot sector of its parts.

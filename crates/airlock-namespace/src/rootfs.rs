@@ -426,8 +426,8 @@ pub fn finish_workspace(mode: WorkspaceMode, layers: Option<&OwnedFd>) -> Result
         (WorkspaceMode::Overlay, Some(layers)) => {
             let dir = format!("/proc/self/fd/{}", layers.as_raw_fd());
             // userxattr: in a user namespace overlayfs keeps its markers in user.* xattrs.
-            // volatile: the overlay's end does not sync the whole file system that holds the
-            // state directory, which costs a journal commit and a disk flush per sandbox.
+            // volatile: the overlay's end does not sync the whole file system of the state
+            // directory, which costs a journal commit and a disk flush per sandbox.
             // Writes still reach the disk by the kernel's usual writeback; the launcher
             // clears the marker this leaves in the work directory before the next mount.
             let options = format!(

@@ -107,15 +107,15 @@ pub unsafe fn spawn_shared(
     arg: *mut libc::c_void,
 ) -> io::Result<libc::pid_t> {
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
-    // SAFETY: the top of a live mapping that only the child uses, as its stack, until this
-    // call returns; the caller guarantees the rest, as documented above.
+    // SAFETY: `stack.top()` is the top of a live mapping that only the child uses until this
+    // call returns. The caller guarantees the rest, as documented above.
     let pid = unsafe { libc::clone(child, stack.top(), flags, arg) };
     check(pid)
 }
 
-/// An anonymous mapping for a child's stack. Its pages are zero-filled by the kernel when first
-/// touched, so a child that uses a few kilobytes costs a few page faults, where a zeroed heap
-/// buffer of the same size would fault in every page before the child starts.
+/// An anonymous mapping for a child's stack. The kernel fills its pages with zeros when they
+/// are first touched, so a child that uses a few kilobytes costs a few page faults. A zeroed
+/// heap buffer of the same size would fault in every page before the child starts.
 pub struct Stack {
     base: *mut libc::c_void,
     len: usize,
@@ -134,7 +134,7 @@ impl Stack {
         Ok(Stack { base, len })
     }
 
-    /// The highest address of the stack, 16-byte aligned, where an x86-64 stack starts.
+    /// Returns the highest address of the stack, 16-byte aligned, where an x86-64 stack starts.
     fn top(&self) -> *mut libc::c_void {
         ((self.base as usize + self.len) & !15) as *mut libc::c_void
     }

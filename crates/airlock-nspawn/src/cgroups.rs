@@ -108,9 +108,10 @@ impl Cgroups {
     /// directory it is forked into, and the `tasks` file it writes "0" to for the
     /// `name=systemd` hierarchy. The v1 limit cgroups are left to [`Cgroups::admit`], so that
     /// systemd-nspawn itself does not count against the sandbox's limits.
-    /// Being forked into a v2 cgroup and writing a v1 `tasks` file both move one thread,
-    /// which does not wait for the RCU grace period that moving a whole process through
-    /// `cgroup.procs` can wait for (up to 15 ms measured here).
+    /// Being forked into a v2 cgroup and writing "0" to a v1 `tasks` file both move one
+    /// thread without the kernel's global migration lock. Moving a whole process through
+    /// `cgroup.procs` takes that lock and can wait for an RCU grace period (15 ms in one
+    /// trace).
     pub fn entry(&self) -> Result<Entry, Error> {
         let mut entry = Entry::default();
         for dir in &self.placement {

@@ -21,7 +21,8 @@ use crate::launch::{self, Container};
 /// Facts about a running held container that later commands need, stored in its record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Runtime {
-    /// What the namespace backend's joiner needs; its `init` is the container's init.
+    /// The namespace backend's runtime, which its joiner reads; its `init` is the container's
+    /// init.
     #[serde(flatten)]
     pub container: airlock_namespace::held::Runtime,
     /// systemd-nspawn, a child of the supervisor.
