@@ -173,21 +173,11 @@ fn push_limits(enforcement: &mut Enforcement, spec: &Spec, user: User) {
 }
 
 /// Fails when a required protection is not fully enforced, unless the spec accepts weaker
-/// isolation; then each weaker protection is logged.
+/// isolation.
 pub fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), Error> {
-    let unmet: Vec<String> = enforcement.unmet().map(ToString::to_string).collect();
-    if unmet.is_empty() {
-        return Ok(());
-    }
-    if allow_weaker {
-        for protection in enforcement.unmet() {
-            tracing::info!(%protection, "running with weaker isolation than requested");
-        }
-        return Ok(());
-    }
-    Err(Error::WeakerThanRequired {
-        unmet: unmet.join("; "),
-    })
+    enforcement
+        .check_required(allow_weaker)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })
 }
 
 #[cfg(test)]

@@ -92,6 +92,16 @@ impl Enforcement {
             .filter(|protection| protection.required && protection.status != Status::Enforced)
     }
 
+    /// Checks that every required protection is enforced in full. Returns the unmet ones as
+    /// one line, separated by `; `, unless `allow_weaker` accepts them.
+    pub fn check_required(&self, allow_weaker: bool) -> Result<(), String> {
+        let unmet: Vec<String> = self.unmet().map(ToString::to_string).collect();
+        if unmet.is_empty() || allow_weaker {
+            return Ok(());
+        }
+        Err(unmet.join("; "))
+    }
+
     pub fn get(&self, rule: &str) -> Option<&Protection> {
         self.0.iter().find(|protection| protection.rule == rule)
     }
@@ -123,6 +133,20 @@ mod tests {
         enforcement.push("cpu limit", Status::Unsupported("no cgroup".into()), false);
         let unmet: Vec<_> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
         assert_eq!(unmet, ["memory limit"]);
+    }
+
+    #[test]
+    fn check_required_lists_unmet_unless_allowed() {
+        let mut enforcement = Enforcement::default();
+        enforcement.push("seccomp filter", Status::Enforced, true);
+        assert_eq!(enforcement.check_required(false), Ok(()));
+        enforcement.push("memory limit", Status::Partial("rlimit".into()), true);
+        enforcement.push("cpu limit", Status::Unsupported("none".into()), true);
+        assert_eq!(
+            enforcement.check_required(false),
+            Err("memory limit: partial (rlimit); cpu limit: not enforced (none)".into())
+        );
+        assert_eq!(enforcement.check_required(true), Ok(()));
     }
 
     #[test]

@@ -136,19 +136,9 @@ pub fn assess(spec: &Spec, host: &Host) -> Enforcement {
 
 /// Fails unless every required protection is enforced or the caller accepted weaker ones.
 pub fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), crate::Error> {
-    let unmet: Vec<String> = enforcement.unmet().map(ToString::to_string).collect();
-    if unmet.is_empty() {
-        return Ok(());
-    }
-    if allow_weaker {
-        for protection in enforcement.unmet() {
-            tracing::info!(%protection, "running with weaker isolation than requested");
-        }
-        return Ok(());
-    }
-    Err(crate::Error::WeakerThanRequired {
-        unmet: unmet.join("; "),
-    })
+    enforcement
+        .check_required(allow_weaker)
+        .map_err(|unmet| crate::Error::WeakerThanRequired { unmet })
 }
 
 #[cfg(test)]
