@@ -167,14 +167,7 @@ pub fn exec(
     };
     drop((report_write, control_inside, namespace));
     streams.child_ends.clear();
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(pidfd) => pidfd,
-        Err(source) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::waitpid(pid, 0);
-            return Err(Error::Wait(source));
-        }
-    };
+    let pidfd = sys::pidfd_of_child(pid).map_err(Error::Wait)?;
     // The child becomes the command and leads its own process group, which signals reach
     // as a whole.
     let mut process = Sandbox {

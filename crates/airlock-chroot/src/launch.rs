@@ -106,14 +106,7 @@ pub fn start_holder(
         Err(source) => return Err(Error::Clone(source)),
     };
     drop((report_write, control_inside, pid_write, alive_read));
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(pidfd) => pidfd,
-        Err(source) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::waitpid(pid, 0);
-            return Err(Error::Wait(source));
-        }
-    };
+    let pidfd = sys::pidfd_of_child(pid).map_err(Error::Wait)?;
     tracing::info!(sandbox = %prepared.id, backend = "chroot", pid, hold = command.is_none(), "sandbox created");
     let channels = Channels {
         report: report_read,

@@ -115,14 +115,7 @@ pub fn exec(
     };
     drop((report_write, control_inside, pid_write, alive_read));
     streams.child_ends.clear();
-    let joiner_pidfd = match sys::pidfd_open(joiner_pid) {
-        Ok(pidfd) => pidfd,
-        Err(source) => {
-            let _ = sys::kill(joiner_pid, libc::SIGKILL);
-            let _ = sys::waitpid(joiner_pid, 0);
-            return Err(Error::Wait(source));
-        }
-    };
+    let joiner_pidfd = sys::pidfd_of_child(joiner_pid).map_err(Error::Wait)?;
     let mut process = Sandbox {
         pid: joiner_pid,
         pidfd: joiner_pidfd,

@@ -270,14 +270,7 @@ fn start_init(
             });
         }
     };
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(pidfd) => pidfd,
-        Err(source) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::waitpid(pid, 0);
-            return Err(Error::Wait(source));
-        }
-    };
+    let pidfd = sys::pidfd_of_child(pid).map_err(Error::Wait)?;
     Ok(Sandbox {
         pid,
         pidfd,

@@ -160,6 +160,15 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     check_long(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Opens a pidfd for the child `pid` that this process just started. If that fails, kills and
+/// reaps the child, so that no process is left that the caller cannot watch.
+pub fn pidfd_of_child(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    pidfd_open(pid).inspect_err(|_| {
+        let _ = kill(pid, libc::SIGKILL);
+        let _ = waitpid(pid, 0);
+    })
+}
+
 /// Sends `signal` to the process that `pidfd` refers to, which cannot be a reused pid.
 pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: pidfd_send_signal takes a descriptor, a signal, a null siginfo and flags.

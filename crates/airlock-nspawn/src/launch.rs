@@ -208,14 +208,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     };
     drop((plan_read, report_write, liveness_read, null, child));
     streams.child_ends.clear();
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(pidfd) => pidfd,
-        Err(source) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::waitpid(pid, 0);
-            return Err(Error::Spawn(source));
-        }
-    };
+    let pidfd = sys::pidfd_of_child(pid).map_err(Error::Spawn)?;
     tracing::info!(sandbox = %id, backend = "nspawn", pid, hold, "sandbox created");
     let view = cgroups
         .limits
