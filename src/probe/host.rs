@@ -165,7 +165,7 @@ impl Drop for CanaryProcess {
     }
 }
 
-/// The canary process after the fork: only system calls, then it sleeps until killed.
+/// Runs the canary process after the fork: only system calls, then it sleeps until killed.
 fn canary_process_main(parent: libc::pid_t, name: &CString) -> ! {
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     if sys::getppid() != parent {
@@ -199,7 +199,7 @@ pub struct CanaryFile {
 
 impl CanaryFile {
     /// Creates `DIR/.airlock-probe-PURPOSE-TOKEN`, readable by everyone, so that only the
-    /// sandbox stands between a probe and its content.
+    /// sandbox keeps a probe from its content.
     pub fn create(dir: &Path, purpose: &str, content: &[u8]) -> io::Result<CanaryFile> {
         let path = dir.join(format!(".airlock-probe-{purpose}-{}", token(6)));
         let mut file = std::fs::OpenOptions::new()

@@ -63,14 +63,14 @@ fn is_alive(pid: &str) -> bool {
     state.is_some_and(|rest| !rest.starts_with('Z'))
 }
 
-/// Returns the first entry of event `wanted` in the audit log of `id`.
-fn audit_entry(id: &str, wanted: &str) -> serde_json::Value {
+/// Returns the first audit log entry of sandbox `id` whose event is `event`.
+fn audit_entry(id: &str, event: &str) -> serde_json::Value {
     let log = state_dir(ROOT).join("audit").join(format!("{id}.jsonl"));
     let text = fs::read_to_string(&log).expect("read the audit log");
     text.lines()
         .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON line"))
-        .find(|entry| entry["event"] == wanted)
-        .unwrap_or_else(|| panic!("no {wanted:?} event in {text}"))
+        .find(|entry| entry["event"] == event)
+        .unwrap_or_else(|| panic!("no {event:?} event in {text}"))
 }
 
 fn status_of(workspace: &Path, id: &str) -> Option<serde_json::Value> {
@@ -345,21 +345,21 @@ fn chroot_killed_supervisor_leaves_nothing_after_gc() {
 #[test]
 fn chroot_requested_cpus_need_allow_weaker() {
     let workspace = Workspace::new(ROOT);
-    let refused = run_sh(workspace.path(), &["--cpus", "1"], "true");
-    assert_eq!(refused.status.code(), Some(125), "{}", describe(&refused));
-    let message = stderr(&refused);
+    let rejected = run_sh(workspace.path(), &["--cpus", "1"], "true");
+    assert_eq!(rejected.status.code(), Some(125), "{}", describe(&rejected));
+    let message = stderr(&rejected);
     assert!(message.contains("cpu limit: not enforced"), "{message}");
     assert!(message.contains("--allow-weaker"), "{message}");
-    let refused_create = run(
+    let rejected_create = run(
         ROOT,
         &["create", "--backend", "chroot", "--cpus", "1"],
         workspace.path(),
     );
     assert_eq!(
-        refused_create.status.code(),
+        rejected_create.status.code(),
         Some(125),
         "{}",
-        describe(&refused_create)
+        describe(&rejected_create)
     );
 
     let allowed = run_sh(workspace.path(), &["--cpus", "1", "--allow-weaker"], "true");

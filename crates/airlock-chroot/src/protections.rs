@@ -1,6 +1,6 @@
-//! What a chroot sandbox enforces for one spec, rule by rule. The result depends only on the
-//! spec, because the backend uses nothing that differs between hosts (no cgroups, no
-//! Landlock), so the prediction and what creation gets are the same.
+//! The protections a chroot sandbox enforces for one spec, rule by rule. The result depends
+//! only on the spec, because the backend uses nothing that differs between hosts (no cgroups,
+//! no Landlock), so the prediction and what creation gets are the same.
 
 use airlock_core::enforcement::rule;
 use airlock_core::{Enforcement, RootFs, Spec, Status, User};

@@ -83,7 +83,7 @@ pub enum ProbeTargets {
     One(BackendKind),
 }
 
-/// How the caller picks the backend of a sandbox: by name, by risk level, both (the named
+/// The caller's choice of a sandbox's backend: by name, by risk level, both (the named
 /// backend must then meet the level), or neither for the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BackendRequest {

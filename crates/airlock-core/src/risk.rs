@@ -64,7 +64,7 @@ impl RiskLevel {
         }
     }
 
-    /// The classes that can meet the level, weakest first.
+    /// Returns the classes that can meet the level, weakest first.
     fn classes(self) -> impl Iterator<Item = IsolationClass> {
         [
             IsolationClass::Chroot,

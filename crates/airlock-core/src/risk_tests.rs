@@ -20,7 +20,7 @@ fn unavailable(name: &'static str, class: IsolationClass, reason: &str) -> Candi
     }
 }
 
-/// The full ladder as a root caller with every backend usable would see it.
+/// Builds the full ladder as a root caller with every backend usable would see it.
 fn ladder() -> Vec<Candidate> {
     vec![
         available("namespace", IsolationClass::Container),

@@ -10,7 +10,7 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-/// How the cgroup hierarchies are mounted.
+/// The layout of the mounted cgroup hierarchies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     /// One cgroup v1 hierarchy per controller.

@@ -49,7 +49,8 @@ pub fn aws_fact(env: &dyn Fn(&str) -> Option<OsString>, home: Option<&Path>) -> 
     )
 }
 
-/// The shared credentials file: `AWS_SHARED_CREDENTIALS_FILE`, else ~/.aws/credentials.
+/// Returns the shared credentials file: `AWS_SHARED_CREDENTIALS_FILE`, else
+/// ~/.aws/credentials.
 fn credentials_file(
     env: &dyn Fn(&str) -> Option<OsString>,
     home: Option<&Path>,

@@ -9,7 +9,7 @@ use airlock_namespace::sys;
 /// the caller's PATH, because the binary runs as root.
 const SEARCH_DIRS: [&str; 4] = ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin"];
 
-/// Where systemd-nspawn keeps per-container state: mount propagation directories and
+/// The directory of systemd-nspawn's per-container state: mount propagation directories and
 /// image locks.
 pub const STATE_DIR: &str = "/run/systemd/nspawn";
 

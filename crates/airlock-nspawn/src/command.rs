@@ -18,7 +18,7 @@ pub const OVERLAY_LOWER: &str = "/.airlock/lower";
 /// The directory holding the overlay's `upper` and `work` directories inside the container.
 pub const OVERLAY_LAYERS: &str = "/.airlock/layers";
 
-/// What one systemd-nspawn invocation needs; the paths are in the launcher's private mount
+/// The inputs of one systemd-nspawn invocation. Its paths are in the launcher's private mount
 /// namespace.
 #[derive(Debug, Clone)]
 pub struct Invocation<'a> {
