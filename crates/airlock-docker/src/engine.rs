@@ -1,0 +1,194 @@
+//! The connection to the engine: which socket, which API version, and a single-threaded
+//! runtime to drive the client on.
+//!
+//! The runtime is current-thread on purpose: the process that holds a sandbox stays
+//! single-threaded, so it may fork safely.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bollard::Docker;
+use tracing::debug;
+
+/// How long one request to the engine may take before the client gives up, in seconds.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// The oldest engine API this backend speaks: Docker Engine 20.10 and Podman 4.
+pub const MINIMUM_API: (u32, u32) = (1, 41);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("DOCKER_HOST={host} is not a unix socket; the docker backend talks to local engines only: unset DOCKER_HOST or set it to unix:///path/to/docker.sock")]
+    Remote { host: String },
+    #[error("no engine socket found (tried {}); start Docker Engine (`dockerd`) or Podman's API service (`podman system service --time=0`), or point DOCKER_HOST at its socket, such as unix:///run/docker.sock", list(.tried))]
+    NoSocket { tried: Vec<PathBuf> },
+    #[error("permission denied on the engine socket {socket:?}; run as root, or add your user to the socket's group (usually `docker`)")]
+    PermissionDenied { socket: PathBuf },
+    #[error("the engine at {socket:?} does not answer; start it (`dockerd`, or `podman system service --time=0`) or remove the stale socket")]
+    Unreachable {
+        socket: PathBuf,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the engine at {socket:?} speaks API {found}, older than {}.{}, the oldest this backend supports; upgrade it to Docker Engine 20.10 or Podman 4 or later", MINIMUM_API.0, MINIMUM_API.1)]
+    TooOld { socket: PathBuf, found: String },
+    #[error("cannot start the engine client's runtime")]
+    Runtime(#[source] io::Error),
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|path| format!("{path:?}")).collect();
+    names.join(", ")
+}
+
+/// A connected engine: the client, the socket it uses and the runtime that drives it.
+pub struct Engine {
+    runtime: tokio::runtime::Runtime,
+    docker: Docker,
+    socket: PathBuf,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Finds the engine's socket as Docker clients do (`DOCKER_HOST`, then the default
+    /// sockets of Docker and Podman), connects, and agrees on an API version.
+    pub fn connect() -> Result<Engine, EngineError> {
+        let env = |name: &str| std::env::var_os(name);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let is_root = unsafe { libc::geteuid() } == 0;
+        Self::connect_with(&env, is_root)
+    }
+
+    fn connect_with(
+        env: &dyn Fn(&str) -> Option<OsString>,
+        is_root: bool,
+    ) -> Result<Engine, EngineError> {
+        let (candidates, remote) = airlock_host::docker::candidates(env, is_root);
+        if let Some(host) = remote {
+            return Err(EngineError::Remote { host });
+        }
+        let socket = candidates
+            .iter()
+            .map(|candidate| candidate.path.clone())
+            .find(|path| path.exists())
+            .ok_or_else(|| EngineError::NoSocket {
+                tried: candidates.iter().map(|c| c.path.clone()).collect(),
+            })?;
+        Self::connect_to(&socket)
+    }
+
+    /// Connects to the engine on the unix socket at `socket`.
+    pub fn connect_to(socket: &Path) -> Result<Engine, EngineError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(EngineError::Runtime)?;
+        let unreachable = |source| EngineError::Unreachable {
+            socket: socket.to_owned(),
+            source,
+        };
+        let address = socket.to_string_lossy();
+        let docker = {
+            let _entered = runtime.enter();
+            Docker::connect_with_unix(&address, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+                .map_err(unreachable)?
+        };
+        let docker = runtime
+            .block_on(docker.negotiate_version())
+            .map_err(|source| classify(socket, source))?;
+        let version = docker.client_version();
+        debug!(socket = %socket.display(), api = %version, "connected to the engine");
+        let found = (version.major_version as u32, version.minor_version as u32);
+        if found < MINIMUM_API {
+            return Err(EngineError::TooOld {
+                socket: socket.to_owned(),
+                found: version.to_string(),
+            });
+        }
+        Ok(Engine {
+            runtime,
+            docker,
+            socket: socket.to_owned(),
+        })
+    }
+
+    /// The client, for requests passed to [`Engine::block_on`].
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The socket this engine answers on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs `future`, usually a request to the engine, to completion on this thread.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+}
+
+/// Tells a socket the caller may not open from an engine that does not answer.
+fn classify(socket: &Path, source: bollard::errors::Error) -> EngineError {
+    let denied = match &source {
+        bollard::errors::Error::IOError { err } => err.kind() == io::ErrorKind::PermissionDenied,
+        other => other.to_string().contains("Permission denied"),
+    };
+    if denied {
+        EngineError::PermissionDenied {
+            socket: socket.to_owned(),
+        }
+    } else {
+        EngineError::Unreachable {
+            socket: socket.to_owned(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_docker_host_is_refused_without_contacting_it() {
+        let env =
+            |name: &str| (name == "DOCKER_HOST").then(|| OsString::from("tcp://192.0.2.1:2375"));
+        let error = Engine::connect_with(&env, true).expect_err("a TCP host is refused");
+        assert!(matches!(error, EngineError::Remote { .. }), "{error}");
+    }
+
+    #[test]
+    fn missing_socket_names_every_path_tried() {
+        let env = |name: &str| {
+            (name == "DOCKER_HOST").then(|| OsString::from("unix:///nonexistent/airlock-test.sock"))
+        };
+        let error = Engine::connect_with(&env, true).expect_err("no socket");
+        let message = error.to_string();
+        assert!(
+            message.contains("/nonexistent/airlock-test.sock"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn refused_connection_is_reported_as_unreachable() {
+        let dir = std::env::temp_dir().join(format!("airlock-engine-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("closed.sock");
+        // A socket file with no listener behind it: bind, then drop the listener.
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let error = Engine::connect_to(&socket).expect_err("nobody listens");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(error, EngineError::Unreachable { .. }), "{error}");
+    }
+}

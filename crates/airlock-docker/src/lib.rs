@@ -1,0 +1,6 @@
+//! The `docker` backend: each sandbox is a container of a Docker-compatible engine, Docker
+//! Engine or Podman's API service, driven through its HTTP API on a unix socket.
+
+pub mod engine;
+
+pub use engine::{Engine, EngineError};
