@@ -95,6 +95,12 @@ pub enum Command {
     /// The init of an nspawn sandbox, started by systemd-nspawn inside the container.
     #[command(name = "__nspawn-init", hide = true)]
     NspawnInit,
+    /// The init of a docker sandbox, the container's entrypoint.
+    #[command(name = "__docker-init", hide = true)]
+    DockerInit(DockerChannelArgs),
+    /// The wrapper that runs an exec's command in a docker sandbox.
+    #[command(name = "__docker-exec", hide = true)]
+    DockerExec(DockerChannelArgs),
 }
 
 impl Command {
@@ -134,6 +140,11 @@ pub struct SandboxArgs {
     /// host's /usr, /bin, /sbin, /lib*, /etc and /opt, with secrets hidden].
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+
+    /// Image the docker backend runs, a local image of its engine such as debian:bookworm
+    /// (`airlock image import` or `airlock image pull` adds one); needs --backend docker.
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_image)]
+    pub image: Option<String>,
 
     /// Project directory shown at /workspace, the working directory.
     #[arg(long, value_name = "DIR", default_value = ".")]
@@ -179,8 +190,9 @@ pub struct SandboxArgs {
     pub allow_weaker: bool,
 
     /// The user the command runs as inside: root, UID or UID:GID [default: the backend's; root
-    /// inside its own user namespace for namespace, 65534 (nobody) for chroot]. Under chroot,
-    /// root is host root and needs --allow-weaker.
+    /// inside its own user namespace for namespace, 65534 (nobody) for chroot, the workspace's
+    /// owner for docker]. Under chroot, and docker without user namespace remapping, root is
+    /// host root and needs --allow-weaker.
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
 }
@@ -419,6 +431,12 @@ pub struct SuperviseArgs {
     pub id: String,
 }
 
+#[derive(Debug, Args)]
+pub struct DockerChannelArgs {
+    /// The unix socket, inside the container, on which the host hands over the command.
+    pub socket: PathBuf,
+}
+
 fn parse_env(value: &str) -> Result<(String, OsString), String> {
     spec::parse_env(value).map_err(|error| error.to_string())
 }
@@ -479,6 +497,7 @@ impl SandboxArgs {
     ) -> Result<(BackendRequest, Spec), SpecFileError> {
         let mut spec = Spec::new(command);
         spec.rootfs = self.rootfs.map_or(RootFs::HostView, RootFs::Directory);
+        spec.image = self.image;
         spec.workspace = Some(self.workspace);
         spec.workspace_mode = self.workspace_mode;
         spec.env = self.env;

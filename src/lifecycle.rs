@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_chroot::ChrootBackend;
 use airlock_core::audit::{self, AuditLog};
 use airlock_core::state::{self, Phase, ProcessRef, Record, SandboxDir, StateDir};
+use airlock_docker::DockerBackend;
 use airlock_core::{
     Backend, BackendError, BackendKind, EndReason, ExecCommand, Finished, HeldEnd, RunOptions,
     SandboxId, Spec, Stats, WorkspaceMode,
@@ -79,6 +80,7 @@ pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
         BackendKind::Namespace => Box::new(NamespaceBackend),
         BackendKind::Chroot => Box::new(ChrootBackend),
         BackendKind::Nspawn => Box::new(NspawnBackend),
+        BackendKind::Docker => Box::new(DockerBackend),
     }
 }
 

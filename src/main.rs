@@ -274,8 +274,11 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
             let json = args.json;
             (args.into_action(), json)
         }
-        Command::Supervise(_) | Command::NspawnInit => {
-            unreachable!("the supervisor and the nspawn init are not actions")
+        Command::Supervise(_)
+        | Command::NspawnInit
+        | Command::DockerInit(_)
+        | Command::DockerExec(_) => {
+            unreachable!("the supervisor and the containers' inits are not actions")
         }
         Command::ProbeInside(_) => unreachable!("a probe inside a sandbox is not an action"),
     };
@@ -286,8 +289,11 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
 /// exit status.
 fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     let state_dir = cli.state_dir.as_deref();
-    if let Command::NspawnInit = &cli.command {
-        airlock_nspawn::init::run();
+    match &cli.command {
+        Command::NspawnInit => airlock_nspawn::init::run(),
+        Command::DockerInit(args) => airlock_docker::inside::init(&args.socket),
+        Command::DockerExec(args) => airlock_docker::inside::exec(&args.socket),
+        _ => {}
     }
     if let Command::Supervise(args) = &cli.command {
         // The process that started this supervisor, whose exit before the handshake ends it.

@@ -102,13 +102,17 @@ pub enum BackendKind {
     Chroot,
     /// A systemd-nspawn container, started without systemd as PID 1.
     Nspawn,
+    /// A container of a Docker-compatible engine (Docker Engine, or Podman's API service),
+    /// run from an image of that engine.
+    Docker,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [
+    pub const ALL: [BackendKind; 4] = [
         BackendKind::Namespace,
         BackendKind::Chroot,
         BackendKind::Nspawn,
+        BackendKind::Docker,
     ];
 
     /// The name users pass to `--backend`.
@@ -117,6 +121,7 @@ impl BackendKind {
             BackendKind::Namespace => "namespace",
             BackendKind::Chroot => "chroot",
             BackendKind::Nspawn => "nspawn",
+            BackendKind::Docker => "docker",
         }
     }
 }

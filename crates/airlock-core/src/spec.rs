@@ -199,6 +199,10 @@ pub struct Spec {
     /// The user the command runs as inside; `None` for the backend's default.
     #[serde(default)]
     pub user: Option<User>,
+    /// A local image of the container engine that the docker backend runs, such as
+    /// `debian:bookworm`; the other backends reject a spec that names one.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// A user and group id inside the sandbox.
@@ -295,6 +299,7 @@ impl Spec {
             tty: false,
             allow_weaker: false,
             user: None,
+            image: None,
         }
     }
 
@@ -433,6 +438,30 @@ pub fn is_system_path(path: &Path) -> bool {
             .any(|name| component.as_os_str() == *name)
     });
     in_tree || shared || home || secret
+}
+
+/// Maximum length of an image reference, in bytes: the limit Docker Engine puts on a
+/// repository name.
+pub const MAX_IMAGE_LENGTH: usize = 255;
+
+/// Checks an image reference such as `debian:bookworm`, `registry.example:5000/team/tool:1.2`
+/// or `name@sha256:HEX`: letters, digits and `.`, `_`, `-`, `/`, `:`, `@`, starting with a
+/// letter or digit. The engine checks the rest of the grammar when it looks the image up.
+pub fn parse_image(text: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
+    let valid = !text.is_empty()
+        && text.len() <= MAX_IMAGE_LENGTH
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.chars().all(allowed)
+        && !text.contains("//");
+    if valid {
+        return Ok(text.to_owned());
+    }
+    Err(format!(
+        "invalid image {text:?}: expected a reference such as debian:bookworm or \
+         registry.example/team/tool:1.2, of at most {MAX_IMAGE_LENGTH} letters, digits and \
+         '.', '_', '-', '/', ':', '@'"
+    ))
 }
 
 /// Parses one `KEY=VALUE` environment assignment.
@@ -623,6 +652,21 @@ mod tests {
         let names: Vec<&str> = env.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(names, ["PATH", "LANG", "HOME", "A"]);
         assert_eq!(env[2].1, "/workspace");
+    }
+
+    #[test]
+    fn parse_image_accepts_references_and_rejects_the_rest() {
+        for good in [
+            "debian:bookworm",
+            "airlock-test/bookworm:latest",
+            "registry.example:5000/team/tool:1.2",
+            "alpine@sha256:0123abcd",
+        ] {
+            assert_eq!(parse_image(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "-x", "/abs", "a b", "a\nb", "a//b", &"a".repeat(256)] {
+            assert!(parse_image(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! Each key is the long option name with `-` replaced by `_`, and every key is optional:
 //!
 //! ```toml
-//! backend = "namespace"        # or "chroot"
+//! backend = "namespace"        # or "chroot", "nspawn", "docker"
 //! risk = "medium"              # low, medium, high or critical: the lightest backend that meets it
 //! rootfs = "rootfs"            # a directory, relative to this file's directory
+//! image = "debian:bookworm"    # a local image of the engine, for the docker backend
 //! workspace = "project"        # a directory, relative to this file's directory
 //! workspace_mode = "overlay"   # overlay, bind, readonly or none
 //! memory = "512M"              # or a whole number of bytes
@@ -47,10 +48,11 @@ use crate::size::{self, format_bytes};
 use crate::spec::{self, Limit, RootFs, Spec, User, WorkspaceMode, MAX_PIDS, MIN_MEMORY};
 
 /// Every key a spec file may contain, in the order of the format's documentation.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "backend",
     "risk",
     "rootfs",
+    "image",
     "workspace",
     "workspace_mode",
     "env",
@@ -80,6 +82,8 @@ pub struct SpecFile {
     pub risk: Option<RiskLevel>,
     /// Root filesystem directory, already joined to the spec file's directory.
     pub rootfs: Option<PathBuf>,
+    /// Image of the docker backend's engine, valid by [`spec::parse_image`].
+    pub image: Option<String>,
     /// Workspace directory, already joined to the spec file's directory.
     pub workspace: Option<PathBuf>,
     pub workspace_mode: Option<WorkspaceMode>,
@@ -257,6 +261,9 @@ impl SpecFile {
         if let (Some(rootfs), true) = (&self.rootfs, from_file("rootfs")) {
             spec.rootfs = RootFs::Directory(rootfs.clone());
         }
+        if let (Some(image), true) = (&self.image, from_file("image")) {
+            spec.image = Some(image.clone());
+        }
         if let (Some(workspace), true) = (&self.workspace, from_file("workspace")) {
             spec.workspace = Some(workspace.clone());
         }
@@ -293,6 +300,7 @@ struct RawSpecFile {
     backend: Option<Spanned<String>>,
     risk: Option<Spanned<String>>,
     rootfs: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
     workspace: Option<Spanned<String>>,
     workspace_mode: Option<Spanned<String>>,
     env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
@@ -385,6 +393,7 @@ impl Source<'_> {
                 .rootfs
                 .map(|value| self.path("rootfs", value))
                 .transpose()?,
+            image: raw.image.map(|value| self.image(value)).transpose()?,
             workspace: raw
                 .workspace
                 .map(|value| self.path("workspace", value))
@@ -435,6 +444,11 @@ impl Source<'_> {
         self.reject_nul(key, &value)?;
         let base = self.path.parent().unwrap_or(Path::new(""));
         Ok(base.join(value.get_ref()))
+    }
+
+    fn image(&self, value: Spanned<String>) -> Result<String, SpecFileError> {
+        spec::parse_image(value.get_ref())
+            .map_err(|message| self.invalid("image", value.span(), message))
     }
 
     fn workspace_mode(&self, value: Spanned<String>) -> Result<WorkspaceMode, SpecFileError> {
@@ -620,6 +634,7 @@ mod tests {
 backend = "namespace"
 risk = "medium"
 rootfs = "/srv/rootfs"
+image = "debian:bookworm"
 workspace = "project"
 workspace_mode = "readonly"
 memory = "512M"
@@ -668,6 +683,7 @@ A = "1=2"
             backend: Some("namespace".into()),
             risk: Some(RiskLevel::Medium),
             rootfs: Some("/srv/rootfs".into()),
+            image: Some("debian:bookworm".into()),
             workspace: Some("dir/project".into()),
             workspace_mode: Some(WorkspaceMode::Readonly),
             env: vec![
@@ -718,6 +734,14 @@ A = "1=2"
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn bad_image_reports_value_position() {
+        let error = parse_at("tty = true\nimage = \"Bad Image\"\n").unwrap_err();
+        assert!(matches!(&error, SpecFileError::InvalidValue { key, .. } if key == "image"));
+        assert_eq!(location_of(&error), ("dir/spec.toml".into(), 2, 9));
+        assert!(error.to_string().contains("invalid image"), "{error}");
     }
 
     #[test]

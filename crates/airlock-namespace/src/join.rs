@@ -43,7 +43,7 @@ use crate::{stdio, sys, tty};
 
 /// Builds the spec of the command's process: the sandbox's, with the command's own argv,
 /// variables, terminal and timeout.
-fn command_spec(sandbox: &Spec, command: &ExecCommand) -> Spec {
+pub fn command_spec(sandbox: &Spec, command: &ExecCommand) -> Spec {
     let mut spec = sandbox.clone();
     spec.command = command.argv.clone();
     spec.env.extend(command.env.iter().cloned());
@@ -498,7 +498,9 @@ pub fn transfer(
         pack(&data_write, source, &name)
     } else {
         drop(data_write);
-        unpack_on_host(&data_read, &host_dir)
+        data_read
+            .try_clone()
+            .and_then(|fd| unpack_on_host(std::fs::File::from(fd), &host_dir))
     };
     let status = sys::waitpid(pid, 0)
         .map_err(Error::Wait)?
@@ -527,7 +529,8 @@ pub fn transfer(
     Ok(())
 }
 
-fn file_name(path: &Path) -> Result<OsString, Error> {
+/// Returns the last component of `path`, the name its copy gets.
+pub fn file_name(path: &Path) -> Result<OsString, Error> {
     path.file_name()
         .map(OsStr::to_os_string)
         .ok_or_else(|| Error::Copy {
@@ -540,7 +543,7 @@ fn file_name(path: &Path) -> Result<OsString, Error> {
 
 /// Decides where a copy of `source` lands for `target`, the way cp(1) does: inside `target` when
 /// it is a directory, else at `target` itself. Returns the directory and the name.
-fn copy_destination(
+pub fn copy_destination(
     target: &Path,
     source: &Path,
     is_dir: impl Fn(&Path) -> bool,
@@ -625,8 +628,7 @@ fn leaves_copy(target: &Path) -> bool {
 /// Unpacks a tar stream from the sandbox into `dir` on the host. The tar reader refuses
 /// paths that leave `dir`, also through symlinks; device nodes and FIFOs are skipped, and
 /// permissions lose their setuid, setgid and sticky bits.
-fn unpack_on_host(fd: &OwnedFd, dir: &Path) -> std::io::Result<()> {
-    let source = std::fs::File::from(fd.try_clone()?);
+pub fn unpack_on_host(source: impl std::io::Read, dir: &Path) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(source);
     // Without preserved permissions the reader keeps only the rwx bits of each mode.
     archive.set_preserve_permissions(false);

@@ -539,6 +539,22 @@ pub fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     .map(drop)
 }
 
+/// Returns whether `capability` is in this thread's bounding set; fails with EINVAL for a
+/// number the kernel does not know.
+pub fn capability_in_bounding_set(capability: libc::c_ulong) -> io::Result<bool> {
+    // SAFETY: PR_CAPBSET_READ takes an integer argument only.
+    let result = check(unsafe {
+        libc::prctl(
+            libc::PR_CAPBSET_READ,
+            capability,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })?;
+    Ok(result == 1)
+}
+
 /// The type of setrlimit's resource argument, which differs between the C libraries.
 #[cfg(target_env = "gnu")]
 pub type RlimitResource = libc::__rlimit_resource_t;

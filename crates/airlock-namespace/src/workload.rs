@@ -198,10 +198,14 @@ fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Drops every capability of the bounding set. Dropping needs CAP_SETPCAP, so capabilities
+/// already missing are skipped: a container engine that dropped them all leaves its process
+/// neither the set nor the capability.
 fn drop_bounding_set() -> io::Result<()> {
     for capability in 0.. {
-        match sys::prctl(libc::PR_CAPBSET_DROP, capability) {
-            Ok(()) => {}
+        match sys::capability_in_bounding_set(capability) {
+            Ok(false) => {}
+            Ok(true) => sys::prctl(libc::PR_CAPBSET_DROP, capability)?,
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
             Err(error) => return Err(error),
         }
@@ -229,7 +233,13 @@ fn lock_securebits() -> io::Result<()> {
         libc::PR_CAP_AMBIENT,
         libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
     )?;
-    sys::prctl(libc::PR_SET_SECUREBITS, bits)
+    match sys::prctl(libc::PR_SET_SECUREBITS, bits) {
+        // Setting securebits needs CAP_SETPCAP, which a process that a container engine
+        // started without capabilities lacks. The bounding set is empty by now, so no
+        // execve, as root or of a file with capabilities, can grant one anyway.
+        Err(error) if error.raw_os_error() == Some(libc::EPERM) => Ok(()),
+        result => result,
+    }
 }
 
 /// Executes `argv` with `env`, searching the directories of `path` for a name without a

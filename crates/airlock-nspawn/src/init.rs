@@ -53,7 +53,8 @@ pub struct Plan {
     pub nproc_fallback: bool,
 }
 
-type StepResult<T> = Result<T, (&'static str, io::Error)>;
+/// The result of a setup step: the step's name with its error.
+pub type StepResult<T> = Result<T, (&'static str, io::Error)>;
 
 fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
     result.map_err(|source| (name, source))
@@ -63,13 +64,13 @@ fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
 pub fn run() -> ! {
     match set_up() {
         Ok(plan) if plan.argv.is_empty() => hold(),
-        Ok(plan) => start_and_supervise(&plan),
+        Ok(plan) => start_and_supervise(&plan, &Stdio::Fds([0, 1, 2])),
         Err((step, source)) => fail(step, source),
     }
 }
 
 fn set_up() -> StepResult<Plan> {
-    let plan = read_plan()?;
+    let plan: Plan = read_plan()?;
     if plan.overlay {
         mount_overlay()?;
     }
@@ -83,9 +84,9 @@ fn set_up() -> StepResult<Plan> {
     Ok(plan)
 }
 
-/// Reads the plan, one line of JSON. The launcher writes nothing more until it has read
-/// the ready report, so no read takes bytes past the line.
-fn read_plan() -> StepResult<Plan> {
+/// Reads the plan, one line of JSON, from [`PLAN_FD`]. The launcher writes nothing more
+/// until it has read the ready report, so no read takes bytes past the line.
+pub fn read_plan<T: serde::de::DeserializeOwned>() -> StepResult<T> {
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 4096];
     while !bytes.ends_with(b"\n") {
@@ -103,7 +104,7 @@ fn read_plan() -> StepResult<Plan> {
 /// timeout go to, so that none is sent before the command starts. The go-ahead carries the
 /// `tasks` files of the sandbox's v1 limit cgroups, which this process joins by writing "0",
 /// so that the command and everything it starts stay in them.
-fn wait_for_launcher() -> StepResult<()> {
+pub fn wait_for_launcher() -> StepResult<()> {
     let Some((_, joins)) = step(control::recv(PLAN_FD), "wait for the launcher")? else {
         exit_without_launcher()
     };
@@ -170,7 +171,7 @@ fn to_cstring(bytes: &[u8]) -> StepResult<CString> {
 }
 
 /// Builds the command's process plan from the launcher's plan.
-fn workload_plan(plan: &Plan) -> StepResult<workload::Plan> {
+pub fn workload_plan(plan: &Plan) -> StepResult<workload::Plan> {
     let argv = plan
         .argv
         .iter()
@@ -199,7 +200,7 @@ fn workload_plan(plan: &Plan) -> StepResult<workload::Plan> {
 }
 
 /// Blocks `signals` and returns a signalfd that receives them.
-fn receive_signals(signals: &[libc::c_int]) -> OwnedFd {
+pub fn receive_signals(signals: &[libc::c_int]) -> OwnedFd {
     let set = sys::sigset(signals);
     if let Err(source) = sys::set_signal_mask(libc::SIG_BLOCK, &set) {
         fail("block signals", source);
@@ -229,7 +230,9 @@ fn wait_for_signal(signals: &OwnedFd) -> Option<libc::c_int> {
     sys::read_signalfd(signals).ok().flatten()
 }
 
-fn start_and_supervise(plan: &Plan) -> ! {
+/// Starts the command with the standard streams `stdio`, then supervises it as the
+/// container's PID 1 until it exits; never returns.
+pub fn start_and_supervise(plan: &Plan, stdio: &Stdio) -> ! {
     let workload_plan = match workload_plan(plan) {
         Ok(workload_plan) => workload_plan,
         Err((step, source)) => fail(step, source),
@@ -238,16 +241,16 @@ fn start_and_supervise(plan: &Plan) -> ! {
     watched.push(libc::SIGCHLD);
     let signals = receive_signals(&watched);
     let workload_pid = match sys::fork() {
-        Ok(0) => workload::run(
-            &workload_plan,
-            &Stdio::Fds([0, 1, 2]),
-            REPORT_FD,
-            plan.nproc_fallback,
-        ),
+        Ok(0) => workload::run(&workload_plan, stdio, REPORT_FD, plan.nproc_fallback),
         Ok(pid) => pid,
         Err(source) => fail("start the command", source),
     };
     release_stdio();
+    if let Stdio::Terminal(slave) = *stdio {
+        // The terminal's hangup reaches the relay only once no process holds the slave.
+        // SAFETY: the slave is this process's own descriptor, and nothing uses it afterwards.
+        unsafe { libc::close(slave) };
+    }
     // The init keeps no privilege the command could borrow: not dumpable, so ptrace and
     // /proc/1/mem are closed to it, and no capabilities.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
@@ -298,7 +301,7 @@ fn finish(status: libc::c_int) -> ! {
 
 /// Keeps the container alive without a command and reaps the processes that `airlock exec`
 /// leaves behind. The supervisor ends it with SIGKILL, which ends the container.
-fn hold() -> ! {
+pub fn hold() -> ! {
     let signals = receive_signals(&[libc::SIGCHLD]);
     release_stdio();
     // SAFETY: the report descriptor is this process's own, and nothing uses it afterwards.
@@ -311,7 +314,8 @@ fn hold() -> ! {
     }
 }
 
-fn fail(step: &str, source: io::Error) -> ! {
+/// Reports the failed setup `step` to the launcher and exits.
+pub fn fail(step: &str, source: io::Error) -> ! {
     Report::SetupFailed {
         step: step.to_owned(),
         error: source.to_string(),

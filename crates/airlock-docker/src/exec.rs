@@ -1,0 +1,204 @@
+//! `airlock exec` in a docker sandbox: the engine starts the exec wrapper
+//! ([`crate::inside::exec`]) in the container, the wrapper connects to a socket of its own in
+//! the run directory, and the host hands it the command as it does to the init. The wrapper
+//! sheds every privilege in the command's process, as the init does, and stays its parent:
+//! it relays the host's signals and reports how the command ended.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Instant;
+
+use airlock_core::{EndReason, ExecCommand, Finished, RunOptions, SandboxId, Spec};
+use airlock_namespace::cgroup::Cgroup;
+use airlock_namespace::launch as shared;
+use airlock_namespace::report::Report;
+use airlock_namespace::{join, outcome, stdio, sys};
+use bollard::exec::StartExecOptions;
+use bollard::models::ExecConfig;
+
+use crate::channel::{self, Plan, RunDir};
+use crate::config;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::held::Runtime;
+use crate::protections::is_privileged;
+use crate::watch::{Target, Watch};
+
+/// Runs `command` in the held sandbox described by `runtime` and waits for it to end.
+pub fn exec(
+    id: &SandboxId,
+    sandbox: &Spec,
+    runtime: &Runtime,
+    command: &ExecCommand,
+    options: &RunOptions,
+) -> Result<Finished, Error> {
+    let started = Instant::now();
+    let privileged = command.user.is_some_and(is_privileged);
+    if privileged && !runtime.user_namespaces && !sandbox.allow_weaker {
+        return Err(Error::PrivilegedExecUser);
+    }
+    if !runtime.init.is_alive() {
+        return Err(Error::NotRunning {
+            container: runtime.container.clone(),
+        });
+    }
+    let engine = Engine::connect_to(&runtime.socket)?;
+    let spec = join::command_spec(sandbox, command);
+    let mut streams = stdio::Plan::new(spec.tty, options.track_stderr_line)
+        .map_err(airlock_namespace::Error::Stdio)?;
+    let (restore_mask, signals) = shared::block_forwarded_signals(spec.tty)?;
+
+    let run_dir = RunDir::open(&runtime.run_dir)?;
+    let name = channel::unique_name("exec")?;
+    let listener = run_dir.listen(&name)?;
+    let user = command.user.unwrap_or(runtime.user);
+    let wrapper = start_wrapper(&engine, runtime, &name, user)?;
+    let pidfd = sys::pidfd_open(wrapper).map_err(|_| Error::InitExited {
+        logs: String::new(),
+    })?;
+    let connection = listener.accept(wrapper, pidfd.as_raw_fd())?;
+    drop(listener);
+    let plan = Plan {
+        command: airlock_nspawn::init::Plan {
+            argv: spec.command.clone(),
+            env: spec.environment(|name| std::env::var_os(name)),
+            overlay: false,
+            landlock: runtime.landlock_abi > 0,
+            pids: spec.limits.pids.value,
+            nproc_fallback: false,
+        },
+        tty: spec.tty,
+    };
+    let stdio = if spec.tty {
+        [stdio::SANDBOX_NULL; 3]
+    } else {
+        streams.child_fds
+    };
+    let channel = channel::hand_over(connection, stdio, &plan)?;
+    streams.child_ends.clear();
+    let terminal = plan.tty.then(|| channel.receive_terminal()).transpose()?;
+    let mut early = channel.wait_until_ready(pidfd.as_raw_fd())?;
+    let cgroup = runtime.cgroup.as_ref().map(Cgroup::view);
+    let counters_before = cgroup.as_ref().map(Cgroup::limit_counters);
+    channel.go_ahead()?;
+    tracing::info!(sandbox = %id, pid = wrapper, "command started in the container");
+
+    let raw_mode = match &terminal {
+        Some(master) => shared::attach_terminal(master, &mut streams)?,
+        None => None,
+    };
+    let watched = Watch {
+        process: pidfd.as_raw_fd(),
+        signals: &signals,
+        pumps: &mut streams.pumps,
+        reports: channel.reports.as_raw_fd(),
+        deadline: spec.limits.timeout.map(|timeout| Instant::now() + timeout),
+        terminal: terminal.as_ref().map(AsRawFd::as_raw_fd),
+        cgroup: cgroup.as_ref(),
+        kill_on_limit: false,
+        target: Target::Wrapper { channel: &channel },
+    }
+    .run()
+    .map_err(Error::Wait);
+    drop((raw_mode, restore_mask));
+    let mut ended = watched?;
+    let stderr_ends_line = streams
+        .stderr_pump
+        .is_none_or(|index| streams.pumps[index].ends_line());
+    early.append(&mut ended.reports);
+    ended.reports = early;
+    check_final(&ended.reports, ended.reason)?;
+    if let (Some(cgroup), Some(before), EndReason::Exited) = (&cgroup, counters_before, ended.reason)
+    {
+        let killed = ended.reports.iter().any(|report| {
+            matches!(report, Report::Signaled { signal } if *signal == libc::SIGKILL)
+        });
+        // A refused fork shows in the command's own status rather than as a kill, so the
+        // process limit counts whenever it was hit during the command.
+        match cgroup.limit_hit_since(before) {
+            Some(EndReason::PidsLimit) => ended.reason = EndReason::PidsLimit,
+            Some(reason) if killed => ended.reason = reason,
+            _ => {}
+        }
+    }
+    ended.peak_memory = None;
+    let mut outcome = outcome::build(&spec, id, runtime.enforcement.clone(), ended, started)?;
+    outcome.backend = "docker";
+    Ok(Finished {
+        outcome,
+        stderr_ends_line,
+    })
+}
+
+/// Starts the exec wrapper in the container as `user`, listening at socket `name` of the run
+/// directory; returns its host pid.
+fn start_wrapper(
+    engine: &Engine,
+    runtime: &Runtime,
+    name: &str,
+    user: airlock_core::User,
+) -> Result<libc::pid_t, Error> {
+    let socket = Path::new(config::RUN_DIR).join(name);
+    let config = ExecConfig {
+        cmd: Some(vec![
+            config::BINARY.to_owned(),
+            "__docker-exec".to_owned(),
+            socket.display().to_string(),
+        ]),
+        user: Some(format!("{}:{}", user.uid, user.gid)),
+        working_dir: Some(airlock_core::spec::SANDBOX_WORKSPACE.to_owned()),
+        attach_stdin: Some(false),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        tty: Some(false),
+        ..ExecConfig::default()
+    };
+    let docker = engine.docker();
+    let created = engine
+        .block_on(docker.create_exec(&runtime.container, config))
+        .map_err(Error::request("create the exec"))?;
+    let start = StartExecOptions {
+        detach: true,
+        ..StartExecOptions::default()
+    };
+    engine
+        .block_on(docker.start_exec(&created.id, Some(start)))
+        .map_err(Error::request("start the exec"))?;
+    let inspected = engine
+        .block_on(docker.inspect_exec(&created.id))
+        .map_err(Error::request("inspect the exec"))?;
+    inspected
+        .pid
+        .and_then(|pid| libc::pid_t::try_from(pid).ok())
+        .filter(|&pid| pid > 0)
+        .ok_or(Error::InitExited {
+            logs: format!(
+                "the exec's wrapper ended at once with exit code {}",
+                inspected.exit_code.unwrap_or(-1)
+            ),
+        })
+}
+
+/// Fails when the wrapper ended without saying how the command ended and no limit explains
+/// it: it was killed, or the command killed it.
+fn check_final(reports: &[Report], reason: EndReason) -> Result<(), Error> {
+    let has_final = reports
+        .iter()
+        .any(|report| matches!(report, Report::Exited { .. } | Report::Signaled { .. }));
+    if has_final || reason != EndReason::Exited {
+        return Ok(());
+    }
+    for report in reports {
+        if let Report::SetupFailed { step, error } = report {
+            return Err(Error::Setup {
+                step: step.clone(),
+                cause: error.clone(),
+            });
+        }
+    }
+    Err(Error::Setup {
+        step: "wait for the command".into(),
+        cause: "the exec's wrapper exited without a report (killed, or killed by its command)"
+            .into(),
+    })
+}

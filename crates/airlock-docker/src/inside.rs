@@ -1,0 +1,269 @@
+//! The container's side: the init, PID 1 of every docker sandbox, and the wrapper that every
+//! exec runs through. Both are the Airlock binary, bound read-only at [`crate::config::BINARY`].
+//!
+//! Each connects to its socket in the run directory, takes its descriptors and plan from
+//! the host (see [`crate::channel`]), and starts the command with the nspawn backend's init
+//! code: every capability dropped, no_new_privs, Airlock's seccomp filter and Landlock, on
+//! top of the engine's own seccomp profile. A process that `docker exec` starts does not
+//! descend from PID 1, so it gets the same treatment through the wrapper.
+//!
+//! The descriptors are installed as the nspawn backend's init expects them: the
+//! connection at [`PLAN_FD`], the report pipe at [`REPORT_FD`] and the liveness pipe at
+//! [`LIVENESS_FD`].
+
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use airlock_namespace::init::FORWARDED_SIGNALS;
+use airlock_namespace::report::Report;
+use airlock_namespace::workload::{self, Stdio};
+use airlock_namespace::{control, sys, tty};
+use airlock_nspawn::init::{self as shared, StepResult, LIVENESS_FD, PLAN_FD, REPORT_FD};
+
+use crate::channel::{self, Plan};
+
+/// Runs as the container's PID 1; never returns.
+pub fn init(socket: &Path) -> ! {
+    let (plan, stdio) = connect(socket);
+    if let Err((step, source)) = shared::wait_for_launcher() {
+        shared::fail(step, source);
+    }
+    if plan.command.argv.is_empty() {
+        shared::hold()
+    }
+    shared::start_and_supervise(&plan.command, &stdio)
+}
+
+/// Runs an exec's command and stays its parent until it exits; never returns.
+pub fn exec(socket: &Path) -> ! {
+    let (plan, stdio) = connect(socket);
+    if let Err((step, source)) = wait_for_go_ahead() {
+        shared::fail(step, source);
+    }
+    let workload_plan = match shared::workload_plan(&plan.command) {
+        Ok(workload_plan) => workload_plan,
+        Err((step, source)) => shared::fail(step, source),
+    };
+    let mut watched = FORWARDED_SIGNALS.to_vec();
+    watched.push(libc::SIGCHLD);
+    let signals = shared::receive_signals(&watched);
+    let command = match sys::fork() {
+        Ok(0) => {
+            let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            workload::run(&workload_plan, &stdio, REPORT_FD, false)
+        }
+        Ok(pid) => pid,
+        Err(source) => shared::fail("start the command", source),
+    };
+    release_stdio(&stdio);
+    supervise_command(command, &signals)
+}
+
+/// Connects to the host, installs the descriptors it sends, reads the plan, prepares the
+/// command's streams and reports ready. Failures before the report pipe is in place can
+/// only be written to the container's log, which the host reads when this process exits.
+fn connect(socket: &Path) -> (Plan, Stdio) {
+    // This process holds the host's descriptors: no process of the sandbox may read its
+    // memory or take them through /proc.
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    if let Err((step, source)) = receive_channels(socket) {
+        eprintln!("airlock: cannot {step}: {source}");
+        sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into());
+    }
+    match prepare() {
+        Ok(prepared) => prepared,
+        Err((step, source)) => shared::fail(step, source),
+    }
+}
+
+fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
+    result.map_err(|source| (name, source))
+}
+
+/// Connects to `socket`, receives the descriptors and installs them, then acknowledges.
+fn receive_channels(socket: &Path) -> StepResult<()> {
+    let connection = step(UnixStream::connect(socket), "connect to the host")?;
+    let connection = OwnedFd::from(connection);
+    let message = step(control::recv(connection.as_raw_fd()), "receive the channels")?;
+    let Some((payload, fds)) = message else {
+        return Err(("receive the channels", io::ErrorKind::UnexpectedEof.into()));
+    };
+    let mask = match payload.as_slice() {
+        [channel::TAG_CHANNELS, mask] => *mask,
+        _ => return Err(("receive the channels", io::ErrorKind::InvalidData.into())),
+    };
+    let streams = (0..3).filter(|index| mask & (1 << index) != 0).count();
+    if fds.len() != streams + 2 {
+        return Err(("receive the channels", io::ErrorKind::InvalidData.into()));
+    }
+    let null = step(
+        sys::open(Path::new("/dev/null"), libc::O_RDWR),
+        "open /dev/null",
+    )?;
+    // From here on the descriptors are raw: installing them closes every other one.
+    let null = null.into_raw_fd();
+    let mut received = fds.into_iter().map(IntoRawFd::into_raw_fd);
+    let mut sources = [null; 6];
+    for (index, source) in sources.iter_mut().take(3).enumerate() {
+        if mask & (1 << index) != 0 {
+            *source = received.next().unwrap_or(null);
+        }
+    }
+    sources[PLAN_FD as usize] = connection.into_raw_fd();
+    sources[REPORT_FD as usize] = received.next().unwrap_or(null);
+    sources[LIVENESS_FD as usize] = received.next().unwrap_or(null);
+    install_descriptors(&sources)?;
+    step(
+        sys::write_all(PLAN_FD, &[channel::ACK]),
+        "acknowledge the channels",
+    )
+}
+
+/// Installs `sources` at descriptors 0 to 5, in order, and closes every other descriptor.
+/// Each source is copied above the targets first, so an earlier target never overwrites a
+/// later source.
+fn install_descriptors(sources: &[RawFd; 6]) -> StepResult<()> {
+    let mut copies = [0; 6];
+    for (copy, &source) in copies.iter_mut().zip(sources) {
+        // SAFETY: F_DUPFD_CLOEXEC only adds a descriptor to the table.
+        let duplicate = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, 10) };
+        if duplicate == -1 {
+            return Err(("copy the channels", io::Error::last_os_error()));
+        }
+        *copy = duplicate;
+    }
+    for (target, &copy) in copies.iter().enumerate() {
+        step(sys::dup2(copy, target as RawFd), "install the channels")?;
+    }
+    step(
+        sys::close_all_except(&[0, 1, 2, PLAN_FD, REPORT_FD, LIVENESS_FD]),
+        "close inherited descriptors",
+    )
+}
+
+/// Reads the plan, enters the workspace, opens the command's terminal when it gets one, and
+/// reports ready.
+fn prepare() -> StepResult<(Plan, Stdio)> {
+    let plan: Plan = shared::read_plan()?;
+    step(
+        sys::chdir(Path::new(airlock_core::spec::SANDBOX_WORKSPACE)),
+        "change directory to /workspace",
+    )?;
+    let stdio = if plan.tty {
+        let (master, slave) = step(tty::open_pty(), "open a pseudo-terminal")?;
+        step(
+            control::send(PLAN_FD, channel::TAG_TERMINAL, &[master.as_raw_fd()]),
+            "pass the pseudo-terminal out",
+        )?;
+        let slave_fd = slave.as_raw_fd();
+        std::mem::forget(slave);
+        Stdio::Terminal(slave_fd)
+    } else {
+        Stdio::Fds([0, 1, 2])
+    };
+    Report::Ready.send(REPORT_FD);
+    Ok((plan, stdio))
+}
+
+/// Waits for the host's go-ahead, keeping the connection for the signals that follow.
+fn wait_for_go_ahead() -> StepResult<()> {
+    match step(control::recv(PLAN_FD), "wait for the host")? {
+        Some((payload, _)) if payload == channel::GO_AHEAD => Ok(()),
+        _ => sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into()),
+    }
+}
+
+/// Points 0, 1 and 2 at /dev/null and closes the terminal's slave, so that this process
+/// keeps no end of the command's streams open.
+fn release_stdio(stdio: &Stdio) {
+    if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
+        for fd in 0..3 {
+            let _ = sys::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    if let Stdio::Terminal(slave) = *stdio {
+        // SAFETY: the slave is this process's own descriptor, and nothing uses it afterwards.
+        unsafe { libc::close(slave) };
+    }
+}
+
+/// Relays the host's signals to the command's process group until the command exits, then
+/// reports how it ended and exits. If the host goes first, kills the command's process
+/// group. Processes the command leaves in the background keep running, as with the other
+/// backends' exec.
+fn supervise_command(command: libc::pid_t, signals: &OwnedFd) -> ! {
+    let watch = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        let mut fds = [
+            watch(signals.as_raw_fd()),
+            watch(PLAN_FD),
+            watch(LIVENESS_FD),
+        ];
+        if sys::poll(&mut fds, -1).is_err() {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            match sys::read_signalfd(signals) {
+                Ok(Some(libc::SIGCHLD)) => reap(command),
+                Ok(Some(signal)) => signal_group(command, signal),
+                _ => {}
+            }
+        }
+        if fds[1].revents != 0 {
+            match control::recv(PLAN_FD) {
+                Ok(Some((payload, _))) => {
+                    if let [channel::TAG_SIGNAL, signal] = payload.as_slice() {
+                        signal_group(command, libc::c_int::from(*signal));
+                    }
+                }
+                _ => abandon(command),
+            }
+        }
+        if fds[2].revents != 0 {
+            abandon(command);
+        }
+    }
+}
+
+/// Sends `signal` to the command's process group, or to the command alone when it left
+/// the group.
+fn signal_group(command: libc::pid_t, signal: libc::c_int) {
+    if sys::kill(-command, signal).is_err() {
+        let _ = sys::kill(command, signal);
+    }
+}
+
+/// Reports how the command ended and exits, once it has.
+fn reap(command: libc::pid_t) {
+    let Ok(Some((_, status))) = sys::waitpid(command, libc::WNOHANG) else {
+        return;
+    };
+    Report::Usage {
+        max_rss: sys::children_max_rss(),
+    }
+    .send(REPORT_FD);
+    let report = if libc::WIFSIGNALED(status) {
+        Report::Signaled {
+            signal: libc::WTERMSIG(status),
+        }
+    } else {
+        Report::Exited {
+            code: libc::WEXITSTATUS(status),
+        }
+    };
+    report.send(REPORT_FD);
+    sys::exit_now(0)
+}
+
+/// Kills the command's process group and exits, for a host that is gone.
+fn abandon(command: libc::pid_t) -> ! {
+    signal_group(command, libc::SIGKILL);
+    let _ = sys::waitpid(command, 0);
+    sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+}

@@ -1,0 +1,484 @@
+//! Starts a docker sandbox and, for `run`, watches its command to the end.
+//!
+//! The steps, in order:
+//! 1. Check the spec (an image, no `--rootfs`), connect to the engine, read what it
+//!    enforces, and fail before creating anything if a required protection is missing.
+//! 2. Open the workspace and pick the user; check that the image exists.
+//! 3. Create the run directory, the workspace's overlay volume and the container, each
+//!    recorded in [`Resources`], whose drop removes them on every later failure.
+//! 4. Listen on the init's socket, start the container, and find its init's host pid.
+//! 5. Accept the init's connection, hand over the streams and the plan
+//!    ([`crate::channel`]), and wait until it reports ready.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use airlock_core::state::ProcessRef;
+use airlock_core::{
+    Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, User, WorkspaceMode,
+};
+use airlock_namespace::cgroup::Cgroup;
+use airlock_namespace::launch as shared;
+use airlock_namespace::monitor::Ended;
+use airlock_namespace::report::Report;
+use airlock_namespace::workspace::HostWorkspace;
+use airlock_namespace::{outcome, stdio, sys};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
+
+use crate::channel::{self, Channel, Plan, RunDir};
+use crate::config::{self, Layout, WorkspaceMount};
+use crate::engine::Engine;
+use crate::error::{is_not_found, Error};
+use crate::protections::{self, Facts};
+use crate::resources::Resources;
+use crate::watch::{Target, Watch};
+use crate::{binary, cgroup};
+
+/// The name of the run directory, in the sandbox's state directory.
+const RUN_DIR_NAME: &str = "docker";
+
+/// A started container whose init is ready. Dropping it ends the container and removes it
+/// with its volume and run directory.
+pub struct Sandbox {
+    pub id: SandboxId,
+    pub started: Instant,
+    /// The container's init, PID 1 of its namespaces.
+    pub init: ProcessRef,
+    pub init_pidfd: OwnedFd,
+    pub channel: Channel,
+    /// Reports that arrived before the ready report.
+    pub early_reports: Vec<Report>,
+    pub streams: stdio::Plan,
+    pub terminal: Option<OwnedFd>,
+    pub enforcement: Enforcement,
+    pub facts: Facts,
+    pub user: User,
+    /// A view of the container's cgroup, for its counters.
+    pub cgroup: Option<Cgroup>,
+    /// Dropped last, after the channel, so the init sees the host go before its container is
+    /// removed.
+    pub resources: Resources,
+}
+
+impl Sandbox {
+    /// Returns the engine's id of the container.
+    pub fn container(&self) -> &str {
+        self.resources.container.as_deref().unwrap_or_default()
+    }
+}
+
+/// Returns the image the spec runs, or the error that says how to name one.
+pub fn image_of(spec: &Spec) -> Result<&str, Error> {
+    if let RootFs::Directory(dir) = &spec.rootfs {
+        return Err(Error::RootfsNotSupported(dir.clone()));
+    }
+    spec.image.as_deref().ok_or(Error::NoImage)
+}
+
+/// Reads what the engine enforces; an engine that does not answer leaves the facts unknown.
+pub fn facts(engine: &Engine) -> Facts {
+    match engine.block_on(engine.docker().info()) {
+        Ok(info) => Facts::from_info(&info),
+        Err(error) => Facts::unreachable(error.to_string()),
+    }
+}
+
+/// The workspace as opened: the directory, its owner and its permission bits.
+struct OpenWorkspace {
+    workspace: HostWorkspace,
+    owner: (u32, u32),
+    mode: u32,
+}
+
+/// Opens the workspace, for every mode but `none`, refusing symlinks on its path as root.
+fn open_workspace(spec: &Spec) -> Result<Option<OpenWorkspace>, Error> {
+    let Some(path) = spec
+        .workspace
+        .as_deref()
+        .filter(|_| spec.workspace_mode != WorkspaceMode::None)
+    else {
+        return Ok(None);
+    };
+    let workspace = HostWorkspace::open(path, sys::geteuid() == 0)
+        .map_err(airlock_namespace::Error::Workspace)?;
+    let metadata = std::fs::metadata(format!("/proc/self/fd/{}", workspace.fd.as_raw_fd()))
+        .map_err(|source| Error::Layers {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(Some(OpenWorkspace {
+        workspace,
+        owner: (metadata.uid(), metadata.gid()),
+        mode: metadata.mode() & 0o7777,
+    }))
+}
+
+/// Starts a container for `spec`: with its command, or held for later `exec`s.
+pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, Error> {
+    let started = Instant::now();
+    let image = image_of(spec)?;
+    let engine = Engine::connect()?;
+    let facts = facts(&engine);
+    let id = match options.id {
+        Some(id) => id,
+        None => SandboxId::generate().map_err(Error::Id)?,
+    };
+    let workspace = open_workspace(spec)?;
+    let user = config::sandbox_user(spec, workspace.as_ref().map(|open| open.owner));
+    let enforcement = protections::assess(spec, user, &facts);
+    enforcement
+        .check_required(spec.allow_weaker)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
+    let binary = binary::running()?;
+    check_image(&engine, image)?;
+
+    let mut resources = Resources::new(engine);
+    let sandbox_dir = options.layers.as_deref().and_then(Path::parent);
+    let run_dir = RunDir::create(&run_dir_path(sandbox_dir, &id))?;
+    resources.run_dir = Some(run_dir.path.clone());
+    let state_dir = sandbox_dir.and_then(Path::parent).and_then(Path::parent);
+    let labels = config::labels(&id, state_dir);
+    let owner = Owner {
+        id: &id,
+        user,
+        labels: &labels,
+    };
+    let workspace_mount = mount_workspace(spec, options, workspace.as_ref(), &owner, &mut resources)?;
+    let layout = Layout {
+        id: &id,
+        image,
+        user,
+        binary: &binary,
+        run_dir: &run_dir.path,
+        workspace: workspace_mount,
+        labels,
+        open_files: open_files(),
+    };
+    create_container(&mut resources, spec, &layout)?;
+
+    let listener = run_dir.listen(config::INIT_SOCKET)?;
+    let mut streams = plan_streams(spec, options, hold)?;
+    start_container(&resources)?;
+    let (init, init_pidfd) = find_init(&resources)?;
+    tracing::info!(sandbox = %id, backend = "docker", pid = init.pid, hold, "sandbox created");
+    let connection = listener
+        .accept(init.pid, init_pidfd.as_raw_fd())
+        .map_err(|error| with_logs(error, &resources))?;
+    drop(listener);
+    let plan = Plan {
+        command: airlock_nspawn::init::Plan {
+            argv: if hold { Vec::new() } else { spec.command.clone() },
+            env: spec.environment(|name| std::env::var_os(name)),
+            overlay: false,
+            landlock: facts.landlock_abi > 0,
+            pids: spec.limits.pids.value,
+            nproc_fallback: false,
+        },
+        tty: spec.tty && !hold,
+    };
+    let stdio = if plan.tty {
+        [stdio::SANDBOX_NULL; 3]
+    } else {
+        streams.child_fds
+    };
+    let channel = channel::hand_over(connection, stdio, &plan)?;
+    streams.child_ends.clear();
+    let terminal = plan.tty.then(|| channel.receive_terminal()).transpose()?;
+    let early_reports = channel
+        .wait_until_ready(init_pidfd.as_raw_fd())
+        .map_err(|error| with_logs(error, &resources))?;
+    let cgroup = cgroup::of_process(init.pid).map(|description| Cgroup::view(&description));
+    channel.go_ahead()?;
+    Ok(Sandbox {
+        id,
+        started,
+        init,
+        init_pidfd,
+        channel,
+        early_reports,
+        streams,
+        terminal,
+        enforcement,
+        facts,
+        user,
+        cgroup,
+        resources,
+    })
+}
+
+/// Returns the run directory: `docker` in the sandbox's state directory, or a private
+/// directory below the temporary directory for a caller that gave none.
+fn run_dir_path(sandbox_dir: Option<&Path>, id: &SandboxId) -> PathBuf {
+    match sandbox_dir {
+        Some(dir) => dir.join(RUN_DIR_NAME),
+        None => std::env::temp_dir().join(format!("airlock-docker-{id}")),
+    }
+}
+
+/// Returns this process's own limit on open files, soft and hard, which the container's
+/// processes get as the other backends' commands inherit it.
+fn open_files() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
+        return (1024, 1024);
+    }
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+/// Checks that `image` is in the engine.
+fn check_image(engine: &Engine, image: &str) -> Result<(), Error> {
+    match engine.block_on(engine.docker().inspect_image(image)) {
+        Ok(_) => Ok(()),
+        Err(error) if is_not_found(&error) => Err(Error::ImageNotFound {
+            image: image.to_owned(),
+            socket: engine.socket().to_owned(),
+        }),
+        Err(error) => Err(Error::request("look up the image")(error)),
+    }
+}
+
+/// The sandbox that a workspace is mounted for, and its user.
+struct Owner<'a> {
+    id: &'a SandboxId,
+    user: User,
+    labels: &'a std::collections::HashMap<String, String>,
+}
+
+/// Prepares what /workspace is in the container: for an overlay, the layers and the
+/// engine's volume, recorded in `resources`.
+fn mount_workspace(
+    spec: &Spec,
+    options: &RunOptions,
+    workspace: Option<&OpenWorkspace>,
+    owner: &Owner<'_>,
+    resources: &mut Resources,
+) -> Result<WorkspaceMount, Error> {
+    let Some(open) = workspace else {
+        return Ok(WorkspaceMount::Empty);
+    };
+    let path = open.workspace.path.clone();
+    match spec.workspace_mode {
+        WorkspaceMode::Bind => Ok(WorkspaceMount::Bind {
+            path,
+            read_only: false,
+        }),
+        WorkspaceMode::Readonly => Ok(WorkspaceMount::Bind {
+            path,
+            read_only: true,
+        }),
+        WorkspaceMode::None => Ok(WorkspaceMount::Empty),
+        WorkspaceMode::Overlay => {
+            let layers = options.layers.as_deref().ok_or(Error::NoLayers)?;
+            prepare_layers(layers, owner.user, open.mode)?;
+            let name = config::volume_name(owner.id);
+            let request = config::overlay_volume(&name, &path, layers, owner.labels)?;
+            let engine = &resources.engine;
+            engine
+                .block_on(engine.docker().create_volume(request))
+                .map_err(Error::request("create the workspace's overlay volume"))?;
+            resources.volume = Some(name.clone());
+            Ok(WorkspaceMount::Overlay { volume: name })
+        }
+    }
+}
+
+/// Creates the overlay's `upper` and `work` directories in `layers`. The upper directory is
+/// the top of /workspace, so it gets the workspace's mode and belongs to the sandbox's
+/// user, who can then create files at the top of /workspace as in the project itself.
+fn prepare_layers(layers: &Path, user: User, mode: u32) -> Result<(), Error> {
+    let failed = |source| Error::Layers {
+        path: layers.to_owned(),
+        source,
+    };
+    for dir in [layers.to_owned(), layers.join("upper"), layers.join("work")] {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(failed(error)),
+        }
+    }
+    let upper = layers.join("upper");
+    let metadata = std::fs::symlink_metadata(&upper).map_err(failed)?;
+    if !metadata.is_dir() {
+        return Err(failed(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+    }
+    if (metadata.uid(), metadata.gid()) != (user.uid, user.gid) && sys::geteuid() == 0 {
+        std::os::unix::fs::lchown(&upper, Some(user.uid), Some(user.gid)).map_err(failed)?;
+    }
+    std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(mode)).map_err(failed)
+}
+
+fn create_container(
+    resources: &mut Resources,
+    spec: &Spec,
+    layout: &Layout<'_>,
+) -> Result<(), Error> {
+    let body = config::container(spec, layout);
+    let options = CreateContainerOptionsBuilder::new()
+        .name(&config::container_name(layout.id))
+        .build();
+    let engine = &resources.engine;
+    let created = engine
+        .block_on(engine.docker().create_container(Some(options), body))
+        .map_err(Error::request("create the container"))?;
+    for warning in &created.warnings {
+        tracing::warn!(container = %created.id, warning, "the engine warns about the container");
+    }
+    resources.container = Some(created.id);
+    Ok(())
+}
+
+fn start_container(resources: &Resources) -> Result<(), Error> {
+    let engine = &resources.engine;
+    let container = resources.container.as_deref().unwrap_or_default();
+    engine
+        .block_on(
+            engine
+                .docker()
+                .start_container(container, None::<StartContainerOptions>),
+        )
+        .map_err(Error::request("start the container"))
+}
+
+/// Finds the host pid of the container's init and opens a pidfd of it.
+fn find_init(resources: &Resources) -> Result<(ProcessRef, OwnedFd), Error> {
+    let engine = &resources.engine;
+    let container = resources.container.as_deref().unwrap_or_default();
+    let inspected = engine
+        .block_on(engine.docker().inspect_container(container, None))
+        .map_err(Error::request("inspect the container"))?;
+    let state = inspected.state.unwrap_or_default();
+    let no_pid = || Error::NoInitPid {
+        container: container.to_owned(),
+        state: state
+            .status
+            .map_or_else(|| "unknown".to_owned(), |status| status.to_string()),
+    };
+    let pid = state
+        .pid
+        .and_then(|pid| libc::pid_t::try_from(pid).ok())
+        .filter(|&pid| pid > 0)
+        .ok_or_else(|| with_logs(no_pid(), resources))?;
+    let pidfd = sys::pidfd_open(pid).map_err(|_| with_logs(no_pid(), resources))?;
+    let init = ProcessRef::of(pid).ok_or_else(|| with_logs(no_pid(), resources))?;
+    Ok((init, pidfd))
+}
+
+/// Adds the container's log to an error of its init, which says why it failed.
+fn with_logs(error: Error, resources: &Resources) -> Error {
+    match error {
+        Error::InitExited { .. } => Error::InitExited {
+            logs: resources.logs(),
+        },
+        Error::InitSilent { seconds, .. } => Error::InitSilent {
+            seconds,
+            logs: resources.logs(),
+        },
+        other => other,
+    }
+}
+
+/// Plans the streams the init gets: none for a held sandbox, none with `-t` (the init opens
+/// a pseudo-terminal of its own), and otherwise the namespace backend's plan.
+fn plan_streams(spec: &Spec, options: &RunOptions, hold: bool) -> Result<stdio::Plan, Error> {
+    if hold {
+        return Ok(stdio::Plan::detached());
+    }
+    stdio::Plan::new(spec.tty, options.track_stderr_line)
+        .map_err(|error| airlock_namespace::Error::Stdio(error).into())
+}
+
+/// Runs `spec` in a new container and waits for it to end.
+pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
+    let (restore_mask, signals) = shared::block_forwarded_signals(spec.tty)?;
+    let mut sandbox = start(spec, &options, false)?;
+    let raw_mode = match &sandbox.terminal {
+        Some(master) => shared::attach_terminal(master, &mut sandbox.streams)?,
+        None => None,
+    };
+    let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
+    let container = sandbox.container().to_owned();
+    let watched = Watch {
+        process: sandbox.init_pidfd.as_raw_fd(),
+        signals: &signals,
+        pumps: &mut sandbox.streams.pumps,
+        reports: sandbox.channel.reports.as_raw_fd(),
+        deadline,
+        terminal: sandbox.terminal.as_ref().map(AsRawFd::as_raw_fd),
+        cgroup: sandbox.cgroup.as_ref(),
+        kill_on_limit: true,
+        target: Target::Container {
+            engine: &sandbox.resources.engine,
+            container: &container,
+        },
+    }
+    .run()
+    .map_err(Error::Wait);
+    drop((raw_mode, restore_mask));
+    let mut ended = watched?;
+    let stderr_ends_line = sandbox
+        .streams
+        .stderr_pump
+        .is_none_or(|index| sandbox.streams.pumps[index].ends_line());
+    if ended.reason == airlock_core::EndReason::Exited && killed_for_memory(&sandbox) {
+        ended.reason = airlock_core::EndReason::OutOfMemory;
+    }
+    let mut reports = std::mem::take(&mut sandbox.early_reports);
+    reports.append(&mut ended.reports);
+    ended.reports = reports;
+    check_final(&ended, &sandbox)?;
+    let enforcement = sandbox.enforcement.clone();
+    let mut outcome = outcome::build(spec, &sandbox.id, enforcement, ended, sandbox.started)?;
+    outcome.backend = "docker";
+    tracing::info!(
+        sandbox = %sandbox.id,
+        reason = ?outcome.reason,
+        code = ?outcome.exit_code,
+        signal = ?outcome.signal,
+        "sandbox ended"
+    );
+    drop(sandbox);
+    Ok(Finished {
+        outcome,
+        stderr_ends_line,
+    })
+}
+
+/// Returns whether the engine saw the kernel kill a process of the container for memory.
+fn killed_for_memory(sandbox: &Sandbox) -> bool {
+    let engine = &sandbox.resources.engine;
+    engine
+        .block_on(engine.docker().inspect_container(sandbox.container(), None))
+        .ok()
+        .and_then(|inspected| inspected.state?.oom_killed)
+        .unwrap_or(false)
+}
+
+/// Fails when the init ended without saying how the command ended and no limit explains
+/// it: the container was killed from outside, or its init died.
+fn check_final(ended: &Ended, sandbox: &Sandbox) -> Result<(), Error> {
+    let has_final = ended
+        .reports
+        .iter()
+        .any(|report| matches!(report, Report::Exited { .. } | Report::Signaled { .. }));
+    if has_final || ended.reason != airlock_core::EndReason::Exited {
+        return Ok(());
+    }
+    for report in &ended.reports {
+        if let Report::SetupFailed { step, error } = report {
+            return Err(Error::Setup {
+                step: step.clone(),
+                cause: error.clone(),
+            });
+        }
+    }
+    Err(Error::InitExited {
+        logs: sandbox.resources.logs(),
+    })
+}

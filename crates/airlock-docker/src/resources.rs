@@ -1,0 +1,128 @@
+//! What the engine holds for one sandbox, removed together: the container, the workspace's
+//! overlay volume and the run directory. Every failure path of creation, and the end of
+//! every sandbox, goes through [`Resources`]'s drop.
+
+use std::path::PathBuf;
+
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptions,
+};
+use futures_util::StreamExt;
+
+use crate::config::LABEL_SANDBOX;
+use crate::engine::Engine;
+use crate::error::is_not_found;
+
+/// The engine's objects and the host directory of one sandbox.
+pub struct Resources {
+    pub engine: Engine,
+    /// The container's id, once created.
+    pub container: Option<String>,
+    /// The overlay volume's name, once created.
+    pub volume: Option<String>,
+    /// The run directory, once created.
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Resources {
+    pub fn new(engine: Engine) -> Resources {
+        Resources {
+            engine,
+            container: None,
+            volume: None,
+            run_dir: None,
+        }
+    }
+
+    /// Returns the last lines the container wrote to its log: what its init said when it
+    /// failed before reaching the host.
+    pub fn logs(&self) -> String {
+        let Some(container) = &self.container else {
+            return String::new();
+        };
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("20")
+            .build();
+        let docker = self.engine.docker();
+        let lines = self.engine.block_on(async {
+            let mut stream = docker.logs(container, Some(options));
+            let mut text = String::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                text.push_str(&chunk.to_string());
+            }
+            text
+        });
+        lines.lines().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        if let Some(container) = self.container.take() {
+            remove_container(&self.engine, &container);
+        }
+        if let Some(volume) = self.volume.take() {
+            remove_volume(&self.engine, &volume);
+        }
+        if let Some(run_dir) = self.run_dir.take() {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+    }
+}
+
+/// Removes `container`, killing its processes first; a container already gone is fine.
+pub fn remove_container(engine: &Engine, container: &str) {
+    let options = RemoveContainerOptionsBuilder::new().force(true).build();
+    let removed = engine.block_on(engine.docker().remove_container(container, Some(options)));
+    match removed {
+        Ok(()) => tracing::info!(container, "container removed"),
+        Err(error) if is_not_found(&error) => {}
+        Err(error) => tracing::warn!(container, %error, "cannot remove the container"),
+    }
+}
+
+/// Removes `volume`; a volume already gone is fine.
+pub fn remove_volume(engine: &Engine, volume: &str) {
+    let removed = engine.block_on(
+        engine
+            .docker()
+            .remove_volume(volume, None::<RemoveVolumeOptions>),
+    );
+    match removed {
+        Ok(()) => tracing::info!(volume, "volume removed"),
+        Err(error) if is_not_found(&error) => {}
+        Err(error) => tracing::warn!(volume, %error, "cannot remove the volume"),
+    }
+}
+
+/// Removes every container and volume that carries sandbox `id`'s label, and nothing else.
+pub fn remove_labeled(engine: &Engine, id: &str) {
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{LABEL_SANDBOX}={id}")],
+    )]);
+    let containers = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    match engine.block_on(engine.docker().list_containers(Some(containers))) {
+        Ok(listed) => {
+            for container in listed.into_iter().filter_map(|summary| summary.id) {
+                remove_container(engine, &container);
+            }
+        }
+        Err(error) => tracing::warn!(sandbox = id, %error, "cannot list the sandbox's containers"),
+    }
+    let volumes = ListVolumesOptionsBuilder::new().filters(&filters).build();
+    match engine.block_on(engine.docker().list_volumes(Some(volumes))) {
+        Ok(listed) => {
+            for volume in listed.volumes.unwrap_or_default() {
+                remove_volume(engine, &volume.name);
+            }
+        }
+        Err(error) => tracing::warn!(sandbox = id, %error, "cannot list the sandbox's volumes"),
+    }
+}
