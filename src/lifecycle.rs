@@ -417,8 +417,12 @@ impl Engine {
         // is a copy of the supervisor, and its command line is readable inside the sandbox.
         let mut child = Command::new("/proc/self/exe");
         child.env_clear();
-        if let Some(filter) = std::env::var_os("AIRLOCK_LOG") {
-            child.env("AIRLOCK_LOG", filter);
+        // The log filter, and the variables through which the docker backend finds its
+        // engine's socket as Docker clients do.
+        for name in ["AIRLOCK_LOG", "DOCKER_HOST", "XDG_RUNTIME_DIR"] {
+            if let Some(value) = std::env::var_os(name) {
+                child.env(name, value);
+            }
         }
         let mut child = child
             .arg("__supervise")

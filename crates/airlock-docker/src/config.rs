@@ -58,8 +58,14 @@ pub struct Layout<'a> {
     pub run_dir: &'a Path,
     pub workspace: WorkspaceMount,
     pub labels: HashMap<String, String>,
-    /// Soft and hard limit on open files of the container's processes.
+    pub rlimits: Rlimits,
+}
+
+/// The soft and hard rlimits of the container's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimits {
     pub open_files: (u64, u64),
+    pub processes: (u64, u64),
 }
 
 /// Returns the user a sandbox's commands run as: the spec's, else the owner of the
@@ -133,7 +139,7 @@ fn host_config(spec: &Spec, layout: &Layout<'_>) -> HostConfig {
         nano_cpus: limits.cpus.value.map(|cpus| (cpus * 1e9).round() as i64),
         // The init is not counted against --pids, as with the other backends.
         pids_limit: Some(i64::try_from(limits.pids.value + 1).unwrap_or(i64::MAX)),
-        ulimits: Some(ulimits(spec, layout.open_files)),
+        ulimits: Some(ulimits(layout.rlimits)),
         network_mode: Some("none".to_owned()),
         ipc_mode: Some("private".to_owned()),
         readonly_rootfs: Some(true),
@@ -150,23 +156,19 @@ fn host_config(spec: &Spec, layout: &Layout<'_>) -> HostConfig {
 
 /// Sets the container's rlimits explicitly, as the other backends set their commands':
 /// without them Podman raises open files and processes to the kernel's maximum, which fails
-/// where the engine itself may not raise its limits (no CAP_SYS_RESOURCE).
-///
-/// NOTE: RLIMIT_NPROC counts every process of the user's uid, on the host too unless the
-/// engine remaps users, so a user that already runs processes on the host gets fewer in the
-/// sandbox. The pids cgroup enforces --pids exactly.
-fn ulimits(spec: &Spec, open_files: (u64, u64)) -> Vec<ResourcesUlimits> {
+/// where the engine itself may not raise its limits (no CAP_SYS_RESOURCE). Core dumps are
+/// off, as for the other backends' commands.
+fn ulimits(rlimits: Rlimits) -> Vec<ResourcesUlimits> {
     let value = |limit: u64| i64::try_from(limit).unwrap_or(-1);
-    let processes = value(spec.limits.pids.value + 1);
-    let ulimit = |name: &str, soft: i64, hard: i64| ResourcesUlimits {
+    let ulimit = |name: &str, (soft, hard): (u64, u64)| ResourcesUlimits {
         name: Some(name.to_owned()),
-        soft: Some(soft),
-        hard: Some(hard),
+        soft: Some(value(soft)),
+        hard: Some(value(hard)),
     };
     vec![
-        ulimit("core", 0, 0),
-        ulimit("nofile", value(open_files.0), value(open_files.1)),
-        ulimit("nproc", processes, processes),
+        ulimit("core", (0, 0)),
+        ulimit("nofile", rlimits.open_files),
+        ulimit("nproc", rlimits.processes),
     ]
 }
 
@@ -288,7 +290,10 @@ mod tests {
             run_dir: Path::new("/var/lib/airlock/sandboxes/x/docker"),
             workspace,
             labels: labels(id, Some(Path::new("/var/lib/airlock"))),
-            open_files: (1024, 4096),
+            rlimits: Rlimits {
+                open_files: (1024, 4096),
+                processes: (4000, 8000),
+            },
         }
     }
 
@@ -336,7 +341,7 @@ mod tests {
         };
         assert_eq!(find("core"), (0, 0));
         assert_eq!(find("nofile"), (1024, 4096));
-        assert_eq!(find("nproc"), (1025, 1025));
+        assert_eq!(find("nproc"), (4000, 8000));
     }
 
     #[test]

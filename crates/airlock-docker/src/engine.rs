@@ -9,7 +9,9 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use bollard::Docker;
+use std::sync::Mutex;
+
+use bollard::{ClientVersion, Docker};
 use tracing::debug;
 
 /// How long one request to the engine may take before the client gives up, in seconds.
@@ -97,15 +99,21 @@ impl Engine {
             source,
         };
         let address = socket.to_string_lossy();
+        let agreed = agreed_version(socket);
         let docker = {
             let _entered = runtime.enter();
-            Docker::connect_with_unix(&address, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            let version = agreed.as_ref().unwrap_or(bollard::API_DEFAULT_VERSION);
+            Docker::connect_with_unix(&address, REQUEST_TIMEOUT_SECS, version)
                 .map_err(unreachable)?
         };
-        let docker = runtime
-            .block_on(docker.negotiate_version())
-            .map_err(|source| classify(socket, source))?;
+        let docker = match agreed {
+            Some(_) => docker,
+            None => runtime
+                .block_on(docker.negotiate_version())
+                .map_err(|source| classify(socket, source))?,
+        };
         let version = docker.client_version();
+        remember_version(socket, &version);
         debug!(socket = %socket.display(), api = %version, "connected to the engine");
         let found = (version.major_version as u32, version.minor_version as u32);
         if found < MINIMUM_API {
@@ -134,6 +142,26 @@ impl Engine {
     /// Runs `future`, usually a request to the engine, to completion on this thread.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
+    }
+}
+
+/// The API versions this process agreed with each engine socket. Later connections to the
+/// same socket skip the version request, which Podman 4.3 answers in about 0.4 s because it
+/// runs its runtime's binaries to report their versions.
+static AGREED: Mutex<Vec<(PathBuf, ClientVersion)>> = Mutex::new(Vec::new());
+
+fn agreed_version(socket: &Path) -> Option<ClientVersion> {
+    let agreed = AGREED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    agreed
+        .iter()
+        .find(|(known, _)| known == socket)
+        .map(|(_, version)| version.clone())
+}
+
+fn remember_version(socket: &Path, version: &ClientVersion) {
+    let mut agreed = AGREED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !agreed.iter().any(|(known, _)| known == socket) {
+        agreed.push((socket.to_owned(), version.clone()));
     }
 }
 

@@ -66,6 +66,7 @@ pub fn exec(
             landlock: runtime.landlock_abi > 0,
             pids: spec.limits.pids.value,
             nproc_fallback: false,
+            linger: false,
         },
         tty: spec.tty,
     };

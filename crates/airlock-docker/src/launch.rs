@@ -34,7 +34,7 @@ use crate::error::{is_not_found, Error};
 use crate::protections::{self, Facts};
 use crate::resources::Resources;
 use crate::watch::{Target, Watch};
-use crate::{binary, cgroup};
+use crate::{binary, cgroup, rlimits};
 
 /// The name of the run directory, in the sandbox's state directory.
 const RUN_DIR_NAME: &str = "docker";
@@ -42,6 +42,10 @@ const RUN_DIR_NAME: &str = "docker";
 /// A started container whose init is ready. Dropping it ends the container and removes it
 /// with its volume and run directory.
 pub struct Sandbox {
+    /// Dropped first, while the init still runs: a run's init stays after its final report
+    /// until the host closes the channel, so the engine removes a running container rather
+    /// than one that is stopping on its own.
+    pub resources: Resources,
     pub id: SandboxId,
     pub started: Instant,
     /// The container's init, PID 1 of its namespaces.
@@ -57,9 +61,6 @@ pub struct Sandbox {
     pub user: User,
     /// A view of the container's cgroup, for its counters.
     pub cgroup: Option<Cgroup>,
-    /// Dropped last, after the channel, so the init sees the host go before its container is
-    /// removed.
-    pub resources: Resources,
 }
 
 impl Sandbox {
@@ -154,7 +155,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
         run_dir: &run_dir.path,
         workspace: workspace_mount,
         labels,
-        open_files: open_files(),
+        rlimits: rlimits::for_engine(resources.engine.socket()),
     };
     create_container(&mut resources, spec, &layout)?;
 
@@ -175,6 +176,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
             landlock: facts.landlock_abi > 0,
             pids: spec.limits.pids.value,
             nproc_fallback: false,
+            linger: true,
         },
         tty: spec.tty && !hold,
     };
@@ -190,6 +192,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
         .wait_until_ready(init_pidfd.as_raw_fd())
         .map_err(|error| with_logs(error, &resources))?;
     let cgroup = cgroup::of_process(init.pid).map(|description| Cgroup::view(&description));
+    tracing::debug!(sandbox = %id, cgroup = ?cgroup, "found the container's cgroup");
     channel.go_ahead()?;
     Ok(Sandbox {
         id,
@@ -215,20 +218,6 @@ fn run_dir_path(sandbox_dir: Option<&Path>, id: &SandboxId) -> PathBuf {
         Some(dir) => dir.join(RUN_DIR_NAME),
         None => std::env::temp_dir().join(format!("airlock-docker-{id}")),
     }
-}
-
-/// Returns this process's own limit on open files, soft and hard, which the container's
-/// processes get as the other backends' commands inherit it.
-fn open_files() -> (u64, u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a live rlimit for the kernel to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
-        return (1024, 1024);
-    }
-    (limit.rlim_cur, limit.rlim_max)
 }
 
 /// Checks that `image` is in the engine.

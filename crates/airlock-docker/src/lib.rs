@@ -26,6 +26,7 @@ pub mod inside;
 pub mod launch;
 pub mod protections;
 pub mod resources;
+pub mod rlimits;
 pub mod watch;
 
 use std::path::Path;

@@ -73,14 +73,30 @@ impl Drop for Resources {
     }
 }
 
+/// How many times removal of a container is tried. Podman refuses to remove a container
+/// whose init exited a moment ago until it has noted the exit ("container state improper").
+const REMOVE_ATTEMPTS: u32 = 40;
+
 /// Removes `container`, killing its processes first; a container already gone is fine.
 pub fn remove_container(engine: &Engine, container: &str) {
     let options = RemoveContainerOptionsBuilder::new().force(true).build();
-    let removed = engine.block_on(engine.docker().remove_container(container, Some(options)));
-    match removed {
-        Ok(()) => tracing::info!(container, "container removed"),
-        Err(error) if is_not_found(&error) => {}
-        Err(error) => tracing::warn!(container, %error, "cannot remove the container"),
+    for attempt in 1..=REMOVE_ATTEMPTS {
+        let removed = engine.block_on(
+            engine
+                .docker()
+                .remove_container(container, Some(options.clone())),
+        );
+        match removed {
+            Ok(()) => {
+                tracing::info!(container, "container removed");
+                return;
+            }
+            Err(error) if is_not_found(&error) => return,
+            Err(error) if attempt == REMOVE_ATTEMPTS => {
+                tracing::warn!(container, %error, "cannot remove the container");
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
     }
 }
 

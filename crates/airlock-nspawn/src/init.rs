@@ -51,6 +51,10 @@ pub struct Plan {
     /// The process limit, set as RLIMIT_NPROC when `nproc_fallback` is set.
     pub pids: u64,
     pub nproc_fallback: bool,
+    /// Stay, after the final report, until the launcher closes the liveness pipe: the
+    /// container's cgroup, whose counters the launcher reads last, goes with the init.
+    #[serde(default)]
+    pub linger: bool,
 }
 
 /// The result of a setup step: the step's name with its error.
@@ -255,12 +259,12 @@ pub fn start_and_supervise(plan: &Plan, stdio: &Stdio) -> ! {
     // /proc/1/mem are closed to it, and no capabilities.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
     let _ = sys::clear_capabilities();
-    supervise(workload_pid, &signals)
+    supervise(workload_pid, &signals, plan.linger)
 }
 
 /// Forwards signals to the command's process group and reaps orphans. When the command
 /// exits, kills every process left in the container and reports how the command ended.
-fn supervise(workload: libc::pid_t, signals: &OwnedFd) -> ! {
+fn supervise(workload: libc::pid_t, signals: &OwnedFd, linger: bool) -> ! {
     loop {
         let Some(signal) = wait_for_signal(signals) else {
             continue;
@@ -273,13 +277,13 @@ fn supervise(workload: libc::pid_t, signals: &OwnedFd) -> ! {
         }
         while let Ok(Some((pid, status))) = sys::waitpid(-1, libc::WNOHANG) {
             if pid == workload {
-                finish(status);
+                finish(status, linger);
             }
         }
     }
 }
 
-fn finish(status: libc::c_int) -> ! {
+fn finish(status: libc::c_int, linger: bool) -> ! {
     let _ = sys::kill(-1, libc::SIGKILL);
     while sys::waitpid(-1, 0).is_ok() {}
     Report::Usage {
@@ -296,6 +300,14 @@ fn finish(status: libc::c_int) -> ! {
         }
     };
     report.send(REPORT_FD);
+    if linger {
+        let mut fds = [libc::pollfd {
+            fd: LIVENESS_FD,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        while !matches!(sys::poll(&mut fds, -1), Ok(1..)) {}
+    }
     sys::exit_now(0)
 }
 

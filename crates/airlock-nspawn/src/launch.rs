@@ -141,6 +141,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         landlock: host.landlock_abi > 0,
         pids: spec.limits.pids.value,
         nproc_fallback,
+        linger: false,
     };
 
     // The child's inputs, prepared before the fork.
