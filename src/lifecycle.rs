@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_chroot::ChrootBackend;
 use airlock_core::audit::{self, AuditLog};
 use airlock_core::state::{self, Phase, ProcessRef, Record, SandboxDir, StateDir};
-use airlock_docker::DockerBackend;
 use airlock_core::{
     Backend, BackendError, BackendKind, EndReason, ExecCommand, Finished, HeldEnd, RunOptions,
     SandboxId, Spec, Stats, WorkspaceMode,
 };
+use airlock_docker::DockerBackend;
 use airlock_namespace::{error_chain, sys, NamespaceBackend};
 use airlock_nspawn::NspawnBackend;
 use serde_json::{json, Map, Value};
@@ -72,6 +72,8 @@ pub enum LifecycleError {
     WorkspaceOverlapsState { workspace: PathBuf, state: PathBuf },
     #[error("no command given: pass one after `--`, for example `airlock exec {id} -- ls`")]
     NoCommand { id: String },
+    #[error("--image needs --backend docker: the {backend} backend runs the host's files or a --rootfs directory, not an image")]
+    ImageNeedsDocker { backend: &'static str },
 }
 
 /// Returns the backend that a record or a command line names.
@@ -203,6 +205,7 @@ impl Engine {
         track_stderr_line: bool,
     ) -> Result<RunResult, BackendError> {
         let kind = selected.kind;
+        check_image(kind, &spec)?;
         backend(kind).availability()?;
         spec.validate()?;
         self.check_workspace(&spec)?;
@@ -343,6 +346,7 @@ impl Engine {
     /// Creates a sandbox that keeps running under its supervisor.
     pub fn create(&self, selected: &Selected, mut spec: Spec) -> Result<Record, BackendError> {
         let kind = selected.kind;
+        check_image(kind, &spec)?;
         backend(kind).availability()?;
         spec.validate_sandbox()?;
         self.check_workspace(&spec)?;
@@ -737,6 +741,14 @@ impl Engine {
                 });
             }
         }
+        let is_known =
+            |id: &str| SandboxId::parse(id).is_some() && self.state.sandbox(id).path.exists();
+        for id in airlock_docker::resources::remove_orphans(self.state.root(), &is_known) {
+            collected.push(Collected {
+                id,
+                action: "removed a docker container or volume whose sandbox is gone".into(),
+            });
+        }
         Ok(collected)
     }
 
@@ -838,6 +850,16 @@ impl Engine {
     pub fn log_event(&self, id: &str, event: &str, value: Value) -> Result<(), BackendError> {
         self.log(id, event, value)
     }
+}
+
+/// Rejects an image for every backend but docker, the one that runs images.
+fn check_image(kind: BackendKind, spec: &Spec) -> Result<(), LifecycleError> {
+    if spec.image.is_some() && kind != BackendKind::Docker {
+        return Err(LifecycleError::ImageNeedsDocker {
+            backend: kind.name(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks that a `--rootfs` directory is still the directory the spec names, with no symlink

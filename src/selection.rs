@@ -67,6 +67,16 @@ pub fn select(request: BackendRequest, spec: &Spec) -> Result<Selected, Selectio
         return Ok(Selected::named(request.backend.unwrap_or_default()));
     };
     let mut candidates = candidates(spec);
+    if spec.image.is_some() {
+        for (candidate, kind) in candidates.iter_mut().zip(BackendKind::ALL) {
+            if kind != BackendKind::Docker {
+                candidate.availability = Err(Unavailable {
+                    reason: "it runs no image, and the spec names one".into(),
+                    fix: "drop --image, or use --backend docker".into(),
+                });
+            }
+        }
+    }
     if !spec.allow_weaker {
         // A backend that would reject the spec is no choice for a risk level.
         for (candidate, kind) in candidates.iter_mut().zip(BackendKind::ALL) {

@@ -448,7 +448,8 @@ pub const MAX_IMAGE_LENGTH: usize = 255;
 /// or `name@sha256:HEX`: letters, digits and `.`, `_`, `-`, `/`, `:`, `@`, starting with a
 /// letter or digit. The engine checks the rest of the grammar when it looks the image up.
 pub fn parse_image(text: &str) -> Result<String, String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
+    let allowed =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
     let valid = !text.is_empty()
         && text.len() <= MAX_IMAGE_LENGTH
         && text.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -26,12 +26,10 @@ pub fn running() -> Result<PathBuf, Error> {
 fn is_static_elf(image: &[u8]) -> bool {
     let read = |offset: usize, len: usize| image.get(offset..offset + len);
     let word = |offset| read(offset, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let long = |offset| {
-        read(offset, 4).map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
-    };
-    let quad = |offset| {
-        read(offset, 8).map(|b| u64::from_le_bytes(b.try_into().expect("eight bytes")))
-    };
+    let long =
+        |offset| read(offset, 4).map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")));
+    let quad =
+        |offset| read(offset, 8).map(|b| u64::from_le_bytes(b.try_into().expect("eight bytes")));
     // ELF magic, 64-bit class, little-endian data.
     if read(0, 6) != Some(b"\x7fELF\x02\x01") {
         return false;

@@ -29,7 +29,8 @@ fn directories(listing: &str, v2: bool, root: &Path) -> Vec<(String, PathBuf)> {
     let mut dirs = Vec::new();
     for line in listing.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -61,12 +62,18 @@ mod tests {
         assert_eq!(
             dirs,
             [
-                ("pids".to_owned(), PathBuf::from("/sys/fs/cgroup/pids/docker/abc")),
+                (
+                    "pids".to_owned(),
+                    PathBuf::from("/sys/fs/cgroup/pids/docker/abc")
+                ),
                 (
                     "cpu".to_owned(),
                     PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/docker/abc")
                 ),
-                ("memory".to_owned(), PathBuf::from("/sys/fs/cgroup/memory/docker/abc")),
+                (
+                    "memory".to_owned(),
+                    PathBuf::from("/sys/fs/cgroup/memory/docker/abc")
+                ),
             ]
         );
     }

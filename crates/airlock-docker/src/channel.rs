@@ -323,7 +323,8 @@ impl Channel {
 
     /// Asks an exec's wrapper to send `signal` to its command's process group.
     pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
-        let number = u8::try_from(signal).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let number =
+            u8::try_from(signal).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         control::send(self.control.as_raw_fd(), &[TAG_SIGNAL, number], &[])
     }
 }

@@ -263,7 +263,10 @@ pub fn overlay_volume(
 /// separates lower directories, and `\` escapes either.
 fn check_option_path(path: &Path) -> Result<(), Error> {
     let text = path.to_string_lossy();
-    match text.chars().find(|c| matches!(c, ',' | ':' | '\\') || c.is_control()) {
+    match text
+        .chars()
+        .find(|c| matches!(c, ',' | ':' | '\\') || c.is_control())
+    {
         Some(character) => Err(Error::WorkspacePath {
             path: path.to_owned(),
             character,
@@ -314,7 +317,10 @@ mod tests {
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.readonly_rootfs, Some(true));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-        assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_owned()])
+        );
         assert_eq!(host.shm_size, Some(32 << 20));
         let tmp = &host.tmpfs.expect("tmpfs")["/tmp"];
         assert!(tmp.contains(&format!("size={}", 32 << 20)), "{tmp}");

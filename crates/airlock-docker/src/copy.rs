@@ -78,9 +78,7 @@ fn copy_in(engine: &Engine, runtime: &Runtime, source: &Path, target: &Path) -> 
     };
     let mut archive = temporary_file().map_err(|error| failed(source, error))?;
     pack(source, &name, runtime.user, &mut archive).map_err(|error| failed(source, error))?;
-    archive
-        .rewind()
-        .map_err(|error| failed(source, error))?;
+    archive.rewind().map_err(|error| failed(source, error))?;
     let options = UploadToContainerOptionsBuilder::new()
         .path(&dir.to_string_lossy())
         .build();

@@ -151,17 +151,21 @@ impl Engine {
 static AGREED: Mutex<Vec<(PathBuf, ClientVersion)>> = Mutex::new(Vec::new());
 
 fn agreed_version(socket: &Path) -> Option<ClientVersion> {
-    let agreed = AGREED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let agreed = AGREED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     agreed
         .iter()
         .find(|(known, _)| known == socket)
-        .map(|(_, version)| version.clone())
+        .map(|(_, version)| *version)
 }
 
 fn remember_version(socket: &Path, version: &ClientVersion) {
-    let mut agreed = AGREED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut agreed = AGREED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !agreed.iter().any(|(known, _)| known == socket) {
-        agreed.push((socket.to_owned(), version.clone()));
+        agreed.push((socket.to_owned(), *version));
     }
 }
 

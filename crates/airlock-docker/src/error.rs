@@ -46,13 +46,17 @@ pub enum Error {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("the engine started container {container} but reports no process for it (state {state:?})")]
+    #[error(
+        "the engine started container {container} but reports no process for it (state {state:?})"
+    )]
     NoInitPid { container: String, state: String },
     #[error("the container's init did not connect to the host within {seconds} s{}", logs_suffix(.logs))]
     InitSilent { seconds: u64, logs: String },
     #[error("the container's init exited before it was ready{}", logs_suffix(.logs))]
     InitExited { logs: String },
-    #[error("process {peer} connected to the sandbox's channel, which only process {expected} may use")]
+    #[error(
+        "process {peer} connected to the sandbox's channel, which only process {expected} may use"
+    )]
     PeerMismatch { peer: i32, expected: i32 },
     #[error("cannot hand the command over to the container")]
     Channel(#[source] io::Error),

@@ -109,11 +109,12 @@ pub fn exec(
     early.append(&mut ended.reports);
     ended.reports = early;
     check_final(&ended.reports, ended.reason)?;
-    if let (Some(cgroup), Some(before), EndReason::Exited) = (&cgroup, counters_before, ended.reason)
+    if let (Some(cgroup), Some(before), EndReason::Exited) =
+        (&cgroup, counters_before, ended.reason)
     {
-        let killed = ended.reports.iter().any(|report| {
-            matches!(report, Report::Signaled { signal } if *signal == libc::SIGKILL)
-        });
+        let killed = ended.reports.iter().any(
+            |report| matches!(report, Report::Signaled { signal } if *signal == libc::SIGKILL),
+        );
         // A refused fork shows in the command's own status rather than as a kill, so the
         // process limit counts whenever it was hit during the command.
         match cgroup.limit_hit_since(before) {

@@ -86,7 +86,10 @@ fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
 fn receive_channels(socket: &Path) -> StepResult<()> {
     let connection = step(UnixStream::connect(socket), "connect to the host")?;
     let connection = OwnedFd::from(connection);
-    let message = step(control::recv(connection.as_raw_fd()), "receive the channels")?;
+    let message = step(
+        control::recv(connection.as_raw_fd()),
+        "receive the channels",
+    )?;
     let Some((payload, fds)) = message else {
         return Err(("receive the channels", io::ErrorKind::UnexpectedEof.into()));
     };

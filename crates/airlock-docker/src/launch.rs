@@ -146,7 +146,8 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
         user,
         labels: &labels,
     };
-    let workspace_mount = mount_workspace(spec, options, workspace.as_ref(), &owner, &mut resources)?;
+    let workspace_mount =
+        mount_workspace(spec, options, workspace.as_ref(), &owner, &mut resources)?;
     let layout = Layout {
         id: &id,
         image,
@@ -170,7 +171,11 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
     drop(listener);
     let plan = Plan {
         command: airlock_nspawn::init::Plan {
-            argv: if hold { Vec::new() } else { spec.command.clone() },
+            argv: if hold {
+                Vec::new()
+            } else {
+                spec.command.clone()
+            },
             env: spec.environment(|name| std::env::var_os(name)),
             overlay: false,
             landlock: facts.landlock_abi > 0,

@@ -55,7 +55,9 @@ impl Backend for DockerBackend {
     }
 
     fn availability(&self) -> Result<(), Unavailable> {
-        Engine::connect().map(drop).map_err(|error| unavailable(&error))
+        Engine::connect()
+            .map(drop)
+            .map_err(|error| unavailable(&error))
     }
 
     fn assess(&self, spec: &Spec) -> Enforcement {

@@ -153,7 +153,13 @@ fn push_limits(enforcement: &mut Enforcement, spec: &Spec, facts: &Facts) {
     if spec.limits.cpus.value.is_some() {
         limit(enforcement, rule::CPU, &spec.limits.cpus, facts.cpu, facts);
     }
-    limit(enforcement, rule::PIDS, &spec.limits.pids, facts.pids, facts);
+    limit(
+        enforcement,
+        rule::PIDS,
+        &spec.limits.pids,
+        facts.pids,
+        facts,
+    );
     enforcement.push(rule::TMP_SIZE, Status::Enforced, false);
     if spec.limits.timeout.is_some() {
         enforcement.push(rule::TIMEOUT, Status::Enforced, true);

@@ -2,7 +2,7 @@
 //! overlay volume and the run directory. Every failure path of creation, and the end of
 //! every sandbox, goes through [`Resources`]'s drop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
@@ -10,7 +10,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::config::LABEL_SANDBOX;
+use crate::config::{LABEL_SANDBOX, LABEL_STATE_DIR};
 use crate::engine::Engine;
 use crate::error::is_not_found;
 
@@ -141,4 +141,49 @@ pub fn remove_labeled(engine: &Engine, id: &str) {
         }
         Err(error) => tracing::warn!(sandbox = id, %error, "cannot list the sandbox's volumes"),
     }
+}
+
+/// Removes the containers and volumes labeled with `state_dir` whose sandbox `is_known`
+/// rejects: those whose sandbox's record is gone, as after a run whose end could not reach
+/// the engine. Returns the ids of those sandboxes. An engine that does not answer has
+/// nothing to remove.
+pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let Ok(engine) = Engine::connect() else {
+        return Vec::new();
+    };
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{LABEL_STATE_DIR}={}", state_dir.display())],
+    )]);
+    let orphan = |labels: Option<&std::collections::HashMap<String, String>>| {
+        let id = labels?.get(LABEL_SANDBOX)?;
+        (!is_known(id)).then(|| id.clone())
+    };
+    let mut removed = Vec::new();
+    let containers = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let listed = engine.block_on(engine.docker().list_containers(Some(containers)));
+    for summary in listed.unwrap_or_default() {
+        if let (Some(id), Some(container)) = (orphan(summary.labels.as_ref()), &summary.id) {
+            remove_container(&engine, container);
+            removed.push(id);
+        }
+    }
+    let volumes = ListVolumesOptionsBuilder::new().filters(&filters).build();
+    let listed = engine.block_on(engine.docker().list_volumes(Some(volumes)));
+    for volume in listed
+        .ok()
+        .and_then(|listed| listed.volumes)
+        .unwrap_or_default()
+    {
+        if let Some(id) = orphan(Some(&volume.labels)) {
+            remove_volume(&engine, &volume.name);
+            removed.push(id);
+        }
+    }
+    removed.sort();
+    removed.dedup();
+    removed
 }

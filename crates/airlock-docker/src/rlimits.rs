@@ -16,7 +16,7 @@ pub fn for_engine(socket: &Path) -> Rlimits {
         open_files: own(libc::RLIMIT_NOFILE),
         processes: own(libc::RLIMIT_NPROC),
     };
-    let Some(limits) = engine_pid(socket).and_then(|pid| read_limits(pid)) else {
+    let Some(limits) = engine_pid(socket).and_then(read_limits) else {
         return rlimits;
     };
     if let Some(hard) = hard_limit(&limits, "Max open files") {
@@ -86,7 +86,8 @@ fn cap((soft, hard): (u64, u64), limit: u64) -> (u64, u64) {
 mod tests {
     use super::*;
 
-    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
+    const LIMITS: &str =
+        "Limit                     Soft Limit           Hard Limit           Units     \n\
         Max processes             32768                32768                processes \n\
         Max open files            1024                 unlimited            files     \n";
 

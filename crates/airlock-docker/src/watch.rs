@@ -28,7 +28,10 @@ const FINAL_DRAIN_ROUNDS: usize = 64;
 /// Where signals and kills go.
 pub enum Target<'a> {
     /// The container's init, through the engine: a kill ends the container.
-    Container { engine: &'a Engine, container: &'a str },
+    Container {
+        engine: &'a Engine,
+        container: &'a str,
+    },
     /// An exec's wrapper, over its channel: a kill ends the command's process group.
     Wrapper { channel: &'a Channel },
 }
@@ -40,7 +43,8 @@ impl Target<'_> {
                 let options = KillContainerOptionsBuilder::new()
                     .signal(&signal.to_string())
                     .build();
-                let killed = engine.block_on(engine.docker().kill_container(container, Some(options)));
+                let killed =
+                    engine.block_on(engine.docker().kill_container(container, Some(options)));
                 if let Err(error) = killed {
                     tracing::warn!(container, signal, %error, "cannot signal the container");
                 }
@@ -77,7 +81,6 @@ impl Watch<'_> {
     pub fn run(self) -> io::Result<Ended> {
         let mut state = State {
             watch: self,
-            reports: None,
             reason: EndReason::Exited,
             last_limit_check: Instant::now(),
         };
@@ -87,7 +90,6 @@ impl Watch<'_> {
 
 struct State<'a> {
     watch: Watch<'a>,
-    reports: Option<ReportReader>,
     reason: EndReason,
     last_limit_check: Instant,
 }
@@ -117,11 +119,10 @@ impl State<'_> {
                 .and_then(Cgroup::limit_hit)
                 .unwrap_or(self.reason);
         }
-        self.reports = Some(reports);
         Ok(Ended {
             status: None,
             reason: self.reason,
-            reports: self.reports.as_mut().map(ReportReader::take).unwrap_or_default(),
+            reports: reports.take(),
             peak_memory,
         })
     }
@@ -194,7 +195,11 @@ impl State<'_> {
             .cgroup
             .filter(|_| self.watch.kill_on_limit)
             .map(|_| LIMIT_CHECK_INTERVAL);
-        if let Some(deadline) = self.watch.deadline.filter(|_| self.reason == EndReason::Exited) {
+        if let Some(deadline) = self
+            .watch
+            .deadline
+            .filter(|_| self.reason == EndReason::Exited)
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
