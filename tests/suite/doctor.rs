@@ -272,17 +272,31 @@ fn docker_socket_checked_with_ping() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("api.sock");
     let listener = UnixListener::bind(&path).expect("bind socket");
+    // The host fact and the docker backend's availability each ping the socket. The test
+    // ends the server with a connection that sends STOP.
     let server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().expect("accept");
-        let mut request = [0u8; 512];
-        let read = stream.read(&mut request).expect("read request");
-        let answer = b"HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK";
-        stream.write_all(answer).expect("write answer");
-        String::from_utf8_lossy(&request[..read]).into_owned()
+        let mut requests = Vec::new();
+        loop {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 512];
+            let read = stream.read(&mut request).expect("read request");
+            let request = String::from_utf8_lossy(&request[..read]).into_owned();
+            if request == "STOP" {
+                return requests;
+            }
+            let answer = b"HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK";
+            stream.write_all(answer).expect("write answer");
+            requests.push(request);
+        }
     });
     let report = doctor_with_docker_host(&format!("unix://{}", path.display()));
-    let request = server.join().expect("server thread");
-    assert!(request.starts_with("GET /_ping HTTP/1."), "{request:?}");
+    let mut stop = std::os::unix::net::UnixStream::connect(&path).expect("connect to stop");
+    stop.write_all(b"STOP").expect("send STOP");
+    let requests = server.join().expect("server thread");
+    assert!(!requests.is_empty(), "the socket was not contacted");
+    for request in &requests {
+        assert!(request.starts_with("GET /_ping HTTP/1."), "{request:?}");
+    }
     let docker = fact(&report, "docker_socket");
     assert_eq!(docker["status"], "ok", "{docker}");
     let detail = docker["detail"].as_str().unwrap_or_default();

@@ -1,6 +1,7 @@
 mod chroot;
 mod containment;
 mod crash;
+mod docker;
 mod doctor;
 mod exit_status;
 mod harness;

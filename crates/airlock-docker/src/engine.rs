@@ -34,6 +34,8 @@ pub enum EngineError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("the engine at {socket:?} does not answer GET /_ping ({answer}); start it (`dockerd`, or `podman system service --time=0`) or remove the stale socket")]
+    NoPing { socket: PathBuf, answer: String },
     #[error("the engine at {socket:?} speaks API {found}, older than {}.{}, the oldest this backend supports; upgrade it to Docker Engine 20.10 or Podman 4 or later", MINIMUM_API.0, MINIMUM_API.1)]
     TooOld { socket: PathBuf, found: String },
     #[error("cannot start the engine client's runtime")]
@@ -64,32 +66,31 @@ impl Engine {
     /// Finds the engine's socket as Docker clients do (`DOCKER_HOST`, then the default
     /// sockets of Docker and Podman), connects, and agrees on an API version.
     pub fn connect() -> Result<Engine, EngineError> {
+        Self::connect_to(&Self::find_socket()?)
+    }
+
+    /// Finds the engine's socket as [`Engine::connect`] does and checks that it answers
+    /// `GET /_ping`, without agreeing on an API version; returns the socket.
+    pub fn probe() -> Result<PathBuf, EngineError> {
+        let socket = Self::find_socket()?;
+        check_access(&socket)?;
+        airlock_host::docker::ping(&socket).map_err(|answer| EngineError::NoPing {
+            socket: socket.clone(),
+            answer,
+        })?;
+        Ok(socket)
+    }
+
+    fn find_socket() -> Result<PathBuf, EngineError> {
         let env = |name: &str| std::env::var_os(name);
         // SAFETY: geteuid has no preconditions and cannot fail.
         let is_root = unsafe { libc::geteuid() } == 0;
-        Self::connect_with(&env, is_root)
-    }
-
-    fn connect_with(
-        env: &dyn Fn(&str) -> Option<OsString>,
-        is_root: bool,
-    ) -> Result<Engine, EngineError> {
-        let (candidates, remote) = airlock_host::docker::candidates(env, is_root);
-        if let Some(host) = remote {
-            return Err(EngineError::Remote { host });
-        }
-        let socket = candidates
-            .iter()
-            .map(|candidate| candidate.path.clone())
-            .find(|path| path.exists())
-            .ok_or_else(|| EngineError::NoSocket {
-                tried: candidates.iter().map(|c| c.path.clone()).collect(),
-            })?;
-        Self::connect_to(&socket)
+        find_socket_with(&env, is_root)
     }
 
     /// Connects to the engine on the unix socket at `socket`.
     pub fn connect_to(socket: &Path) -> Result<Engine, EngineError> {
+        check_access(socket)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -169,6 +170,41 @@ fn remember_version(socket: &Path, version: &ClientVersion) {
     }
 }
 
+/// Finds the first socket that exists among those that `env` and the defaults name.
+fn find_socket_with(
+    env: &dyn Fn(&str) -> Option<OsString>,
+    is_root: bool,
+) -> Result<PathBuf, EngineError> {
+    let (candidates, remote) = airlock_host::docker::candidates(env, is_root);
+    if let Some(host) = remote {
+        return Err(EngineError::Remote { host });
+    }
+    candidates
+        .iter()
+        .map(|candidate| candidate.path.clone())
+        .find(|path| path.exists())
+        .ok_or_else(|| EngineError::NoSocket {
+            tried: candidates.iter().map(|c| c.path.clone()).collect(),
+        })
+}
+
+/// Fails with [`EngineError::PermissionDenied`] when this user may not connect to `socket`,
+/// which needs write permission on it.
+fn check_access(socket: &Path) -> Result<(), EngineError> {
+    let Ok(path) = std::ffi::CString::new(socket.as_os_str().as_encoded_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: `path` is NUL-terminated and lives for the call.
+    let denied = unsafe { libc::access(path.as_ptr(), libc::W_OK) } == -1
+        && io::Error::last_os_error().raw_os_error() == Some(libc::EACCES);
+    if denied {
+        return Err(EngineError::PermissionDenied {
+            socket: socket.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Tells a socket the caller may not open from an engine that does not answer.
 fn classify(socket: &Path, source: bollard::errors::Error) -> EngineError {
     let denied = match &source {
@@ -195,7 +231,7 @@ mod tests {
     fn tcp_docker_host_is_refused_without_contacting_it() {
         let env =
             |name: &str| (name == "DOCKER_HOST").then(|| OsString::from("tcp://192.0.2.1:2375"));
-        let error = Engine::connect_with(&env, true).expect_err("a TCP host is refused");
+        let error = find_socket_with(&env, true).expect_err("a TCP host is refused");
         assert!(matches!(error, EngineError::Remote { .. }), "{error}");
     }
 
@@ -204,7 +240,7 @@ mod tests {
         let env = |name: &str| {
             (name == "DOCKER_HOST").then(|| OsString::from("unix:///nonexistent/airlock-test.sock"))
         };
-        let error = Engine::connect_with(&env, true).expect_err("no socket");
+        let error = find_socket_with(&env, true).expect_err("no socket");
         let message = error.to_string();
         assert!(
             message.contains("/nonexistent/airlock-test.sock"),

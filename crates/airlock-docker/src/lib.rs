@@ -55,7 +55,7 @@ impl Backend for DockerBackend {
     }
 
     fn availability(&self) -> Result<(), Unavailable> {
-        Engine::connect()
+        Engine::probe()
             .map(drop)
             .map_err(|error| unavailable(&error))
     }

@@ -76,8 +76,9 @@ pub fn is_ping_answer(answer: &[u8]) -> bool {
     status_ok && body.trim() == "OK"
 }
 
-/// Sends `GET /_ping` on the unix socket at `path` and checks the answer.
-fn ping(path: &Path) -> Result<(), String> {
+/// Sends `GET /_ping` on the unix socket at `path` and checks the answer; the error says
+/// what failed.
+pub fn ping(path: &Path) -> Result<(), String> {
     let mut stream = UnixStream::connect(path).map_err(|error| format!("connect: {error}"))?;
     let _ = stream.set_read_timeout(Some(PING_TIMEOUT));
     let _ = stream.set_write_timeout(Some(PING_TIMEOUT));

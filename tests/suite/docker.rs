@@ -1,0 +1,1218 @@
+//! The `docker` backend against each engine that scripts/test starts: Docker Engine and
+//! Podman's API service, on private sockets, each with the Debian test image imported. Every
+//! test runs once per engine, as root, with a state directory of its own.
+//!
+//! scripts/test exports the engines' addresses in AIRLOCK_TEST_DOCKER_SOCKETS and the image
+//! in AIRLOCK_TEST_IMAGE. Without them the tests fail and say so, rather than pass without
+//! having run. The tests look at the engine directly through its API with curl, which
+//! scripts/test installs.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::harness::{
+    airlock_shell_command, binary, describe, json_record, protection, stderr, stdout, unique_token,
+    wait_bounded, Caller, Workspace,
+};
+
+/// One engine under test.
+struct Engine {
+    /// `docker` or `podman`, from the socket's file name, for assertion messages.
+    name: String,
+    /// The engine's address, as DOCKER_HOST takes it.
+    host: String,
+    socket: PathBuf,
+}
+
+/// Returns the engines that scripts/test started.
+fn engines() -> Vec<Engine> {
+    let sockets = std::env::var("AIRLOCK_TEST_DOCKER_SOCKETS").unwrap_or_else(|_| {
+        panic!(
+            "AIRLOCK_TEST_DOCKER_SOCKETS is not set: run the tests through scripts/test, which \
+             starts Docker Engine and Podman's API service and sets it, or run \
+             `scripts/test-engines start` and export the variables it prints"
+        )
+    });
+    let engines: Vec<Engine> = sockets
+        .split_whitespace()
+        .map(|host| {
+            let socket = PathBuf::from(host.strip_prefix("unix://").unwrap_or(host));
+            let name = socket.file_stem().map_or_else(
+                || host.to_owned(),
+                |stem| stem.to_string_lossy().into_owned(),
+            );
+            Engine {
+                name,
+                host: host.to_owned(),
+                socket,
+            }
+        })
+        .collect();
+    assert!(
+        !engines.is_empty(),
+        "AIRLOCK_TEST_DOCKER_SOCKETS lists no engine"
+    );
+    engines
+}
+
+/// Returns the test image, imported into every engine.
+fn image() -> String {
+    std::env::var("AIRLOCK_TEST_IMAGE").unwrap_or_else(|_| {
+        panic!("AIRLOCK_TEST_IMAGE is not set: run the tests through scripts/test")
+    })
+}
+
+/// Airlock as root with one engine and a state directory of its own. Dropping it removes
+/// every sandbox left in that directory, and the directory.
+struct Session<'a> {
+    engine: &'a Engine,
+    state: PathBuf,
+}
+
+impl<'a> Session<'a> {
+    fn new(engine: &'a Engine) -> Session<'a> {
+        let base = binary().parent().expect("binary directory");
+        let state = base.join(format!("state-docker-{}", unique_token()));
+        fs::create_dir(&state).expect("create state directory");
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).expect("chmod state");
+        Session { engine, state }
+    }
+
+    fn command(&self, args: &[&str], cwd: &Path) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .current_dir(cwd)
+            .env("DOCKER_HOST", &self.engine.host);
+        command
+    }
+
+    /// Runs `airlock ARGS` with no input.
+    fn airlock(&self, args: &[&str], cwd: &Path) -> Output {
+        self.command(args, cwd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock")
+    }
+
+    /// Runs `airlock ARGS`, feeding `input` to its stdin.
+    fn airlock_with_stdin(&self, args: &[&str], cwd: &Path, input: &[u8]) -> Output {
+        let mut child = self
+            .command(args, cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn airlock");
+        let mut stdin = child.stdin.take().expect("stdin pipe");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let output = child.wait_with_output().expect("wait for airlock");
+        writer.join().expect("stdin writer");
+        output
+    }
+
+    /// Runs `airlock run --backend docker --image IMAGE EXTRA... -- sh -c SCRIPT`.
+    fn run_sh(&self, workspace: &Path, extra: &[&str], script: &str) -> Output {
+        let image = image();
+        let mut args = vec!["run", "--backend", "docker", "--image", &image];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        self.airlock(&args, workspace)
+    }
+
+    /// Creates a sandbox of the test image and returns its id.
+    fn create(&self, workspace: &Path, extra: &[&str]) -> String {
+        let image = image();
+        let mut args = vec!["create", "--backend", "docker", "--image", &image];
+        args.extend_from_slice(extra);
+        let output = self.airlock(&args, workspace);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            self.engine.name,
+            describe(&output)
+        );
+        stdout(&output).trim().to_owned()
+    }
+
+    fn exec_sh(&self, workspace: &Path, id: &str, extra: &[&str], script: &str) -> Output {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[id, "--", "sh", "-c", script]);
+        self.airlock(&args, workspace)
+    }
+
+    /// Returns the `airlock ls --json` entry of sandbox `id`.
+    fn listed(&self, id: &str) -> Option<serde_json::Value> {
+        let output = self.airlock(&["ls", "--json"], Path::new("/"));
+        let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ls JSON");
+        listed
+            .as_array()
+            .expect("ls array")
+            .iter()
+            .find(|entry| entry["id"] == id)
+            .cloned()
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let output = self.airlock(&["ls", "--json"], Path::new("/"));
+        let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        for entry in listed.as_array().into_iter().flatten() {
+            if let Some(id) = entry["id"].as_str() {
+                let _ = self.airlock(&["rm", "--force", id], Path::new("/"));
+            }
+        }
+        let _ = self.airlock(&["gc"], Path::new("/"));
+        let _ = fs::remove_dir_all(&self.state);
+    }
+}
+
+/// Sends a request to the engine's API with curl and parses the JSON answer.
+fn engine_api(engine: &Engine, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--show-error", "--max-time", "60", "-X", method])
+        .arg("--unix-socket")
+        .arg(&engine.socket)
+        .arg(format!("http://engine/v1.41{path}"));
+    if let Some(body) = body {
+        command.args(["-H", "Content-Type: application/json", "--data", body]);
+    }
+    let output = command.output().expect("run curl");
+    assert!(
+        output.status.success(),
+        "curl {path}: {}",
+        describe(&output)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Counts the engine's containers and volumes labeled as sandbox `id`'s.
+fn labeled(engine: &Engine, id: &str) -> (usize, usize) {
+    let filter = format!("%7B%22label%22%3A%5B%22airlock.sandbox%3D{id}%22%5D%7D");
+    let containers = engine_api(
+        engine,
+        "GET",
+        &format!("/containers/json?all=1&filters={filter}"),
+        None,
+    );
+    let volumes = engine_api(engine, "GET", &format!("/volumes?filters={filter}"), None);
+    let count = |value: &serde_json::Value| value.as_array().map_or(0, Vec::len);
+    (count(&containers), count(&volumes["Volumes"]))
+}
+
+/// Returns whether the engine has a container or volume named `name`.
+fn exists(engine: &Engine, kind: &str, name: &str) -> bool {
+    let path = match kind {
+        "containers" => format!("/containers/{name}/json"),
+        _ => format!("/volumes/{name}"),
+    };
+    let output = Command::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+        ])
+        .arg("--unix-socket")
+        .arg(&engine.socket)
+        .arg(format!("http://engine/v1.41{path}"))
+        .output()
+        .expect("run curl");
+    stdout(&output) == "200"
+}
+
+/// Runs `script` in a container of the test image that the engine alone confines, as the
+/// docker backend's container is confined but without Airlock's init, and returns its log.
+fn engine_alone(engine: &Engine, script: &str) -> String {
+    let name = format!("airlock-test-control-{}", unique_token());
+    let body = serde_json::json!({
+        "Image": image(),
+        "User": "65534:65534",
+        "Cmd": ["sh", "-c", script],
+        "HostConfig": {
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "NetworkMode": "none",
+            "Tmpfs": { "/tmp": "rw,size=16m" },
+            "Ulimits": [{ "Name": "nofile", "Soft": 1024, "Hard": 1024 },
+                        { "Name": "nproc", "Soft": 1024, "Hard": 1024 }],
+        },
+    });
+    engine_api(
+        engine,
+        "POST",
+        &format!("/containers/create?name={name}"),
+        Some(&body.to_string()),
+    );
+    engine_api(engine, "POST", &format!("/containers/{name}/start"), None);
+    engine_api(engine, "POST", &format!("/containers/{name}/wait"), None);
+    let output = Command::new("curl")
+        .args(["--silent", "--unix-socket"])
+        .arg(&engine.socket)
+        .arg(format!(
+            "http://engine/v1.41/containers/{name}/logs?stdout=1&stderr=1"
+        ))
+        .output()
+        .expect("run curl");
+    engine_api(
+        engine,
+        "DELETE",
+        &format!("/containers/{name}?force=1"),
+        None,
+    );
+    // Each frame of the log starts with an 8-byte header; the text is what matters here.
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn docker_output_and_input_pass_byte_for_byte() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+        let input: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        let args = [
+            "run",
+            "--backend",
+            "docker",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "cat; printf 'err\\000\\377' >&2",
+        ];
+        let output = session.airlock_with_stdin(&args, workspace.path(), &input);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert!(
+            output.stdout == input,
+            "{}: stdout differs from stdin",
+            engine.name
+        );
+        assert_eq!(output.stderr, b"err\0\xff", "{}", engine.name);
+    }
+}
+
+#[test]
+fn docker_exit_statuses_match_the_other_backends() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let cases: [(&str, i32); 3] = [("exit 3", 3), ("kill -TERM $$", 143), ("exit 0", 0)];
+        for (script, expected) in cases {
+            let output = session.run_sh(workspace.path(), &[], script);
+            assert_eq!(
+                output.status.code(),
+                Some(expected),
+                "{} {script}: {}",
+                engine.name,
+                describe(&output)
+            );
+        }
+        let image = image();
+        let run = |command: &str| {
+            let args = [
+                "run",
+                "--backend",
+                "docker",
+                "--image",
+                &image,
+                "--json",
+                "--",
+                command,
+            ];
+            session.airlock(&args, workspace.path())
+        };
+        let missing = run("no-such-command");
+        assert_eq!(
+            missing.status.code(),
+            Some(127),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
+        assert_eq!(
+            json_record(&missing)["exec_failure"]["not_found"]["command"],
+            "no-such-command"
+        );
+        let not_executable = run("/etc/hostname");
+        assert_eq!(
+            not_executable.status.code(),
+            Some(126),
+            "{}: {}",
+            engine.name,
+            describe(&not_executable)
+        );
+
+        let output = session.run_sh(workspace.path(), &["--json"], "exit 7");
+        let record = json_record(&output);
+        assert_eq!(record["backend"], "docker", "{record}");
+        assert_eq!(record["exit_code"], 7, "{record}");
+        assert_eq!(record["reason"], "exited", "{record}");
+        assert_eq!(
+            protection(&record, "seccomp filter")["status"],
+            "enforced",
+            "{record}"
+        );
+    }
+}
+
+#[test]
+fn docker_memory_limit_ends_the_run_with_123() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        // The shell outlives the killed `tail`, but not the sandbox's end at the limit.
+        let script = "head -c 400M /dev/zero | tail > /dev/null; sleep 10; echo survived";
+        let output = session.run_sh(workspace.path(), &["--memory", "64M", "--json"], script);
+        assert_eq!(
+            output.status.code(),
+            Some(123),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert!(!stdout(&output).contains("survived"), "{}", engine.name);
+        assert_eq!(
+            json_record(&output)["reason"],
+            "out_of_memory",
+            "{}",
+            engine.name
+        );
+    }
+}
+
+#[test]
+fn docker_timeout_ends_the_run_with_124() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let started = Instant::now();
+        let output = session.run_sh(workspace.path(), &["--timeout", "2s"], "sleep 60");
+        assert_eq!(
+            output.status.code(),
+            Some(124),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}: took {:?}",
+            engine.name,
+            started.elapsed()
+        );
+        assert!(stderr(&output).contains("timed out"), "{}", engine.name);
+    }
+}
+
+#[test]
+fn docker_fork_bomb_ends_the_run_with_122() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let script = "for i in $(seq 60); do sleep 30 & done; wait";
+        let output = session.run_sh(workspace.path(), &["--pids", "16", "--json"], script);
+        assert_eq!(
+            output.status.code(),
+            Some(122),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert_eq!(
+            json_record(&output)["reason"],
+            "pids_limit",
+            "{}",
+            engine.name
+        );
+    }
+}
+
+#[test]
+fn docker_network_has_only_loopback() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let output = session.run_sh(
+            workspace.path(),
+            &[],
+            "tail -n +3 /proc/net/dev | cut -d: -f1",
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let interfaces: Vec<String> = stdout(&output)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(interfaces, ["lo"], "{}", engine.name);
+    }
+}
+
+#[test]
+fn docker_root_filesystem_is_read_only_but_tmp_is_not() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        for path in ["/usr/x", "/etc/x", "/x"] {
+            let output = session.run_sh(workspace.path(), &[], &format!("touch {path}"));
+            assert_ne!(
+                output.status.code(),
+                Some(0),
+                "{} {path}: {}",
+                engine.name,
+                describe(&output)
+            );
+            assert!(
+                stderr(&output).contains("Read-only file system"),
+                "{} {path}: {}",
+                engine.name,
+                describe(&output)
+            );
+        }
+        let output = session.run_sh(workspace.path(), &[], "echo ok > /tmp/x && cat /tmp/x");
+        assert_eq!(
+            stdout(&output),
+            "ok\n",
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+    }
+}
+
+#[test]
+fn docker_command_is_unprivileged_without_capabilities() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let script = "id -u; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp_filters):' /proc/self/status";
+        let output = session.run_sh(workspace.path(), &[], script);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let text = stdout(&output);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("65534"),
+            "a root-owned workspace gives nobody: {text}"
+        );
+        for line in lines {
+            let (field, value) = line.split_once(':').expect("status line");
+            match field {
+                "NoNewPrivs" => assert_eq!(value.trim(), "1", "{}: {text}", engine.name),
+                // The engine's profile and Airlock's filter on top of it.
+                "Seccomp_filters" => assert_eq!(value.trim(), "2", "{}: {text}", engine.name),
+                _ => assert_eq!(
+                    value.trim(),
+                    "0000000000000000",
+                    "{} {field}: {text}",
+                    engine.name
+                ),
+            }
+        }
+
+        let root = session.run_sh(workspace.path(), &["--user", "root"], "id -u");
+        assert_eq!(
+            root.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&root)
+        );
+        assert!(
+            stderr(&root).contains("--allow-weaker"),
+            "{}: {}",
+            engine.name,
+            describe(&root)
+        );
+    }
+}
+
+#[test]
+fn docker_seccomp_denies_what_only_airlock_denies_in_run_and_exec() {
+    // chmod u+s and ptrace are allowed by both engines' default profiles; the filter that
+    // Airlock stacks on top denies them.
+    let script = "touch /tmp/f; chmod u+s /tmp/f && echo setuid-allowed; \
+                  unshare -U true && echo userns-allowed; echo done";
+    for engine in &engines() {
+        let control = engine_alone(engine, script);
+        assert!(
+            control.contains("setuid-allowed"),
+            "{}: the engine alone should allow it: {control:?}",
+            engine.name
+        );
+
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let output = session.run_sh(workspace.path(), &[], script);
+        assert_eq!(
+            stdout(&output),
+            "done\n",
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("Operation not permitted"),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+
+        let id = session.create(workspace.path(), &[]);
+        let output = session.exec_sh(workspace.path(), &id, &[], script);
+        assert_eq!(
+            stdout(&output),
+            "done\n",
+            "{} exec: {}",
+            engine.name,
+            describe(&output)
+        );
+        let status = session.exec_sh(
+            workspace.path(),
+            &id,
+            &[],
+            "grep Seccomp_filters /proc/self/status",
+        );
+        assert!(
+            stdout(&status).contains('2'),
+            "{} exec: {}",
+            engine.name,
+            describe(&status)
+        );
+    }
+}
+
+#[test]
+fn docker_overlay_keeps_the_project_untouched_until_apply() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let project = workspace.path();
+        fs::write(project.join("kept.txt"), "original\n").unwrap();
+        fs::set_permissions(project.join("kept.txt"), fs::Permissions::from_mode(0o666)).unwrap();
+        let output = session.run_sh(
+            project,
+            &[],
+            "echo changed > kept.txt; echo new > added.txt; cat kept.txt",
+        );
+        assert_eq!(
+            stdout(&output),
+            "changed\n",
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert_eq!(
+            fs::read_to_string(project.join("kept.txt")).unwrap(),
+            "original\n"
+        );
+        assert!(!project.join("added.txt").exists(), "{}", engine.name);
+
+        let kept = stderr(&output);
+        let id = kept
+            .split_whitespace()
+            .map(|word| word.trim_matches(|c: char| !c.is_ascii_hexdigit()))
+            .find(|word| word.len() == 32)
+            .unwrap_or_else(|| panic!("{}: no kept sandbox in {kept:?}", engine.name))
+            .to_owned();
+        assert_eq!(
+            labeled(engine, &id),
+            (0, 0),
+            "{}: a finished run keeps no container",
+            engine.name
+        );
+        let diff = session.airlock(&["diff", &id], project);
+        assert_eq!(
+            stdout(&diff),
+            "A added.txt\nM kept.txt\n",
+            "{}: {}",
+            engine.name,
+            describe(&diff)
+        );
+        let apply = session.airlock(&["apply", &id], project);
+        assert_eq!(
+            apply.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&apply)
+        );
+        assert_eq!(
+            fs::read_to_string(project.join("kept.txt")).unwrap(),
+            "changed\n"
+        );
+        assert_eq!(
+            fs::read_to_string(project.join("added.txt")).unwrap(),
+            "new\n"
+        );
+    }
+}
+
+#[test]
+fn docker_cp_copies_into_and_out_of_a_sandbox() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("in.txt"), "from the host\n").unwrap();
+        fs::create_dir(host.path().join("tree")).unwrap();
+        fs::write(host.path().join("tree/leaf.txt"), "leaf\n").unwrap();
+        let id = session.create(workspace.path(), &[]);
+
+        let source = host.path().join("in.txt");
+        let into = session.airlock(
+            &["cp", source.to_str().unwrap(), &format!("{id}:copied.txt")],
+            workspace.path(),
+        );
+        assert_eq!(
+            into.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&into)
+        );
+        let tree = host.path().join("tree");
+        let into = session.airlock(
+            &["cp", tree.to_str().unwrap(), &format!("{id}:/workspace")],
+            workspace.path(),
+        );
+        assert_eq!(
+            into.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&into)
+        );
+        let inside = session.exec_sh(
+            workspace.path(),
+            &id,
+            &[],
+            "cat copied.txt tree/leaf.txt; stat -c %u copied.txt; echo more >> copied.txt",
+        );
+        assert_eq!(
+            stdout(&inside),
+            "from the host\nleaf\n65534\n",
+            "{}: {}",
+            engine.name,
+            describe(&inside)
+        );
+
+        let out = host.path().join("out.txt");
+        let copied = session.airlock(
+            &["cp", &format!("{id}:copied.txt"), out.to_str().unwrap()],
+            workspace.path(),
+        );
+        assert_eq!(
+            copied.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
+        );
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            "from the host\nmore\n",
+            "{}",
+            engine.name
+        );
+        let back = host.path().join("back");
+        fs::create_dir(&back).unwrap();
+        let copied = session.airlock(
+            &[
+                "cp",
+                &format!("{id}:/workspace/tree"),
+                back.to_str().unwrap(),
+            ],
+            workspace.path(),
+        );
+        assert_eq!(
+            copied.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
+        );
+        assert_eq!(
+            fs::read_to_string(back.join("tree/leaf.txt")).unwrap(),
+            "leaf\n"
+        );
+    }
+}
+
+#[test]
+fn docker_exec_and_stats_reach_the_held_container() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let id = session.create(workspace.path(), &[]);
+        let output = session.exec_sh(
+            workspace.path(),
+            &id,
+            &["--json"],
+            "echo first > /tmp/shared; exit 7",
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(7),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert_eq!(json_record(&output)["backend"], "docker");
+        let output = session.exec_sh(workspace.path(), &id, &[], "cat /tmp/shared; hostname");
+        assert_eq!(
+            stdout(&output),
+            format!("first\nairlock-{}\n", &id[..12]),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+
+        let started = Instant::now();
+        let output = session.exec_sh(workspace.path(), &id, &["--timeout", "1s"], "sleep 60");
+        assert_eq!(
+            output.status.code(),
+            Some(124),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            engine.name
+        );
+        assert_eq!(
+            session.listed(&id).expect("listed")["status"],
+            "running",
+            "{}",
+            engine.name
+        );
+
+        let output = session.exec_sh(workspace.path(), &id, &["--user", "root"], "id -u");
+        assert_eq!(
+            output.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+
+        let _background =
+            session.exec_sh(workspace.path(), &id, &[], "sleep 60 > /dev/null 2>&1 &");
+        let stats = session.airlock(&["stats", "--json", &id], workspace.path());
+        assert_eq!(
+            stats.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&stats)
+        );
+        let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+        assert!(
+            stats["processes"].as_u64() >= Some(2),
+            "{}: {stats}",
+            engine.name
+        );
+        assert!(
+            stats["memory"].as_u64() > Some(0),
+            "{}: {stats}",
+            engine.name
+        );
+    }
+}
+
+#[test]
+fn docker_stop_and_start_keep_the_workspace_and_remove_the_container() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let id = session.create(workspace.path(), &[]);
+        assert_eq!(labeled(engine, &id), (1, 1), "{}", engine.name);
+        let output = session.exec_sh(workspace.path(), &id, &[], "echo kept > note.txt");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+
+        let stop = session.airlock(&["stop", &id], workspace.path());
+        assert_eq!(
+            stop.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&stop)
+        );
+        assert_eq!(session.listed(&id).expect("listed")["status"], "stopped");
+        assert_eq!(
+            labeled(engine, &id),
+            (0, 0),
+            "{}: stop removes the container",
+            engine.name
+        );
+
+        let start = session.airlock(&["start", &id], workspace.path());
+        assert_eq!(
+            start.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&start)
+        );
+        let output = session.exec_sh(workspace.path(), &id, &[], "cat note.txt");
+        assert_eq!(
+            stdout(&output),
+            "kept\n",
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+
+        let removed = session.airlock(&["rm", "--force", &id], workspace.path());
+        assert_eq!(
+            removed.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&removed)
+        );
+        assert_eq!(labeled(engine, &id), (0, 0), "{}", engine.name);
+    }
+}
+
+#[test]
+fn docker_rm_and_gc_remove_only_airlock_containers() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let name = format!("airlock-test-users-own-{}", unique_token());
+        let body = serde_json::json!({ "Image": image(), "Cmd": ["sleep", "600"] });
+        engine_api(
+            engine,
+            "POST",
+            &format!("/containers/create?name={name}"),
+            Some(&body.to_string()),
+        );
+        engine_api(engine, "POST", &format!("/containers/{name}/start"), None);
+        engine_api(
+            engine,
+            "POST",
+            "/volumes/create",
+            Some(&serde_json::json!({ "Name": name }).to_string()),
+        );
+
+        let removed = session.create(workspace.path(), &[]);
+        let rm = session.airlock(&["rm", "--force", &removed], workspace.path());
+        assert_eq!(
+            rm.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&rm)
+        );
+
+        // A supervisor killed with SIGKILL leaves its container for gc.
+        let abandoned = session.create(workspace.path(), &[]);
+        let supervisor = session.listed(&abandoned).expect("listed")["supervisor_pid"]
+            .as_i64()
+            .expect("supervisor pid");
+        // SAFETY: kill takes integers only; the pid is the supervisor this test started.
+        unsafe { libc::kill(supervisor as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while session.listed(&abandoned).expect("listed")["status"] == "running"
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let gc = session.airlock(&["gc"], workspace.path());
+        assert_eq!(
+            gc.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&gc)
+        );
+        assert_eq!(
+            labeled(engine, &abandoned),
+            (0, 0),
+            "{}: {}",
+            engine.name,
+            describe(&gc)
+        );
+        assert_eq!(labeled(engine, &removed), (0, 0), "{}", engine.name);
+
+        let container_survived = exists(engine, "containers", &name);
+        let volume_survived = exists(engine, "volumes", &name);
+        engine_api(
+            engine,
+            "DELETE",
+            &format!("/containers/{name}?force=1"),
+            None,
+        );
+        engine_api(engine, "DELETE", &format!("/volumes/{name}"), None);
+        assert!(
+            container_survived,
+            "{}: the user's container was removed",
+            engine.name
+        );
+        assert!(
+            volume_survived,
+            "{}: the user's volume was removed",
+            engine.name
+        );
+    }
+}
+
+#[test]
+fn docker_signal_reaches_the_command() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+        let script = "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done";
+        let mut child = session
+            .command(
+                &[
+                    "run",
+                    "--backend",
+                    "docker",
+                    "--image",
+                    &image,
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                workspace.path(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn airlock");
+        let mut stdout_pipe = child.stdout.take().expect("stdout");
+        let mut ready = [0u8; 6];
+        std::io::Read::read_exact(&mut stdout_pipe, &mut ready).expect("ready line");
+        // SAFETY: kill takes integers only; the pid is the airlock this test started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let code = wait_bounded(&mut child, Duration::from_secs(30), &engine.name);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout_pipe, &mut rest).expect("rest of stdout");
+        assert_eq!(code, 9, "{}: {rest}", engine.name);
+        assert_eq!(rest, "got-term\n", "{}", engine.name);
+    }
+}
+
+#[test]
+fn docker_tty_gives_the_command_a_terminal() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+        let command = format!(
+            "{} --state-dir {} run -t --backend docker --image {image} -- sh -c 'test -t 0 && test -t 1 && tty'",
+            binary().display(),
+            session.state.display()
+        );
+        // script(1) gives Airlock a terminal of its own, as a person's shell would.
+        let output = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("DOCKER_HOST", &engine.host)
+            .current_dir(workspace.path())
+            .stdin(Stdio::piped())
+            .output()
+            .expect("run script");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        assert!(
+            stdout(&output).contains("/dev/pts/"),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+    }
+}
+
+#[test]
+fn docker_errors_name_the_value_and_the_fix() {
+    let engine = &engines()[0];
+    let session = Session::new(engine);
+    let workspace = Workspace::new(Caller::Root);
+    let image = image();
+
+    let no_image = session.airlock(
+        &["run", "--backend", "docker", "--", "true"],
+        workspace.path(),
+    );
+    assert_eq!(no_image.status.code(), Some(125), "{}", describe(&no_image));
+    assert!(
+        stderr(&no_image).contains("--image") && stderr(&no_image).contains("airlock image import"),
+        "{}",
+        describe(&no_image)
+    );
+
+    let args = [
+        "run",
+        "--backend",
+        "docker",
+        "--image",
+        "airlock-test/missing:1",
+        "--",
+        "true",
+    ];
+    let missing = session.airlock(&args, workspace.path());
+    assert_eq!(missing.status.code(), Some(125), "{}", describe(&missing));
+    let message = stderr(&missing);
+    assert!(
+        message.contains("airlock-test/missing:1") && message.contains("airlock image pull"),
+        "{message}"
+    );
+
+    let other = session.airlock(&["run", "--image", &image, "--", "true"], workspace.path());
+    assert_eq!(other.status.code(), Some(125), "{}", describe(&other));
+    assert!(
+        stderr(&other).contains("--image needs --backend docker"),
+        "{}",
+        describe(&other)
+    );
+
+    let mut unreachable = session.command(
+        &[
+            "run",
+            "--backend",
+            "docker",
+            "--image",
+            &image,
+            "--",
+            "true",
+        ],
+        workspace.path(),
+    );
+    let output = unreachable
+        .env("DOCKER_HOST", "unix:///nonexistent/airlock-test.sock")
+        .output()
+        .expect("run airlock");
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("/nonexistent/airlock-test.sock") && message.contains("dockerd"),
+        "{message}"
+    );
+
+    // Neither engine's socket is open to an ordinary user outside the docker group.
+    let host = format!("DOCKER_HOST={}", engine.host);
+    let args = [
+        "run",
+        "--backend",
+        "docker",
+        "--image",
+        &image,
+        "--",
+        "true",
+    ];
+    let (script, _delegation) =
+        airlock_shell_command(Caller::UserWithoutCgroup, &["env", &host], &args);
+    let denied = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir("/")
+        .output()
+        .expect("run sh");
+    assert_eq!(denied.status.code(), Some(125), "{}", describe(&denied));
+    assert!(
+        stderr(&denied).contains("permission denied on the engine socket"),
+        "{}",
+        describe(&denied)
+    );
+}
+
+#[test]
+fn docker_policy_check_reports_the_engines_user_remapping() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+        let check = |extra: &[&str]| {
+            let mut args = vec![
+                "policy",
+                "check",
+                "--backend",
+                "docker",
+                "--image",
+                &image,
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            session.airlock(&args, workspace.path())
+        };
+        let output = check(&[]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let output = check(&["--user", "root"]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("policy JSON");
+        let user = report["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .find(|rule| rule["rule"] == "root inside holds no privilege on the host")
+            .expect("user rule");
+        assert!(
+            user.to_string().contains("does not remap users"),
+            "{}: {user}",
+            engine.name
+        );
+    }
+}
