@@ -105,7 +105,15 @@ type Selected = Vec<(BackendKind, Result<(), Unavailable>)>;
 /// Lists the backends to probe with their availability; fails when the one backend asked
 /// for cannot run here.
 fn selected_backends(targets: ProbeTargets) -> Result<Selected, ProbeError> {
-    let availability = |kind: BackendKind| lifecycle::backend(kind).availability();
+    let availability = |kind: BackendKind| match kind {
+        // NOTE: the probes' sandbox is built from the host's files, and the docker backend
+        // runs an image, which `airlock probe` has no option for yet.
+        BackendKind::Docker => Err(Unavailable {
+            reason: "the docker backend runs an image, and `airlock probe` takes none".into(),
+            fix: "probe another backend with --backend".into(),
+        }),
+        _ => lifecycle::backend(kind).availability(),
+    };
     match targets {
         ProbeTargets::One(kind) => match availability(kind) {
             Ok(()) => Ok(vec![(kind, Ok(()))]),

@@ -22,7 +22,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::held::Runtime;
 use crate::protections::is_privileged;
-use crate::watch::{Target, Watch};
+use crate::watch::{has_final, setup_failure, Target, Watch};
 
 /// Runs `command` in the held sandbox described by `runtime` and waits for it to end.
 pub fn exec(
@@ -181,26 +181,15 @@ fn start_wrapper(
         })
 }
 
-/// Fails when the wrapper ended without saying how the command ended and no limit explains
-/// it: it was killed, or the command killed it.
+/// Fails when the wrapper ended without a report of how the command ended and no limit
+/// explains it: its setup failed, it was killed, or its command killed it.
 fn check_final(reports: &[Report], reason: EndReason) -> Result<(), Error> {
-    let has_final = reports
-        .iter()
-        .any(|report| matches!(report, Report::Exited { .. } | Report::Signaled { .. }));
-    if has_final || reason != EndReason::Exited {
+    if has_final(reports) || reason != EndReason::Exited {
         return Ok(());
     }
-    for report in reports {
-        if let Report::SetupFailed { step, error } = report {
-            return Err(Error::Setup {
-                step: step.clone(),
-                cause: error.clone(),
-            });
-        }
-    }
-    Err(Error::Setup {
+    Err(setup_failure(reports).unwrap_or_else(|| Error::Setup {
         step: "wait for the command".into(),
         cause: "the exec's wrapper exited without a report (killed, or killed by its command)"
             .into(),
-    })
+    }))
 }

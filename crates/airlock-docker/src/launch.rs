@@ -33,7 +33,7 @@ use crate::engine::Engine;
 use crate::error::{is_not_found, Error};
 use crate::protections::{self, Facts};
 use crate::resources::Resources;
-use crate::watch::{Target, Watch};
+use crate::watch::{has_final, setup_failure, Target, Watch};
 use crate::{binary, cgroup, rlimits};
 
 /// The name of the run directory, in the sandbox's state directory.
@@ -454,25 +454,15 @@ fn killed_for_memory(sandbox: &Sandbox) -> bool {
         .unwrap_or(false)
 }
 
-/// Fails when the init ended without saying how the command ended and no limit explains
-/// it: the container was killed from outside, or its init died.
+/// Fails when the init ended without a report of how the command ended and no limit
+/// explains it: its setup failed, the container was killed from outside, or the init died.
 fn check_final(ended: &Ended, sandbox: &Sandbox) -> Result<(), Error> {
-    let has_final = ended
-        .reports
-        .iter()
-        .any(|report| matches!(report, Report::Exited { .. } | Report::Signaled { .. }));
-    if has_final || ended.reason != airlock_core::EndReason::Exited {
+    if has_final(&ended.reports) || ended.reason != airlock_core::EndReason::Exited {
         return Ok(());
     }
-    for report in &ended.reports {
-        if let Report::SetupFailed { step, error } = report {
-            return Err(Error::Setup {
-                step: step.clone(),
-                cause: error.clone(),
-            });
-        }
-    }
-    Err(Error::InitExited {
-        logs: sandbox.resources.logs(),
-    })
+    Err(
+        setup_failure(&ended.reports).unwrap_or_else(|| Error::InitExited {
+            logs: sandbox.resources.logs(),
+        }),
+    )
 }

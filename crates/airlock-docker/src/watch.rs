@@ -12,7 +12,7 @@ use airlock_core::EndReason;
 use airlock_namespace::cgroup::Cgroup;
 use airlock_namespace::monitor::Ended;
 use airlock_namespace::relay::Pump;
-use airlock_namespace::report::ReportReader;
+use airlock_namespace::report::{Report, ReportReader};
 use airlock_namespace::{sys, tty};
 use bollard::query_parameters::KillContainerOptionsBuilder;
 
@@ -250,4 +250,22 @@ pub fn is_readable(fd: RawFd) -> io::Result<bool> {
         revents: 0,
     }];
     Ok(sys::poll(&mut fds, 0)? > 0)
+}
+
+/// Returns whether `reports` say how the command ended.
+pub fn has_final(reports: &[Report]) -> bool {
+    reports
+        .iter()
+        .any(|report| matches!(report, Report::Exited { .. } | Report::Signaled { .. }))
+}
+
+/// Returns the failed setup step among `reports` as an error.
+pub fn setup_failure(reports: &[Report]) -> Option<crate::Error> {
+    reports.iter().find_map(|report| match report {
+        Report::SetupFailed { step, error } => Some(crate::Error::Setup {
+            step: step.clone(),
+            cause: error.clone(),
+        }),
+        _ => None,
+    })
 }
