@@ -3,8 +3,8 @@
 //! test runs once per engine, as root, with a state directory of its own.
 //!
 //! scripts/test exports the engines' addresses in AIRLOCK_TEST_DOCKER_SOCKETS and the image
-//! in AIRLOCK_TEST_IMAGE. Without them the tests fail and say so, rather than pass without
-//! having run. The tests look at the engine directly through its API with curl, which
+//! in AIRLOCK_TEST_IMAGE. Without them the tests fail with the reason, rather than pass
+//! without having run. The tests look at the engine directly through its API with curl, which
 //! scripts/test installs.
 
 use std::fs;
@@ -179,7 +179,7 @@ impl Drop for Session<'_> {
     }
 }
 
-/// Sends a request to the engine's API with curl and parses the JSON answer.
+/// Sends a request to the engine's API with curl and parses the JSON response.
 fn engine_api(engine: &Engine, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
     let mut command = Command::new("curl");
     command
@@ -279,7 +279,7 @@ fn engine_alone(engine: &Engine, script: &str) -> String {
 }
 
 #[test]
-fn docker_output_and_input_pass_byte_for_byte() {
+fn docker_streams_pass_byte_for_byte() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -314,7 +314,7 @@ fn docker_output_and_input_pass_byte_for_byte() {
 }
 
 #[test]
-fn docker_exit_statuses_match_the_other_backends() {
+fn docker_exit_statuses_match_other_backends() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -378,7 +378,7 @@ fn docker_exit_statuses_match_the_other_backends() {
 }
 
 #[test]
-fn docker_memory_limit_ends_the_run_with_123() {
+fn docker_memory_limit_exits_123() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -403,7 +403,7 @@ fn docker_memory_limit_ends_the_run_with_123() {
 }
 
 #[test]
-fn docker_timeout_ends_the_run_with_124() {
+fn docker_timeout_exits_124() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -427,7 +427,7 @@ fn docker_timeout_ends_the_run_with_124() {
 }
 
 #[test]
-fn docker_fork_bomb_ends_the_run_with_122() {
+fn docker_fork_bomb_exits_122() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -475,7 +475,7 @@ fn docker_network_has_only_loopback() {
 }
 
 #[test]
-fn docker_root_filesystem_is_read_only_but_tmp_is_not() {
+fn docker_root_read_only_tmp_writable() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -507,7 +507,7 @@ fn docker_root_filesystem_is_read_only_but_tmp_is_not() {
 }
 
 #[test]
-fn docker_command_is_unprivileged_without_capabilities() {
+fn docker_command_unprivileged_without_capabilities() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -560,7 +560,7 @@ fn docker_command_is_unprivileged_without_capabilities() {
 }
 
 #[test]
-fn docker_seccomp_denies_what_only_airlock_denies_in_run_and_exec() {
+fn docker_seccomp_stacks_airlock_denials() {
     // chmod u+s and ptrace are allowed by both engines' default profiles; the filter that
     // Airlock stacks on top denies them.
     let script = "touch /tmp/f; chmod u+s /tmp/f && echo setuid-allowed; \
@@ -615,7 +615,7 @@ fn docker_seccomp_denies_what_only_airlock_denies_in_run_and_exec() {
 }
 
 #[test]
-fn docker_overlay_keeps_the_project_untouched_until_apply() {
+fn docker_overlay_untouched_until_apply() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -681,7 +681,7 @@ fn docker_overlay_keeps_the_project_untouched_until_apply() {
 }
 
 #[test]
-fn docker_cp_copies_into_and_out_of_a_sandbox() {
+fn docker_cp_copies_both_ways() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -772,7 +772,7 @@ fn docker_cp_copies_into_and_out_of_a_sandbox() {
 }
 
 #[test]
-fn docker_exec_and_stats_reach_the_held_container() {
+fn docker_exec_and_stats_reach_container() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -855,7 +855,7 @@ fn docker_exec_and_stats_reach_the_held_container() {
 }
 
 #[test]
-fn docker_stop_and_start_keep_the_workspace_and_remove_the_container() {
+fn docker_stop_start_keep_workspace() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -916,7 +916,7 @@ fn docker_stop_and_start_keep_the_workspace_and_remove_the_container() {
 }
 
 #[test]
-fn docker_rm_and_gc_remove_only_airlock_containers() {
+fn docker_gc_spares_users_containers() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -999,7 +999,7 @@ fn docker_rm_and_gc_remove_only_airlock_containers() {
 }
 
 #[test]
-fn docker_signal_reaches_the_command() {
+fn docker_signal_reaches_command() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -1039,7 +1039,7 @@ fn docker_signal_reaches_the_command() {
 }
 
 #[test]
-fn docker_tty_gives_the_command_a_terminal() {
+fn docker_tty_gives_a_terminal() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -1074,7 +1074,7 @@ fn docker_tty_gives_the_command_a_terminal() {
 }
 
 #[test]
-fn docker_errors_name_the_value_and_the_fix() {
+fn docker_errors_name_the_fix() {
     let engine = &engines()[0];
     let session = Session::new(engine);
     let workspace = Workspace::new(Caller::Root);
@@ -1167,7 +1167,7 @@ fn docker_errors_name_the_value_and_the_fix() {
 }
 
 #[test]
-fn docker_policy_check_reports_the_engines_user_remapping() {
+fn docker_policy_check_reads_user_remapping() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);

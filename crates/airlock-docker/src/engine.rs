@@ -69,8 +69,8 @@ impl Engine {
         Self::connect_to(&Self::find_socket()?)
     }
 
-    /// Finds the engine's socket as [`Engine::connect`] does and checks that it answers
-    /// `GET /_ping`, without agreeing on an API version; returns the socket.
+    /// Finds the engine's socket as [`Engine::connect`] does and checks that the engine
+    /// replies to `GET /_ping`, without agreeing on an API version. Returns the socket.
     pub fn probe() -> Result<PathBuf, EngineError> {
         let socket = Self::find_socket()?;
         check_access(&socket)?;
@@ -95,6 +95,7 @@ impl Engine {
             .enable_all()
             .build()
             .map_err(EngineError::Runtime)?;
+
         let unreachable = |source| EngineError::Unreachable {
             socket: socket.to_owned(),
             source,
@@ -107,12 +108,15 @@ impl Engine {
             Docker::connect_with_unix(&address, REQUEST_TIMEOUT_SECS, version)
                 .map_err(unreachable)?
         };
+        // Agreeing on a version is the first request, so it also checks that the engine
+        // replies.
         let docker = match agreed {
             Some(_) => docker,
             None => runtime
                 .block_on(docker.negotiate_version())
                 .map_err(|source| classify(socket, source))?,
         };
+
         let version = docker.client_version();
         remember_version(socket, &version);
         debug!(socket = %socket.display(), api = %version, "connected to the engine");
@@ -147,8 +151,8 @@ impl Engine {
 }
 
 /// The API versions this process agreed with each engine socket. Later connections to the
-/// same socket skip the version request, which Podman 4.3 answers in about 0.4 s because it
-/// runs its runtime's binaries to report their versions.
+/// same socket skip the version request, which takes Podman 4.3 about 0.4 s, because it runs
+/// its runtime's binaries to report their versions.
 static AGREED: Mutex<Vec<(PathBuf, ClientVersion)>> = Mutex::new(Vec::new());
 
 fn agreed_version(socket: &Path) -> Option<ClientVersion> {

@@ -79,7 +79,7 @@ pub enum Error {
     Shared(#[from] airlock_namespace::Error),
 }
 
-/// Appends the container's last log lines, which usually say why its init failed.
+/// Appends the container's last log lines, which usually explain why its init failed.
 fn logs_suffix(logs: &str) -> String {
     if logs.trim().is_empty() {
         String::new()

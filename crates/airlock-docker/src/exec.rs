@@ -1,5 +1,5 @@
-//! `airlock exec` in a docker sandbox: the engine starts the exec wrapper
-//! ([`crate::inside::exec`]) in the container, the wrapper connects to a socket of its own in
+//! `airlock exec` in a docker sandbox. The engine starts the exec wrapper
+//! ([`crate::inside::exec`]) in the container. The wrapper connects to a socket of its own in
 //! the run directory, and the host hands it the command as it does to the init. The wrapper
 //! sheds every privilege in the command's process, as the init does, and stays its parent:
 //! it relays the host's signals and reports how the command ended.

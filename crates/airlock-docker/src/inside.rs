@@ -65,7 +65,7 @@ pub fn exec(socket: &Path) -> ! {
 /// command's streams and reports ready. Failures before the report pipe is in place can
 /// only be written to the container's log, which the host reads when this process exits.
 fn connect(socket: &Path) -> (Plan, Stdio) {
-    // This process holds the host's descriptors: no process of the sandbox may read its
+    // This process has the host's descriptors, so no process of the sandbox may read its
     // memory or take them through /proc.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
     if let Err((step, source)) = receive_channels(socket) {
@@ -86,6 +86,7 @@ fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
 fn receive_channels(socket: &Path) -> StepResult<()> {
     let connection = step(UnixStream::connect(socket), "connect to the host")?;
     let connection = OwnedFd::from(connection);
+
     let message = step(
         control::recv(connection.as_raw_fd()),
         "receive the channels",
@@ -101,6 +102,7 @@ fn receive_channels(socket: &Path) -> StepResult<()> {
     if fds.len() != streams + 2 {
         return Err(("receive the channels", io::ErrorKind::InvalidData.into()));
     }
+
     let null = step(
         sys::open(Path::new("/dev/null"), libc::O_RDWR),
         "open /dev/null",

@@ -70,7 +70,7 @@ impl Sandbox {
     }
 }
 
-/// Returns the image the spec runs, or the error that says how to name one.
+/// Returns the image the spec runs, or the error that explains how to name one.
 pub fn image_of(spec: &Spec) -> Result<&str, Error> {
     if let RootFs::Directory(dir) = &spec.rootfs {
         return Err(Error::RootfsNotSupported(dir.clone()));
@@ -78,7 +78,7 @@ pub fn image_of(spec: &Spec) -> Result<&str, Error> {
     spec.image.as_deref().ok_or(Error::NoImage)
 }
 
-/// Reads what the engine enforces; an engine that does not answer leaves the facts unknown.
+/// Reads what the engine enforces. An engine that does not reply leaves the facts unknown.
 pub fn facts(engine: &Engine) -> Facts {
     match engine.block_on(engine.docker().info()) {
         Ok(info) => Facts::from_info(&info),
@@ -364,7 +364,7 @@ fn find_init(resources: &Resources) -> Result<(ProcessRef, OwnedFd), Error> {
     Ok((init, pidfd))
 }
 
-/// Adds the container's log to an error of its init, which says why it failed.
+/// Adds the container's log to an error of its init, which usually explains why it failed.
 fn with_logs(error: Error, resources: &Resources) -> Error {
     match error {
         Error::InitExited { .. } => Error::InitExited {
@@ -396,6 +396,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         Some(master) => shared::attach_terminal(master, &mut sandbox.streams)?,
         None => None,
     };
+
     let deadline = spec.limits.timeout.map(|timeout| Instant::now() + timeout);
     let container = sandbox.container().to_owned();
     let watched = Watch {
@@ -416,6 +417,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     .map_err(Error::Wait);
     drop((raw_mode, restore_mask));
     let mut ended = watched?;
+
     let stderr_ends_line = sandbox
         .streams
         .stderr_pump
@@ -427,6 +429,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     reports.append(&mut ended.reports);
     ended.reports = reports;
     check_final(&ended, &sandbox)?;
+
     let enforcement = sandbox.enforcement.clone();
     let mut outcome = outcome::build(spec, &sandbox.id, enforcement, ended, sandbox.started)?;
     outcome.backend = "docker";

@@ -8,17 +8,17 @@
 //! `exec`, so the engine's profile is tightened with Airlock's denials.
 //!
 //! The engine maps the container's users to the host's one to one unless it remaps them
-//! (`userns-remap` in Docker Engine, or a rootless engine), so a command that runs as uid 0
-//! inside is uid 0 on the host, without capabilities.
+//! (`userns-remap` in Docker Engine, or a rootless engine). Without remapping, a command that
+//! runs as uid 0 inside is uid 0 on the host, without capabilities.
 
 use airlock_core::enforcement::rule;
 use airlock_core::{Enforcement, Limit, Spec, Status, User};
 use bollard::models::SystemInfo;
 
-/// What the engine and the host offer a sandbox.
+/// The engine's and the host's features that a sandbox's protections depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Facts {
-    /// Why the engine's facts are unknown, when it did not answer.
+    /// The reason the engine's facts are unknown, when it did not reply.
     pub unreachable: Option<String>,
     /// The engine runs containers in user namespaces of their own: `userns-remap`, or a
     /// rootless engine.
@@ -65,7 +65,7 @@ impl Facts {
         }
     }
 
-    /// Describes an engine that did not answer: every engine-dependent rule is then unknown.
+    /// Describes an engine that did not reply: every engine-dependent rule is then unknown.
     pub fn unreachable(reason: String) -> Facts {
         Facts {
             unreachable: Some(reason),

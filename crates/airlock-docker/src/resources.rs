@@ -1,4 +1,4 @@
-//! What the engine holds for one sandbox, removed together: the container, the workspace's
+//! The engine's objects and the host directory of one sandbox, removed together: the container, the workspace's
 //! overlay volume and the run directory. Every failure path of creation, and the end of
 //! every sandbox, goes through [`Resources`]'s drop.
 
@@ -35,8 +35,8 @@ impl Resources {
         }
     }
 
-    /// Returns the last lines the container wrote to its log: what its init said when it
-    /// failed before reaching the host.
+    /// Returns the last lines the container wrote to its log: the message of an init that
+    /// failed before it reached the host.
     pub fn logs(&self) -> String {
         let Some(container) = &self.container else {
             return String::new();
@@ -145,7 +145,7 @@ pub fn remove_labeled(engine: &Engine, id: &str) {
 
 /// Removes the containers and volumes labeled with `state_dir` whose sandbox `is_known`
 /// rejects: those whose sandbox's record is gone, as after a run whose end could not reach
-/// the engine. Returns the ids of those sandboxes. An engine that does not answer has
+/// the engine. Returns the ids of those sandboxes. An engine that does not reply has
 /// nothing to remove.
 pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<String> {
     let Ok(engine) = Engine::connect() else {
@@ -159,6 +159,7 @@ pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<
         let id = labels?.get(LABEL_SANDBOX)?;
         (!is_known(id)).then(|| id.clone())
     };
+
     let mut removed = Vec::new();
     let containers = ListContainersOptionsBuilder::new()
         .all(true)
@@ -171,6 +172,7 @@ pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<
             removed.push(id);
         }
     }
+
     let volumes = ListVolumesOptionsBuilder::new().filters(&filters).build();
     let listed = engine.block_on(engine.docker().list_volumes(Some(volumes)));
     for volume in listed

@@ -1,8 +1,8 @@
 //! The host's wait loop for a docker sandbox's command: it relays the streams that are not
 //! handed over, forwards signals, collects the reports, and enforces the timeout and the
-//! limits. The namespace backend's monitor waits for a child process; the processes here are
-//! the engine's, so they are watched through a pidfd and reached through the engine or the
-//! channel.
+//! limits. The namespace backend's monitor waits for a child process. The processes here are
+//! the engine's, so the loop watches them through a pidfd and reaches them through the
+//! engine or the channel.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -25,7 +25,7 @@ const LIMIT_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Rounds of copying after the watched process exited, at most 64 KiB per stream each.
 const FINAL_DRAIN_ROUNDS: usize = 64;
 
-/// Where signals and kills go.
+/// The destination of the signals and kills the loop sends.
 pub enum Target<'a> {
     /// The container's init, through the engine: a kill ends the container.
     Container {
