@@ -111,7 +111,7 @@ fn fields(value: Value) -> Map<String, Value> {
 
 /// Describes a spec for the audit log, without the values of its variables.
 fn spec_fields(spec: &Spec) -> Value {
-    json!({
+    let mut fields = json!({
         "workspace": spec.workspace,
         "workspace_mode": spec.workspace_mode.name(),
         "rootfs": match &spec.rootfs {
@@ -121,7 +121,11 @@ fn spec_fields(spec: &Spec) -> Value {
         "limits": spec.limits.summary(),
         "env_keys": spec.env.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(),
         "ttl_seconds": spec.ttl.map(|ttl| ttl.as_secs()),
-    })
+    });
+    if let Some(image) = &spec.image {
+        fields["image"] = json!(image);
+    }
+    fields
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {

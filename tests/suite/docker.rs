@@ -912,6 +912,29 @@ fn docker_stop_start_keep_workspace() {
             describe(&removed)
         );
         assert_eq!(labeled(engine, &id), (0, 0), "{}", engine.name);
+
+        let audit = stdout(&session.airlock(&["audit", "show", &id], workspace.path()));
+        let events: Vec<&str> = audit
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(3))
+            .collect();
+        let expected = [
+            "created",
+            "started",
+            "exec_started",
+            "exec",
+            "stopped",
+            "started",
+            "exec_started",
+            "exec",
+            "removed",
+        ];
+        assert_eq!(events, expected, "{}: {audit}", engine.name);
+        assert!(
+            audit.contains(&format!("image={:?}", image())),
+            "{}: {audit}",
+            engine.name
+        );
     }
 }
 

@@ -12,7 +12,7 @@
 //! [`LIVENESS_FD`].
 
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -82,69 +82,52 @@ fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
     result.map_err(|source| (name, source))
 }
 
+/// A failed step before the report pipe is in place: the step's name with its error.
+type EarlyResult<T> = Result<T, (String, io::Error)>;
+
+fn early<T>(result: io::Result<T>, name: &str) -> EarlyResult<T> {
+    result.map_err(|source| (name.to_owned(), source))
+}
+
 /// Connects to `socket`, receives the descriptors and installs them, then acknowledges.
-fn receive_channels(socket: &Path) -> StepResult<()> {
-    let connection = step(UnixStream::connect(socket), "connect to the host")?;
+fn receive_channels(socket: &Path) -> EarlyResult<()> {
+    let connection = early(UnixStream::connect(socket), "connect to the host")?;
     let connection = OwnedFd::from(connection);
 
-    let message = step(
-        control::recv(connection.as_raw_fd()),
-        "receive the channels",
-    )?;
+    let received = "receive the channels";
+    let message = early(control::recv(connection.as_raw_fd()), received)?;
     let Some((payload, fds)) = message else {
-        return Err(("receive the channels", io::ErrorKind::UnexpectedEof.into()));
+        return Err((received.into(), io::ErrorKind::UnexpectedEof.into()));
     };
     let mask = match payload.as_slice() {
         [channel::TAG_CHANNELS, mask] => *mask,
-        _ => return Err(("receive the channels", io::ErrorKind::InvalidData.into())),
+        _ => return Err((received.into(), io::ErrorKind::InvalidData.into())),
     };
     let streams = (0..3).filter(|index| mask & (1 << index) != 0).count();
     if fds.len() != streams + 2 {
-        return Err(("receive the channels", io::ErrorKind::InvalidData.into()));
+        return Err((received.into(), io::ErrorKind::InvalidData.into()));
     }
 
-    let null = step(
+    let null = early(
         sys::open(Path::new("/dev/null"), libc::O_RDWR),
         "open /dev/null",
     )?;
     // From here on the descriptors are raw: installing them closes every other one.
     let null = null.into_raw_fd();
-    let mut received = fds.into_iter().map(IntoRawFd::into_raw_fd);
+    let mut fds = fds.into_iter().map(IntoRawFd::into_raw_fd);
     let mut sources = [null; 6];
     for (index, source) in sources.iter_mut().take(3).enumerate() {
         if mask & (1 << index) != 0 {
-            *source = received.next().unwrap_or(null);
+            *source = fds.next().unwrap_or(null);
         }
     }
     sources[PLAN_FD as usize] = connection.into_raw_fd();
-    sources[REPORT_FD as usize] = received.next().unwrap_or(null);
-    sources[LIVENESS_FD as usize] = received.next().unwrap_or(null);
-    install_descriptors(&sources)?;
-    step(
+    sources[REPORT_FD as usize] = fds.next().unwrap_or(null);
+    sources[LIVENESS_FD as usize] = fds.next().unwrap_or(null);
+    airlock_nspawn::launch::install_descriptors(&sources)?;
+    early(
         sys::write_all(PLAN_FD, &[channel::ACK]),
         "acknowledge the channels",
-    )
-}
-
-/// Installs `sources` at descriptors 0 to 5, in order, and closes every other descriptor.
-/// Each source is copied above the targets first, so an earlier target never overwrites a
-/// later source.
-fn install_descriptors(sources: &[RawFd; 6]) -> StepResult<()> {
-    let mut copies = [0; 6];
-    for (copy, &source) in copies.iter_mut().zip(sources) {
-        // SAFETY: F_DUPFD_CLOEXEC only adds a descriptor to the table.
-        let duplicate = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, 10) };
-        if duplicate == -1 {
-            return Err(("copy the channels", io::Error::last_os_error()));
-        }
-        *copy = duplicate;
-    }
-    for (target, &copy) in copies.iter().enumerate() {
-        step(sys::dup2(copy, target as RawFd), "install the channels")?;
-    }
-    step(
-        sys::close_all_except(&[0, 1, 2, PLAN_FD, REPORT_FD, LIVENESS_FD]),
-        "close inherited descriptors",
     )
 }
 

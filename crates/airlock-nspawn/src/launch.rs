@@ -401,7 +401,7 @@ const _: () = assert!(PLAN_FD == 3 && REPORT_FD == 4 && LIVENESS_FD == 5);
 
 /// Puts `sources[n]` at descriptor n for n from 0 to 5 and closes every other descriptor.
 /// Each source is first copied above 5, so that no target overwrites a later source.
-fn install_descriptors(sources: &[RawFd; 6]) -> StepResult<()> {
+pub fn install_descriptors(sources: &[RawFd; 6]) -> Result<(), (String, io::Error)> {
     let mut copies = [0; 6];
     for (copy, &source) in copies.iter_mut().zip(sources) {
         // SAFETY: F_DUPFD_CLOEXEC only adds a descriptor to the table.
