@@ -40,16 +40,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("the container's user {uid}:{gid} cannot execute the Airlock binary {binary:?}, which the container runs as its init: make it readable and executable by every user (chmod 755)")]
+    BinaryNotExecutable {
+        binary: PathBuf,
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: bollard::errors::Error,
+    },
     #[error("cannot {step}")]
     Request {
         step: &'static str,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error(
-        "the engine started container {container} but reports no process for it (state {state:?})"
-    )]
-    NoInitPid { container: String, state: String },
+    #[error("the engine started container {container} but reports no process for it (state {state:?}){}", logs_suffix(.logs))]
+    NoInitPid {
+        container: String,
+        state: String,
+        logs: String,
+    },
     #[error("the container's init did not connect to the host within {seconds} s{}", logs_suffix(.logs))]
     InitSilent { seconds: u64, logs: String },
     #[error("the container's init exited before it was ready{}", logs_suffix(.logs))]

@@ -116,75 +116,36 @@ fn open_workspace(spec: &Spec) -> Result<Option<OpenWorkspace>, Error> {
     }))
 }
 
+/// What the checks before creation found.
+struct Checked<'a> {
+    image: &'a str,
+    facts: Facts,
+    id: SandboxId,
+    workspace: Option<OpenWorkspace>,
+    user: User,
+    enforcement: Enforcement,
+    /// The running Airlock binary, which becomes the container's init.
+    binary: PathBuf,
+}
+
 /// Starts a container for `spec`: with its command, or held for later `exec`s.
 pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, Error> {
     let started = Instant::now();
-    let image = image_of(spec)?;
-    let engine = Engine::connect()?;
-    let facts = facts(&engine);
-    let id = match options.id {
-        Some(id) => id,
-        None => SandboxId::generate().map_err(Error::Id)?,
-    };
-    let workspace = open_workspace(spec)?;
-    let user = config::sandbox_user(spec, workspace.as_ref().map(|open| open.owner));
-    let enforcement = protections::assess(spec, user, &facts);
-    enforcement
-        .check_required(spec.allow_weaker)
-        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
-    let binary = binary::running()?;
-    check_image(&engine, image)?;
-
-    let mut resources = Resources::new(engine);
-    let sandbox_dir = options.layers.as_deref().and_then(Path::parent);
-    let run_dir = RunDir::create(&run_dir_path(sandbox_dir, &id))?;
-    resources.run_dir = Some(run_dir.path.clone());
-    let state_dir = sandbox_dir.and_then(Path::parent).and_then(Path::parent);
-    let labels = config::labels(&id, state_dir);
-    let owner = Owner {
-        id: &id,
-        user,
-        labels: &labels,
-    };
-    let workspace_mount =
-        mount_workspace(spec, options, workspace.as_ref(), &owner, &mut resources)?;
-    let layout = Layout {
-        id: &id,
-        image,
-        user,
-        binary: &binary,
-        run_dir: &run_dir.path,
-        workspace: workspace_mount,
-        labels,
-        rlimits: rlimits::for_engine(resources.engine.socket()),
-    };
-    create_container(&mut resources, spec, &layout)?;
+    let (engine, checked) = check(spec, options)?;
+    let (resources, run_dir) = create(spec, options, engine, &checked)?;
 
     let listener = run_dir.listen(config::INIT_SOCKET)?;
     let mut streams = plan_streams(spec, options, hold)?;
-    start_container(&resources)?;
+    start_container(&resources, &checked)?;
     let (init, init_pidfd) = find_init(&resources)?;
+    let id = checked.id;
     tracing::info!(sandbox = %id, backend = "docker", pid = init.pid, hold, "sandbox created");
     let connection = listener
         .accept(init.pid, init_pidfd.as_raw_fd())
         .map_err(|error| with_logs(error, &resources))?;
     drop(listener);
-    let plan = Plan {
-        command: airlock_nspawn::init::Plan {
-            argv: if hold {
-                Vec::new()
-            } else {
-                spec.command.clone()
-            },
-            env: spec.environment(|name| std::env::var_os(name)),
-            overlay: false,
-            landlock: facts.landlock_abi > 0,
-            pids: spec.limits.pids.value,
-            nproc_fallback: false,
-            linger: true,
-        },
-        tty: spec.tty && !hold,
-    };
+
+    let plan = plan(spec, &checked.facts, hold);
     let stdio = if plan.tty {
         [stdio::SANDBOX_NULL; 3]
     } else {
@@ -200,6 +161,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
     tracing::debug!(sandbox = %id, cgroup = ?cgroup, "found the container's cgroup");
     channel.go_ahead()?;
     Ok(Sandbox {
+        resources,
         id,
         started,
         init,
@@ -208,12 +170,100 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
         early_reports,
         streams,
         terminal,
-        enforcement,
-        facts,
-        user,
+        enforcement: checked.enforcement,
+        facts: checked.facts,
+        user: checked.user,
         cgroup,
-        resources,
     })
+}
+
+/// Checks, before creating anything, that the spec names an image that the engine has, that
+/// the engine enforces what the spec requires, and that the binary can be the init. Returns
+/// the connected engine with the findings.
+fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a>), Error> {
+    let image = image_of(spec)?;
+    let engine = Engine::connect()?;
+    let facts = facts(&engine);
+    let id = match options.id {
+        Some(id) => id,
+        None => SandboxId::generate().map_err(Error::Id)?,
+    };
+    let workspace = open_workspace(spec)?;
+    let user = config::sandbox_user(spec, workspace.as_ref().map(|open| open.owner));
+    let enforcement = protections::assess(spec, user, &facts);
+    enforcement
+        .check_required(spec.allow_weaker)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
+    let binary = binary::running()?;
+    check_image(&engine, image)?;
+    let checked = Checked {
+        image,
+        facts,
+        id,
+        workspace,
+        user,
+        enforcement,
+        binary,
+    };
+    Ok((engine, checked))
+}
+
+/// Creates the run directory, the workspace's volume and the container, recorded in the
+/// returned [`Resources`] as each is made.
+fn create(
+    spec: &Spec,
+    options: &RunOptions,
+    engine: Engine,
+    checked: &Checked<'_>,
+) -> Result<(Resources, RunDir), Error> {
+    let mut resources = Resources::new(engine);
+    let sandbox_dir = options.layers.as_deref().and_then(Path::parent);
+    let run_dir = RunDir::create(&run_dir_path(sandbox_dir, &checked.id))?;
+    resources.run_dir = Some(run_dir.path.clone());
+
+    // The sandbox's directory is STATE/sandboxes/ID.
+    let state_dir = sandbox_dir.and_then(Path::parent).and_then(Path::parent);
+    let labels = config::labels(&checked.id, state_dir);
+    let owner = Owner {
+        id: &checked.id,
+        user: checked.user,
+        labels: &labels,
+    };
+    let workspace = checked.workspace.as_ref();
+    let workspace_mount = mount_workspace(spec, options, workspace, &owner, &mut resources)?;
+    let layout = Layout {
+        id: &checked.id,
+        image: checked.image,
+        user: checked.user,
+        binary: &checked.binary,
+        run_dir: &run_dir.path,
+        workspace: workspace_mount,
+        labels,
+        rlimits: rlimits::for_engine(resources.engine.socket()),
+    };
+    create_container(&mut resources, spec, &layout)?;
+    Ok((resources, run_dir))
+}
+
+/// Builds the init's plan: the command, or none for a held sandbox.
+fn plan(spec: &Spec, facts: &Facts, hold: bool) -> Plan {
+    let argv = if hold {
+        Vec::new()
+    } else {
+        spec.command.clone()
+    };
+    Plan {
+        command: airlock_nspawn::init::Plan {
+            argv,
+            env: spec.environment(|name| std::env::var_os(name)),
+            overlay: false,
+            landlock: facts.landlock_abi > 0,
+            pids: spec.limits.pids.value,
+            nproc_fallback: false,
+            linger: true,
+        },
+        tty: spec.tty && !hold,
+    }
 }
 
 /// Returns the run directory: `docker` in the sandbox's state directory, or a private
@@ -328,16 +378,31 @@ fn create_container(
     Ok(())
 }
 
-fn start_container(resources: &Resources) -> Result<(), Error> {
+/// Starts the container, whose first step is to execute the Airlock binary as its user.
+fn start_container(resources: &Resources, checked: &Checked<'_>) -> Result<(), Error> {
     let engine = &resources.engine;
     let container = resources.container.as_deref().unwrap_or_default();
-    engine
-        .block_on(
-            engine
-                .docker()
-                .start_container(container, None::<StartContainerOptions>),
-        )
-        .map_err(Error::request("start the container"))
+    let started = engine.block_on(
+        engine
+            .docker()
+            .start_container(container, None::<StartContainerOptions>),
+    );
+    match started {
+        Ok(()) => Ok(()),
+        Err(source)
+            if source
+                .to_string()
+                .contains(&format!("exec {}", config::BINARY)) =>
+        {
+            Err(Error::BinaryNotExecutable {
+                binary: checked.binary.clone(),
+                uid: checked.user.uid,
+                gid: checked.user.gid,
+                source,
+            })
+        }
+        Err(source) => Err(Error::request("start the container")(source)),
+    }
 }
 
 /// Finds the host pid of the container's init and opens a pidfd of it.
@@ -353,14 +418,15 @@ fn find_init(resources: &Resources) -> Result<(ProcessRef, OwnedFd), Error> {
         state: state
             .status
             .map_or_else(|| "unknown".to_owned(), |status| status.to_string()),
+        logs: resources.logs(),
     };
     let pid = state
         .pid
         .and_then(|pid| libc::pid_t::try_from(pid).ok())
         .filter(|&pid| pid > 0)
-        .ok_or_else(|| with_logs(no_pid(), resources))?;
-    let pidfd = sys::pidfd_open(pid).map_err(|_| with_logs(no_pid(), resources))?;
-    let init = ProcessRef::of(pid).ok_or_else(|| with_logs(no_pid(), resources))?;
+        .ok_or_else(no_pid)?;
+    let pidfd = sys::pidfd_open(pid).map_err(|_| no_pid())?;
+    let init = ProcessRef::of(pid).ok_or_else(no_pid)?;
     Ok((init, pidfd))
 }
 
