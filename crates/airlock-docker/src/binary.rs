@@ -67,7 +67,7 @@ mod tests {
     }
 
     #[test]
-    fn the_test_binary_matches_its_target() {
+    fn test_binary_static_on_musl_only() {
         let path = std::env::current_exe().unwrap();
         let expected = cfg!(target_env = "musl");
         assert_eq!(is_static(&path), expected, "{}", path.display());

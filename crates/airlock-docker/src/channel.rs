@@ -1,7 +1,7 @@
 //! The host's side of the channel to a container's init or exec wrapper.
 //!
 //! The host cannot pass descriptors to a process that the engine starts, so the run
-//! directory, a host directory bound read-only at [`config::RUN_DIR`], holds a listening
+//! directory, a host directory bound read-only at [`config::RUN_DIR`], contains a listening
 //! unix socket for each process the host waits for. The process connects, and the host
 //! checks that the peer is the process the engine reports (its pid, through SO_PEERCRED),
 //! so no other process of the sandbox can take its place. Then, in order:
@@ -44,8 +44,8 @@ pub const TAG_SIGNAL: u8 = b's';
 /// How long the host waits for the process to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the container's process runs: the nspawn backend's plan, and whether the command
-/// gets a pseudo-terminal of its own.
+/// The plan of the container's init or exec wrapper: the nspawn backend's plan, and whether
+/// the command gets a pseudo-terminal of its own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     #[serde(flatten)]

@@ -35,7 +35,7 @@ pub const NOBODY: User = User {
     gid: 65534,
 };
 
-/// How /workspace is mounted.
+/// The mount at /workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkspaceMount {
     /// The engine's overlay volume of this name.

@@ -5,8 +5,8 @@
 //! unpacker, which refuses paths that leave the target, skips device nodes and FIFOs, and
 //! drops setuid, setgid and sticky bits. Into the sandbox, Airlock packs the stream itself:
 //! each entry belongs to the sandbox's user, keeps only its permission bits, and a symlink
-//! stays a symlink. The engine sees the image's files and the volumes, but Docker Engine
-//! does not see the tmpfs mounts (/tmp, /dev/shm) of a running container.
+//! stays a symlink. The engine reaches the image's files and the volumes, but Docker Engine
+//! does not reach the tmpfs mounts (/tmp, /dev/shm) of a running container.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

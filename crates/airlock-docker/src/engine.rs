@@ -139,7 +139,7 @@ impl Engine {
         &self.docker
     }
 
-    /// The socket this engine answers on.
+    /// Returns the socket of this engine.
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -209,7 +209,7 @@ fn check_access(socket: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Tells a socket the caller may not open from an engine that does not answer.
+/// Tells a socket the caller may not open from an engine that does not reply.
 fn classify(socket: &Path, source: bollard::errors::Error) -> EngineError {
     let denied = match &source {
         bollard::errors::Error::IOError { err } => err.kind() == io::ErrorKind::PermissionDenied,

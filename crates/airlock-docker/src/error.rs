@@ -105,7 +105,7 @@ impl Error {
     }
 }
 
-/// Returns whether the engine answered `error` with 404, the status of a missing container,
+/// Returns whether the engine's response in `error` is 404, the status of a missing container,
 /// image or volume.
 pub fn is_not_found(error: &bollard::errors::Error) -> bool {
     matches!(

@@ -1,5 +1,5 @@
 //! Held sandboxes: a container started without a command, kept by the supervisor, which
-//! holds the write end of the init's liveness pipe. When the supervisor goes, however it
+//! has the write end of the init's liveness pipe. When the supervisor goes, however it
 //! goes, the init kills every process of the container and exits, which stops the
 //! container; `airlock gc` then removes it with its volume.
 
@@ -22,7 +22,7 @@ use crate::watch::is_readable;
 /// Facts about a running held sandbox that later commands need, stored in its record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Runtime {
-    /// The engine's socket, which later commands use whatever DOCKER_HOST says then.
+    /// The engine's socket, which later commands use whatever DOCKER_HOST names then.
     pub socket: PathBuf,
     /// The engine's id of the container.
     pub container: String,

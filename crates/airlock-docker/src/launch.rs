@@ -116,7 +116,7 @@ fn open_workspace(spec: &Spec) -> Result<Option<OpenWorkspace>, Error> {
     }))
 }
 
-/// What the checks before creation found.
+/// The findings of the checks before creation.
 struct Checked<'a> {
     image: &'a str,
     facts: Facts,

@@ -5,9 +5,9 @@
 //! but `lo`, no capabilities, no_new_privs, its default seccomp profile and cgroup limits,
 //! with the workspace as an overlay volume or a bind ([`config`]). The container's PID 1 is
 //! the Airlock binary, bound read-only ([`inside`]). It takes the command and the caller's
-//! streams from the host through a socket in a bound directory ([`channel`]), and starts the
-//! command as the nspawn backend's init does, with Airlock's seccomp filter and Landlock on
-//! top of the engine's profile. Every `exec` goes through the same binary as a wrapper
+//! streams from the host through a socket in a bound directory ([`channel`]). Then it starts
+//! the command as the nspawn backend's init does, with Airlock's seccomp filter and Landlock
+//! on top of the engine's profile. Every `exec` goes through the same binary as a wrapper
 //! ([`exec`]), because a process that the engine starts there does not descend from PID 1.
 //!
 //! The engine's client runs on a current-thread runtime ([`engine`]), so the supervisor of a

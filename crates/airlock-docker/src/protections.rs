@@ -212,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn default_engine_enforces_every_rule_for_an_ordinary_user() {
+    fn default_engine_enforces_every_rule() {
         let spec = Spec::new(vec!["true".into()]);
         let enforcement = assess(&spec, NOBODY, &engine(&["name=seccomp,profile=default"]));
         assert_eq!(enforcement.unmet().count(), 0, "{enforcement:?}");
@@ -232,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn root_is_enforced_only_where_the_engine_remaps_users() {
+    fn root_enforced_only_with_remapping() {
         let spec = Spec::new(vec!["true".into()]);
         for options in [["name=userns"], ["name=rootless"]] {
             let enforcement = assess(&spec, User::ROOT, &engine(&options));

@@ -252,7 +252,7 @@ pub fn is_readable(fd: RawFd) -> io::Result<bool> {
     Ok(sys::poll(&mut fds, 0)? > 0)
 }
 
-/// Returns whether `reports` say how the command ended.
+/// Returns whether `reports` contain how the command ended.
 pub fn has_final(reports: &[Report]) -> bool {
     reports
         .iter()
