@@ -2,5 +2,6 @@
 //! Engine or Podman's API service, driven through its HTTP API on a unix socket.
 
 pub mod engine;
+pub mod image;
 
 pub use engine::{Engine, EngineError};
