@@ -40,7 +40,11 @@ pub enum ArchiveError {
 
 /// Copies the tarball at `path` to `out` as a plain tar stream; returns its compression.
 /// Fails before writing anything when the file is not a tar archive.
-pub fn copy_tarball<W: Write>(path: &Path, file: File, out: W) -> Result<Compression, ArchiveError> {
+pub fn copy_tarball<W: Write>(
+    path: &Path,
+    file: File,
+    out: W,
+) -> Result<Compression, ArchiveError> {
     let read_error = |source| ArchiveError::Read {
         path: path.to_owned(),
         source,
@@ -51,7 +55,11 @@ pub fn copy_tarball<W: Write>(path: &Path, file: File, out: W) -> Result<Compres
     let mut checked = CheckedTar::new(path, out);
     let result = match compression {
         Compression::None => io::copy(&mut input, &mut checked).map(drop),
-        Compression::Gzip => io::copy(&mut flate2::bufread::MultiGzDecoder::new(input), &mut checked).map(drop),
+        Compression::Gzip => io::copy(
+            &mut flate2::bufread::MultiGzDecoder::new(input),
+            &mut checked,
+        )
+        .map(drop),
         Compression::Zstd => ruzstd::decoding::StreamingDecoder::new(input)
             .map_err(io::Error::other)
             .and_then(|mut decoder| io::copy(&mut decoder, &mut checked).map(drop)),
@@ -127,7 +135,13 @@ pub fn is_tar_header(block: &[u8; BLOCK]) -> bool {
     let sum: u32 = block
         .iter()
         .enumerate()
-        .map(|(index, byte)| if (148..156).contains(&index) { 32 } else { u32::from(*byte) })
+        .map(|(index, byte)| {
+            if (148..156).contains(&index) {
+                32
+            } else {
+                u32::from(*byte)
+            }
+        })
         .sum();
     sum == stored
 }
@@ -221,7 +235,9 @@ mod tests {
         let mut header = tar::Header::new_gnu();
         header.set_size(5);
         header.set_mode(0o644);
-        builder.append_data(&mut header, "hello", &b"world"[..]).unwrap();
+        builder
+            .append_data(&mut header, "hello", &b"world"[..])
+            .unwrap();
         builder.into_inner().unwrap()
     }
 

@@ -53,7 +53,10 @@ impl BodyWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK)));
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK),
+        ));
         let length = chunk.len() as u64;
         if self.sender.blocking_send(Ok(chunk)).is_err() {
             self.state.receiver_gone.store(true, Ordering::SeqCst);

@@ -64,10 +64,11 @@ pub fn import(
 
     let counter = progress.byte_counter(format!("importing {} as {full_name}", source.display()));
     let (writer, body, state) = body::channel();
+    // The tag goes in `repo`, which Docker accepts, because Podman 4.3's compatible API
+    // ignores the `tag` parameter of an import and tags the image `latest`.
     let options = CreateImageOptionsBuilder::default()
         .from_src("-")
-        .repo(&image.repository())
-        .tag(&tag)
+        .repo(&full_name)
         .build();
     let docker = engine.docker().clone().with_timeout(LONG_REQUEST);
 
@@ -77,7 +78,8 @@ pub fn import(
             .spawn_scoped(scope, || produce(opened, writer, &counter))
             .map_err(ImageError::Thread)?;
         let sent = engine.block_on(async {
-            let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+            let mut stream =
+                docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
             while let Some(message) = stream.next().await {
                 message?;
             }
@@ -98,11 +100,10 @@ pub fn import(
         (Ok(_), Err(error)) => return Err(import_failed(engine, source, &full_name, &error)),
     };
 
-    let id = super::local::image_id(engine, &full_name)?.ok_or_else(|| {
-        ImageError::ImportMissing {
+    let id =
+        super::local::image_id(engine, &full_name)?.ok_or_else(|| ImageError::ImportMissing {
             name: full_name.clone(),
-        }
-    })?;
+        })?;
     let bytes = state.sent.load(Ordering::Relaxed);
     info!(source = %source.display(), image = %full_name, %id, bytes, "imported an image");
     Ok(Imported {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use archive::{ArchiveError, Compression};
-pub use import::{import, Imported};
+pub use import::{import, Imported, ImportedFrom};
 pub use local::{list, remove, ImageSummary, Removed};
 pub use name::{ImageRef, NameRule};
 pub use progress::Progress;
@@ -40,7 +40,9 @@ pub enum ImageError {
     InvalidName { name: String, rule: NameRule },
     #[error("invalid image reference {reference:?}: {rule}; for example debian:bookworm or 127.0.0.1:5000/tools:1")]
     InvalidReference { reference: String, rule: NameRule },
-    #[error("the image source {path:?} does not exist; give a root filesystem directory or tarball")]
+    #[error(
+        "the image source {path:?} does not exist; give a root filesystem directory or tarball"
+    )]
     SourceMissing { path: PathBuf },
     #[error("the image source {path:?} is neither a directory nor a tarball; give a root filesystem directory or tarball")]
     SourceKind { path: PathBuf },
@@ -102,7 +104,9 @@ pub enum ImageError {
         #[source]
         cause: EngineMessage,
     },
-    #[error("image {name} not found in the engine at {socket:?}; `airlock image ls` lists the images")]
+    #[error(
+        "image {name} not found in the engine at {socket:?}; `airlock image ls` lists the images"
+    )]
     NotFound { socket: PathBuf, name: String },
     #[error("image {name} is in use by a container; remove the container first, or pass --force to untag the image anyway")]
     InUse {

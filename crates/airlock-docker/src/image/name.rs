@@ -209,7 +209,9 @@ fn check_domain(domain: &str) -> Result<(), NameRule> {
         !bytes.is_empty()
             && bytes[0].is_ascii_alphanumeric()
             && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
     };
     if host.is_empty() || !host.split('.').all(label_ok) {
         return Err(invalid());
@@ -233,7 +235,10 @@ fn check_tag(tag: &str) -> Result<String, NameRule> {
 
 fn check_digest(digest: &str) -> Result<String, NameRule> {
     let hex = digest.strip_prefix("sha256:").unwrap_or_default();
-    let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let valid = hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if valid {
         Ok(digest.to_owned())
     } else {

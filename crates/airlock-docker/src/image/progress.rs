@@ -107,16 +107,24 @@ impl PullProgress {
         let Some(status) = info.status.as_deref() else {
             return;
         };
-        let Some(id) = info.id.as_deref().filter(|id| !id.is_empty()) else {
-            // Messages without a layer: "Pulling from ...", "Digest: ...", "Status: ...".
+        // Messages about the whole image: "Pulling from NAME" (whose id is the tag),
+        // "Digest: ...", "Status: ...".
+        let layer_id = info.id.as_deref().filter(|id| !id.is_empty());
+        let Some(id) = layer_id.filter(|_| !status.starts_with("Pulling from")) else {
             self.print_line(status);
             return;
         };
         let layer = self.layers.entry(id.to_owned()).or_default();
         if let Some(detail) = &info.progress_detail {
             if status == "Downloading" {
-                layer.current = detail.current.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-                layer.total = detail.total.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+                layer.current = detail
+                    .current
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0);
+                layer.total = detail
+                    .total
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0);
             }
         }
         if DONE.contains(&status) {
@@ -141,7 +149,9 @@ impl PullProgress {
     fn print_line(&self, status: &str) {
         match self.mode {
             Progress::Bar => self.bar.println(format!("airlock: {status}")),
-            Progress::Lines => self.mode.line(&format!("pull {}: {status}", self.reference)),
+            Progress::Lines => self
+                .mode
+                .line(&format!("pull {}: {status}", self.reference)),
             Progress::Quiet => {}
         }
     }

@@ -32,7 +32,10 @@ pub fn pull(engine: &Engine, reference: &str, progress: Progress) -> Result<Pull
         (None, None) => format!("{}:latest", image.repository()),
         _ => image.to_string(),
     };
-    let registry = image.domain.clone().unwrap_or_else(|| DEFAULT_REGISTRY.to_owned());
+    let registry = image
+        .domain
+        .clone()
+        .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned());
 
     // With a digest the whole reference goes in fromImage: Podman's compatible API joins
     // fromImage and tag with a colon, which would turn a digest into a tag.

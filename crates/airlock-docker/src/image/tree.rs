@@ -42,7 +42,9 @@ pub enum TreeError {
         #[source]
         source: io::Error,
     },
-    #[error("{path:?} changed while it was imported; import the tree again once nothing writes to it")]
+    #[error(
+        "{path:?} changed while it was imported; import the tree again once nothing writes to it"
+    )]
     Changed { path: PathBuf },
     #[error("cannot encode {path:?} in the tar stream")]
     Encode {
@@ -155,11 +157,7 @@ impl<W: Write> Walk<W> {
         Ok(())
     }
 
-    fn sorted_names(
-        &self,
-        dir: &OwnedFd,
-        archive_dir: &Path,
-    ) -> Result<Vec<OsString>, TreeError> {
+    fn sorted_names(&self, dir: &OwnedFd, archive_dir: &Path) -> Result<Vec<OsString>, TreeError> {
         let list_error = |source: io::Error| TreeError::List {
             path: self.host_path(archive_dir),
             source,
@@ -473,7 +471,9 @@ impl Read for ExactReader<'_> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let limit = buffer.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let limit = buffer
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let mut file = self.file;
         let read = file.read(&mut buffer[..limit])?;
         if read == 0 {

@@ -78,7 +78,10 @@ fn tree_keeps_modes_links_and_long_names() {
     assert_eq!(alias.link.as_deref(), Some(Path::new("tool")));
     let outside = &entries[&PathBuf::from("outside")];
     assert_eq!(outside.kind, EntryType::Symlink);
-    assert!(outside.content.is_empty(), "a symlink is stored, never followed");
+    assert!(
+        outside.content.is_empty(),
+        "a symlink is stored, never followed"
+    );
     assert_eq!(entries[&PathBuf::from(&long)].content, b"long");
 }
 
