@@ -563,7 +563,7 @@ impl PolicyCheckArgs {
 pub enum ImageCommand {
     /// Import a root filesystem as an image: a directory, such as a debootstrap tree, or a
     /// tarball (plain, gzip, zstd or xz). Owners, modes, symlinks, hard links, device nodes
-    /// and extended attributes are kept; symlinks are stored as links, never followed.
+    /// and extended attributes are kept. Symlinks are stored as links and never followed.
     /// Prints the image id.
     Import(ImageImportArgs),
     /// Pull an image from a registry, such as debian:bookworm or 127.0.0.1:5000/tools:1,

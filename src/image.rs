@@ -59,7 +59,7 @@ pub fn perform(action: ImageAction, json: bool) -> Result<u8, BackendError> {
 }
 
 fn describe_import(source: &std::path::Path, imported: &Imported) -> String {
-    let what = match imported.source {
+    let details = match imported.source {
         ImportedFrom::Directory(summary) => {
             let mut text = format!("{} entries", summary.entries);
             if summary.skipped_sockets > 0 {
@@ -70,7 +70,7 @@ fn describe_import(source: &std::path::Path, imported: &Imported) -> String {
         ImportedFrom::Tarball(compression) => format!("{compression:?} tarball").to_lowercase(),
     };
     format!(
-        "imported {} as {} ({what}, {} of tar)",
+        "imported {} as {} ({details}, {} of tar)",
         source.display(),
         imported.name,
         format_bytes_short(imported.bytes)

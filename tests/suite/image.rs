@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 use super::harness::{binary, describe, stderr, stdout, unique_token};
 
-/// The engines' unix socket paths, from `AIRLOCK_TEST_DOCKER_SOCKETS`.
+/// Returns the engines' unix socket paths, from `AIRLOCK_TEST_DOCKER_SOCKETS`.
 fn engine_sockets() -> Vec<PathBuf> {
     let Ok(addresses) = std::env::var("AIRLOCK_TEST_DOCKER_SOCKETS") else {
         panic!("AIRLOCK_TEST_DOCKER_SOCKETS is not set: run the tests with scripts/test, or run `scripts/test-engines start` and export the variables it prints");
@@ -37,7 +37,7 @@ fn engine_sockets() -> Vec<PathBuf> {
     sockets
 }
 
-/// The local registry's HOST:PORT, from `AIRLOCK_TEST_REGISTRY`.
+/// Returns the local registry's HOST:PORT, from `AIRLOCK_TEST_REGISTRY`.
 fn registry() -> String {
     std::env::var("AIRLOCK_TEST_REGISTRY").unwrap_or_else(|_| {
         panic!("AIRLOCK_TEST_REGISTRY is not set: run the tests with scripts/test, or run `scripts/test-engines start` and export the variables it prints")
@@ -272,8 +272,8 @@ impl TestTree {
             (1234, 5678, 0o640),
             "{context}"
         );
-        // Whichever of the two names the archive holds first is the file, the other a hard
-        // link to it: Airlock's walk is sorted, GNU tar's follows the directory's order.
+        // The name archived first is the file and the other a hard link to it. Airlock's walk
+        // is sorted, but GNU tar follows the directory's order.
         let (tool, tool_link) = (entry(&files, "bin/tool"), entry(&files, "bin/tool-link"));
         let (file, link, first) = match tool.kind {
             tar::EntryType::Link => (tool_link, tool, "bin/tool-link"),
@@ -402,7 +402,8 @@ fn import_directory_keeps_every_entry_kind() {
     }
 }
 
-/// A tar archive of the test tree, made by GNU tar, compressed by each format's encoder.
+/// Builds a tar archive of the test tree with GNU tar, and compresses it with each format's
+/// encoder.
 fn tarballs(tree: &TestTree) -> Vec<(&'static str, Vec<u8>)> {
     let output = Command::new("tar")
         .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
@@ -605,9 +606,47 @@ fn push(socket: &Path, repository: &str, tag: &str) {
         "push {repository}:{tag} from {socket:?}: {body}"
     );
     assert!(
+        !body.contains("server gave HTTP response to HTTPS client"),
+        "{socket:?} does not treat the test registry as insecure, because it was started without the registries.conf of the test run: restart the engines with `scripts/test-engines stop` and `scripts/test-engines start`\n{body}"
+    );
+    assert!(
         !body.contains("\"error\""),
         "push {repository}:{tag} from {socket:?}: {body}"
     );
+}
+
+/// Deletes a repository's tag from the test registry when dropped, so that repeated runs do
+/// not pile up manifests. Blobs stay until the registry's garbage collection.
+struct RegistryTagGuard {
+    registry: String,
+    path: String,
+    tag: String,
+}
+
+impl Drop for RegistryTagGuard {
+    fn drop(&mut self) {
+        let url = format!("http://{}/v2/{}/manifests/", self.registry, self.path);
+        let accept = "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+        let Ok(head) = Command::new("curl")
+            .args(["--silent", "--head", "--max-time", "10", "-H", accept])
+            .arg(format!("{url}{}", self.tag))
+            .output()
+        else {
+            return;
+        };
+        let headers = String::from_utf8_lossy(&head.stdout);
+        let digest = headers.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| value.trim().to_owned())
+        });
+        if let Some(digest) = digest {
+            let _ = Command::new("curl")
+                .args(["--silent", "--max-time", "10", "-X", "DELETE"])
+                .arg(format!("{url}{digest}"))
+                .output();
+        }
+    }
 }
 
 #[test]
@@ -617,6 +656,11 @@ fn pull_restores_pushed_image() {
     for socket in engine_sockets() {
         let repository = format!("{registry}/airlock-test/pull-{}", unique_token());
         let name = format!("{repository}:v1");
+        let _pushed = RegistryTagGuard {
+            registry: registry.clone(),
+            path: repository[registry.len() + 1..].to_owned(),
+            tag: "v1".to_owned(),
+        };
         let _guard = ImageGuard {
             socket: &socket,
             name: name.clone(),

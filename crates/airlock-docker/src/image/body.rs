@@ -16,8 +16,8 @@ const CHUNK: usize = 256 * 1024;
 /// Chunks buffered between the writing thread and the client: at most 1 MiB in flight.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-/// What the writer and the caller share: bytes sent so far, and whether the receiving side
-/// went away, which turns the writer's next write into an error.
+/// State shared by the writer and the caller: bytes sent so far, and whether the receiving
+/// side went away, which turns the writer's next write into an error.
 #[derive(Debug, Default)]
 pub struct BodyState {
     pub sent: AtomicU64,
@@ -69,7 +69,7 @@ impl BodyWriter {
         Ok(())
     }
 
-    /// Ends the body with an error, so that the engine sees an aborted upload rather than a
+    /// Ends the body with an error, so that the engine gets an aborted upload rather than a
     /// complete, truncated archive.
     pub fn abort(self) {
         let _ = self

@@ -2,7 +2,7 @@
 //! `POST /images/create?fromSrc=-` with the tar stream as the request body.
 //!
 //! A thread writes the archive, from a directory walk or a decompressed tarball, into a
-//! bounded channel while this thread's runtime sends it; nothing is staged on disk.
+//! bounded channel while this thread's runtime sends it. Nothing is staged on disk.
 
 use std::fs::File;
 use std::io::Write;
@@ -30,7 +30,7 @@ pub struct Imported {
     pub id: String,
     /// Bytes of tar sent to the engine.
     pub bytes: u64,
-    /// What the source was.
+    /// The kind of source, with what was read from it.
     pub source: ImportedFrom,
 }
 

@@ -19,7 +19,7 @@ pub struct ImageSummary {
     pub size: i64,
 }
 
-/// What removing one name did.
+/// The names untagged and the images deleted by one removal.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Removed {
     pub untagged: Vec<String>,

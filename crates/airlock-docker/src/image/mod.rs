@@ -23,8 +23,9 @@ pub use tree::{TreeError, TreeSummary};
 
 use crate::engine::EngineError;
 
-/// How long an import or a pull may wait for the engine's first answer. The engine answers an
-/// import only once it has read the whole archive, which takes minutes for a large tree.
+/// Maximum wait for the engine's response headers to an import or a pull. Docker sends
+/// them for an import only once it has read the whole archive, which takes minutes for a
+/// large tree.
 const LONG_REQUEST: Duration = Duration::from_secs(3600);
 
 /// A message the engine sent about a failed request, kept as the cause of an error.

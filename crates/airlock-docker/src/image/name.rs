@@ -13,10 +13,10 @@
 
 use std::fmt;
 
-/// The longest name Docker accepts, domain included, in bytes.
+/// Maximum length of a name that Docker accepts, domain included, in bytes.
 const MAX_NAME_LENGTH: usize = 255;
 
-/// The longest tag, in bytes.
+/// Maximum length of a tag, in bytes.
 const MAX_TAG_LENGTH: usize = 128;
 
 /// The rule a rejected reference breaks, as printed in the error.
@@ -112,7 +112,7 @@ impl ImageRef {
         Ok(parsed)
     }
 
-    /// The repository: the reference without its tag and digest.
+    /// Returns the repository: the reference without its tag and digest.
     pub fn repository(&self) -> String {
         match &self.domain {
             Some(domain) => format!("{domain}/{}", self.path),
@@ -120,8 +120,8 @@ impl ImageRef {
         }
     }
 
-    /// The tag, `latest` when the reference gives neither a tag nor a digest, as Docker's
-    /// client assumes. The engine API itself would pull every tag of the repository.
+    /// Returns the tag, or `latest` when the reference gives neither a tag nor a digest, as
+    /// Docker's client assumes. The engine API itself would pull every tag of the repository.
     pub fn tag_or_latest(&self) -> Option<&str> {
         match (&self.tag, &self.digest) {
             (Some(tag), _) => Some(tag),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bollard::models::CreateImageInfo;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// How progress reaches the user.
+/// The output mode of import and pull progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
     /// A progress bar redrawn on stderr.
@@ -20,7 +20,7 @@ pub enum Progress {
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal, plain lines otherwise.
+    /// Returns a bar when stderr is a terminal, plain lines otherwise.
     pub fn for_stderr() -> Progress {
         if std::io::stderr().is_terminal() {
             Progress::Bar
@@ -36,7 +36,7 @@ impl Progress {
         }
     }
 
-    /// A spinner that counts the bytes sent, drawn only in [`Progress::Bar`] mode.
+    /// Creates a spinner that counts the bytes sent, drawn only in [`Progress::Bar`] mode.
     pub(crate) fn byte_counter(self, message: String) -> ProgressBar {
         if self != Progress::Bar {
             return ProgressBar::hidden();
@@ -68,12 +68,14 @@ pub(crate) struct PullProgress {
     layers: BTreeMap<String, Layer>,
 }
 
-/// Statuses that end a layer's download, so its bytes count as complete.
-const DONE: [&str; 4] = [
+/// Statuses of a layer whose download is over, so its bytes count as complete. Docker
+/// extracts a layer after it verified it.
+const DOWNLOADED: [&str; 5] = [
+    "Verifying Checksum",
     "Download complete",
+    "Extracting",
     "Pull complete",
     "Already exists",
-    "Verifying Checksum",
 ];
 
 impl PullProgress {
@@ -127,7 +129,7 @@ impl PullProgress {
                     .unwrap_or(0);
             }
         }
-        if DONE.contains(&status) {
+        if DOWNLOADED.contains(&status) {
             layer.current = layer.total;
         }
         let changed = layer.status != status;
@@ -159,21 +161,21 @@ impl PullProgress {
     fn redraw(&mut self) {
         let total: u64 = self.layers.values().map(|layer| layer.total).sum();
         let current: u64 = self.layers.values().map(|layer| layer.current).sum();
-        let complete = self
+        let downloaded = self
             .layers
             .values()
-            .filter(|layer| DONE.contains(&layer.status.as_str()))
+            .filter(|layer| DOWNLOADED.contains(&layer.status.as_str()))
             .count();
         self.bar.set_length(total);
         self.bar.set_position(current);
         self.bar.set_message(format!(
-            "pulling {}: {complete}/{} layers",
+            "pulling {}: {downloaded}/{} layers downloaded",
             self.reference,
             self.layers.len()
         ));
     }
 
-    /// Removes the bar; the caller prints the result.
+    /// Removes the bar, so the caller can print the result.
     pub(crate) fn finish(&self) {
         self.bar.finish_and_clear();
     }

@@ -45,15 +45,15 @@ pub fn pull(engine: &Engine, reference: &str, progress: Progress) -> Result<Pull
         None => builder.from_image(&full).build(),
     };
     let docker = engine.docker().clone().with_timeout(LONG_REQUEST);
-    let mut shown = PullProgress::new(progress, &full);
+    let mut pull_progress = PullProgress::new(progress, &full);
     let result = engine.block_on(async {
         let mut stream = docker.create_image(Some(options), None, None);
         while let Some(message) = stream.next().await {
-            shown.update(&message?);
+            pull_progress.update(&message?);
         }
         Ok::<(), bollard::errors::Error>(())
     });
-    shown.finish();
+    pull_progress.finish();
     if let Err(error) = result {
         return Err(classify(engine, &full, &registry, engine_message(&error)));
     }
@@ -70,7 +70,7 @@ pub fn pull(engine: &Engine, reference: &str, progress: Progress) -> Result<Pull
     })
 }
 
-/// The kinds of pull failure told apart by the engine's message.
+/// The kinds of pull failure, recognized in the engine's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PullFailure {
     Unreachable,
@@ -80,8 +80,8 @@ enum PullFailure {
     Other,
 }
 
-/// Sorts an engine's message about a failed pull. Docker and Podman pass on the registry
-/// client's error text, so the kinds are told apart by the phrases those clients use.
+/// Classifies an engine's message about a failed pull. Docker and Podman pass on the
+/// registry client's error text, so the kinds are recognized by the phrases those clients use.
 fn kind_of(message: &str) -> PullFailure {
     let message = message.to_ascii_lowercase();
     let has = |phrases: &[&str]| phrases.iter().any(|phrase| message.contains(phrase));

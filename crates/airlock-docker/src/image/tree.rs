@@ -1,10 +1,11 @@
 //! Writes a directory tree, such as a debootstrap root, as a tar stream for the engine's
 //! import endpoint.
 //!
-//! The archive keeps numeric owners, modes (setuid, setgid and sticky bits included),
-//! modification times, symlinks as links, hard links as links to the first path, device
-//! nodes, FIFOs, and the extended attributes of files and directories as PAX
-//! `SCHILY.xattr.*` records, which Docker and Podman both apply on import.
+//! The archive keeps numeric owners, modes (setuid, setgid and sticky bits included) and
+//! modification times. Symlinks stay symlinks, and a hard link points to the first path of
+//! its inode. Device nodes and FIFOs are kept. The extended attributes of files and
+//! directories go in PAX `SCHILY.xattr.*` records, which Docker 20.10 and Podman 4.3 both
+//! apply on import.
 //!
 //! Symlinks are never followed. Each directory is opened relative to its parent's
 //! descriptor with `O_NOFOLLOW`, and each file too, so a symlink planted while the walk runs
@@ -54,7 +55,7 @@ pub enum TreeError {
     },
 }
 
-/// What the walk wrote.
+/// Counts of what the walk wrote.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TreeSummary {
     pub entries: u64,
