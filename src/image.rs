@@ -65,9 +65,15 @@ fn describe_import(source: &std::path::Path, imported: &Imported) -> String {
             if summary.skipped_sockets > 0 {
                 text.push_str(&format!(", {} sockets skipped", summary.skipped_sockets));
             }
+            if summary.skipped_mounts > 0 {
+                text.push_str(&format!(
+                    ", the contents of {} mount points skipped",
+                    summary.skipped_mounts
+                ));
+            }
             text
         }
-        ImportedFrom::Tarball(compression) => format!("{compression:?} tarball").to_lowercase(),
+        ImportedFrom::Tarball(compression) => format!("{} tarball", compression.name()),
     };
     format!(
         "imported {} as {} ({details}, {} of tar)",

@@ -477,6 +477,56 @@ fn import_debootstrap_tree() {
     }
 }
 
+/// Unmounts a file system mounted by a test when dropped.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A chroot tree often has the host's /proc or /dev mounted inside: the import stores the
+/// mount point as an empty directory, as `tar --one-file-system` does, and nothing below it.
+#[test]
+fn import_skips_mounted_file_systems() {
+    let tree = TestTree::new();
+    let mount_point = tree.root().join("mnt");
+    fs::create_dir(&mount_point).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "airlock-test", "--"])
+        .arg(&mount_point)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount a tmpfs on {mount_point:?}");
+    let _mounted = MountGuard(mount_point.clone());
+    fs::write(mount_point.join("host-file"), CANARY).unwrap();
+
+    for socket in engine_sockets() {
+        let name = format!("airlock-test/mounts-{}", unique_token());
+        let _guard = ImageGuard {
+            socket: &socket,
+            name: name.clone(),
+        };
+        import(&socket, &tree.root(), &name);
+        let files = stored_files(&socket, &name);
+        assert_eq!(
+            entry(&files, "mnt").kind,
+            tar::EntryType::Directory,
+            "{socket:?}"
+        );
+        assert!(
+            !files.contains_key(Path::new("mnt/host-file")),
+            "{socket:?}: the import descended into a mounted file system"
+        );
+        assert_eq!(
+            entry(&files, "etc/hostname").content,
+            b"airlock\n",
+            "{socket:?}"
+        );
+    }
+}
+
 #[test]
 fn import_missing_path_is_named() {
     for socket in engine_sockets() {

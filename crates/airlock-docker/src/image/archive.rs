@@ -111,6 +111,13 @@ fn detect(path: &Path, magic: &[u8]) -> Result<Compression, ArchiveError> {
     }
 }
 
+impl Compression {
+    /// Returns the format's name: `plain`, `gzip`, `zstd` or `xz`.
+    pub fn name(self) -> &'static str {
+        format_name(self)
+    }
+}
+
 fn format_name(compression: Compression) -> &'static str {
     match compression {
         Compression::None => "plain",

@@ -61,6 +61,8 @@ pub struct TreeSummary {
     pub entries: u64,
     /// Sockets, which tar cannot represent.
     pub skipped_sockets: u64,
+    /// Mount points of other file systems, stored as empty directories.
+    pub skipped_mounts: u64,
 }
 
 /// Writes the tree at `root` to `out` as a tar archive: the root directory as `./`, then
@@ -80,6 +82,7 @@ pub fn write_tree<W: Write>(root: &Path, out: W) -> Result<TreeSummary, TreeErro
     let stat = rustix::fs::fstat(&root_fd).map_err(|errno| open_error(errno.into()))?;
     let mut walk = Walk {
         root: root.to_owned(),
+        root_device: stat.st_dev,
         builder: tar::Builder::new(out),
         hard_links: HashMap::new(),
         summary: TreeSummary::default(),
@@ -98,6 +101,10 @@ pub fn write_tree<W: Write>(root: &Path, out: W) -> Result<TreeSummary, TreeErro
 
 struct Walk<W: Write> {
     root: PathBuf,
+    /// The device of the root's file system. Directories on another device are mount points,
+    /// whose contents the walk skips as `tar --one-file-system` does: a chroot tree often has
+    /// the host's /proc, /sys or /dev mounted inside.
+    root_device: u64,
     builder: tar::Builder<W>,
     /// The archive path of the first entry seen for each (device, inode) with more than one
     /// link, which later entries of the same inode link to.
@@ -124,7 +131,12 @@ impl<W: Write> Walk<W> {
                     let child = self.open_child(dir, &name, &archive_path, OFlags::DIRECTORY)?;
                     self.check_unchanged(&child, &stat, &archive_path)?;
                     self.append_directory(&child, &archive_path, &stat)?;
-                    self.append_children(&child, &archive_path)?;
+                    if stat.st_dev == self.root_device {
+                        self.append_children(&child, &archive_path)?;
+                    } else {
+                        warn!(path = %self.host_path(&archive_path).display(), "stored a mount point as an empty directory, without the file system mounted on it");
+                        self.summary.skipped_mounts += 1;
+                    }
                 }
                 FileType::RegularFile => {
                     if !self.append_hard_link(&archive_path, &stat)? {
