@@ -44,11 +44,61 @@ fn registry() -> String {
     })
 }
 
-/// Runs `airlock ARGS` as root against the engine on `socket`.
+/// Returns the test registry's user and password, from `AIRLOCK_TEST_REGISTRY_LOGIN`.
+fn registry_login() -> (String, String) {
+    let login = std::env::var("AIRLOCK_TEST_REGISTRY_LOGIN").unwrap_or_else(|_| {
+        panic!("AIRLOCK_TEST_REGISTRY_LOGIN is not set: run the tests with scripts/test, or run `scripts/test-engines start` and export the variables it prints")
+    });
+    let (user, password) = login.split_once(':').expect("USER:PASSWORD");
+    (user.to_owned(), password.to_owned())
+}
+
+/// A Docker configuration directory whose `config.json` has a login for one registry, as
+/// `docker login` writes it.
+struct DockerConfig {
+    dir: tempfile::TempDir,
+}
+
+impl DockerConfig {
+    fn new(registry: &str, user: &str, password: &str) -> DockerConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = base64_encode(format!("{user}:{password}").as_bytes());
+        let config = serde_json::json!({ "auths": { registry: { "auth": auth } } });
+        fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        DockerConfig { dir }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("config.json")
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs `airlock ARGS` as root against the engine on `socket`, without any registry login.
 fn airlock<S: AsRef<OsStr>>(socket: &Path, args: &[S]) -> Output {
+    airlock_with_login(socket, args, None)
+}
+
+/// Runs `airlock ARGS` as root against the engine on `socket`. The only login file Airlock
+/// finds is `docker_config`'s, if given: the variables that name the others point to an
+/// empty directory.
+fn airlock_with_login<S: AsRef<OsStr>>(
+    socket: &Path,
+    args: &[S],
+    docker_config: Option<&DockerConfig>,
+) -> Output {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let config_dir = docker_config.map_or(empty.path(), |config| config.dir.path());
     Command::new(binary())
         .args(args)
         .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", config_dir)
+        .env("XDG_RUNTIME_DIR", empty.path())
+        .env_remove("REGISTRY_AUTH_FILE")
         .stdin(Stdio::null())
         .output()
         .expect("run airlock")
@@ -641,14 +691,23 @@ fn import_unreadable_file_is_named() {
     }
 }
 
-/// Pushes `name:tag` from the engine to its registry through the engine's API.
+/// Pushes `repository:tag` from the engine to the test registry through the engine's API.
 fn push(socket: &Path, repository: &str, tag: &str) {
-    // An empty credentials object, base64 of `{}`: Docker rejects a push without the header.
+    let (user, password) = registry_login();
+    let credentials = serde_json::json!({
+        "username": user,
+        "password": password,
+        "serveraddress": registry(),
+    });
+    let header = format!(
+        "X-Registry-Auth: {}",
+        base64_encode(credentials.to_string().as_bytes())
+    );
     let (status, body) = engine_request(
         socket,
         "POST",
         &format!("/images/{repository}/push?tag={tag}"),
-        &["X-Registry-Auth: e30="],
+        &[&header],
     );
     let body = String::from_utf8_lossy(&body);
     assert_eq!(
@@ -677,8 +736,11 @@ impl Drop for RegistryTagGuard {
     fn drop(&mut self) {
         let url = format!("http://{}/v2/{}/manifests/", self.registry, self.path);
         let accept = "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+        let (user, password) = registry_login();
+        let login = format!("{user}:{password}");
         let Ok(head) = Command::new("curl")
             .args(["--silent", "--head", "--max-time", "10", "-H", accept])
+            .args(["--user", &login])
             .arg(format!("{url}{}", self.tag))
             .output()
         else {
@@ -693,6 +755,7 @@ impl Drop for RegistryTagGuard {
         if let Some(digest) = digest {
             let _ = Command::new("curl")
                 .args(["--silent", "--max-time", "10", "-X", "DELETE"])
+                .args(["--user", &login])
                 .arg(format!("{url}{digest}"))
                 .output();
         }
@@ -703,6 +766,8 @@ impl Drop for RegistryTagGuard {
 fn pull_restores_pushed_image() {
     let tree = TestTree::new();
     let registry = registry();
+    let (user, password) = registry_login();
+    let login = DockerConfig::new(&registry, &user, &password);
     for socket in engine_sockets() {
         let repository = format!("{registry}/airlock-test/pull-{}", unique_token());
         let name = format!("{repository}:v1");
@@ -724,7 +789,7 @@ fn pull_restores_pushed_image() {
             "{name} still in {socket:?} after rm"
         );
 
-        let pulled = airlock(&socket, &["image", "pull", &name]);
+        let pulled = airlock_with_login(&socket, &["image", "pull", &name], Some(&login));
         assert_eq!(
             pulled.status.code(),
             Some(0),
@@ -774,13 +839,49 @@ fn pull_closed_port_is_unreachable() {
 #[test]
 fn pull_unknown_image_is_not_found() {
     let registry = registry();
+    let (user, password) = registry_login();
+    let login = DockerConfig::new(&registry, &user, &password);
     for socket in engine_sockets() {
         let reference = format!("{registry}/airlock-test/never-pushed-{}:v1", unique_token());
-        let output = airlock(&socket, &["image", "pull", &reference]);
+        let output = airlock_with_login(&socket, &["image", "pull", &reference], Some(&login));
         assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
         let message = stderr(&output);
         let expected = format!("image {reference} not found in the registry {registry}");
         assert!(message.contains(&expected), "{socket:?}: {message}");
+    }
+}
+
+#[test]
+fn pull_without_login_names_fix() {
+    let registry = registry();
+    for socket in engine_sockets() {
+        let reference = format!("{registry}/airlock-test/private-{}:v1", unique_token());
+        let output = airlock(&socket, &["image", "pull", &reference]);
+        assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+        let message = stderr(&output);
+        let expected = format!("the registry {registry} requires credentials to pull {reference}");
+        assert!(message.contains(&expected), "{socket:?}: {message}");
+        let fix = format!("docker login {registry}");
+        assert!(message.contains(&fix), "{socket:?}: {message}");
+    }
+}
+
+#[test]
+fn pull_wrong_password_names_login_file() {
+    let registry = registry();
+    let (user, _) = registry_login();
+    let login = DockerConfig::new(&registry, &user, "not-the-password");
+    for socket in engine_sockets() {
+        let reference = format!("{registry}/airlock-test/private-{}:v1", unique_token());
+        let output = airlock_with_login(&socket, &["image", "pull", &reference], Some(&login));
+        assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+        let message = stderr(&output);
+        let expected = format!(
+            "the registry {registry} rejected the credentials of {user:?} from {:?}",
+            login.file()
+        );
+        assert!(message.contains(&expected), "{socket:?}: {message}");
+        assert!(!message.contains("not-the-password"), "{message}");
     }
 }
 

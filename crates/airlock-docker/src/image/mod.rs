@@ -3,6 +3,7 @@
 
 mod archive;
 mod body;
+mod credentials;
 mod import;
 mod local;
 mod name;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use archive::{ArchiveError, Compression};
+pub use credentials::CredentialsError;
 pub use import::{import, Imported, ImportedFrom};
 pub use local::{list, remove, ImageSummary, Removed};
 pub use name::{ImageRef, NameRule};
@@ -91,10 +93,21 @@ pub enum ImageError {
         #[source]
         cause: EngineMessage,
     },
-    #[error("the registry {registry} requires credentials to pull {reference}, and Airlock sends none; pull it with `docker login {registry}` and `docker pull {reference}` (or podman's), then use it by name")]
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("the registry {registry} requires credentials to pull {reference}, and no login file has an entry for it; log in with `docker login {registry}` or `podman login {registry}`, or set REGISTRY_AUTH_FILE to a file with one")]
     AuthRequired {
         reference: String,
         registry: String,
+        #[source]
+        cause: EngineMessage,
+    },
+    #[error("the registry {registry} rejected the credentials of {username:?} from {file:?} to pull {reference}; log in again with `docker login {registry}` or `podman login {registry}`")]
+    AuthRejected {
+        reference: String,
+        registry: String,
+        username: String,
+        file: PathBuf,
         #[source]
         cause: EngineMessage,
     },

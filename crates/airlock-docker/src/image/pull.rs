@@ -5,6 +5,7 @@ use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
 use tracing::info;
 
+use super::credentials::{self, Credentials};
 use super::name::ImageRef;
 use super::progress::{Progress, PullProgress};
 use super::{engine_message, EngineMessage, ImageError, LONG_REQUEST};
@@ -36,6 +37,7 @@ pub fn pull(engine: &Engine, reference: &str, progress: Progress) -> Result<Pull
         .domain
         .clone()
         .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned());
+    let login = credentials::find(&registry, &format!("{registry}/{}", image.path))?;
 
     // With a digest the whole reference goes in fromImage: Podman's compatible API joins
     // fromImage and tag with a colon, which would turn a digest into a tag.
@@ -47,7 +49,8 @@ pub fn pull(engine: &Engine, reference: &str, progress: Progress) -> Result<Pull
     let docker = engine.docker().clone().with_timeout(LONG_REQUEST);
     let mut pull_progress = PullProgress::new(progress, &full);
     let result = engine.block_on(async {
-        let mut stream = docker.create_image(Some(options), None, None);
+        let sent = login.as_ref().map(|login| login.for_engine(&registry));
+        let mut stream = docker.create_image(Some(options), None, sent);
         while let Some(message) = stream.next().await {
             pull_progress.update(&message?);
         }
@@ -55,7 +58,12 @@ pub fn pull(engine: &Engine, reference: &str, progress: Progress) -> Result<Pull
     });
     pull_progress.finish();
     if let Err(error) = result {
-        return Err(classify(engine, &full, &registry, engine_message(&error)));
+        let failure = Failure {
+            reference: &full,
+            registry: &registry,
+            login: login.as_ref(),
+        };
+        return Err(failure.classify(engine, engine_message(&error)));
     }
 
     let id = super::local::image_id(engine, &full)?.ok_or_else(|| ImageError::PullFailed {
@@ -114,10 +122,38 @@ fn kind_of(message: &str) -> PullFailure {
     }
 }
 
-fn classify(engine: &Engine, reference: &str, registry: &str, cause: EngineMessage) -> ImageError {
-    let reference = reference.to_owned();
-    let registry = registry.to_owned();
-    match kind_of(&cause.0) {
+/// A failed pull, with the credentials sent for it.
+struct Failure<'a> {
+    reference: &'a str,
+    registry: &'a str,
+    login: Option<&'a Credentials>,
+}
+
+impl Failure<'_> {
+    fn classify(&self, engine: &Engine, cause: EngineMessage) -> ImageError {
+        let reference = self.reference.to_owned();
+        let registry = self.registry.to_owned();
+        match (kind_of(&cause.0), self.login) {
+            (PullFailure::AuthRequired, Some(login)) => ImageError::AuthRejected {
+                reference,
+                registry,
+                username: login.username.clone(),
+                file: login.file.clone(),
+                cause,
+            },
+            (kind, _) => classify_kind(engine, kind, reference, registry, cause),
+        }
+    }
+}
+
+fn classify_kind(
+    engine: &Engine,
+    kind: PullFailure,
+    reference: String,
+    registry: String,
+    cause: EngineMessage,
+) -> ImageError {
+    match kind {
         PullFailure::Unreachable => ImageError::RegistryUnreachable {
             reference,
             registry,
