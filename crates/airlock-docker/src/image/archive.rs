@@ -3,7 +3,7 @@
 //! same ones, so Airlock decompresses every format before sending.
 
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Size of one tar block, and so of a tar header.
@@ -70,7 +70,11 @@ pub fn copy_tarball<W: Write>(
             })
         }
     };
-    result.and_then(|()| checked.finish()).map_err(|source| {
+    let result = result.and_then(|()| checked.finish());
+    if result.as_ref().is_err_and(is_stop) {
+        return Ok(compression);
+    }
+    result.map_err(|source| {
         if let Some(error) = checked_error(&source) {
             return error;
         }
@@ -84,6 +88,53 @@ pub fn copy_tarball<W: Write>(
         }
     })?;
     Ok(compression)
+}
+
+/// Checks that the tarball in `file` starts with a tar header, decompressing no more than
+/// needed to read it, then rewinds `file`; returns the compression. An invalid tarball fails
+/// here, before a request to the engine starts.
+pub fn check_tarball(path: &Path, file: &File) -> Result<Compression, ArchiveError> {
+    let read_error = |source| ArchiveError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = file.try_clone().map_err(read_error)?;
+    let compression = copy_tarball(path, reader, StopAfterHeader)?;
+    let mut file = file;
+    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+    Ok(compression)
+}
+
+/// A writer that fails as soon as it gets bytes, which [`CheckedTar`] passes on only after
+/// the first block proved to be a tar header.
+struct StopAfterHeader;
+
+/// Marks the error of [`StopAfterHeader`].
+#[derive(Debug)]
+struct StopMarker;
+
+impl std::fmt::Display for StopMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the header was checked")
+    }
+}
+
+impl std::error::Error for StopMarker {}
+
+fn is_stop(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<StopMarker>().is_some())
+}
+
+impl Write for StopAfterHeader {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::other(StopMarker))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Returns the first `count` bytes of `input` without consuming them, or fewer at the end
@@ -278,6 +329,27 @@ mod tests {
         let error = copy_bytes(b"short").unwrap_err();
         assert!(matches!(error, ArchiveError::NotTar { .. }), "{error}");
         let error = copy_bytes(&[0u8; 2048]).unwrap_err();
+        assert!(matches!(error, ArchiveError::NotTar { .. }), "{error}");
+    }
+
+    #[test]
+    fn check_reads_header_and_rewinds() {
+        let tar = tar_with_one_file();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut tar.as_slice(), &mut xz).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.tar.xz");
+        std::fs::write(&path, &xz).unwrap();
+        let file = File::open(&path).unwrap();
+
+        assert_eq!(check_tarball(&path, &file).unwrap(), Compression::Xz);
+        let mut out = Vec::new();
+        copy_tarball(&path, file, &mut out).unwrap();
+        assert_eq!(out, tar);
+
+        std::fs::write(&path, b"plain text, no archive\n".repeat(50)).unwrap();
+        let file = File::open(&path).unwrap();
+        let error = check_tarball(&path, &file).unwrap_err();
         assert!(matches!(error, ArchiveError::NotTar { .. }), "{error}");
     }
 

@@ -9,9 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use bollard::query_parameters::CreateImageOptionsBuilder;
+use bollard::query_parameters::{CreateImageOptionsBuilder, TagImageOptionsBuilder};
 use futures_util::StreamExt;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::archive::{self, Compression};
 use super::body::{self, BodyWriter};
@@ -61,6 +61,7 @@ pub fn import(
     let tag = image.tag_or_latest().unwrap_or("latest").to_owned();
     let full_name = format!("{}:{tag}", image.repository());
     let opened = open_source(source)?;
+    let previous = super::local::image_id(engine, &full_name)?;
 
     let counter = progress.byte_counter(format!("importing {} as {full_name}", source.display()));
     let (writer, body, state) = body::channel();
@@ -91,13 +92,20 @@ pub fn import(
     counter.finish_and_clear();
 
     // The engine's error explains a source that stopped because the engine stopped reading.
-    let source_kind = match (produced, sent) {
-        (Ok(kind), Ok(())) => kind,
+    let failure = match (produced, sent) {
+        (Ok(kind), Ok(())) => Ok(kind),
         (Err(_), Err(error)) if state.receiver_gone.load(Ordering::SeqCst) => {
-            return Err(import_failed(engine, source, &full_name, &error));
+            Err(import_failed(engine, source, &full_name, &error))
         }
-        (Err(error), _) => return Err(error),
-        (Ok(_), Err(error)) => return Err(import_failed(engine, source, &full_name, &error)),
+        (Err(error), _) => Err(error),
+        (Ok(_), Err(error)) => Err(import_failed(engine, source, &full_name, &error)),
+    };
+    let source_kind = match failure {
+        Ok(kind) => kind,
+        Err(error) => {
+            undo_failed_import(engine, &full_name, previous.as_deref());
+            return Err(error);
+        }
     };
 
     let id =
@@ -128,6 +136,41 @@ fn import_failed(
     }
 }
 
+/// Removes the image that a failed import left under `name`, and gives the name back to the
+/// image it pointed to before. Podman 4.3's compatible API imports what it received of an
+/// aborted upload when several imports run at once, so a failed import can leave a partial
+/// image. Only `name` is looked at, so images that others create meanwhile stay.
+// NOTE: Podman may store that image after the failed request has returned, and this check
+// then misses it. The checks before the upload (`check_tree`, `check_tarball`) leave this
+// path to failures in the middle of the data: an I/O error, a file changed while it was read,
+// or a truncated tarball.
+fn undo_failed_import(engine: &Engine, name: &str, previous: Option<&str>) {
+    let current = match super::local::image_id(engine, name) {
+        Ok(Some(current)) if Some(current.as_str()) != previous => current,
+        Ok(_) => return,
+        Err(error) => {
+            warn!(image = name, %error, "cannot check for a partial image after a failed import");
+            return;
+        }
+    };
+    if let Err(error) = super::local::remove(engine, name, false) {
+        warn!(image = name, id = %current, %error, "cannot remove the partial image of a failed import");
+        return;
+    }
+    warn!(image = name, id = %current, "removed the partial image of a failed import");
+    let Some(previous) = previous else {
+        return;
+    };
+    let (repository, tag) = name.rsplit_once(':').expect("the name has a tag");
+    let options = TagImageOptionsBuilder::default()
+        .repo(repository)
+        .tag(tag)
+        .build();
+    if let Err(error) = engine.block_on(engine.docker().tag_image(previous, Some(options))) {
+        warn!(image = name, id = previous, %error, "cannot give the name back to its previous image after a failed import");
+    }
+}
+
 /// Checks that `path` is a directory or a regular file, and opens a file.
 fn open_source(path: &Path) -> Result<Source, ImageError> {
     let metadata = std::fs::metadata(path).map_err(|source| match source.kind() {
@@ -140,6 +183,7 @@ fn open_source(path: &Path) -> Result<Source, ImageError> {
         },
     })?;
     if metadata.is_dir() {
+        tree::check_tree(path)?;
         return Ok(Source::Directory(path.to_owned()));
     }
     if !metadata.is_file() {
@@ -151,6 +195,7 @@ fn open_source(path: &Path) -> Result<Source, ImageError> {
         path: path.to_owned(),
         source,
     })?;
+    archive::check_tarball(path, &file)?;
     Ok(Source::Tarball(path.to_owned(), file))
 }
 

@@ -68,6 +68,24 @@ pub struct TreeSummary {
 /// Writes the tree at `root` to `out` as a tar archive: the root directory as `./`, then
 /// every path below it relative to the root (`etc/passwd`), depth first in sorted order.
 pub fn write_tree<W: Write>(root: &Path, out: W) -> Result<TreeSummary, TreeError> {
+    walk_tree(root, out, Contents::Read)
+}
+
+/// Walks the tree at `root` as [`write_tree`] does, opening every directory and file and
+/// reading their extended attributes, but not the files' contents. A file that cannot be
+/// opened fails here, before an import sends anything to the engine.
+pub fn check_tree(root: &Path) -> Result<TreeSummary, TreeError> {
+    walk_tree(root, io::sink(), Contents::Skip)
+}
+
+/// Whether the walk reads the files' contents into the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    Read,
+    Skip,
+}
+
+fn walk_tree<W: Write>(root: &Path, out: W, contents: Contents) -> Result<TreeSummary, TreeError> {
     let open_error = |source| TreeError::Open {
         path: root.to_owned(),
         source,
@@ -84,6 +102,7 @@ pub fn write_tree<W: Write>(root: &Path, out: W) -> Result<TreeSummary, TreeErro
         root: root.to_owned(),
         root_device: stat.st_dev,
         builder: tar::Builder::new(out),
+        contents,
         hard_links: HashMap::new(),
         summary: TreeSummary::default(),
     };
@@ -106,6 +125,7 @@ struct Walk<W: Write> {
     /// the host's /proc, /sys or /dev mounted inside.
     root_device: u64,
     builder: tar::Builder<W>,
+    contents: Contents,
     /// The archive path of the first entry seen for each (device, inode) with more than one
     /// link, which later entries of the same inode link to.
     hard_links: HashMap<(u64, u64), PathBuf>,
@@ -243,9 +263,12 @@ impl<W: Write> Walk<W> {
         stat: &Stat,
     ) -> Result<(), TreeError> {
         let mut header = header_for(stat, EntryType::Regular);
+        let xattrs = self.read_xattrs(&file, archive_path)?;
+        if self.contents == Contents::Skip {
+            return self.append(&mut header, archive_path, &xattrs, io::empty());
+        }
         let size = stat.st_size as u64;
         header.set_size(size);
-        let xattrs = self.read_xattrs(&file, archive_path)?;
         let file = File::from(file);
         let content = ExactReader {
             file: &file,
