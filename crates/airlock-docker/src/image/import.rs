@@ -200,7 +200,7 @@ fn open_source(path: &Path) -> Result<Source, ImageError> {
 }
 
 /// Writes the source's tar stream into the body. On failure the body ends with an error, so
-/// the engine discards what it received.
+/// the request fails (but see [`undo_failed_import`] for what Podman may keep).
 fn produce(
     source: Source,
     mut writer: BodyWriter,
