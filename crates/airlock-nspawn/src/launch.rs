@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_core::state::ProcessRef;
-use airlock_core::{Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, WorkspaceMode};
+use airlock_core::{
+    Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, Teardown, WorkspaceMode,
+};
 use airlock_namespace::cgroup::{Cgroup, Controller};
 use airlock_namespace::launch::{self as shared, RestoreMask, Sandbox};
 use airlock_namespace::monitor::Monitor;
@@ -169,7 +171,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             fd
         }
     });
-    // A socket rather than a pipe, because the go-ahead carries descriptors.
+    // A socket rather than a pipe, because the first message carries descriptors.
     let (plan_read, plan_write) = control::socketpair().map_err(Error::Spawn)?;
     let (report_read, report_write) = sys::pipe().map_err(Error::Spawn)?;
     let (liveness_read, liveness_write) = sys::pipe().map_err(Error::Spawn)?;
@@ -239,12 +241,14 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         restore_mask,
         _liveness: liveness_write,
     };
-    send_plan(&plan_write, &plan)?;
-    container.wait_until_ready()?;
-    // The init joins these cgroups, then starts the command or waits for `exec`.
+    // The init joins these cgroups before it starts the command or waits for `exec`.
     let joins = container.cgroups.limit_join_files()?;
     let joins: Vec<RawFd> = joins.iter().map(AsRawFd::as_raw_fd).collect();
-    control::send(plan_write.as_raw_fd(), b"g", &joins).map_err(Error::SendPlan)?;
+    control::send(plan_write.as_raw_fd(), &[init::CGROUPS_MESSAGE], &joins)
+        .map_err(Error::SendPlan)?;
+    send_plan(&plan_write, &plan)?;
+    drop(plan_write);
+    container.wait_until_ready()?;
     Ok(container)
 }
 
@@ -498,12 +502,18 @@ impl Container {
         }
     }
 
+    /// Finds the container's init, which starts the command without waiting for this, so
+    /// that a short command may be over, and systemd-nspawn with it, before the search ends:
+    /// then there is no init left to find.
     fn find_leader(&mut self) -> Result<(), Error> {
         let deadline = Instant::now() + LEADER_SEARCH;
         loop {
             if let Some(leader) = find_leader(self.nspawn.pid) {
                 self.leader = Some(leader);
                 self.nspawn.signal_target = Some(leader.pid);
+                return Ok(());
+            }
+            if self.nspawn.reap().is_some() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -794,9 +804,11 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         signal = ?outcome.signal,
         "sandbox ended"
     );
-    drop(container);
+    // The cgroups, the staging directory and what systemd-nspawn leaves are removed by
+    // whoever drops the container, which need not keep the caller waiting.
     Ok(Finished {
         outcome,
         stderr_ends_line,
+        teardown: Teardown::later(container),
     })
 }
