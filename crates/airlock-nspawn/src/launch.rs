@@ -23,7 +23,7 @@ use airlock_core::state::ProcessRef;
 use airlock_core::{
     Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, Teardown, WorkspaceMode,
 };
-use airlock_namespace::cgroup::{Cgroup, Controller};
+use airlock_namespace::cgroup::Cgroup;
 use airlock_namespace::launch::{self as shared, RestoreMask, Sandbox};
 use airlock_namespace::monitor::Monitor;
 use airlock_namespace::report::{Report, ReportReader};
@@ -130,7 +130,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     // From here on, what is created is removed on failure: the cgroups and the staging
     // directory by their guards, the container by its own drop.
     let cgroups = Cgroups::create(spec, &id)?;
-    let nproc_fallback = !cgroups.has(Controller::Pids);
+    let nproc_fallback = !cgroups.limits_processes();
     let stage_dir = StageGuard::create(&id)?;
     let plan = init::Plan {
         argv: if hold {
@@ -212,10 +212,6 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     streams.child_ends.clear();
     let pidfd = sys::pidfd_of_child(pid).map_err(Error::Spawn)?;
     tracing::info!(sandbox = %id, backend = "nspawn", pid, hold, "sandbox created");
-    let view = cgroups
-        .limits
-        .as_ref()
-        .map(|limits| Cgroup::view(&limits.describe()));
     stage_dir.keep();
     let mut container = Container {
         id,
@@ -224,7 +220,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             pid,
             pidfd,
             status: None,
-            cgroup: view,
+            cgroup: None,
             finished: false,
             group: false,
             signal_target: None,
@@ -241,6 +237,13 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         restore_mask,
         _liveness: liveness_write,
     };
+    // While systemd-nspawn starts the container.
+    container.cgroups.create_v1_limits(spec)?;
+    container.nspawn.cgroup = container
+        .cgroups
+        .limits
+        .as_ref()
+        .map(|limits| Cgroup::view(&limits.describe()));
     // The init joins these cgroups before it starts the command or waits for `exec`.
     let joins = container.cgroups.limit_join_files()?;
     let joins: Vec<RawFd> = joins.iter().map(AsRawFd::as_raw_fd).collect();
