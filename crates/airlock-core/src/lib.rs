@@ -20,7 +20,7 @@ pub mod state;
 pub use action::{Action, BackendKind, BackendRequest, ImageAction, ProbeTargets};
 pub use backend::{
     Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, IsolationClass, RunOptions,
-    Stats, Unavailable,
+    Stats, Teardown, Unavailable,
 };
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;
