@@ -9,7 +9,7 @@
 #   airlock namespace      airlock run (host view, overlay workspace)
 #
 # Usage: bench/nspawn.sh [--warmup N] [--runs N] [--rootfs DIR] [--binary FILE]
-#                       [--results DIR]
+#                       [--results DIR] [--abba ROUNDS]
 #
 #   --warmup N       warmup runs per command (default 5).
 #   --runs N         timed runs per command (default 50).
@@ -20,6 +20,10 @@
 #                    cargo (for a quick check of the script with a debug build).
 #   --results DIR    copy hyperfine's JSON and Markdown exports to DIR, which is created if
 #                    missing. Without it they are deleted.
+#   --abba ROUNDS    instead of hyperfine, time the first two rows in rounds of four runs
+#                    in the order plain, Airlock, Airlock, plain, which cancels what one
+#                    run leaves for the next (a cgroup migration's RCU grace period, say),
+#                    and print the medians and the median of the per-round differences.
 #
 # Needs root, cargo, jq, a tmpfs on /run/systemd/nspawn, and the Debian packages hyperfine and
 # systemd-container. Raw systemd-nspawn started with --keep-unit creates `payload` and
@@ -34,9 +38,10 @@ runs=50
 rootfs=${AIRLOCK_TEST_ROOTFS:-/var/cache/airlock-tests/rootfs-bookworm}
 results_dir=
 binary=
+abba=
 
 usage() {
-    sed -n '11,23p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '11,27p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while (($#)); do
@@ -46,15 +51,16 @@ while (($#)); do
         --rootfs) rootfs=${2:?--rootfs needs a directory}; shift ;;
         --binary) binary=${2:?--binary needs a file}; shift ;;
         --results) results_dir=${2:?--results needs a directory}; shift ;;
+        --abba) abba=${2:?--abba needs a number}; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "nspawn.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
 
-for number in "$warmup" "$runs"; do
+for number in "$warmup" "$runs" ${abba:+"$abba"}; do
     if ! [[ $number =~ ^[0-9]+$ ]]; then
-        echo "nspawn.sh: --warmup and --runs take a whole number, got '$number'" >&2
+        echo "nspawn.sh: --warmup, --runs and --abba take a whole number, got '$number'" >&2
         exit 2
     fi
 done
@@ -140,6 +146,40 @@ nspawn_options+=" --console=pipe"
 run="$work/airlock --state-dir $work/state run"
 
 cd "$work/workspace"
+
+# Prints the wall time of the command in "$@", in microseconds, with bash's own clock (no
+# process is started to read it).
+time_one() {
+    local start=$EPOCHREALTIME end
+    "$@" >/dev/null 2>&1 </dev/null
+    end=$EPOCHREALTIME
+    echo $(( (${end/./} - ${start/./}) ))
+}
+
+if [[ -n $abba ]]; then
+    plain=(systemd-nspawn $nspawn_options /bin/true)
+    ours=($run --backend nspawn --rootfs "$rootfs" --workspace-mode none -- /bin/true)
+    for _ in $(seq "$warmup"); do "${plain[@]}" >/dev/null 2>&1; "${ours[@]}" >/dev/null 2>&1; done
+    : >"$work/abba"
+    for _ in $(seq "$abba"); do
+        a1=$(time_one "${plain[@]}"); b1=$(time_one "${ours[@]}")
+        b2=$(time_one "${ours[@]}"); a2=$(time_one "${plain[@]}")
+        echo "$a1 $b1 $b2 $a2" >>"$work/abba"
+    done
+    python3 - "$work/abba" <<'PYTHON'
+import statistics, sys
+rounds = [list(map(int, line.split())) for line in open(sys.argv[1])]
+plain = [r[0] for r in rounds] + [r[3] for r in rounds]
+ours = [r[1] for r in rounds] + [r[2] for r in rounds]
+differences = [(r[1] + r[2] - r[0] - r[3]) / 2 for r in rounds]
+ms = lambda us: f"{us / 1000:.2f}"
+print(f"| rounds | systemd-nspawn median (ms) | airlock nspawn tree median (ms) | median difference per round (ms) |")
+print(f"|---:|---:|---:|---:|")
+print(f"| {len(rounds)} | {ms(statistics.median(plain))} | {ms(statistics.median(ours))} | {ms(statistics.median(differences))} |")
+PYTHON
+    exit 0
+fi
+
 hyperfine -N --warmup "$warmup" --runs "$runs" \
     --export-json "$work/nspawn.json" --export-markdown "$work/nspawn.md" \
     -n "systemd-nspawn" "systemd-nspawn $nspawn_options /bin/true" \

@@ -10,8 +10,8 @@ use airlock_core::spec::{
 };
 use airlock_core::specfile::{self, SpecFileError};
 use airlock_core::{
-    Action, BackendKind, BackendRequest, Limit, ProbeTargets, RiskLevel, RootFs, Spec, User,
-    WorkspaceMode,
+    Action, BackendKind, BackendRequest, ImageAction, Limit, ProbeTargets, RiskLevel, RootFs, Spec,
+    User, WorkspaceMode,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -86,6 +86,13 @@ pub enum Command {
     /// the probes ran, whatever they found; 125 on invalid input or when no sandbox could be
     /// created.
     Probe(ProbeArgs),
+    /// Manage the images of the container engine that the docker backend runs: import a
+    /// root filesystem, pull from a registry, list, remove.
+    ///
+    /// The engine is the one at $DOCKER_HOST (a unix socket), else Docker's or Podman's
+    /// default socket.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// One containment probe, run by `airlock probe` inside a sandbox; prints one JSON result.
     #[command(name = "__probe", hide = true)]
     ProbeInside(ProbeInsideArgs),
@@ -568,5 +575,79 @@ impl PolicyCheckArgs {
         }
         let (backend, spec) = self.sandbox.into_spec(Vec::new(), matches)?;
         Ok(Action::PolicyCheck { backend, spec })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import a root filesystem as an image: a directory, such as a debootstrap tree, or a
+    /// tarball (plain, gzip, zstd or xz). Owners, modes, symlinks, hard links, device nodes
+    /// and extended attributes are kept. Symlinks are stored as links and never followed.
+    /// Prints the image id.
+    Import(ImageImportArgs),
+    /// Pull an image from a registry, such as debian:bookworm or 127.0.0.1:5000/tools:1,
+    /// and print its id. Progress goes to stderr.
+    Pull(ImagePullArgs),
+    /// List the engine's images.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Remove images by name or id.
+    Rm(ImageRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    /// The root filesystem: a directory, or a tarball of one.
+    #[arg(value_name = "DIR|TARBALL")]
+    pub source: PathBuf,
+    /// The image's name, NAME[:TAG] with lowercase path components [default tag: latest].
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    /// The image: [HOST[:PORT]/]NAME[:TAG][@DIGEST] [default tag: latest].
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageRemoveArgs {
+    /// Remove an image even when a container uses it, and every tag of an image given by id.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Images by name (NAME[:TAG]) or id.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub names: Vec<String>,
+}
+
+impl ImageCommand {
+    /// Returns the action and whether its result is printed as JSON.
+    pub fn into_action(self) -> (Action, bool) {
+        let (action, json) = match self {
+            ImageCommand::Import(args) => (
+                ImageAction::Import {
+                    source: args.source,
+                    name: args.name,
+                },
+                false,
+            ),
+            ImageCommand::Pull(args) => (
+                ImageAction::Pull {
+                    reference: args.reference,
+                },
+                false,
+            ),
+            ImageCommand::Ls(args) => (ImageAction::List, args.json),
+            ImageCommand::Rm(args) => (
+                ImageAction::Remove {
+                    names: args.names,
+                    force: args.force,
+                },
+                false,
+            ),
+        };
+        (Action::Image(action), json)
     }
 }

@@ -23,7 +23,7 @@ use airlock_core::audit::{self, AuditLog};
 use airlock_core::state::{self, Phase, ProcessRef, Record, SandboxDir, StateDir};
 use airlock_core::{
     Backend, BackendError, BackendKind, EndReason, ExecCommand, Finished, HeldEnd, RunOptions,
-    SandboxId, Spec, Stats, WorkspaceMode,
+    SandboxId, Spec, Stats, Teardown, WorkspaceMode,
 };
 use airlock_docker::DockerBackend;
 use airlock_namespace::{error_chain, sys, NamespaceBackend};
@@ -228,7 +228,11 @@ impl Engine {
             layers: Some(sandbox.layers()),
         };
         let started = SystemTime::now();
-        let result = backend(kind).run(&spec, options);
+        let mut result = backend(kind).run(&spec, options);
+        let teardown = result
+            .as_mut()
+            .map(|finished| std::mem::take(&mut finished.teardown))
+            .unwrap_or_default();
         if let Ok(finished) = &result {
             created["enforcement"] = json!(finished.outcome.enforcement);
             created["landlock_abi"] = json!(finished.outcome.landlock_abi);
@@ -266,9 +270,10 @@ impl Engine {
             entries.push(audit::Pending::now("removed", Map::new()));
         }
         if changed {
+            teardown.run();
             AuditLog::open(&self.state.audit_path(&record.id), &record.id)?.append_all(entries)?;
         } else {
-            self.finish_in_background(&sandbox, &record.id, entries)?;
+            self.finish_in_background(&sandbox, &record.id, entries, teardown)?;
         }
         Ok(RunResult {
             finished: result?,
@@ -276,8 +281,9 @@ impl Engine {
         })
     }
 
-    /// Writes a finished run's audit entries and recycles its directory in a child process.
-    /// The caller then gets the command's status without waiting for the disk sync and the
+    /// Runs the backend's teardown, writes a finished run's audit entries and recycles its
+    /// directory in a child process. The caller then gets the command's status without
+    /// waiting for the removal of cgroups and staging directories, the disk sync and the
     /// directory operations (about 1 ms on ext4, more when the disk was idle). The child
     /// keeps the sandbox's lock, which it shares with this process, until it is done, so
     /// `gc` leaves the directory alone meanwhile. If the fork fails, the work is done here.
@@ -286,8 +292,10 @@ impl Engine {
         sandbox: &SandboxDir,
         id: &str,
         entries: Vec<audit::Pending>,
+        teardown: Teardown,
     ) -> Result<(), BackendError> {
-        let finish = || -> Result<(), BackendError> {
+        let finish = |teardown: Teardown| -> Result<(), BackendError> {
+            teardown.run();
             AuditLog::open(&self.state.audit_path(id), id)?.append_all(entries.clone())?;
             self.state.recycle(sandbox)?;
             Ok(())
@@ -308,11 +316,14 @@ impl Engine {
                 if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
                     let _ = sys::dup2(null.as_raw_fd(), 2);
                 }
-                let code = if finish().is_ok() { 0 } else { 1 };
+                let code = if finish(teardown).is_ok() { 0 } else { 1 };
                 sys::exit_now(code)
             }
-            Ok(_) => Ok(()),
-            Err(_) => finish(),
+            Ok(_) => {
+                teardown.hand_over();
+                Ok(())
+            }
+            Err(_) => finish(teardown),
         }
     }
 

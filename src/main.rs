@@ -8,6 +8,7 @@ static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 mod changes;
 mod cli;
 mod doctor;
+mod image;
 mod lifecycle;
 mod policy;
 mod probe;
@@ -274,6 +275,7 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
             let json = args.json;
             (args.into_action(), json)
         }
+        Command::Image(command) => command.into_action(),
         Command::Supervise(_)
         | Command::NspawnInit
         | Command::DockerInit(_)
@@ -317,6 +319,7 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
     }
     match action {
         Action::Doctor => Ok(report_doctor(json)?),
+        Action::Image(action) => image::perform(action, json),
         Action::PolicyCheck { backend, spec } => check_policy(backend, spec, json),
         action => {
             let engine = Engine::new(state_dir)?;
@@ -557,7 +560,7 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             }
             Ok(if incomplete { 1 } else { 0 })
         }
-        Action::Doctor | Action::PolicyCheck { .. } => {
+        Action::Doctor | Action::PolicyCheck { .. } | Action::Image(_) => {
             unreachable!("execute handles these without a state directory")
         }
         Action::Probe {

@@ -6,6 +6,7 @@ mod doctor;
 mod exit_status;
 mod harness;
 mod host_files;
+mod image;
 mod lifecycle;
 mod limits;
 mod nspawn;

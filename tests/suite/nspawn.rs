@@ -466,6 +466,34 @@ fn nspawn_sandbox_lifecycle_leaves_nothing() {
     assert!(log.contains("backend=\"nspawn\""), "{log}");
 }
 
+/// A run reports the command's status before its cgroups, staging directory and what
+/// systemd-nspawn leaves are removed, which a child process finishes: this pins that the
+/// child really does, promptly.
+#[test]
+fn nspawn_run_leaves_nothing_once_its_teardown_finishes() {
+    if !nspawn_installed() {
+        return;
+    }
+    let workspace = Workspace::new(ROOT);
+    let ran = run(
+        ROOT,
+        &["run", "--json", "--backend", "nspawn", "--", "true"],
+        workspace.path(),
+    );
+    assert!(ran.status.success(), "run: {}", describe(&ran));
+    let id = json_record(&ran)["sandbox_id"]
+        .as_str()
+        .expect("sandbox id")
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = leftovers(&id);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left = leftovers(&id);
+    }
+    assert_eq!(left, Vec::<String>::new(), "still there after 5 s");
+}
+
 #[test]
 fn nspawn_killed_supervisor_leaves_nothing_after_gc() {
     if !nspawn_installed() {

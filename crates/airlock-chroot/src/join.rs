@@ -197,6 +197,7 @@ pub fn exec(
     Ok(Finished {
         outcome,
         stderr_ends_line,
+        teardown: airlock_core::Teardown::none(),
     })
 }
 

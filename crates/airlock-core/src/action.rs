@@ -70,6 +70,22 @@ pub enum Action {
         targets: ProbeTargets,
         unconfined: bool,
     },
+    /// Manage the container engine's images, which the docker backend runs.
+    Image(ImageAction),
+}
+
+/// An action on the images of the container engine (Docker Engine or Podman's API service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageAction {
+    /// Import a root filesystem, a directory or a tarball, as the image `name`
+    /// (`NAME[:TAG]`).
+    Import { source: PathBuf, name: String },
+    /// Pull `reference` (`[HOST[:PORT]/]NAME[:TAG][@DIGEST]`) from its registry.
+    Pull { reference: String },
+    /// List the engine's images.
+    List,
+    /// Remove images by name or id; `force` removes one that a container uses.
+    Remove { names: Vec<String>, force: bool },
 }
 
 /// The backends that `airlock probe` runs its probes in.

@@ -37,6 +37,49 @@ pub struct Finished {
     /// Whether the command's stderr ended with a newline or was empty; always true unless
     /// [`RunOptions::track_stderr_line`] was set.
     pub stderr_ends_line: bool,
+    /// What the backend still has to remove now that the command ended.
+    pub teardown: Teardown,
+}
+
+/// What a backend still has to remove once its command ended, such as cgroups and staging
+/// directories; dropping it removes them. A front end that has the command's status can
+/// report it first and drop this afterwards, in a child process, so that the caller does not
+/// wait for the removal. Dropped unread, it removes everything at once.
+#[derive(Default)]
+pub struct Teardown(Option<Box<dyn std::any::Any>>);
+
+impl Teardown {
+    /// Nothing left to remove.
+    pub fn none() -> Teardown {
+        Teardown(None)
+    }
+
+    /// `leftovers` removes what is left when it is dropped.
+    pub fn later(leftovers: impl std::any::Any) -> Teardown {
+        Teardown(Some(Box::new(leftovers)))
+    }
+
+    /// Removes what is left, now.
+    pub fn run(self) {
+        drop(self);
+    }
+
+    /// Leaves the removal to another process that holds a copy of this one's state, as a
+    /// forked child does: nothing is removed here, and descriptors close when this process
+    /// exits.
+    pub fn hand_over(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl std::fmt::Debug for Teardown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Teardown(pending)"
+        } else {
+            "Teardown(none)"
+        })
+    }
 }
 
 /// One command for a running sandbox.

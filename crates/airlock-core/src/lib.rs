@@ -17,10 +17,10 @@ pub mod spec;
 pub mod specfile;
 pub mod state;
 
-pub use action::{Action, BackendKind, BackendRequest, ProbeTargets};
+pub use action::{Action, BackendKind, BackendRequest, ImageAction, ProbeTargets};
 pub use backend::{
     Backend, BackendError, ExecCommand, Finished, HeldEnd, HeldSandbox, IsolationClass, RunOptions,
-    Stats, Unavailable,
+    Stats, Teardown, Unavailable,
 };
 pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;

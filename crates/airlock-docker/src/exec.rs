@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
-use airlock_core::{EndReason, ExecCommand, Finished, RunOptions, SandboxId, Spec};
+use airlock_core::{EndReason, ExecCommand, Finished, RunOptions, SandboxId, Spec, Teardown};
 use airlock_namespace::cgroup::Cgroup;
 use airlock_namespace::launch as shared;
 use airlock_namespace::report::Report;
@@ -129,6 +129,7 @@ pub fn exec(
     Ok(Finished {
         outcome,
         stderr_ends_line,
+        teardown: Teardown::none(),
     })
 }
 

@@ -27,9 +27,12 @@ use crate::channel::{self, Plan};
 /// Runs as the container's PID 1; never returns.
 pub fn init(socket: &Path) -> ! {
     let (plan, stdio) = connect(socket);
-    if let Err((step, source)) = shared::wait_for_launcher() {
+    if let Err((step, source)) = wait_for_go_ahead() {
         shared::fail(step, source);
     }
+    // The init takes no signals over the channel: they come through the engine.
+    // SAFETY: the channel is this process's own descriptor, and nothing uses it afterwards.
+    unsafe { libc::close(PLAN_FD) };
     if plan.command.argv.is_empty() {
         shared::hold()
     }
@@ -134,7 +137,7 @@ fn receive_channels(socket: &Path) -> EarlyResult<()> {
 /// Reads the plan, enters the workspace, opens the command's terminal when it gets one, and
 /// reports ready.
 fn prepare() -> StepResult<(Plan, Stdio)> {
-    let plan: Plan = shared::read_plan()?;
+    let plan: Plan = shared::read_plan(Vec::new())?;
     step(
         sys::chdir(Path::new(airlock_core::spec::SANDBOX_WORKSPACE)),
         "change directory to /workspace",
@@ -155,7 +158,7 @@ fn prepare() -> StepResult<(Plan, Stdio)> {
     Ok((plan, stdio))
 }
 
-/// Waits for the host's go-ahead, keeping the connection for the signals that follow.
+/// Waits for the host's go-ahead, which comes once the host watches the command.
 fn wait_for_go_ahead() -> StepResult<()> {
     match step(control::recv(PLAN_FD), "wait for the host")? {
         Some((payload, _)) if payload == channel::GO_AHEAD => Ok(()),

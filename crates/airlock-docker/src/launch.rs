@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use airlock_core::state::ProcessRef;
 use airlock_core::{
-    Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, User, WorkspaceMode,
+    Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, Teardown, User, WorkspaceMode,
 };
 use airlock_namespace::cgroup::Cgroup;
 use airlock_namespace::launch as shared;
@@ -506,11 +506,39 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         signal = ?outcome.signal,
         "sandbox ended"
     );
-    drop(sandbox);
+    let Sandbox {
+        resources, channel, ..
+    } = sandbox;
     Ok(Finished {
         outcome,
         stderr_ends_line,
+        teardown: Teardown::later(Leftovers {
+            resources,
+            _channel: channel,
+        }),
     })
+}
+
+/// What a finished run leaves to remove: the container with its volume and run directory,
+/// and the init's channel, whose end lets the lingering init exit.
+struct Leftovers {
+    resources: Resources,
+    /// Kept open until the container is removed, and dropped after `resources` for that.
+    _channel: Channel,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        // The removal may run in a child forked after the command ended, which must not
+        // drive the runtime it copied from its parent, so it connects anew.
+        let socket = self.resources.engine.socket().to_owned();
+        match Engine::connect_to(&socket) {
+            Ok(engine) => drop(std::mem::replace(&mut self.resources.engine, engine)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot reconnect to the engine to remove the container")
+            }
+        }
+    }
 }
 
 /// Returns whether the engine saw the kernel kill a process of the container for memory.

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod held;
+pub mod image;
 pub mod inside;
 pub mod launch;
 pub mod protections;

@@ -570,6 +570,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     Ok(Finished {
         outcome,
         stderr_ends_line,
+        teardown: airlock_core::Teardown::none(),
     })
 }
 

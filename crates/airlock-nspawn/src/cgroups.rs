@@ -83,17 +83,25 @@ pub struct Cgroups {
     pub limits: Option<Cgroup>,
     /// The cgroups systemd-nspawn runs in.
     pub placement: Vec<PathBuf>,
+    /// The host's cgroup layout, for limit cgroups made later.
+    layout: Option<Layout>,
 }
 
 impl Cgroups {
-    /// Creates the limit cgroup with the spec's limits and the cgroups nspawn runs in.
+    /// Creates the cgroups systemd-nspawn runs in and, on cgroup v2, where the limit cgroup
+    /// is one of them, the limit cgroup with the spec's limits. The v1 limit cgroups, which
+    /// only the container's init joins, are left to [`Cgroups::create_v1_limits`].
     pub fn create(spec: &Spec, id: &SandboxId) -> Result<Cgroups, Error> {
+        let layout = Layout::discover(true);
         let mut cgroups = Cgroups {
             id: *id,
             limits: None,
             placement: Vec::new(),
+            layout,
         };
-        cgroups.limits = create_limits(spec, id)?;
+        if let Some(layout) = cgroups.layout.as_ref().filter(|layout| layout.is_v2()) {
+            cgroups.limits = create_limits(spec, id, layout)?;
+        }
         for dir in placement_dirs(id) {
             fs::create_dir_all(&dir).map_err(|source| Error::PlacementCgroup {
                 path: dir.clone(),
@@ -102,6 +110,30 @@ impl Cgroups {
             cgroups.placement.push(dir);
         }
         Ok(cgroups)
+    }
+
+    /// Creates the v1 limit cgroups with the spec's limits. The launcher calls this once
+    /// systemd-nspawn runs, so that the work overlaps with the container's start.
+    pub fn create_v1_limits(&mut self, spec: &Spec) -> Result<(), Error> {
+        let Some(layout) = self.layout.as_ref().filter(|layout| !layout.is_v2()) else {
+            return Ok(());
+        };
+        let expected_pids = self.limits_processes();
+        self.limits = create_limits(spec, &self.id, layout)?;
+        if self.limits_processes() != expected_pids {
+            return Err(Error::PidsControllerChanged);
+        }
+        Ok(())
+    }
+
+    /// Whether the limit cgroup counts the sandbox's processes, which decides before it is
+    /// made whether RLIMIT_NPROC has to stand in.
+    pub fn limits_processes(&self) -> bool {
+        match (&self.limits, &self.layout) {
+            (Some(limits), _) => limits.has(Controller::Pids),
+            (None, Some(layout)) if !layout.is_v2() => layout.check(Controller::Pids).is_ok(),
+            _ => false,
+        }
     }
 
     /// Opens what the child that executes systemd-nspawn enters its cgroups by: the cgroup v2
@@ -171,15 +203,12 @@ pub fn join(files: &[OwnedFd]) -> io::Result<()> {
     Ok(())
 }
 
-fn create_limits(spec: &Spec, id: &SandboxId) -> Result<Option<Cgroup>, Error> {
-    let Some(layout) = Layout::discover(true) else {
-        return Ok(None);
-    };
+fn create_limits(spec: &Spec, id: &SandboxId, layout: &Layout) -> Result<Option<Cgroup>, Error> {
     let mut controllers = vec![Controller::Memory, Controller::Pids];
     if spec.limits.cpus.value.is_some() {
         controllers.push(Controller::Cpu);
     }
-    let created = Cgroup::create(&layout, &name(id), true, &controllers).map_err(Error::Cgroup)?;
+    let created = Cgroup::create(layout, &name(id), true, &controllers).map_err(Error::Cgroup)?;
     let Some(cgroup) = created else {
         return Ok(None);
     };

@@ -17,6 +17,8 @@ pub enum Error {
     RootfsWithoutUsr(PathBuf),
     #[error("cannot set up the sandbox's cgroup")]
     Cgroup(#[source] airlock_namespace::cgroup::Error),
+    #[error("the host's pids cgroup controller became usable or unusable while the sandbox started; run the command again")]
+    PidsControllerChanged,
     #[error("cannot create the cgroup {path:?} that systemd-nspawn keeps its processes in")]
     PlacementCgroup {
         path: PathBuf,

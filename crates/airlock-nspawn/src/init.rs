@@ -4,10 +4,9 @@
 //! or stays idle for `airlock exec`.
 //!
 //! Its channels to the launcher come through systemd-nspawn's socket-activation passing
-//! (`LISTEN_FDS`): descriptor 3 carries the plan and then the launcher's go-ahead,
-//! descriptor 4 takes the reports, in the
-//! namespace backend's report format, and descriptor 5 reaches end of file when the
-//! launcher is gone. systemd-nspawn killed with SIGKILL leaves its container running, so
+//! (`LISTEN_FDS`): descriptor 3 carries the limit cgroups to join and then the plan,
+//! descriptor 4 takes the reports, in the namespace backend's report format, and
+//! descriptor 5 reaches end of file when the launcher is gone. systemd-nspawn killed with SIGKILL leaves its container running, so
 //! the init ends the container itself when the launcher dies. The plan travels on a pipe rather than on the command
 //! line, because `--env` values may be secrets and a command line is readable by every user
 //! of the host.
@@ -36,6 +35,9 @@ pub const PLAN_FD: RawFd = 3;
 pub const REPORT_FD: RawFd = 4;
 /// Read end of a pipe whose write end only the launcher holds.
 pub const LIVENESS_FD: RawFd = 5;
+/// The one byte of the message that carries the limit cgroups' `tasks` files, sent before
+/// the plan.
+pub const CGROUPS_MESSAGE: u8 = b'c';
 
 /// The launcher's instructions to the init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,7 +76,11 @@ pub fn run() -> ! {
 }
 
 fn set_up() -> StepResult<Plan> {
-    let plan: Plan = read_plan()?;
+    let (joins, start) = receive_cgroups()?;
+    let plan: Plan = read_plan(start)?;
+    join_cgroups(&joins)?;
+    // SAFETY: the plan descriptor is this process's own, and nothing uses it afterwards.
+    unsafe { libc::close(PLAN_FD) };
     if plan.overlay {
         mount_overlay()?;
     }
@@ -84,14 +90,40 @@ fn set_up() -> StepResult<Plan> {
         "change directory to /workspace",
     )?;
     Report::Ready.send(REPORT_FD);
-    wait_for_launcher()?;
     Ok(plan)
 }
 
-/// Reads the plan, one line of JSON, from [`PLAN_FD`]. The launcher writes nothing more
-/// until it has read the ready report, so no read takes bytes past the line.
-pub fn read_plan<T: serde::de::DeserializeOwned>() -> StepResult<T> {
-    let mut bytes = Vec::new();
+/// Receives the `tasks` files of the sandbox's v1 limit cgroups, which come first on the
+/// plan socket, in a message of their own. Returns them with whatever bytes of the plan
+/// came in the same read.
+fn receive_cgroups() -> StepResult<(Vec<OwnedFd>, Vec<u8>)> {
+    let Some((mut bytes, joins)) = step(control::recv(PLAN_FD), "receive the cgroups")? else {
+        exit_without_launcher()
+    };
+    if bytes.first() != Some(&CGROUPS_MESSAGE) {
+        let error = io::Error::from_raw_os_error(libc::EPROTO);
+        return Err(("receive the cgroups", error));
+    }
+    bytes.remove(0);
+    Ok((joins, bytes))
+}
+
+/// Joins the limit cgroups by writing "0" to their `tasks` files, before the command
+/// exists, so that the command and everything it starts stay in them.
+fn join_cgroups(joins: &[OwnedFd]) -> StepResult<()> {
+    for join in joins {
+        step(
+            sys::write_all(join.as_raw_fd(), b"0"),
+            "join the sandbox's limit cgroups",
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads the plan, one line of JSON from [`PLAN_FD`] that follows `start`, the bytes of it
+/// already read.
+pub fn read_plan<T: serde::de::DeserializeOwned>(start: Vec<u8>) -> StepResult<T> {
+    let mut bytes = start;
     let mut chunk = [0u8; 4096];
     while !bytes.ends_with(b"\n") {
         match step(sys::read(PLAN_FD, &mut chunk), "read the plan")? {
@@ -102,25 +134,6 @@ pub fn read_plan<T: serde::de::DeserializeOwned>() -> StepResult<T> {
     serde_json::from_slice(&bytes)
         .map_err(io::Error::other)
         .map_err(|source| ("parse the plan", source))
-}
-
-/// Waits until the launcher has found this process's host pid, which signals and the
-/// timeout go to, so that none is sent before the command starts. The go-ahead carries the
-/// `tasks` files of the sandbox's v1 limit cgroups, which this process joins by writing "0",
-/// so that the command and everything it starts stay in them.
-pub fn wait_for_launcher() -> StepResult<()> {
-    let Some((_, joins)) = step(control::recv(PLAN_FD), "wait for the launcher")? else {
-        exit_without_launcher()
-    };
-    for join in &joins {
-        step(
-            sys::write_all(join.as_raw_fd(), b"0"),
-            "join the sandbox's limit cgroups",
-        )?;
-    }
-    // SAFETY: the plan descriptor is this process's own, and nothing uses it afterwards.
-    unsafe { libc::close(PLAN_FD) };
-    Ok(())
 }
 
 /// Ends the container when the launcher closed the plan pipe early: it is gone, or it

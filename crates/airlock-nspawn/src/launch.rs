@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_core::state::ProcessRef;
-use airlock_core::{Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, WorkspaceMode};
-use airlock_namespace::cgroup::{Cgroup, Controller};
+use airlock_core::{
+    Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, Teardown, WorkspaceMode,
+};
+use airlock_namespace::cgroup::Cgroup;
 use airlock_namespace::launch::{self as shared, RestoreMask, Sandbox};
 use airlock_namespace::monitor::Monitor;
 use airlock_namespace::report::{Report, ReportReader};
@@ -128,7 +130,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     // From here on, what is created is removed on failure: the cgroups and the staging
     // directory by their guards, the container by its own drop.
     let cgroups = Cgroups::create(spec, &id)?;
-    let nproc_fallback = !cgroups.has(Controller::Pids);
+    let nproc_fallback = !cgroups.limits_processes();
     let stage_dir = StageGuard::create(&id)?;
     let plan = init::Plan {
         argv: if hold {
@@ -170,7 +172,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             fd
         }
     });
-    // A socket rather than a pipe, because the go-ahead carries descriptors.
+    // A socket rather than a pipe, because the first message carries descriptors.
     let (plan_read, plan_write) = control::socketpair().map_err(Error::Spawn)?;
     let (report_read, report_write) = sys::pipe().map_err(Error::Spawn)?;
     let (liveness_read, liveness_write) = sys::pipe().map_err(Error::Spawn)?;
@@ -211,10 +213,6 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
     streams.child_ends.clear();
     let pidfd = sys::pidfd_of_child(pid).map_err(Error::Spawn)?;
     tracing::info!(sandbox = %id, backend = "nspawn", pid, hold, "sandbox created");
-    let view = cgroups
-        .limits
-        .as_ref()
-        .map(|limits| Cgroup::view(&limits.describe()));
     stage_dir.keep();
     let mut container = Container {
         id,
@@ -223,7 +221,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             pid,
             pidfd,
             status: None,
-            cgroup: view,
+            cgroup: None,
             finished: false,
             group: false,
             signal_target: None,
@@ -240,12 +238,21 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         restore_mask,
         _liveness: liveness_write,
     };
-    send_plan(&plan_write, &plan)?;
-    container.wait_until_ready()?;
-    // The init joins these cgroups, then starts the command or waits for `exec`.
+    // While systemd-nspawn starts the container.
+    container.cgroups.create_v1_limits(spec)?;
+    container.nspawn.cgroup = container
+        .cgroups
+        .limits
+        .as_ref()
+        .map(|limits| Cgroup::view(&limits.describe()));
+    // The init joins these cgroups before it starts the command or waits for `exec`.
     let joins = container.cgroups.limit_join_files()?;
     let joins: Vec<RawFd> = joins.iter().map(AsRawFd::as_raw_fd).collect();
-    control::send(plan_write.as_raw_fd(), b"g", &joins).map_err(Error::SendPlan)?;
+    control::send(plan_write.as_raw_fd(), &[init::CGROUPS_MESSAGE], &joins)
+        .map_err(Error::SendPlan)?;
+    send_plan(&plan_write, &plan)?;
+    drop(plan_write);
+    container.wait_until_ready()?;
     Ok(container)
 }
 
@@ -499,12 +506,18 @@ impl Container {
         }
     }
 
+    /// Finds the container's init, which starts the command without waiting for this, so
+    /// that a short command may be over, and systemd-nspawn with it, before the search ends:
+    /// then there is no init left to find.
     fn find_leader(&mut self) -> Result<(), Error> {
         let deadline = Instant::now() + LEADER_SEARCH;
         loop {
             if let Some(leader) = find_leader(self.nspawn.pid) {
                 self.leader = Some(leader);
                 self.nspawn.signal_target = Some(leader.pid);
+                return Ok(());
+            }
+            if self.nspawn.reap().is_some() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -795,9 +808,11 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         signal = ?outcome.signal,
         "sandbox ended"
     );
-    drop(container);
+    // The cgroups, the staging directory and what systemd-nspawn leaves are removed by
+    // whoever drops the container, which need not keep the caller waiting.
     Ok(Finished {
         outcome,
         stderr_ends_line,
+        teardown: Teardown::later(container),
     })
 }
