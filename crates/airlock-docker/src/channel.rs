@@ -286,10 +286,12 @@ impl Channel {
     }
 
     /// Waits until the process reports ready, while `process`, a pidfd of it, shows it
-    /// alive. Returns the reports that came before.
+    /// alive, for at most as long as the host waits for its connection. Returns the reports
+    /// that came before.
     pub fn wait_until_ready(&self, process: RawFd) -> Result<Vec<Report>, Error> {
         let mut reader = ReportReader::new(self.reports.as_raw_fd());
         let mut early = Vec::new();
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
             reader.read_available().map_err(Error::Wait)?;
             for report in reader.take() {
@@ -306,8 +308,16 @@ impl Channel {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::InitSilent {
+                    seconds: CONNECT_TIMEOUT.as_secs(),
+                    logs: String::new(),
+                });
+            }
             let mut fds = [watch(reader.fd()), watch(process)];
-            sys::poll(&mut fds, -1).map_err(Error::Wait)?;
+            let millis = left.as_millis().clamp(1, 1000) as libc::c_int;
+            sys::poll(&mut fds, millis).map_err(Error::Wait)?;
             if fds[1].revents != 0 && fds[0].revents == 0 {
                 return Err(Error::InitExited {
                     logs: String::new(),

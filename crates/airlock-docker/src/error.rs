@@ -60,14 +60,12 @@ pub enum Error {
         state: String,
         logs: String,
     },
-    #[error("the container's init did not connect to the host within {seconds} s{}", logs_suffix(.logs))]
+    #[error("the container's init did not connect to the host, or report ready, within {seconds} s{}", logs_suffix(.logs))]
     InitSilent { seconds: u64, logs: String },
     #[error("the container's init exited before it was ready{}", logs_suffix(.logs))]
     InitExited { logs: String },
-    #[error(
-        "process {peer} connected to the sandbox's channel, which only process {expected} may use"
-    )]
-    PeerMismatch { peer: i32, expected: i32 },
+    #[error("the exec's wrapper in the container {reason}; check that the sandbox still runs with `airlock ls`")]
+    WrapperFailed { reason: String },
     #[error("cannot hand the command over to the container")]
     Channel(#[source] io::Error),
     #[error("the container's init failed to {step}: {cause}")]

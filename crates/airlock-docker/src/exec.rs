@@ -53,10 +53,12 @@ pub fn exec(
     let listener = run_dir.listen(&name)?;
     let user = command.user.unwrap_or(runtime.user);
     let wrapper = start_wrapper(&engine, runtime, &name, user)?;
-    let pidfd = sys::pidfd_open(wrapper).map_err(|_| Error::InitExited {
-        logs: String::new(),
+    let pidfd = sys::pidfd_open(wrapper).map_err(|_| Error::WrapperFailed {
+        reason: "exited before it connected".into(),
     })?;
-    let connection = listener.accept(wrapper, pidfd.as_raw_fd())?;
+    let connection = listener
+        .accept(wrapper, pidfd.as_raw_fd())
+        .map_err(wrapper_failed)?;
     drop(listener);
     let plan = Plan {
         command: airlock_nspawn::init::Plan {
@@ -78,7 +80,9 @@ pub fn exec(
     let channel = channel::hand_over(connection, stdio, &plan)?;
     streams.child_ends.clear();
     let terminal = plan.tty.then(|| channel.receive_terminal()).transpose()?;
-    let mut early = channel.wait_until_ready(pidfd.as_raw_fd())?;
+    let mut early = channel
+        .wait_until_ready(pidfd.as_raw_fd())
+        .map_err(wrapper_failed)?;
     let cgroup = runtime.cgroup.as_ref().map(Cgroup::view);
     let counters_before = cgroup.as_ref().map(Cgroup::limit_counters);
     channel.go_ahead()?;
@@ -174,12 +178,25 @@ fn start_wrapper(
         .pid
         .and_then(|pid| libc::pid_t::try_from(pid).ok())
         .filter(|&pid| pid > 0)
-        .ok_or(Error::InitExited {
-            logs: format!(
-                "the exec's wrapper ended at once with exit code {}",
+        .ok_or(Error::WrapperFailed {
+            reason: format!(
+                "ended at once with exit code {}",
                 inspected.exit_code.unwrap_or(-1)
             ),
         })
+}
+
+/// Names the wrapper in an error that the channel reports about the container's process.
+fn wrapper_failed(error: Error) -> Error {
+    match error {
+        Error::InitExited { .. } => Error::WrapperFailed {
+            reason: "exited before it was ready".into(),
+        },
+        Error::InitSilent { seconds, .. } => Error::WrapperFailed {
+            reason: format!("did not connect or report ready within {seconds} s"),
+        },
+        other => other,
+    }
 }
 
 /// Fails when the wrapper ended without a report of how the command ended and no limit
