@@ -6,7 +6,7 @@
 //! checks that the peer is the process the engine reports (its pid, through SO_PEERCRED),
 //! so no other process of the sandbox can take its place. Then, in order:
 //! 1. the host sends the standard streams, the write end of the report pipe and the read
-//!    end of a liveness pipe, in one message; the process installs them at 0 to 2, 4 and 5,
+//!    end of a liveness pipe, in one message. The process installs them at 0 to 2, 4 and 5,
 //!    keeps the connection at 3, and acknowledges;
 //! 2. the host writes the plan, one line of JSON, as the nspawn backend does;
 //! 3. for `-t`, the process opens a pseudo-terminal and sends its master back;
