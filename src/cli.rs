@@ -399,6 +399,12 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub all: bool,
 
+    /// Image the docker backend's probes run in, a local image of its engine such as
+    /// debian:bookworm; the probes copy Airlock in, so the image needs no tools of its own.
+    /// Without it, the docker backend is not probed.
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_image)]
+    pub image: Option<String>,
+
     /// Print the results as one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -419,6 +425,7 @@ impl ProbeArgs {
         };
         Action::Probe {
             targets,
+            image: self.image,
             unconfined: self.unconfined,
         }
     }

@@ -565,8 +565,9 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Probe {
             targets,
+            image,
             unconfined,
-        } => print_probes(engine, targets, unconfined, json),
+        } => print_probes(engine, targets, image.as_deref(), unconfined, json),
     }
 }
 
@@ -593,10 +594,11 @@ fn warn_about(kind: BackendKind, spec: &Spec) {
 fn print_probes(
     engine: &Engine,
     targets: airlock_core::ProbeTargets,
+    image: Option<&str>,
     unconfined: bool,
     json: bool,
 ) -> Result<u8> {
-    let matrix = match probe::run(engine, targets, unconfined) {
+    let matrix = match probe::run(engine, targets, image, unconfined) {
         Ok(matrix) => matrix,
         Err(error @ probe::ProbeError::Interrupted(probe::Interrupted(signal))) => {
             eprintln!("airlock: {}", error_chain(&error));

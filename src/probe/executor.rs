@@ -168,8 +168,9 @@ pub trait Executor {
 /// Builds the spec of the probes' sandbox: the staging workspace under an overlay, small
 /// limits that the bombs run into quickly, and a time to live in case Airlock is killed.
 /// Protections that the host cannot enforce are accepted, and the probes show the result.
-fn probe_spec(workspace: PathBuf, limits: &ProbeLimits) -> Spec {
+fn probe_spec(workspace: PathBuf, image: Option<&str>, limits: &ProbeLimits) -> Spec {
     let mut spec = Spec::new(Vec::new());
+    spec.image = image.map(str::to_owned);
     spec.workspace = Some(workspace);
     spec.workspace_mode = WorkspaceMode::Overlay;
     spec.name = Some(format!("probe-{}", token(4)));
@@ -189,19 +190,17 @@ pub struct SandboxExecutor<'a> {
 }
 
 impl<'a> SandboxExecutor<'a> {
-    /// Creates the sandbox from the staging workspace and copies the staged binary into it.
+    /// Creates the sandbox from the staging workspace, and from `image` for the docker
+    /// backend, and copies the staged binary into it.
     pub fn start(
         engine: &'a Engine,
         kind: BackendKind,
+        image: Option<&str>,
         staging: &Staging,
         limits: &ProbeLimits,
     ) -> Result<SandboxExecutor<'a>, BackendError> {
-        let id = engine
-            .create(
-                &Selected::named(kind),
-                probe_spec(staging.workspace(), limits),
-            )?
-            .id;
+        let spec = probe_spec(staging.workspace(), image, limits);
+        let id = engine.create(&Selected::named(kind), spec)?.id;
         // From here on, dropping the executor removes the sandbox.
         let executor = SandboxExecutor {
             engine,

@@ -54,6 +54,13 @@ pub enum ProbeError {
         backend: &'static str,
         unavailable: Unavailable,
     },
+    #[error("the docker backend runs its probes in an image: pass --image NAME, a local image of its engine such as debian:bookworm (`airlock image ls` lists them, `airlock image import` or `airlock image pull` adds one)")]
+    ImageMissing,
+    #[error("--image {image:?} needs the docker backend: the {backend} backend runs no image; drop --image, or probe --backend docker")]
+    ImageNeedsDocker {
+        image: String,
+        backend: &'static str,
+    },
     #[error("cannot hold back SIGINT, SIGTERM and SIGHUP while the probes run")]
     Signals(#[source] std::io::Error),
     #[error("cannot stage the probes")]
@@ -74,23 +81,28 @@ impl From<Interrupted> for ProbeError {
     }
 }
 
-/// Runs every probe in a sandbox of each backend that `targets` selects, and with
-/// `unconfined` on the host too.
-pub fn run(engine: &Engine, targets: ProbeTargets, unconfined: bool) -> Result<Matrix, ProbeError> {
+/// Runs every probe in a sandbox of each backend that `targets` selects, the docker
+/// backend's from `image`, and with `unconfined` on the host too.
+pub fn run(
+    engine: &Engine,
+    targets: ProbeTargets,
+    image: Option<&str>,
+    unconfined: bool,
+) -> Result<Matrix, ProbeError> {
     let interrupts = Interrupts::block().map_err(ProbeError::Signals)?;
     let mut matrix = Matrix {
         kernel: kernel_release(),
         probes: CATALOG.to_vec(),
         columns: Vec::new(),
     };
-    for (kind, availability) in selected_backends(targets)? {
-        let column = match availability {
-            Ok(()) => probe_backend(engine, kind, &interrupts)?,
-            Err(unavailable) => Column::without_probes(
-                kind.name(),
-                ColumnState::Unavailable(unavailable.to_string()),
-                &CATALOG,
-            ),
+    for (kind, plan) in selected_backends(targets, image)? {
+        let skipped = |state| Column::without_probes(kind.name(), state, &CATALOG);
+        let column = match plan {
+            Plan::Probe => probe_backend(engine, kind, image, &interrupts)?,
+            Plan::Unavailable(unavailable) => {
+                skipped(ColumnState::Unavailable(unavailable.to_string()))
+            }
+            Plan::NotProbed(missing) => skipped(ColumnState::NotProbed(missing.to_string())),
         };
         matrix.columns.push(column);
     }
@@ -100,51 +112,86 @@ pub fn run(engine: &Engine, targets: ProbeTargets, unconfined: bool) -> Result<M
     Ok(matrix)
 }
 
-type Selected = Vec<(BackendKind, Result<(), Unavailable>)>;
+/// What a run does with one backend it selected.
+enum Plan {
+    Probe,
+    /// The backend cannot run on this host.
+    Unavailable(Unavailable),
+    /// The backend can run, but the run lacks an input it needs: the docker backend's image.
+    NotProbed(Unavailable),
+}
 
-/// Lists the backends to probe with their availability; fails when the one backend asked
-/// for cannot run here.
-fn selected_backends(targets: ProbeTargets) -> Result<Selected, ProbeError> {
-    let availability = |kind: BackendKind| match kind {
-        // NOTE: the probes' sandbox is built from the host's files, and the docker backend
-        // runs an image, which `airlock probe` has no option for yet.
-        BackendKind::Docker => Err(Unavailable {
-            reason: "the docker backend runs an image, and `airlock probe` takes none".into(),
-            fix: "probe another backend with --backend".into(),
-        }),
-        _ => lifecycle::backend(kind).availability(),
-    };
+/// Lists the backends to probe, each with its plan; fails when the one backend asked for
+/// cannot run here or does not match `image`. Without `--all`, the unavailable backends are
+/// left out, except the docker backend when an image names it.
+fn selected_backends(
+    targets: ProbeTargets,
+    image: Option<&str>,
+) -> Result<Vec<(BackendKind, Plan)>, ProbeError> {
+    let plans = BackendKind::ALL
+        .into_iter()
+        .map(|kind| (kind, plan(kind, image)));
     match targets {
-        ProbeTargets::One(kind) => match availability(kind) {
-            Ok(()) => Ok(vec![(kind, Ok(()))]),
-            Err(unavailable) => Err(ProbeError::Unavailable {
-                backend: kind.name(),
-                unavailable,
-            }),
-        },
-        ProbeTargets::All => Ok(BackendKind::ALL
-            .into_iter()
-            .map(|kind| (kind, availability(kind)))
-            .collect()),
-        ProbeTargets::Available => Ok(BackendKind::ALL
-            .into_iter()
-            .map(|kind| (kind, availability(kind)))
-            .filter(|(_, availability)| availability.is_ok())
+        ProbeTargets::One(kind) => {
+            check_one_backend(kind, image)?;
+            Ok(vec![(kind, Plan::Probe)])
+        }
+        ProbeTargets::All => Ok(plans.collect()),
+        // An image asks for the docker backend, so it stays listed when its engine is gone.
+        ProbeTargets::Available => Ok(plans
+            .filter(|(kind, plan)| {
+                let asked = *kind == BackendKind::Docker && image.is_some();
+                asked || !matches!(plan, Plan::Unavailable(_))
+            })
             .collect()),
     }
+}
+
+fn plan(kind: BackendKind, image: Option<&str>) -> Plan {
+    match lifecycle::backend(kind).availability() {
+        Err(unavailable) => Plan::Unavailable(unavailable),
+        Ok(()) if kind == BackendKind::Docker && image.is_none() => Plan::NotProbed(Unavailable {
+            reason: "the docker backend runs its probes in an image, and none was given".into(),
+            fix: "pass --image NAME, a local image of its engine such as debian:bookworm".into(),
+        }),
+        Ok(()) => Plan::Probe,
+    }
+}
+
+/// Checks that `kind`, the one backend asked for, gets an image exactly when it runs one,
+/// and can run here.
+fn check_one_backend(kind: BackendKind, image: Option<&str>) -> Result<(), ProbeError> {
+    match (kind, image) {
+        (BackendKind::Docker, None) => return Err(ProbeError::ImageMissing),
+        (_, Some(image)) if kind != BackendKind::Docker => {
+            return Err(ProbeError::ImageNeedsDocker {
+                image: image.to_owned(),
+                backend: kind.name(),
+            })
+        }
+        _ => {}
+    }
+    lifecycle::backend(kind)
+        .availability()
+        .map_err(|unavailable| ProbeError::Unavailable {
+            backend: kind.name(),
+            unavailable,
+        })
 }
 
 /// Probes one backend: stages, creates the sandbox, runs every probe, removes it all.
 fn probe_backend(
     engine: &Engine,
     kind: BackendKind,
+    image: Option<&str>,
     interrupts: &Interrupts,
 ) -> Result<Column, ProbeError> {
     let started = Instant::now();
     let is_root = sys::geteuid() == 0;
     let staging = Staging::create(is_root).map_err(ProbeError::Staging)?;
     interrupts.check()?;
-    let mut sandbox = match SandboxExecutor::start(engine, kind, &staging, &LIMITS) {
+    let image = image.filter(|_| kind == BackendKind::Docker);
+    let mut sandbox = match SandboxExecutor::start(engine, kind, image, &staging, &LIMITS) {
         Ok(sandbox) => sandbox,
         Err(error) => {
             let state = ColumnState::Failed(error_chain(error.as_ref()));
