@@ -16,4 +16,5 @@ mod real_project;
 mod risk;
 mod rootfs;
 mod smoke;
+mod targets;
 mod workspace_changes;
