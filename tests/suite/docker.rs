@@ -200,7 +200,7 @@ fn engine_api(engine: &Engine, method: &str, path: &str, body: Option<&str>) -> 
 }
 
 /// Counts the engine's containers and volumes labeled as sandbox `id`'s.
-fn labeled(engine: &Engine, id: &str) -> (usize, usize) {
+pub(super) fn labeled(engine: &Engine, id: &str) -> (usize, usize) {
     let filter = format!("%7B%22label%22%3A%5B%22airlock.sandbox%3D{id}%22%5D%7D");
     let containers = engine_api(
         engine,
