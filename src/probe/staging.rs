@@ -53,9 +53,9 @@ impl Staging {
             root,
             setuid_copy: Err(String::new()),
         };
-        // Open to all below the private root: the docker backend gives the workspace's mode
-        // to the top of /workspace, owned by the sandbox's user, and root in a container
-        // without capabilities could not enter a mode of 0700.
+        // Mode 0755 is safe below the private root. The docker backend gives the workspace's
+        // mode to /workspace, which belongs to the sandbox's user, and root in a container
+        // without capabilities cannot enter it at 0700.
         create_dir(&staging.workspace(), 0o755)?;
         let binary = staging.binary();
         copy_running_binary(&binary).map_err(|source| StagingError::CopyBinary {

@@ -612,7 +612,8 @@ fn mount_unshare_ptrace_denied() {
 /// `plain RESULT` and `high-bits RESULT`. The probe first makes the terminal its controlling
 /// terminal in a new session, because without CAP_SYS_ADMIN the kernel itself rejects
 /// TIOCSTI on any other terminal. The requests go through syscall, because Perl's ioctl
-/// passes only 32 bits of the request; the numbers are x86_64's.
+/// truncates the request to an unsigned int (pp_ioctl in Perl's pp_sys.c). The numbers are
+/// x86_64's.
 const TIOCSTI_PROBE: &str = r#"
 use Fcntl qw(O_RDWR O_NOCTTY);
 my $SYS_IOCTL = 16;

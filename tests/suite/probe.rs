@@ -1,7 +1,7 @@
-//! `airlock probe`: the containment matrix of the namespace, chroot and docker backends (the
-//! last on each engine that scripts/test starts), the unconfined control column that shows
-//! each probe can detect its escape, and the cleanup after every run, an interrupted one
-//! included.
+//! `airlock probe`: the containment matrix of the namespace, chroot and docker backends, the
+//! last on each engine that scripts/test starts. Also the unconfined control column, which
+//! shows that each probe can detect its escape, and the cleanup after every run, an
+//! interrupted one included.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -524,6 +524,7 @@ fn interrupt_probe_run(
     let mut wrapper = vec!["env", variable.as_str()];
     wrapper.extend_from_slice(environment);
     let mut spawned = spawn_airlock(caller, &wrapper, args, workspace.path(), Stdio::null());
+
     // Interrupt once the run's first sandbox exists, well before the run's end.
     let probe_sandbox = || {
         let listed = run(caller, &["ls", "--json"], workspace.path());
@@ -545,6 +546,7 @@ fn interrupt_probe_run(
     unsafe { libc::kill(pid, libc::SIGINT) };
     let code = wait_bounded(&mut spawned.child, Duration::from_secs(60), "airlock probe");
     assert_eq!(code, 130, "{context}: the run ended before the interrupt");
+
     let left = || live_processes_named(PROCESS_NAME_PREFIX);
     assert!(
         eventually(|| left().is_empty()),

@@ -354,9 +354,9 @@ impl Armed for MemoryArmed {
             Ended::Limit(EndReason::OutOfMemory) | Ended::Signaled(libc::SIGKILL)
         );
         // NOTE: under a cgroup v1 memory limit, a bomb whose own binary's pages are charged
-        // to the sandbox (a copy in its workspace) was seen to stall at the limit for more
-        // than the probe's timeout instead of being killed: the kernel keeps reclaiming and
-        // refaulting those pages. It never got past the limit, so that counts as contained.
+        // to the sandbox (a copy in its workspace) was seen to stall at the limit past the
+        // probe's timeout instead of being killed. The kernel keeps reclaiming and refaulting
+        // those pages. The bomb never got past the limit, so that counts as contained.
         let stalled = execution.ended == Ended::Limit(EndReason::TimedOut) && allocated > 0;
         match result {
             Some(report) => Finding::contained(format!(
