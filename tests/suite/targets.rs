@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use super::docker::{engines, image, Engine};
-use super::harness::{self, binary, state_dir, test_user, Caller, Workspace, CALLERS};
+use super::harness::{
+    self, binary, shell_quote, state_dir, test_user, Caller, Delegation, Workspace, CALLERS,
+};
 
 /// One backend, with the caller or engine it runs under.
 pub enum Target {
@@ -99,6 +101,22 @@ impl Target {
                 harness::run(*caller, &argv, cwd)
             }
             Target::Docker(_) => self.command(args, cwd).output().expect("run airlock"),
+        }
+    }
+
+    /// Builds a shell script that runs `airlock run BACKEND-OPTIONS ARGS`, to which a test
+    /// can append redirections. The delegation guard must outlive the script.
+    pub fn shell_command(&self, args: &[&str]) -> (String, Option<Delegation>) {
+        let mut argv = vec!["run".to_owned()];
+        argv.extend(self.backend_args());
+        argv.extend(args.iter().map(|arg| arg.to_string()));
+        match self {
+            Target::Namespace(caller) => harness::airlock_shell_command(*caller, &[], &argv),
+            Target::Docker(engine) => {
+                let (script, delegation) = harness::airlock_shell_command(Caller::Root, &[], &argv);
+                let host = shell_quote(&engine.host);
+                (format!("export DOCKER_HOST={host}; {script}"), delegation)
+            }
         }
     }
 
