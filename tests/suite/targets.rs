@@ -36,6 +36,15 @@ pub fn targets() -> Vec<Target> {
     namespace.chain(docker).collect()
 }
 
+/// Returns the targets in which root runs Airlock: the namespace backend as root, and the
+/// docker backend on each engine.
+pub fn root_targets() -> Vec<Target> {
+    let docker = engines().into_iter().map(Target::Docker);
+    std::iter::once(Target::Namespace(Caller::Root))
+        .chain(docker)
+        .collect()
+}
+
 impl Target {
     /// Returns the host user that has the uid of the sandbox's commands, which a test runs
     /// a probe as on the host, to show that the probe works without the sandbox.
