@@ -1,6 +1,6 @@
-//! The sandboxes that a containment test runs against: the namespace backend as each caller
-//! in [`CALLERS`], and the docker backend on each engine that scripts/test starts, as root.
-//! One test body runs against every target, so the backends are held to the same checks.
+//! The sandboxes that a containment test runs against. They are the namespace backend as each
+//! caller in [`CALLERS`], and the docker backend on each engine that scripts/test starts, run
+//! by root. One test body runs against every target, so the backends meet the same checks.
 
 use std::fmt;
 use std::os::unix::process::CommandExt;
@@ -15,8 +15,9 @@ use super::harness::{
 /// One backend, with the caller or engine it runs under.
 pub enum Target {
     Namespace(Caller),
-    /// The docker backend on one engine, run by root. Its workspaces belong to the test
-    /// user, as a project usually does, so its commands run as that user's uid.
+    /// The docker backend on one engine, run by root. The workspaces that [`Target::workspace`]
+    /// makes for it belong to the test user, as a project usually does, so its commands run
+    /// as that user's uid.
     Docker(Engine),
 }
 
