@@ -15,7 +15,7 @@
 //! - [`Message::ReadFile`]: file data frames, then [`Message::Done`].
 //! - [`Message::WriteFile`]: the host sends file data frames and an empty one; the agent
 //!   answers [`Message::Done`].
-//! - [`Message::ListDir`]: [`Message::Entries`].
+//! - [`Message::ListDir`]: the agent answers [`Message::Entries`].
 //!
 //! Any request can be answered with [`Message::Error`] instead. Channel 0 carries what
 //! concerns the whole connection: [`Message::Ready`] from the agent and
