@@ -79,6 +79,7 @@ pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
         BackendKind::Namespace => Box::new(NamespaceBackend),
         BackendKind::Chroot => Box::new(ChrootBackend),
         BackendKind::Nspawn => Box::new(NspawnBackend),
+        BackendKind::Vm => Box::new(airlock_vm::VmBackend),
     }
 }
 

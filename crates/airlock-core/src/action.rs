@@ -102,13 +102,16 @@ pub enum BackendKind {
     Chroot,
     /// A systemd-nspawn container, started without systemd as PID 1.
     Nspawn,
+    /// A QEMU guest with its own kernel, driven by Airlock's agent inside it.
+    Vm,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [
+    pub const ALL: [BackendKind; 4] = [
         BackendKind::Namespace,
         BackendKind::Chroot,
         BackendKind::Nspawn,
+        BackendKind::Vm,
     ];
 
     /// The name users pass to `--backend`.
@@ -117,6 +120,7 @@ impl BackendKind {
             BackendKind::Namespace => "namespace",
             BackendKind::Chroot => "chroot",
             BackendKind::Nspawn => "nspawn",
+            BackendKind::Vm => "vm",
         }
     }
 }

@@ -177,6 +177,7 @@ fn messages_round_trip_as_json() {
         Message::Exited {
             code: None,
             signal: Some(9),
+            out_of_memory: true,
         },
         Message::Entries {
             entries: vec![DirEntry {

@@ -36,9 +36,12 @@ pub enum Message {
         not_found: bool,
     },
     /// The command ended: with `code` when it exited, `signal` when a signal killed it.
+    /// `out_of_memory` is set when the guest kernel's OOM killer killed it.
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
+        #[serde(default)]
+        out_of_memory: bool,
     },
     /// Sends a signal to the command's process group.
     Signal {

@@ -58,4 +58,56 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot find a cache directory for guest images: set HOME, XDG_CACHE_HOME or AIRLOCK_CACHE_DIR")]
+    NoCacheDirectory,
+    #[error("cannot create the cache directory {path:?}")]
+    CacheDirectory {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path:?} of the root filesystem")]
+    ReadRootfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mkfs.ext4 could not build a disk image of {root:?}: {message}")]
+    Mkfs { root: PathBuf, message: String },
+    #[error("cannot store the root disk image {path:?}")]
+    BuildImage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("qemu-img could not create the sandbox's copy-on-write disk: {message}")]
+    QemuImg { message: String },
+    #[error("cannot create the guest's directory of sockets, disks and logs")]
+    GuestDirectory(#[source] io::Error),
+    #[error("cannot start QEMU")]
+    SpawnQemu(#[source] io::Error),
+    #[error("{reason}; the guest's console ended with: {console}; QEMU said: {qemu}")]
+    GuestStopped {
+        reason: String,
+        console: String,
+        qemu: String,
+    },
+    #[error("the guest's agent speaks protocol version {version}, not {}: the initramfs cache holds an agent from another Airlock; remove the cache directory", airlock_protocol::PROTOCOL_VERSION)]
+    AgentVersion { version: u32 },
+    #[error("the connection to the guest's agent broke")]
+    Protocol(#[source] airlock_protocol::FrameError),
+    #[error("the guest's agent failed: {message}")]
+    AgentFailed { message: String },
+    #[error("the vm backend needs a root filesystem directory: pass --rootfs DIR, such as a debootstrap tree (a disk image of the host's own /usr would take gigabytes)")]
+    HostViewRoot,
+    #[error("the vm backend has no workspace yet, and --workspace-mode {mode} needs one: pass --workspace-mode none")]
+    WorkspaceUnsupported { mode: &'static str },
+    #[error("memory limit of {memory} bytes is too small for a guest: pass --memory 192M or more")]
+    MemoryTooSmall { memory: u64 },
+    #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
+    WeakerThanRequired { unmet: String },
+    #[error("cannot generate a sandbox id")]
+    Id(#[source] io::Error),
+    #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]
+    NotSupported { action: &'static str },
 }

@@ -50,6 +50,7 @@ impl Inputs {
             path: agent.to_owned(),
             source,
         })?;
+        let agent_bytes = stripped(&agent_bytes).unwrap_or(agent_bytes);
         if !is_static_elf(&agent_bytes) {
             return Err(Error::AgentNotStatic {
                 path: agent.to_owned(),
@@ -155,6 +156,31 @@ fn tempfile_in(directory: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         }
     }
     Err(std::io::Error::other("cannot create a temporary file"))
+}
+
+/// Returns the agent without its symbols and debug information, through binutils' `strip`
+/// where it is installed. A debug build shrinks from about 66 MB to 13 MB, and the guest
+/// keeps the whole initramfs in memory. `None` when `strip` is missing or fails.
+fn stripped(agent: &[u8]) -> Option<Vec<u8>> {
+    let strip = crate::availability::find("strip")?;
+    let directory = tempfile::tempdir().ok()?;
+    let (input, output) = (
+        directory.path().join("agent"),
+        directory.path().join("stripped"),
+    );
+    std::fs::write(&input, agent).ok()?;
+    let status = std::process::Command::new(strip)
+        .arg("-o")
+        .arg(&output)
+        .arg(&input)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    std::fs::read(&output).ok()
 }
 
 /// Returns whether `bytes` are a 64-bit ELF executable without a program interpreter, one

@@ -1,0 +1,190 @@
+//! `airlock run --backend vm`: prepare the guest's files, boot it, run the command, and
+//! power the guest off.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use airlock_core::spec::{SANDBOX_HOME, SANDBOX_PATH, SANDBOX_WORKSPACE};
+use airlock_core::{
+    EndReason, Enforcement, ExecFailure, Finished, Outcome, RootFs, RunOptions, SandboxId, Spec,
+    WorkspaceMode,
+};
+
+use crate::accel;
+use crate::disk::{self, ProgressBar};
+use crate::error::Error;
+use crate::exec::{self, End};
+use crate::guest::{Guest, GuestFiles};
+use crate::initramfs::{self, Inputs};
+use crate::kernel;
+use crate::machine::Machine;
+use crate::protections;
+
+/// Smallest guest memory: the kernel, the initramfs with the agent, and a command.
+pub const MIN_MEMORY: u64 = 192 << 20;
+
+/// The shared files a guest boots from, built or found in the cache.
+pub struct Prepared {
+    pub qemu: PathBuf,
+    pub machine: Machine,
+    pub files: GuestFiles,
+}
+
+/// Checks the parts of the spec this backend cannot provide yet.
+pub fn check_spec(spec: &Spec) -> Result<(), Error> {
+    if spec.rootfs == RootFs::HostView {
+        return Err(Error::HostViewRoot);
+    }
+    let has_workspace = spec.workspace.is_some() && spec.workspace_mode != WorkspaceMode::None;
+    if has_workspace {
+        return Err(Error::WorkspaceUnsupported {
+            mode: spec.workspace_mode.name(),
+        });
+    }
+    if spec.limits.memory.value < MIN_MEMORY {
+        return Err(Error::MemoryTooSmall {
+            memory: spec.limits.memory.value,
+        });
+    }
+    Ok(())
+}
+
+/// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
+/// accelerator, and lays out the guest's files.
+pub fn prepare(spec: &Spec, qemu: PathBuf) -> Result<Prepared, Error> {
+    let RootFs::Directory(root) = &spec.rootfs else {
+        return Err(Error::HostViewRoot);
+    };
+    let cache = crate::cache::directory()?;
+    let kernel = kernel::find(None)?;
+    let agent = Path::new("/proc/self/exe");
+    let inputs = Inputs::gather(&kernel, agent)?;
+    let initramfs = initramfs::build_cached(&inputs, &cache)?;
+    let choice = accel::choose(&qemu, &cache);
+    if let Some(notice) = &choice.notice {
+        eprintln!("airlock: {notice}");
+    }
+    let mut progress = ProgressBar::new();
+    let base = disk::root_image(root, &cache, &mut |done| progress.update(done))?;
+    let files = GuestFiles::create()?;
+    let root_disk = files.path("root.qcow2");
+    if let Err(error) = disk::create_layer(&base, &root_disk) {
+        let _ = std::fs::remove_dir_all(&files.directory);
+        return Err(error);
+    }
+    let machine = Machine {
+        accel: choice.accel,
+        cpus: spec.limits.cpus.value.map_or(1, protections::vcpus),
+        memory_mib: spec.limits.memory.value >> 20,
+        kernel: kernel.image,
+        initramfs,
+        root_disk,
+        agent_socket: files.path("agent.sock"),
+        console_log: files.path("console.log"),
+        tmp_size: spec.limits.tmp_size,
+    };
+    Ok(Prepared {
+        qemu,
+        machine,
+        files,
+    })
+}
+
+/// Builds the command's environment: the defaults every backend sets, then the spec's.
+pub fn environment(spec: &Spec) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), SANDBOX_PATH.to_owned()),
+        ("HOME".to_owned(), SANDBOX_HOME.to_owned()),
+    ];
+    for name in airlock_core::spec::PASSED_HOST_VARIABLES {
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.to_owned(), value));
+        }
+    }
+    for (key, value) in &spec.env {
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.clone(), value.to_string_lossy().into_owned()));
+    }
+    env
+}
+
+/// Runs the spec's command in a new guest and powers it off afterwards.
+pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, Error> {
+    let started = Instant::now();
+    check_spec(spec)?;
+    let enforcement = protections::assess(spec);
+    enforcement
+        .check_required(spec.allow_weaker)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
+    let id = match options.id {
+        Some(id) => id,
+        None => SandboxId::generate().map_err(Error::Id)?,
+    };
+    let prepared = prepare(spec, qemu)?;
+    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
+    tracing::info!(sandbox = %id, qemu = guest.qemu_pid(), "vm sandbox started");
+    let user = spec.user.unwrap_or(airlock_core::User::ROOT);
+    let request = exec::Request {
+        argv: spec
+            .command
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect(),
+        env: environment(spec),
+        cwd: SANDBOX_WORKSPACE.to_owned(),
+        tty: spec.tty,
+        uid: user.uid,
+        gid: user.gid,
+        timeout: spec.limits.timeout,
+    };
+    let finish = exec::run(&mut guest.connection, request);
+    let outcome = |exit_code, signal, reason, exec_failure| Outcome {
+        sandbox_id: id.to_string(),
+        backend: "vm",
+        reason,
+        exit_code,
+        signal,
+        duration: started.elapsed(),
+        peak_memory: None,
+        exec_failure,
+        landlock_abi: None,
+        enforcement: enforcement.clone(),
+    };
+    let outcome = match finish.end {
+        End::Exited {
+            code,
+            signal,
+            reason,
+        } => outcome(code, signal, reason, None),
+        End::Failed { error, not_found } => {
+            let command = spec.command[0].to_string_lossy().into_owned();
+            let failure = if not_found {
+                ExecFailure::NotFound { command }
+            } else {
+                ExecFailure::NotExecutable { command, error }
+            };
+            outcome(None, None, EndReason::Exited, Some(failure))
+        }
+        End::TimedOut => {
+            guest.kill();
+            outcome(None, Some(libc::SIGKILL), EndReason::TimedOut, None)
+        }
+        End::GuestStopped => {
+            let reason =
+                "the guest stopped while the command ran (its kernel panicked or powered off)";
+            return Err(guest.stopped(reason.to_owned()));
+        }
+        End::Broken(message) => return Err(Error::AgentFailed { message }),
+    };
+    guest.shut_down();
+    tracing::info!(sandbox = %id, "vm sandbox ended");
+    Ok(Finished {
+        outcome,
+        stderr_ends_line: finish.stderr_ends_line,
+    })
+}
+
+/// Returns the protections for a report, without the enforcement check.
+pub fn assess(spec: &Spec) -> Enforcement {
+    protections::assess(spec)
+}

@@ -1,0 +1,90 @@
+//! The protections of a vm sandbox for one spec, rule by rule.
+//!
+//! The guest has its own kernel, so its processes, network (no device at all, `-nic none`),
+//! IPC and users are its own, and its root is a read-only disk. Inside it, the command runs
+//! as the guest's root with every capability and no syscall filter: the machine boundary,
+//! QEMU, is what contains it.
+
+use airlock_core::enforcement::rule;
+use airlock_core::{Enforcement, RootFs, Spec, Status};
+
+/// Why the rules that confine a process inside the guest are not applied.
+const GUEST_ROOT: &str =
+    "the command runs as root of the guest's own kernel; the virtual machine contains it";
+
+/// Lists the protections of a vm sandbox for `spec`.
+pub fn assess(spec: &Spec) -> Enforcement {
+    let mut enforcement = Enforcement::default();
+    enforcement.push(rule::FILE_TREE, Status::Enforced, true);
+    enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
+    if spec.rootfs == RootFs::HostView {
+        enforcement.push(rule::SECRETS_HIDDEN, Status::Enforced, true);
+    }
+    enforcement.push(rule::WORKSPACE, Status::Enforced, true);
+    for always in [rule::PROCESSES, rule::NETWORK, rule::IPC, rule::USER] {
+        enforcement.push(always, Status::Enforced, true);
+    }
+    for inside in [
+        rule::CAPABILITIES,
+        rule::NO_NEW_PRIVS,
+        rule::SECCOMP,
+        rule::LANDLOCK,
+    ] {
+        enforcement.push(inside, Status::Unsupported(GUEST_ROOT.into()), false);
+    }
+    let memory = &spec.limits.memory;
+    enforcement.push(rule::MEMORY, Status::Enforced, memory.is_requested());
+    let cpus = &spec.limits.cpus;
+    let cpu_status = match cpus.value {
+        Some(count) if count.fract() != 0.0 => Status::Partial(format!(
+            "{count} CPUs rounded up to {} whole virtual CPUs",
+            vcpus(count)
+        )),
+        _ => Status::Enforced,
+    };
+    enforcement.push(rule::CPU, cpu_status, cpus.is_requested());
+    let pids = &spec.limits.pids;
+    enforcement.push(
+        rule::PIDS,
+        Status::Unsupported(
+            "the guest has no process limit yet; its memory bounds a fork bomb".into(),
+        ),
+        pids.is_requested(),
+    );
+    enforcement.push(rule::TMP_SIZE, Status::Enforced, false);
+    if spec.limits.timeout.is_some() {
+        enforcement.push(rule::TIMEOUT, Status::Enforced, true);
+    }
+    enforcement.push(rule::CLEANUP, Status::Enforced, true);
+    enforcement
+}
+
+/// Returns the virtual CPUs for a `--cpus` value: whole CPUs, at least one.
+pub fn vcpus(cpus: f64) -> u32 {
+    (cpus.ceil() as u32).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_core::Limit;
+
+    #[test]
+    fn requested_pids_limit_unmet() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.limits.pids = Limit::requested(10);
+        let enforcement = assess(&spec);
+        let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
+        assert_eq!(unmet, [rule::PIDS]);
+    }
+
+    #[test]
+    fn fractional_cpus_partial() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.limits.cpus = Limit::requested(Some(1.5));
+        let enforcement = assess(&spec);
+        let cpu = enforcement.get(rule::CPU).unwrap();
+        assert!(matches!(&cpu.status, Status::Partial(detail) if detail.contains("2 whole")));
+        assert_eq!(vcpus(0.5), 1);
+    }
+}
