@@ -86,7 +86,7 @@ pub enum Error {
     GuestDirectory(#[source] io::Error),
     #[error("cannot start QEMU")]
     SpawnQemu(#[source] io::Error),
-    #[error("{reason}; the guest's console ended with: {console}; QEMU said: {qemu}")]
+    #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}")]
     GuestStopped {
         reason: String,
         console: String,

@@ -180,11 +180,27 @@ fn stopped(qemu: &mut Child, machine: &Machine, directory: &Path, reason: String
     while Instant::now() < deadline && matches!(qemu.try_wait(), Ok(None)) {
         std::thread::sleep(Duration::from_millis(10));
     }
+    let console = std::fs::read(&machine.console_log).unwrap_or_default();
+    let console = String::from_utf8_lossy(&console);
+    let qemu_log = std::fs::read(directory.join(QEMU_LOG)).unwrap_or_default();
+    let qemu_log = String::from_utf8_lossy(&qemu_log);
     Error::GuestStopped {
         reason,
-        console: tail(&machine.console_log, 8),
-        qemu: tail(&directory.join(QEMU_LOG), 3),
+        console: console_summary(&console),
+        qemu: tail(&qemu_log, 3, |line| {
+            !line.contains("QEMU waiting for connection")
+        }),
     }
+}
+
+/// Returns the line of a kernel panic with the line before it, which names the cause, or
+/// else the last lines of the console.
+fn console_summary(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().map(str::trim).collect();
+    if let Some(at) = lines.iter().position(|line| line.contains("Kernel panic")) {
+        return lines[at.saturating_sub(1)..=at].join(" | ");
+    }
+    tail(console, 6, |_| true)
 }
 
 /// QEMU's stdout and stderr, in the guest's directory.
@@ -214,14 +230,12 @@ fn spawn_qemu(binary: &Path, machine: &Machine, directory: &Path) -> Result<Chil
     command.spawn().map_err(Error::SpawnQemu)
 }
 
-/// Returns the last `lines` non-empty lines of a file, joined with " | ".
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
+/// Returns the last `lines` non-empty lines of `text` that `keep` accepts, joined with " | ".
+fn tail(text: &str, lines: usize, keep: impl Fn(&str) -> bool) -> String {
     let mut last: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|line| !line.is_empty())
+        .filter(|line| !line.is_empty() && keep(line))
         .rev()
         .take(lines)
         .collect();
