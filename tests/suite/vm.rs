@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, spawn_airlock, stderr, stdout, wait_bounded, Caller, Workspace,
+    describe, json_record, run, spawn_airlock, stderr, stdout, wait_bounded, Caller, Workspace,
 };
 
 const ROOT: Caller = Caller::Root;
@@ -53,14 +53,13 @@ impl Scene {
         }
     }
 
-    /// Runs `airlock run --backend vm --rootfs TREE --workspace-mode none EXTRA... -- ARGV`
-    /// and checks that it left no QEMU and no guest files.
+    /// Runs `airlock run --backend vm --rootfs TREE EXTRA... -- ARGV` in the scene's
+    /// workspace and checks that it left no QEMU and no guest files.
     fn run(&self, extra: &[&str], argv: &[&str]) -> Output {
         let rootfs = rootfs();
         let tmp = format!("TMPDIR={}", self.tmp.path().display());
         let mut args = vec!["run", "--backend", "vm", "--rootfs"];
         args.push(rootfs.to_str().expect("UTF-8 path"));
-        args.extend_from_slice(&["--workspace-mode", "none"]);
         args.extend_from_slice(extra);
         args.push("--");
         args.extend_from_slice(argv);
@@ -318,4 +317,72 @@ fn vm_qemu_dies_with_killed_airlock() {
     }
     // NOTE: Airlock killed with SIGKILL cannot remove its guest's directory of files; the
     // test's TMPDIR goes with the test.
+}
+
+#[test]
+fn vm_workspace_changes_reviewed_then_applied() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    fs::write(project.join("a.txt"), "original\n").expect("write a.txt");
+    fs::write(project.join("b.txt"), "remove me\n").expect("write b.txt");
+    fs::create_dir(project.join("sub")).expect("mkdir sub");
+    let script = "ls -A; cat a.txt; echo changed > a.txt; rm b.txt; echo new > sub/d.txt";
+    let output = scene.run(&[], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "a.txt\nb.txt\nsub\noriginal\n");
+    assert_eq!(
+        fs::read_to_string(project.join("a.txt")).unwrap(),
+        "original\n"
+    );
+    let message = stderr(&output);
+    let id = message
+        .split("kept in sandbox ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no kept sandbox in {message:?}"))
+        .to_owned();
+
+    let diff = run(ROOT, &["diff", &id], project);
+    assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
+    assert_eq!(stdout(&diff), "M a.txt\nD b.txt\nA sub/d.txt\n");
+    let apply = run(ROOT, &["apply", &id], project);
+    assert_eq!(apply.status.code(), Some(0), "{}", describe(&apply));
+    assert_eq!(
+        fs::read_to_string(project.join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    assert!(!project.join("b.txt").exists(), "b.txt was not deleted");
+    assert_eq!(
+        fs::read_to_string(project.join("sub/d.txt")).unwrap(),
+        "new\n"
+    );
+    let removed = run(ROOT, &["rm", &id], project);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+}
+
+#[test]
+fn vm_readonly_workspace_rejects_writes() {
+    let scene = Scene::new();
+    fs::write(scene.workspace.path().join("a.txt"), "data\n").expect("write a.txt");
+    let script = "cat a.txt; echo x > a.txt || echo refused";
+    let output = scene.run(&["--workspace-mode", "readonly"], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "data\nrefused\n");
+    assert!(
+        stderr(&output).contains("Read-only file system"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_bind_workspace_rejected() {
+    let scene = Scene::new();
+    let output = scene.run(&["--workspace-mode", "bind"], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("--workspace-mode bind"),
+        "{}",
+        describe(&output)
+    );
 }

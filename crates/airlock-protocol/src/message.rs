@@ -100,4 +100,13 @@ pub struct DirEntry {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
+    /// A symlink's target.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// An overlay whiteout: a character device 0:0 that marks a deleted lower entry.
+    #[serde(default)]
+    pub whiteout: bool,
+    /// An overlay directory marked opaque, which hides every lower entry it lacks.
+    #[serde(default)]
+    pub opaque: bool,
 }

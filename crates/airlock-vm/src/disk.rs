@@ -19,7 +19,7 @@ use crate::error::Error;
 const IMAGE_HEADROOM: u64 = 64 << 20;
 
 /// Changes whenever the way images are built changes.
-const FORMAT: &str = "airlock-rootfs-1";
+const FORMAT: &str = "airlock-rootfs-2";
 
 /// What a directory tree holds, as far as the image is concerned.
 #[derive(Debug, Default)]
@@ -101,7 +101,7 @@ pub fn root_image(
         summary.key,
         std::process::id()
     ));
-    let result = build_image(root, &summary, &partial, progress);
+    let result = build_image(root, &summary, &partial, "airlock-root", progress);
     if let Err(error) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(error);
@@ -119,6 +119,7 @@ fn build_image(
     root: &Path,
     summary: &TreeSummary,
     image: &Path,
+    label: &str,
     progress: &mut dyn FnMut(f64),
 ) -> Result<(), Error> {
     // Inodes take room too: 256 bytes each plus a block for small directories.
@@ -134,7 +135,7 @@ fn build_image(
             "-O",
             "^has_journal",
             "-L",
-            "airlock-root",
+            label,
             "-E",
         ])
         .arg("root_owner=0:0")
@@ -174,7 +175,32 @@ fn build_image(
             message: message.trim().to_owned(),
         });
     }
+    remove_lost_and_found(image);
     progress(1.0);
+    Ok(())
+}
+
+/// Removes the empty `lost+found` that mkfs.ext4 adds, which would otherwise show in the
+/// guest's workspace and root as an entry the tree does not have. Skipped where debugfs
+/// (e2fsprogs, like mkfs.ext4) is missing; a tree's own `lost+found` stays unless empty.
+fn remove_lost_and_found(image: &Path) {
+    let Some(debugfs) = crate::availability::find("debugfs") else {
+        return;
+    };
+    let _ = Command::new(debugfs)
+        .args(["-w", "-R", "rmdir lost+found"])
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Builds an image of the project at `workspace` for one sandbox, not cached: the project
+/// changes between runs, and the guest sees the copy made at its start.
+pub fn workspace_image(workspace: &Path, image: &Path) -> Result<(), Error> {
+    let summary = summarize(workspace)?;
+    build_image(workspace, &summary, image, "airlock-ws", &mut |_| {})?;
     Ok(())
 }
 

@@ -100,12 +100,20 @@ pub enum Error {
     AgentFailed { message: String },
     #[error("the vm backend needs a root filesystem directory: pass --rootfs DIR, such as a debootstrap tree (a disk image of the host's own /usr would take gigabytes)")]
     HostViewRoot,
-    #[error("the vm backend has no workspace yet, and --workspace-mode {mode} needs one: pass --workspace-mode none")]
+    #[error("the vm backend cannot show the workspace with --workspace-mode {mode}, which would write to the project on the host from inside the guest: use overlay (the default) and `airlock apply`")]
     WorkspaceUnsupported { mode: &'static str },
     #[error("memory limit of {memory} bytes is too small for a guest: pass --memory 192M or more")]
     MemoryTooSmall { memory: u64 },
     #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
     WeakerThanRequired { unmet: String },
+    #[error("cannot prepare the workspace overlay's layers in {path:?}")]
+    Layers {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot copy the workspace changes out of the guest")]
+    Export(#[source] crate::export::ExportError),
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
     #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]

@@ -11,6 +11,7 @@ use airlock_core::{
 };
 
 use crate::accel;
+use crate::agent::boot::{WorkspaceMount, LAYERS};
 use crate::disk::{self, ProgressBar};
 use crate::error::Error;
 use crate::exec::{self, End};
@@ -35,8 +36,7 @@ pub fn check_spec(spec: &Spec) -> Result<(), Error> {
     if spec.rootfs == RootFs::HostView {
         return Err(Error::HostViewRoot);
     }
-    let has_workspace = spec.workspace.is_some() && spec.workspace_mode != WorkspaceMode::None;
-    if has_workspace {
+    if workspace_mount(spec).is_err() {
         return Err(Error::WorkspaceUnsupported {
             mode: spec.workspace_mode.name(),
         });
@@ -47,6 +47,20 @@ pub fn check_spec(spec: &Spec) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// Returns how the guest shows the workspace, `None` without one, or an error for a mode
+/// the guest cannot provide: `bind` would need the project shared with the guest.
+pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, ()> {
+    if spec.workspace.is_none() {
+        return Ok(None);
+    }
+    match spec.workspace_mode {
+        WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
+        WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
+        WorkspaceMode::None => Ok(None),
+        WorkspaceMode::Bind => Err(()),
+    }
 }
 
 /// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
@@ -72,6 +86,17 @@ pub fn prepare(spec: &Spec, qemu: PathBuf) -> Result<Prepared, Error> {
         let _ = std::fs::remove_dir_all(&files.directory);
         return Err(error);
     }
+    let workspace = match (workspace_mount(spec), &spec.workspace) {
+        (Ok(Some(mount)), Some(project)) => {
+            let image = files.path("workspace.ext4");
+            if let Err(error) = disk::workspace_image(project, &image) {
+                let _ = std::fs::remove_dir_all(&files.directory);
+                return Err(error);
+            }
+            Some((image, mount))
+        }
+        _ => None,
+    };
     let machine = Machine {
         accel: choice.accel,
         cpus: spec.limits.cpus.value.map_or(1, protections::vcpus),
@@ -82,6 +107,7 @@ pub fn prepare(spec: &Spec, qemu: PathBuf) -> Result<Prepared, Error> {
         agent_socket: files.path("agent.sock"),
         console_log: files.path("console.log"),
         tmp_size: spec.limits.tmp_size,
+        workspace,
     };
     Ok(Prepared {
         qemu,
@@ -176,12 +202,33 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
         }
         End::Broken(message) => return Err(Error::AgentFailed { message }),
     };
+    let ran = matches!(outcome.reason, EndReason::Exited | EndReason::OutOfMemory);
+    if ran
+        && guest.machine.workspace.as_ref().map(|(_, mount)| *mount)
+            == Some(WorkspaceMount::Overlay)
+    {
+        if let Some(layers) = &options.layers {
+            export_changes(&mut guest, layers)?;
+        }
+    }
     guest.shut_down();
     tracing::info!(sandbox = %id, "vm sandbox ended");
     Ok(Finished {
         outcome,
         stderr_ends_line: finish.stderr_ends_line,
     })
+}
+
+/// Copies the workspace changes out of the guest into `layers/upper`, where `airlock diff`
+/// and `apply` read them.
+fn export_changes(guest: &mut Guest, layers: &Path) -> Result<(), Error> {
+    let upper = layers.join("upper");
+    std::fs::create_dir_all(&upper).map_err(|source| Error::Layers {
+        path: upper.clone(),
+        source,
+    })?;
+    let guest_upper = format!("{LAYERS}/upper");
+    crate::export::upper_layer(&mut guest.connection, &guest_upper, &upper).map_err(Error::Export)
 }
 
 /// Returns the protections for a report, without the enforcement check.

@@ -9,6 +9,7 @@
 //!   layer per sandbox;
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
 //! - [`client`], [`exec`]: the host's side of the protocol ([`airlock_protocol`]);
+//! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
 //! - [`agent`]: the agent, PID 1 in the guest.
 
 pub mod accel;
@@ -20,6 +21,7 @@ pub mod cpio;
 pub mod disk;
 pub mod error;
 pub mod exec;
+pub mod export;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;

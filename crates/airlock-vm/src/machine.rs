@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::boot::{PORT_NAME, ROOT_DISK_SERIAL, TMP_SIZE_PARAMETER};
+use crate::agent::boot::{
+    WorkspaceMount, PORT_NAME, ROOT_DISK_SERIAL, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL,
+    WORKSPACE_PARAMETER,
+};
 use crate::agent::AGENT_ARGUMENT;
 
 /// The accelerator QEMU runs the guest under.
@@ -46,6 +49,8 @@ pub struct Machine {
     pub console_log: PathBuf,
     /// Size of the guest's /tmp in bytes.
     pub tmp_size: u64,
+    /// The image of the project, attached read-only, and how the guest shows it.
+    pub workspace: Option<(PathBuf, WorkspaceMount)>,
 }
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
@@ -69,10 +74,11 @@ impl Machine {
             line.push(' ');
             line.push_str(TCG_KERNEL_PARAMETERS);
         }
-        line.push_str(&format!(
-            " {TMP_SIZE_PARAMETER}={} -- {AGENT_ARGUMENT}",
-            self.tmp_size
-        ));
+        line.push_str(&format!(" {TMP_SIZE_PARAMETER}={}", self.tmp_size));
+        if let Some((_, mount)) = &self.workspace {
+            line.push_str(&format!(" {WORKSPACE_PARAMETER}={}", mount.name()));
+        }
+        line.push_str(&format!(" -- {AGENT_ARGUMENT}"));
         line
     }
 
@@ -123,6 +129,15 @@ impl Machine {
         );
         let device = format!("virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}");
         push(&["-drive", &drive, "-device", &device]);
+        if let Some((image, _)) = &self.workspace {
+            let drive = format!(
+                "file={},if=none,id=workspace,format=raw,readonly=on",
+                image.display()
+            );
+            let device =
+                format!("virtio-blk-device,drive=workspace,serial={WORKSPACE_DISK_SERIAL}");
+            push(&["-drive", &drive, "-device", &device]);
+        }
         args
     }
 }
@@ -142,6 +157,7 @@ mod tests {
             agent_socket: "/run/x/agent.sock".into(),
             console_log: "/run/x/console.log".into(),
             tmp_size: 1 << 20,
+            workspace: None,
         }
     }
 

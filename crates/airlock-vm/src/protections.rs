@@ -15,12 +15,22 @@ const GUEST_ROOT: &str =
 /// Lists the protections of a vm sandbox for `spec`.
 pub fn assess(spec: &Spec) -> Enforcement {
     let mut enforcement = Enforcement::default();
-    enforcement.push(rule::FILE_TREE, Status::Enforced, true);
+    let file_tree = match spec.rootfs {
+        RootFs::Directory(_) => Status::Enforced,
+        // NOTE: a disk image of the host's own /usr and /etc is not built yet.
+        RootFs::HostView => Status::Unsupported(
+            "the vm backend boots a root filesystem directory only: pass --rootfs DIR".into(),
+        ),
+    };
+    enforcement.push(rule::FILE_TREE, file_tree, true);
     enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
-    if spec.rootfs == RootFs::HostView {
-        enforcement.push(rule::SECRETS_HIDDEN, Status::Enforced, true);
-    }
-    enforcement.push(rule::WORKSPACE, Status::Enforced, true);
+    let workspace = match crate::launch::workspace_mount(spec) {
+        Ok(_) => Status::Enforced,
+        Err(()) => Status::Unsupported(
+            "bind would write to the project from inside the guest; the vm backend shows overlay, readonly or none".into(),
+        ),
+    };
+    enforcement.push(rule::WORKSPACE, workspace, true);
     for always in [rule::PROCESSES, rule::NETWORK, rule::IPC, rule::USER] {
         enforcement.push(always, Status::Enforced, true);
     }
@@ -72,6 +82,7 @@ mod tests {
     #[test]
     fn requested_pids_limit_unmet() {
         let mut spec = Spec::new(vec!["true".into()]);
+        spec.rootfs = RootFs::Directory("/srv/tree".into());
         spec.limits.pids = Limit::requested(10);
         let enforcement = assess(&spec);
         let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();

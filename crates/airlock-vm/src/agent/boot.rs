@@ -16,6 +16,16 @@ pub const PORT_NAME: &str = "airlock.agent";
 /// The serial number of the root disk, given to QEMU's `virtio-blk-device`.
 pub const ROOT_DISK_SERIAL: &str = "airlock-root";
 
+/// The serial number of the workspace disk, a copy of the project.
+pub const WORKSPACE_DISK_SERIAL: &str = "airlock-workspace";
+
+/// Where the guest keeps the workspace overlay's layers, below the sandbox's /run. The
+/// host reads the changes from the upper layer there once the command ended.
+pub const LAYERS: &str = "/run/airlock/layers";
+
+/// Where the workspace disk is mounted read-only, below the sandbox's /run.
+const LOWER: &str = "/run/airlock/lower";
+
 /// How long the agent waits for a device to appear after its driver loaded. Software
 /// emulation probes devices slowly.
 const DEVICE_WAIT: Duration = Duration::from_secs(30);
@@ -55,21 +65,56 @@ fn failed(
 /// What the host asks of the guest's setup, from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
-    /// Size of /tmp in bytes.
+    /// Size of /tmp, and of the workspace's upper layer, in bytes.
     pub tmp_size: u64,
+    /// How the workspace disk is shown at /workspace; `None` without one.
+    pub workspace: Option<WorkspaceMount>,
+}
+
+/// How the guest shows the workspace disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMount {
+    /// Read-only.
+    Readonly,
+    /// Under an overlay whose upper layer is in guest memory.
+    Overlay,
+}
+
+impl WorkspaceMount {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkspaceMount::Readonly => "readonly",
+            WorkspaceMount::Overlay => "overlay",
+        }
+    }
 }
 
 /// The kernel command line parameter that carries [`BootConfig::tmp_size`].
 pub const TMP_SIZE_PARAMETER: &str = "airlock.tmp_size";
 
+/// The kernel command line parameter that carries [`BootConfig::workspace`].
+pub const WORKSPACE_PARAMETER: &str = "airlock.workspace";
+
 impl BootConfig {
     pub fn from_cmdline(cmdline: &str) -> BootConfig {
-        let tmp_size = cmdline
-            .split_whitespace()
-            .filter_map(|word| word.strip_prefix(TMP_SIZE_PARAMETER)?.strip_prefix('='))
-            .find_map(|value| value.parse().ok())
+        let value = |parameter: &str| {
+            cmdline
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(parameter)?.strip_prefix('='))
+        };
+        let tmp_size = value(TMP_SIZE_PARAMETER)
+            .and_then(|value| value.parse().ok())
             .unwrap_or(airlock_core::spec::DEFAULT_TMP_SIZE);
-        BootConfig { tmp_size }
+        let workspace = match value(WORKSPACE_PARAMETER) {
+            Some("readonly") => Some(WorkspaceMount::Readonly),
+            Some("overlay") => Some(WorkspaceMount::Overlay),
+            _ => None,
+        };
+        BootConfig {
+            tmp_size,
+            workspace,
+        }
     }
 }
 
@@ -210,6 +255,9 @@ pub fn enter_root(disk: &Path, config: &BootConfig) -> Result<(), BootError> {
     )
     .map_err(failed("cannot mount the root overlay on", NEW_ROOT))?;
     mount_sandbox_filesystems(Path::new(NEW_ROOT), config)?;
+    if let Some(mount) = config.workspace {
+        mount_workspace(Path::new(NEW_ROOT), mount, config.tmp_size)?;
+    }
     sys::chdir(Path::new(NEW_ROOT)).map_err(failed("cannot enter", NEW_ROOT))?;
     sys::mount(
         Some(Path::new(".")),
@@ -267,6 +315,59 @@ fn mount_sandbox_filesystems(root: &Path, config: &BootConfig) -> Result<(), Boo
     std::os::unix::fs::symlink("pts/ptmx", &ptmx).map_err(failed("cannot create", ptmx.display()))
 }
 
+/// Mounts the workspace disk read-only and shows it at /workspace, under an overlay whose
+/// layers are on a tmpfs of `layers_size` bytes for [`WorkspaceMount::Overlay`].
+fn mount_workspace(root: &Path, mount: WorkspaceMount, layers_size: u64) -> Result<(), BootError> {
+    let disk = find_disk(WORKSPACE_DISK_SERIAL)?;
+    let inside = |path: &str| root.join(path.trim_start_matches('/'));
+    let (lower, workspace) = (inside(LOWER), inside("/workspace"));
+    std::fs::create_dir_all(&lower).map_err(failed("cannot create", lower.display()))?;
+    let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    sys::mount(Some(&disk), &lower, Some("ext4"), ro, Some("noload"))
+        .map_err(failed("cannot mount the workspace disk", disk.display()))?;
+    if mount == WorkspaceMount::Readonly {
+        return sys::mount(Some(&lower), &workspace, None, libc::MS_BIND, None)
+            .and_then(|()| {
+                let flags = libc::MS_REMOUNT | libc::MS_BIND | ro;
+                sys::mount(None, &workspace, None, flags, None)
+            })
+            .map_err(failed("cannot mount the workspace on", workspace.display()));
+    }
+    let layers = inside(LAYERS);
+    std::fs::create_dir_all(&layers).map_err(failed("cannot create", layers.display()))?;
+    let size = format!("mode=700,size={layers_size}");
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        &layers,
+        Some("tmpfs"),
+        flags,
+        Some(&size),
+    )
+    .map_err(failed("cannot mount", layers.display()))?;
+    for layer in ["upper", "work"] {
+        let path = layers.join(layer);
+        std::fs::create_dir(&path).map_err(failed("cannot create", path.display()))?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        layers.join("upper").display(),
+        layers.join("work").display()
+    );
+    sys::mount(
+        Some(Path::new("overlay")),
+        &workspace,
+        Some("overlay"),
+        flags,
+        Some(&options),
+    )
+    .map_err(failed(
+        "cannot mount the workspace overlay on",
+        workspace.display(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +378,8 @@ mod tests {
         assert_eq!(config.tmp_size, 1 << 20);
         let default = BootConfig::from_cmdline("console=ttyS0 airlock.tmp_size=lots");
         assert_eq!(default.tmp_size, airlock_core::spec::DEFAULT_TMP_SIZE);
+        assert_eq!(default.workspace, None);
+        let overlay = BootConfig::from_cmdline("airlock.workspace=overlay -- __vm-agent");
+        assert_eq!(overlay.workspace, Some(WorkspaceMount::Overlay));
     }
 }

@@ -494,13 +494,42 @@ fn list_dir(path: &str) -> io::Result<Vec<DirEntry>> {
         } else {
             EntryKind::Other
         };
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let target = file_type
+            .is_symlink()
+            .then(|| std::fs::read_link(entry.path()).ok())
+            .flatten()
+            .map(|target| target.to_string_lossy().into_owned());
         entries.push(DirEntry {
             name: entry.file_name().to_string_lossy().into_owned(),
             kind,
             size: metadata.len(),
             mode: metadata.permissions().mode() & 0o7777,
+            target,
+            whiteout: file_type.is_char_device() && metadata.rdev() == 0,
+            opaque: file_type.is_dir() && is_opaque(&entry.path()),
         });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(entries)
+}
+
+/// Returns whether an overlay upper directory is marked opaque. The guest mounts its
+/// overlay as root, so the mark is the `trusted.` attribute.
+fn is_opaque(path: &std::path::Path) -> bool {
+    let Ok(path) = airlock_namespace::sys::cstring(path) else {
+        return false;
+    };
+    let name = c"trusted.overlay.opaque";
+    let mut value = [0u8; 4];
+    // SAFETY: both strings are NUL-terminated and `value` is a live buffer of its length.
+    let length = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    length == 1 && value[0] == b'y'
 }
