@@ -36,11 +36,7 @@ pub fn check_spec(spec: &Spec) -> Result<(), Error> {
     if spec.rootfs == RootFs::HostView {
         return Err(Error::HostViewRoot);
     }
-    if workspace_mount(spec).is_err() {
-        return Err(Error::WorkspaceUnsupported {
-            mode: spec.workspace_mode.name(),
-        });
-    }
+    workspace_mount(spec)?;
     if spec.limits.memory.value < MIN_MEMORY {
         return Err(Error::MemoryTooSmall {
             memory: spec.limits.memory.value,
@@ -51,7 +47,7 @@ pub fn check_spec(spec: &Spec) -> Result<(), Error> {
 
 /// Returns how the guest shows the workspace, `None` without one, or an error for a mode
 /// the guest cannot provide: `bind` would need the project shared with the guest.
-pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, ()> {
+pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
     if spec.workspace.is_none() {
         return Ok(None);
     }
@@ -59,7 +55,9 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, ()> {
         WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
         WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
         WorkspaceMode::None => Ok(None),
-        WorkspaceMode::Bind => Err(()),
+        WorkspaceMode::Bind => Err(Error::WorkspaceUnsupported {
+            mode: spec.workspace_mode.name(),
+        }),
     }
 }
 

@@ -26,7 +26,7 @@ pub fn assess(spec: &Spec) -> Enforcement {
     enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
     let workspace = match crate::launch::workspace_mount(spec) {
         Ok(_) => Status::Enforced,
-        Err(()) => Status::Unsupported(
+        Err(_) => Status::Unsupported(
             "bind would write to the project from inside the guest; the vm backend shows overlay, readonly or none".into(),
         ),
     };
