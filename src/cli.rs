@@ -183,6 +183,11 @@ pub struct SandboxArgs {
     /// root is host root and needs --allow-weaker.
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
+
+    /// Guest kernel for --backend vm, named vmlinuz-RELEASE with its modules in
+    /// /lib/modules/RELEASE [default: the newest /boot/vmlinuz-*-cloud-amd64].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -493,6 +498,7 @@ impl SandboxArgs {
         if self.user.is_some() {
             spec.user = self.user;
         }
+        spec.kernel = self.kernel;
         let mut request = BackendRequest {
             backend: self.backend,
             risk: self.risk,

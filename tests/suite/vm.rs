@@ -386,3 +386,34 @@ fn vm_bind_workspace_rejected() {
         describe(&output)
     );
 }
+
+#[test]
+fn vm_kernel_option_checked() {
+    let scene = Scene::new();
+    let image = scene.workspace.path().join("bzImage");
+    fs::write(&image, b"not a kernel").expect("write image");
+    let kernel = image.to_str().expect("UTF-8 path");
+    let output = scene.run(&["--kernel", kernel], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("is not named vmlinuz-RELEASE"),
+        "{}",
+        describe(&output)
+    );
+    let release = fs::read_dir("/boot")
+        .expect("list /boot")
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .find(|name| name.starts_with("vmlinuz-") && name.ends_with("-cloud-amd64"))
+        .expect("a cloud kernel in /boot");
+    let explicit = format!("/boot/{release}");
+    let output = scene.run(
+        &["--kernel", &explicit, "--workspace-mode", "none"],
+        &["uname", "-r"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(
+        stdout(&output).trim(),
+        release.trim_start_matches("vmlinuz-")
+    );
+}

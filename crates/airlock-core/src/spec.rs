@@ -199,6 +199,9 @@ pub struct Spec {
     /// The user the command runs as inside; `None` for the backend's default.
     #[serde(default)]
     pub user: Option<User>,
+    /// The guest kernel image of a virtual machine backend; `None` for the backend's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
 }
 
 /// A user and group id inside the sandbox.
@@ -295,6 +298,7 @@ impl Spec {
             tty: false,
             allow_weaker: false,
             user: None,
+            kernel: None,
         }
     }
 

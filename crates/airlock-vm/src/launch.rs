@@ -68,7 +68,7 @@ pub fn prepare(spec: &Spec, qemu: PathBuf) -> Result<Prepared, Error> {
         return Err(Error::HostViewRoot);
     };
     let cache = crate::cache::directory()?;
-    let kernel = kernel::find(None)?;
+    let kernel = kernel::find(spec.kernel.as_deref())?;
     let agent = Path::new("/proc/self/exe");
     let inputs = Inputs::gather(&kernel, agent)?;
     let initramfs = initramfs::build_cached(&inputs, &cache)?;
