@@ -55,7 +55,9 @@ pub struct Machine {
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
 /// `-no-reboot` turns into QEMU's exit, so a guest whose kernel fails never hangs.
-const KERNEL_PARAMETERS: &str = "console=ttyS0 quiet panic=-1 rdinit=/init";
+/// `reboot=t` reboots by a triple fault: microvm has no keyboard controller, and with the
+/// kernel's default methods a panicked guest sometimes stayed up.
+const KERNEL_PARAMETERS: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init";
 
 /// Kernel parameters under software emulation. QEMU's microvm machine has no PIT or HPET
 /// to calibrate the TSC against, and the boot hangs right after "tsc: Marking TSC
