@@ -21,7 +21,7 @@ const ROOT: Caller = Caller::Root;
 /// Default place of the debootstrap tree that scripts/test builds.
 const DEFAULT_ROOTFS: &str = "/var/cache/airlock-tests/rootfs-bookworm";
 
-/// The longest a test waits for one `airlock run`: a boot under TCG on a loaded 2-core host,
+/// The maximum time a test waits for one `airlock run`: a boot under TCG on a loaded 2-core host,
 /// and the root disk image built by the first test.
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 

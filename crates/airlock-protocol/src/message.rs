@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 /// version, since both sides come from the same Airlock binary.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// One control message. Requests go from the host to the agent; the rest answer them.
+/// One control message. Requests go from the host to the agent, and the other messages
+/// reply to them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
@@ -30,7 +31,8 @@ pub enum Message {
     Started {
         pid: i32,
     },
-    /// The command could not be started; `not_found` tells a missing program from others.
+    /// The command could not be started. `not_found` distinguishes a missing program from
+    /// other failures.
     ExecFailed {
         error: String,
         not_found: bool,

@@ -21,7 +21,7 @@ const IMAGE_HEADROOM: u64 = 64 << 20;
 /// Changes whenever the way images are built changes.
 const FORMAT: &str = "airlock-rootfs-2";
 
-/// What a directory tree holds, as far as the image is concerned.
+/// A summary of a directory tree, as far as the image is concerned.
 #[derive(Debug, Default)]
 pub struct TreeSummary {
     /// A key over every entry's path, type, mode, owner, size, modification time and link

@@ -13,7 +13,7 @@ use airlock_protocol::{EntryKind, FrameKind, Message};
 
 use crate::client::{Connection, Event, Wait};
 
-/// Why the export failed.
+/// A failure of the export.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("the agent could not list or read {path:?}: {message}")]

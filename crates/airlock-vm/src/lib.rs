@@ -70,7 +70,7 @@ impl Backend for VmBackend {
         _spec: &Spec,
         _options: &RunOptions,
     ) -> Result<Box<dyn HeldSandbox>, BackendError> {
-        // TODO: a supervisor that holds QEMU and the agent's connection for create and exec.
+        // TODO: a supervisor that keeps QEMU and the agent's connection for create and exec.
         Err(Error::NotSupported {
             action: "create persistent sandboxes",
         }

@@ -45,7 +45,7 @@ pub struct Machine {
     pub root_disk: PathBuf,
     /// The unix socket of the agent's virtio-serial port; QEMU listens on it.
     pub agent_socket: PathBuf,
-    /// Where the guest's serial console is written.
+    /// The file the guest's serial console is written to.
     pub console_log: PathBuf,
     /// Size of the guest's /tmp in bytes.
     pub tmp_size: u64,

@@ -8,7 +8,7 @@
 use airlock_core::enforcement::rule;
 use airlock_core::{Enforcement, RootFs, Spec, Status};
 
-/// Why the rules that confine a process inside the guest are not applied.
+/// The reason the rules that confine a process inside the guest are not applied.
 const GUEST_ROOT: &str =
     "the command runs as root of the guest's own kernel; the virtual machine contains it";
 

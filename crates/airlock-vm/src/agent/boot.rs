@@ -19,25 +19,25 @@ pub const ROOT_DISK_SERIAL: &str = "airlock-root";
 /// The serial number of the workspace disk, a copy of the project.
 pub const WORKSPACE_DISK_SERIAL: &str = "airlock-workspace";
 
-/// Where the guest keeps the workspace overlay's layers, below the sandbox's /run. The
+/// Directory of the workspace overlay's layers, below the sandbox's /run. The
 /// host reads the changes from the upper layer there once the command ended.
 pub const LAYERS: &str = "/run/airlock/layers";
 
-/// Where the workspace disk is mounted read-only, below the sandbox's /run.
+/// Mount point of the workspace disk, read-only, below the sandbox's /run.
 const LOWER: &str = "/run/airlock/lower";
 
 /// How long the agent waits for a device to appear after its driver loaded. Software
 /// emulation probes devices slowly.
 const DEVICE_WAIT: Duration = Duration::from_secs(30);
 
-/// Where the root disk is mounted before it becomes `/`.
+/// Mount point of the root disk before it becomes `/`.
 const DISK: &str = "/root";
 
 /// Empty directories that become mount points in the sandbox's root, since the root disk,
 /// mounted read-only, may lack them.
 const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "workspace"];
 
-/// Where the read-only union of the mount points and the root disk is assembled.
+/// Mount point of the read-only union of the mount points and the root disk.
 const NEW_ROOT: &str = "/newroot";
 
 /// A step of the boot that failed, with the path or module it concerned.
@@ -62,16 +62,16 @@ fn failed(
     }
 }
 
-/// What the host asks of the guest's setup, from the kernel command line.
+/// The guest's setup that the host requests, read from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
     /// Size of /tmp, and of the workspace's upper layer, in bytes.
     pub tmp_size: u64,
-    /// How the workspace disk is shown at /workspace; `None` without one.
+    /// The way the workspace disk is shown at /workspace, or `None` without one.
     pub workspace: Option<WorkspaceMount>,
 }
 
-/// How the guest shows the workspace disk.
+/// The way the guest shows the workspace disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkspaceMount {

@@ -42,7 +42,7 @@ struct Reaper {
     early: HashMap<libc::pid_t, WaitStatus>,
 }
 
-/// Serves the host on `port` until it asks for a shutdown or goes away.
+/// Serves the host on `port` until it requests a shutdown or closes the connection.
 pub fn serve(port: File) -> io::Result<()> {
     let writer: Port = Arc::new(Mutex::new(FrameWriter::new(port.try_clone()?)));
     let reaper = Arc::new(Mutex::new(Reaper::default()));
@@ -349,7 +349,7 @@ fn relay(
     })
 }
 
-/// What the end of one command is waited for through.
+/// The channels through which the end of one command arrives.
 struct Waited {
     pid: libc::pid_t,
     status: Receiver<WaitStatus>,
