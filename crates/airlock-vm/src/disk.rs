@@ -197,7 +197,7 @@ fn remove_lost_and_found(image: &Path) {
 }
 
 /// Builds an image of the project at `workspace` for one sandbox, not cached: the project
-/// changes between runs, and the guest sees the copy made at its start.
+/// changes between runs, and the guest gets the copy made at its start.
 pub fn workspace_image(workspace: &Path, image: &Path) -> Result<(), Error> {
     let summary = summarize(workspace)?;
     build_image(workspace, &summary, image, "airlock-ws", &mut |_| {})?;
