@@ -417,3 +417,65 @@ fn vm_kernel_option_checked() {
         release.trim_start_matches("vmlinuz-")
     );
 }
+
+#[test]
+fn vm_created_sandbox_serves_exec_cp_and_stop() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    fs::write(project.join("f.txt"), "hello\n").expect("write f.txt");
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let airlock = |args: &[&str]| {
+        let mut spawned = spawn_airlock(ROOT, &["env", &tmp], args, project, Stdio::piped());
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        output
+    };
+    let root = rootfs.to_str().expect("UTF-8 path");
+    let created = airlock(&["create", "--backend", "vm", "--rootfs", root]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+
+    let first = airlock(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "cat f.txt; echo state > /tmp/kept; echo changed > f.txt",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    assert_eq!(stdout(&first), "hello\n");
+    let second = airlock(&["exec", &id, "--", "sh", "-c", "cat /tmp/kept f.txt; exit 5"]);
+    assert_eq!(second.status.code(), Some(5), "{}", describe(&second));
+    assert_eq!(stdout(&second), "state\nchanged\n");
+
+    let incoming = scene.tmp.path().join("incoming.txt");
+    fs::write(&incoming, "copied in\n").expect("write incoming");
+    let target = format!("{id}:/tmp/incoming.txt");
+    let copied = airlock(&["cp", incoming.to_str().expect("UTF-8 path"), &target]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    fs::remove_file(&incoming).expect("remove incoming");
+    let outgoing = project.join("out.txt");
+    let source = format!("{id}:/tmp/incoming.txt");
+    let copied = airlock(&["cp", &source, outgoing.to_str().expect("UTF-8 path")]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    assert_eq!(fs::read_to_string(&outgoing).unwrap(), "copied in\n");
+    fs::remove_file(&outgoing).expect("remove out.txt");
+
+    let timed_out = airlock(&["exec", "--timeout", "2s", &id, "--", "sleep", "60"]);
+    assert_eq!(
+        timed_out.status.code(),
+        Some(124),
+        "{}",
+        describe(&timed_out)
+    );
+    let stopped = airlock(&["stop", &id]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+    let diff = airlock(&["diff", &id]);
+    assert_eq!(stdout(&diff), "M f.txt\n", "{}", describe(&diff));
+    let removed = airlock(&["rm", &id]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    scene.assert_nothing_left();
+}

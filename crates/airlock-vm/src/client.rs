@@ -72,6 +72,13 @@ impl Connection {
         })
     }
 
+    /// Takes the stream of events for a relay that reads them from now on; this
+    /// connection receives nothing more.
+    pub fn take_events(&mut self) -> Receiver<Event> {
+        let (_, empty) = mpsc::channel();
+        std::mem::replace(&mut self.events, empty)
+    }
+
     /// Returns a channel number not used before on this connection.
     pub fn open_channel(&mut self) -> u32 {
         let channel = self.next_channel;

@@ -114,6 +114,16 @@ pub enum Error {
     },
     #[error("cannot copy the workspace changes out of the guest")]
     Export(#[source] crate::export::ExportError),
+    #[error("the vm backend cannot start a sandbox again while its workspace holds changes, which the new guest would not see: review them with `airlock diff`, then `airlock apply` or `airlock discard` them first")]
+    ChangesPending,
+    #[error("cannot block the supervisor's stop signals")]
+    Signals(#[source] io::Error),
+    #[error("cannot connect to the supervisor of the sandbox at {path:?}: {message}")]
+    ControlSocket { path: PathBuf, message: String },
+    #[error("the sandbox's record has no usable runtime ({0}); remove it with `airlock rm --force` or `airlock gc`")]
+    Runtime(String),
+    #[error("cannot copy {path:?}: {message}")]
+    Copy { path: PathBuf, message: String },
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
     #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]

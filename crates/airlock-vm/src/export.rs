@@ -102,7 +102,7 @@ fn agent_error(path: &str, reply: Message) -> ExportError {
 }
 
 /// Sends `message` on a new channel and returns the reply, writing file data to `sink`.
-fn request(
+pub fn request(
     connection: &mut Connection,
     message: Message,
     mut sink: Option<&mut File>,

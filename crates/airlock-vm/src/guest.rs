@@ -150,6 +150,10 @@ impl Guest {
         let _ = self.qemu.wait();
     }
 
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
     pub fn qemu_pid(&self) -> u32 {
         self.qemu.id()
     }

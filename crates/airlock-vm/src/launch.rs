@@ -162,44 +162,19 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
         timeout: spec.limits.timeout,
     };
     let finish = exec::run(&mut guest.connection, request);
-    let outcome = |exit_code, signal, reason, exec_failure| Outcome {
-        sandbox_id: id.to_string(),
-        backend: "vm",
-        reason,
-        exit_code,
-        signal,
-        duration: started.elapsed(),
-        peak_memory: None,
-        exec_failure,
-        landlock_abi: None,
-        enforcement: enforcement.clone(),
-    };
-    let outcome = match finish.end {
-        End::Exited {
-            code,
-            signal,
-            reason,
-        } => outcome(code, signal, reason, None),
-        End::Failed { error, not_found } => {
-            let command = spec.command[0].to_string_lossy().into_owned();
-            let failure = if not_found {
-                ExecFailure::NotFound { command }
-            } else {
-                ExecFailure::NotExecutable { command, error }
-            };
-            outcome(None, None, EndReason::Exited, Some(failure))
-        }
-        End::TimedOut => {
-            guest.kill();
-            outcome(None, Some(libc::SIGKILL), EndReason::TimedOut, None)
-        }
-        End::GuestStopped => {
+    let command = spec.command[0].to_string_lossy();
+    let outcome = match to_outcome(finish.end, &command, &id, started, &enforcement) {
+        Ok(outcome) => outcome,
+        Err(Unfinished::GuestStopped) => {
             let reason =
                 "the guest stopped while the command ran (its kernel panicked or powered off)";
             return Err(guest.stopped(reason.to_owned()));
         }
-        End::Broken(message) => return Err(Error::AgentFailed { message }),
+        Err(Unfinished::Broken(message)) => return Err(Error::AgentFailed { message }),
     };
+    if outcome.reason == EndReason::TimedOut {
+        guest.kill();
+    }
     let ran = matches!(outcome.reason, EndReason::Exited | EndReason::OutOfMemory);
     if ran
         && guest.machine.workspace.as_ref().map(|(_, mount)| *mount)
@@ -217,14 +192,64 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
     })
 }
 
+/// A command that did not end with an outcome.
+pub enum Unfinished {
+    GuestStopped,
+    Broken(String),
+}
+
+/// Builds the outcome of a command that ended as `end`.
+pub fn to_outcome(
+    end: End,
+    command: &str,
+    id: &SandboxId,
+    started: Instant,
+    enforcement: &Enforcement,
+) -> Result<Outcome, Unfinished> {
+    let outcome = |exit_code, signal, reason, exec_failure| Outcome {
+        sandbox_id: id.to_string(),
+        backend: "vm",
+        reason,
+        exit_code,
+        signal,
+        duration: started.elapsed(),
+        peak_memory: None,
+        exec_failure,
+        landlock_abi: None,
+        enforcement: enforcement.clone(),
+    };
+    Ok(match end {
+        End::Exited {
+            code,
+            signal,
+            reason,
+        } => outcome(code, signal, reason, None),
+        End::Failed { error, not_found } => {
+            let command = command.to_owned();
+            let failure = if not_found {
+                ExecFailure::NotFound { command }
+            } else {
+                ExecFailure::NotExecutable { command, error }
+            };
+            outcome(None, None, EndReason::Exited, Some(failure))
+        }
+        End::TimedOut => outcome(None, Some(libc::SIGKILL), EndReason::TimedOut, None),
+        End::GuestStopped => return Err(Unfinished::GuestStopped),
+        End::Broken(message) => return Err(Unfinished::Broken(message)),
+    })
+}
+
 /// Copies the workspace changes out of the guest into `layers/upper`, where `airlock diff`
 /// and `apply` read them.
 fn export_changes(guest: &mut Guest, layers: &Path) -> Result<(), Error> {
+    // `discard` and `gc` expect the overlay's work directory next to the upper layer.
     let upper = layers.join("upper");
-    std::fs::create_dir_all(&upper).map_err(|source| Error::Layers {
-        path: upper.clone(),
-        source,
-    })?;
+    for layer in [&upper, &layers.join("work")] {
+        std::fs::create_dir_all(layer).map_err(|source| Error::Layers {
+            path: layer.to_path_buf(),
+            source,
+        })?;
+    }
     let guest_upper = format!("{LAYERS}/upper");
     crate::export::upper_layer(&mut guest.connection, &guest_upper, &upper).map_err(Error::Export)
 }

@@ -10,6 +10,8 @@
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
 //! - [`client`], [`exec`]: the host's side of the protocol ([`airlock_protocol`]);
 //! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
+//! - [`held`], [`proxy`], [`remote`]: persistent sandboxes, whose supervisor keeps QEMU and
+//!   relays the agent to `exec` and `cp`;
 //! - [`agent`]: the agent, PID 1 in the guest.
 
 pub mod accel;
@@ -23,12 +25,15 @@ pub mod error;
 pub mod exec;
 pub mod export;
 pub mod guest;
+pub mod held;
 pub mod initramfs;
 pub mod kernel;
 pub mod launch;
 pub mod machine;
 pub mod modules;
 pub mod protections;
+pub mod proxy;
+pub mod remote;
 
 use std::path::Path;
 
@@ -67,55 +72,52 @@ impl Backend for VmBackend {
 
     fn hold(
         &self,
-        _spec: &Spec,
-        _options: &RunOptions,
+        spec: &Spec,
+        options: &RunOptions,
     ) -> Result<Box<dyn HeldSandbox>, BackendError> {
-        // TODO: a supervisor that keeps QEMU and the agent's connection for create and exec.
-        Err(Error::NotSupported {
-            action: "create persistent sandboxes",
-        }
-        .into())
+        let qemu = availability::check().map_err(Error::Unavailable)?;
+        Ok(Box::new(held::start(spec, options, qemu)?))
     }
 
     fn exec(
         &self,
-        _id: &SandboxId,
-        _spec: &Spec,
-        _runtime: &serde_json::Value,
-        _command: &ExecCommand,
+        id: &SandboxId,
+        spec: &Spec,
+        runtime: &serde_json::Value,
+        command: &ExecCommand,
         _options: &RunOptions,
     ) -> Result<Finished, BackendError> {
-        Err(Error::NotSupported {
-            action: "run commands in a created sandbox",
-        }
-        .into())
+        let runtime = runtime_of(runtime)?;
+        Ok(remote::exec(id, spec, &runtime, command)?)
     }
 
-    fn is_running(&self, _runtime: &serde_json::Value) -> bool {
-        false
+    fn is_running(&self, runtime: &serde_json::Value) -> bool {
+        runtime_of(runtime).is_ok_and(|runtime| runtime.is_running())
     }
 
-    fn stats(&self, _runtime: &serde_json::Value) -> Result<Stats, BackendError> {
-        Err(Error::NotSupported {
-            action: "report statistics",
-        }
-        .into())
+    fn stats(&self, runtime: &serde_json::Value) -> Result<Stats, BackendError> {
+        let runtime = runtime_of(runtime)?;
+        Ok(remote::stats(&runtime))
     }
 
     fn copy(
         &self,
-        _runtime: &serde_json::Value,
-        _source: &Path,
-        _target: &Path,
-        _into_sandbox: bool,
+        runtime: &serde_json::Value,
+        source: &Path,
+        target: &Path,
+        into_sandbox: bool,
     ) -> Result<(), BackendError> {
-        Err(Error::NotSupported {
-            action: "copy files",
-        }
-        .into())
+        let runtime = runtime_of(runtime)?;
+        Ok(remote::copy(&runtime, source, target, into_sandbox)?)
     }
 
-    fn clean_up(&self, _id: &SandboxId, _runtime: Option<&serde_json::Value>) {
-        // A run's guest ends with the run, and its QEMU with Airlock (PR_SET_PDEATHSIG).
+    fn clean_up(&self, _id: &SandboxId, runtime: Option<&serde_json::Value>) {
+        let runtime = runtime.and_then(|runtime| runtime_of(runtime).ok());
+        held::clean_up(runtime.as_ref());
     }
+}
+
+/// Reads the runtime a held sandbox recorded.
+fn runtime_of(value: &serde_json::Value) -> Result<held::Runtime, Error> {
+    serde_json::from_value(value.clone()).map_err(|error| Error::Runtime(error.to_string()))
 }
