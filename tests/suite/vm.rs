@@ -315,8 +315,17 @@ fn vm_qemu_dies_with_killed_airlock() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // NOTE: Airlock killed with SIGKILL cannot remove its guest's directory of files; the
-    // test's TMPDIR goes with the test.
+    // Airlock killed with SIGKILL cannot remove its guest's directory; gc does.
+    let mut gc = spawn_airlock(
+        ROOT,
+        &["env", &tmp],
+        &["gc"],
+        scene.workspace.path(),
+        Stdio::piped(),
+    );
+    let code = wait_bounded(&mut gc.child, RUN_LIMIT, "airlock gc");
+    assert_eq!(code, 0, "airlock gc failed");
+    scene.assert_nothing_left();
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use airlock_core::SandboxId;
 use airlock_protocol::{Message, PROTOCOL_VERSION};
 
 use crate::client::{Connection, Event, Wait};
@@ -41,11 +42,12 @@ pub struct GuestFiles {
 }
 
 impl GuestFiles {
-    /// Creates a private directory below the temporary directory. Its path is short, since
-    /// the agent's unix socket lives there and socket paths are limited to 107 bytes.
-    pub fn create() -> Result<GuestFiles, Error> {
+    /// Creates a private directory below the temporary directory, named after the sandbox
+    /// so that clean-up finds it. Its path is short, since the agent's unix socket lives
+    /// there and socket paths are limited to 107 bytes.
+    pub fn create(id: &SandboxId) -> Result<GuestFiles, Error> {
         let directory = tempfile::Builder::new()
-            .prefix("airlock-vm-")
+            .prefix(&directory_prefix(id))
             .tempdir()
             .map_err(Error::GuestDirectory)?
             .keep();
@@ -205,6 +207,51 @@ fn console_summary(console: &str) -> String {
         return lines[at.saturating_sub(1)..=at].join(" | ");
     }
     tail(console, 6, |_| true)
+}
+
+/// Returns the start of the name of sandbox `id`'s guest directory.
+fn directory_prefix(id: &SandboxId) -> String {
+    let id = id.to_string();
+    format!("airlock-vm-{}-", &id[..12.min(id.len())])
+}
+
+/// Kills any QEMU still running from a guest directory of sandbox `id` in the temporary
+/// directory, and removes those directories: what an `airlock run` killed with SIGKILL
+/// leaves, since its QEMU dies with it but its directory stays.
+pub fn remove_leftovers(id: &SandboxId) {
+    let prefix = directory_prefix(id);
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let directory = entry.path();
+        for pid in processes_mentioning(&directory) {
+            // SAFETY: kill takes integers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+}
+
+/// Returns the processes whose command line names `directory`: its QEMU.
+fn processes_mentioning(directory: &Path) -> Vec<libc::pid_t> {
+    let needle = directory.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: libc::pid_t = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
 }
 
 /// QEMU's stdout and stderr, in the guest's directory.

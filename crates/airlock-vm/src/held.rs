@@ -71,7 +71,11 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
     enforcement
         .check_required(spec.allow_weaker)
         .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
-    let prepared = launch::prepare(spec, qemu)?;
+    let id = match options.id {
+        Some(id) => id,
+        None => airlock_core::SandboxId::generate().map_err(Error::Id)?,
+    };
+    let prepared = launch::prepare(spec, &id, qemu)?;
     let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
     let socket = guest.machine.agent_socket.with_file_name("control.sock");
     let listener = UnixListener::bind(&socket).map_err(Error::GuestDirectory)?;
@@ -166,8 +170,10 @@ fn export_through(socket: &Path, layers: &Path) -> Result<(), Error> {
     crate::export::upper_layer(&mut connection, &guest_upper, &upper).map_err(Error::Export)
 }
 
-/// Kills the QEMU of a sandbox whose supervisor is gone and removes the guest's directory.
-pub fn clean_up(runtime: Option<&Runtime>) {
+/// Kills the QEMU of a sandbox whose supervisor is gone and removes the guest's directory,
+/// also for a run or supervisor killed before it recorded its runtime.
+pub fn clean_up(id: &airlock_core::SandboxId, runtime: Option<&Runtime>) {
+    crate::guest::remove_leftovers(id);
     let Some(runtime) = runtime else {
         return;
     };

@@ -63,7 +63,7 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
 
 /// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
 /// accelerator, and lays out the guest's files.
-pub fn prepare(spec: &Spec, qemu: PathBuf) -> Result<Prepared, Error> {
+pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
     let RootFs::Directory(root) = &spec.rootfs else {
         return Err(Error::HostViewRoot);
     };
@@ -78,7 +78,7 @@ pub fn prepare(spec: &Spec, qemu: PathBuf) -> Result<Prepared, Error> {
     }
     let mut progress = ProgressBar::new();
     let base = disk::root_image(root, &cache, &mut |done| progress.update(done))?;
-    let files = GuestFiles::create()?;
+    let files = GuestFiles::create(id)?;
     let root_disk = files.path("root.qcow2");
     if let Err(error) = disk::create_layer(&base, &root_disk) {
         let _ = std::fs::remove_dir_all(&files.directory);
@@ -144,7 +144,7 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
         Some(id) => id,
         None => SandboxId::generate().map_err(Error::Id)?,
     };
-    let prepared = prepare(spec, qemu)?;
+    let prepared = prepare(spec, &id, qemu)?;
     let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
     tracing::info!(sandbox = %id, qemu = guest.qemu_pid(), "vm sandbox started");
     let user = spec.user.unwrap_or(airlock_core::User::ROOT);

@@ -111,9 +111,9 @@ impl Backend for VmBackend {
         Ok(remote::copy(&runtime, source, target, into_sandbox)?)
     }
 
-    fn clean_up(&self, _id: &SandboxId, runtime: Option<&serde_json::Value>) {
+    fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>) {
         let runtime = runtime.and_then(|runtime| runtime_of(runtime).ok());
-        held::clean_up(runtime.as_ref());
+        held::clean_up(id, runtime.as_ref());
     }
 }
 
