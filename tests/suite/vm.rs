@@ -488,3 +488,20 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
     scene.assert_nothing_left();
 }
+
+#[test]
+fn vm_fork_bomb_stopped_at_pids_limit() {
+    let scene = Scene::new();
+    let bomb = "i=0; while [ $i -lt 500 ]; do sleep 100 & i=$((i+1)); done; echo all started";
+    let output = scene.run(
+        &["--pids", "40", "--workspace-mode", "none", "--json"],
+        &["sh", "-c", bomb],
+    );
+    assert_eq!(output.status.code(), Some(122), "{}", describe(&output));
+    assert_eq!(json_record(&output)["reason"], "pids_limit");
+    assert!(
+        !stdout(&output).contains("all started"),
+        "{}",
+        describe(&output)
+    );
+}

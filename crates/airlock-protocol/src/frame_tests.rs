@@ -178,6 +178,7 @@ fn messages_round_trip_as_json() {
             code: None,
             signal: Some(9),
             out_of_memory: true,
+            pids_limit: false,
         },
         Message::Entries {
             entries: vec![DirEntry {

@@ -44,6 +44,10 @@ pub enum Message {
         signal: Option<i32>,
         #[serde(default)]
         out_of_memory: bool,
+        /// Set when a fork was refused at the process limit and the agent killed every
+        /// command for it.
+        #[serde(default)]
+        pids_limit: bool,
     },
     /// Sends a signal to the command's process group.
     Signal {

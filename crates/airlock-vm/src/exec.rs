@@ -101,8 +101,11 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
                     code,
                     signal,
                     out_of_memory,
+                    pids_limit,
                 }) => {
-                    let reason = if out_of_memory {
+                    let reason = if pids_limit {
+                        EndReason::PidsLimit
+                    } else if out_of_memory {
                         EndReason::OutOfMemory
                     } else {
                         EndReason::Exited

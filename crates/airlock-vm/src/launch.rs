@@ -106,6 +106,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         console_log: files.path("console.log"),
         tmp_size: spec.limits.tmp_size,
         workspace,
+        pids: spec.limits.pids.value,
     };
     Ok(Prepared {
         qemu,

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
-    WorkspaceMount, PORT_NAME, ROOT_DISK_SERIAL, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL,
-    WORKSPACE_PARAMETER,
+    WorkspaceMount, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL, TMP_SIZE_PARAMETER,
+    WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
 };
 use crate::agent::AGENT_ARGUMENT;
 
@@ -51,6 +51,8 @@ pub struct Machine {
     pub tmp_size: u64,
     /// The image of the project, attached read-only, and how the guest shows it.
     pub workspace: Option<(PathBuf, WorkspaceMount)>,
+    /// The process limit of the guest's commands.
+    pub pids: u64,
 }
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
@@ -77,6 +79,7 @@ impl Machine {
             line.push_str(TCG_KERNEL_PARAMETERS);
         }
         line.push_str(&format!(" {TMP_SIZE_PARAMETER}={}", self.tmp_size));
+        line.push_str(&format!(" {PIDS_PARAMETER}={}", self.pids));
         if let Some((_, mount)) = &self.workspace {
             line.push_str(&format!(" {WORKSPACE_PARAMETER}={}", mount.name()));
         }
@@ -160,6 +163,7 @@ mod tests {
             console_log: "/run/x/console.log".into(),
             tmp_size: 1 << 20,
             workspace: None,
+            pids: 64,
         }
     }
 

@@ -54,13 +54,7 @@ pub fn assess(spec: &Spec) -> Enforcement {
     };
     enforcement.push(rule::CPU, cpu_status, cpus.is_requested());
     let pids = &spec.limits.pids;
-    enforcement.push(
-        rule::PIDS,
-        Status::Unsupported(
-            "the guest has no process limit yet; its memory bounds a fork bomb".into(),
-        ),
-        pids.is_requested(),
-    );
+    enforcement.push(rule::PIDS, Status::Enforced, pids.is_requested());
     enforcement.push(rule::TMP_SIZE, Status::Enforced, false);
     if spec.limits.timeout.is_some() {
         enforcement.push(rule::TIMEOUT, Status::Enforced, true);
@@ -80,13 +74,17 @@ mod tests {
     use airlock_core::Limit;
 
     #[test]
-    fn requested_pids_limit_unmet() {
+    fn host_view_and_bind_unmet() {
         let mut spec = Spec::new(vec!["true".into()]);
-        spec.rootfs = RootFs::Directory("/srv/tree".into());
         spec.limits.pids = Limit::requested(10);
+        spec.workspace = Some("/srv/project".into());
+        spec.workspace_mode = airlock_core::WorkspaceMode::Bind;
         let enforcement = assess(&spec);
         let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
-        assert_eq!(unmet, [rule::PIDS]);
+        assert_eq!(unmet, [rule::FILE_TREE, rule::WORKSPACE]);
+        spec.rootfs = RootFs::Directory("/srv/tree".into());
+        spec.workspace_mode = airlock_core::WorkspaceMode::Overlay;
+        assert_eq!(assess(&spec).unmet().count(), 0);
     }
 
     #[test]

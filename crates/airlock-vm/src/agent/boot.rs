@@ -69,6 +69,8 @@ pub struct BootConfig {
     pub tmp_size: u64,
     /// The way the workspace disk is shown at /workspace, or `None` without one.
     pub workspace: Option<WorkspaceMount>,
+    /// The commands' process limit, their threads included.
+    pub pids: u64,
 }
 
 /// The way the guest shows the workspace disk.
@@ -93,6 +95,9 @@ impl WorkspaceMount {
 /// The kernel command line parameter that carries [`BootConfig::tmp_size`].
 pub const TMP_SIZE_PARAMETER: &str = "airlock.tmp_size";
 
+/// The kernel command line parameter that carries [`BootConfig::pids`].
+pub const PIDS_PARAMETER: &str = "airlock.pids";
+
 /// The kernel command line parameter that carries [`BootConfig::workspace`].
 pub const WORKSPACE_PARAMETER: &str = "airlock.workspace";
 
@@ -111,9 +116,13 @@ impl BootConfig {
             Some("overlay") => Some(WorkspaceMount::Overlay),
             _ => None,
         };
+        let pids = value(PIDS_PARAMETER)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(airlock_core::spec::DEFAULT_PIDS);
         BootConfig {
             tmp_size,
             workspace,
+            pids,
         }
     }
 }
@@ -255,6 +264,10 @@ pub fn enter_root(disk: &Path, config: &BootConfig) -> Result<(), BootError> {
     )
     .map_err(failed("cannot mount the root overlay on", NEW_ROOT))?;
     mount_sandbox_filesystems(Path::new(NEW_ROOT), config)?;
+    crate::agent::cgroup::set_up(Path::new(NEW_ROOT), config.pids).map_err(failed(
+        "cannot set up the process limit in",
+        "/sys/fs/cgroup",
+    ))?;
     if let Some(mount) = config.workspace {
         mount_workspace(Path::new(NEW_ROOT), mount, config.tmp_size)?;
     }

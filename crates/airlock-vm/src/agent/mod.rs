@@ -14,6 +14,7 @@
 //! never picks init.
 
 pub mod boot;
+pub mod cgroup;
 pub mod serve;
 
 use airlock_namespace::sys;

@@ -10,10 +10,12 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::cgroup::Workload;
 use airlock_protocol::{
     DirEntry, EntryKind, Frame, FrameKind, FrameReader, FrameWriter, Message, CONTROL_CHANNEL,
     PROTOCOL_VERSION,
@@ -32,6 +34,8 @@ struct Commands {
     /// The process group and, for a command with a terminal, the terminal's master.
     groups: HashMap<u32, (libc::pid_t, Option<Arc<OwnedFd>>)>,
     files: HashMap<u32, Sender<Vec<u8>>>,
+    /// The cgroup every command joins, with the process limit.
+    workload: Option<Arc<Workload>>,
 }
 
 /// Hands each reaped process's status to the command waiting for it.
@@ -55,7 +59,10 @@ pub fn serve(port: File) -> io::Result<()> {
         },
     );
     let mut reader = FrameReader::new(port);
-    let mut commands = Commands::default();
+    let mut commands = Commands {
+        workload: Workload::open().map(Arc::new),
+        ..Commands::default()
+    };
     loop {
         let frame = match reader.read_frame() {
             Ok(Some(frame)) => frame,
@@ -215,6 +222,19 @@ fn start(
             None
         }
     };
+    if let Some(workload) = &commands.workload {
+        let procs = workload.procs_fd();
+        // SAFETY: the closure runs between fork and exec and makes one async-signal-safe
+        // write of two bytes from a static buffer to a descriptor that stays open.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::write(procs, b"0\n".as_ptr().cast(), 2) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let oom_kills_before = oom_kills();
     // The reaper must not take the status before this command's waiter is registered.
     let mut reaper_guard = reaper
@@ -260,11 +280,18 @@ fn start(
         }
     }
     let port = Arc::clone(port);
+    let done = Arc::new(AtomicBool::new(false));
+    let pids_limit = commands
+        .workload
+        .as_ref()
+        .map(|workload| workload.watch(Arc::clone(&done)));
     let waited = Waited {
         pid,
         status: status_receiver,
         relays,
         oom_kills_before,
+        done,
+        pids_limit,
     };
     std::thread::spawn(move || report_end(channel, waited, &port));
     Ok(())
@@ -356,6 +383,10 @@ struct Waited {
     relays: Vec<std::thread::JoinHandle<()>>,
     /// The guest's count of OOM kills before the command started.
     oom_kills_before: u64,
+    /// Set once the command ended, to stop the watch on the process limit.
+    done: Arc<AtomicBool>,
+    /// Set by that watch when it killed the commands for a refused fork.
+    pids_limit: Option<Arc<AtomicBool>>,
 }
 
 /// Waits for the command's status and the end of its output, then reports it.
@@ -365,10 +396,14 @@ fn report_end(channel: u32, waited: Waited, port: &Port) {
         status,
         relays,
         oom_kills_before,
+        done,
+        pids_limit,
     } = waited;
     let Ok(status) = status.recv() else {
         return;
     };
+    done.store(true, Ordering::SeqCst);
+    let pids_limit = pids_limit.is_some_and(|hit| hit.load(Ordering::SeqCst));
     // The command's own group ends with it, so that a background process cannot keep its
     // output open and the channel waiting. A command with a terminal leads its own session.
     // SAFETY: kill takes integers only.
@@ -389,6 +424,7 @@ fn report_end(channel: u32, waited: Waited, port: &Port) {
             code,
             signal,
             out_of_memory,
+            pids_limit,
         },
     );
 }
