@@ -94,8 +94,10 @@ pub fn root_image(
     let summary = summarize(root)?;
     let image = cache.join(format!("rootfs-{}.ext4", summary.key));
     if image.is_file() {
+        crate::cache::touch(&image);
         return Ok(image);
     }
+    crate::cache::prune(cache, &["rootfs-", ".rootfs-"]);
     let partial = cache.join(format!(
         ".rootfs-{}.partial-{}",
         summary.key,

@@ -115,11 +115,72 @@ impl Inputs {
     }
 }
 
+/// Returns the cached archive for the agent binary `agent` and `kernel`'s modules.
+///
+/// Reading, stripping and hashing the agent takes about half a second for a debug build, so
+/// an index file maps the identity of the inputs (the agent's device, inode, size, change and
+/// modification times, and those of `modules.dep`) to the archive's path. A rebuilt binary
+/// or reinstalled kernel has a new identity and goes through the content key again.
+pub fn find_or_build(kernel: &Kernel, agent: &Path, cache: &Path) -> Result<PathBuf, Error> {
+    let index = identity(kernel, agent).map(|key| cache.join(format!("initramfs-index-{key}")));
+    if let Some(index) = &index {
+        if let Ok(recorded) = std::fs::read_to_string(index) {
+            let archive = PathBuf::from(recorded.trim());
+            if archive.is_file() {
+                crate::cache::touch(&archive);
+                crate::cache::touch(index);
+                return Ok(archive);
+            }
+        }
+    }
+    crate::cache::prune(cache, &["initramfs-"]);
+    let inputs = Inputs::gather(kernel, agent)?;
+    let archive = build_cached(&inputs, cache)?;
+    if let Some(index) = index {
+        // A missing index only costs the next run the content key again.
+        let partial = index.with_extension(format!("partial-{}", std::process::id()));
+        let written = std::fs::write(&partial, archive.to_string_lossy().as_bytes())
+            .and_then(|()| std::fs::rename(&partial, &index));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+    }
+    Ok(archive)
+}
+
+/// Returns a key over the identity of the agent and of the kernel's module index, or
+/// `None` when either cannot be read.
+fn identity(kernel: &Kernel, agent: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let describe = |path: &Path| -> Option<String> {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            metadata.dev(),
+            metadata.ino(),
+            metadata.len(),
+            metadata.mtime(),
+            metadata.mtime_nsec(),
+            metadata.ctime(),
+            metadata.ctime_nsec()
+        ))
+    };
+    let line = format!(
+        "{FORMAT}|{}|{}|{}",
+        kernel.release,
+        describe(&kernel.modules.join("modules.dep"))?,
+        describe(agent)?
+    );
+    let digest = Sha256::digest(line.as_bytes());
+    Some(digest.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 /// Returns the cached archive for `inputs` in `cache`, building it first when missing.
 pub fn build_cached(inputs: &Inputs, cache: &Path) -> Result<PathBuf, Error> {
     let path = cache.join(format!("initramfs-{}.cpio", inputs.key()));
     if path.is_file() {
         tracing::debug!(path = %path.display(), "initramfs cached");
+        crate::cache::touch(&path);
         return Ok(path);
     }
     let failed = |source| Error::WriteInitramfs {
@@ -239,14 +300,13 @@ mod tests {
     #[test]
     fn cached_archive_reused() {
         let cache = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::MetadataExt;
         let first = build_cached(&inputs(), cache.path()).unwrap();
-        let modified = std::fs::metadata(&first).unwrap().modified().unwrap();
+        let inode = std::fs::metadata(&first).unwrap().ino();
         let second = build_cached(&inputs(), cache.path()).unwrap();
         assert_eq!(first, second);
-        assert_eq!(
-            std::fs::metadata(&second).unwrap().modified().unwrap(),
-            modified
-        );
+        // A rebuild would rename a new file into place, with a new inode.
+        assert_eq!(std::fs::metadata(&second).unwrap().ino(), inode);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::disk::{self, ProgressBar};
 use crate::error::Error;
 use crate::exec::{self, End};
 use crate::guest::{Guest, GuestFiles};
-use crate::initramfs::{self, Inputs};
+use crate::initramfs;
 use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
@@ -70,8 +70,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     let agent = Path::new("/proc/self/exe");
-    let inputs = Inputs::gather(&kernel, agent)?;
-    let initramfs = initramfs::build_cached(&inputs, &cache)?;
+    let initramfs = initramfs::find_or_build(&kernel, agent, &cache)?;
     let choice = accel::choose(&qemu, &cache);
     if let Some(notice) = &choice.notice {
         eprintln!("airlock: {notice}");

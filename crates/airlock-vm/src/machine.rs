@@ -201,7 +201,7 @@ mod tests {
     fn agent_marker_follows_double_dash() {
         let cmdline = machine(Accel::Kvm).kernel_command_line();
         assert!(
-            cmdline.ends_with("airlock.tmp_size=1048576 -- __vm-agent"),
+            cmdline.ends_with("airlock.tmp_size=1048576 airlock.pids=64 -- __vm-agent"),
             "{cmdline}"
         );
         assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
