@@ -25,7 +25,7 @@ pub mod frame;
 pub mod message;
 
 pub use frame::{Decoder, Frame, FrameError, FrameKind, FrameReader, FrameWriter, MAX_PAYLOAD};
-pub use message::{DirEntry, EntryKind, Message, PROTOCOL_VERSION};
+pub use message::{DirEntry, EntryKind, Message, HEARTBEAT_INTERVAL, PROTOCOL_VERSION};
 
 /// The channel of messages that concern the whole connection.
 pub const CONTROL_CHANNEL: u32 = 0;

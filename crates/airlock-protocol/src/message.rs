@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 /// version, since both sides come from the same Airlock binary.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// How often the agent sends [`Message::Alive`].
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One control message. Requests go from the host to the agent, and the other messages
 /// reply to them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +85,9 @@ pub enum Message {
     },
     /// Ends every process and powers the machine off.
     Shutdown,
+    /// Sent by the agent on the control channel every [`HEARTBEAT_INTERVAL`], so that the
+    /// host can tell a silent command from a guest that stopped.
+    Alive,
     /// A message type this side does not know, from a newer peer.
     #[serde(other)]
     Unknown,

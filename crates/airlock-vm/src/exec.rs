@@ -18,6 +18,9 @@ pub struct Request {
     pub uid: u32,
     pub gid: u32,
     pub timeout: Option<Duration>,
+    /// How long the guest may send nothing, not even its heartbeat, before it counts as
+    /// stopped.
+    pub silence_limit: Duration,
 }
 
 /// How a command ended.
@@ -34,6 +37,8 @@ pub enum End {
     TimedOut,
     /// The connection ended before the command did: the guest stopped.
     GuestStopped,
+    /// The guest sent nothing for the silence limit: its kernel or agent hangs.
+    GuestSilent,
     /// The stream broke or carried something else than the protocol.
     Broken(String),
 }
@@ -64,13 +69,24 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
         return finish(End::Broken(error.to_string()), true);
     }
     let deadline = request.timeout.map(|timeout| Instant::now() + timeout);
+    let mut heard = Instant::now();
     let mut stdin_started = false;
     let mut stderr_ends_line = true;
     loop {
-        let event = match connection.next_event(deadline) {
-            Wait::TimedOut => return finish(End::TimedOut, stderr_ends_line),
+        let silence_deadline = heard + request.silence_limit;
+        let wait_until =
+            deadline.map_or(silence_deadline, |deadline| deadline.min(silence_deadline));
+        let event = match connection.next_event(Some(wait_until)) {
+            Wait::TimedOut if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                return finish(End::TimedOut, stderr_ends_line)
+            }
+            Wait::TimedOut if Instant::now() >= silence_deadline => {
+                return finish(End::GuestSilent, stderr_ends_line)
+            }
+            Wait::TimedOut => continue,
             Wait::Event(event) => event,
         };
+        heard = Instant::now();
         let frame = match event {
             Event::Frame(frame) => frame,
             Event::Closed => return finish(End::GuestStopped, stderr_ends_line),

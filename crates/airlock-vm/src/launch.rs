@@ -114,6 +114,15 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     })
 }
 
+/// Returns how long a guest may stay silent before the host counts it as hung: many
+/// heartbeats, more under software emulation, where a loaded host can stall a guest.
+pub fn silence_limit(accel: crate::machine::Accel) -> std::time::Duration {
+    match accel {
+        crate::machine::Accel::Kvm => std::time::Duration::from_secs(20),
+        crate::machine::Accel::Tcg => std::time::Duration::from_secs(60),
+    }
+}
+
 /// Builds the command's environment: the defaults every backend sets, then the spec's.
 pub fn environment(spec: &Spec) -> Vec<(String, String)> {
     let mut env = vec![
@@ -160,6 +169,7 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
         uid: user.uid,
         gid: user.gid,
         timeout: spec.limits.timeout,
+        silence_limit: silence_limit(guest.machine.accel),
     };
     let finish = exec::run(&mut guest.connection, request);
     let command = spec.command[0].to_string_lossy();
@@ -169,6 +179,12 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
             let reason =
                 "the guest stopped while the command ran (its kernel panicked or powered off)";
             return Err(guest.stopped(reason.to_owned()));
+        }
+        Err(Unfinished::GuestSilent) => {
+            let limit = silence_limit(guest.machine.accel).as_secs();
+            let reason = format!("the guest sent nothing for {limit} s, not even its heartbeat, and was killed (its kernel or agent hangs)");
+            guest.kill();
+            return Err(guest.stopped(reason));
         }
         Err(Unfinished::Broken(message)) => return Err(Error::AgentFailed { message }),
     };
@@ -195,6 +211,7 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
 /// A command that did not end with an outcome.
 pub enum Unfinished {
     GuestStopped,
+    GuestSilent,
     Broken(String),
 }
 
@@ -235,6 +252,7 @@ pub fn to_outcome(
         }
         End::TimedOut => outcome(None, Some(libc::SIGKILL), EndReason::TimedOut, None),
         End::GuestStopped => return Err(Unfinished::GuestStopped),
+        End::GuestSilent => return Err(Unfinished::GuestSilent),
         End::Broken(message) => return Err(Unfinished::Broken(message)),
     })
 }

@@ -89,6 +89,13 @@ fn relay_agent(events: Receiver<Event>, routes: &Mutex<Routes>, guest_gone: &Ato
             break;
         };
         let mut routes = lock(routes);
+        if frame.channel == airlock_protocol::CONTROL_CHANNEL {
+            // Heartbeats go to every client, each of which watches the guest's silence.
+            for writer in routes.clients.values() {
+                let _ = lock(writer).write_frame(&frame);
+            }
+            continue;
+        }
         let Some(&(client, channel)) = routes.to_client.get(&frame.channel) else {
             continue;
         };

@@ -58,6 +58,7 @@ pub fn exec(
         uid: user.uid,
         gid: user.gid,
         timeout: command.timeout,
+        silence_limit: launch::silence_limit(runtime.machine.accel),
     };
     let finish = exec::run(&mut connection, request);
     let name = command.argv[0].to_string_lossy();
@@ -65,6 +66,9 @@ pub fn exec(
         .map_err(|unfinished| match unfinished {
             Unfinished::GuestStopped => Error::AgentFailed {
                 message: "the guest stopped while the command ran".into(),
+            },
+            Unfinished::GuestSilent => Error::AgentFailed {
+                message: "the guest sent nothing, not even its heartbeat, for too long; stop the sandbox with `airlock stop`".into(),
             },
             Unfinished::Broken(message) => Error::AgentFailed { message },
         })?;

@@ -51,6 +51,7 @@ pub fn serve(port: File) -> io::Result<()> {
     let writer: Port = Arc::new(Mutex::new(FrameWriter::new(port.try_clone()?)));
     let reaper = Arc::new(Mutex::new(Reaper::default()));
     spawn_reaper(Arc::clone(&reaper));
+    spawn_heartbeat(Arc::clone(&writer));
     send(
         &writer,
         CONTROL_CHANNEL,
@@ -437,6 +438,17 @@ fn oom_kills() -> u64 {
         .find_map(|line| line.strip_prefix("oom_kill "))
         .and_then(|count| count.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Sends [`Message::Alive`] to the host at a steady pace until the port fails.
+fn spawn_heartbeat(port: Port) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(airlock_protocol::HEARTBEAT_INTERVAL);
+        let mut port = port.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if port.send(CONTROL_CHANNEL, &Message::Alive).is_err() {
+            return;
+        }
+    });
 }
 
 /// Reaps every child of PID 1: commands, and orphans the guest's processes leave.
