@@ -13,7 +13,7 @@ use airlock_core::{EndReason, HeldEnd, HeldSandbox, RunOptions, Spec};
 use airlock_namespace::sys;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::boot::{WorkspaceMount, LAYERS};
+use crate::agent::boot::LAYERS;
 use crate::client::Connection;
 use crate::error::Error;
 use crate::guest::Guest;
@@ -59,7 +59,7 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
     let set = sys::sigset(&STOP_SIGNALS);
     sys::set_signal_mask(libc::SIG_BLOCK, &set).map_err(Error::Signals)?;
     let signals = sys::signalfd(&set).map_err(Error::Signals)?;
-    launch::check_spec(spec)?;
+    let enforcement = launch::check(spec)?;
     if let Some(upper) = options.layers.as_ref().map(|layers| layers.join("upper")) {
         // NOTE: a restarted guest sees the project as it is now, without these changes, and
         // its own changes would replace them on the host at its stop.
@@ -67,10 +67,6 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
             return Err(Error::ChangesPending);
         }
     }
-    let enforcement = crate::protections::assess(spec);
-    enforcement
-        .check_required(spec.allow_weaker)
-        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
     let id = match options.id {
         Some(id) => id,
         None => airlock_core::SandboxId::generate().map_err(Error::Id)?,
@@ -135,9 +131,7 @@ impl Drop for HeldVm {
         let Some(guest) = self.guest.take() else {
             return;
         };
-        let overlay = guest.machine.workspace.as_ref().map(|(_, mount)| *mount)
-            == Some(WorkspaceMount::Overlay);
-        if overlay && !self.relay.guest_gone.load(Ordering::SeqCst) {
+        if launch::has_overlay(&guest) && !self.relay.guest_gone.load(Ordering::SeqCst) {
             if let Some(layers) = &self.layers {
                 if let Err(error) = export_through(&self.runtime.socket, layers) {
                     tracing::warn!(error = %airlock_namespace::error_chain(&error), "cannot copy the workspace changes out of the guest");

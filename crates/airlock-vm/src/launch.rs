@@ -144,20 +144,52 @@ pub fn environment(spec: &Spec) -> Vec<(String, String)> {
 /// Runs the spec's command in a new guest and powers it off afterwards.
 pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, Error> {
     let started = Instant::now();
+    let enforcement = check(spec)?;
+    let id = match options.id {
+        Some(id) => id,
+        None => SandboxId::generate().map_err(Error::Id)?,
+    };
+
+    let prepared = prepare(spec, &id, qemu)?;
+    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
+    tracing::info!(sandbox = %id, qemu = guest.qemu_pid(), "vm sandbox started");
+
+    let request = command_request(spec, guest.machine.accel);
+    let finish = exec::run(&mut guest.connection, request);
+    let command = spec.command[0].to_string_lossy();
+    let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
+    let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
+
+    // A timeout ends the guest at once; otherwise it still runs, with the changes.
+    if outcome.reason == EndReason::TimedOut {
+        guest.kill();
+    } else {
+        if let Some(layers) = options.layers.as_deref().filter(|_| has_overlay(&guest)) {
+            export_changes(&mut guest, layers)?;
+        }
+        guest.shut_down();
+    }
+    tracing::info!(sandbox = %id, "vm sandbox ended");
+    Ok(Finished {
+        outcome,
+        stderr_ends_line: finish.stderr_ends_line,
+    })
+}
+
+/// Checks what the spec asks against what a guest provides, and returns the protections.
+pub fn check(spec: &Spec) -> Result<Enforcement, Error> {
     check_spec(spec)?;
     let enforcement = protections::assess(spec);
     enforcement
         .check_required(spec.allow_weaker)
         .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
-    let id = match options.id {
-        Some(id) => id,
-        None => SandboxId::generate().map_err(Error::Id)?,
-    };
-    let prepared = prepare(spec, &id, qemu)?;
-    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
-    tracing::info!(sandbox = %id, qemu = guest.qemu_pid(), "vm sandbox started");
+    Ok(enforcement)
+}
+
+/// Builds the request for the spec's command.
+fn command_request(spec: &Spec, accel: crate::machine::Accel) -> exec::Request {
     let user = spec.user.unwrap_or(airlock_core::User::ROOT);
-    let request = exec::Request {
+    exec::Request {
         argv: spec
             .command
             .iter()
@@ -169,43 +201,35 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
         uid: user.uid,
         gid: user.gid,
         timeout: spec.limits.timeout,
-        silence_limit: silence_limit(guest.machine.accel),
-    };
-    let finish = exec::run(&mut guest.connection, request);
-    let command = spec.command[0].to_string_lossy();
-    let outcome = match to_outcome(finish.end, &command, &id, started, &enforcement) {
-        Ok(outcome) => outcome,
-        Err(Unfinished::GuestStopped) => {
+        silence_limit: silence_limit(accel),
+    }
+}
+
+/// Builds the error for a command that did not end, killing a guest that hangs.
+fn guest_failure(guest: &mut Guest, unfinished: Unfinished) -> Error {
+    match unfinished {
+        Unfinished::GuestStopped => {
             let reason =
                 "the guest stopped while the command ran (its kernel panicked or powered off)";
-            return Err(guest.stopped(reason.to_owned()));
+            guest.stopped(reason.to_owned())
         }
-        Err(Unfinished::GuestSilent) => {
+        Unfinished::GuestSilent => {
             let limit = silence_limit(guest.machine.accel).as_secs();
-            let reason = format!("the guest sent nothing for {limit} s, not even its heartbeat, and was killed (its kernel or agent hangs)");
             guest.kill();
-            return Err(guest.stopped(reason));
+            guest.stopped(format!(
+                "the guest sent nothing for {limit} s, not even its heartbeat, and was killed \
+                 (its kernel or agent hangs)"
+            ))
         }
-        Err(Unfinished::Broken(message)) => return Err(Error::AgentFailed { message }),
-    };
-    if outcome.reason == EndReason::TimedOut {
-        guest.kill();
+        Unfinished::Broken(message) => Error::AgentFailed { message },
     }
-    let ran = matches!(outcome.reason, EndReason::Exited | EndReason::OutOfMemory);
-    if ran
-        && guest.machine.workspace.as_ref().map(|(_, mount)| *mount)
-            == Some(WorkspaceMount::Overlay)
-    {
-        if let Some(layers) = &options.layers {
-            export_changes(&mut guest, layers)?;
-        }
-    }
-    guest.shut_down();
-    tracing::info!(sandbox = %id, "vm sandbox ended");
-    Ok(Finished {
-        outcome,
-        stderr_ends_line: finish.stderr_ends_line,
-    })
+}
+
+/// Returns whether the guest shows the workspace under an overlay, whose changes the host
+/// copies out.
+pub fn has_overlay(guest: &Guest) -> bool {
+    let mount = guest.machine.workspace.as_ref().map(|(_, mount)| *mount);
+    mount == Some(WorkspaceMount::Overlay)
 }
 
 /// A command that did not end with an outcome.
