@@ -204,7 +204,14 @@ fn stopped(qemu: &mut Child, machine: &Machine, directory: &Path, reason: String
 fn console_summary(console: &str) -> String {
     let lines: Vec<&str> = console.lines().map(str::trim).collect();
     if let Some(at) = lines.iter().position(|line| line.contains("Kernel panic")) {
-        return lines[at.saturating_sub(1)..=at].join(" | ");
+        // A panic of the agent itself comes first, as the reason init exited.
+        let agent_panic = lines[..at]
+            .iter()
+            .rev()
+            .find(|line| line.contains("panicked at"));
+        let mut summary: Vec<&str> = agent_panic.into_iter().copied().collect();
+        summary.extend_from_slice(&lines[at.saturating_sub(1)..=at]);
+        return summary.join(" | ");
     }
     tail(console, 6, |_| true)
 }

@@ -88,7 +88,7 @@ impl Workload {
                 if workload.refused_forks() > refused_before {
                     flag.store(true, Ordering::SeqCst);
                     if let Err(error) = workload.kill_all() {
-                        eprintln!("airlock agent: cannot kill the workload's cgroup: {error}");
+                        super::console(&format!("cannot kill the workload's cgroup: {error}"));
                     }
                     return;
                 }

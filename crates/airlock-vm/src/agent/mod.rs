@@ -33,7 +33,7 @@ pub fn run() -> Result<std::convert::Infallible, NotPidOne> {
         return Err(NotPidOne);
     }
     if let Err(error) = boot_and_serve() {
-        eprintln!("airlock agent: {}", airlock_namespace::error_chain(&*error));
+        console(&airlock_namespace::error_chain(&*error));
     }
     power_off()
 }
@@ -51,12 +51,19 @@ fn boot_and_serve() -> Result<(), Box<dyn std::error::Error>> {
         .write(true)
         .open(&port_path)
         .map_err(|error| format!("cannot open the port {}: {error}", port_path.display()))?;
-    eprintln!(
-        "airlock agent: ready ({loaded} modules loaded, root {})",
+    console(&format!(
+        "ready ({loaded} modules loaded, root {})",
         disk.display()
-    );
+    ));
     serve::serve(port)?;
     Ok(())
+}
+
+/// Writes one line to the guest's console. Unlike `eprintln!`, it never panics: a panic in
+/// PID 1 would end the agent and panic the guest's kernel.
+pub fn console(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "airlock agent: {line}");
 }
 
 /// Ends every process, flushes the disks and powers the guest off. QEMU runs with

@@ -69,7 +69,7 @@ pub fn serve(port: File) -> io::Result<()> {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(error) => {
-                eprintln!("airlock agent: the connection to the host broke: {error}");
+                super::console(&format!("the connection to the host broke: {error}"));
                 return Ok(());
             }
         };
@@ -107,7 +107,7 @@ fn forward(consumers: &mut HashMap<u32, Sender<Vec<u8>>>, frame: Frame) {
 fn send(port: &Port, channel: u32, message: &Message) {
     let mut port = port.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Err(error) = port.send(channel, message) {
-        eprintln!("airlock agent: cannot write to the host: {error}");
+        super::console(&format!("cannot write to the host: {error}"));
     }
 }
 
