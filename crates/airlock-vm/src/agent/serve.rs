@@ -452,19 +452,28 @@ fn spawn_heartbeat(port: Port) {
 }
 
 /// Reaps every child of PID 1: commands, and orphans the guest's processes leave.
+///
+/// It first waits without reaping (`WNOWAIT`), then takes the lock that [`start`] holds
+/// while it spawns, and only then reaps. When a command cannot be executed, the standard
+/// library reaps that child itself inside `spawn` and panics if someone else got it first,
+/// which in PID 1 would panic the guest's kernel.
 fn spawn_reaper(reaper: Arc<Mutex<Reaper>>) {
     std::thread::spawn(move || loop {
-        let mut status = 0;
-        // SAFETY: `status` is a live int for the kernel to fill.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid <= 0 {
+        let Some(pid) = wait_for_exited_child() else {
             // No children yet; a new command's spawn makes one.
             std::thread::sleep(Duration::from_millis(5));
             continue;
-        }
+        };
         let mut reaper = reaper
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut status = 0;
+        // SAFETY: `status` is a live int for the kernel to fill.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if reaped != pid {
+            // `spawn` reaped its own failed child meanwhile.
+            continue;
+        }
         match reaper.waiting.remove(&pid) {
             Some(waiter) => {
                 let _ = waiter.send(status);
@@ -474,6 +483,21 @@ fn spawn_reaper(reaper: Arc<Mutex<Reaper>>) {
             }
         }
     });
+}
+
+/// Waits until a child has exited, leaving it unreaped, and returns its pid; `None` when
+/// there is no child.
+fn wait_for_exited_child() -> Option<libc::pid_t> {
+    // SAFETY: siginfo_t is plain data, so an all-zero value is valid for the kernel to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a live siginfo_t for the call.
+    let result = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    if result == -1 {
+        return None;
+    }
+    // SAFETY: waitid filled `info` for an exited child, whose si_pid field is set.
+    let pid = unsafe { info.si_pid() };
+    (pid > 0).then_some(pid)
 }
 
 fn read_file(channel: u32, path: &str, port: &Port) {
