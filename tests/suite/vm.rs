@@ -138,7 +138,8 @@ fn vm_streams_output_and_exit_status() {
 fn vm_guest_runs_own_kernel_without_network() {
     let scene = Scene::new();
     let script = "uname -r; ls /sys/class/net; tr '\\0' ' ' < /proc/1/cmdline; echo; \
-                  cat /proc/sys/kernel/random/boot_id; echo input | cat";
+                  cat /proc/sys/kernel/random/boot_id; echo input | cat; \
+                  cat /sys/class/net/lo/flags";
     let output = scene.run(&["--json"], &["sh", "-c", script]);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let text = stdout(&output);
@@ -162,6 +163,10 @@ fn vm_guest_runs_own_kernel_without_network() {
         "the guest shares the host's boot id"
     );
     assert_eq!(lines[4], "input");
+    assert_eq!(
+        lines[5], "0x9",
+        "the loopback is not up (IFF_UP | IFF_LOOPBACK)"
+    );
     let record = json_record(&output);
     assert_eq!(record["backend"], "vm");
     assert_eq!(record["exit_code"], 0);

@@ -45,6 +45,9 @@ fn boot_and_serve() -> Result<(), Box<dyn std::error::Error>> {
     let config = boot::BootConfig::from_cmdline(&cmdline);
     let disk = boot::find_disk(boot::ROOT_DISK_SERIAL)?;
     boot::enter_root(&disk, &config)?;
+    // The guest has no network device, only its own loopback, which starts down.
+    airlock_namespace::init::bring_up_loopback()
+        .map_err(|error| format!("cannot bring up the loopback interface: {error}"))?;
     let port_path = boot::find_port()?;
     let port = std::fs::OpenOptions::new()
         .read(true)
