@@ -188,6 +188,11 @@ pub struct SandboxArgs {
     /// /lib/modules/RELEASE [default: the newest /boot/vmlinuz-*-cloud-amd64].
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
+
+    /// Run each command inside the machine of --backend vm in a sandbox of this backend too:
+    /// namespace. Each layer enforces its own part of the spec.
+    #[arg(long, value_name = "NAME")]
+    pub inner: Option<airlock_core::InnerBackend>,
 }
 
 #[derive(Debug, Args)]
@@ -499,6 +504,7 @@ impl SandboxArgs {
             spec.user = self.user;
         }
         spec.kernel = self.kernel;
+        spec.inner = self.inner;
         let mut request = BackendRequest {
             backend: self.backend,
             risk: self.risk,

@@ -71,6 +71,18 @@ pub enum LifecycleError {
     WorkspaceOverlapsState { workspace: PathBuf, state: PathBuf },
     #[error("no command given: pass one after `--`, for example `airlock exec {id} -- ls`")]
     NoCommand { id: String },
+    #[error("--inner runs a backend inside a machine, which the {backend} backend is not: use --backend vm, or drop --inner")]
+    InnerWithoutMachine { backend: &'static str },
+}
+
+/// Rejects `--inner` for a backend that provides no machine to run it in.
+fn check_inner(kind: BackendKind, spec: &Spec) -> Result<(), LifecycleError> {
+    match (kind, spec.inner) {
+        (BackendKind::Vm, _) | (_, None) => Ok(()),
+        (kind, Some(_)) => Err(LifecycleError::InnerWithoutMachine {
+            backend: kind.name(),
+        }),
+    }
 }
 
 /// Returns the backend that a record or a command line names.
@@ -202,6 +214,7 @@ impl Engine {
         track_stderr_line: bool,
     ) -> Result<RunResult, BackendError> {
         let kind = selected.kind;
+        check_inner(kind, &spec)?;
         backend(kind).availability()?;
         spec.validate()?;
         self.check_workspace(&spec)?;
@@ -342,6 +355,7 @@ impl Engine {
     /// Creates a sandbox that keeps running under its supervisor.
     pub fn create(&self, selected: &Selected, mut spec: Spec) -> Result<Record, BackendError> {
         let kind = selected.kind;
+        check_inner(kind, &spec)?;
         backend(kind).availability()?;
         spec.validate_sandbox()?;
         self.check_workspace(&spec)?;

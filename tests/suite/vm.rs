@@ -510,3 +510,85 @@ fn vm_fork_bomb_stopped_at_pids_limit() {
         describe(&output)
     );
 }
+
+#[test]
+fn vm_inner_namespace_confines_command() {
+    let scene = Scene::new();
+    fs::write(scene.workspace.path().join("a.txt"), "data\n").expect("write a.txt");
+    let script = "cat a.txt; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+                  hostname; echo x > b.txt || echo refused";
+    let output = scene.run(
+        &["--inner", "namespace", "--workspace-mode", "readonly"],
+        &["sh", "-c", script],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "data", "{text}");
+    assert_eq!(lines[1], "CapEff:\t0000000000000000", "{text}");
+    assert_eq!(lines[2], "NoNewPrivs:\t1", "{text}");
+    assert_eq!(lines[3], "Seccomp:\t2", "{text}");
+    assert!(lines[4].starts_with("airlock-"), "inner hostname: {text}");
+    assert_eq!(lines[5], "refused", "{text}");
+}
+
+#[test]
+fn vm_inner_overlay_and_non_machine_rejected() {
+    let scene = Scene::new();
+    let output = scene.run(&["--inner", "namespace"], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("pass --workspace-mode readonly or none"),
+        "{}",
+        describe(&output)
+    );
+    let output = run(
+        ROOT,
+        &["run", "--inner", "namespace", "--", "true"],
+        scene.workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("--inner runs a backend inside a machine"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_policy_check_reports_each_layer() {
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let root = rootfs.to_str().expect("UTF-8 path");
+    let check = |extra: &[&str]| {
+        let mut args = vec!["policy", "check", "--backend", "vm", "--rootfs", root];
+        args.extend_from_slice(&["--workspace-mode", "readonly"]);
+        args.extend_from_slice(extra);
+        let output = run(ROOT, &args, scene.workspace.path());
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        stdout(&output)
+    };
+    let rule_line = |report: &str, rule: &str| {
+        report
+            .lines()
+            .find(|line| line.contains(rule))
+            .unwrap_or_else(|| panic!("no {rule} row in {report}"))
+            .to_owned()
+    };
+    let alone = check(&[]);
+    assert!(
+        rule_line(&alone, "seccomp filter").ends_with("no"),
+        "{alone}"
+    );
+    assert!(!alone.contains("inner layer"), "{alone}");
+    let layered = check(&["--inner", "namespace"]);
+    assert!(
+        rule_line(&layered, "seccomp filter").ends_with("enforced"),
+        "{layered}"
+    );
+    assert!(rule_line(&layered, "all capabilities dropped").ends_with("enforced"));
+    assert!(
+        rule_line(&layered, "inner layer: namespace sandbox").ends_with("enforced"),
+        "{layered}"
+    );
+}

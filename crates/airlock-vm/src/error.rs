@@ -124,6 +124,8 @@ pub enum Error {
     Runtime(String),
     #[error("cannot copy {path:?}: {message}")]
     Copy { path: PathBuf, message: String },
+    #[error("--inner namespace cannot show the workspace as a copy-on-write overlay: its overlay takes the upper layer from a detached mount, which the guest's Debian 6.1 kernel rejects (\"overlayfs: failed to clone upperpath\"); pass --workspace-mode readonly or none, or drop --inner")]
+    InnerOverlay,
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
     #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]

@@ -52,6 +52,7 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
         return Ok(None);
     }
     match spec.workspace_mode {
+        WorkspaceMode::Overlay if spec.inner.is_some() => Err(Error::InnerOverlay),
         WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
         WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
         WorkspaceMode::None => Ok(None),
@@ -83,16 +84,12 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         let _ = std::fs::remove_dir_all(&files.directory);
         return Err(error);
     }
-    let workspace = match (workspace_mount(spec), &spec.workspace) {
-        (Ok(Some(mount)), Some(project)) => {
-            let image = files.path("workspace.ext4");
-            if let Err(error) = disk::workspace_image(project, &image) {
-                let _ = std::fs::remove_dir_all(&files.directory);
-                return Err(error);
-            }
-            Some((image, mount))
+    let workspace = match workspace_disk(spec, &files) {
+        Ok(disk) => disk,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&files.directory);
+            return Err(error);
         }
-        _ => None,
     };
     let machine = Machine {
         accel: choice.accel,
@@ -112,6 +109,21 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         machine,
         files,
     })
+}
+
+/// Builds the guest's copy of the project, with the way the guest shows it.
+fn workspace_disk(
+    spec: &Spec,
+    files: &GuestFiles,
+) -> Result<Option<(PathBuf, WorkspaceMount)>, Error> {
+    match (workspace_mount(spec)?, &spec.workspace) {
+        (Some(mount), Some(project)) => {
+            let image = files.path("workspace.ext4");
+            disk::workspace_image(project, &image)?;
+            Ok(Some((image, mount)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Returns how long a guest may stay silent before the host counts it as hung: many
@@ -188,13 +200,27 @@ pub fn check(spec: &Spec) -> Result<Enforcement, Error> {
 
 /// Builds the request for the spec's command.
 fn command_request(spec: &Spec, accel: crate::machine::Accel) -> exec::Request {
+    let command: Vec<String> = spec
+        .command
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    if spec.inner.is_some() {
+        // The inner run sets up the command's user and environment itself.
+        return exec::Request {
+            argv: crate::inner::wrap(spec, command),
+            env: environment(&Spec::new(Vec::new())),
+            cwd: "/".to_owned(),
+            tty: spec.tty,
+            uid: 0,
+            gid: 0,
+            timeout: spec.limits.timeout,
+            silence_limit: silence_limit(accel),
+        };
+    }
     let user = spec.user.unwrap_or(airlock_core::User::ROOT);
     exec::Request {
-        argv: spec
-            .command
-            .iter()
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect(),
+        argv: command,
         env: environment(spec),
         cwd: SANDBOX_WORKSPACE.to_owned(),
         tty: spec.tty,

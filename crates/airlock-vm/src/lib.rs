@@ -12,6 +12,7 @@
 //! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
 //! - [`held`], [`proxy`], [`remote`]: persistent sandboxes, whose supervisor keeps QEMU and
 //!   relays the agent to `exec` and `cp`;
+//! - [`inner`]: `--inner namespace`, a namespace sandbox around each command in the guest;
 //! - [`agent`]: the agent, PID 1 in the guest.
 
 pub mod accel;
@@ -27,6 +28,7 @@ pub mod export;
 pub mod guest;
 pub mod held;
 pub mod initramfs;
+pub mod inner;
 pub mod kernel;
 pub mod launch;
 pub mod machine;

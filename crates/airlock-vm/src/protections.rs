@@ -12,6 +12,9 @@ use airlock_core::{Enforcement, RootFs, Spec, Status};
 const GUEST_ROOT: &str =
     "the command runs as root of the guest's own kernel; the virtual machine contains it";
 
+/// The rule that reports an inner layer, with NAME replaced by its backend.
+const INNER_LAYER_RULE: &str = "inner layer: NAME sandbox around each command in the guest";
+
 /// Lists the protections of a vm sandbox for `spec`.
 pub fn assess(spec: &Spec) -> Enforcement {
     let mut enforcement = Enforcement::default();
@@ -26,9 +29,7 @@ pub fn assess(spec: &Spec) -> Enforcement {
     enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
     let workspace = match crate::launch::workspace_mount(spec) {
         Ok(_) => Status::Enforced,
-        Err(_) => Status::Unsupported(
-            "bind would write to the project from inside the guest; the vm backend shows overlay, readonly or none".into(),
-        ),
+        Err(error) => Status::Unsupported(error.to_string()),
     };
     enforcement.push(rule::WORKSPACE, workspace, true);
     for always in [rule::PROCESSES, rule::NETWORK, rule::IPC, rule::USER] {
@@ -40,7 +41,14 @@ pub fn assess(spec: &Spec) -> Enforcement {
         rule::SECCOMP,
         rule::LANDLOCK,
     ] {
-        enforcement.push(inside, Status::Unsupported(GUEST_ROOT.into()), false);
+        let status = match spec.inner {
+            // NOTE: true of the guest kernels Airlock finds by default, Debian's cloud
+            // kernels, which have seccomp and Landlock. A --kernel without them weakens the
+            // inner layer, whose own report is not passed up yet.
+            Some(_) => Status::Enforced,
+            None => Status::Unsupported(GUEST_ROOT.into()),
+        };
+        enforcement.push(inside, status, false);
     }
     let memory = &spec.limits.memory;
     enforcement.push(rule::MEMORY, Status::Enforced, memory.is_requested());
@@ -60,6 +68,15 @@ pub fn assess(spec: &Spec) -> Enforcement {
         enforcement.push(rule::TIMEOUT, Status::Enforced, true);
     }
     enforcement.push(rule::CLEANUP, Status::Enforced, true);
+    if let Some(inner) = spec.inner {
+        // The layers, outermost first: the rules above hold for the machine as a whole,
+        // and capabilities, no_new_privs, seccomp and Landlock come from the inner layer.
+        enforcement.push(
+            INNER_LAYER_RULE.replace("NAME", inner.name()),
+            Status::Enforced,
+            true,
+        );
+    }
     enforcement
 }
 
