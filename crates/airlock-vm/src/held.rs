@@ -22,7 +22,7 @@ use crate::launch;
 /// The signals that ask the supervisor to stop the sandbox.
 const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
 
-/// What `exec`, `cp`, `stats` and clean-up need, stored in the sandbox's record.
+/// The facts that `exec`, `cp`, `stats` and clean-up need, stored in the sandbox's record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Runtime {
     /// The supervisor's control socket.
@@ -67,7 +67,7 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
         });
     }
     if let Some(upper) = options.layers.as_ref().map(|layers| layers.join("upper")) {
-        // NOTE: a restarted guest sees the project as it is now, without these changes, and
+        // NOTE: a restarted guest would get the project as it is now, without these changes, and
         // its own changes would replace them on the host at its stop.
         if std::fs::read_dir(&upper).is_ok_and(|mut entries| entries.next().is_some()) {
             return Err(Error::ChangesPending);

@@ -1,7 +1,7 @@
 //! `--inner namespace`: each command runs in a namespace sandbox inside the guest, started
-//! by the Airlock binary the agent runs from, so the guest's kernel adds namespaces,
-//! seccomp, Landlock and dropped capabilities around the command, and the machine
-//! boundary stays around all of it.
+//! by the Airlock binary the agent runs from. The guest's kernel then adds namespaces,
+//! seccomp, Landlock and dropped capabilities around the command, and the machine boundary
+//! stays around all of it.
 //!
 //! The inner layer shows the project read-only or not at all. Its copy-on-write overlay
 //! takes its upper layer from a detached mount, which the host's Linux 6.18 accepts but the
