@@ -16,4 +16,5 @@ mod real_project;
 mod risk;
 mod rootfs;
 mod smoke;
+mod vm;
 mod workspace_changes;
