@@ -202,6 +202,16 @@ pub struct SandboxArgs {
     /// host root and needs --allow-weaker.
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
+
+    /// Guest kernel for --backend vm, named vmlinuz-RELEASE with its modules in
+    /// /lib/modules/RELEASE [default: the newest /boot/vmlinuz-*-cloud-amd64].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+
+    /// Run each command inside the machine of --backend vm in a sandbox of this backend too:
+    /// namespace. Each layer enforces its own part of the spec.
+    #[arg(long, value_name = "NAME")]
+    pub inner: Option<airlock_core::InnerBackend>,
 }
 
 #[derive(Debug, Args)]
@@ -526,6 +536,8 @@ impl SandboxArgs {
         if self.user.is_some() {
             spec.user = self.user;
         }
+        spec.kernel = self.kernel;
+        spec.inner = self.inner;
         let mut request = BackendRequest {
             backend: self.backend,
             risk: self.risk,

@@ -31,6 +31,14 @@ use cli::{AuditCommand, Cli, Command, PolicyCommand};
 use lifecycle::Engine;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == airlock_vm::agent::AGENT_ARGUMENT)
+    {
+        let Err(error) = airlock_vm::agent::run();
+        eprintln!("airlock: {error}");
+        return ExitCode::from(AIRLOCK_FAILED);
+    }
     if let Some(code) = refuse_setuid() {
         return code;
     }

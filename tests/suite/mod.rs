@@ -17,4 +17,5 @@ mod risk;
 mod rootfs;
 mod smoke;
 mod targets;
+mod vm;
 mod workspace_changes;

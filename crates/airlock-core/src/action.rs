@@ -123,14 +123,17 @@ pub enum BackendKind {
     /// A container of a Docker-compatible engine (Docker Engine, or Podman's API service),
     /// run from an image of that engine.
     Docker,
+    /// A QEMU guest with its own kernel, driven by Airlock's agent inside it.
+    Vm,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::Namespace,
         BackendKind::Chroot,
         BackendKind::Nspawn,
         BackendKind::Docker,
+        BackendKind::Vm,
     ];
 
     /// The name users pass to `--backend`.
@@ -140,6 +143,7 @@ impl BackendKind {
             BackendKind::Chroot => "chroot",
             BackendKind::Nspawn => "nspawn",
             BackendKind::Docker => "docker",
+            BackendKind::Vm => "vm",
         }
     }
 }
