@@ -409,6 +409,12 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub all: bool,
 
+    /// Root filesystem of the probes' sandboxes, a directory such as a debootstrap tree
+    /// [default: the read-only host view]. The vm backend is probed only with it, since it
+    /// does not run the host view.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+
     /// Print the results as one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -429,6 +435,7 @@ impl ProbeArgs {
         };
         Action::Probe {
             targets,
+            rootfs: self.rootfs,
             unconfined: self.unconfined,
         }
     }

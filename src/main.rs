@@ -573,8 +573,9 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Probe {
             targets,
+            rootfs,
             unconfined,
-        } => print_probes(engine, targets, unconfined, json),
+        } => print_probes(engine, targets, rootfs.as_deref(), unconfined, json),
     }
 }
 
@@ -601,10 +602,11 @@ fn warn_about(kind: BackendKind, spec: &Spec) {
 fn print_probes(
     engine: &Engine,
     targets: airlock_core::ProbeTargets,
+    rootfs: Option<&Path>,
     unconfined: bool,
     json: bool,
 ) -> Result<u8> {
-    let matrix = match probe::run(engine, targets, unconfined) {
+    let matrix = match probe::run(engine, targets, rootfs, unconfined) {
         Ok(matrix) => matrix,
         Err(error @ probe::ProbeError::Interrupted(probe::Interrupted(signal))) => {
             eprintln!("airlock: {}", error_chain(&error));

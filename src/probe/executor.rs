@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use airlock_core::spec::SANDBOX_WORKSPACE;
 use airlock_core::{
-    BackendError, BackendKind, EndReason, ExecCommand, Limit, Spec, User, WorkspaceMode,
+    BackendError, BackendKind, EndReason, ExecCommand, Limit, RootFs, Spec, User, WorkspaceMode,
 };
 use airlock_namespace::{error_chain, sys};
 use serde::de::DeserializeOwned;
@@ -168,8 +168,11 @@ pub trait Executor {
 /// Builds the spec of the probes' sandbox: the staging workspace under an overlay, small
 /// limits that the bombs run into quickly, and a time to live in case Airlock is killed.
 /// Protections that the host cannot enforce are accepted, and the probes show the result.
-fn probe_spec(workspace: PathBuf, limits: &ProbeLimits) -> Spec {
+fn probe_spec(workspace: PathBuf, rootfs: Option<&Path>, limits: &ProbeLimits) -> Spec {
     let mut spec = Spec::new(Vec::new());
+    if let Some(rootfs) = rootfs {
+        spec.rootfs = RootFs::Directory(rootfs.to_owned());
+    }
     spec.workspace = Some(workspace);
     spec.workspace_mode = WorkspaceMode::Overlay;
     spec.name = Some(format!("probe-{}", token(4)));
@@ -189,26 +192,33 @@ pub struct SandboxExecutor<'a> {
 }
 
 impl<'a> SandboxExecutor<'a> {
-    /// Creates the sandbox from the staging workspace and copies the staged binary into it.
+    /// Creates the sandbox from the staging workspace, with `rootfs` as its root or else
+    /// the host view, and copies the staged binary into it.
     pub fn start(
         engine: &'a Engine,
         kind: BackendKind,
+        rootfs: Option<&Path>,
         staging: &Staging,
         limits: &ProbeLimits,
     ) -> Result<SandboxExecutor<'a>, BackendError> {
-        let id = engine
-            .create(
-                &Selected::named(kind),
-                probe_spec(staging.workspace(), limits),
-            )?
-            .id;
+        // The vm backend keeps a workspace's changes in guest memory, in a layer as small as
+        // the probes' /tmp, so its copy of Airlock goes into the workspace image instead.
+        let staged_in_workspace = kind == BackendKind::Vm;
+        if staged_in_workspace {
+            let staged = staging.workspace().join(PROBE_BINARY_NAME);
+            std::fs::hard_link(staging.binary(), staged)?;
+        }
+        let spec = probe_spec(staging.workspace(), rootfs, limits);
+        let id = engine.create(&Selected::named(kind), spec)?.id;
         // From here on, dropping the executor removes the sandbox.
         let executor = SandboxExecutor {
             engine,
             id: Some(id.clone()),
         };
-        let target = Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME);
-        engine.copy(&id, &staging.binary(), &target, true)?;
+        if !staged_in_workspace {
+            let target = Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME);
+            engine.copy(&id, &staging.binary(), &target, true)?;
+        }
         Ok(executor)
     }
 

@@ -28,6 +28,7 @@ mod probes;
 mod staging;
 mod system;
 
+use std::path::Path;
 use std::time::Instant;
 
 use airlock_core::{BackendKind, ProbeTargets, Unavailable};
@@ -74,18 +75,23 @@ impl From<Interrupted> for ProbeError {
     }
 }
 
-/// Runs every probe in a sandbox of each backend that `targets` selects, and with
-/// `unconfined` on the host too.
-pub fn run(engine: &Engine, targets: ProbeTargets, unconfined: bool) -> Result<Matrix, ProbeError> {
+/// Runs every probe in a sandbox of each backend that `targets` selects, with `rootfs` as
+/// its root or else the host view, and with `unconfined` on the host too.
+pub fn run(
+    engine: &Engine,
+    targets: ProbeTargets,
+    rootfs: Option<&Path>,
+    unconfined: bool,
+) -> Result<Matrix, ProbeError> {
     let interrupts = Interrupts::block().map_err(ProbeError::Signals)?;
     let mut matrix = Matrix {
         kernel: kernel_release(),
         probes: CATALOG.to_vec(),
         columns: Vec::new(),
     };
-    for (kind, availability) in selected_backends(targets)? {
+    for (kind, availability) in selected_backends(targets, rootfs)? {
         let column = match availability {
-            Ok(()) => probe_backend(engine, kind, &interrupts)?,
+            Ok(()) => probe_backend(engine, kind, rootfs, &interrupts)?,
             Err(unavailable) => Column::without_probes(
                 kind.name(),
                 ColumnState::Unavailable(unavailable.to_string()),
@@ -104,13 +110,18 @@ type Selected = Vec<(BackendKind, Result<(), Unavailable>)>;
 
 /// Lists the backends to probe with their availability; fails when the one backend asked
 /// for cannot run here.
-fn selected_backends(targets: ProbeTargets) -> Result<Selected, ProbeError> {
+fn selected_backends(targets: ProbeTargets, rootfs: Option<&Path>) -> Result<Selected, ProbeError> {
     let availability = |kind: BackendKind| match kind {
         // NOTE: the probes' sandbox is built from the host's files, and the docker backend
         // runs an image, which `airlock probe` has no option for yet.
         BackendKind::Docker => Err(Unavailable {
             reason: "the docker backend runs an image, and `airlock probe` takes none".into(),
             fix: "probe another backend with --backend".into(),
+        }),
+        // The vm backend builds its root disk from a directory and has no host view.
+        BackendKind::Vm if rootfs.is_none() => Err(Unavailable {
+            reason: "the vm backend runs only a --rootfs tree, and none was given".into(),
+            fix: "pass --rootfs DIR, a root filesystem tree such as a debootstrap tree".into(),
         }),
         _ => lifecycle::backend(kind).availability(),
     };
@@ -138,13 +149,14 @@ fn selected_backends(targets: ProbeTargets) -> Result<Selected, ProbeError> {
 fn probe_backend(
     engine: &Engine,
     kind: BackendKind,
+    rootfs: Option<&Path>,
     interrupts: &Interrupts,
 ) -> Result<Column, ProbeError> {
     let started = Instant::now();
     let is_root = sys::geteuid() == 0;
     let staging = Staging::create(is_root).map_err(ProbeError::Staging)?;
     interrupts.check()?;
-    let mut sandbox = match SandboxExecutor::start(engine, kind, &staging, &LIMITS) {
+    let mut sandbox = match SandboxExecutor::start(engine, kind, rootfs, &staging, &LIMITS) {
         Ok(sandbox) => sandbox,
         Err(error) => {
             let state = ColumnState::Failed(error_chain(error.as_ref()));

@@ -64,10 +64,12 @@ pub enum Action {
     Doctor,
     /// Report, rule by rule, what each backend would enforce for `spec`.
     PolicyCheck { backend: BackendRequest, spec: Spec },
-    /// Run the containment probes in a sandbox of each backend that `targets` selects. With
-    /// `unconfined`, run them on the host too, outside any sandbox, as a control group.
+    /// Run the containment probes in a sandbox of each backend that `targets` selects, from
+    /// `rootfs` or the host view. With `unconfined`, run them on the host too, outside any
+    /// sandbox, as a control group.
     Probe {
         targets: ProbeTargets,
+        rootfs: Option<PathBuf>,
         unconfined: bool,
     },
     /// Manage the container engine's images, which the docker backend runs.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
-    WorkspaceMount, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL, TMP_SIZE_PARAMETER,
+    WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL, TMP_SIZE_PARAMETER,
     WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
 };
 use crate::agent::AGENT_ARGUMENT;
@@ -53,6 +53,10 @@ pub struct Machine {
     pub workspace: Option<(PathBuf, WorkspaceMount)>,
     /// The process limit of the guest's commands.
     pub pids: u64,
+    /// The memory limit of the guest's commands in bytes, or 0 for the guest's whole
+    /// memory, as in records of machines that had no such limit.
+    #[serde(default)]
+    pub memory_limit: u64,
 }
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
@@ -80,6 +84,9 @@ impl Machine {
         }
         line.push_str(&format!(" {TMP_SIZE_PARAMETER}={}", self.tmp_size));
         line.push_str(&format!(" {PIDS_PARAMETER}={}", self.pids));
+        if self.memory_limit > 0 {
+            line.push_str(&format!(" {MEMORY_PARAMETER}={}", self.memory_limit));
+        }
         if let Some((_, mount)) = &self.workspace {
             line.push_str(&format!(" {WORKSPACE_PARAMETER}={}", mount.name()));
         }
@@ -164,6 +171,7 @@ mod tests {
             tmp_size: 1 << 20,
             workspace: None,
             pids: 64,
+            memory_limit: 256 << 20,
         }
     }
 
@@ -201,7 +209,9 @@ mod tests {
     fn agent_marker_follows_double_dash() {
         let cmdline = machine(Accel::Kvm).kernel_command_line();
         assert!(
-            cmdline.ends_with("airlock.tmp_size=1048576 airlock.pids=64 -- __vm-agent"),
+            cmdline.ends_with(
+                "airlock.tmp_size=1048576 airlock.pids=64 airlock.memory=268435456 -- __vm-agent"
+            ),
             "{cmdline}"
         );
         assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
