@@ -185,10 +185,16 @@ fn probe_spec(workspace: PathBuf, rootfs: Option<&Path>, limits: &ProbeLimits) -
     spec
 }
 
+/// How many times longer a probe may run in a virtual machine: under software emulation
+/// (TCG) on a loaded 2-core host, the memory bomb took 10 to 20 s where the host takes 1 s.
+const VM_TIMEOUT_FACTOR: u32 = 4;
+
 /// Runs probes in one sandbox, which it creates, and removes it when ended or dropped.
 pub struct SandboxExecutor<'a> {
     engine: &'a Engine,
     id: Option<String>,
+    /// The factor on each probe's timeout.
+    timeout_factor: u32,
 }
 
 impl<'a> SandboxExecutor<'a> {
@@ -214,6 +220,11 @@ impl<'a> SandboxExecutor<'a> {
         let executor = SandboxExecutor {
             engine,
             id: Some(id.clone()),
+            timeout_factor: if kind == BackendKind::Vm {
+                VM_TIMEOUT_FACTOR
+            } else {
+                1
+            },
         };
         if !staged_in_workspace {
             let target = Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME);
@@ -238,7 +249,8 @@ impl Executor for SandboxExecutor<'_> {
             let ended = Ended::NotStarted("the sandbox was already removed".to_owned());
             return Ok(Execution::parse(&[], &[], ended));
         };
-        let command = probe_command(probe, invocation);
+        let timeout = invocation.timeout * self.timeout_factor;
+        let command = probe_command(probe, invocation, timeout);
         let mut capture = match Capture::new() {
             Ok(capture) => capture,
             Err(error) => return Ok(not_started("cannot capture its output", &error)),
@@ -251,7 +263,7 @@ impl Executor for SandboxExecutor<'_> {
             Err(error) => return Ok(not_started("cannot fork", &error)),
         };
 
-        let deadline = Instant::now() + invocation.timeout + KILL_GRACE;
+        let deadline = Instant::now() + timeout + KILL_GRACE;
         let waited = wait_for_child(pid, deadline, interrupts)?;
         let summary = capture.outcome_summary();
         let ended = match waited {
@@ -278,7 +290,7 @@ impl Drop for SandboxExecutor<'_> {
 }
 
 /// Builds the exec of `airlock __probe PROBE ARGS`, run from the copy in the workspace.
-fn probe_command(probe: &str, invocation: &Invocation<'_>) -> ExecCommand {
+fn probe_command(probe: &str, invocation: &Invocation<'_>, timeout: Duration) -> ExecCommand {
     let mut argv: Vec<OsString> = vec![
         Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME).into(),
         "__probe".into(),
@@ -289,7 +301,7 @@ fn probe_command(probe: &str, invocation: &Invocation<'_>) -> ExecCommand {
         argv,
         env: Vec::new(),
         tty: invocation.terminal.is_some(),
-        timeout: Some(invocation.timeout),
+        timeout: Some(timeout),
         user: invocation.as_root.then_some(User::ROOT),
     }
 }

@@ -80,8 +80,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("qemu-img could not create the sandbox's copy-on-write disk: {message}")]
-    QemuImg { message: String },
     #[error("cannot create the guest's directory of sockets, disks and logs")]
     GuestDirectory(#[source] io::Error),
     #[error("cannot start QEMU")]

@@ -78,11 +78,6 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     let mut progress = ProgressBar::new();
     let base = disk::root_image(root, &cache, &mut |done| progress.update(done))?;
     let files = GuestFiles::create(id)?;
-    let root_disk = files.path("root.qcow2");
-    if let Err(error) = disk::create_layer(&base, &root_disk) {
-        let _ = std::fs::remove_dir_all(&files.directory);
-        return Err(error);
-    }
     let workspace = match workspace_disk(spec, &files) {
         Ok(disk) => disk,
         Err(error) => {
@@ -96,7 +91,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         memory_mib: (spec.limits.memory.value + GUEST_OVERHEAD).div_ceil(1 << 20),
         kernel: kernel.image,
         initramfs,
-        root_disk,
+        root_disk: base,
         agent_socket: files.path("agent.sock"),
         console_log: files.path("console.log"),
         tmp_size: spec.limits.tmp_size,
@@ -172,20 +167,20 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
     let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
     let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
 
-    // A timeout ends the guest at once; otherwise it still runs, with the changes.
-    if outcome.reason == EndReason::TimedOut {
-        guest.kill();
-    } else {
+    // After a timeout the guest ends at once; otherwise it still runs, with the changes.
+    if outcome.reason != EndReason::TimedOut {
         if let Some(layers) = options.layers.as_deref().filter(|_| has_overlay(&guest)) {
             export_changes(&mut guest, layers)?;
         }
-        guest.shut_down();
     }
+    // Nothing in the guest needs a clean power-off: its disks are attached read-only, and
+    // the changes were copied out. The removal of its directory is left to the caller.
+    guest.kill();
     tracing::info!(sandbox = %id, "vm sandbox ended");
     Ok(Finished {
         outcome,
         stderr_ends_line: finish.stderr_ends_line,
-        teardown: airlock_core::Teardown::none(),
+        teardown: airlock_core::Teardown::later(guest),
     })
 }
 

@@ -41,7 +41,7 @@ pub struct Machine {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
-    /// The sandbox's copy-on-write layer over the shared root disk image.
+    /// The shared root disk image, attached read-only.
     pub root_disk: PathBuf,
     /// The unix socket of the agent's virtio-serial port; QEMU listens on it.
     pub agent_socket: PathBuf,
@@ -136,7 +136,7 @@ impl Machine {
         let port = format!("virtserialport,chardev=agent,name={PORT_NAME}");
         push(&["-device", &port]);
         let drive = format!(
-            "file={},if=none,id=root,format=qcow2,discard=unmap",
+            "file={},if=none,id=root,format=raw,readonly=on",
             self.root_disk.display()
         );
         let device = format!("virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}");
@@ -165,7 +165,7 @@ mod tests {
             memory_mib: 512,
             kernel: "/boot/vmlinuz-6.1.0-1-cloud-amd64".into(),
             initramfs: "/cache/initramfs-00.cpio".into(),
-            root_disk: "/run/x/root.qcow2".into(),
+            root_disk: "/cache/rootfs-00.ext4".into(),
             agent_socket: "/run/x/agent.sock".into(),
             console_log: "/run/x/console.log".into(),
             tmp_size: 1 << 20,
