@@ -489,8 +489,14 @@ fn vm_column_shows_every_probe_contained() {
     }
     // Inside the guest these succeed, and only the kernel's boot id tells the guest apart.
     for probe in ["create-user-namespace", "write-proc-sys"] {
-        let (_, _, reason) = column.iter().find(|(name, _, _)| name == probe).expect(probe);
-        assert!(reason.contains("a kernel of its own"), "vm: {probe}: {reason}");
+        let (_, _, reason) = column
+            .iter()
+            .find(|(name, _, _)| name == probe)
+            .expect(probe);
+        assert!(
+            reason.contains("a kernel of its own"),
+            "vm: {probe}: {reason}"
+        );
     }
     assert_canaries_gone(&matrix);
     assert_sandboxes_gone(caller, &matrix);

@@ -2,9 +2,9 @@
 //! kernel and the debootstrap tree as its root disk, under KVM when it works here and
 //! under software emulation (TCG) otherwise, which takes a few seconds per guest.
 //!
-//! Each test gives Airlock a private TMPDIR, where each guest's socket, disk layer and
+//! Each test gives Airlock a private TMPDIR, where each guest's socket, workspace disk and
 //! logs live, so it can check that no QEMU of its own is left and nothing is left there.
-//! They need QEMU, qemu-img, mkfs.ext4, linux-image-cloud-amd64 and the debootstrap tree,
+//! They need QEMU, mkfs.ext4, linux-image-cloud-amd64 and the debootstrap tree,
 //! which scripts/test installs and builds.
 
 use std::fs;

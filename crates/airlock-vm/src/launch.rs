@@ -1,5 +1,5 @@
 //! `airlock run --backend vm`: prepare the guest's files, boot it, run the command, and
-//! power the guest off.
+//! kill the guest.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,9 +21,8 @@ use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
 
-/// Guest memory on top of the memory limit, for the guest's kernel, the initramfs with
-/// the agent, and the workspace's upper layer when small. The limit itself is the
-/// `memory.max` of the commands' cgroup in the guest.
+/// Guest memory on top of the memory limit, for the guest's kernel and the initramfs with
+/// the agent. The limit itself is the `memory.max` of the commands' cgroup in the guest.
 // NOTE: an estimate from Debian's 6.1 cloud kernel, whose idle guest uses about 60 MiB;
 // a larger kernel leaves the commands less room before the guest's own OOM killer acts.
 pub const GUEST_OVERHEAD: u64 = 128 << 20;
@@ -148,7 +147,7 @@ pub fn environment(spec: &Spec) -> Vec<(String, String)> {
     env
 }
 
-/// Runs the spec's command in a new guest and powers it off afterwards.
+/// Runs the spec's command in a new guest and kills the guest afterwards.
 pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, Error> {
     let started = Instant::now();
     let enforcement = check(spec)?;

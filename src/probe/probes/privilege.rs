@@ -43,7 +43,7 @@ fn kernel_boot_id() -> Option<String> {
     let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: the descriptor is open for the call, and `stats` is a live statfs.
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) } == -1
-        || stats.f_type as i64 != libc::PROC_SUPER_MAGIC as i64
+        || stats.f_type as i64 != libc::PROC_SUPER_MAGIC
     {
         return None;
     }
@@ -106,9 +106,7 @@ impl Armed for NoCanary {
                     "unshare(CLONE_NEWUSER) succeeded in a kernel of its own (boot id {guest}), \
                      not the host's"
                 )),
-                None => {
-                    Finding::escaped("unshare(CLONE_NEWUSER) succeeded, as the probe reports")
-                }
+                None => Finding::escaped("unshare(CLONE_NEWUSER) succeeded, as the probe reports"),
             },
             Some(UnshareReport { error, .. }) => Finding::contained(format!(
                 "unshare(CLONE_NEWUSER): {}",

@@ -272,7 +272,10 @@ pub fn enter_root(disk: &Path, config: &BootConfig) -> Result<(), BootError> {
     .map_err(failed("cannot mount the root overlay on", NEW_ROOT))?;
     mount_sandbox_filesystems(Path::new(NEW_ROOT), config)?;
     crate::agent::cgroup::set_up(Path::new(NEW_ROOT), config.pids, config.memory).map_err(
-        failed("cannot set up the process and memory limits in", "/sys/fs/cgroup"),
+        failed(
+            "cannot set up the process and memory limits in",
+            "/sys/fs/cgroup",
+        ),
     )?;
     if let Some(mount) = config.workspace {
         mount_workspace(Path::new(NEW_ROOT), mount, config.tmp_size)?;

@@ -51,7 +51,11 @@ pub fn set_up(root: &Path, pids: u64, memory: Option<u64>) -> io::Result<()> {
         flags,
         None,
     )?;
-    let controllers = if memory.is_some() { "+pids +memory" } else { "+pids" };
+    let controllers = if memory.is_some() {
+        "+pids +memory"
+    } else {
+        "+pids"
+    };
     std::fs::write(mount_point.join("cgroup.subtree_control"), controllers)?;
     let group = mount_point.join("airlock-workload");
     std::fs::create_dir(&group)?;
@@ -102,7 +106,11 @@ impl Workload {
         pressure
             .lines()
             .find_map(|line| line.strip_prefix("some "))
-            .and_then(|fields| fields.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+            .and_then(|fields| {
+                fields
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("total="))
+            })
             .and_then(|total| total.parse().ok())
             .unwrap_or(0)
     }
