@@ -510,6 +510,36 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     assert_eq!(fs::read_to_string(&outgoing).unwrap(), "copied in\n");
     fs::remove_file(&outgoing).expect("remove out.txt");
 
+    // The agent alone, then the agent and a running command's two processes.
+    let processes = || {
+        let stats = airlock(&["stats", "--json", &id]);
+        assert_eq!(stats.status.code(), Some(0), "{}", describe(&stats));
+        let record: serde_json::Value = serde_json::from_str(stdout(&stats).trim())
+            .unwrap_or_else(|error| panic!("stats JSON: {error}: {}", describe(&stats)));
+        record["processes"].as_u64().expect("processes")
+    };
+    assert_eq!(processes(), 1);
+    let args = [
+        "exec",
+        "--timeout",
+        "12s",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "sleep 60; true",
+    ];
+    let mut running = spawn_airlock(ROOT, &["env", &tmp], &args, project, Stdio::piped());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = processes();
+    while seen != 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = processes();
+    }
+    assert_eq!(seen, 3, "the agent, sh and sleep");
+    let code = wait_bounded(&mut running.child, RUN_LIMIT, "airlock exec sleep");
+    assert_eq!(code, 124);
+
     let timed_out = airlock(&["exec", "--timeout", "2s", &id, "--", "sleep", "60"]);
     assert_eq!(
         timed_out.status.code(),
