@@ -754,7 +754,7 @@ A = "1=2"
     }
 
     #[test]
-    fn kernel_and_inner_applied_unless_given_on_command_line() {
+    fn kernel_and_inner_applied_from_file() {
         let file =
             parse_at("kernel = \"/boot/vmlinuz-6.1.0-1-cloud-amd64\"\ninner = \"namespace\"")
                 .unwrap();
