@@ -64,14 +64,7 @@ run_airlock() {
 run_airlock -- true
 accel=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accel"])' "$cache/accel.json")
 
-airlock_times=()
-for _ in $(seq "$runs"); do
-    start=$(now_ms)
-    run_airlock -- true
-    airlock_times+=($(($(now_ms) - start)))
-done
-
-# The bare boot uses the newest cached initramfs and root image, the ones the runs above used.
+# The bare boot uses the newest cached initramfs and root image, the ones Airlock uses.
 kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -1)
 initramfs=$(ls -1t "$cache"/initramfs-*.cpio | head -1)
 image=$(ls -1t "$cache"/rootfs-*.ext4 | head -1)
@@ -86,10 +79,9 @@ fi
 append="$append airlock.tmp_size=536870912 airlock.pids=1024 airlock.memory=2147483648 -- __vm-agent"
 # Timed by python3, which polls the console without starting a process per check: on 2
 # cores, a grep per 10 ms took CPU from the emulated guest and slowed its boot.
-bare_times=()
-for run in $(seq "$runs"); do
-    bare_times+=($(python3 - "$accel" "$cpu" "$kernel" "$initramfs" "$append" "$image" \
-        "$work/console-$run.log" "$work/agent-$run.sock" <<'PYTHON'
+bare_boot() {
+    python3 - "$accel" "$cpu" "$kernel" "$initramfs" "$append" "$image" \
+        "$work/console-$1.log" "$work/agent-$1.sock" <<'PYTHON'
 import os, subprocess, sys, time
 accel, cpu, kernel, initramfs, append, image, console, socket = sys.argv[1:]
 args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-no-reboot",
@@ -119,7 +111,17 @@ finally:
     qemu.kill()
     qemu.wait()
 PYTHON
-    ))
+}
+
+# The rows alternate, one run of each at a time, so that a change in the machine's load
+# during the benchmark weighs on both alike.
+airlock_times=()
+bare_times=()
+for run in $(seq "$runs"); do
+    start=$(now_ms)
+    run_airlock -- true
+    airlock_times+=($(($(now_ms) - start)))
+    bare_times+=($(bare_boot "$run"))
 done
 
 # Idle memory: QEMU's resident set while the guest sleeps, after its boot settled. The

@@ -43,19 +43,21 @@ pub fn summarize(root: &Path) -> Result<TreeSummary, Error> {
             path: directory.clone(),
             source,
         })?;
-        let mut names: Vec<_> = listing
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .collect();
-        names.sort();
-        for path in names {
-            let metadata =
-                std::fs::symlink_metadata(&path).map_err(|source| Error::ReadRootfs {
-                    path: path.clone(),
-                    source,
-                })?;
+        let mut entries: Vec<_> = listing.filter_map(Result::ok).collect();
+        entries.sort_by_key(|entry| entry.path());
+        for entry in entries {
+            let path = entry.path();
+            // Relative to the open directory (fstatat), without following a symlink.
+            let metadata = entry.metadata().map_err(|source| Error::ReadRootfs {
+                path: path.clone(),
+                source,
+            })?;
             let relative = path.strip_prefix(root).unwrap_or(&path);
-            let target = std::fs::read_link(&path).unwrap_or_default();
+            let target = if metadata.is_symlink() {
+                std::fs::read_link(&path).unwrap_or_default()
+            } else {
+                PathBuf::new()
+            };
             let line = format!(
                 "{}\0{:o}\0{}:{}\0{}\0{}.{}\0{}\n",
                 relative.display(),

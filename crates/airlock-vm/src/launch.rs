@@ -165,6 +165,7 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
     let command = spec.command[0].to_string_lossy();
     let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
     let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
+    tracing::debug!(sandbox = %id, reason = ?outcome.reason, "vm command ended");
 
     // After a timeout the guest ends at once; otherwise it still runs, with the changes.
     if outcome.reason != EndReason::TimedOut {
