@@ -415,6 +415,12 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "NAME", value_parser = spec::parse_image)]
     pub image: Option<String>,
 
+    /// Root filesystem of the probes' sandboxes other than the docker backend's, a directory
+    /// such as a debootstrap tree [default: the read-only host view]. The vm backend is
+    /// probed only with it, since it does not run the host view.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+
     /// Print the results as one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -436,6 +442,7 @@ impl ProbeArgs {
         Action::Probe {
             targets,
             image: self.image,
+            rootfs: self.rootfs,
             unconfined: self.unconfined,
         }
     }

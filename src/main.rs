@@ -574,8 +574,15 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         Action::Probe {
             targets,
             image,
+            rootfs,
             unconfined,
-        } => print_probes(engine, targets, image.as_deref(), unconfined, json),
+        } => {
+            let sources = probe::Sources {
+                image: image.as_deref(),
+                rootfs: rootfs.as_deref(),
+            };
+            print_probes(engine, targets, sources, unconfined, json)
+        }
     }
 }
 
@@ -602,11 +609,11 @@ fn warn_about(kind: BackendKind, spec: &Spec) {
 fn print_probes(
     engine: &Engine,
     targets: airlock_core::ProbeTargets,
-    image: Option<&str>,
+    sources: probe::Sources<'_>,
     unconfined: bool,
     json: bool,
 ) -> Result<u8> {
-    let matrix = match probe::run(engine, targets, image, unconfined) {
+    let matrix = match probe::run(engine, targets, sources, unconfined) {
         Ok(matrix) => matrix,
         Err(error @ probe::ProbeError::Interrupted(probe::Interrupted(signal))) => {
             eprintln!("airlock: {}", error_chain(&error));

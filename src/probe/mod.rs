@@ -28,6 +28,7 @@ mod probes;
 mod staging;
 mod system;
 
+use std::path::Path;
 use std::time::Instant;
 
 use airlock_core::{BackendKind, ProbeTargets, Unavailable};
@@ -61,6 +62,10 @@ pub enum ProbeError {
         image: String,
         backend: &'static str,
     },
+    #[error("the vm backend runs its probes in a root filesystem tree of its own: pass --rootfs DIR, such as a debootstrap tree")]
+    RootfsMissing,
+    #[error("--rootfs does not apply to the docker backend, whose probes run in the --image; drop --rootfs")]
+    RootfsWithDocker,
     #[error("cannot hold back SIGINT, SIGTERM and SIGHUP while the probes run")]
     Signals(#[source] std::io::Error),
     #[error("cannot stage the probes")]
@@ -81,12 +86,22 @@ impl From<Interrupted> for ProbeError {
     }
 }
 
-/// Runs every probe in a sandbox of each backend that `targets` selects, the docker
-/// backend's from `image`, and with `unconfined` on the host too.
+/// What the probes' sandboxes are made from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources<'a> {
+    /// The image of the docker backend's sandbox.
+    pub image: Option<&'a str>,
+    /// The root filesystem tree of the other backends' sandboxes; the host view without it.
+    /// The vm backend needs one.
+    pub rootfs: Option<&'a Path>,
+}
+
+/// Runs every probe in a sandbox of each backend that `targets` selects, made from
+/// `sources`, and with `unconfined` on the host too.
 pub fn run(
     engine: &Engine,
     targets: ProbeTargets,
-    image: Option<&str>,
+    sources: Sources<'_>,
     unconfined: bool,
 ) -> Result<Matrix, ProbeError> {
     let interrupts = Interrupts::block().map_err(ProbeError::Signals)?;
@@ -95,10 +110,10 @@ pub fn run(
         probes: CATALOG.to_vec(),
         columns: Vec::new(),
     };
-    for (kind, plan) in selected_backends(targets, image)? {
+    for (kind, plan) in selected_backends(targets, sources)? {
         let skipped = |state| Column::without_probes(kind.name(), state, &CATALOG);
         let column = match plan {
-            Plan::Probe => probe_backend(engine, kind, image, &interrupts)?,
+            Plan::Probe => probe_backend(engine, kind, sources, &interrupts)?,
             Plan::Unavailable(unavailable) => {
                 skipped(ColumnState::Unavailable(unavailable.to_string()))
             }
@@ -126,14 +141,15 @@ enum Plan {
 /// left out, except the docker backend when an image names it.
 fn selected_backends(
     targets: ProbeTargets,
-    image: Option<&str>,
+    sources: Sources<'_>,
 ) -> Result<Vec<(BackendKind, Plan)>, ProbeError> {
+    let image = sources.image;
     let plans = BackendKind::ALL
         .into_iter()
-        .map(|kind| (kind, plan(kind, image)));
+        .map(|kind| (kind, plan(kind, sources)));
     match targets {
         ProbeTargets::One(kind) => {
-            check_one_backend(kind, image)?;
+            check_one_backend(kind, sources)?;
             Ok(vec![(kind, Plan::Probe)])
         }
         ProbeTargets::All => Ok(plans.collect()),
@@ -147,21 +163,36 @@ fn selected_backends(
     }
 }
 
-fn plan(kind: BackendKind, image: Option<&str>) -> Plan {
+fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
     match lifecycle::backend(kind).availability() {
         Err(unavailable) => Plan::Unavailable(unavailable),
-        Ok(()) if kind == BackendKind::Docker && image.is_none() => Plan::NotProbed(Unavailable {
-            reason: "the docker backend runs its probes in an image, and none was given".into(),
-            fix: "pass --image NAME, a local image of its engine such as debian:bookworm".into(),
-        }),
+        Ok(()) if kind == BackendKind::Docker && sources.image.is_none() => {
+            Plan::NotProbed(Unavailable {
+                reason: "the docker backend runs its probes in an image, and none was given".into(),
+                fix: "pass --image NAME, a local image of its engine such as debian:bookworm"
+                    .into(),
+            })
+        }
+        // The vm backend builds its root disk from a directory and has no host view.
+        Ok(()) if kind == BackendKind::Vm && sources.rootfs.is_none() => {
+            Plan::NotProbed(Unavailable {
+                reason: "the vm backend runs only a --rootfs tree, and none was given".into(),
+                fix: "pass --rootfs DIR, a root filesystem tree such as a debootstrap tree".into(),
+            })
+        }
         Ok(()) => Plan::Probe,
     }
 }
 
 /// Checks that `kind`, the one backend asked for, gets an image exactly when it runs one,
-/// and can run here.
-fn check_one_backend(kind: BackendKind, image: Option<&str>) -> Result<(), ProbeError> {
-    match (kind, image) {
+/// a root filesystem tree where it needs one, and can run here.
+fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), ProbeError> {
+    match (kind, sources.rootfs) {
+        (BackendKind::Docker, Some(_)) => return Err(ProbeError::RootfsWithDocker),
+        (BackendKind::Vm, None) => return Err(ProbeError::RootfsMissing),
+        _ => {}
+    }
+    match (kind, sources.image) {
         (BackendKind::Docker, None) => return Err(ProbeError::ImageMissing),
         (_, Some(image)) if kind != BackendKind::Docker => {
             return Err(ProbeError::ImageNeedsDocker {
@@ -183,15 +214,26 @@ fn check_one_backend(kind: BackendKind, image: Option<&str>) -> Result<(), Probe
 fn probe_backend(
     engine: &Engine,
     kind: BackendKind,
-    image: Option<&str>,
+    sources: Sources<'_>,
     interrupts: &Interrupts,
 ) -> Result<Column, ProbeError> {
     let started = Instant::now();
     let is_root = sys::geteuid() == 0;
     let staging = Staging::create(is_root).map_err(ProbeError::Staging)?;
     interrupts.check()?;
-    let image = image.filter(|_| kind == BackendKind::Docker);
-    let mut sandbox = match SandboxExecutor::start(engine, kind, image, &staging, &LIMITS) {
+    // Each backend takes what it runs: the docker backend an image, the others a tree.
+    let sources = if kind == BackendKind::Docker {
+        Sources {
+            rootfs: None,
+            ..sources
+        }
+    } else {
+        Sources {
+            image: None,
+            ..sources
+        }
+    };
+    let mut sandbox = match SandboxExecutor::start(engine, kind, sources, &staging, &LIMITS) {
         Ok(sandbox) => sandbox,
         Err(error) => {
             let state = ColumnState::Failed(error_chain(error.as_ref()));

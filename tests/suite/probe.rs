@@ -1,5 +1,5 @@
-//! `airlock probe`: the containment matrix of the namespace, chroot and docker backends, the
-//! last on each engine that scripts/test starts. Also the unconfined control column, which
+//! `airlock probe`: the containment matrix of the namespace, chroot, docker and vm backends,
+//! docker on each engine that scripts/test starts. Also the unconfined control column, which
 //! shows that each probe can detect its escape, and the cleanup after every run, an
 //! interrupted one included.
 
@@ -582,4 +582,88 @@ fn unknown_backend_rejected() {
         workspace.path(),
     );
     assert_eq!(both.status.code(), Some(125), "{}", describe(&both));
+}
+
+/// The probes whose attempt reaches the kernel itself: in a virtual machine each must end
+/// in the guest's kernel, with the host's untouched.
+const KERNEL_PROBES: [&str; 10] = [
+    "mount-filesystem",
+    "create-user-namespace",
+    "ptrace-host-process",
+    "write-proc-sys",
+    "device-node",
+    "setuid-binary",
+    "fork-bomb",
+    "memory-bomb",
+    "fill-tmp",
+    "survive-sandbox",
+];
+
+/// The Debian tree that scripts/test builds, which the vm backend's probes boot from.
+fn vm_rootfs() -> PathBuf {
+    std::env::var_os("AIRLOCK_TEST_ROOTFS").map_or_else(
+        || PathBuf::from("/var/cache/airlock-tests/rootfs-bookworm"),
+        PathBuf::from,
+    )
+}
+
+#[test]
+fn vm_column_shows_every_probe_contained() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The vm backend needs root.
+    let caller = Caller::Root;
+    let tmp = PrivateTmp::new(caller);
+    let rootfs = vm_rootfs();
+    let rootfs = rootfs.to_str().expect("rootfs path");
+    let args = ["probe", "--backend", "vm", "--rootfs", rootfs, "--json"];
+    let output = run_probe(caller, &tmp, &args);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let matrix = matrix(&output);
+    let column = column(&matrix, "vm");
+    let names: Vec<&str> = column.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names, PROBES);
+    for (probe, verdict, reason) in &column {
+        let context = format!("vm: {probe}: {verdict}: {reason}");
+        let expected = verdict == "contained"
+            || (verdict == "not_applicable" && allowed_not_applicable(caller, probe, reason));
+        assert!(expected, "{context}");
+        if KERNEL_PROBES.contains(&probe.as_str()) {
+            assert!(
+                verdict == "contained" || probe == "device-node",
+                "{context}"
+            );
+        }
+    }
+    // Inside the guest these succeed, and only the kernel's boot id tells the guest apart.
+    for probe in ["create-user-namespace", "write-proc-sys"] {
+        let (_, _, reason) = column
+            .iter()
+            .find(|(name, _, _)| name == probe)
+            .expect(probe);
+        assert!(
+            reason.contains("a kernel of its own"),
+            "vm: {probe}: {reason}"
+        );
+    }
+    assert_canaries_gone(&matrix);
+    assert_sandboxes_gone(caller, &matrix);
+    assert_eq!(tmp.entries(), Vec::<PathBuf>::new(), "TMPDIR not empty");
+}
+
+#[test]
+fn vm_without_rootfs_rejected() {
+    let workspace = Workspace::new(Caller::Root);
+    let output = run(
+        Caller::Root,
+        &["probe", "--backend", "vm"],
+        workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("--rootfs"),
+        "{}",
+        describe(&output)
+    );
 }

@@ -2,9 +2,9 @@
 //! kernel and the debootstrap tree as its root disk, under KVM when it works here and
 //! under software emulation (TCG) otherwise, which takes a few seconds per guest.
 //!
-//! Each test gives Airlock a private TMPDIR, where each guest's socket, disk layer and
+//! Each test gives Airlock a private TMPDIR, where each guest's socket, workspace disk and
 //! logs live, so it can check that no QEMU of its own is left and nothing is left there.
-//! They need QEMU, qemu-img, mkfs.ext4, linux-image-cloud-amd64 and the debootstrap tree,
+//! They need QEMU, mkfs.ext4, linux-image-cloud-amd64 and the debootstrap tree,
 //! which scripts/test installs and builds.
 
 use std::fs;
@@ -79,7 +79,9 @@ impl Scene {
         output
     }
 
-    /// Checks that no process runs from this test's TMPDIR and that it is empty.
+    /// Checks that no process runs from this test's TMPDIR and that it is empty. A run
+    /// removes its guest's directory in a child process after it exits, so both get a
+    /// few seconds.
     fn assert_nothing_left(&self) {
         let marker = self.tmp.path().to_str().expect("UTF-8 path").to_owned();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -91,12 +93,21 @@ impl Scene {
             assert!(Instant::now() < deadline, "QEMU left running: {left:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let entries: Vec<_> = fs::read_dir(self.tmp.path())
-            .expect("list TMPDIR")
-            .flatten()
-            .map(|entry| entry.path())
-            .collect();
-        assert!(entries.is_empty(), "guest files left behind: {entries:?}");
+        loop {
+            let entries: Vec<_> = fs::read_dir(self.tmp.path())
+                .expect("list TMPDIR")
+                .flatten()
+                .map(|entry| entry.path())
+                .collect();
+            if entries.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guest files left behind: {entries:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -203,6 +214,27 @@ fn vm_passes_stdin_through() {
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert_eq!(stdout(&output), "20000\ndone\n");
     scene.assert_nothing_left();
+}
+
+#[test]
+fn vm_tty_option_gives_guest_terminal() {
+    let scene = Scene::new();
+    let script = "tty; test -t 0 && echo stdin-terminal; test -t 1 && echo stdout-terminal";
+    let output = scene.run(&["-t", "--workspace-mode", "none"], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let text = stdout(&output).replace('\r', "");
+    assert!(
+        text.lines().any(|line| line.starts_with("/dev/pts/")),
+        "{text:?}"
+    );
+    assert!(
+        text.lines().any(|line| line == "stdin-terminal"),
+        "{text:?}"
+    );
+    assert!(
+        text.lines().any(|line| line == "stdout-terminal"),
+        "{text:?}"
+    );
 }
 
 #[test]
@@ -477,6 +509,36 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
     assert_eq!(fs::read_to_string(&outgoing).unwrap(), "copied in\n");
     fs::remove_file(&outgoing).expect("remove out.txt");
+
+    // The agent alone, then the agent and a running command's two processes.
+    let processes = || {
+        let stats = airlock(&["stats", "--json", &id]);
+        assert_eq!(stats.status.code(), Some(0), "{}", describe(&stats));
+        let record: serde_json::Value = serde_json::from_str(stdout(&stats).trim())
+            .unwrap_or_else(|error| panic!("stats JSON: {error}: {}", describe(&stats)));
+        record["processes"].as_u64().expect("processes")
+    };
+    assert_eq!(processes(), 1);
+    let args = [
+        "exec",
+        "--timeout",
+        "12s",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "sleep 60; true",
+    ];
+    let mut running = spawn_airlock(ROOT, &["env", &tmp], &args, project, Stdio::piped());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = processes();
+    while seen != 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = processes();
+    }
+    assert_eq!(seen, 3, "the agent, sh and sleep");
+    let code = wait_bounded(&mut running.child, RUN_LIMIT, "airlock exec sleep");
+    assert_eq!(code, 124);
 
     let timed_out = airlock(&["exec", "--timeout", "2s", &id, "--", "sleep", "60"]);
     assert_eq!(

@@ -65,11 +65,12 @@ pub enum Action {
     /// Report, rule by rule, what each backend would enforce for `spec`.
     PolicyCheck { backend: BackendRequest, spec: Spec },
     /// Run the containment probes in a sandbox of each backend that `targets` selects, the
-    /// docker backend's from `image`. With `unconfined`, run them on the host too, outside
-    /// any sandbox, as a control group.
+    /// docker backend's from `image` and the others' from `rootfs` or the host view. With
+    /// `unconfined`, run them on the host too, outside any sandbox, as a control group.
     Probe {
         targets: ProbeTargets,
         image: Option<String>,
+        rootfs: Option<PathBuf>,
         unconfined: bool,
     },
     /// Manage the container engine's images, which the docker backend runs.

@@ -8,9 +8,8 @@ use crate::kernel;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// The programs a vm sandbox needs besides QEMU: `qemu-img` for the copy-on-write layer and
-/// `mkfs.ext4` for the root disk image.
-const HELPERS: [(&str, &str); 2] = [("qemu-img", "qemu-utils"), ("mkfs.ext4", "e2fsprogs")];
+/// The programs a vm sandbox needs besides QEMU: `mkfs.ext4` for the disk images.
+const HELPERS: [(&str, &str); 1] = [("mkfs.ext4", "e2fsprogs")];
 
 /// Returns QEMU's path when QEMU, its helpers and a guest kernel are installed.
 pub fn check() -> Result<PathBuf, Unavailable> {

@@ -1,9 +1,9 @@
 //! The guest's root disk: an ext4 image built once from a root filesystem directory and
-//! shared by every sandbox, with a copy-on-write layer of its own per sandbox.
+//! shared by every sandbox.
 //!
-//! The guest mounts its root read-only, but its kernel could still write to the block
-//! device. The per-sandbox qcow2 layer takes any such write, so the shared image stays as
-//! it was built whatever a guest does.
+//! The guest mounts its root read-only, and QEMU attaches the image read-only too
+//! (`readonly=on`), so a guest kernel that tries to write to the block device gets an
+//! error, and the shared image stays as it was built whatever a guest does.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -43,19 +43,21 @@ pub fn summarize(root: &Path) -> Result<TreeSummary, Error> {
             path: directory.clone(),
             source,
         })?;
-        let mut names: Vec<_> = listing
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .collect();
-        names.sort();
-        for path in names {
-            let metadata =
-                std::fs::symlink_metadata(&path).map_err(|source| Error::ReadRootfs {
-                    path: path.clone(),
-                    source,
-                })?;
+        let mut entries: Vec<_> = listing.filter_map(Result::ok).collect();
+        entries.sort_by_key(|entry| entry.path());
+        for entry in entries {
+            let path = entry.path();
+            // Relative to the open directory (fstatat), without following a symlink.
+            let metadata = entry.metadata().map_err(|source| Error::ReadRootfs {
+                path: path.clone(),
+                source,
+            })?;
             let relative = path.strip_prefix(root).unwrap_or(&path);
-            let target = std::fs::read_link(&path).unwrap_or_default();
+            let target = if metadata.is_symlink() {
+                std::fs::read_link(&path).unwrap_or_default()
+            } else {
+                PathBuf::new()
+            };
             let line = format!(
                 "{}\0{:o}\0{}:{}\0{}\0{}.{}\0{}\n",
                 relative.display(),
@@ -203,25 +205,6 @@ fn remove_lost_and_found(image: &Path) {
 pub fn workspace_image(workspace: &Path, image: &Path) -> Result<(), Error> {
     let summary = summarize(workspace)?;
     build_image(workspace, &summary, image, "airlock-ws", &mut |_| {})?;
-    Ok(())
-}
-
-/// Creates the sandbox's qcow2 layer at `layer` over the shared raw `base` image.
-pub fn create_layer(base: &Path, layer: &Path) -> Result<(), Error> {
-    let output = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(layer)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::QemuImg {
-            message: source.to_string(),
-        })?;
-    if !output.status.success() {
-        return Err(Error::QemuImg {
-            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
     Ok(())
 }
 

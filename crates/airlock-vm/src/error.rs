@@ -80,8 +80,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("qemu-img could not create the sandbox's copy-on-write disk: {message}")]
-    QemuImg { message: String },
     #[error("cannot create the guest's directory of sockets, disks and logs")]
     GuestDirectory(#[source] io::Error),
     #[error("cannot start QEMU")]
@@ -102,8 +100,6 @@ pub enum Error {
     HostViewRoot,
     #[error("the vm backend cannot show the workspace with --workspace-mode {mode}, which would write to the project on the host from inside the guest: use overlay (the default) and `airlock apply`")]
     WorkspaceUnsupported { mode: &'static str },
-    #[error("memory limit of {memory} bytes is too small for a guest: pass --memory 192M or more")]
-    MemoryTooSmall { memory: u64 },
     #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
     WeakerThanRequired { unmet: String },
     #[error("cannot prepare the workspace overlay's layers in {path:?}")]

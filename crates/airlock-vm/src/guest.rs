@@ -146,7 +146,8 @@ impl Guest {
         );
     }
 
-    /// Kills QEMU at once.
+    /// Kills QEMU at once and reaps it. A later kill, as when the guest is dropped, then
+    /// signals nothing, also in a process forked after this.
     pub fn kill(&mut self) {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();

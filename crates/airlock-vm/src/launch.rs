@@ -1,5 +1,5 @@
 //! `airlock run --backend vm`: prepare the guest's files, boot it, run the command, and
-//! power the guest off.
+//! kill the guest.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,8 +21,11 @@ use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
 
-/// Smallest guest memory: the kernel, the initramfs with the agent, and a command.
-pub const MIN_MEMORY: u64 = 192 << 20;
+/// Guest memory on top of the memory limit, for the guest's kernel and the initramfs with
+/// the agent. The limit itself is the `memory.max` of the commands' cgroup in the guest.
+// NOTE: an estimate from Debian's 6.1 cloud kernel, whose idle guest uses about 60 MiB;
+// a larger kernel leaves the commands less room before the guest's own OOM killer acts.
+pub const GUEST_OVERHEAD: u64 = 128 << 20;
 
 /// The shared files a guest boots from, built or found in the cache.
 pub struct Prepared {
@@ -37,11 +40,6 @@ pub fn check_spec(spec: &Spec) -> Result<(), Error> {
         return Err(Error::HostViewRoot);
     }
     workspace_mount(spec)?;
-    if spec.limits.memory.value < MIN_MEMORY {
-        return Err(Error::MemoryTooSmall {
-            memory: spec.limits.memory.value,
-        });
-    }
     Ok(())
 }
 
@@ -79,11 +77,6 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     let mut progress = ProgressBar::new();
     let base = disk::root_image(root, &cache, &mut |done| progress.update(done))?;
     let files = GuestFiles::create(id)?;
-    let root_disk = files.path("root.qcow2");
-    if let Err(error) = disk::create_layer(&base, &root_disk) {
-        let _ = std::fs::remove_dir_all(&files.directory);
-        return Err(error);
-    }
     let workspace = match workspace_disk(spec, &files) {
         Ok(disk) => disk,
         Err(error) => {
@@ -94,15 +87,16 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     let machine = Machine {
         accel: choice.accel,
         cpus: spec.limits.cpus.value.map_or(1, protections::vcpus),
-        memory_mib: spec.limits.memory.value >> 20,
+        memory_mib: (spec.limits.memory.value + GUEST_OVERHEAD).div_ceil(1 << 20),
         kernel: kernel.image,
         initramfs,
-        root_disk,
+        root_disk: base,
         agent_socket: files.path("agent.sock"),
         console_log: files.path("console.log"),
         tmp_size: spec.limits.tmp_size,
         workspace,
         pids: spec.limits.pids.value,
+        memory_limit: spec.limits.memory.value,
     };
     Ok(Prepared {
         qemu,
@@ -153,7 +147,7 @@ pub fn environment(spec: &Spec) -> Vec<(String, String)> {
     env
 }
 
-/// Runs the spec's command in a new guest and powers it off afterwards.
+/// Runs the spec's command in a new guest and kills the guest afterwards.
 pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, Error> {
     let started = Instant::now();
     let enforcement = check(spec)?;
@@ -171,21 +165,22 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
     let command = spec.command[0].to_string_lossy();
     let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
     let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
+    tracing::debug!(sandbox = %id, reason = ?outcome.reason, "vm command ended");
 
-    // A timeout ends the guest at once; otherwise it still runs, with the changes.
-    if outcome.reason == EndReason::TimedOut {
-        guest.kill();
-    } else {
+    // After a timeout the guest ends at once; otherwise it still runs, with the changes.
+    if outcome.reason != EndReason::TimedOut {
         if let Some(layers) = options.layers.as_deref().filter(|_| has_overlay(&guest)) {
             export_changes(&mut guest, layers)?;
         }
-        guest.shut_down();
     }
+    // Nothing in the guest needs a clean power-off: its disks are attached read-only, and
+    // the changes were copied out. The removal of its directory is left to the caller.
+    guest.kill();
     tracing::info!(sandbox = %id, "vm sandbox ended");
     Ok(Finished {
         outcome,
         stderr_ends_line: finish.stderr_ends_line,
-        teardown: airlock_core::Teardown::none(),
+        teardown: airlock_core::Teardown::later(guest),
     })
 }
 

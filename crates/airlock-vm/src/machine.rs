@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
-    WorkspaceMount, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL, TMP_SIZE_PARAMETER,
-    WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
+    WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL,
+    TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
 };
 use crate::agent::AGENT_ARGUMENT;
 
@@ -41,7 +41,7 @@ pub struct Machine {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
-    /// The sandbox's copy-on-write layer over the shared root disk image.
+    /// The shared root disk image, attached read-only.
     pub root_disk: PathBuf,
     /// The unix socket of the agent's virtio-serial port; QEMU listens on it.
     pub agent_socket: PathBuf,
@@ -53,6 +53,10 @@ pub struct Machine {
     pub workspace: Option<(PathBuf, WorkspaceMount)>,
     /// The process limit of the guest's commands.
     pub pids: u64,
+    /// The memory limit of the guest's commands in bytes, or 0 for the guest's whole
+    /// memory, as in records of machines that had no such limit.
+    #[serde(default)]
+    pub memory_limit: u64,
 }
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
@@ -80,6 +84,9 @@ impl Machine {
         }
         line.push_str(&format!(" {TMP_SIZE_PARAMETER}={}", self.tmp_size));
         line.push_str(&format!(" {PIDS_PARAMETER}={}", self.pids));
+        if self.memory_limit > 0 {
+            line.push_str(&format!(" {MEMORY_PARAMETER}={}", self.memory_limit));
+        }
         if let Some((_, mount)) = &self.workspace {
             line.push_str(&format!(" {WORKSPACE_PARAMETER}={}", mount.name()));
         }
@@ -129,7 +136,7 @@ impl Machine {
         let port = format!("virtserialport,chardev=agent,name={PORT_NAME}");
         push(&["-device", &port]);
         let drive = format!(
-            "file={},if=none,id=root,format=qcow2,discard=unmap",
+            "file={},if=none,id=root,format=raw,readonly=on",
             self.root_disk.display()
         );
         let device = format!("virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}");
@@ -158,12 +165,13 @@ mod tests {
             memory_mib: 512,
             kernel: "/boot/vmlinuz-6.1.0-1-cloud-amd64".into(),
             initramfs: "/cache/initramfs-00.cpio".into(),
-            root_disk: "/run/x/root.qcow2".into(),
+            root_disk: "/cache/rootfs-00.ext4".into(),
             agent_socket: "/run/x/agent.sock".into(),
             console_log: "/run/x/console.log".into(),
             tmp_size: 1 << 20,
             workspace: None,
             pids: 64,
+            memory_limit: 256 << 20,
         }
     }
 
@@ -201,7 +209,9 @@ mod tests {
     fn agent_marker_follows_double_dash() {
         let cmdline = machine(Accel::Kvm).kernel_command_line();
         assert!(
-            cmdline.ends_with("airlock.tmp_size=1048576 airlock.pids=64 -- __vm-agent"),
+            cmdline.ends_with(
+                "airlock.tmp_size=1048576 airlock.pids=64 airlock.memory=268435456 -- __vm-agent"
+            ),
             "{cmdline}"
         );
         assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");

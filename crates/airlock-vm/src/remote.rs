@@ -174,8 +174,8 @@ fn wait_reply(connection: &mut Connection, channel: u32) -> Result<Message, Erro
     }
 }
 
-/// Reads QEMU's resident memory and CPU time.
-// NOTE: the processes inside the guest are not counted; `processes` is 0.
+/// Reads QEMU's resident memory and CPU time, and counts the guest's processes: the
+/// commands' cgroup and the agent. The count is 0 when the agent cannot be asked.
 pub fn stats(runtime: &Runtime) -> Stats {
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", runtime.qemu_pid)).unwrap_or_default();
@@ -207,6 +207,43 @@ pub fn stats(runtime: &Runtime) -> Stats {
     Stats {
         memory,
         cpu_seconds: ticks as f64 / airlock_namespace::sys::clock_ticks() as f64,
-        processes: 0,
+        processes: guest_processes(runtime).unwrap_or(0),
+    }
+}
+
+/// Returns the number of processes in the guest's commands' cgroup, plus the agent.
+fn guest_processes(runtime: &Runtime) -> Option<u64> {
+    let mut connection = connect(runtime).ok()?;
+    let path = format!("{}/cgroup.procs", crate::agent::cgroup::WORKLOAD);
+    let procs = read_guest_file(&mut connection, &path)?;
+    let commands = procs.lines().filter(|line| !line.trim().is_empty()).count();
+    Some(commands as u64 + 1)
+}
+
+/// Reads a small text file of the guest through the agent, or `None` when it fails.
+fn read_guest_file(connection: &mut Connection, path: &str) -> Option<String> {
+    let channel = connection.open_channel();
+    let message = Message::ReadFile { path: path.into() };
+    connection.send(channel, &message).ok()?;
+    let deadline = Instant::now() + CONNECT_LIMIT;
+    let mut content = Vec::new();
+    loop {
+        let frame = match connection.next_event(Some(deadline)) {
+            client::Wait::Event(client::Event::Frame(frame)) => frame,
+            _ => return None,
+        };
+        if frame.channel != channel {
+            continue;
+        }
+        match frame.kind {
+            FrameKind::FileData => content.extend_from_slice(&frame.payload),
+            FrameKind::Message => {
+                return match frame.to_message().ok()? {
+                    Message::Done => Some(String::from_utf8_lossy(&content).into_owned()),
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
     }
 }

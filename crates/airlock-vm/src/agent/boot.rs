@@ -71,6 +71,8 @@ pub struct BootConfig {
     pub workspace: Option<WorkspaceMount>,
     /// The commands' process limit, their threads included.
     pub pids: u64,
+    /// The commands' memory limit in bytes, or `None` for the guest's whole memory.
+    pub memory: Option<u64>,
 }
 
 /// The way the guest shows the workspace disk.
@@ -98,6 +100,9 @@ pub const TMP_SIZE_PARAMETER: &str = "airlock.tmp_size";
 /// The kernel command line parameter that carries [`BootConfig::pids`].
 pub const PIDS_PARAMETER: &str = "airlock.pids";
 
+/// The kernel command line parameter that carries [`BootConfig::memory`].
+pub const MEMORY_PARAMETER: &str = "airlock.memory";
+
 /// The kernel command line parameter that carries [`BootConfig::workspace`].
 pub const WORKSPACE_PARAMETER: &str = "airlock.workspace";
 
@@ -119,10 +124,12 @@ impl BootConfig {
         let pids = value(PIDS_PARAMETER)
             .and_then(|value| value.parse().ok())
             .unwrap_or(airlock_core::spec::DEFAULT_PIDS);
+        let memory = value(MEMORY_PARAMETER).and_then(|value| value.parse().ok());
         BootConfig {
             tmp_size,
             workspace,
             pids,
+            memory,
         }
     }
 }
@@ -264,10 +271,12 @@ pub fn enter_root(disk: &Path, config: &BootConfig) -> Result<(), BootError> {
     )
     .map_err(failed("cannot mount the root overlay on", NEW_ROOT))?;
     mount_sandbox_filesystems(Path::new(NEW_ROOT), config)?;
-    crate::agent::cgroup::set_up(Path::new(NEW_ROOT), config.pids).map_err(failed(
-        "cannot set up the process limit in",
-        "/sys/fs/cgroup",
-    ))?;
+    crate::agent::cgroup::set_up(Path::new(NEW_ROOT), config.pids, config.memory).map_err(
+        failed(
+            "cannot set up the process and memory limits in",
+            "/sys/fs/cgroup",
+        ),
+    )?;
     if let Some(mount) = config.workspace {
         mount_workspace(Path::new(NEW_ROOT), mount, config.tmp_size)?;
     }
@@ -303,11 +312,13 @@ fn mount_sandbox_filesystems(root: &Path, config: &BootConfig) -> Result<(), Boo
             None,
         ),
         ("devtmpfs", "dev", "devtmpfs", libc::MS_NOSUID, None),
+        // Not nodev: the kernel refuses to open /dev/pts/ptmx, a device node, on a nodev
+        // mount.
         (
             "devpts",
             "dev/pts",
             "devpts",
-            nosuid,
+            libc::MS_NOSUID | libc::MS_NOEXEC,
             Some("newinstance,ptmxmode=0666,mode=620"),
         ),
         ("tmpfs", "dev/shm", "tmpfs", nosuid, Some("mode=1777")),
@@ -394,5 +405,13 @@ mod tests {
         assert_eq!(default.workspace, None);
         let overlay = BootConfig::from_cmdline("airlock.workspace=overlay -- __vm-agent");
         assert_eq!(overlay.workspace, Some(WorkspaceMount::Overlay));
+    }
+
+    #[test]
+    fn memory_limit_read_from_cmdline() {
+        let config = BootConfig::from_cmdline("airlock.memory=134217728 -- __vm-agent");
+        assert_eq!(config.memory, Some(128 << 20));
+        let without = BootConfig::from_cmdline("airlock.pids=64 -- __vm-agent");
+        assert_eq!(without.memory, None);
     }
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::cgroup::Workload;
+use super::cgroup::{self, Workload};
 use airlock_protocol::{
     DirEntry, EntryKind, Frame, FrameKind, FrameReader, FrameWriter, Message, CONTROL_CHANNEL,
     PROTOCOL_VERSION,
@@ -282,7 +282,7 @@ fn start(
     }
     let port = Arc::clone(port);
     let done = Arc::new(AtomicBool::new(false));
-    let pids_limit = commands
+    let hits = commands
         .workload
         .as_ref()
         .map(|workload| workload.watch(Arc::clone(&done)));
@@ -292,7 +292,7 @@ fn start(
         relays,
         oom_kills_before,
         done,
-        pids_limit,
+        hits,
     };
     std::thread::spawn(move || report_end(channel, waited, &port));
     Ok(())
@@ -386,8 +386,9 @@ struct Waited {
     oom_kills_before: u64,
     /// Set once the command ended, to stop the watch on the process limit.
     done: Arc<AtomicBool>,
-    /// Set by that watch when it killed the commands for a refused fork.
-    pids_limit: Option<Arc<AtomicBool>>,
+    /// What that watch saw when it killed the commands: a refused fork, or thrashing at
+    /// the memory limit.
+    hits: Option<Arc<cgroup::Hits>>,
 }
 
 /// Waits for the command's status and the end of its output, then reports it.
@@ -398,13 +399,17 @@ fn report_end(channel: u32, waited: Waited, port: &Port) {
         relays,
         oom_kills_before,
         done,
-        pids_limit,
+        hits,
     } = waited;
     let Ok(status) = status.recv() else {
         return;
     };
     done.store(true, Ordering::SeqCst);
-    let pids_limit = pids_limit.is_some_and(|hit| hit.load(Ordering::SeqCst));
+    let hit = |flag: fn(&cgroup::Hits) -> &AtomicBool| {
+        hits.as_ref()
+            .is_some_and(|hits| flag(hits).load(Ordering::SeqCst))
+    };
+    let (pids_limit, thrashed) = (hit(|hits| &hits.pids), hit(|hits| &hits.memory));
     // The command's own group ends with it, so that a background process cannot keep its
     // output open and the channel waiting. A command with a terminal leads its own session.
     // SAFETY: kill takes integers only.
@@ -417,7 +422,8 @@ fn report_end(channel: u32, waited: Waited, port: &Port) {
     } else {
         (None, Some(libc::WTERMSIG(status)))
     };
-    let out_of_memory = signal == Some(libc::SIGKILL) && oom_kills() > oom_kills_before;
+    let out_of_memory =
+        signal == Some(libc::SIGKILL) && (thrashed || oom_kills() > oom_kills_before);
     send(
         port,
         channel,
