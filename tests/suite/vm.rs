@@ -183,6 +183,46 @@ fn vm_guest_runs_own_kernel_without_network() {
     assert_eq!(record["exit_code"], 0);
 }
 
+/// The guest's directory holds a copy of the project, and the cached disk images every
+/// file of their trees, /etc/shadow included: no other user may read either.
+#[test]
+fn vm_guest_files_and_cache_private_to_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::new();
+    let listing = format!(
+        "stat -c %a {}/airlock-vm-* 2>/dev/null || true",
+        scene.tmp.path().display()
+    );
+    // The guest's directory is looked at from the host while the command runs in it.
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + RUN_LIMIT;
+        while Instant::now() < deadline {
+            let output = std::process::Command::new("sh")
+                .args(["-c", &listing])
+                .output()
+                .expect("run sh");
+            let modes = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if !modes.is_empty() {
+                return modes;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        String::new()
+    });
+    let output = scene.run(&[], &["sleep", "2"]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(
+        watcher.join().unwrap(),
+        "700",
+        "mode of the guest's directory"
+    );
+
+    // Only the owner may enter the cache directory, whatever the modes of older files in it.
+    let cache = PathBuf::from("/var/cache/airlock/vm");
+    let mode = fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{cache:?} has mode {mode:o}");
+}
+
 #[test]
 fn vm_passes_stdin_through() {
     let scene = Scene::new();

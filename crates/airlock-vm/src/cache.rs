@@ -27,7 +27,23 @@ pub fn directory() -> Result<PathBuf, Error> {
         path: directory.clone(),
         source,
     })?;
+    // The disk images hold every file of their trees, private ones such as /etc/shadow
+    // included, so only their owner may reach them.
+    make_private(&directory).map_err(|source| Error::CacheDirectory {
+        path: directory.clone(),
+        source,
+    })?;
     Ok(directory)
+}
+
+/// Takes every permission from group and others on `path`, where it has any.
+pub fn make_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))?;
+    }
+    Ok(())
 }
 
 /// How long a cached archive or image may go unused before a new build removes it.

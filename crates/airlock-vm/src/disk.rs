@@ -97,6 +97,11 @@ pub fn root_image(
     let image = cache.join(format!("rootfs-{}.ext4", summary.key));
     if image.is_file() {
         crate::cache::touch(&image);
+        // An image that an earlier version cached with its default mode.
+        crate::cache::make_private(&image).map_err(|source| Error::BuildImage {
+            path: image.clone(),
+            source,
+        })?;
         return Ok(image);
     }
     crate::cache::prune(cache, &["rootfs-", ".rootfs-"]);
@@ -110,10 +115,16 @@ pub fn root_image(
         let _ = std::fs::remove_file(&partial);
         return Err(error);
     }
-    std::fs::rename(&partial, &image).map_err(|source| Error::BuildImage {
-        path: image.clone(),
-        source,
-    })?;
+    // The image holds every file of the tree, private ones included: only its owner may
+    // read it, as only the owner may enter the cache directory.
+    let private = crate::cache::make_private(&partial);
+    if let Err(source) = private.and_then(|()| std::fs::rename(&partial, &image)) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(Error::BuildImage {
+            path: image.clone(),
+            source,
+        });
+    }
     Ok(image)
 }
 

@@ -48,9 +48,16 @@ impl GuestFiles {
     pub fn create(id: &SandboxId) -> Result<GuestFiles, Error> {
         let directory = tempfile::Builder::new()
             .prefix(&directory_prefix(id))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(Error::GuestDirectory)?
             .keep();
+        // The directory holds the copy of the workspace, which may be private; tempfile
+        // applies the process's umask, so the mode is set again.
+        if let Err(error) = crate::cache::make_private(&directory) {
+            let _ = std::fs::remove_dir_all(&directory);
+            return Err(Error::GuestDirectory(error));
+        }
         Ok(GuestFiles { directory })
     }
 
