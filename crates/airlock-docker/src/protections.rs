@@ -69,6 +69,14 @@ impl Facts {
     pub fn unreachable(reason: String) -> Facts {
         Facts {
             unreachable: Some(reason),
+            ..Facts::host()
+        }
+    }
+
+    /// Reads the host's facts; the engine's are all false until something confirms them.
+    pub fn host() -> Facts {
+        Facts {
+            unreachable: None,
             user_namespaces: false,
             memory: false,
             swap: false,
