@@ -146,7 +146,7 @@ impl Engine {
 
 /// Checks with `GET /_ping` that the engine replies, and returns a client of the API version
 /// that the ping's `Api-Version` header names, the engine's newest, or bollard's where that
-/// is older: the version bollard's negotiation agrees on. The negotiation itself asks `GET
+/// is older: the version bollard's negotiation agrees on. The negotiation itself requests `GET
 /// /version`, which takes Podman 4.3 about 0.4 s because it runs its runtime's binaries to
 /// report their versions, so it serves only an engine whose ping names no version.
 ///
@@ -268,7 +268,7 @@ mod tests {
         );
     }
 
-    /// The answer of a fake engine to one request: the status, the `Api-Version` header if
+    /// The response of a fake engine to one request: the status, the `Api-Version` header if
     /// any, and the body.
     type Answer = (u16, Option<&'static str>, &'static str);
 

@@ -23,7 +23,7 @@ use airlock_core::state::ProcessRef;
 use airlock_core::{
     Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, Teardown, User, WorkspaceMode,
 };
-use airlock_namespace::cgroup::Cgroup;
+use airlock_namespace::cgroup::{Cgroup, Description};
 use airlock_namespace::launch as shared;
 use airlock_namespace::monitor::Ended;
 use airlock_namespace::report::Report;
@@ -143,15 +143,10 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
     let mut streams = plan_streams(spec, options, hold)?;
     start_container(&resources, &checked)?;
     let (init, init_pidfd) = find_init(&resources)?;
-    let cgroup = cgroup::of_process(init.pid);
-    tracing::debug!(cgroup = ?cgroup, "found the container's cgroup");
-    let facts = observe::facts(&resources.engine, spec, init.pid, cgroup.as_ref());
-    let enforcement = protections::assess(spec, checked.user, &facts);
-    enforcement
-        .check_required(spec.allow_weaker)
-        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
     let id = checked.id;
+    let (cgroup, facts, enforcement) = check_protections(&resources, spec, &checked, init.pid)?;
     tracing::info!(sandbox = %id, backend = "docker", pid = init.pid, hold, "sandbox created");
+
     let connection = listener
         .accept(init.pid, init_pidfd.as_raw_fd())
         .map_err(|error| with_logs(error, &resources))?;
@@ -187,6 +182,25 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
     })
 }
 
+/// Reads the protections of the started container whose init is host process `init`, and
+/// fails, before its command starts, when one that the spec requires is missing. Returns
+/// the container's cgroup with the facts and the protections.
+fn check_protections(
+    resources: &Resources,
+    spec: &Spec,
+    checked: &Checked<'_>,
+    init: libc::pid_t,
+) -> Result<(Option<Description>, Facts, Enforcement), Error> {
+    let cgroup = cgroup::of_process(init);
+    tracing::debug!(sandbox = %checked.id, cgroup = ?cgroup, "found the container's cgroup");
+    let facts = observe::facts(&resources.engine, spec, init, cgroup.as_ref());
+    let enforcement = protections::assess(spec, checked.user, &facts);
+    enforcement
+        .check_required(spec.allow_weaker)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
+    Ok((cgroup, facts, enforcement))
+}
+
 /// Checks, before creating anything, that the spec names an image, that the binary can be
 /// the init, and for a privileged user that the engine remaps users or the spec accepts
 /// that it does not. Returns the connected engine with the findings.
@@ -213,7 +227,7 @@ fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a
 
 /// Fails when `user` is root or in root's group, the engine reports that it does not remap
 /// users, and the spec does not accept that. The engine is asked only for such a user,
-/// because for any other its answer changes nothing before the container exists.
+/// because for any other its report changes nothing before the container exists.
 fn check_privileged_user(engine: &Engine, spec: &Spec, user: User) -> Result<(), Error> {
     if !protections::is_privileged(user) || spec.allow_weaker {
         return Ok(());

@@ -16,7 +16,7 @@ use airlock_namespace::cgroup::Description;
 use crate::engine::Engine;
 use crate::protections::Facts;
 
-/// What a container's kernel state confirms about its protections.
+/// The protections that a container's kernel state confirms.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
     /// Whether neither uid 0 nor gid 0 of the container is uid or gid 0 here; `None` where
@@ -263,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn identity_map_keeps_root_and_remapped_one_does_not() {
+    fn identity_map_maps_root_to_root() {
         assert!(maps_zero_to_zero("         0          0 4294967295\n"));
         assert!(!maps_zero_to_zero("         0     100000      65536\n"));
         assert!(!maps_zero_to_zero("0 1000 1\n1 100000 65536\n"));
@@ -323,7 +323,8 @@ mod tests {
             ("pids.max", "1025\n"),
         ]);
         let observed = limits(&description(dir.path(), false), expected(None));
-        assert!(observed.memory && observed.pids, "{observed:?}");
+        assert!(observed.memory, "{observed:?}");
+        assert!(observed.pids, "{observed:?}");
         assert!(!observed.swap, "{observed:?}");
         assert!(!observed.cpu, "no CPU limit was requested: {observed:?}");
     }
@@ -337,10 +338,10 @@ mod tests {
             ("cpu.max", "150000 100000\n"),
         ]);
         let observed = limits(&description(dir.path(), true), expected(Some(1.5)));
-        assert!(
-            observed.memory && observed.swap && observed.pids && observed.cpu,
-            "{observed:?}"
-        );
+        assert!(observed.memory, "{observed:?}");
+        assert!(observed.swap, "{observed:?}");
+        assert!(observed.pids, "{observed:?}");
+        assert!(observed.cpu, "{observed:?}");
 
         let dir = group(&[
             ("memory.max", "max\n"),
@@ -368,6 +369,7 @@ mod tests {
             v2: Some(false),
         };
         assert!(confirmed.settles(&spec, &host));
+
         let without_swap = Observed {
             swap: false,
             ..confirmed.clone()
@@ -378,11 +380,13 @@ mod tests {
             ..host.clone()
         };
         assert!(without_swap.settles(&spec, &host_without_swap));
+
         let unknown_user = Observed {
             remapped: None,
             ..confirmed.clone()
         };
         assert!(!unknown_user.settles(&spec, &host));
+
         let mut with_cpus = spec.clone();
         with_cpus.limits.cpus = airlock_core::Limit::requested(Some(1.0));
         assert!(
@@ -392,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn engine_report_fills_what_the_container_does_not_confirm() {
+    fn engine_report_fills_unconfirmed_facts() {
         let observed = Observed {
             remapped: Some(false),
             memory: true,

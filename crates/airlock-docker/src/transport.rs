@@ -100,8 +100,8 @@ impl Transport {
         })
     }
 
-    /// Sends `GET PATH_AND_QUERY` and parses the JSON answer into `T`, which may name only
-    /// the fields it reads. An answer of another status than 2xx becomes bollard's error
+    /// Sends `GET PATH_AND_QUERY` and parses the JSON response into `T`, which may name only
+    /// the fields it reads. A response of another status than 2xx becomes bollard's error
     /// for it.
     pub async fn get_json<T: DeserializeOwned>(
         &self,
@@ -125,7 +125,7 @@ impl Transport {
         Ok(serde_json::from_slice(&body)?)
     }
 
-    /// Sends `GET PATH_AND_QUERY` and reads the answer to its end, so that the connection
+    /// Sends `GET PATH_AND_QUERY` and reads the response to its end, so that the connection
     /// stays open for the next request.
     async fn get(
         &self,
@@ -159,7 +159,7 @@ pub fn percent_encode(text: &str) -> String {
     encoded
 }
 
-/// The engine's answer to `GET /_ping`.
+/// The engine's response to `GET /_ping`.
 #[derive(Debug)]
 pub struct Ping {
     pub status: http::StatusCode,
