@@ -11,10 +11,17 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyperlocal::UnixConnector;
 use serde::de::DeserializeOwned;
 use tracing::debug;
+
+/// How long an open connection may stay unused before a request opens a new one. The
+/// requests of one step follow each other within milliseconds, but a supervisor's next
+/// request can come hours later, when the engine may have closed the connection without
+/// this single-threaded client noticing. Podman 4.3's service closes idle connections after
+/// twice its `--time`, which is 5 s by default, and exits after `--time` without requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Names the body type of a request, which bollard uses but does not export.
 pub trait RequestBody {
@@ -46,7 +53,10 @@ impl Transport {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         Transport {
-            client: Client::builder(TokioExecutor::new()).build(UnixConnector),
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .build(UnixConnector),
             address: format!("unix://{hex}"),
             timeout,
         }
