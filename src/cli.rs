@@ -202,6 +202,16 @@ pub struct SandboxArgs {
     /// host root and needs --allow-weaker.
     #[arg(long, value_name = "USER")]
     pub user: Option<User>,
+
+    /// Guest kernel for --backend vm, named vmlinuz-RELEASE with its modules in
+    /// /lib/modules/RELEASE [default: the newest /boot/vmlinuz-*-cloud-amd64].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+
+    /// Run each command inside the machine of --backend vm in a sandbox of this backend too:
+    /// namespace. Each layer enforces its own part of the spec.
+    #[arg(long, value_name = "NAME")]
+    pub inner: Option<airlock_core::InnerBackend>,
 }
 
 #[derive(Debug, Args)]
@@ -399,6 +409,18 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub all: bool,
 
+    /// Image the docker backend's probes run in, a local image of its engine such as
+    /// debian:bookworm; the probes copy Airlock in, so the image needs no tools of its own.
+    /// Without it, the docker backend is not probed.
+    #[arg(long, value_name = "NAME", value_parser = spec::parse_image)]
+    pub image: Option<String>,
+
+    /// Root filesystem of the probes' sandboxes other than the docker backend's, a directory
+    /// such as a debootstrap tree [default: the read-only host view]. The vm backend is
+    /// probed only with it, since it does not run the host view.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+
     /// Print the results as one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -419,6 +441,8 @@ impl ProbeArgs {
         };
         Action::Probe {
             targets,
+            image: self.image,
+            rootfs: self.rootfs,
             unconfined: self.unconfined,
         }
     }
@@ -519,6 +543,8 @@ impl SandboxArgs {
         if self.user.is_some() {
             spec.user = self.user;
         }
+        spec.kernel = self.kernel;
+        spec.inner = self.inner;
         let mut request = BackendRequest {
             backend: self.backend,
             risk: self.risk,

@@ -74,6 +74,18 @@ pub enum LifecycleError {
     NoCommand { id: String },
     #[error("--image needs --backend docker: the {backend} backend runs the host's files or a --rootfs directory, not an image")]
     ImageNeedsDocker { backend: &'static str },
+    #[error("--inner runs a backend inside a machine, which the {backend} backend is not: use --backend vm, or drop --inner")]
+    InnerWithoutMachine { backend: &'static str },
+}
+
+/// Rejects `--inner` for a backend that provides no machine to run it in.
+fn check_inner(kind: BackendKind, spec: &Spec) -> Result<(), LifecycleError> {
+    match (kind, spec.inner) {
+        (BackendKind::Vm, _) | (_, None) => Ok(()),
+        (kind, Some(_)) => Err(LifecycleError::InnerWithoutMachine {
+            backend: kind.name(),
+        }),
+    }
 }
 
 /// Returns the backend that a record or a command line names.
@@ -83,6 +95,7 @@ pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
         BackendKind::Chroot => Box::new(ChrootBackend),
         BackendKind::Nspawn => Box::new(NspawnBackend),
         BackendKind::Docker => Box::new(DockerBackend),
+        BackendKind::Vm => Box::new(airlock_vm::VmBackend),
     }
 }
 
@@ -210,6 +223,7 @@ impl Engine {
     ) -> Result<RunResult, BackendError> {
         let kind = selected.kind;
         check_image(kind, &spec)?;
+        check_inner(kind, &spec)?;
         backend(kind).availability()?;
         spec.validate()?;
         self.check_workspace(&spec)?;
@@ -362,6 +376,7 @@ impl Engine {
     pub fn create(&self, selected: &Selected, mut spec: Spec) -> Result<Record, BackendError> {
         let kind = selected.kind;
         check_image(kind, &spec)?;
+        check_inner(kind, &spec)?;
         backend(kind).availability()?;
         spec.validate_sandbox()?;
         self.check_workspace(&spec)?;

@@ -31,6 +31,14 @@ use cli::{AuditCommand, Cli, Command, PolicyCommand};
 use lifecycle::Engine;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == airlock_vm::agent::AGENT_ARGUMENT)
+    {
+        let Err(error) = airlock_vm::agent::run();
+        eprintln!("airlock: {error}");
+        return ExitCode::from(AIRLOCK_FAILED);
+    }
     if let Some(code) = refuse_setuid() {
         return code;
     }
@@ -565,8 +573,16 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Probe {
             targets,
+            image,
+            rootfs,
             unconfined,
-        } => print_probes(engine, targets, unconfined, json),
+        } => {
+            let sources = probe::Sources {
+                image: image.as_deref(),
+                rootfs: rootfs.as_deref(),
+            };
+            print_probes(engine, targets, sources, unconfined, json)
+        }
     }
 }
 
@@ -593,10 +609,11 @@ fn warn_about(kind: BackendKind, spec: &Spec) {
 fn print_probes(
     engine: &Engine,
     targets: airlock_core::ProbeTargets,
+    sources: probe::Sources<'_>,
     unconfined: bool,
     json: bool,
 ) -> Result<u8> {
-    let matrix = match probe::run(engine, targets, unconfined) {
+    let matrix = match probe::run(engine, targets, sources, unconfined) {
         Ok(matrix) => matrix,
         Err(error @ probe::ProbeError::Interrupted(probe::Interrupted(signal))) => {
             eprintln!("airlock: {}", error_chain(&error));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use airlock_core::spec::SANDBOX_WORKSPACE;
 use airlock_core::{
-    BackendError, BackendKind, EndReason, ExecCommand, Limit, Spec, User, WorkspaceMode,
+    BackendError, BackendKind, EndReason, ExecCommand, Limit, RootFs, Spec, User, WorkspaceMode,
 };
 use airlock_namespace::{error_chain, sys};
 use serde::de::DeserializeOwned;
@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use super::host::{token, ProbeLimits};
 use super::interrupt::{Interrupted, Interrupts};
 use super::staging::Staging;
+use super::Sources;
 use crate::lifecycle::Engine;
 use crate::selection::Selected;
 
@@ -168,8 +169,12 @@ pub trait Executor {
 /// Builds the spec of the probes' sandbox: the staging workspace under an overlay, small
 /// limits that the bombs run into quickly, and a time to live in case Airlock is killed.
 /// Protections that the host cannot enforce are accepted, and the probes show the result.
-fn probe_spec(workspace: PathBuf, limits: &ProbeLimits) -> Spec {
+fn probe_spec(workspace: PathBuf, sources: Sources<'_>, limits: &ProbeLimits) -> Spec {
     let mut spec = Spec::new(Vec::new());
+    spec.image = sources.image.map(str::to_owned);
+    if let Some(rootfs) = sources.rootfs {
+        spec.rootfs = RootFs::Directory(rootfs.to_owned());
+    }
     spec.workspace = Some(workspace);
     spec.workspace_mode = WorkspaceMode::Overlay;
     spec.name = Some(format!("probe-{}", token(4)));
@@ -182,33 +187,51 @@ fn probe_spec(workspace: PathBuf, limits: &ProbeLimits) -> Spec {
     spec
 }
 
+/// How many times longer a probe may run in a virtual machine: under software emulation
+/// (TCG) on a loaded 2-core host, the memory bomb took 10 to 20 s where the host takes 1 s.
+const VM_TIMEOUT_FACTOR: u32 = 4;
+
 /// Runs probes in one sandbox, which it creates, and removes it when ended or dropped.
 pub struct SandboxExecutor<'a> {
     engine: &'a Engine,
     id: Option<String>,
+    /// The factor on each probe's timeout.
+    timeout_factor: u32,
 }
 
 impl<'a> SandboxExecutor<'a> {
-    /// Creates the sandbox from the staging workspace and copies the staged binary into it.
+    /// Creates the sandbox from the staging workspace and `sources`, and copies the staged
+    /// binary into it.
     pub fn start(
         engine: &'a Engine,
         kind: BackendKind,
+        sources: Sources<'_>,
         staging: &Staging,
         limits: &ProbeLimits,
     ) -> Result<SandboxExecutor<'a>, BackendError> {
-        let id = engine
-            .create(
-                &Selected::named(kind),
-                probe_spec(staging.workspace(), limits),
-            )?
-            .id;
+        // The vm backend keeps a workspace's changes in guest memory, in a layer as small as
+        // the probes' /tmp, so its copy of Airlock goes into the workspace image instead.
+        let staged_in_workspace = kind == BackendKind::Vm;
+        if staged_in_workspace {
+            let staged = staging.workspace().join(PROBE_BINARY_NAME);
+            std::fs::hard_link(staging.binary(), staged)?;
+        }
+        let spec = probe_spec(staging.workspace(), sources, limits);
+        let id = engine.create(&Selected::named(kind), spec)?.id;
         // From here on, dropping the executor removes the sandbox.
         let executor = SandboxExecutor {
             engine,
             id: Some(id.clone()),
+            timeout_factor: if kind == BackendKind::Vm {
+                VM_TIMEOUT_FACTOR
+            } else {
+                1
+            },
         };
-        let target = Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME);
-        engine.copy(&id, &staging.binary(), &target, true)?;
+        if !staged_in_workspace {
+            let target = Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME);
+            engine.copy(&id, &staging.binary(), &target, true)?;
+        }
         Ok(executor)
     }
 
@@ -228,7 +251,8 @@ impl Executor for SandboxExecutor<'_> {
             let ended = Ended::NotStarted("the sandbox was already removed".to_owned());
             return Ok(Execution::parse(&[], &[], ended));
         };
-        let command = probe_command(probe, invocation);
+        let timeout = invocation.timeout * self.timeout_factor;
+        let command = probe_command(probe, invocation, timeout);
         let mut capture = match Capture::new() {
             Ok(capture) => capture,
             Err(error) => return Ok(not_started("cannot capture its output", &error)),
@@ -241,7 +265,7 @@ impl Executor for SandboxExecutor<'_> {
             Err(error) => return Ok(not_started("cannot fork", &error)),
         };
 
-        let deadline = Instant::now() + invocation.timeout + KILL_GRACE;
+        let deadline = Instant::now() + timeout + KILL_GRACE;
         let waited = wait_for_child(pid, deadline, interrupts)?;
         let summary = capture.outcome_summary();
         let ended = match waited {
@@ -268,7 +292,7 @@ impl Drop for SandboxExecutor<'_> {
 }
 
 /// Builds the exec of `airlock __probe PROBE ARGS`, run from the copy in the workspace.
-fn probe_command(probe: &str, invocation: &Invocation<'_>) -> ExecCommand {
+fn probe_command(probe: &str, invocation: &Invocation<'_>, timeout: Duration) -> ExecCommand {
     let mut argv: Vec<OsString> = vec![
         Path::new(SANDBOX_WORKSPACE).join(PROBE_BINARY_NAME).into(),
         "__probe".into(),
@@ -279,7 +303,7 @@ fn probe_command(probe: &str, invocation: &Invocation<'_>) -> ExecCommand {
         argv,
         env: Vec::new(),
         tty: invocation.terminal.is_some(),
-        timeout: Some(invocation.timeout),
+        timeout: Some(timeout),
         user: invocation.as_root.then_some(User::ROOT),
     }
 }

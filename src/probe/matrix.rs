@@ -33,6 +33,8 @@ pub enum ColumnState {
     Probed,
     /// The backend cannot run on this host; the reason and the fix.
     Unavailable(String),
+    /// The backend can run, but the run lacks an input it needs; the reason and the fix.
+    NotProbed(String),
     /// The probes' sandbox could not be created, or the binary not copied into it; the
     /// error.
     Failed(String),
@@ -57,6 +59,7 @@ impl Column {
     pub fn without_probes(backend: &str, state: ColumnState, probes: &[&dyn Probe]) -> Column {
         let reason = match &state {
             ColumnState::Unavailable(reason) => format!("the backend is not available: {reason}"),
+            ColumnState::NotProbed(reason) => format!("not probed: {reason}"),
             ColumnState::Failed(error) => format!("cannot set up the probes' sandbox: {error}"),
             ColumnState::Probed => String::new(),
         };
@@ -156,6 +159,11 @@ impl Matrix {
                 out.push_str(&wrap("", &text, 2));
                 return;
             }
+            ColumnState::NotProbed(reason) => {
+                let text = format!("{}: not probed: {reason}", column.backend);
+                out.push_str(&wrap("", &text, 2));
+                return;
+            }
             ColumnState::Failed(error) => {
                 let text = format!(
                     "{}: cannot set up the probes' sandbox: {error}",
@@ -186,6 +194,7 @@ fn column_json(column: &Column) -> Value {
     let (status, reason) = match &column.state {
         ColumnState::Probed => ("probed", None),
         ColumnState::Unavailable(reason) => ("unavailable", Some(reason)),
+        ColumnState::NotProbed(reason) => ("not_probed", Some(reason)),
         ColumnState::Failed(error) => ("failed", Some(error)),
     };
     json!({

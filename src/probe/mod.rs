@@ -28,6 +28,7 @@ mod probes;
 mod staging;
 mod system;
 
+use std::path::Path;
 use std::time::Instant;
 
 use airlock_core::{BackendKind, ProbeTargets, Unavailable};
@@ -54,6 +55,17 @@ pub enum ProbeError {
         backend: &'static str,
         unavailable: Unavailable,
     },
+    #[error("the docker backend runs its probes in an image: pass --image NAME, a local image of its engine such as debian:bookworm (`airlock image ls` lists them, `airlock image import` or `airlock image pull` adds one)")]
+    ImageMissing,
+    #[error("--image {image:?} needs the docker backend: the {backend} backend runs no image; drop --image, or probe --backend docker")]
+    ImageNeedsDocker {
+        image: String,
+        backend: &'static str,
+    },
+    #[error("the vm backend runs its probes in a root filesystem tree of its own: pass --rootfs DIR, such as a debootstrap tree")]
+    RootfsMissing,
+    #[error("--rootfs does not apply to the docker backend, whose probes run in the --image; drop --rootfs")]
+    RootfsWithDocker,
     #[error("cannot hold back SIGINT, SIGTERM and SIGHUP while the probes run")]
     Signals(#[source] std::io::Error),
     #[error("cannot stage the probes")]
@@ -74,23 +86,38 @@ impl From<Interrupted> for ProbeError {
     }
 }
 
-/// Runs every probe in a sandbox of each backend that `targets` selects, and with
-/// `unconfined` on the host too.
-pub fn run(engine: &Engine, targets: ProbeTargets, unconfined: bool) -> Result<Matrix, ProbeError> {
+/// What the probes' sandboxes are made from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources<'a> {
+    /// The image of the docker backend's sandbox.
+    pub image: Option<&'a str>,
+    /// The root filesystem tree of the other backends' sandboxes; the host view without it.
+    /// The vm backend needs one.
+    pub rootfs: Option<&'a Path>,
+}
+
+/// Runs every probe in a sandbox of each backend that `targets` selects, made from
+/// `sources`, and with `unconfined` on the host too.
+pub fn run(
+    engine: &Engine,
+    targets: ProbeTargets,
+    sources: Sources<'_>,
+    unconfined: bool,
+) -> Result<Matrix, ProbeError> {
     let interrupts = Interrupts::block().map_err(ProbeError::Signals)?;
     let mut matrix = Matrix {
         kernel: kernel_release(),
         probes: CATALOG.to_vec(),
         columns: Vec::new(),
     };
-    for (kind, availability) in selected_backends(targets)? {
-        let column = match availability {
-            Ok(()) => probe_backend(engine, kind, &interrupts)?,
-            Err(unavailable) => Column::without_probes(
-                kind.name(),
-                ColumnState::Unavailable(unavailable.to_string()),
-                &CATALOG,
-            ),
+    for (kind, plan) in selected_backends(targets, sources)? {
+        let skipped = |state| Column::without_probes(kind.name(), state, &CATALOG);
+        let column = match plan {
+            Plan::Probe => probe_backend(engine, kind, sources, &interrupts)?,
+            Plan::Unavailable(unavailable) => {
+                skipped(ColumnState::Unavailable(unavailable.to_string()))
+            }
+            Plan::NotProbed(missing) => skipped(ColumnState::NotProbed(missing.to_string())),
         };
         matrix.columns.push(column);
     }
@@ -100,51 +127,113 @@ pub fn run(engine: &Engine, targets: ProbeTargets, unconfined: bool) -> Result<M
     Ok(matrix)
 }
 
-type Selected = Vec<(BackendKind, Result<(), Unavailable>)>;
+/// What a run does with one backend it selected.
+enum Plan {
+    Probe,
+    /// The backend cannot run on this host.
+    Unavailable(Unavailable),
+    /// The backend can run, but the run lacks an input it needs: the docker backend's image.
+    NotProbed(Unavailable),
+}
 
-/// Lists the backends to probe with their availability; fails when the one backend asked
-/// for cannot run here.
-fn selected_backends(targets: ProbeTargets) -> Result<Selected, ProbeError> {
-    let availability = |kind: BackendKind| match kind {
-        // NOTE: the probes' sandbox is built from the host's files, and the docker backend
-        // runs an image, which `airlock probe` has no option for yet.
-        BackendKind::Docker => Err(Unavailable {
-            reason: "the docker backend runs an image, and `airlock probe` takes none".into(),
-            fix: "probe another backend with --backend".into(),
-        }),
-        _ => lifecycle::backend(kind).availability(),
-    };
+/// Lists the backends to probe, each with its plan; fails when the one backend asked for
+/// cannot run here or does not match `image`. Without `--all`, the unavailable backends are
+/// left out, except the docker backend when an image names it.
+fn selected_backends(
+    targets: ProbeTargets,
+    sources: Sources<'_>,
+) -> Result<Vec<(BackendKind, Plan)>, ProbeError> {
+    let image = sources.image;
+    let plans = BackendKind::ALL
+        .into_iter()
+        .map(|kind| (kind, plan(kind, sources)));
     match targets {
-        ProbeTargets::One(kind) => match availability(kind) {
-            Ok(()) => Ok(vec![(kind, Ok(()))]),
-            Err(unavailable) => Err(ProbeError::Unavailable {
-                backend: kind.name(),
-                unavailable,
-            }),
-        },
-        ProbeTargets::All => Ok(BackendKind::ALL
-            .into_iter()
-            .map(|kind| (kind, availability(kind)))
-            .collect()),
-        ProbeTargets::Available => Ok(BackendKind::ALL
-            .into_iter()
-            .map(|kind| (kind, availability(kind)))
-            .filter(|(_, availability)| availability.is_ok())
+        ProbeTargets::One(kind) => {
+            check_one_backend(kind, sources)?;
+            Ok(vec![(kind, Plan::Probe)])
+        }
+        ProbeTargets::All => Ok(plans.collect()),
+        // An image asks for the docker backend, so it stays listed when its engine is gone.
+        ProbeTargets::Available => Ok(plans
+            .filter(|(kind, plan)| {
+                let asked = *kind == BackendKind::Docker && image.is_some();
+                asked || !matches!(plan, Plan::Unavailable(_))
+            })
             .collect()),
     }
+}
+
+fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
+    match lifecycle::backend(kind).availability() {
+        Err(unavailable) => Plan::Unavailable(unavailable),
+        Ok(()) if kind == BackendKind::Docker && sources.image.is_none() => {
+            Plan::NotProbed(Unavailable {
+                reason: "the docker backend runs its probes in an image, and none was given".into(),
+                fix: "pass --image NAME, a local image of its engine such as debian:bookworm"
+                    .into(),
+            })
+        }
+        // The vm backend builds its root disk from a directory and has no host view.
+        Ok(()) if kind == BackendKind::Vm && sources.rootfs.is_none() => {
+            Plan::NotProbed(Unavailable {
+                reason: "the vm backend runs only a --rootfs tree, and none was given".into(),
+                fix: "pass --rootfs DIR, a root filesystem tree such as a debootstrap tree".into(),
+            })
+        }
+        Ok(()) => Plan::Probe,
+    }
+}
+
+/// Checks that `kind`, the one backend asked for, gets an image exactly when it runs one,
+/// a root filesystem tree where it needs one, and can run here.
+fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), ProbeError> {
+    match (kind, sources.rootfs) {
+        (BackendKind::Docker, Some(_)) => return Err(ProbeError::RootfsWithDocker),
+        (BackendKind::Vm, None) => return Err(ProbeError::RootfsMissing),
+        _ => {}
+    }
+    match (kind, sources.image) {
+        (BackendKind::Docker, None) => return Err(ProbeError::ImageMissing),
+        (_, Some(image)) if kind != BackendKind::Docker => {
+            return Err(ProbeError::ImageNeedsDocker {
+                image: image.to_owned(),
+                backend: kind.name(),
+            })
+        }
+        _ => {}
+    }
+    lifecycle::backend(kind)
+        .availability()
+        .map_err(|unavailable| ProbeError::Unavailable {
+            backend: kind.name(),
+            unavailable,
+        })
 }
 
 /// Probes one backend: stages, creates the sandbox, runs every probe, removes it all.
 fn probe_backend(
     engine: &Engine,
     kind: BackendKind,
+    sources: Sources<'_>,
     interrupts: &Interrupts,
 ) -> Result<Column, ProbeError> {
     let started = Instant::now();
     let is_root = sys::geteuid() == 0;
     let staging = Staging::create(is_root).map_err(ProbeError::Staging)?;
     interrupts.check()?;
-    let mut sandbox = match SandboxExecutor::start(engine, kind, &staging, &LIMITS) {
+    // Each backend takes what it runs: the docker backend an image, the others a tree.
+    let sources = if kind == BackendKind::Docker {
+        Sources {
+            rootfs: None,
+            ..sources
+        }
+    } else {
+        Sources {
+            image: None,
+            ..sources
+        }
+    };
+    let mut sandbox = match SandboxExecutor::start(engine, kind, sources, &staging, &LIMITS) {
         Ok(sandbox) => sandbox,
         Err(error) => {
             let state = ColumnState::Failed(error_chain(error.as_ref()));

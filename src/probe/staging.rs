@@ -39,21 +39,24 @@ impl Staging {
     /// no other user can reach, because the directory is private to its owner.
     pub fn create(is_root: bool) -> Result<Staging, StagingError> {
         let root = std::env::temp_dir().join(format!("airlock-probe-{}", token(6)));
-        let private = |path: &Path| {
+        let create_dir = |path: &Path, mode: u32| {
             DirBuilder::new()
-                .mode(0o700)
+                .mode(mode)
                 .create(path)
                 .map_err(|source| StagingError::CreateDir {
                     path: path.to_owned(),
                     source,
                 })
         };
-        private(&root)?;
+        create_dir(&root, 0o700)?;
         let mut staging = Staging {
             root,
             setuid_copy: Err(String::new()),
         };
-        private(&staging.workspace())?;
+        // Mode 0755 is safe below the private root. The docker backend gives the workspace's
+        // mode to /workspace, which belongs to the sandbox's user, and root in a container
+        // without capabilities cannot enter it at 0700.
+        create_dir(&staging.workspace(), 0o755)?;
         let binary = staging.binary();
         copy_running_binary(&binary).map_err(|source| StagingError::CopyBinary {
             path: binary,

@@ -1,6 +1,9 @@
-//! Escape attempts from inside a sandbox, each run as every caller in [`CALLERS`]. Where a
-//! probe can safely run on the host, the test first runs it there as the same user and checks
-//! that it succeeds, so that a failure inside the sandbox is the sandbox's doing.
+//! Escape attempts from inside a sandbox, each run against every target: the namespace
+//! backend as every caller in [`CALLERS`](super::harness::CALLERS), and the docker backend on
+//! each engine. Where a probe can safely run on the host, the test first runs it there as the
+//! user whose uid the sandbox's commands have, and checks that it succeeds, so that a failure
+//! inside the sandbox is the sandbox's doing. The probes are written in sh and Perl, which
+//! both the host and the docker test image (Debian's minbase) have.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -10,14 +13,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use super::harness::{
-    binary, describe, run, sandbox_sh, state_dir, stdout, test_user, unique_token, Caller,
-    Workspace, CALLERS,
-};
+use super::harness::{describe, state_dir, stdout, test_user, unique_token, Caller};
+use super::targets::{targets, Target};
 
-/// The interpreter the probes use, by absolute path because the host's PATH may lead to a
-/// per-user shim that the test user cannot read.
-const PYTHON: &str = "/usr/bin/python3";
+/// The interpreter of the probes on the host, by absolute path because the host's PATH may
+/// lead to a per-user shim that the test user cannot read.
+const PERL: &str = "/usr/bin/perl";
 
 /// Returns a name no other test or test process uses, starting with `tag`.
 fn unique_name(tag: &str) -> String {
@@ -44,31 +45,47 @@ fn host_sh(caller: Caller, script: &str, args: &[&str]) -> Output {
         .expect("run sh on the host")
 }
 
-/// Runs `python3 -c CODE` on the host as `caller`.
-fn host_python(caller: Caller, code: &str) -> Output {
-    let mut command = Command::new(PYTHON);
-    command.arg("-c").arg(code);
+/// The start of every Perl probe: strict mode, unbuffered output, and `errno_name`, which
+/// returns the name of an errno value, such as EPERM.
+const PERL_PRELUDE: &str = r#"
+use strict;
+use warnings;
+use POSIX ();
+$| = 1;
+sub errno_name {
+    local $! = shift;
+    for my $name (sort keys %!) { return $name if $!{$name} }
+    return $! + 0;
+}
+"#;
+
+/// Runs `perl -e PRELUDE+CODE ARGS` on the host as `caller`.
+fn host_perl(caller: Caller, code: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(PERL);
+    command
+        .arg("-e")
+        .arg(format!("{PERL_PRELUDE}{code}"))
+        .args(args);
     as_caller(&mut command, caller)
         .output()
-        .expect("run python3 on the host")
+        .expect("run perl on the host")
 }
 
-/// Runs `sh -c SCRIPT ARGS` in a sandbox as `caller`, with a fresh workspace.
-fn sandbox_sh_args(caller: Caller, script: &str, args: &[&str]) -> Output {
-    let workspace = Workspace::new(caller);
-    let mut argv = vec!["run", "--", "sh", "-c", script, "sh"];
+/// Runs `sh -c SCRIPT ARGS` in a sandbox of `target`, with a fresh workspace.
+fn sandbox_sh_args(target: &Target, script: &str, args: &[&str]) -> Output {
+    let workspace = target.workspace();
+    let mut argv = vec!["--", "sh", "-c", script, "sh"];
     argv.extend_from_slice(args);
-    run(caller, &argv, workspace.path())
+    target.run(&argv, workspace.path())
 }
 
-/// Runs `python3 -c CODE` in a sandbox as `caller`, with a fresh workspace.
-fn sandbox_python(caller: Caller, code: &str) -> Output {
-    let workspace = Workspace::new(caller);
-    run(
-        caller,
-        &["run", "--", "python3", "-c", code],
-        workspace.path(),
-    )
+/// Runs `perl -e PRELUDE+CODE ARGS` in a sandbox of `target`, with a fresh workspace.
+fn sandbox_perl(target: &Target, code: &str, args: &[&str]) -> Output {
+    let workspace = target.workspace();
+    let code = format!("{PERL_PRELUDE}{code}");
+    let mut argv = vec!["--", "perl", "-e", &code];
+    argv.extend_from_slice(args);
+    target.run(&argv, workspace.path())
 }
 
 /// Returns the value printed after `key` on a `key value` line of `output`.
@@ -134,7 +151,8 @@ echo "scanned $count"
 
 #[test]
 fn host_processes_invisible() {
-    for caller in CALLERS {
+    for target in targets() {
+        let caller = target.host_caller();
         let canary = Canary::start(caller);
         let (head, tail) = canary.marker.split_at(8);
 
@@ -142,49 +160,51 @@ fn host_processes_invisible() {
         let expected = format!("found /proc/{}/cmdline", canary.pid());
         assert!(
             stdout(&host).contains(&expected),
-            "{caller:?}: the scan misses the canary on the host: {}",
+            "{target:?}: the scan misses the canary on the host: {}",
             describe(&host)
         );
 
-        let output = sandbox_sh_args(caller, PROCESS_SCAN, &[head, tail]);
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let output = sandbox_sh_args(&target, PROCESS_SCAN, &[head, tail]);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         assert!(
             !text.contains("found"),
-            "{caller:?}: host process visible: {text}"
+            "{target:?}: host process visible: {text}"
         );
         let scanned: u32 = field(&text, "scanned")
             .and_then(|count| count.parse().ok())
             .unwrap_or(0);
-        assert!(scanned >= 1, "{caller:?}: the scan saw no process: {text}");
+        assert!(scanned >= 1, "{target:?}: the scan saw no process: {text}");
     }
 }
 
 #[test]
 fn host_process_kill_fails() {
-    for caller in CALLERS {
+    for target in targets() {
+        let caller = target.host_caller();
         let mut canary = Canary::start(caller);
         let pid = canary.pid().to_string();
 
         let host = host_sh(caller, "kill -0 \"$1\"", &[&pid]);
         assert!(
             host.status.success(),
-            "{caller:?}: the caller cannot signal its canary on the host: {}",
+            "{target:?}: the caller cannot signal its canary on the host: {}",
             describe(&host)
         );
 
-        let output = sandbox_sh_args(caller, "kill -KILL \"$1\"; echo \"status $?\"", &[&pid]);
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let script = "kill -KILL \"$1\"; echo \"status $?\"";
+        let output = sandbox_sh_args(&target, script, &[&pid]);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let status = field(&stdout(&output), "status").map(str::to_owned);
         assert_ne!(
             status.as_deref(),
             Some("0"),
-            "{caller:?}: kill of host pid {pid} succeeded: {}",
+            "{target:?}: kill of host pid {pid} succeeded: {}",
             describe(&output)
         );
         assert!(
             canary.is_alive(),
-            "{caller:?}: the canary died: {}",
+            "{target:?}: the canary died: {}",
             describe(&output)
         );
     }
@@ -225,26 +245,28 @@ impl Drop for CanaryFile {
 
 #[test]
 fn host_home_file_unreadable() {
-    for caller in CALLERS {
+    for target in targets() {
+        let caller = target.host_caller();
         let canary = CanaryFile::create(caller);
 
         let host = host_sh(caller, "cat \"$1\"", &[canary.path()]);
         assert_eq!(
             stdout(&host),
             canary.content,
-            "{caller:?}: the caller cannot read the canary on the host: {}",
+            "{target:?}: the caller cannot read the canary on the host: {}",
             describe(&host)
         );
 
-        let output = sandbox_sh_args(caller, "cat \"$1\"; echo \"status $?\"", &[canary.path()]);
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let script = "cat \"$1\"; echo \"status $?\"";
+        let output = sandbox_sh_args(&target, script, &[canary.path()]);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         assert!(
             !text.contains(&canary.content),
-            "{caller:?}: the canary in {} was read: {text}",
+            "{target:?}: the canary in {} was read: {text}",
             canary.path()
         );
-        assert_ne!(field(&text, "status"), Some("0"), "{caller:?}: {text}");
+        assert_ne!(field(&text, "status"), Some("0"), "{target:?}: {text}");
     }
 }
 
@@ -255,12 +277,12 @@ fn shadow_passwords_hidden() {
         host_shadow.contains("root:"),
         "the host's /etc/shadow has no root entry, so the test cannot tell it is hidden"
     );
-    for caller in CALLERS {
-        let output = sandbox_sh(caller, "cat /etc/shadow /etc/gshadow");
+    for target in targets() {
+        let output = target.sh("cat /etc/shadow /etc/gshadow");
         let text = stdout(&output);
         assert!(
             text.is_empty(),
-            "{caller:?}: password hashes readable: {}",
+            "{target:?}: password hashes readable: {}",
             describe(&output)
         );
     }
@@ -283,11 +305,11 @@ done
 #[test]
 fn writes_outside_workspace_fail() {
     let protected = ["/", "/usr", "/etc", "/opt", "/var", "/usr/bin", "/etc/ssh"];
-    for caller in CALLERS {
+    for target in targets() {
         let name = unique_name("write-probe");
         let mut args = vec![name.as_str()];
         args.extend_from_slice(&protected);
-        let output = sandbox_sh_args(caller, WRITE_PROBE, &args);
+        let output = sandbox_sh_args(&target, WRITE_PROBE, &args);
 
         // Remove anything an escape left on the host before asserting.
         let mut leaked = Vec::new();
@@ -302,26 +324,26 @@ fn writes_outside_workspace_fail() {
             }
         }
 
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         for dir in protected {
             let line = format!("{dir} denied\n");
             assert!(
                 text.contains(&line),
-                "{caller:?}: write below {dir} not denied: {text}"
+                "{target:?}: write below {dir} not denied: {text}"
             );
         }
         assert!(
             leaked.is_empty(),
-            "{caller:?}: files appeared on the host: {leaked:?}"
+            "{target:?}: files appeared on the host: {leaked:?}"
         );
     }
 }
 
 #[test]
 fn workspace_and_tmp_writable() {
-    for caller in CALLERS {
-        let workspace = Workspace::new(caller);
+    for target in targets() {
+        let workspace = target.workspace();
         let content = unique_name("workspace-content");
         let script = r#"
 set -e
@@ -331,10 +353,8 @@ echo "$1" > /tmp/written
 cat /tmp/written
 echo "$1" > /dev/shm/written
 "#;
-        let output = run(
-            caller,
+        let output = target.run(
             &[
-                "run",
                 "--workspace-mode",
                 "bind",
                 "--",
@@ -346,25 +366,25 @@ echo "$1" > /dev/shm/written
             ],
             workspace.path(),
         );
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
-        assert_eq!(stdout(&output), format!("{content}\n"), "{caller:?}");
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
+        assert_eq!(stdout(&output), format!("{content}\n"), "{target:?}");
         let written = fs::read_to_string(workspace.path().join("written"))
             .expect("read the file written to /workspace");
-        assert_eq!(written, format!("{content}\n"), "{caller:?}");
+        assert_eq!(written, format!("{content}\n"), "{target:?}");
         assert!(
             workspace.path().join("subdir").is_dir(),
-            "{caller:?}: the directory made in /workspace is missing on the host"
+            "{target:?}: the directory made in /workspace is missing on the host"
         );
     }
 }
 
 #[test]
 fn host_environment_not_inherited() {
-    // harness::run gives no way to set the caller's environment, so this test starts Airlock
+    // Target::run gives no way to set the caller's environment, so this test starts Airlock
     // itself. The test user therefore runs without delegated cgroups, which environment
     // filtering does not depend on.
-    for caller in CALLERS {
-        let workspace = Workspace::new(caller);
+    for target in targets() {
+        let workspace = target.workspace();
         let name = unique_name("canary-variable")
             .replace('-', "_")
             .to_uppercase();
@@ -373,36 +393,33 @@ fn host_environment_not_inherited() {
 
         let mut host = Command::new("env");
         host.env(&name, &value);
-        let host = as_caller(&mut host, caller)
+        let host = as_caller(&mut host, target.host_caller())
             .output()
             .expect("run env on the host");
         assert!(
             stdout(&host).contains(&value),
-            "{caller:?}: the canary variable is not set: {}",
+            "{target:?}: the canary variable is not set: {}",
             describe(&host)
         );
 
-        let mut command = Command::new(binary());
-        command
-            .args(["run", "--env", explicit, "--", "env"])
-            .env(&name, &value);
-        let output = as_caller(&mut command, caller)
-            .current_dir(workspace.path())
+        let output = target
+            .command(&["--env", explicit, "--", "env"], workspace.path())
+            .env(&name, &value)
             .output()
             .expect("run airlock");
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         assert!(
             !text.contains(&name),
-            "{caller:?}: host variable {name} inherited: {text}"
+            "{target:?}: host variable {name} inherited: {text}"
         );
         assert!(
             !text.contains(&value),
-            "{caller:?}: host variable value inherited: {text}"
+            "{target:?}: host variable value inherited: {text}"
         );
         assert!(
             text.lines().any(|line| line == explicit),
-            "{caller:?}: --env {explicit} missing: {text}"
+            "{target:?}: --env {explicit} missing: {text}"
         );
     }
 }
@@ -421,64 +438,59 @@ fn interfaces(proc_net_dev: &str) -> Vec<String> {
 fn only_loopback_interface_exists() {
     let host = fs::read_to_string("/proc/net/dev").expect("read the host's /proc/net/dev");
     let host_interfaces = interfaces(&host);
-    for caller in CALLERS {
-        let output = sandbox_sh(caller, "cat /proc/net/dev");
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+    for target in targets() {
+        let output = target.sh("cat /proc/net/dev");
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         assert_eq!(
             interfaces(&stdout(&output)),
             ["lo"],
-            "{caller:?}: host interfaces {host_interfaces:?}"
+            "{target:?}: host interfaces {host_interfaces:?}"
         );
     }
 }
 
-/// Connects to 127.0.0.1 on the port in argv[1] and prints `connect ok` or `connect ERRNO`.
+/// Connects to 127.0.0.1 on the port in $ARGV[0], waiting up to 5 s, and prints `connect ok`
+/// or `connect ERRNO`.
 const CONNECT_PROBE: &str = r#"
-import errno, socket, sys
-try:
-    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5).close()
-    print("connect ok")
-except OSError as error:
-    print("connect", errno.errorcode.get(error.errno, error))
+use Socket qw(PF_INET SOCK_STREAM pack_sockaddr_in inet_aton);
+socket(my $socket, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+$SIG{ALRM} = sub { print "connect ETIMEDOUT\n"; exit 0 };
+alarm 5;
+if (connect($socket, pack_sockaddr_in($ARGV[0], inet_aton("127.0.0.1")))) {
+    print "connect ok\n";
+} else {
+    print "connect ", errno_name($! + 0), "\n";
+}
 "#;
 
 #[test]
 fn host_loopback_listener_unreachable() {
-    for caller in CALLERS {
+    for target in targets() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("listen on the host's loopback");
         let port = listener.local_addr().expect("listener address").port();
         let port = port.to_string();
 
-        let mut host = Command::new(PYTHON);
-        host.args(["-c", CONNECT_PROBE, &port]);
-        let host = as_caller(&mut host, caller)
-            .output()
-            .expect("run python3 on the host");
+        let host = host_perl(target.host_caller(), CONNECT_PROBE, &[&port]);
         assert_eq!(
             field(&stdout(&host), "connect"),
             Some("ok"),
-            "{caller:?}: the probe cannot reach the listener on the host: {}",
+            "{target:?}: the probe cannot reach the listener on the host: {}",
             describe(&host)
         );
         let (accepted, _) = listener.accept().expect("accept the host's probe");
         drop(accepted);
 
-        let workspace = Workspace::new(caller);
-        let output = run(
-            caller,
-            &["run", "--", "python3", "-c", CONNECT_PROBE, &port],
-            workspace.path(),
-        );
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let output = sandbox_perl(&target, CONNECT_PROBE, &[&port]);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let result = field(&stdout(&output), "connect").map(str::to_owned);
         assert_ne!(
             result.as_deref(),
             Some("ok"),
-            "{caller:?}: the sandbox reached the host's 127.0.0.1:{port}"
+            "{target:?}: the sandbox reached the host's 127.0.0.1:{port}"
         );
         assert!(
             result.is_some(),
-            "{caller:?}: the probe did not run: {}",
+            "{target:?}: the probe did not run: {}",
             describe(&output)
         );
         listener
@@ -488,53 +500,48 @@ fn host_loopback_listener_unreachable() {
         assert_eq!(
             pending,
             Err(ErrorKind::WouldBlock),
-            "{caller:?}: a connection reached the host's listener"
+            "{target:?}: a connection reached the host's listener"
         );
     }
 }
 
-/// Runs each probe named in argv in a child process of its own and prints `NAME ok` or
+/// Runs each probe named in @ARGV in a child process of its own and prints `NAME ok` or
 /// `NAME ERRNO`. The probes that also run on the host change only the child's own new
-/// namespaces, or let the probe trace its child with PTRACE_TRACEME.
+/// namespaces, or let the probe trace its child with PTRACE_TRACEME. The system call numbers
+/// are x86_64's.
 const SYSCALL_PROBE: &str = r#"
-import ctypes, errno, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-MS_REC = 0x4000
-MS_PRIVATE = 0x40000
-MNT_DETACH = 2
-PTRACE_TRACEME = 0
+my ($SYS_PTRACE, $SYS_MOUNT, $SYS_UMOUNT2, $SYS_UNSHARE) = (101, 165, 166, 272);
+my ($CLONE_NEWNS, $CLONE_NEWUSER, $CLONE_NEWNET) = (0x00020000, 0x10000000, 0x40000000);
+my ($MS_REC, $MS_PRIVATE, $MNT_DETACH, $PTRACE_TRACEME) = (0x4000, 0x40000, 2, 0);
+# syscall passes a string as a pointer, but only from a variable.
+my ($none, $root, $tmp, $tmpfs) = ("none", "/", "/tmp", "tmpfs");
 
-def mount_tmpfs():
-    return libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)
+sub mount_tmpfs { syscall($SYS_MOUNT, $none, $tmp, $tmpfs, 0, 0) }
 
-def mount_in_user_namespace():
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
-        return -1
-    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        return -1
-    return mount_tmpfs()
-
-PROBES = {
-    "mount": mount_tmpfs,
-    "umount2": lambda: libc.umount2(b"/tmp", MNT_DETACH),
-    "unshare-mount": lambda: libc.unshare(CLONE_NEWNS),
-    "unshare-net": lambda: libc.unshare(CLONE_NEWNET),
-    "unshare-user-mount": lambda: libc.unshare(CLONE_NEWUSER | CLONE_NEWNS),
-    "unshare-user-net": lambda: libc.unshare(CLONE_NEWUSER | CLONE_NEWNET),
-    "user-namespace-mount": mount_in_user_namespace,
-    "ptrace": lambda: libc.ptrace(PTRACE_TRACEME, 0, None, None),
+sub mount_in_user_namespace {
+    return -1 if syscall($SYS_UNSHARE, $CLONE_NEWUSER | $CLONE_NEWNS) != 0;
+    return -1 if syscall($SYS_MOUNT, 0, $root, 0, $MS_REC | $MS_PRIVATE, 0) != 0;
+    return mount_tmpfs();
 }
 
-for name in sys.argv[1:]:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0 if PROBES[name]() == 0 else ctypes.get_errno())
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    print(name, "ok" if code == 0 else errno.errorcode.get(code, code), flush=True)
+my %probes = (
+    "mount" => \&mount_tmpfs,
+    "umount2" => sub { syscall($SYS_UMOUNT2, $tmp, $MNT_DETACH) },
+    "unshare-mount" => sub { syscall($SYS_UNSHARE, $CLONE_NEWNS) },
+    "unshare-net" => sub { syscall($SYS_UNSHARE, $CLONE_NEWNET) },
+    "unshare-user-mount" => sub { syscall($SYS_UNSHARE, $CLONE_NEWUSER | $CLONE_NEWNS) },
+    "unshare-user-net" => sub { syscall($SYS_UNSHARE, $CLONE_NEWUSER | $CLONE_NEWNET) },
+    "user-namespace-mount" => \&mount_in_user_namespace,
+    "ptrace" => sub { syscall($SYS_PTRACE, $PTRACE_TRACEME, 0, 0, 0) },
+);
+
+for my $name (@ARGV) {
+    my $pid = fork // die "fork: $!";
+    POSIX::_exit($probes{$name}->() == 0 ? 0 : $! + 0) if $pid == 0;
+    waitpid($pid, 0);
+    my $code = $? >> 8;
+    print $name, " ", ($code == 0 ? "ok" : errno_name($code)), "\n";
+}
 "#;
 
 /// Probes of [`SYSCALL_PROBE`] that succeed on the host for root and for the test user.
@@ -550,24 +557,21 @@ unshare -rn true 2>/dev/null; echo "unshare-rn $?"
 
 #[test]
 fn mount_unshare_ptrace_denied() {
-    for caller in CALLERS {
-        let mut host = Command::new(PYTHON);
-        host.args(["-c", SYSCALL_PROBE]).args(HOST_SYSCALL_PROBES);
-        let host = as_caller(&mut host, caller)
-            .output()
-            .expect("run python3 on the host");
+    for target in targets() {
+        let caller = target.host_caller();
+        let host = host_perl(caller, SYSCALL_PROBE, &HOST_SYSCALL_PROBES);
         for probe in HOST_SYSCALL_PROBES {
             assert_eq!(
                 field(&stdout(&host), probe),
                 Some("ok"),
-                "{caller:?}: {probe} fails on the host: {}",
+                "{target:?}: {probe} fails on the host: {}",
                 describe(&host)
             );
         }
         let host = host_sh(caller, "unshare -r true && unshare -rn true", &[]);
         assert!(
             host.status.success(),
-            "{caller:?}: unshare fails on the host: {}",
+            "{target:?}: unshare fails on the host: {}",
             describe(&host)
         );
 
@@ -581,27 +585,24 @@ fn mount_unshare_ptrace_denied() {
             "user-namespace-mount",
             "ptrace",
         ];
-        let workspace = Workspace::new(caller);
-        let mut args = vec!["run", "--", "python3", "-c", SYSCALL_PROBE];
-        args.extend_from_slice(&probes);
-        let output = run(caller, &args, workspace.path());
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let output = sandbox_perl(&target, SYSCALL_PROBE, &probes);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         for probe in probes {
             assert_eq!(
                 field(&text, probe),
                 Some("EPERM"),
-                "{caller:?}: {probe}: {text}"
+                "{target:?}: {probe}: {text}"
             );
         }
 
-        let output = sandbox_sh(caller, MOUNT_TOOLS_PROBE);
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let output = target.sh(MOUNT_TOOLS_PROBE);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         for tool in ["mount", "unshare-r", "unshare-rn"] {
             let status = field(&text, tool);
-            assert!(status.is_some(), "{caller:?}: {tool} did not run: {text}");
-            assert_ne!(status, Some("0"), "{caller:?}: {tool} succeeded: {text}");
+            assert!(status.is_some(), "{target:?}: {tool} did not run: {text}");
+            assert_ne!(status, Some("0"), "{target:?}: {tool} succeeded: {text}");
         }
     }
 }
@@ -610,49 +611,60 @@ fn mount_unshare_ptrace_denied() {
 /// TIOCSTI request as is and with bits set above the 32 the kernel reads, and prints
 /// `plain RESULT` and `high-bits RESULT`. The probe first makes the terminal its controlling
 /// terminal in a new session, because without CAP_SYS_ADMIN the kernel itself rejects
-/// TIOCSTI on any other terminal.
+/// TIOCSTI on any other terminal. The requests go through syscall, because Perl's ioctl
+/// truncates the request to an unsigned int (pp_ioctl in Perl's pp_sys.c). The numbers are
+/// x86_64's.
 const TIOCSTI_PROBE: &str = r#"
-import ctypes, errno, fcntl, os, termios
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
-main, terminal = os.openpty()
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
-    for name, request in (("plain", termios.TIOCSTI), ("high-bits", termios.TIOCSTI | (1 << 32))):
-        result = libc.ioctl(terminal, request, b"x")
-        print(name, "ok" if result == 0 else errno.errorcode[ctypes.get_errno()], flush=True)
-    os._exit(0)
-os.waitpid(pid, 0)
+use Fcntl qw(O_RDWR O_NOCTTY);
+my $SYS_IOCTL = 16;
+my ($TIOCSTI, $TIOCSCTTY, $TIOCGPTN, $TIOCSPTLCK) = (0x5412, 0x540E, 0x80045430, 0x40045431);
+sysopen(my $main, "/dev/ptmx", O_RDWR | O_NOCTTY) or die "open /dev/ptmx: $!";
+my $unlock = pack("i", 0);
+syscall($SYS_IOCTL, fileno($main), $TIOCSPTLCK, $unlock) == 0 or die "TIOCSPTLCK: $!";
+my $number = pack("i", 0);
+syscall($SYS_IOCTL, fileno($main), $TIOCGPTN, $number) == 0 or die "TIOCGPTN: $!";
+my $path = "/dev/pts/" . unpack("i", $number);
+sysopen(my $terminal, $path, O_RDWR | O_NOCTTY) or die "open $path: $!";
+my $pid = fork // die "fork: $!";
+if ($pid == 0) {
+    POSIX::setsid();
+    syscall($SYS_IOCTL, fileno($terminal), $TIOCSCTTY, 0) == 0 or die "TIOCSCTTY: $!";
+    for my $case (["plain", $TIOCSTI], ["high-bits", $TIOCSTI | (1 << 32)]) {
+        my $byte = "x";
+        my $result = syscall($SYS_IOCTL, fileno($terminal), $case->[1], $byte);
+        print $case->[0], " ", ($result == 0 ? "ok" : errno_name($! + 0)), "\n";
+    }
+    POSIX::_exit(0);
+}
+waitpid($pid, 0);
 "#;
 
 #[test]
 fn terminal_input_injection_denied() {
-    for caller in CALLERS {
-        let host = host_python(caller, TIOCSTI_PROBE);
+    for target in targets() {
+        let host = host_perl(target.host_caller(), TIOCSTI_PROBE, &[]);
         let text = stdout(&host);
         assert_eq!(
             field(&text, "plain"),
             Some("ok"),
-            "{caller:?}: TIOCSTI fails on the host: {}",
+            "{target:?}: TIOCSTI fails on the host: {}",
             describe(&host)
         );
         assert_eq!(
             field(&text, "high-bits"),
             Some("ok"),
-            "{caller:?}: the kernel ignores TIOCSTI with high bits set: {}",
+            "{target:?}: the kernel ignores TIOCSTI with high bits set: {}",
             describe(&host)
         );
 
-        let output = sandbox_python(caller, TIOCSTI_PROBE);
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let output = sandbox_perl(&target, TIOCSTI_PROBE, &[]);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
-        assert_eq!(field(&text, "plain"), Some("EPERM"), "{caller:?}: {text}");
+        assert_eq!(field(&text, "plain"), Some("EPERM"), "{target:?}: {text}");
         assert_eq!(
             field(&text, "high-bits"),
             Some("EPERM"),
-            "{caller:?}: {text}"
+            "{target:?}: {text}"
         );
     }
 }
@@ -660,118 +672,116 @@ fn terminal_input_injection_denied() {
 /// Opens each kernel control file for writing, writing nothing, and prints `PATH opened`,
 /// `PATH absent` or `PATH ERRNO`.
 const CONTROL_FILE_PROBE: &str = r#"
-import errno, os
-for path in ("/proc/sys/kernel/core_pattern", "/proc/sysrq-trigger"):
-    try:
-        os.close(os.open(path, os.O_WRONLY))
-        print(path, "opened")
-    except FileNotFoundError:
-        print(path, "absent")
-    except OSError as error:
-        print(path, errno.errorcode[error.errno])
+use Fcntl qw(O_WRONLY);
+for my $path ("/proc/sys/kernel/core_pattern", "/proc/sysrq-trigger") {
+    if (sysopen(my $file, $path, O_WRONLY)) {
+        print "$path opened\n";
+    } elsif ($!{ENOENT}) {
+        print "$path absent\n";
+    } else {
+        print "$path ", errno_name($! + 0), "\n";
+    }
+}
 "#;
 
 #[test]
 fn kernel_control_files_read_only() {
     let core_pattern = Path::new("/proc/sys/kernel/core_pattern");
     let before = fs::read_to_string(core_pattern).expect("read the host's core_pattern");
-    for caller in CALLERS {
-        let output = sandbox_python(caller, CONTROL_FILE_PROBE);
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+    for target in targets() {
+        let output = sandbox_perl(&target, CONTROL_FILE_PROBE, &[]);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         let core = field(&text, "/proc/sys/kernel/core_pattern");
-        assert!(core.is_some(), "{caller:?}: {}", describe(&output));
-        assert_ne!(core, Some("opened"), "{caller:?}: {text}");
-        assert_ne!(core, Some("absent"), "{caller:?}: {text}");
+        assert!(core.is_some(), "{target:?}: {}", describe(&output));
+        assert_ne!(core, Some("opened"), "{target:?}: {text}");
+        assert_ne!(core, Some("absent"), "{target:?}: {text}");
         let sysrq = field(&text, "/proc/sysrq-trigger");
-        assert!(sysrq.is_some(), "{caller:?}: {}", describe(&output));
-        assert_ne!(sysrq, Some("opened"), "{caller:?}: {text}");
+        assert!(sysrq.is_some(), "{target:?}: {}", describe(&output));
+        assert_ne!(sysrq, Some("opened"), "{target:?}: {text}");
 
         let script = "cat /proc/sys/kernel/core_pattern; \
                       echo airlock-escape-core > /proc/sys/kernel/core_pattern";
-        let output = sandbox_sh(caller, script);
+        let output = target.sh(script);
         let after = fs::read_to_string(core_pattern).expect("read the host's core_pattern");
         if after != before {
             fs::write(core_pattern, &before).expect("restore the host's core_pattern");
         }
         assert_eq!(
             after, before,
-            "{caller:?}: the sandbox changed the host's core_pattern"
+            "{target:?}: the sandbox changed the host's core_pattern"
         );
         assert!(
             !output.status.success(),
-            "{caller:?}: {}",
+            "{target:?}: {}",
             describe(&output)
         );
         assert_eq!(
             stdout(&output),
             before,
-            "{caller:?}: core_pattern is not the host's file"
+            "{target:?}: core_pattern is not the host's file"
         );
     }
 }
 
 /// Creates a user namespace with clone(2), then with unshare(2), printing `clone RESULT` and
 /// `unshare RESULT`. The clone child exits at once. The clone comes first because after the
-/// unshare the probe's ids have no mapping, which makes any nested namespace fail.
+/// unshare the probe's ids have no mapping, which makes any nested namespace fail. The
+/// system call numbers are x86_64's.
 const USER_NAMESPACE_PROBE: &str = r#"
-import ctypes, errno, os, signal
-libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWUSER = 0x10000000
-SYS_clone = 56
-
-pid = libc.syscall(SYS_clone, CLONE_NEWUSER | signal.SIGCHLD, None, None, None, None)
-if pid == 0:
-    os._exit(0)
-if pid > 0:
-    os.waitpid(pid, 0)
-    print("clone ok")
-else:
-    print("clone", errno.errorcode[ctypes.get_errno()])
-
-result = libc.unshare(CLONE_NEWUSER)
-print("unshare", "ok" if result == 0 else errno.errorcode[ctypes.get_errno()])
+my ($SYS_CLONE, $SYS_UNSHARE) = (56, 272);
+my ($CLONE_NEWUSER, $SIGCHLD) = (0x10000000, 17);
+my $pid = syscall($SYS_CLONE, $CLONE_NEWUSER | $SIGCHLD, 0, 0, 0, 0);
+POSIX::_exit(0) if $pid == 0;
+if ($pid > 0) {
+    waitpid($pid, 0);
+    print "clone ok\n";
+} else {
+    print "clone ", errno_name($! + 0), "\n";
+}
+my $result = syscall($SYS_UNSHARE, $CLONE_NEWUSER);
+print "unshare ", ($result == 0 ? "ok" : errno_name($! + 0)), "\n";
 "#;
 
 #[test]
 fn user_namespace_creation_fails() {
-    for caller in CALLERS {
-        let host = host_python(caller, USER_NAMESPACE_PROBE);
+    for target in targets() {
+        let host = host_perl(target.host_caller(), USER_NAMESPACE_PROBE, &[]);
         let text = stdout(&host);
         assert_eq!(
             field(&text, "unshare"),
             Some("ok"),
-            "{caller:?}: user namespaces fail on the host: {}",
+            "{target:?}: user namespaces fail on the host: {}",
             describe(&host)
         );
         assert_eq!(
             field(&text, "clone"),
             Some("ok"),
-            "{caller:?}: {}",
+            "{target:?}: {}",
             describe(&host)
         );
 
-        let output = sandbox_python(caller, USER_NAMESPACE_PROBE);
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let output = sandbox_perl(&target, USER_NAMESPACE_PROBE, &[]);
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
-        assert_eq!(field(&text, "unshare"), Some("EPERM"), "{caller:?}: {text}");
-        assert_eq!(field(&text, "clone"), Some("EPERM"), "{caller:?}: {text}");
+        assert_eq!(field(&text, "unshare"), Some("EPERM"), "{target:?}: {text}");
+        assert_eq!(field(&text, "clone"), Some("EPERM"), "{target:?}: {text}");
 
-        let output = sandbox_sh(caller, "unshare -U true 2>/dev/null; echo \"status $?\"");
+        let output = target.sh("unshare -U true 2>/dev/null; echo \"status $?\"");
         let status = field(&stdout(&output), "status").map(str::to_owned);
-        assert!(status.is_some(), "{caller:?}: {}", describe(&output));
+        assert!(status.is_some(), "{target:?}: {}", describe(&output));
         assert_ne!(
             status.as_deref(),
             Some("0"),
-            "{caller:?}: unshare -U succeeded"
+            "{target:?}: unshare -U succeeded"
         );
     }
 }
 
 #[test]
 fn device_node_creation_fails() {
-    for caller in CALLERS {
-        let workspace = Workspace::new(caller);
+    for target in targets() {
+        let workspace = target.workspace();
         let script = r#"
 for node in /tmp/null-copy /workspace/null-copy /dev/shm/null-copy; do
     mknod "$node" c 1 3 2>/dev/null; echo "$node $?"
@@ -779,8 +789,8 @@ done
 mknod /workspace/loop-copy b 7 0 2>/dev/null; echo "/workspace/loop-copy $?"
 ls /tmp /workspace /dev/shm
 "#;
-        let output = run(caller, &["run", "--", "sh", "-c", script], workspace.path());
-        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let output = target.run(&["--", "sh", "-c", script], workspace.path());
+        assert!(output.status.success(), "{target:?}: {}", describe(&output));
         let text = stdout(&output);
         for node in [
             "/tmp/null-copy",
@@ -789,17 +799,17 @@ ls /tmp /workspace /dev/shm
             "/workspace/loop-copy",
         ] {
             let status = field(&text, node);
-            assert!(status.is_some(), "{caller:?}: {node} not tried: {text}");
-            assert_ne!(status, Some("0"), "{caller:?}: {node} created: {text}");
+            assert!(status.is_some(), "{target:?}: {node} not tried: {text}");
+            assert_ne!(status, Some("0"), "{target:?}: {node} created: {text}");
         }
         assert!(
             !text.contains("null-copy\n") && !text.contains("loop-copy\n"),
-            "{caller:?}: a node is listed: {text}"
+            "{target:?}: a node is listed: {text}"
         );
         let entries = fs::read_dir(workspace.path())
             .expect("list the workspace")
             .count();
-        assert_eq!(entries, 0, "{caller:?}: the workspace is not empty");
+        assert_eq!(entries, 0, "{target:?}: the workspace is not empty");
     }
 }
 
@@ -816,26 +826,26 @@ fn is_sandbox_hostname(name: &str) -> bool {
 #[test]
 fn hostname_is_sandbox_id() {
     let host = fs::read_to_string("/proc/sys/kernel/hostname").expect("read the host's hostname");
-    for caller in CALLERS {
+    for target in targets() {
         let mut names = Vec::new();
         for _ in 0..2 {
-            let output = sandbox_sh(caller, "cat /proc/sys/kernel/hostname; uname -n");
-            assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+            let output = target.sh("cat /proc/sys/kernel/hostname; uname -n");
+            assert!(output.status.success(), "{target:?}: {}", describe(&output));
             let text = stdout(&output);
             let lines: Vec<&str> = text.lines().collect();
-            assert_eq!(lines.len(), 2, "{caller:?}: {text}");
-            assert_eq!(lines[0], lines[1], "{caller:?}: {text}");
+            assert_eq!(lines.len(), 2, "{target:?}: {text}");
+            assert_eq!(lines[0], lines[1], "{target:?}: {text}");
             assert!(
                 is_sandbox_hostname(lines[0]),
-                "{caller:?}: hostname {:?}",
+                "{target:?}: hostname {:?}",
                 lines[0]
             );
-            assert_ne!(lines[0], host.trim(), "{caller:?}");
+            assert_ne!(lines[0], host.trim(), "{target:?}");
             names.push(lines[0].to_owned());
         }
         assert_ne!(
             names[0], names[1],
-            "{caller:?}: two sandboxes share a hostname"
+            "{target:?}: two sandboxes share a hostname"
         );
     }
 }

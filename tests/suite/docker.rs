@@ -20,16 +20,16 @@ use super::harness::{
 };
 
 /// One engine under test.
-struct Engine {
+pub(super) struct Engine {
     /// `docker` or `podman`, from the socket's file name, for assertion messages.
-    name: String,
+    pub(super) name: String,
     /// The engine's address, as DOCKER_HOST takes it.
-    host: String,
+    pub(super) host: String,
     socket: PathBuf,
 }
 
 /// Returns the engines that scripts/test started.
-fn engines() -> Vec<Engine> {
+pub(super) fn engines() -> Vec<Engine> {
     let sockets = std::env::var("AIRLOCK_TEST_DOCKER_SOCKETS").unwrap_or_else(|_| {
         panic!(
             "AIRLOCK_TEST_DOCKER_SOCKETS is not set: run the tests through scripts/test, which \
@@ -60,7 +60,7 @@ fn engines() -> Vec<Engine> {
 }
 
 /// Returns the test image, imported into every engine.
-fn image() -> String {
+pub(super) fn image() -> String {
     std::env::var("AIRLOCK_TEST_IMAGE").unwrap_or_else(|_| {
         panic!("AIRLOCK_TEST_IMAGE is not set: run the tests through scripts/test")
     })
@@ -200,7 +200,7 @@ fn engine_api(engine: &Engine, method: &str, path: &str, body: Option<&str>) -> 
 }
 
 /// Counts the engine's containers and volumes labeled as sandbox `id`'s.
-fn labeled(engine: &Engine, id: &str) -> (usize, usize) {
+pub(super) fn labeled(engine: &Engine, id: &str) -> (usize, usize) {
     let filter = format!("%7B%22label%22%3A%5B%22airlock.sandbox%3D{id}%22%5D%7D");
     let containers = engine_api(
         engine,

@@ -16,4 +16,6 @@ mod real_project;
 mod risk;
 mod rootfs;
 mod smoke;
+mod targets;
+mod vm;
 mod workspace_changes;

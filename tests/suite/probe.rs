@@ -1,6 +1,7 @@
-//! `airlock probe`: the containment matrix of the namespace and chroot backends, the
-//! unconfined control column that shows each probe can detect its escape, and the cleanup
-//! after every run, an interrupted one included.
+//! `airlock probe`: the containment matrix of the namespace, chroot, docker and vm backends,
+//! docker on each engine that scripts/test starts. Also the unconfined control column, which
+//! shows that each probe can detect its escape, and the cleanup after every run, an
+//! interrupted one included.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::docker::{engines, image, labeled, Engine};
 use super::harness::{
     describe, run, spawn_airlock, stderr, stdout, test_user, wait_bounded, Caller, Workspace,
     CALLERS,
@@ -79,15 +81,17 @@ impl PrivateTmp {
 
 /// Runs `airlock ARGS` as `caller` with `tmp` as TMPDIR, and collects its output.
 fn run_probe(caller: Caller, tmp: &PrivateTmp, args: &[&str]) -> Output {
+    run_probe_with(caller, tmp, &[], args)
+}
+
+/// Runs `airlock ARGS` as `caller` with `tmp` as TMPDIR and the `NAME=VALUE` assignments of
+/// `environment`, and collects its output.
+fn run_probe_with(caller: Caller, tmp: &PrivateTmp, environment: &[&str], args: &[&str]) -> Output {
     let workspace = Workspace::new(caller);
     let variable = tmp.variable();
-    let spawned = spawn_airlock(
-        caller,
-        &["env", &variable],
-        args,
-        workspace.path(),
-        Stdio::piped(),
-    );
+    let mut wrapper = vec!["env", variable.as_str()];
+    wrapper.extend_from_slice(environment);
+    let spawned = spawn_airlock(caller, &wrapper, args, workspace.path(), Stdio::piped());
     spawned
         .child
         .wait_with_output()
@@ -114,6 +118,11 @@ fn column(matrix: &Value, backend: &str) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// Returns the variable that points Airlock at `engine`, for `env`.
+fn docker_host(engine: &Engine) -> String {
+    format!("DOCKER_HOST={}", engine.host)
 }
 
 /// Returns whether a probe may be n/a here for a reason outside any backend: the host
@@ -269,6 +278,116 @@ fn namespace_column_shows_every_probe_contained() {
     }
 }
 
+#[test]
+fn docker_column_shows_every_probe_contained() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The docker backend's tests run as root, who has access to the engines' sockets.
+    let caller = Caller::Root;
+    let image = image();
+    for engine in engines() {
+        let tmp = PrivateTmp::new(caller);
+        let args = ["probe", "--backend", "docker", "--image", &image, "--json"];
+        let output = run_probe_with(caller, &tmp, &[&docker_host(&engine)], &args);
+        let context = &engine.name;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{context}: {}",
+            describe(&output)
+        );
+        let matrix = matrix(&output);
+        let column = column(&matrix, "docker");
+        let names: Vec<&str> = column.iter().map(|(name, _, _)| name.as_str()).collect();
+        assert_eq!(names, PROBES, "{context}");
+        for (probe, verdict, reason) in &column {
+            let context = format!("{context}: {probe}: {verdict}: {reason}");
+            assert_ne!(verdict, "escaped", "{context}");
+            let expected = verdict == "contained"
+                || (verdict == "not_applicable" && allowed_not_applicable(caller, probe, reason));
+            assert!(expected, "{context}");
+            assert!(!reason.is_empty(), "{context}");
+        }
+        assert_canaries_gone(&matrix);
+        assert_sandboxes_gone(caller, &matrix);
+        let id = matrix["backends"][0]["sandbox"]
+            .as_str()
+            .expect("the docker column's sandbox id");
+        assert_eq!(
+            labeled(&engine, id),
+            (0, 0),
+            "{context}: container or volume left"
+        );
+        assert_eq!(
+            tmp.entries(),
+            Vec::<PathBuf>::new(),
+            "{context}: TMPDIR not empty"
+        );
+    }
+}
+
+#[test]
+fn docker_column_needs_an_image() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let without = run(caller, &["probe", "--backend", "docker"], workspace.path());
+    assert_eq!(without.status.code(), Some(125), "{}", describe(&without));
+    assert!(
+        stderr(&without).contains("--image"),
+        "{}",
+        describe(&without)
+    );
+
+    let image = image();
+    let args = ["probe", "--backend", "namespace", "--image", &image];
+    let elsewhere = run(caller, &args, workspace.path());
+    assert_eq!(
+        elsewhere.status.code(),
+        Some(125),
+        "{}",
+        describe(&elsewhere)
+    );
+    assert!(
+        stderr(&elsewhere).contains("needs the docker backend"),
+        "{}",
+        describe(&elsewhere)
+    );
+}
+
+#[test]
+fn docker_listed_not_probed_without_image() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let caller = Caller::Root;
+    let engine = engines().into_iter().next().expect("an engine");
+    let tmp = PrivateTmp::new(caller);
+    let output = run_probe_with(
+        caller,
+        &tmp,
+        &[&docker_host(&engine)],
+        &["probe", "--all", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let matrix = matrix(&output);
+    let backends = matrix["backends"].as_array().expect("backends");
+    let docker = backends
+        .iter()
+        .find(|backend| backend["name"] == "docker")
+        .unwrap_or_else(|| panic!("no docker column: {matrix}"));
+    assert_eq!(docker["status"], "not_probed", "{docker}");
+    let reason = docker["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("--image"), "{docker}");
+    for (probe, verdict, reason) in column(&matrix, "docker") {
+        assert_eq!(verdict, "not_applicable", "{probe}: {reason}");
+        assert!(reason.contains("not probed"), "{probe}: {reason}");
+    }
+    assert_canaries_gone(&matrix);
+    assert_sandboxes_gone(caller, &matrix);
+    assert_eq!(tmp.entries(), Vec::<PathBuf>::new(), "TMPDIR not empty");
+}
+
 /// The escapes a chroot cannot stop: a root process leaves it, and the network is the
 /// host's. Its column must show them, and the namespace column none.
 const CHROOT_ESCAPES: [&str; 3] = [
@@ -365,52 +484,82 @@ fn interrupted_run_leaves_nothing() {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     for caller in CALLERS {
-        let tmp = PrivateTmp::new(caller);
-        let workspace = Workspace::new(caller);
-        let variable = tmp.variable();
-        let mut spawned = spawn_airlock(
-            caller,
-            &["env", &variable],
-            &["probe", "--json"],
-            workspace.path(),
-            Stdio::null(),
-        );
-        // Interrupt once the run's first sandbox exists, well before the run's end.
-        let started = || {
-            stdout(&run(caller, &["ls"], workspace.path()))
-                .lines()
-                .any(|line| line.contains(" probe-"))
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !started() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let pid = spawned.child.id() as libc::pid_t;
-        // SAFETY: kill takes integers only; the pid is this test's unreaped child.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let code = wait_bounded(&mut spawned.child, Duration::from_secs(60), "airlock probe");
-        assert_eq!(code, 130, "{caller:?}: the run ended before the interrupt");
-        let left = || live_processes_named(PROCESS_NAME_PREFIX);
-        assert!(
-            eventually(|| left().is_empty()),
-            "{caller:?}: left {:?}",
-            left()
-        );
-        let listed = stdout(&run(caller, &["ls"], workspace.path()));
-        let probe_sandboxes: Vec<&str> = listed
-            .lines()
-            .filter(|line| line.contains(" probe-"))
-            .collect();
-        assert!(
-            probe_sandboxes.is_empty(),
-            "{caller:?}: {probe_sandboxes:?}"
-        );
+        interrupt_probe_run(caller, &[], &["probe", "--json"], &format!("{caller:?}"));
+    }
+}
+
+#[test]
+fn docker_interrupted_run_leaves_nothing() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let image = image();
+    let args = ["probe", "--backend", "docker", "--image", &image, "--json"];
+    for engine in engines() {
+        let environment = [docker_host(&engine)];
+        let environment: Vec<&str> = environment.iter().map(String::as_str).collect();
+        let id = interrupt_probe_run(Caller::Root, &environment, &args, &engine.name);
+        let id = id.unwrap_or_else(|| panic!("{}: no probe sandbox was seen", engine.name));
         assert_eq!(
-            tmp.entries(),
-            Vec::<PathBuf>::new(),
-            "{caller:?}: TMPDIR not empty"
+            labeled(&engine, &id),
+            (0, 0),
+            "{}: container or volume left",
+            engine.name
         );
     }
+}
+
+/// Starts `airlock ARGS` as `caller` with the assignments of `environment`, interrupts it
+/// with SIGINT once its first probe sandbox exists, and checks that the run removed every
+/// sandbox, canary process and temporary file. Returns the id of the sandbox it saw.
+fn interrupt_probe_run(
+    caller: Caller,
+    environment: &[&str],
+    args: &[&str],
+    context: &str,
+) -> Option<String> {
+    let tmp = PrivateTmp::new(caller);
+    let workspace = Workspace::new(caller);
+    let variable = tmp.variable();
+    let mut wrapper = vec!["env", variable.as_str()];
+    wrapper.extend_from_slice(environment);
+    let mut spawned = spawn_airlock(caller, &wrapper, args, workspace.path(), Stdio::null());
+
+    // Interrupt once the run's first sandbox exists, well before the run's end.
+    let probe_sandbox = || {
+        let listed = run(caller, &["ls", "--json"], workspace.path());
+        let listed: Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        listed.as_array().into_iter().flatten().find_map(|sandbox| {
+            let name = sandbox["name"].as_str()?;
+            name.starts_with("probe-")
+                .then(|| sandbox["id"].as_str().map(str::to_owned))?
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = probe_sandbox();
+    while seen.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        seen = probe_sandbox();
+    }
+    let pid = spawned.child.id() as libc::pid_t;
+    // SAFETY: kill takes integers only; the pid is this test's unreaped child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let code = wait_bounded(&mut spawned.child, Duration::from_secs(60), "airlock probe");
+    assert_eq!(code, 130, "{context}: the run ended before the interrupt");
+
+    let left = || live_processes_named(PROCESS_NAME_PREFIX);
+    assert!(
+        eventually(|| left().is_empty()),
+        "{context}: left {:?}",
+        left()
+    );
+    assert_eq!(probe_sandbox(), None, "{context}: a probe sandbox is left");
+    assert_eq!(
+        tmp.entries(),
+        Vec::<PathBuf>::new(),
+        "{context}: TMPDIR not empty"
+    );
+    seen
 }
 
 #[test]
@@ -433,4 +582,88 @@ fn unknown_backend_rejected() {
         workspace.path(),
     );
     assert_eq!(both.status.code(), Some(125), "{}", describe(&both));
+}
+
+/// The probes whose attempt reaches the kernel itself: in a virtual machine each must end
+/// in the guest's kernel, with the host's untouched.
+const KERNEL_PROBES: [&str; 10] = [
+    "mount-filesystem",
+    "create-user-namespace",
+    "ptrace-host-process",
+    "write-proc-sys",
+    "device-node",
+    "setuid-binary",
+    "fork-bomb",
+    "memory-bomb",
+    "fill-tmp",
+    "survive-sandbox",
+];
+
+/// The Debian tree that scripts/test builds, which the vm backend's probes boot from.
+fn vm_rootfs() -> PathBuf {
+    std::env::var_os("AIRLOCK_TEST_ROOTFS").map_or_else(
+        || PathBuf::from("/var/cache/airlock-tests/rootfs-bookworm"),
+        PathBuf::from,
+    )
+}
+
+#[test]
+fn vm_column_shows_every_probe_contained() {
+    let _one = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The vm backend needs root.
+    let caller = Caller::Root;
+    let tmp = PrivateTmp::new(caller);
+    let rootfs = vm_rootfs();
+    let rootfs = rootfs.to_str().expect("rootfs path");
+    let args = ["probe", "--backend", "vm", "--rootfs", rootfs, "--json"];
+    let output = run_probe(caller, &tmp, &args);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let matrix = matrix(&output);
+    let column = column(&matrix, "vm");
+    let names: Vec<&str> = column.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names, PROBES);
+    for (probe, verdict, reason) in &column {
+        let context = format!("vm: {probe}: {verdict}: {reason}");
+        let expected = verdict == "contained"
+            || (verdict == "not_applicable" && allowed_not_applicable(caller, probe, reason));
+        assert!(expected, "{context}");
+        if KERNEL_PROBES.contains(&probe.as_str()) {
+            assert!(
+                verdict == "contained" || probe == "device-node",
+                "{context}"
+            );
+        }
+    }
+    // Inside the guest these succeed, and only the kernel's boot id tells the guest apart.
+    for probe in ["create-user-namespace", "write-proc-sys"] {
+        let (_, _, reason) = column
+            .iter()
+            .find(|(name, _, _)| name == probe)
+            .expect(probe);
+        assert!(
+            reason.contains("a kernel of its own"),
+            "vm: {probe}: {reason}"
+        );
+    }
+    assert_canaries_gone(&matrix);
+    assert_sandboxes_gone(caller, &matrix);
+    assert_eq!(tmp.entries(), Vec::<PathBuf>::new(), "TMPDIR not empty");
+}
+
+#[test]
+fn vm_without_rootfs_rejected() {
+    let workspace = Workspace::new(Caller::Root);
+    let output = run(
+        Caller::Root,
+        &["probe", "--backend", "vm"],
+        workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("--rootfs"),
+        "{}",
+        describe(&output)
+    );
 }

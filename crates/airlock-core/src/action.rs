@@ -64,10 +64,13 @@ pub enum Action {
     Doctor,
     /// Report, rule by rule, what each backend would enforce for `spec`.
     PolicyCheck { backend: BackendRequest, spec: Spec },
-    /// Run the containment probes in a sandbox of each backend that `targets` selects. With
+    /// Run the containment probes in a sandbox of each backend that `targets` selects, the
+    /// docker backend's from `image` and the others' from `rootfs` or the host view. With
     /// `unconfined`, run them on the host too, outside any sandbox, as a control group.
     Probe {
         targets: ProbeTargets,
+        image: Option<String>,
+        rootfs: Option<PathBuf>,
         unconfined: bool,
     },
     /// Manage the container engine's images, which the docker backend runs.
@@ -121,14 +124,17 @@ pub enum BackendKind {
     /// A container of a Docker-compatible engine (Docker Engine, or Podman's API service),
     /// run from an image of that engine.
     Docker,
+    /// A QEMU guest with its own kernel, driven by Airlock's agent inside it.
+    Vm,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::Namespace,
         BackendKind::Chroot,
         BackendKind::Nspawn,
         BackendKind::Docker,
+        BackendKind::Vm,
     ];
 
     /// The name users pass to `--backend`.
@@ -138,6 +144,7 @@ impl BackendKind {
             BackendKind::Chroot => "chroot",
             BackendKind::Nspawn => "nspawn",
             BackendKind::Docker => "docker",
+            BackendKind::Vm => "vm",
         }
     }
 }

@@ -26,4 +26,4 @@ pub use enforcement::{Enforcement, Protection, Status};
 pub use id::SandboxId;
 pub use outcome::{EndReason, ExecFailure, Outcome};
 pub use risk::RiskLevel;
-pub use spec::{Limit, Limits, Origin, RootFs, Spec, User, WorkspaceMode};
+pub use spec::{InnerBackend, Limit, Limits, Origin, RootFs, Spec, User, WorkspaceMode};

@@ -203,6 +203,43 @@ pub struct Spec {
     /// `debian:bookworm`; the other backends reject a spec that names one.
     #[serde(default)]
     pub image: Option<String>,
+    /// The guest kernel image of a virtual machine backend; `None` for the backend's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// The backend that runs each command inside the machine of a virtual machine backend;
+    /// `None` to run commands in the machine directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner: Option<InnerBackend>,
+}
+
+/// A process-level backend that runs inside the machine a machine-level backend provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerBackend {
+    /// Airlock's namespace backend, run by the agent inside the machine.
+    Namespace,
+}
+
+impl InnerBackend {
+    /// Returns the name users pass to `--inner`.
+    pub fn name(self) -> &'static str {
+        match self {
+            InnerBackend::Namespace => "namespace",
+        }
+    }
+}
+
+impl std::str::FromStr for InnerBackend {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "namespace" => Ok(InnerBackend::Namespace),
+            other => Err(format!(
+                "unknown inner backend {other:?}: expected namespace, the one a machine can run inside it"
+            )),
+        }
+    }
 }
 
 /// A user and group id inside the sandbox.
@@ -300,6 +337,8 @@ impl Spec {
             allow_weaker: false,
             user: None,
             image: None,
+            kernel: None,
+            inner: None,
         }
     }
 

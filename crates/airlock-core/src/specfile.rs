@@ -8,6 +8,8 @@
 //! risk = "medium"              # low, medium, high or critical: the lightest backend that meets it
 //! rootfs = "rootfs"            # a directory, relative to this file's directory
 //! image = "debian:bookworm"    # a local image of the engine, for the docker backend
+//! kernel = "/boot/vmlinuz-6.1.0-57-cloud-amd64"   # the guest kernel, for the vm backend
+//! inner = "namespace"          # a sandbox inside the vm backend's machine
 //! workspace = "project"        # a directory, relative to this file's directory
 //! workspace_mode = "overlay"   # overlay, bind, readonly or none
 //! memory = "512M"              # or a whole number of bytes
@@ -45,14 +47,18 @@ use toml::{Spanned, Value};
 use crate::action::BackendKind;
 use crate::risk::RiskLevel;
 use crate::size::{self, format_bytes};
-use crate::spec::{self, Limit, RootFs, Spec, User, WorkspaceMode, MAX_PIDS, MIN_MEMORY};
+use crate::spec::{
+    self, InnerBackend, Limit, RootFs, Spec, User, WorkspaceMode, MAX_PIDS, MIN_MEMORY,
+};
 
 /// Every key a spec file may contain, in the order of the format's documentation.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 20] = [
     "backend",
     "risk",
     "rootfs",
     "image",
+    "kernel",
+    "inner",
     "workspace",
     "workspace_mode",
     "env",
@@ -84,6 +90,10 @@ pub struct SpecFile {
     pub rootfs: Option<PathBuf>,
     /// Image of the docker backend's engine, valid by [`spec::parse_image`].
     pub image: Option<String>,
+    /// Guest kernel of the vm backend, already joined to the spec file's directory.
+    pub kernel: Option<PathBuf>,
+    /// The backend of a sandbox inside the vm backend's machine.
+    pub inner: Option<InnerBackend>,
     /// Workspace directory, already joined to the spec file's directory.
     pub workspace: Option<PathBuf>,
     pub workspace_mode: Option<WorkspaceMode>,
@@ -264,6 +274,12 @@ impl SpecFile {
         if let (Some(image), true) = (&self.image, from_file("image")) {
             spec.image = Some(image.clone());
         }
+        if let (Some(kernel), true) = (&self.kernel, from_file("kernel")) {
+            spec.kernel = Some(kernel.clone());
+        }
+        if let (Some(inner), true) = (self.inner, from_file("inner")) {
+            spec.inner = Some(inner);
+        }
         if let (Some(workspace), true) = (&self.workspace, from_file("workspace")) {
             spec.workspace = Some(workspace.clone());
         }
@@ -301,6 +317,8 @@ struct RawSpecFile {
     risk: Option<Spanned<String>>,
     rootfs: Option<Spanned<String>>,
     image: Option<Spanned<String>>,
+    kernel: Option<Spanned<String>>,
+    inner: Option<Spanned<String>>,
     workspace: Option<Spanned<String>>,
     workspace_mode: Option<Spanned<String>>,
     env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
@@ -394,6 +412,11 @@ impl Source<'_> {
                 .map(|value| self.path("rootfs", value))
                 .transpose()?,
             image: raw.image.map(|value| self.image(value)).transpose()?,
+            kernel: raw
+                .kernel
+                .map(|value| self.path("kernel", value))
+                .transpose()?,
+            inner: raw.inner.map(|value| self.inner(value)).transpose()?,
             workspace: raw
                 .workspace
                 .map(|value| self.path("workspace", value))
@@ -438,7 +461,12 @@ impl Source<'_> {
     /// from any current directory.
     fn path(&self, key: &str, value: Spanned<String>) -> Result<PathBuf, SpecFileError> {
         if value.get_ref().is_empty() {
-            let message = format!("{key} is empty: expected a directory path");
+            let expected = if key == "kernel" {
+                "a file"
+            } else {
+                "a directory"
+            };
+            let message = format!("{key} is empty: expected {expected} path");
             return Err(self.invalid(key, value.span(), message));
         }
         self.reject_nul(key, &value)?;
@@ -449,6 +477,11 @@ impl Source<'_> {
     fn image(&self, value: Spanned<String>) -> Result<String, SpecFileError> {
         spec::parse_image(value.get_ref())
             .map_err(|message| self.invalid("image", value.span(), message))
+    }
+
+    fn inner(&self, value: Spanned<String>) -> Result<InnerBackend, SpecFileError> {
+        InnerBackend::from_str(value.get_ref())
+            .map_err(|message| self.invalid("inner", value.span(), message))
     }
 
     fn workspace_mode(&self, value: Spanned<String>) -> Result<WorkspaceMode, SpecFileError> {
@@ -635,6 +668,8 @@ backend = "namespace"
 risk = "medium"
 rootfs = "/srv/rootfs"
 image = "debian:bookworm"
+kernel = "vmlinuz-6.1.0-1-cloud-amd64"
+inner = "namespace"
 workspace = "project"
 workspace_mode = "readonly"
 memory = "512M"
@@ -684,6 +719,8 @@ A = "1=2"
             risk: Some(RiskLevel::Medium),
             rootfs: Some("/srv/rootfs".into()),
             image: Some("debian:bookworm".into()),
+            kernel: Some("dir/vmlinuz-6.1.0-1-cloud-amd64".into()),
+            inner: Some(InnerBackend::Namespace),
             workspace: Some("dir/project".into()),
             workspace_mode: Some(WorkspaceMode::Readonly),
             env: vec![
@@ -706,6 +743,34 @@ A = "1=2"
             command: Some(vec!["make".into(), "test".into()]),
         };
         assert_eq!(file, expected);
+    }
+
+    #[test]
+    fn unknown_inner_backend_reports_value_position() {
+        let error = parse_at("tty = true\ninner = \"docker\"\n").unwrap_err();
+        assert!(matches!(&error, SpecFileError::InvalidValue { key, .. } if key == "inner"));
+        assert_eq!(location_of(&error), ("dir/spec.toml".into(), 2, 9));
+        assert!(error.to_string().contains("expected namespace"), "{error}");
+    }
+
+    #[test]
+    fn kernel_and_inner_applied_from_file() {
+        let file =
+            parse_at("kernel = \"/boot/vmlinuz-6.1.0-1-cloud-amd64\"\ninner = \"namespace\"")
+                .unwrap();
+        let mut spec = Spec::new(Vec::new());
+        file.apply(&mut spec, &|_| false);
+        assert_eq!(
+            spec.kernel.as_deref(),
+            Some(Path::new("/boot/vmlinuz-6.1.0-1-cloud-amd64"))
+        );
+        assert_eq!(spec.inner, Some(InnerBackend::Namespace));
+        let mut overridden = Spec::new(Vec::new());
+        file.apply(&mut overridden, &|option| {
+            option == "kernel" || option == "inner"
+        });
+        assert_eq!(overridden.kernel, None);
+        assert_eq!(overridden.inner, None);
     }
 
     #[test]

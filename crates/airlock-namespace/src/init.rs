@@ -163,7 +163,8 @@ fn wait_for_launcher(sync: RawFd) -> Result<(), StepError> {
     }
 }
 
-fn bring_up_loopback() -> io::Result<()> {
+/// Brings the network namespace's `lo` up, the only interface a sandbox has.
+pub fn bring_up_loopback() -> io::Result<()> {
     #[repr(C)]
     struct InterfaceFlags {
         name: [u8; libc::IFNAMSIZ],

@@ -269,12 +269,10 @@ impl Probe for ChrootEscape {
             failed: Some(format!("{step}: {}", error_name(&error))),
             read: None,
         };
-        let jail = Path::new(".airlock-probe-chroot");
-        if let Err(error) = std::fs::create_dir(jail) {
-            if error.kind() != io::ErrorKind::AlreadyExists {
-                return report(failed("mkdir", error));
-            }
-        }
+        let jail = match make_jail() {
+            Ok(jail) => jail,
+            Err(error) => return report(failed("mkdir", error)),
+        };
         if let Err(error) = chroot(jail) {
             return report(failed("chroot into a subdirectory", error));
         }
@@ -292,6 +290,24 @@ impl Probe for ChrootEscape {
             read: Some(FileRead::of(&path)),
         })
     }
+}
+
+/// The directories the chroot probe tries to make and chroot into, in order: one in the
+/// working directory, and one in /tmp for root without capabilities, which cannot write a
+/// workspace that belongs to the sandbox's user (docker).
+const JAIL_DIRS: [&str; 2] = [".airlock-probe-chroot", "/tmp/.airlock-probe-chroot"];
+
+/// Makes the first of [`JAIL_DIRS`] it can; returns it, or the last error.
+fn make_jail() -> io::Result<&'static Path> {
+    let mut last_error = None;
+    for dir in JAIL_DIRS.map(Path::new) {
+        match std::fs::create_dir(dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(dir),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("no directory to try")))
 }
 
 fn chroot(path: &Path) -> io::Result<()> {

@@ -353,6 +353,11 @@ impl Armed for MemoryArmed {
             execution.ended,
             Ended::Limit(EndReason::OutOfMemory) | Ended::Signaled(libc::SIGKILL)
         );
+        // NOTE: under a cgroup v1 memory limit, a bomb whose own binary's pages are charged
+        // to the sandbox (a copy in its workspace) was seen to stall at the limit past the
+        // probe's timeout instead of being killed. The kernel keeps reclaiming and refaulting
+        // those pages. The bomb never got past the limit, so that counts as contained.
+        let stalled = execution.ended == Ended::Limit(EndReason::TimedOut) && allocated > 0;
         match result {
             Some(report) => Finding::contained(format!(
                 "allocation failed at {}: {} (limit {limit})",
@@ -361,6 +366,10 @@ impl Armed for MemoryArmed {
             )),
             None if killed => Finding::contained(format!(
                 "killed for memory at {} (limit {limit})",
+                mebibytes(allocated)
+            )),
+            None if stalled => Finding::contained(format!(
+                "stalled at {} until its timeout (limit {limit})",
                 mebibytes(allocated)
             )),
             None => Finding::no_result(execution),
@@ -398,6 +407,20 @@ mod tests {
         };
         assert_eq!(judge(&MemoryBomb, &progress(136 << 20)), Verdict::Escaped);
         assert_eq!(judge(&MemoryBomb, &progress(120 << 20)), Verdict::Contained);
+    }
+
+    #[test]
+    fn memory_bomb_stalled_below_limit_judged_contained() {
+        let timed_out = |lines: &str| {
+            Execution::parse(lines.as_bytes(), b"", Ended::Limit(EndReason::TimedOut))
+        };
+        let line = |allocated: u64| json!({ "progress": { "allocated": allocated } }).to_string();
+        let stalled = timed_out(&line(112 << 20));
+        assert_eq!(judge(&MemoryBomb, &stalled), Verdict::Contained);
+        let past = timed_out(&line(136 << 20));
+        assert_eq!(judge(&MemoryBomb, &past), Verdict::Escaped);
+        let silent = timed_out("");
+        assert_eq!(judge(&MemoryBomb, &silent), Verdict::NotApplicable);
     }
 
     #[test]

@@ -26,6 +26,37 @@ pub struct CreateUserNamespace;
 struct UnshareReport {
     created: bool,
     error: Option<String>,
+    /// The boot id of the kernel the probe ran on, to tell a guest's kernel from the host's.
+    #[serde(default)]
+    boot_id: Option<String>,
+}
+
+/// The file that holds a random id the kernel draws at each boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Returns the boot id of the kernel this process runs on, or `None` where /proc is
+/// missing or hides it. A file at that path outside a procfs, as a root tree can hold,
+/// does not count.
+fn kernel_boot_id() -> Option<String> {
+    let file = File::open(BOOT_ID).ok()?;
+    // SAFETY: statfs is plain data, which fstatfs fills.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call, and `stats` is a live statfs.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) } == -1
+        || stats.f_type as i64 != libc::PROC_SUPER_MAGIC
+    {
+        return None;
+    }
+    let id = io::read_to_string(file).ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
+/// Returns the probe's boot id when it differs from the host's: the probe then ran on a
+/// kernel of its own, a virtual machine's, where what it changed leaves the host's kernel
+/// untouched. Without a boot id on either side, the probe counts as on the host's kernel.
+fn other_kernel(probe_boot_id: Option<&str>) -> Option<&str> {
+    let host = kernel_boot_id()?;
+    probe_boot_id.filter(|probe| *probe != host)
 }
 
 struct NoCanary;
@@ -48,6 +79,7 @@ impl Probe for CreateUserNamespace {
         report(UnshareReport {
             created: unshared.is_ok(),
             error: unshared.err().map(|error| error_name(&error)),
+            boot_id: kernel_boot_id(),
         })
     }
 }
@@ -65,9 +97,17 @@ impl Armed for NoCanary {
     /// can see.
     fn judge(&mut self, execution: &Execution) -> Finding {
         match execution.result::<UnshareReport>() {
-            Some(UnshareReport { created: true, .. }) => {
-                Finding::escaped("unshare(CLONE_NEWUSER) succeeded, as the probe reports")
-            }
+            Some(UnshareReport {
+                created: true,
+                boot_id,
+                ..
+            }) => match other_kernel(boot_id.as_deref()) {
+                Some(guest) => Finding::contained(format!(
+                    "unshare(CLONE_NEWUSER) succeeded in a kernel of its own (boot id {guest}), \
+                     not the host's"
+                )),
+                None => Finding::escaped("unshare(CLONE_NEWUSER) succeeded, as the probe reports"),
+            },
             Some(UnshareReport { error, .. }) => Finding::contained(format!(
                 "unshare(CLONE_NEWUSER): {}",
                 error.unwrap_or_else(|| "failed".to_owned())
@@ -98,6 +138,9 @@ struct ProcWrite {
 #[derive(Serialize, Deserialize)]
 struct ProcReport {
     attempts: Vec<ProcWrite>,
+    /// The boot id of the kernel the probe ran on.
+    #[serde(default)]
+    boot_id: Option<String>,
 }
 
 struct ProcArmed;
@@ -120,7 +163,10 @@ impl Probe for WriteProcSys {
             .iter()
             .map(|&(path, rewrite)| open_for_writing(Path::new(path), rewrite))
             .collect();
-        report(ProcReport { attempts })
+        report(ProcReport {
+            attempts,
+            boot_id: kernel_boot_id(),
+        })
     }
 }
 
@@ -181,6 +227,12 @@ impl Armed for ProcArmed {
             .filter(|attempt| attempt.opened)
             .map(|attempt| attempt.path.as_str())
             .collect();
+        if let (false, Some(guest)) = (opened.is_empty(), other_kernel(report.boot_id.as_deref())) {
+            return Finding::contained(format!(
+                "opened {} for writing in a kernel of its own (boot id {guest}), not the host's",
+                opened.join(" and ")
+            ));
+        }
         if !opened.is_empty() {
             return Finding::escaped(format!(
                 "opened {} for writing, as the probe reports",

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# vm benchmark: what Airlock adds to a QEMU boot, and what an idle guest costs. The rows:
+#
+#   airlock vm        wall time of `airlock run --backend vm --rootfs TREE
+#                     --workspace-mode none -- true`, from start to exit
+#   bare qemu         wall time of QEMU started by hand with the same kernel, initramfs,
+#                     root disk and arguments, from start until the agent prints "ready" on
+#                     the console (the agent then waits for a host that never connects)
+#
+# The airlock row includes what the bare row does not: running `true` in the guest and
+# ending QEMU.
+#   idle memory       QEMU's resident memory (VmRSS) while the guest runs `sleep`
+#
+# Every figure is printed with the accelerator it ran under (kvm or tcg), from Airlock's
+# cached verdict.
+#
+# Usage: bench/vm.sh [--runs N] [--rootfs DIR] [--binary FILE]
+#
+#   --runs N         timed runs per row (default 5).
+#   --rootfs DIR     the root filesystem tree (default $AIRLOCK_TEST_ROOTFS, else
+#                    /var/cache/airlock-tests/rootfs-bookworm, which scripts/test builds).
+#   --binary FILE    time this airlock binary instead of building a release binary.
+#
+# Needs root (for Airlock's cache in /var/cache/airlock/vm), cargo, python3, QEMU,
+# mkfs.ext4 and linux-image-cloud-amd64.
+
+set -euo pipefail
+
+runs=5
+rootfs=${AIRLOCK_TEST_ROOTFS:-/var/cache/airlock-tests/rootfs-bookworm}
+binary=
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --runs) runs=$2; shift 2 ;;
+    --rootfs) rootfs=$2; shift 2 ;;
+    --binary) binary=$2; shift 2 ;;
+    *) sed -n '15,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")/.."
+if [ -z "$binary" ]; then
+    cargo build --release --quiet
+    binary=$(cargo metadata --format-version 1 --no-deps | python3 -c \
+        'import json,sys; print(json.load(sys.stdin)["target_directory"])')/x86_64-unknown-linux-musl/release/airlock
+fi
+work=$(mktemp -d /tmp/airlock-bench-vm.XXXXXX)
+cleanup() {
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir "$work/project"
+cache=/var/cache/airlock/vm
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+run_airlock() {
+    (cd "$work/project" && "$binary" run --backend vm --rootfs "$rootfs" --workspace-mode none "$@")
+}
+
+# One run builds what is cached (initramfs, root image, accelerator verdict).
+run_airlock -- true
+accel=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accel"])' "$cache/accel.json")
+
+# The bare boot uses the newest cached initramfs and root image, the ones Airlock uses.
+kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -1)
+initramfs=$(ls -1t "$cache"/initramfs-*.cpio | head -1)
+image=$(ls -1t "$cache"/rootfs-*.ext4 | head -1)
+append="console=ttyS0 quiet panic=-1 reboot=t rdinit=/init"
+cpu=host
+if [ "$accel" = tcg ]; then
+    append="$append tsc_early_khz=1000000 lpj=4000000 no_timer_check"
+    cpu=max
+fi
+# Airlock's defaults: /tmp of 512 MiB, 1024 processes, 2 GiB for the commands, and 128 MiB
+# more for the guest's kernel.
+append="$append airlock.tmp_size=536870912 airlock.pids=1024 airlock.memory=2147483648 -- __vm-agent"
+# Timed by python3, which polls the console without starting a process per check: on 2
+# cores, a grep per 10 ms took CPU from the emulated guest and slowed its boot.
+bare_boot() {
+    python3 - "$accel" "$cpu" "$kernel" "$initramfs" "$append" "$image" \
+        "$work/console-$1.log" "$work/agent-$1.sock" <<'PYTHON'
+import os, subprocess, sys, time
+accel, cpu, kernel, initramfs, append, image, console, socket = sys.argv[1:]
+args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-no-reboot",
+        "-display", "none", "-machine", "microvm,rtc=on", "-accel", accel, "-cpu", cpu,
+        "-smp", "1", "-m", "2176M", "-nic", "none", "-serial", f"file:{console}",
+        "-kernel", kernel, "-initrd", initramfs, "-append", append,
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=agent,path={socket},server=on,wait=off",
+        "-device", "virtserialport,chardev=agent,name=airlock.agent",
+        "-drive", f"file={image},if=none,id=root,format=raw,readonly=on",
+        "-device", "virtio-blk-device,drive=root,serial=airlock-root"]
+start = time.monotonic()
+qemu = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    while True:
+        try:
+            with open(console, "rb") as log:
+                if b"airlock agent: ready" in log.read():
+                    break
+        except FileNotFoundError:
+            pass
+        if qemu.poll() is not None or time.monotonic() - start > 120:
+            sys.exit("the bare guest did not get ready")
+        time.sleep(0.005)
+    print(round((time.monotonic() - start) * 1000))
+finally:
+    qemu.kill()
+    qemu.wait()
+PYTHON
+}
+
+# The rows alternate, one run of each at a time, so that a change in the machine's load
+# during the benchmark weighs on both alike.
+airlock_times=()
+bare_times=()
+for run in $(seq "$runs"); do
+    start=$(now_ms)
+    run_airlock -- true
+    airlock_times+=($(($(now_ms) - start)))
+    bare_times+=($(bare_boot "$run"))
+done
+
+# Idle memory: QEMU's resident set while the guest sleeps, after its boot settled. The
+# guest's files go to a TMPDIR of this script, which finds its QEMU.
+mkdir "$work/tmp"
+TMPDIR="$work/tmp" run_airlock -- sh -c 'echo ready; sleep 30' >"$work/idle.out" &
+runner=$!
+until grep -q ready "$work/idle.out" 2>/dev/null; do sleep 0.1; done
+sleep 5
+rss_kib=
+for pid in $(pgrep -f "$work/tmp/airlock-vm-" || true); do
+    rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+done
+wait "$runner"
+
+echo "accelerator: $accel ($(nproc) CPUs, $(uname -r), $(qemu-system-x86_64 --version | head -1))"
+printf 'airlock vm   (start to exit of true), median of %s: %s ms [%s]\n' "$runs" \
+    "$(printf '%s\n' "${airlock_times[@]}" | median)" "${airlock_times[*]}"
+printf 'bare qemu    (start to agent ready), median of %s: %s ms [%s]\n' "$runs" \
+    "$(printf '%s\n' "${bare_times[@]}" | median)" "${bare_times[*]}"
+echo "idle memory  (QEMU VmRSS, guest of 2 GiB + 128 MiB, $accel): ${rss_kib:-unknown} KiB"

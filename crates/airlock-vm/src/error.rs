@@ -1,0 +1,129 @@
+//! Failures of the vm backend, one variant per step of preparing, booting and driving a
+//! guest.
+
+use std::io;
+use std::path::PathBuf;
+
+use airlock_core::Unavailable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the vm backend cannot run on this host")]
+    Unavailable(#[source] Unavailable),
+    #[error("cannot list kernels in {path:?}")]
+    KernelDirectory {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no kernel with modules found in {boot:?}: install one (Debian: `apt-get install linux-image-cloud-amd64`), or pass --kernel /boot/vmlinuz-RELEASE")]
+    NoKernel { boot: PathBuf },
+    #[error("kernel image {0:?} is not named vmlinuz-RELEASE, so its modules in /lib/modules/RELEASE cannot be found: pass the image as /boot installs it")]
+    KernelName(PathBuf),
+    #[error(
+        "cannot read the kernel image {path:?}: run as root, or pass a readable copy with --kernel"
+    )]
+    KernelUnreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the modules of kernel {release} are missing: {path:?} has no modules.dep; reinstall the kernel's package, or run depmod {release}")]
+    ModulesMissing { release: String, path: PathBuf },
+    #[error("cannot read the module index {path:?}")]
+    ModuleIndex {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the guest kernel has no module {name:?}, neither built in nor in modules.dep: use a kernel with virtio, ext4 and overlayfs support, such as Debian's linux-image-cloud-amd64")]
+    ModuleNotFound { name: String },
+    #[error("cannot read the kernel module {path:?}")]
+    ReadModule {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the Airlock binary {path:?} for the guest's agent")]
+    ReadAgent {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the Airlock binary {path:?} is linked dynamically, so it cannot run as the guest's agent without a C library: build it for the default musl target (`cargo build`), not for x86_64-unknown-linux-gnu")]
+    AgentNotStatic { path: PathBuf },
+    #[error("cannot write the initramfs {path:?}")]
+    WriteInitramfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot find a cache directory for guest images: set HOME, XDG_CACHE_HOME or AIRLOCK_CACHE_DIR")]
+    NoCacheDirectory,
+    #[error("cannot create the cache directory {path:?}")]
+    CacheDirectory {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path:?} of the root filesystem")]
+    ReadRootfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mkfs.ext4 could not build a disk image of {root:?}: {message}")]
+    Mkfs { root: PathBuf, message: String },
+    #[error("cannot store the root disk image {path:?}")]
+    BuildImage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the guest's directory of sockets, disks and logs")]
+    GuestDirectory(#[source] io::Error),
+    #[error("cannot start QEMU")]
+    SpawnQemu(#[source] io::Error),
+    #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}")]
+    GuestStopped {
+        reason: String,
+        console: String,
+        qemu: String,
+    },
+    #[error("the guest's agent speaks protocol version {version}, not {}: the initramfs cache holds an agent from another Airlock; remove the cache directory", airlock_protocol::PROTOCOL_VERSION)]
+    AgentVersion { version: u32 },
+    #[error("the connection to the guest's agent broke")]
+    Protocol(#[source] airlock_protocol::FrameError),
+    #[error("the guest's agent failed: {message}")]
+    AgentFailed { message: String },
+    #[error("the vm backend needs a root filesystem directory: pass --rootfs DIR, such as a debootstrap tree (a disk image of the host's own /usr would take gigabytes)")]
+    HostViewRoot,
+    #[error("the vm backend cannot show the workspace with --workspace-mode {mode}, which would write to the project on the host from inside the guest: use overlay (the default) and `airlock apply`")]
+    WorkspaceUnsupported { mode: &'static str },
+    #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
+    WeakerThanRequired { unmet: String },
+    #[error("cannot prepare the workspace overlay's layers in {path:?}")]
+    Layers {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot copy the workspace changes out of the guest")]
+    Export(#[source] crate::export::ExportError),
+    #[error("the vm backend cannot start a sandbox again while its workspace holds changes, which the new guest would not see: review them with `airlock diff`, then `airlock apply` or `airlock discard` them first")]
+    ChangesPending,
+    #[error("cannot block the supervisor's stop signals")]
+    Signals(#[source] io::Error),
+    #[error("cannot connect to the supervisor of the sandbox at {path:?}: {message}")]
+    ControlSocket { path: PathBuf, message: String },
+    #[error("the sandbox's record has no usable runtime ({0}); remove it with `airlock rm --force` or `airlock gc`")]
+    Runtime(String),
+    #[error("cannot copy {path:?}: {message}")]
+    Copy { path: PathBuf, message: String },
+    #[error("--inner namespace cannot show the workspace as a copy-on-write overlay: its overlay takes the upper layer from a detached mount, which the guest's Debian 6.1 kernel rejects (\"overlayfs: failed to clone upperpath\"); pass --workspace-mode readonly or none, or drop --inner")]
+    InnerOverlay,
+    #[error("cannot generate a sandbox id")]
+    Id(#[source] io::Error),
+    #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]
+    NotSupported { action: &'static str },
+}

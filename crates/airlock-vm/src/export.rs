@@ -1,0 +1,164 @@
+//! Copies the workspace overlay's upper layer out of a guest, through the agent's
+//! directory listings and file reads, into the host's `layers/upper`, in the format the
+//! namespace backend's overlay leaves there: whiteouts as character devices 0:0, opaque
+//! directories marked with `user.overlay.opaque`. `airlock diff` and `apply` then read it
+//! as they read any other backend's.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use airlock_protocol::{EntryKind, FrameKind, Message};
+
+use crate::client::{Connection, Event, Wait};
+
+/// A failure of the export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("the agent could not list or read {path:?}: {message}")]
+    Agent { path: String, message: String },
+    #[error("the connection to the agent ended during the export")]
+    Closed,
+    #[error("cannot write {path:?}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Copies the guest's directory `guest` into the host's empty directory `host`.
+pub fn upper_layer(
+    connection: &mut Connection,
+    guest: &str,
+    host: &Path,
+) -> Result<(), ExportError> {
+    let entries = match request(connection, Message::ListDir { path: guest.into() }, None)? {
+        Message::Entries { entries } => entries,
+        other => return Err(agent_error(guest, other)),
+    };
+    for entry in entries {
+        let guest_path = format!("{guest}/{}", entry.name);
+        let host_path = host.join(&entry.name);
+        let write_failed = |source| ExportError::Write {
+            path: host_path.clone(),
+            source,
+        };
+        if entry.whiteout {
+            make_whiteout(&host_path).map_err(write_failed)?;
+            continue;
+        }
+        match entry.kind {
+            EntryKind::Dir => {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&host_path)
+                    .map_err(write_failed)?;
+                if entry.opaque {
+                    mark_opaque(&host_path).map_err(write_failed)?;
+                }
+                upper_layer(connection, &guest_path, &host_path)?;
+                let mode = std::fs::Permissions::from_mode(entry.mode);
+                std::fs::set_permissions(&host_path, mode).map_err(write_failed)?;
+            }
+            EntryKind::File => {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(entry.mode & 0o777)
+                    .open(&host_path)
+                    .map_err(write_failed)?;
+                let message = Message::ReadFile {
+                    path: guest_path.clone(),
+                };
+                match request(connection, message, Some(&mut file))? {
+                    Message::Done => {}
+                    other => return Err(agent_error(&guest_path, other)),
+                }
+                let mode = std::fs::Permissions::from_mode(entry.mode & 0o777);
+                std::fs::set_permissions(&host_path, mode).map_err(write_failed)?;
+            }
+            EntryKind::Symlink => {
+                let target = entry.target.unwrap_or_default();
+                std::os::unix::fs::symlink(target, &host_path).map_err(write_failed)?;
+            }
+            // Devices, FIFOs and sockets made in the workspace are not carried out.
+            EntryKind::Other => {}
+        }
+    }
+    Ok(())
+}
+
+fn agent_error(path: &str, reply: Message) -> ExportError {
+    let message = match reply {
+        Message::Error { message } => message,
+        other => format!("unexpected reply {other:?}"),
+    };
+    ExportError::Agent {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+/// Sends `message` on a new channel and returns the reply, writing file data to `sink`.
+pub fn request(
+    connection: &mut Connection,
+    message: Message,
+    mut sink: Option<&mut File>,
+) -> Result<Message, ExportError> {
+    let channel = connection.open_channel();
+    connection
+        .send(channel, &message)
+        .map_err(|_| ExportError::Closed)?;
+    loop {
+        let frame = match connection.next_event(None) {
+            Wait::Event(Event::Frame(frame)) => frame,
+            Wait::Event(_) | Wait::TimedOut => return Err(ExportError::Closed),
+        };
+        if frame.channel != channel {
+            continue;
+        }
+        match frame.kind {
+            FrameKind::FileData => {
+                if let Some(file) = sink.as_mut() {
+                    file.write_all(&frame.payload)
+                        .map_err(|source| ExportError::Write {
+                            path: "the workspace's upper layer".into(),
+                            source,
+                        })?;
+                }
+            }
+            FrameKind::Message => {
+                return frame.to_message().map_err(|error| ExportError::Agent {
+                    path: String::new(),
+                    message: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn make_whiteout(path: &Path) -> std::io::Result<()> {
+    let path = airlock_namespace::sys::cstring(path)?;
+    // SAFETY: `path` is a NUL-terminated string alive for the call. A character device
+    // 0:0 is the overlay whiteout, which Linux 5.8 and later let any user create.
+    if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR, 0) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn mark_opaque(path: &Path) -> std::io::Result<()> {
+    let path = airlock_namespace::sys::cstring(path)?;
+    let name = c"user.overlay.opaque";
+    // SAFETY: both strings are NUL-terminated and the value is one byte that lives for
+    // the call.
+    let result =
+        unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    if result == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

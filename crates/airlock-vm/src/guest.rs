@@ -1,0 +1,303 @@
+//! One running guest: its QEMU process, its directory of per-sandbox files, and the
+//! connection to its agent. Dropping a [`Guest`] kills QEMU, reaps it and removes the
+//! directory, so no failure path leaves a QEMU behind; QEMU also gets PR_SET_PDEATHSIG, so
+//! it dies with Airlock when Airlock is killed.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock_core::SandboxId;
+use airlock_protocol::{Message, PROTOCOL_VERSION};
+
+use crate::client::{Connection, Event, Wait};
+use crate::error::Error;
+use crate::machine::{Accel, Machine};
+
+/// How long a guest may take from QEMU's start to the agent's `ready`. Software emulation
+/// boots the cloud kernel in about 4 s on a 2-core host; the margin covers a loaded host.
+fn boot_time_limit(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(30),
+        Accel::Tcg => Duration::from_secs(120),
+    }
+}
+
+/// How long the agent may take to power the guest off once asked.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Guest {
+    qemu: Child,
+    directory: PathBuf,
+    pub machine: Machine,
+    pub connection: Connection,
+}
+
+/// The files of one guest, in a new directory.
+pub struct GuestFiles {
+    pub directory: PathBuf,
+}
+
+impl GuestFiles {
+    /// Creates a private directory below the temporary directory, named after the sandbox
+    /// so that clean-up finds it. Its path is short, since the agent's unix socket lives
+    /// there and socket paths are limited to 107 bytes.
+    pub fn create(id: &SandboxId) -> Result<GuestFiles, Error> {
+        let directory = tempfile::Builder::new()
+            .prefix(&directory_prefix(id))
+            .tempdir()
+            .map_err(Error::GuestDirectory)?
+            .keep();
+        Ok(GuestFiles { directory })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.directory.join(name)
+    }
+}
+
+impl Guest {
+    /// Starts QEMU on `machine` and waits until the agent is ready.
+    pub fn boot(qemu_binary: &Path, machine: Machine, files: GuestFiles) -> Result<Guest, Error> {
+        let directory = files.directory;
+        let mut qemu = match spawn_qemu(qemu_binary, &machine, &directory) {
+            Ok(child) => child,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&directory);
+                return Err(error);
+            }
+        };
+        tracing::info!(
+            pid = qemu.id(),
+            accel = machine.accel.name(),
+            "QEMU started"
+        );
+        let deadline = Instant::now() + boot_time_limit(machine.accel);
+        let connection = match connect(&mut qemu, &machine.agent_socket, deadline) {
+            Ok(connection) => connection,
+            Err(reason) => {
+                let error = stopped(&mut qemu, &machine, &directory, reason);
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                let _ = std::fs::remove_dir_all(&directory);
+                return Err(error);
+            }
+        };
+        let mut guest = Guest {
+            qemu,
+            directory,
+            machine,
+            connection,
+        };
+        guest.wait_ready(deadline)?;
+        Ok(guest)
+    }
+
+    fn wait_ready(&mut self, deadline: Instant) -> Result<(), Error> {
+        loop {
+            match self.connection.next_event(Some(deadline)) {
+                Wait::TimedOut => {
+                    let limit = boot_time_limit(self.machine.accel).as_secs();
+                    return Err(
+                        self.stopped(format!("the guest's agent was not ready within {limit} s"))
+                    );
+                }
+                Wait::Event(Event::Frame(frame)) => {
+                    if let Ok(Message::Ready { version }) = frame.to_message() {
+                        if version != PROTOCOL_VERSION {
+                            return Err(Error::AgentVersion { version });
+                        }
+                        return Ok(());
+                    }
+                }
+                Wait::Event(Event::Closed) => {
+                    let reason = "the guest stopped before its agent was ready".to_owned();
+                    return Err(self.stopped(reason));
+                }
+                Wait::Event(Event::Broken(error)) => return Err(Error::Protocol(error)),
+            }
+        }
+    }
+
+    /// Builds the error for a guest that stopped or never started.
+    pub fn stopped(&mut self, reason: String) -> Error {
+        stopped(&mut self.qemu, &self.machine, &self.directory, reason)
+    }
+
+    /// Asks the agent to power the guest off and waits for QEMU to exit, killing it after
+    /// [`SHUTDOWN_GRACE`].
+    pub fn shut_down(mut self) {
+        let _ = self
+            .connection
+            .send(airlock_protocol::CONTROL_CHANNEL, &Message::Shutdown);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while Instant::now() < deadline {
+            if !matches!(self.qemu.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::warn!(
+            pid = self.qemu.id(),
+            "the guest did not power off in time; killing QEMU"
+        );
+    }
+
+    /// Kills QEMU at once and reaps it. A later kill, as when the guest is dropped, then
+    /// signals nothing, also in a process forked after this.
+    pub fn kill(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    pub fn qemu_pid(&self) -> u32 {
+        self.qemu.id()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// Connects to the agent's socket once QEMU has created it.
+fn connect(qemu: &mut Child, socket: &Path, deadline: Instant) -> Result<Connection, String> {
+    Connection::connect(socket, || {
+        if let Ok(Some(status)) = qemu.try_wait() {
+            return Some(format!("QEMU exited with {status}"));
+        }
+        (Instant::now() >= deadline).then(|| "QEMU did not open the agent's socket in time".into())
+    })
+}
+
+/// Builds the error for a guest that stopped or never started, with the last lines of its
+/// console and of QEMU's own messages.
+fn stopped(qemu: &mut Child, machine: &Machine, directory: &Path, reason: String) -> Error {
+    // QEMU may still be writing its last lines; it ends within moments of the guest.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline && matches!(qemu.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let console = std::fs::read(&machine.console_log).unwrap_or_default();
+    let console = String::from_utf8_lossy(&console);
+    let qemu_log = std::fs::read(directory.join(QEMU_LOG)).unwrap_or_default();
+    let qemu_log = String::from_utf8_lossy(&qemu_log);
+    Error::GuestStopped {
+        reason,
+        console: console_summary(&console),
+        qemu: tail(&qemu_log, 3, |line| {
+            !line.contains("QEMU waiting for connection")
+        }),
+    }
+}
+
+/// Returns the line of a kernel panic with the line before it, which names the cause, or
+/// else the last lines of the console.
+fn console_summary(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().map(str::trim).collect();
+    if let Some(at) = lines.iter().position(|line| line.contains("Kernel panic")) {
+        // A panic of the agent itself comes first, as the reason init exited.
+        let agent_panic = lines[..at]
+            .iter()
+            .rev()
+            .find(|line| line.contains("panicked at"));
+        let mut summary: Vec<&str> = agent_panic.into_iter().copied().collect();
+        summary.extend_from_slice(&lines[at.saturating_sub(1)..=at]);
+        return summary.join(" | ");
+    }
+    tail(console, 6, |_| true)
+}
+
+/// Returns the start of the name of sandbox `id`'s guest directory.
+fn directory_prefix(id: &SandboxId) -> String {
+    let id = id.to_string();
+    format!("airlock-vm-{}-", &id[..12.min(id.len())])
+}
+
+/// Kills any QEMU still running from a guest directory of sandbox `id` in the temporary
+/// directory, and removes those directories: what an `airlock run` killed with SIGKILL
+/// leaves, since its QEMU dies with it but its directory stays.
+pub fn remove_leftovers(id: &SandboxId) {
+    let prefix = directory_prefix(id);
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let directory = entry.path();
+        for pid in processes_mentioning(&directory) {
+            // SAFETY: kill takes integers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+}
+
+/// Returns the processes whose command line names `directory`: its QEMU.
+fn processes_mentioning(directory: &Path) -> Vec<libc::pid_t> {
+    let needle = directory.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: libc::pid_t = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// QEMU's stdout and stderr, in the guest's directory.
+const QEMU_LOG: &str = "qemu.log";
+
+fn spawn_qemu(binary: &Path, machine: &Machine, directory: &Path) -> Result<Child, Error> {
+    let log = File::create(directory.join(QEMU_LOG)).map_err(Error::GuestDirectory)?;
+    let mut command = Command::new(binary);
+    command
+        .args(machine.arguments())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(Error::GuestDirectory)?)
+        .stderr(log)
+        // QEMU's own group, so a Ctrl-C at the caller's terminal reaches Airlock, which
+        // ends the guest, rather than QEMU directly.
+        .process_group(0);
+    // SAFETY: the closure runs between fork and exec and makes one async-signal-safe system
+    // call on integers: the kernel kills QEMU if this thread ends first.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(Error::SpawnQemu)
+}
+
+/// Returns the last `lines` non-empty lines of `text` that `keep` accepts, joined with " | ".
+fn tail(text: &str, lines: usize, keep: impl Fn(&str) -> bool) -> String {
+    let mut last: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && keep(line))
+        .rev()
+        .take(lines)
+        .collect();
+    last.reverse();
+    last.join(" | ")
+}

@@ -1,0 +1,324 @@
+//! `airlock run --backend vm`: prepare the guest's files, boot it, run the command, and
+//! kill the guest.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use airlock_core::spec::{SANDBOX_HOME, SANDBOX_PATH, SANDBOX_WORKSPACE};
+use airlock_core::{
+    EndReason, Enforcement, ExecFailure, Finished, Outcome, RootFs, RunOptions, SandboxId, Spec,
+    WorkspaceMode,
+};
+
+use crate::accel;
+use crate::agent::boot::{WorkspaceMount, LAYERS};
+use crate::disk::{self, ProgressBar};
+use crate::error::Error;
+use crate::exec::{self, End};
+use crate::guest::{Guest, GuestFiles};
+use crate::initramfs;
+use crate::kernel;
+use crate::machine::Machine;
+use crate::protections;
+
+/// Guest memory on top of the memory limit, for the guest's kernel and the initramfs with
+/// the agent. The limit itself is the `memory.max` of the commands' cgroup in the guest.
+// NOTE: an estimate from Debian's 6.1 cloud kernel, whose idle guest uses about 60 MiB;
+// a larger kernel leaves the commands less room before the guest's own OOM killer acts.
+pub const GUEST_OVERHEAD: u64 = 128 << 20;
+
+/// The shared files a guest boots from, built or found in the cache.
+pub struct Prepared {
+    pub qemu: PathBuf,
+    pub machine: Machine,
+    pub files: GuestFiles,
+}
+
+/// Checks the parts of the spec this backend cannot provide yet.
+pub fn check_spec(spec: &Spec) -> Result<(), Error> {
+    if spec.rootfs == RootFs::HostView {
+        return Err(Error::HostViewRoot);
+    }
+    workspace_mount(spec)?;
+    Ok(())
+}
+
+/// Returns how the guest shows the workspace, `None` without one, or an error for a mode
+/// the guest cannot provide: `bind` would need the project shared with the guest.
+pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
+    if spec.workspace.is_none() {
+        return Ok(None);
+    }
+    match spec.workspace_mode {
+        WorkspaceMode::Overlay if spec.inner.is_some() => Err(Error::InnerOverlay),
+        WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
+        WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
+        WorkspaceMode::None => Ok(None),
+        WorkspaceMode::Bind => Err(Error::WorkspaceUnsupported {
+            mode: spec.workspace_mode.name(),
+        }),
+    }
+}
+
+/// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
+/// accelerator, and lays out the guest's files.
+pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
+    let RootFs::Directory(root) = &spec.rootfs else {
+        return Err(Error::HostViewRoot);
+    };
+    let cache = crate::cache::directory()?;
+    let kernel = kernel::find(spec.kernel.as_deref())?;
+    let agent = Path::new("/proc/self/exe");
+    let initramfs = initramfs::find_or_build(&kernel, agent, &cache)?;
+    let choice = accel::choose(&qemu, &cache);
+    if let Some(notice) = &choice.notice {
+        eprintln!("airlock: {notice}");
+    }
+    let mut progress = ProgressBar::new();
+    let base = disk::root_image(root, &cache, &mut |done| progress.update(done))?;
+    let files = GuestFiles::create(id)?;
+    let workspace = match workspace_disk(spec, &files) {
+        Ok(disk) => disk,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&files.directory);
+            return Err(error);
+        }
+    };
+    let machine = Machine {
+        accel: choice.accel,
+        cpus: spec.limits.cpus.value.map_or(1, protections::vcpus),
+        memory_mib: (spec.limits.memory.value + GUEST_OVERHEAD).div_ceil(1 << 20),
+        kernel: kernel.image,
+        initramfs,
+        root_disk: base,
+        agent_socket: files.path("agent.sock"),
+        console_log: files.path("console.log"),
+        tmp_size: spec.limits.tmp_size,
+        workspace,
+        pids: spec.limits.pids.value,
+        memory_limit: spec.limits.memory.value,
+    };
+    Ok(Prepared {
+        qemu,
+        machine,
+        files,
+    })
+}
+
+/// Builds the guest's copy of the project, with the way the guest shows it.
+fn workspace_disk(
+    spec: &Spec,
+    files: &GuestFiles,
+) -> Result<Option<(PathBuf, WorkspaceMount)>, Error> {
+    match (workspace_mount(spec)?, &spec.workspace) {
+        (Some(mount), Some(project)) => {
+            let image = files.path("workspace.ext4");
+            disk::workspace_image(project, &image)?;
+            Ok(Some((image, mount)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Returns how long a guest may stay silent before the host counts it as hung: many
+/// heartbeats, more under software emulation, where a loaded host can stall a guest.
+pub fn silence_limit(accel: crate::machine::Accel) -> std::time::Duration {
+    match accel {
+        crate::machine::Accel::Kvm => std::time::Duration::from_secs(20),
+        crate::machine::Accel::Tcg => std::time::Duration::from_secs(60),
+    }
+}
+
+/// Builds the command's environment: the defaults every backend sets, then the spec's.
+pub fn environment(spec: &Spec) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), SANDBOX_PATH.to_owned()),
+        ("HOME".to_owned(), SANDBOX_HOME.to_owned()),
+    ];
+    for name in airlock_core::spec::PASSED_HOST_VARIABLES {
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.to_owned(), value));
+        }
+    }
+    for (key, value) in &spec.env {
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.clone(), value.to_string_lossy().into_owned()));
+    }
+    env
+}
+
+/// Runs the spec's command in a new guest and kills the guest afterwards.
+pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, Error> {
+    let started = Instant::now();
+    let enforcement = check(spec)?;
+    let id = match options.id {
+        Some(id) => id,
+        None => SandboxId::generate().map_err(Error::Id)?,
+    };
+
+    let prepared = prepare(spec, &id, qemu)?;
+    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
+    tracing::info!(sandbox = %id, qemu = guest.qemu_pid(), "vm sandbox started");
+
+    let request = command_request(spec, guest.machine.accel);
+    let finish = exec::run(&mut guest.connection, request);
+    let command = spec.command[0].to_string_lossy();
+    let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
+    let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
+    tracing::debug!(sandbox = %id, reason = ?outcome.reason, "vm command ended");
+
+    // After a timeout the guest ends at once; otherwise it still runs, with the changes.
+    if outcome.reason != EndReason::TimedOut {
+        if let Some(layers) = options.layers.as_deref().filter(|_| has_overlay(&guest)) {
+            export_changes(&mut guest, layers)?;
+        }
+    }
+    // Nothing in the guest needs a clean power-off: its disks are attached read-only, and
+    // the changes were copied out. The removal of its directory is left to the caller.
+    guest.kill();
+    tracing::info!(sandbox = %id, "vm sandbox ended");
+    Ok(Finished {
+        outcome,
+        stderr_ends_line: finish.stderr_ends_line,
+        teardown: airlock_core::Teardown::later(guest),
+    })
+}
+
+/// Checks what the spec asks against what a guest provides, and returns the protections.
+pub fn check(spec: &Spec) -> Result<Enforcement, Error> {
+    check_spec(spec)?;
+    let enforcement = protections::assess(spec);
+    enforcement
+        .check_required(spec.allow_weaker)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
+    Ok(enforcement)
+}
+
+/// Builds the request for the spec's command.
+fn command_request(spec: &Spec, accel: crate::machine::Accel) -> exec::Request {
+    let command: Vec<String> = spec
+        .command
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    if spec.inner.is_some() {
+        // The inner run sets up the command's user and environment itself.
+        return exec::Request {
+            argv: crate::inner::wrap(spec, command),
+            env: environment(&Spec::new(Vec::new())),
+            cwd: "/".to_owned(),
+            tty: spec.tty,
+            uid: 0,
+            gid: 0,
+            timeout: spec.limits.timeout,
+            silence_limit: silence_limit(accel),
+        };
+    }
+    let user = spec.user.unwrap_or(airlock_core::User::ROOT);
+    exec::Request {
+        argv: command,
+        env: environment(spec),
+        cwd: SANDBOX_WORKSPACE.to_owned(),
+        tty: spec.tty,
+        uid: user.uid,
+        gid: user.gid,
+        timeout: spec.limits.timeout,
+        silence_limit: silence_limit(accel),
+    }
+}
+
+/// Builds the error for a command that did not end, killing a guest that hangs.
+fn guest_failure(guest: &mut Guest, unfinished: Unfinished) -> Error {
+    match unfinished {
+        Unfinished::GuestStopped => {
+            let reason =
+                "the guest stopped while the command ran (its kernel panicked or powered off)";
+            guest.stopped(reason.to_owned())
+        }
+        Unfinished::GuestSilent => {
+            let limit = silence_limit(guest.machine.accel).as_secs();
+            guest.kill();
+            guest.stopped(format!(
+                "the guest sent nothing for {limit} s, not even its heartbeat, and was killed \
+                 (its kernel or agent hangs)"
+            ))
+        }
+        Unfinished::Broken(message) => Error::AgentFailed { message },
+    }
+}
+
+/// Returns whether the guest shows the workspace under an overlay, whose changes the host
+/// copies out.
+pub fn has_overlay(guest: &Guest) -> bool {
+    let mount = guest.machine.workspace.as_ref().map(|(_, mount)| *mount);
+    mount == Some(WorkspaceMount::Overlay)
+}
+
+/// A command that did not end with an outcome.
+pub enum Unfinished {
+    GuestStopped,
+    GuestSilent,
+    Broken(String),
+}
+
+/// Builds the outcome of a command that ended as `end`.
+pub fn to_outcome(
+    end: End,
+    command: &str,
+    id: &SandboxId,
+    started: Instant,
+    enforcement: &Enforcement,
+) -> Result<Outcome, Unfinished> {
+    let outcome = |exit_code, signal, reason, exec_failure| Outcome {
+        sandbox_id: id.to_string(),
+        backend: "vm",
+        reason,
+        exit_code,
+        signal,
+        duration: started.elapsed(),
+        peak_memory: None,
+        exec_failure,
+        landlock_abi: None,
+        enforcement: enforcement.clone(),
+    };
+    Ok(match end {
+        End::Exited {
+            code,
+            signal,
+            reason,
+        } => outcome(code, signal, reason, None),
+        End::Failed { error, not_found } => {
+            let command = command.to_owned();
+            let failure = if not_found {
+                ExecFailure::NotFound { command }
+            } else {
+                ExecFailure::NotExecutable { command, error }
+            };
+            outcome(None, None, EndReason::Exited, Some(failure))
+        }
+        End::TimedOut => outcome(None, Some(libc::SIGKILL), EndReason::TimedOut, None),
+        End::GuestStopped => return Err(Unfinished::GuestStopped),
+        End::GuestSilent => return Err(Unfinished::GuestSilent),
+        End::Broken(message) => return Err(Unfinished::Broken(message)),
+    })
+}
+
+/// Copies the workspace changes out of the guest into `layers/upper`, where `airlock diff`
+/// and `apply` read them.
+fn export_changes(guest: &mut Guest, layers: &Path) -> Result<(), Error> {
+    // `discard` and `gc` expect the overlay's work directory next to the upper layer.
+    let upper = layers.join("upper");
+    for layer in [&upper, &layers.join("work")] {
+        std::fs::create_dir_all(layer).map_err(|source| Error::Layers {
+            path: layer.to_path_buf(),
+            source,
+        })?;
+    }
+    let guest_upper = format!("{LAYERS}/upper");
+    crate::export::upper_layer(&mut guest.connection, &guest_upper, &upper).map_err(Error::Export)
+}
+
+/// Returns the protections for a report, without the enforcement check.
+pub fn assess(spec: &Spec) -> Enforcement {
+    protections::assess(spec)
+}

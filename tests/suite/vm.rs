@@ -1,0 +1,656 @@
+//! The `vm` backend, run as root: each test boots a real QEMU guest with Debian's cloud
+//! kernel and the debootstrap tree as its root disk, under KVM when it works here and
+//! under software emulation (TCG) otherwise, which takes a few seconds per guest.
+//!
+//! Each test gives Airlock a private TMPDIR, where each guest's socket, workspace disk and
+//! logs live, so it can check that no QEMU of its own is left and nothing is left there.
+//! They need QEMU, mkfs.ext4, linux-image-cloud-amd64 and the debootstrap tree,
+//! which scripts/test installs and builds.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::harness::{
+    describe, json_record, run, spawn_airlock, stderr, stdout, wait_bounded, Caller, Workspace,
+};
+
+const ROOT: Caller = Caller::Root;
+
+/// Default place of the debootstrap tree that scripts/test builds.
+const DEFAULT_ROOTFS: &str = "/var/cache/airlock-tests/rootfs-bookworm";
+
+/// The maximum time a test waits for one `airlock run`: a boot under TCG on a loaded 2-core host,
+/// and the root disk image built by the first test.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+fn rootfs() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_TEST_ROOTFS")
+        .map_or_else(|| PathBuf::from(DEFAULT_ROOTFS), PathBuf::from);
+    assert!(
+        path.join("usr/bin/perl").is_file(),
+        "no debootstrap tree at {}: scripts/test builds it, or set AIRLOCK_TEST_ROOTFS",
+        path.display()
+    );
+    path
+}
+
+/// A workspace directory and a private TMPDIR for one test's guests.
+struct Scene {
+    workspace: Workspace,
+    tmp: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        Scene {
+            workspace: Workspace::new(ROOT),
+            tmp: tempfile::Builder::new()
+                .prefix("airlock-vm-test-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    /// Runs `airlock run --backend vm --rootfs TREE EXTRA... -- ARGV` in the scene's
+    /// workspace and checks that it left no QEMU and no guest files.
+    fn run(&self, extra: &[&str], argv: &[&str]) -> Output {
+        let rootfs = rootfs();
+        let tmp = format!("TMPDIR={}", self.tmp.path().display());
+        let mut args = vec!["run", "--backend", "vm", "--rootfs"];
+        args.push(rootfs.to_str().expect("UTF-8 path"));
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(argv);
+        let mut spawned = spawn_airlock(
+            ROOT,
+            &["env", &tmp],
+            &args,
+            self.workspace.path(),
+            Stdio::piped(),
+        );
+        let started = Instant::now();
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        eprintln!("airlock run --backend vm took {:?}", started.elapsed());
+        self.assert_nothing_left();
+        output
+    }
+
+    /// Checks that no process runs from this test's TMPDIR and that it is empty. A run
+    /// removes its guest's directory in a child process after it exits, so both get a
+    /// few seconds.
+    fn assert_nothing_left(&self) {
+        let marker = self.tmp.path().to_str().expect("UTF-8 path").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = processes_mentioning(&marker);
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "QEMU left running: {left:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        loop {
+            let entries: Vec<_> = fs::read_dir(self.tmp.path())
+                .expect("list TMPDIR")
+                .flatten()
+                .map(|entry| entry.path())
+                .collect();
+            if entries.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guest files left behind: {entries:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Returns the pid and command line of every process whose command line contains `text`.
+fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("list /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(text) && !cmdline.contains("cargo") {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+#[test]
+fn vm_streams_output_and_exit_status() {
+    let scene = Scene::new();
+    let output = scene.run(
+        &[],
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"],
+    );
+    assert_eq!(output.status.code(), Some(7), "{}", describe(&output));
+    assert_eq!(stdout(&output), "to-stdout\n");
+    assert!(
+        stderr(&output).contains("to-stderr\n"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_guest_runs_own_kernel_without_network() {
+    let scene = Scene::new();
+    let script = "uname -r; ls /sys/class/net; tr '\\0' ' ' < /proc/1/cmdline; echo; \
+                  cat /proc/sys/kernel/random/boot_id; echo input | cat; \
+                  cat /sys/class/net/lo/flags";
+    let output = scene.run(&["--json"], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    let host_release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    assert!(lines[0].ends_with("-cloud-amd64"), "guest kernel: {text}");
+    assert_ne!(
+        lines[0],
+        host_release.trim(),
+        "the guest runs the host's kernel"
+    );
+    assert_eq!(lines[1], "lo", "network devices in the guest: {text}");
+    assert!(
+        lines[2].contains("__vm-agent"),
+        "PID 1 of the guest: {text}"
+    );
+    let host_boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot_id");
+    assert_ne!(
+        lines[3],
+        host_boot.trim(),
+        "the guest shares the host's boot id"
+    );
+    assert_eq!(lines[4], "input");
+    assert_eq!(
+        lines[5], "0x9",
+        "the loopback is not up (IFF_UP | IFF_LOOPBACK)"
+    );
+    let record = json_record(&output);
+    assert_eq!(record["backend"], "vm");
+    assert_eq!(record["exit_code"], 0);
+}
+
+#[test]
+fn vm_passes_stdin_through() {
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    // The harness gives Airlock no stdin, so a host shell pipes data into a nested Airlock.
+    let payload: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let payload_file = scene.tmp.path().join("payload");
+    fs::write(&payload_file, &payload).expect("write payload");
+    let workspace = scene.workspace.path();
+    let binary = super::harness::binary();
+    let output = std::process::Command::new(binary)
+        .env("TMPDIR", scene.tmp.path())
+        .env("AIRLOCK_STATE_DIR", super::harness::state_dir(ROOT))
+        .args([
+            "run",
+            "--backend",
+            "vm",
+            "--workspace-mode",
+            "none",
+            "--rootfs",
+        ])
+        .arg(&rootfs)
+        .args(["--", "sh", "-c", "wc -l; echo done"])
+        .current_dir(workspace)
+        .stdin(fs::File::open(&payload_file).expect("open payload"))
+        .output()
+        .expect("run airlock");
+    fs::remove_file(&payload_file).expect("remove payload");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "20000\ndone\n");
+    scene.assert_nothing_left();
+}
+
+#[test]
+fn vm_tty_option_gives_guest_terminal() {
+    let scene = Scene::new();
+    let script = "tty; test -t 0 && echo stdin-terminal; test -t 1 && echo stdout-terminal";
+    let output = scene.run(&["-t", "--workspace-mode", "none"], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let text = stdout(&output).replace('\r', "");
+    assert!(
+        text.lines().any(|line| line.starts_with("/dev/pts/")),
+        "{text:?}"
+    );
+    assert!(
+        text.lines().any(|line| line == "stdin-terminal"),
+        "{text:?}"
+    );
+    assert!(
+        text.lines().any(|line| line == "stdout-terminal"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn vm_missing_command_exits_127() {
+    let scene = Scene::new();
+    let output = scene.run(&[], &["no-such-command-in-guest"]);
+    assert_eq!(output.status.code(), Some(127), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("command not found"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_memory_hog_killed_at_limit() {
+    let scene = Scene::new();
+    // Memory grown a MiB at a time in a guest of 256 MiB, so that each allocation succeeds
+    // and the guest kernel's OOM killer, not malloc, ends perl.
+    let hog = "my @hog; push @hog, 'a' x (1024 * 1024) while 1";
+    let output = scene.run(&["--memory", "256M", "--json"], &["perl", "-e", hog]);
+    assert_eq!(output.status.code(), Some(123), "{}", describe(&output));
+    let record = json_record(&output);
+    assert_eq!(record["reason"], "out_of_memory");
+    assert!(stdout(&output).is_empty(), "{}", describe(&output));
+}
+
+#[test]
+fn vm_agent_survives_workload_killing_everything() {
+    let scene = Scene::new();
+    // kill -9 -1 from the guest's root reaches every process but the caller and PID 1, the
+    // agent, which still relays the output and the status and powers the guest off.
+    let script = "sleep 300 & kill -9 -1; wait $!; echo \"sleep ended: $?\"; kill -9 -1; exit 3";
+    let output = scene.run(&[], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    assert_eq!(
+        stdout(&output),
+        "sleep ended: 137\n",
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_kernel_panic_ends_run_clearly() {
+    let scene = Scene::new();
+    let output = scene.run(&[], &["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 30"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("the guest stopped while the command ran"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        message.contains("Kernel panic"),
+        "console line missing: {message}"
+    );
+    assert!(
+        message.contains("sysrq"),
+        "cause of the panic missing: {message}"
+    );
+}
+
+#[test]
+fn vm_timeout_ends_guest() {
+    let scene = Scene::new();
+    let output = scene.run(&["--timeout", "3s", "--json"], &["sleep", "120"]);
+    assert_eq!(output.status.code(), Some(124), "{}", describe(&output));
+    assert_eq!(json_record(&output)["reason"], "timed_out");
+}
+
+#[test]
+fn vm_qemu_dies_with_killed_airlock() {
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let args = [
+        "run",
+        "--backend",
+        "vm",
+        "--workspace-mode",
+        "none",
+        "--rootfs",
+        rootfs.to_str().expect("UTF-8 path"),
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 600",
+    ];
+    let mut spawned = spawn_airlock(
+        ROOT,
+        &["env", &tmp],
+        &args,
+        scene.workspace.path(),
+        Stdio::piped(),
+    );
+    let mut stdout = spawned.child.stdout.take().expect("stdout pipe");
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the command started");
+    assert_eq!(&first, b"started\n");
+    let marker = scene.tmp.path().to_str().expect("UTF-8 path").to_owned();
+    assert!(
+        !processes_mentioning(&marker).is_empty(),
+        "no QEMU found while the command runs"
+    );
+    spawned.child.kill().expect("kill airlock");
+    let _ = spawned.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU outlived Airlock: {:?}",
+            processes_mentioning(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Airlock killed with SIGKILL cannot remove its guest's directory; gc does.
+    let mut gc = spawn_airlock(
+        ROOT,
+        &["env", &tmp],
+        &["gc"],
+        scene.workspace.path(),
+        Stdio::piped(),
+    );
+    let code = wait_bounded(&mut gc.child, RUN_LIMIT, "airlock gc");
+    assert_eq!(code, 0, "airlock gc failed");
+    scene.assert_nothing_left();
+}
+
+#[test]
+fn vm_workspace_changes_reviewed_then_applied() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    fs::write(project.join("a.txt"), "original\n").expect("write a.txt");
+    fs::write(project.join("b.txt"), "remove me\n").expect("write b.txt");
+    fs::create_dir(project.join("sub")).expect("mkdir sub");
+    let script = "ls -A; cat a.txt; echo changed > a.txt; rm b.txt; echo new > sub/d.txt";
+    let output = scene.run(&[], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "a.txt\nb.txt\nsub\noriginal\n");
+    assert_eq!(
+        fs::read_to_string(project.join("a.txt")).unwrap(),
+        "original\n"
+    );
+    let message = stderr(&output);
+    let id = message
+        .split("kept in sandbox ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no kept sandbox in {message:?}"))
+        .to_owned();
+
+    let diff = run(ROOT, &["diff", &id], project);
+    assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
+    assert_eq!(stdout(&diff), "M a.txt\nD b.txt\nA sub/d.txt\n");
+    let apply = run(ROOT, &["apply", &id], project);
+    assert_eq!(apply.status.code(), Some(0), "{}", describe(&apply));
+    assert_eq!(
+        fs::read_to_string(project.join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    assert!(!project.join("b.txt").exists(), "b.txt was not deleted");
+    assert_eq!(
+        fs::read_to_string(project.join("sub/d.txt")).unwrap(),
+        "new\n"
+    );
+    let removed = run(ROOT, &["rm", &id], project);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+}
+
+#[test]
+fn vm_readonly_workspace_rejects_writes() {
+    let scene = Scene::new();
+    fs::write(scene.workspace.path().join("a.txt"), "data\n").expect("write a.txt");
+    let script = "cat a.txt; echo x > a.txt || echo refused";
+    let output = scene.run(&["--workspace-mode", "readonly"], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "data\nrefused\n");
+    assert!(
+        stderr(&output).contains("Read-only file system"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_bind_workspace_rejected() {
+    let scene = Scene::new();
+    let output = scene.run(&["--workspace-mode", "bind"], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("--workspace-mode bind"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_kernel_option_checked() {
+    let scene = Scene::new();
+    let image = scene.workspace.path().join("bzImage");
+    fs::write(&image, b"not a kernel").expect("write image");
+    let kernel = image.to_str().expect("UTF-8 path");
+    let output = scene.run(&["--kernel", kernel], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("is not named vmlinuz-RELEASE"),
+        "{}",
+        describe(&output)
+    );
+    let release = fs::read_dir("/boot")
+        .expect("list /boot")
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .find(|name| name.starts_with("vmlinuz-") && name.ends_with("-cloud-amd64"))
+        .expect("a cloud kernel in /boot");
+    let explicit = format!("/boot/{release}");
+    let output = scene.run(
+        &["--kernel", &explicit, "--workspace-mode", "none"],
+        &["uname", "-r"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(
+        stdout(&output).trim(),
+        release.trim_start_matches("vmlinuz-")
+    );
+}
+
+#[test]
+fn vm_created_sandbox_serves_exec_cp_and_stop() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    fs::write(project.join("f.txt"), "hello\n").expect("write f.txt");
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let airlock = |args: &[&str]| {
+        let mut spawned = spawn_airlock(ROOT, &["env", &tmp], args, project, Stdio::piped());
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        output
+    };
+    let root = rootfs.to_str().expect("UTF-8 path");
+    let created = airlock(&["create", "--backend", "vm", "--rootfs", root]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+
+    let first = airlock(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "cat f.txt; echo state > /tmp/kept; echo changed > f.txt",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    assert_eq!(stdout(&first), "hello\n");
+    let second = airlock(&["exec", &id, "--", "sh", "-c", "cat /tmp/kept f.txt; exit 5"]);
+    assert_eq!(second.status.code(), Some(5), "{}", describe(&second));
+    assert_eq!(stdout(&second), "state\nchanged\n");
+
+    let incoming = scene.tmp.path().join("incoming.txt");
+    fs::write(&incoming, "copied in\n").expect("write incoming");
+    let target = format!("{id}:/tmp/incoming.txt");
+    let copied = airlock(&["cp", incoming.to_str().expect("UTF-8 path"), &target]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    fs::remove_file(&incoming).expect("remove incoming");
+    let outgoing = project.join("out.txt");
+    let source = format!("{id}:/tmp/incoming.txt");
+    let copied = airlock(&["cp", &source, outgoing.to_str().expect("UTF-8 path")]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    assert_eq!(fs::read_to_string(&outgoing).unwrap(), "copied in\n");
+    fs::remove_file(&outgoing).expect("remove out.txt");
+
+    // The agent alone, then the agent and a running command's two processes.
+    let processes = || {
+        let stats = airlock(&["stats", "--json", &id]);
+        assert_eq!(stats.status.code(), Some(0), "{}", describe(&stats));
+        let record: serde_json::Value = serde_json::from_str(stdout(&stats).trim())
+            .unwrap_or_else(|error| panic!("stats JSON: {error}: {}", describe(&stats)));
+        record["processes"].as_u64().expect("processes")
+    };
+    assert_eq!(processes(), 1);
+    let args = [
+        "exec",
+        "--timeout",
+        "12s",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "sleep 60; true",
+    ];
+    let mut running = spawn_airlock(ROOT, &["env", &tmp], &args, project, Stdio::piped());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = processes();
+    while seen != 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = processes();
+    }
+    assert_eq!(seen, 3, "the agent, sh and sleep");
+    let code = wait_bounded(&mut running.child, RUN_LIMIT, "airlock exec sleep");
+    assert_eq!(code, 124);
+
+    let timed_out = airlock(&["exec", "--timeout", "2s", &id, "--", "sleep", "60"]);
+    assert_eq!(
+        timed_out.status.code(),
+        Some(124),
+        "{}",
+        describe(&timed_out)
+    );
+    let stopped = airlock(&["stop", &id]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+    let diff = airlock(&["diff", &id]);
+    assert_eq!(stdout(&diff), "M f.txt\n", "{}", describe(&diff));
+    let removed = airlock(&["rm", &id]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    scene.assert_nothing_left();
+}
+
+#[test]
+fn vm_fork_bomb_stopped_at_pids_limit() {
+    let scene = Scene::new();
+    let bomb = "i=0; while [ $i -lt 500 ]; do sleep 100 & i=$((i+1)); done; echo all started";
+    let output = scene.run(
+        &["--pids", "40", "--workspace-mode", "none", "--json"],
+        &["sh", "-c", bomb],
+    );
+    assert_eq!(output.status.code(), Some(122), "{}", describe(&output));
+    assert_eq!(json_record(&output)["reason"], "pids_limit");
+    assert!(
+        !stdout(&output).contains("all started"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_inner_namespace_confines_command() {
+    let scene = Scene::new();
+    fs::write(scene.workspace.path().join("a.txt"), "data\n").expect("write a.txt");
+    let script = "cat a.txt; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+                  hostname; echo x > b.txt || echo refused";
+    let output = scene.run(
+        &["--inner", "namespace", "--workspace-mode", "readonly"],
+        &["sh", "-c", script],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "data", "{text}");
+    assert_eq!(lines[1], "CapEff:\t0000000000000000", "{text}");
+    assert_eq!(lines[2], "NoNewPrivs:\t1", "{text}");
+    assert_eq!(lines[3], "Seccomp:\t2", "{text}");
+    assert!(lines[4].starts_with("airlock-"), "inner hostname: {text}");
+    assert_eq!(lines[5], "refused", "{text}");
+}
+
+#[test]
+fn vm_inner_overlay_and_non_machine_rejected() {
+    let scene = Scene::new();
+    let output = scene.run(&["--inner", "namespace"], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("pass --workspace-mode readonly or none"),
+        "{}",
+        describe(&output)
+    );
+    let output = run(
+        ROOT,
+        &["run", "--inner", "namespace", "--", "true"],
+        scene.workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("--inner runs a backend inside a machine"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn vm_policy_check_reports_each_layer() {
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let root = rootfs.to_str().expect("UTF-8 path");
+    let check = |extra: &[&str]| {
+        let mut args = vec!["policy", "check", "--backend", "vm", "--rootfs", root];
+        args.extend_from_slice(&["--workspace-mode", "readonly"]);
+        args.extend_from_slice(extra);
+        let output = run(ROOT, &args, scene.workspace.path());
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        stdout(&output)
+    };
+    let rule_line = |report: &str, rule: &str| {
+        report
+            .lines()
+            .find(|line| line.contains(rule))
+            .unwrap_or_else(|| panic!("no {rule} row in {report}"))
+            .to_owned()
+    };
+    let alone = check(&[]);
+    assert!(
+        rule_line(&alone, "seccomp filter").ends_with("no"),
+        "{alone}"
+    );
+    assert!(!alone.contains("inner layer"), "{alone}");
+    let layered = check(&["--inner", "namespace"]);
+    assert!(
+        rule_line(&layered, "seccomp filter").ends_with("enforced"),
+        "{layered}"
+    );
+    assert!(rule_line(&layered, "all capabilities dropped").ends_with("enforced"));
+    assert!(
+        rule_line(&layered, "inner layer: namespace sandbox").ends_with("enforced"),
+        "{layered}"
+    );
+}
