@@ -22,6 +22,25 @@ pub fn of_process(pid: libc::pid_t) -> Option<Description> {
     (!dirs.is_empty()).then_some(Description { v2, dirs })
 }
 
+/// Returns whether the memory cgroup of `description` counts out-of-memory kills: the
+/// `oom_kill` key of `memory.oom_control` (cgroup v1, Linux 4.13 and later) or
+/// `memory.events` (cgroup v2).
+pub fn counts_oom_kills(description: &Description) -> bool {
+    let Some((_, dir)) = description.dirs.iter().find(|(name, _)| name == "memory") else {
+        return false;
+    };
+    let file = if description.v2 {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    };
+    std::fs::read_to_string(dir.join(file)).is_ok_and(|counters| {
+        counters
+            .lines()
+            .any(|line| line.split_whitespace().next() == Some("oom_kill"))
+    })
+}
+
 /// Maps each of [`CONTROLLERS`] to its directory below `root`, from a /proc/PID/cgroup
 /// listing: lines of `ID:CONTROLLERS:PATH`, where cgroup v2 has one line with no
 /// controllers and v1 one line per hierarchy, mounted at `root/CONTROLLERS`.
@@ -76,6 +95,28 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn oom_kills_counted_only_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let description = Description {
+            v2: false,
+            dirs: vec![("memory".to_owned(), dir.path().to_owned())],
+        };
+        assert!(!counts_oom_kills(&description), "no file");
+        std::fs::write(
+            dir.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\n",
+        )
+        .unwrap();
+        assert!(!counts_oom_kills(&description), "a kernel before 4.13");
+        std::fs::write(
+            dir.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .unwrap();
+        assert!(counts_oom_kills(&description));
     }
 
     #[test]

@@ -8,14 +8,15 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-
-use std::sync::Mutex;
+use std::time::Duration;
 
 use bollard::{ClientVersion, Docker};
 use tracing::debug;
 
-/// How long one request to the engine may take before the client gives up, in seconds.
-const REQUEST_TIMEOUT_SECS: u64 = 120;
+use crate::transport::Transport;
+
+/// How long one request to the engine may take before the client gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The oldest engine API this backend speaks: Docker Engine 20.10 and Podman 4.
 pub const MINIMUM_API: (u32, u32) = (1, 41);
@@ -51,6 +52,8 @@ fn list(paths: &[PathBuf]) -> String {
 pub struct Engine {
     runtime: tokio::runtime::Runtime,
     docker: Docker,
+    /// The client under `docker`, for the requests that bollard's types cannot parse.
+    transport: Transport,
     socket: PathBuf,
 }
 
@@ -88,7 +91,7 @@ impl Engine {
         find_socket_with(&env, is_root)
     }
 
-    /// Connects to the engine on the unix socket at `socket`.
+    /// Connects to the engine on the unix socket at `socket` and agrees on an API version.
     pub fn connect_to(socket: &Path) -> Result<Engine, EngineError> {
         check_access(socket)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -96,29 +99,14 @@ impl Engine {
             .build()
             .map_err(EngineError::Runtime)?;
 
-        let unreachable = |source| EngineError::Unreachable {
-            socket: socket.to_owned(),
-            source,
-        };
-        let address = socket.to_string_lossy();
-        let agreed = agreed_version(socket);
-        let docker = {
+        let transport = {
+            // The client's connection pool needs the runtime when it is built.
             let _entered = runtime.enter();
-            let version = agreed.as_ref().unwrap_or(bollard::API_DEFAULT_VERSION);
-            Docker::connect_with_unix(&address, REQUEST_TIMEOUT_SECS, version)
-                .map_err(unreachable)?
+            Transport::new(socket, REQUEST_TIMEOUT)
         };
-        // Agreeing on a version is the first request, so it also checks that the engine
-        // replies.
-        let docker = match agreed {
-            Some(_) => docker,
-            None => runtime
-                .block_on(docker.negotiate_version())
-                .map_err(|source| classify(socket, source))?,
-        };
+        let docker = runtime.block_on(agree_version(socket, &transport))?;
 
         let version = docker.client_version();
-        remember_version(socket, &version);
         debug!(socket = %socket.display(), api = %version, "connected to the engine");
         let found = (version.major_version as u32, version.minor_version as u32);
         if found < MINIMUM_API {
@@ -130,6 +118,7 @@ impl Engine {
         Ok(Engine {
             runtime,
             docker,
+            transport,
             socket: socket.to_owned(),
         })
     }
@@ -137,6 +126,11 @@ impl Engine {
     /// The client, for requests passed to [`Engine::block_on`].
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// The client under [`Engine::docker`], for requests passed to [`Engine::block_on`].
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Returns the socket of this engine.
@@ -150,28 +144,49 @@ impl Engine {
     }
 }
 
-/// The API versions this process agreed with each engine socket. Later connections to the
-/// same socket skip the version request, which takes Podman 4.3 about 0.4 s, because it runs
-/// its runtime's binaries to report their versions.
-static AGREED: Mutex<Vec<(PathBuf, ClientVersion)>> = Mutex::new(Vec::new());
-
-fn agreed_version(socket: &Path) -> Option<ClientVersion> {
-    let agreed = AGREED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    agreed
-        .iter()
-        .find(|(known, _)| known == socket)
-        .map(|(_, version)| *version)
+/// Checks with `GET /_ping` that the engine replies, and returns a client of the API version
+/// that the ping's `Api-Version` header names, the engine's newest, or bollard's where that
+/// is older: the version bollard's negotiation agrees on. The negotiation itself requests `GET
+/// /version`, which takes Podman 4.3 about 0.4 s because it runs its runtime's binaries to
+/// report their versions, so it serves only an engine whose ping names no version.
+///
+/// NOTE: bollard 0.21 joins each request's absolute path onto the versioned base address,
+/// which drops the `/vX.Y` prefix, so the engine serves every request in its own newest
+/// version. The agreed version decides only whether the engine is new enough.
+async fn agree_version(socket: &Path, transport: &Transport) -> Result<Docker, EngineError> {
+    let unreachable = |source| classify(socket, source);
+    let ping = transport.ping().await.map_err(unreachable)?;
+    if !ping.status.is_success() {
+        return Err(EngineError::NoPing {
+            socket: socket.to_owned(),
+            answer: format!("status {}: {}", ping.status, ping.body.trim()),
+        });
+    }
+    let newest = bollard::API_DEFAULT_VERSION;
+    match ping.api_version.as_deref().and_then(parse_version) {
+        Some(engine) => {
+            let agreed = if engine < *newest { engine } else { *newest };
+            transport.docker(&agreed).map_err(unreachable)
+        }
+        None => {
+            debug!(socket = %socket.display(), "the engine's ping names no API version; negotiating");
+            transport
+                .docker(newest)
+                .map_err(unreachable)?
+                .negotiate_version()
+                .await
+                .map_err(unreachable)
+        }
+    }
 }
 
-fn remember_version(socket: &Path, version: &ClientVersion) {
-    let mut agreed = AGREED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !agreed.iter().any(|(known, _)| known == socket) {
-        agreed.push((socket.to_owned(), *version));
-    }
+/// Reads an API version such as `1.41`.
+fn parse_version(text: &str) -> Option<ClientVersion> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
 }
 
 /// Finds the first socket that exists among those that `env` and the defaults name.
@@ -230,6 +245,7 @@ fn classify(socket: &Path, source: bollard::errors::Error) -> EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn tcp_docker_host_is_refused_without_contacting_it() {
@@ -250,6 +266,103 @@ mod tests {
             message.contains("/nonexistent/airlock-test.sock"),
             "{message}"
         );
+    }
+
+    /// The response of a fake engine to one request: the status, the `Api-Version` header if
+    /// any, and the body.
+    type Answer = (u16, Option<&'static str>, &'static str);
+
+    /// Starts a fake engine on a socket in `dir`: each connection gets one response, the one
+    /// `answer` returns for its request line. Returns the socket and the request lines.
+    fn fake_engine(dir: &Path, answer: fn(&str) -> Answer) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let socket = dir.join("engine.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut header = String::new();
+                while reader.read_line(&mut header).unwrap() > 2 {
+                    header.clear();
+                }
+                let request_line = request_line.trim_end().to_owned();
+                let (status, api_version, body) = answer(&request_line);
+                received.lock().unwrap().push(request_line);
+                let api_version =
+                    api_version.map_or_else(String::new, |v| format!("Api-Version: {v}\r\n"));
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\n{api_version}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        (socket, requests)
+    }
+
+    fn requests_of(requests: &Mutex<Vec<String>>) -> Vec<String> {
+        requests.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn version_comes_from_the_ping_without_version_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, requests) = fake_engine(dir.path(), |_| (200, Some("1.41"), "OK"));
+        let engine = Engine::connect_to(&socket).expect("connect");
+        assert_eq!(engine.docker().client_version().to_string(), "1.41");
+        assert_eq!(requests_of(&requests), ["GET /_ping HTTP/1.1"]);
+    }
+
+    #[test]
+    fn version_newer_than_bollard_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, _) = fake_engine(dir.path(), |_| (200, Some("1.99"), "OK"));
+        let engine = Engine::connect_to(&socket).expect("connect");
+        assert_eq!(
+            engine.docker().client_version(),
+            *bollard::API_DEFAULT_VERSION
+        );
+    }
+
+    #[test]
+    fn ping_without_version_falls_back_to_negotiation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, requests) = fake_engine(dir.path(), |line| {
+            if line.starts_with("GET /version ") {
+                (200, None, r#"{"ApiVersion":"1.47"}"#)
+            } else {
+                (200, None, "OK")
+            }
+        });
+        let engine = Engine::connect_to(&socket).expect("connect");
+        assert_eq!(engine.docker().client_version().to_string(), "1.47");
+        assert_eq!(
+            requests_of(&requests),
+            ["GET /_ping HTTP/1.1", "GET /version HTTP/1.1"]
+        );
+    }
+
+    #[test]
+    fn engine_older_than_1_41_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, _) = fake_engine(dir.path(), |_| (200, Some("1.40"), "OK"));
+        let error = Engine::connect_to(&socket).expect_err("too old");
+        assert!(matches!(error, EngineError::TooOld { .. }), "{error}");
+        assert!(error.to_string().contains("1.40"), "{error}");
+    }
+
+    #[test]
+    fn failed_ping_names_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, _) = fake_engine(dir.path(), |_| (500, None, "starting"));
+        let error = Engine::connect_to(&socket).expect_err("no ping");
+        assert!(matches!(error, EngineError::NoPing { .. }), "{error}");
+        assert!(error.to_string().contains("500"), "{error}");
     }
 
     #[test]

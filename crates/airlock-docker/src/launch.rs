@@ -1,12 +1,16 @@
 //! Starts a docker sandbox and, for `run`, watches its command to the end.
 //!
 //! The steps, in order:
-//! 1. Check the spec (an image, no `--rootfs`), connect to the engine, read what it
-//!    enforces, and fail before creating anything if a required protection is missing.
-//! 2. Open the workspace and pick the user; check that the image exists.
-//! 3. Create the run directory, the workspace's overlay volume and the container, each
-//!    recorded in [`Resources`], whose drop removes them on every later failure.
-//! 4. Listen on the init's socket, start the container, and find its init's host pid.
+//! 1. Check the spec (an image, no `--rootfs`) and connect to the engine. Open the
+//!    workspace and pick the user. For a user that is root or in root's group, ask the
+//!    engine whether it remaps users, and fail before creating anything if it does not and
+//!    the spec requires it.
+//! 2. Create the run directory, the workspace's overlay volume and the container, each
+//!    recorded in [`Resources`], whose drop removes them on every later failure. The image
+//!    is looked up while the volume is created.
+//! 3. Listen on the init's socket, start the container, and find its init's host pid.
+//! 4. Read the protections the container has ([`crate::observe`]), and fail before its
+//!    command starts if a required one is missing.
 //! 5. Accept the init's connection, hand over the streams and the plan
 //!    ([`crate::channel`]), and wait until it reports ready.
 
@@ -19,18 +23,21 @@ use airlock_core::state::ProcessRef;
 use airlock_core::{
     Enforcement, Finished, RootFs, RunOptions, SandboxId, Spec, Teardown, User, WorkspaceMode,
 };
-use airlock_namespace::cgroup::Cgroup;
+use airlock_namespace::cgroup::{Cgroup, Description};
 use airlock_namespace::launch as shared;
 use airlock_namespace::monitor::Ended;
 use airlock_namespace::report::Report;
 use airlock_namespace::workspace::HostWorkspace;
 use airlock_namespace::{outcome, stdio, sys};
+use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
+use futures_util::future::join;
 
 use crate::channel::{self, Channel, Plan, RunDir};
 use crate::config::{self, Layout, WorkspaceMount};
 use crate::engine::Engine;
 use crate::error::{is_not_found, Error};
+use crate::observe;
 use crate::protections::{self, Facts};
 use crate::resources::Resources;
 use crate::watch::{has_final, setup_failure, Target, Watch};
@@ -119,11 +126,9 @@ fn open_workspace(spec: &Spec) -> Result<Option<OpenWorkspace>, Error> {
 /// The findings of the checks before creation.
 struct Checked<'a> {
     image: &'a str,
-    facts: Facts,
     id: SandboxId,
     workspace: Option<OpenWorkspace>,
     user: User,
-    enforcement: Enforcement,
     /// The running Airlock binary, which becomes the container's init.
     binary: PathBuf,
 }
@@ -139,13 +144,15 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
     start_container(&resources, &checked)?;
     let (init, init_pidfd) = find_init(&resources)?;
     let id = checked.id;
+    let (cgroup, facts, enforcement) = check_protections(&resources, spec, &checked, init.pid)?;
     tracing::info!(sandbox = %id, backend = "docker", pid = init.pid, hold, "sandbox created");
+
     let connection = listener
         .accept(init.pid, init_pidfd.as_raw_fd())
         .map_err(|error| with_logs(error, &resources))?;
     drop(listener);
 
-    let plan = plan(spec, &checked.facts, hold);
+    let plan = plan(spec, &facts, hold);
     let stdio = if plan.tty {
         [stdio::SANDBOX_NULL; 3]
     } else {
@@ -157,8 +164,6 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
     let early_reports = channel
         .wait_until_ready(init_pidfd.as_raw_fd())
         .map_err(|error| with_logs(error, &resources))?;
-    let cgroup = cgroup::of_process(init.pid).map(|description| Cgroup::view(&description));
-    tracing::debug!(sandbox = %id, cgroup = ?cgroup, "found the container's cgroup");
     channel.go_ahead()?;
     Ok(Sandbox {
         resources,
@@ -170,42 +175,66 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Sandbox, E
         early_reports,
         streams,
         terminal,
-        enforcement: checked.enforcement,
-        facts: checked.facts,
+        enforcement,
+        facts,
         user: checked.user,
-        cgroup,
+        cgroup: cgroup.as_ref().map(Cgroup::view),
     })
 }
 
-/// Checks, before creating anything, that the spec names an image that the engine has, that
-/// the engine enforces what the spec requires, and that the binary can be the init. Returns
-/// the connected engine with the findings.
+/// Reads the protections of the started container whose init is host process `init`, and
+/// fails, before its command starts, when one that the spec requires is missing. Returns
+/// the container's cgroup with the facts and the protections.
+fn check_protections(
+    resources: &Resources,
+    spec: &Spec,
+    checked: &Checked<'_>,
+    init: libc::pid_t,
+) -> Result<(Option<Description>, Facts, Enforcement), Error> {
+    let cgroup = cgroup::of_process(init);
+    tracing::debug!(sandbox = %checked.id, cgroup = ?cgroup, "found the container's cgroup");
+    let facts = observe::facts(&resources.engine, spec, init, cgroup.as_ref());
+    let enforcement = protections::assess(spec, checked.user, &facts);
+    enforcement
+        .check_required(spec.allow_weaker)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
+    Ok((cgroup, facts, enforcement))
+}
+
+/// Checks, before creating anything, that the spec names an image, that the binary can be
+/// the init, and for a privileged user that the engine remaps users or the spec accepts
+/// that it does not. Returns the connected engine with the findings.
 fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a>), Error> {
     let image = image_of(spec)?;
     let engine = Engine::connect()?;
-    let facts = facts(&engine);
     let id = match options.id {
         Some(id) => id,
         None => SandboxId::generate().map_err(Error::Id)?,
     };
     let workspace = open_workspace(spec)?;
     let user = config::sandbox_user(spec, workspace.as_ref().map(|open| open.owner));
-    let enforcement = protections::assess(spec, user, &facts);
-    enforcement
-        .check_required(spec.allow_weaker)
-        .map_err(|unmet| Error::WeakerThanRequired { unmet })?;
+    check_privileged_user(&engine, spec, user)?;
     let binary = binary::running()?;
-    check_image(&engine, image)?;
     let checked = Checked {
         image,
-        facts,
         id,
         workspace,
         user,
-        enforcement,
         binary,
     };
     Ok((engine, checked))
+}
+
+/// Fails when `user` is root or in root's group, the engine reports that it does not remap
+/// users, and the spec does not accept that. The engine is asked only for such a user,
+/// because for any other its report changes nothing before the container exists.
+fn check_privileged_user(engine: &Engine, spec: &Spec, user: User) -> Result<(), Error> {
+    if !protections::is_privileged(user) || spec.allow_weaker {
+        return Ok(());
+    }
+    protections::assess(spec, user, &facts(engine))
+        .check_required(false)
+        .map_err(|unmet| Error::WeakerThanRequired { unmet })
 }
 
 /// Creates the run directory, the workspace's volume and the container, recorded in the
@@ -230,7 +259,8 @@ fn create(
         labels: &labels,
     };
     let workspace = checked.workspace.as_ref();
-    let workspace_mount = mount_workspace(spec, options, workspace, &owner, &mut resources)?;
+    let (workspace_mount, volume) = mount_workspace(spec, options, workspace, &owner)?;
+    create_volume_and_check_image(&mut resources, volume, checked.image)?;
     let layout = Layout {
         id: &checked.id,
         image: checked.image,
@@ -275,16 +305,37 @@ fn run_dir_path(sandbox_dir: Option<&Path>, id: &SandboxId) -> PathBuf {
     }
 }
 
-/// Checks that `image` is in the engine.
-fn check_image(engine: &Engine, image: &str) -> Result<(), Error> {
-    match engine.block_on(engine.docker().inspect_image(image)) {
-        Ok(_) => Ok(()),
-        Err(error) if is_not_found(&error) => Err(Error::ImageNotFound {
-            image: image.to_owned(),
-            socket: engine.socket().to_owned(),
-        }),
-        Err(error) => Err(Error::request("look up the image")(error)),
+/// Creates the workspace's overlay volume, when there is one, while it looks `image` up in
+/// the engine, and records the volume in `resources` before it reports either failure.
+fn create_volume_and_check_image(
+    resources: &mut Resources,
+    volume: Option<VolumeCreateRequest>,
+    image: &str,
+) -> Result<(), Error> {
+    let engine = &resources.engine;
+    let docker = engine.docker();
+    let name = volume.as_ref().and_then(|request| request.name.clone());
+    let create_volume = async {
+        match volume {
+            Some(request) => docker.create_volume(request).await.map(drop),
+            None => Ok(()),
+        }
+    };
+    let (found, created) = engine.block_on(join(docker.inspect_image(image), create_volume));
+    if created.is_ok() {
+        resources.volume = name;
     }
+    match found {
+        Ok(_) => {}
+        Err(error) if is_not_found(&error) => {
+            return Err(Error::ImageNotFound {
+                image: image.to_owned(),
+                socket: resources.engine.socket().to_owned(),
+            })
+        }
+        Err(error) => return Err(Error::request("look up the image")(error)),
+    }
+    created.map_err(Error::request("create the workspace's overlay volume"))
 }
 
 /// The sandbox that a workspace is mounted for, and its user.
@@ -294,40 +345,37 @@ struct Owner<'a> {
     labels: &'a std::collections::HashMap<String, String>,
 }
 
-/// Prepares what /workspace is in the container: for an overlay, the layers and the
-/// engine's volume, recorded in `resources`.
+/// Prepares what /workspace is in the container: for an overlay, the layers, and the
+/// request for the engine's volume.
 fn mount_workspace(
     spec: &Spec,
     options: &RunOptions,
     workspace: Option<&OpenWorkspace>,
     owner: &Owner<'_>,
-    resources: &mut Resources,
-) -> Result<WorkspaceMount, Error> {
+) -> Result<(WorkspaceMount, Option<VolumeCreateRequest>), Error> {
     let Some(open) = workspace else {
-        return Ok(WorkspaceMount::Empty);
+        return Ok((WorkspaceMount::Empty, None));
     };
     let path = open.workspace.path.clone();
+    let bind = |read_only| {
+        Ok((
+            WorkspaceMount::Bind {
+                path: path.clone(),
+                read_only,
+            },
+            None,
+        ))
+    };
     match spec.workspace_mode {
-        WorkspaceMode::Bind => Ok(WorkspaceMount::Bind {
-            path,
-            read_only: false,
-        }),
-        WorkspaceMode::Readonly => Ok(WorkspaceMount::Bind {
-            path,
-            read_only: true,
-        }),
-        WorkspaceMode::None => Ok(WorkspaceMount::Empty),
+        WorkspaceMode::Bind => bind(false),
+        WorkspaceMode::Readonly => bind(true),
+        WorkspaceMode::None => Ok((WorkspaceMount::Empty, None)),
         WorkspaceMode::Overlay => {
             let layers = options.layers.as_deref().ok_or(Error::NoLayers)?;
             prepare_layers(layers, owner.user, open.mode)?;
             let name = config::volume_name(owner.id);
             let request = config::overlay_volume(&name, &path, layers, owner.labels)?;
-            let engine = &resources.engine;
-            engine
-                .block_on(engine.docker().create_volume(request))
-                .map_err(Error::request("create the workspace's overlay volume"))?;
-            resources.volume = Some(name.clone());
-            Ok(WorkspaceMount::Overlay { volume: name })
+            Ok((WorkspaceMount::Overlay { volume: name }, Some(request)))
         }
     }
 }
@@ -542,7 +590,16 @@ impl Drop for Leftovers {
 }
 
 /// Returns whether the engine saw the kernel kill a process of the container for memory.
+/// Where the container's cgroup counts such kills, the wait has read them there already,
+/// so the engine is not asked.
 fn killed_for_memory(sandbox: &Sandbox) -> bool {
+    let counted = sandbox
+        .cgroup
+        .as_ref()
+        .is_some_and(|cgroup| cgroup::counts_oom_kills(&cgroup.describe()));
+    if counted {
+        return false;
+    }
     let engine = &sandbox.resources.engine;
     engine
         .block_on(engine.docker().inspect_container(sandbox.container(), None))

@@ -25,9 +25,11 @@ pub mod held;
 pub mod image;
 pub mod inside;
 pub mod launch;
+pub mod observe;
 pub mod protections;
 pub mod resources;
 pub mod rlimits;
+pub mod transport;
 pub mod watch;
 
 use std::path::Path;

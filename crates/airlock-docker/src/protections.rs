@@ -1,5 +1,6 @@
-//! The protections of a docker sandbox for one spec, rule by rule, from what the engine
-//! reports about itself (`GET /info`) and what the host's kernel offers.
+//! The protections of a docker sandbox for one spec, rule by rule, from what its container
+//! shows ([`crate::observe`]) or the engine reports about itself (`GET /info`), and what
+//! the host's kernel offers.
 //!
 //! The engine provides the namespaces (mount, PID, network `none` with only `lo`, IPC, UTS),
 //! the read-only root, `no-new-privileges`, the empty capability sets, its default seccomp
@@ -69,6 +70,14 @@ impl Facts {
     pub fn unreachable(reason: String) -> Facts {
         Facts {
             unreachable: Some(reason),
+            ..Facts::host()
+        }
+    }
+
+    /// Reads the host's facts; the engine's are all false until something confirms them.
+    pub fn host() -> Facts {
+        Facts {
+            unreachable: None,
             user_namespaces: false,
             memory: false,
             swap: false,

@@ -1,18 +1,22 @@
-//! The engine's objects and the host directory of one sandbox, removed together: the container, the workspace's
-//! overlay volume and the run directory. Every failure path of creation, and the end of
-//! every sandbox, goes through [`Resources`]'s drop.
+//! The engine's objects and the host directory of one sandbox, removed together: the
+//! container, the workspace's overlay volume and the run directory. Every failure path of
+//! creation, and the end of every sandbox, goes through [`Resources`]'s drop.
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptions,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptions,
 };
 use futures_util::StreamExt;
+use serde::Deserialize;
 
 use crate::config::{LABEL_SANDBOX, LABEL_STATE_DIR};
 use crate::engine::Engine;
 use crate::error::is_not_found;
+use crate::transport::percent_encode;
 
 /// The engine's objects and the host directory of one sandbox.
 pub struct Resources {
@@ -114,20 +118,37 @@ pub fn remove_volume(engine: &Engine, volume: &str) {
     }
 }
 
+/// A container as the engine lists it, with only the fields this backend reads. bollard's
+/// own summary rejects a state it does not know, such as Podman 4.3's `stopped`, which a
+/// container shows for a moment after its process exited.
+#[derive(Debug, Deserialize)]
+struct Listed {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Labels", default)]
+    labels: Option<HashMap<String, String>>,
+}
+
+/// Lists every container, running or not, that matches `filters`.
+fn list_containers(
+    engine: &Engine,
+    filters: &HashMap<String, Vec<String>>,
+) -> Result<Vec<Listed>, bollard::errors::Error> {
+    let filters = serde_json::to_string(filters)?;
+    let path = format!(
+        "/containers/json?all=true&filters={}",
+        percent_encode(&filters)
+    );
+    engine.block_on(engine.transport().get_json(&path))
+}
+
 /// Removes every container and volume that carries sandbox `id`'s label, and nothing else.
 pub fn remove_labeled(engine: &Engine, id: &str) {
-    let filters = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{LABEL_SANDBOX}={id}")],
-    )]);
-    let containers = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    match engine.block_on(engine.docker().list_containers(Some(containers))) {
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_SANDBOX}={id}")])]);
+    match list_containers(engine, &filters) {
         Ok(listed) => {
-            for container in listed.into_iter().filter_map(|summary| summary.id) {
-                remove_container(engine, &container);
+            for container in listed {
+                remove_container(engine, &container.id);
             }
         }
         Err(error) => tracing::warn!(sandbox = id, %error, "cannot list the sandbox's containers"),
@@ -151,24 +172,23 @@ pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<
     let Ok(engine) = Engine::connect() else {
         return Vec::new();
     };
-    let filters = std::collections::HashMap::from([(
+    let filters = HashMap::from([(
         "label".to_owned(),
         vec![format!("{LABEL_STATE_DIR}={}", state_dir.display())],
     )]);
-    let orphan = |labels: Option<&std::collections::HashMap<String, String>>| {
+    let orphan = |labels: Option<&HashMap<String, String>>| {
         let id = labels?.get(LABEL_SANDBOX)?;
         (!is_known(id)).then(|| id.clone())
     };
 
     let mut removed = Vec::new();
-    let containers = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let listed = engine.block_on(engine.docker().list_containers(Some(containers)));
-    for summary in listed.unwrap_or_default() {
-        if let (Some(id), Some(container)) = (orphan(summary.labels.as_ref()), &summary.id) {
-            remove_container(&engine, container);
+    let listed = list_containers(&engine, &filters);
+    if let Err(error) = &listed {
+        tracing::warn!(%error, "cannot list the containers of this state directory");
+    }
+    for container in listed.unwrap_or_default() {
+        if let Some(id) = orphan(container.labels.as_ref()) {
+            remove_container(&engine, &container.id);
             removed.push(id);
         }
     }
@@ -188,4 +208,20 @@ pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<
     removed.sort();
     removed.dedup();
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_reads_containers_in_states_bollard_lacks() {
+        let answer = r#"[{"Id":"c1","Names":["/airlock-x"],"State":"stopped","Status":"Exited (0)","Labels":{"airlock.sandbox":"x"}},{"Id":"c2","State":"running","Labels":null}]"#;
+        let listed: Vec<Listed> = serde_json::from_str(answer).unwrap();
+        assert_eq!(listed[0].id, "c1");
+        let labels = listed[0].labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_SANDBOX], "x");
+        assert_eq!(listed[1].id, "c2");
+        assert!(listed[1].labels.is_none());
+    }
 }
