@@ -223,6 +223,44 @@ fn vm_guest_files_and_cache_private_to_owner() {
     assert_eq!(mode & 0o077, 0, "{cache:?} has mode {mode:o}");
 }
 
+/// A SIGTERM to Airlock reaches the command in the guest, whose own exit ends the run.
+#[test]
+fn vm_sigterm_reaches_guest_command() {
+    use std::io::BufRead;
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let script = "trap 'echo got-term; exit 5' TERM; echo started; sleep 100 & wait";
+    let args = [
+        "run",
+        "--backend",
+        "vm",
+        "--rootfs",
+        rootfs.to_str().expect("UTF-8 path"),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let mut spawned = spawn_airlock(
+        ROOT,
+        &["env", &tmp],
+        &args,
+        scene.workspace.path(),
+        Stdio::piped(),
+    );
+    let mut lines = std::io::BufReader::new(spawned.child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").expect("read stdout");
+    assert_eq!(first, "started");
+    // SAFETY: kill takes integers only; the pid is the test's own child, Airlock.
+    unsafe { libc::kill(spawned.child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map(|line| line.expect("read stdout")).collect();
+    let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+    assert_eq!(rest, ["got-term"]);
+    assert_eq!(code, 5);
+    scene.assert_nothing_left();
+}
+
 #[test]
 fn vm_passes_stdin_through() {
     let scene = Scene::new();
