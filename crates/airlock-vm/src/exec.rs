@@ -228,11 +228,11 @@ impl Drop for Forwarding {
     }
 }
 
-/// Catches the forwarded signals for as long as the returned value lives and sends each to
-/// the command on `channel`, so that Ctrl-C or a SIGTERM to Airlock reaches the command in
-/// the guest, whose end then ends the run as usual. Any thread may take a process-directed
-/// signal, so the handler only writes its number to a pipe, which a thread of its own reads.
-/// Without a pipe, signals keep their dispositions.
+/// Catches the forwarded signals while the returned value lives, and sends each to the
+/// command on `channel`. So Ctrl-C or a SIGTERM to Airlock reaches the command in the guest,
+/// and the command's exit ends the run as usual. Any thread may take a process-directed
+/// signal, so the handler only writes the signal's number to a pipe, which a thread of its
+/// own reads. Without a pipe, signals keep their dispositions.
 fn forward_signals(writer: SharedWriter, channel: u32) -> Option<Forwarding> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 returns.
