@@ -86,7 +86,7 @@ impl From<Interrupted> for ProbeError {
     }
 }
 
-/// What the probes' sandboxes are made from.
+/// The sources of the probes' sandboxes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sources<'a> {
     /// The image of the docker backend's sandbox.
@@ -127,7 +127,7 @@ pub fn run(
     Ok(matrix)
 }
 
-/// What a run does with one backend it selected.
+/// The action a probe run takes for one backend it selected.
 enum Plan {
     Probe,
     /// The backend cannot run on this host.
@@ -136,7 +136,7 @@ enum Plan {
     NotProbed(Unavailable),
 }
 
-/// Lists the backends to probe, each with its plan; fails when the one backend asked for
+/// Lists the backends to probe, each with its plan; fails when the one backend requested
 /// cannot run here or does not match `image`. Without `--all`, the unavailable backends are
 /// left out, except the docker backend when an image names it.
 fn selected_backends(
@@ -153,11 +153,11 @@ fn selected_backends(
             Ok(vec![(kind, Plan::Probe)])
         }
         ProbeTargets::All => Ok(plans.collect()),
-        // An image asks for the docker backend, so it stays listed when its engine is gone.
+        // An image requests the docker backend, so it stays listed when its engine is gone.
         ProbeTargets::Available => Ok(plans
             .filter(|(kind, plan)| {
-                let asked = *kind == BackendKind::Docker && image.is_some();
-                asked || !matches!(plan, Plan::Unavailable(_))
+                let requested = *kind == BackendKind::Docker && image.is_some();
+                requested || !matches!(plan, Plan::Unavailable(_))
             })
             .collect()),
     }
@@ -184,7 +184,7 @@ fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
     }
 }
 
-/// Checks that `kind`, the one backend asked for, gets an image exactly when it runs one,
+/// Checks that `kind`, the one backend requested, gets an image exactly when it runs one,
 /// a root filesystem tree where it needs one, and can run here.
 fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), ProbeError> {
     match (kind, sources.rootfs) {

@@ -183,8 +183,8 @@ fn vm_guest_runs_own_kernel_without_network() {
     assert_eq!(record["exit_code"], 0);
 }
 
-/// The guest's directory holds a copy of the project, and the cached disk images every
-/// file of their trees, /etc/shadow included: no other user may read either.
+/// The guest's directory contains a copy of the project, and the cached disk images contain
+/// every file of their trees, /etc/shadow included. No other user may read either.
 #[test]
 fn vm_guest_files_and_cache_private_to_owner() {
     use std::os::unix::fs::PermissionsExt;
@@ -249,13 +249,16 @@ fn vm_sigterm_reaches_guest_command() {
         scene.workspace.path(),
         Stdio::piped(),
     );
+
     let mut lines = std::io::BufReader::new(spawned.child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("a first line").expect("read stdout");
     assert_eq!(first, "started");
-    // SAFETY: kill takes integers only; the pid is the test's own child, Airlock.
+
+    // SAFETY: kill takes integers only, and the pid is the test's own child, Airlock.
     unsafe { libc::kill(spawned.child.id() as i32, libc::SIGTERM) };
     let rest: Vec<String> = lines.map(|line| line.expect("read stdout")).collect();
     let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+
     assert_eq!(rest, ["got-term"]);
     assert_eq!(code, 5);
     scene.assert_nothing_left();

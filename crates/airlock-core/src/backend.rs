@@ -37,14 +37,14 @@ pub struct Finished {
     /// Whether the command's stderr ended with a newline or was empty; always true unless
     /// [`RunOptions::track_stderr_line`] was set.
     pub stderr_ends_line: bool,
-    /// What the backend still has to remove now that the command ended.
+    /// The backend's remaining clean-up after the command ended.
     pub teardown: Teardown,
 }
 
-/// What a backend still has to remove once its command ended, such as cgroups and staging
-/// directories; dropping it removes them. A front end that has the command's status can
-/// report it first and drop this afterwards, in a child process, so that the caller does not
-/// wait for the removal. Dropped unread, it removes everything at once.
+/// A backend's remaining clean-up once its command ended, such as cgroups and staging
+/// directories, which dropping it removes. A front end can report the command's status
+/// first and drop this afterwards in a child process, so the caller does not wait for the
+/// removal. Dropped right away, it removes everything at once.
 #[derive(Default)]
 pub struct Teardown(Option<Box<dyn std::any::Any>>);
 
@@ -64,9 +64,8 @@ impl Teardown {
         drop(self);
     }
 
-    /// Leaves the removal to another process that holds a copy of this one's state, as a
-    /// forked child does: nothing is removed here, and descriptors close when this process
-    /// exits.
+    /// Leaves the removal to another process with a copy of this one's state, as a forked
+    /// child has. Nothing is removed here, and descriptors close when this process exits.
     pub fn hand_over(self) {
         std::mem::forget(self);
     }

@@ -1,8 +1,8 @@
-//! The connection to the engine: which socket, which API version, and a single-threaded
-//! runtime to drive the client on.
+//! The connection to the engine: its socket, its API version, and a single-threaded
+//! runtime that drives the client.
 //!
-//! The runtime is current-thread on purpose: the process that holds a sandbox stays
-//! single-threaded, so it may fork safely.
+//! The runtime is current-thread on purpose, because the supervisor of a sandbox stays
+//! single-threaded so that it may fork safely.
 
 use std::ffi::OsString;
 use std::future::Future;

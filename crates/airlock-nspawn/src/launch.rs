@@ -238,7 +238,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         restore_mask,
         _liveness: liveness_write,
     };
-    // While systemd-nspawn starts the container.
+    // These cgroups are created while systemd-nspawn starts the container.
     container.cgroups.create_v1_limits(spec)?;
     container.nspawn.cgroup = container
         .cgroups

@@ -115,8 +115,8 @@ pub fn root_image(
         let _ = std::fs::remove_file(&partial);
         return Err(error);
     }
-    // The image holds every file of the tree, private ones included: only its owner may
-    // read it, as only the owner may enter the cache directory.
+    // The image contains every file of the tree, private ones included, so only its owner
+    // may read it, as only the owner may enter the cache directory.
     let private = crate::cache::make_private(&partial);
     if let Err(source) = private.and_then(|()| std::fs::rename(&partial, &image)) {
         let _ = std::fs::remove_file(&partial);

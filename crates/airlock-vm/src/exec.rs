@@ -9,7 +9,7 @@ use airlock_protocol::{FrameKind, Message};
 
 use crate::client::{self, Connection, Event, SharedWriter, Wait};
 
-/// What the agent is asked to run.
+/// A command for the agent to run.
 pub struct Request {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -23,7 +23,7 @@ pub struct Request {
     pub silence_limit: Duration,
 }
 
-/// How a command ended.
+/// The way a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     Exited {
@@ -204,7 +204,7 @@ extern "C" fn note_signal(signal: libc::c_int) {
     if fd >= 0 {
         let byte = signal as u8;
         // SAFETY: write is async-signal-safe, and `byte` lives for the call. A full pipe
-        // drops the signal, which the caller repeats if it matters.
+        // drops the signal.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
 }

@@ -52,7 +52,7 @@ impl GuestFiles {
             .tempdir()
             .map_err(Error::GuestDirectory)?
             .keep();
-        // The directory holds the copy of the workspace, which may be private; tempfile
+        // The directory contains the copy of the workspace, which may be private. tempfile
         // applies the process's umask, so the mode is set again.
         if let Err(error) = crate::cache::make_private(&directory) {
             let _ = std::fs::remove_dir_all(&directory);
