@@ -1131,6 +1131,25 @@ fn docker_errors_name_the_fix() {
         "{message}"
     );
 
+    // Uppercase passes the character check but not the reference grammar, which the
+    // engine would report as a bare status 400.
+    let uppercase = [
+        "run",
+        "--backend",
+        "docker",
+        "--image",
+        "UPPER/Bad",
+        "--",
+        "true",
+    ];
+    let invalid = session.airlock(&uppercase, workspace.path());
+    assert_eq!(invalid.status.code(), Some(125), "{}", describe(&invalid));
+    let message = stderr(&invalid);
+    assert!(
+        message.contains("invalid image \"UPPER/Bad\"") && message.contains("lowercase"),
+        "{message}"
+    );
+
     let other = session.airlock(&["run", "--image", &image, "--", "true"], workspace.path());
     assert_eq!(other.status.code(), Some(125), "{}", describe(&other));
     assert!(
