@@ -355,6 +355,12 @@ fn docker_exit_statuses_match_other_backends() {
             json_record(&missing)["exec_failure"]["not_found"]["command"],
             "no-such-command"
         );
+        assert!(
+            stderr(&missing).contains(&format!("install it in the image {image}")),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
         let not_executable = run("/etc/hostname");
         assert_eq!(
             not_executable.status.code(),

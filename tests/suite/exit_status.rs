@@ -76,7 +76,30 @@ fn missing_command_exits_127() {
             "{caller:?}: {message:?}"
         );
         assert!(message.contains(&name), "{caller:?}: {message:?}");
+        assert!(
+            message.contains("install it under /usr or /opt on the host"),
+            "{caller:?}: {message:?}"
+        );
     }
+}
+
+#[test]
+fn missing_command_advice_names_root_tree() {
+    let workspace = Workspace::new(Caller::Root);
+    let root = workspace.path().join("root");
+    fs::create_dir_all(root.join("usr/bin")).expect("create root tree");
+    let root_arg = root.to_str().expect("UTF-8 path");
+    let output = run(
+        Caller::Root,
+        &["run", "--rootfs", root_arg, "--", "no-such-command"],
+        workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(127), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!("install it in the root tree {root:?}")),
+        "{message:?}"
+    );
 }
 
 #[test]
