@@ -868,7 +868,7 @@ fn install_advice(spec: &Spec) -> String {
 }
 
 /// Prints what the caller should know after the command's own output; returns the exit
-/// status. `advice` says how to provide a command that was not found.
+/// status. `advice` tells how to provide a command that was not found.
 fn report(
     finished: &Finished,
     json: bool,
