@@ -293,8 +293,8 @@ impl Drop for Staging {
     fn drop(&mut self) {
         let path = self.directory.path().to_owned();
         if std::fs::remove_dir_all(&path).is_err() {
-            // A directory of the tree without write permission, as an unprivileged caller
-            // leaves one when it restores the tar's modes.
+            // A directory of the tree without write permission, as unpacking leaves one
+            // when it stops between an entry and the fix of its mode.
             make_directories_writable(&path);
             if let Err(error) = std::fs::remove_dir_all(&path) {
                 tracing::warn!(path = %path.display(), %error, "cannot remove the image's staging directory");

@@ -95,13 +95,14 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
 pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
+    // Before the initramfs, so that a missing image fails without building anything.
+    let base = root_disk(spec, &cache)?;
     let agent = Path::new("/proc/self/exe");
     let initramfs = initramfs::find_or_build(&kernel, agent, &cache)?;
     let choice = accel::choose(&qemu, &cache);
     if let Some(notice) = &choice.notice {
         eprintln!("airlock: {notice}");
     }
-    let base = root_disk(spec, &cache)?;
     let files = GuestFiles::create(id)?;
     let workspace = match workspace_disk(spec, &files) {
         Ok(disk) => disk,
