@@ -353,3 +353,35 @@ fn kernel_release() -> String {
     let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
     release.to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_probes_rootfs_else_image() {
+        let tree = Path::new("/srv/tree");
+        let both = Sources {
+            image: Some("debian:bookworm"),
+            rootfs: Some(tree),
+        };
+        let vm = sources_of(BackendKind::Vm, both);
+        assert_eq!((vm.image, vm.rootfs), (None, Some(tree)));
+        let docker = sources_of(BackendKind::Docker, both);
+        assert_eq!(
+            (docker.image, docker.rootfs),
+            (Some("debian:bookworm"), None)
+        );
+        let namespace = sources_of(BackendKind::Namespace, both);
+        assert_eq!((namespace.image, namespace.rootfs), (None, Some(tree)));
+
+        let image_only = Sources {
+            image: Some("debian:bookworm"),
+            rootfs: None,
+        };
+        let vm = sources_of(BackendKind::Vm, image_only);
+        assert_eq!((vm.image, vm.rootfs), (Some("debian:bookworm"), None));
+        let chroot = sources_of(BackendKind::Chroot, image_only);
+        assert_eq!((chroot.image, chroot.rootfs), (None, None));
+    }
+}

@@ -760,7 +760,7 @@ impl ImageScene {
         }
     }
 
-    /// The variables that point Airlock at this scene's engine and cache.
+    /// Returns the variables that point Airlock at this scene's engine and cache.
     fn env(&self) -> [String; 2] {
         [
             format!("DOCKER_HOST={}", self.engine.host),
@@ -896,8 +896,8 @@ fn vm_image_without_shell_runs_static_binary() {
     assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
 }
 
-/// A missing image, an image together with a tree, and an engine that does not answer
-/// each fail before any guest boots, with the value and the fix.
+/// A missing image, an image together with a tree, and an unreachable engine each fail
+/// before any guest boots, with the value and the fix.
 #[test]
 fn vm_image_errors_name_value_and_fix() {
     let scene = ImageScene::new();
@@ -928,7 +928,7 @@ fn vm_image_errors_name_value_and_fix() {
     assert!(message.contains("--rootfs"), "{message}");
     assert!(message.contains("pass only one"), "{message}");
 
-    // A socket file whose listener is gone: the engine is named as not answering.
+    // A socket file whose listener is gone, so every connection is refused.
     let dead = scene.cache.path().join("dead.sock");
     drop(std::os::unix::net::UnixListener::bind(&dead).expect("bind"));
     let host = format!("DOCKER_HOST=unix://{}", dead.display());

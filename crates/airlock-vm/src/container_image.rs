@@ -107,7 +107,7 @@ fn build(
     })
 }
 
-/// Why unpacking stopped.
+/// The reason unpacking stopped.
 enum UnpackError {
     /// The watcher stopped it, with this error.
     Stopped(Error),
@@ -122,27 +122,32 @@ impl From<std::io::Error> for UnpackError {
 
 /// Unpacks the tar stream `reader` into `tree`, passing `watch` the bytes read so far.
 ///
-/// As root, every entry gets its owner, mode and type as the tar states them. Otherwise
-/// the files keep the caller as owner, each directory stays writable and each file readable
-/// by it, and device nodes are left out; the returned [`Fixups`] then lists what the disk
-/// needs to match the tar.
+/// As root, every entry gets its owner, mode and type as the tar states them. For another
+/// caller, the files keep that caller as owner, each directory stays writable and each file
+/// readable by it, and device nodes are left out. The returned [`Fixups`] then lists what
+/// the disk needs to match the tar.
 fn unpack(
     reader: impl Read,
     tree: &Path,
     watch: &mut dyn FnMut(u64) -> Result<(), Error>,
 ) -> Result<Fixups, UnpackError> {
     let is_root = sys::geteuid() == 0;
+    // NOTE: extended attributes, file capabilities among them, are not unpacked (the tar
+    // crate is built without its `xattr` feature), so a program that relies on one, such
+    // as a ping without setuid, lacks it in the guest.
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_preserve_ownerships(is_root);
     archive.set_overwrite(true);
+
     let mut fixups = Fixups::default();
     let mut read = 0;
     for entry in archive.entries()? {
         let mut entry = entry?;
         read += entry.header().entry_size().unwrap_or(0) + 512;
         watch(read).map_err(UnpackError::Stopped)?;
+
         let Some(relative) = inside_path(&entry.path()?) else {
             continue;
         };
@@ -151,6 +156,7 @@ fn unpack(
         if !entry.unpack_in(tree)? {
             continue;
         }
+
         let header = entry.header();
         let path = tree.join(&relative);
         let kind = header.entry_type();
@@ -303,7 +309,8 @@ impl Drop for Staging {
     }
 }
 
-/// Adds the owner's write and search permissions to every directory below `root`.
+/// Sets every directory below `root`, and `root`, to mode 0700, so that their owner may
+/// remove their entries.
 fn make_directories_writable(root: &Path) {
     let mut pending = vec![root.to_owned()];
     while let Some(directory) = pending.pop() {

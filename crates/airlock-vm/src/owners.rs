@@ -86,6 +86,7 @@ impl Fixups {
         if self.script.is_empty() {
             return Ok(());
         }
+
         let Some(debugfs) = crate::availability::find("debugfs") else {
             return Err("debugfs is not installed: install e2fsprogs, or run as root".into());
         };
@@ -100,6 +101,7 @@ impl Fixups {
             .output();
         let _ = std::fs::remove_file(&script);
         let output = output.map_err(|error| error.to_string())?;
+
         // debugfs exits with 0 even when a command fails, and prints its banner on stderr.
         let complaints: Vec<String> = String::from_utf8_lossy(&output.stderr)
             .lines()
