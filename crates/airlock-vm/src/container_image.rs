@@ -159,22 +159,15 @@ fn unpack(
 
         let header = entry.header();
         let path = tree.join(&relative);
-        let kind = header.entry_type();
-        let mode = header.mode()?;
-        let node = special_file(kind, header)?;
+        let node = special_file(header)?;
         if let Some(node) = &node {
             // The tar crate writes device nodes and FIFOs as empty regular files.
             std::fs::remove_file(&path)?;
             if is_root {
-                sys::mknod(&path, node.type_bits | mode, node.device)?;
-                std::os::unix::fs::lchown(
-                    &path,
-                    Some(header.uid()? as u32),
-                    Some(header.gid()? as u32),
-                )?;
-                continue;
+                make_node(&path, node, header)?;
+            } else {
+                fixups.add_node(&relative, node.mode, node.device);
             }
-            fixups.add_node(&relative, node.type_bits | mode, node.device);
         }
         if !is_root {
             record_fixups(&mut fixups, &path, &relative, header, node.is_some())?;
@@ -183,17 +176,14 @@ fn unpack(
     Ok(fixups)
 }
 
-/// A device node or FIFO of the tar: its file type bits and device number.
+/// A device node or FIFO of the tar: its type and permission bits, and device number.
 struct SpecialFile {
-    type_bits: u32,
+    mode: u32,
     device: libc::dev_t,
 }
 
-fn special_file(
-    kind: tar::EntryType,
-    header: &tar::Header,
-) -> std::io::Result<Option<SpecialFile>> {
-    let type_bits = match kind {
+fn special_file(header: &tar::Header) -> std::io::Result<Option<SpecialFile>> {
+    let type_bits = match header.entry_type() {
         tar::EntryType::Char => libc::S_IFCHR,
         tar::EntryType::Block => libc::S_IFBLK,
         tar::EntryType::Fifo => libc::S_IFIFO,
@@ -202,9 +192,19 @@ fn special_file(
     let major = header.device_major()?.unwrap_or(0);
     let minor = header.device_minor()?.unwrap_or(0);
     Ok(Some(SpecialFile {
-        type_bits,
+        mode: type_bits | (header.mode()? & 0o7777),
         device: libc::makedev(major, minor),
     }))
+}
+
+/// Creates `node` at `path` with the owner and mode of its tar entry `header`.
+fn make_node(path: &Path, node: &SpecialFile, header: &tar::Header) -> std::io::Result<()> {
+    sys::mknod(path, node.mode, node.device)?;
+    let (uid, gid) = (header.uid()? as u32, header.gid()? as u32);
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    // mknod applies the umask, which the tar's mode does not, and chown clears the set-user
+    // and set-group bits, so the mode comes last.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
 }
 
 /// Records, for a caller other than root, the owner and mode that the entry at `path`
