@@ -9,15 +9,13 @@
 //! Airlock.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::pin::Pin;
+use std::io::Read;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 
 use super::ImageError;
+use crate::copy::StreamReader;
 use crate::engine::Engine;
 use crate::resources;
 
@@ -99,42 +97,16 @@ impl<'a> ExportContainer<'a> {
         })
     }
 
-    /// Returns the container's file system as a tar stream.
-    pub fn reader(&self) -> ExportReader<'_> {
-        ExportReader {
-            engine: self.engine,
-            stream: Box::pin(self.engine.docker().export_container(&self.id)),
-            chunk: Bytes::new(),
-        }
+    /// Returns the container's file system as a tar stream, read on the engine's runtime
+    /// one chunk at a time.
+    pub fn reader(&self) -> impl Read + '_ {
+        StreamReader::new(self.engine, self.engine.docker().export_container(&self.id))
     }
 }
 
 impl Drop for ExportContainer<'_> {
     fn drop(&mut self) {
         resources::remove_container(self.engine, &self.id);
-    }
-}
-
-/// The tar stream of an export, read on the engine's runtime one chunk at a time.
-pub struct ExportReader<'a> {
-    engine: &'a Engine,
-    stream: Pin<Box<dyn Stream<Item = Result<Bytes, bollard::errors::Error>> + 'a>>,
-    /// The rest of the last chunk the engine sent.
-    chunk: Bytes,
-}
-
-impl Read for ExportReader<'_> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.engine.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(error)) => return Err(io::Error::other(error)),
-            }
-        }
-        let count = buffer.len().min(self.chunk.len());
-        buffer[..count].copy_from_slice(&self.chunk.split_to(count));
-        Ok(count)
     }
 }
 

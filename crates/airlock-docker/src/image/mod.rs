@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use archive::{ArchiveError, Compression};
 pub use credentials::CredentialsError;
-pub use export::{inspect, ExportContainer, ExportReader, LocalImage, LABEL_EXPORT};
+pub use export::{inspect, ExportContainer, LocalImage, LABEL_EXPORT};
 pub use import::{import, Imported, ImportedFrom};
 pub use local::{list, remove, ImageSummary, Removed};
 pub use name::{ImageRef, NameRule};
