@@ -775,6 +775,20 @@ impl ImageScene {
         self.scene.run_with_env(&env, &["--image", image], argv)
     }
 
+    /// Runs `airlock ARGS` with this scene's engine, cache and TMPDIR.
+    fn airlock(&self, args: &[&str]) -> Output {
+        let env = self.env();
+        let tmp = format!("TMPDIR={}", self.scene.tmp.path().display());
+        let mut prefix = vec!["env", tmp.as_str()];
+        prefix.extend(env.iter().map(String::as_str));
+        let project = self.scene.workspace.path();
+        let mut spawned = spawn_airlock(ROOT, &prefix, args, project, Stdio::piped());
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        output
+    }
+
     /// Lists the cache's entries whose names start with `prefix`, each with its inode
     /// number, which changes when a build replaces the file.
     fn cached(&self, prefix: &str) -> Vec<(String, u64)> {
@@ -816,11 +830,11 @@ impl ImageScene {
     }
 }
 
-/// The image's own files are the guest's root: a command of the image runs. The second
-/// run finds the disk in the cache, so it neither exports nor builds, and neither run
-/// leaves the export's container or temporary directory.
+/// The image's own files are the guest's root: a command of the image runs. A sandbox
+/// created from the same image then finds the disk in the cache, so it neither exports
+/// nor builds, and neither leaves the export's container or temporary directory.
 #[test]
-fn vm_image_root_runs_command_and_is_cached() {
+fn vm_image_root_cached_for_run_and_create() {
     use std::os::unix::fs::PermissionsExt;
     let scene = ImageScene::new();
     let image = super::docker::image();
@@ -840,13 +854,18 @@ fn vm_image_root_runs_command_and_is_cached() {
     let mode = fs::metadata(&disk).expect("stat disk").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{disk:?}");
 
-    let second = scene.run(&image, &["cat", "/etc/debian_version"]);
-    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
-    assert_eq!(stdout(&second), expected);
+    let created = scene.airlock(&["create", "--backend", "vm", "--image", &image]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+    let exec = scene.airlock(&["exec", &id, "--", "cat", "/etc/debian_version"]);
+    let removed = scene.airlock(&["rm", "--force", &id]);
+    assert_eq!(exec.status.code(), Some(0), "{}", describe(&exec));
+    assert_eq!(stdout(&exec), expected);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
     assert!(
-        !stderr(&second).contains("building the root disk image"),
-        "the second run built the disk again: {}",
-        describe(&second)
+        !stderr(&created).contains("building the root disk image"),
+        "the created sandbox built the disk again: {}",
+        describe(&created)
     );
     assert_eq!(
         scene.cached("rootfs-image-"),
@@ -859,6 +878,7 @@ fn vm_image_root_runs_command_and_is_cached() {
         "a build left its temporary files"
     );
     assert_eq!(scene.export_containers(), Vec::<String>::new());
+    scene.scene.assert_nothing_left();
 }
 
 /// An image without a shell or a C library boots: the agent comes from the initramfs, and
