@@ -47,15 +47,18 @@ pub fn root_image(
             socket: engine.socket().to_owned(),
         })?;
     let disk = cache.join(format!("{DISK_PREFIX}{}.ext4", digest_hex(&image.id)));
+
     if disk.is_file() {
         tracing::debug!(image = name, disk = %disk.display(), "root disk of the image cached");
         crate::cache::touch(&disk);
         return Ok(disk);
     }
+
     crate::cache::prune(cache, &["rootfs-", ".rootfs-"]);
     let interrupts = Interrupts::block().map_err(Error::Signals)?;
     let staging = Staging::create(cache)?;
     build(&engine, name, &image, &staging, &interrupts, progress)?;
+
     let built = staging.disk();
     // The disk contains every file of the image, private ones included, so only its owner
     // may read it, as only the owner may enter the cache directory.
@@ -78,7 +81,9 @@ fn build(
     progress: &mut dyn FnMut(f64),
 ) -> Result<(), Error> {
     let fixups = {
-        let container = ExportContainer::create(engine, name)?;
+        // By id, so that the files are those of the image the disk is named after, even
+        // when the name moves to another image meanwhile.
+        let container = ExportContainer::create(engine, &image.id)?;
         let mut watch = |read: u64| {
             interrupts.check().map_err(Error::Interrupted)?;
             let done = read as f64 / image.size.max(1) as f64;
@@ -93,6 +98,7 @@ fn build(
             },
         })?
     };
+
     let summary = crate::disk::summarize(&staging.tree())?;
     let mut watch = |done: f64| {
         interrupts.check().map_err(Error::Interrupted)?;
@@ -101,6 +107,7 @@ fn build(
     };
     let disk = staging.disk();
     crate::disk::build_image(&staging.tree(), &summary, &disk, "airlock-root", &mut watch)?;
+
     fixups.apply(&disk).map_err(|message| Error::FixOwners {
         image: name.to_owned(),
         message,
