@@ -80,6 +80,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Engine(#[from] airlock_docker::EngineError),
+    #[error(transparent)]
+    Image(#[from] airlock_docker::image::ImageError),
+    #[error("image {image:?} is not in the engine at {socket:?}: add it with `airlock image pull {image}`, or make it from a directory tree with `airlock image import DIR {image}`")]
+    ImageNotFound { image: String, socket: PathBuf },
+    #[error("--image {image:?} and --rootfs {rootfs:?} both name the guest's root filesystem: pass only one")]
+    ImageWithRootfs { image: String, rootfs: PathBuf },
+    #[error("cannot unpack the files of image {image:?} for the guest's root disk")]
+    UnpackImage {
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the owners and device nodes of image {image:?} in the guest's root disk: {message}")]
+    FixOwners { image: String, message: String },
+    #[error(
+        "the build of the guest's root disk was interrupted; its temporary files were removed"
+    )]
+    Interrupted(#[source] airlock_namespace::interrupt::Interrupted),
     #[error("cannot create the guest's directory of sockets, disks and logs")]
     GuestDirectory(#[source] io::Error),
     #[error("cannot start QEMU")]
@@ -96,7 +116,7 @@ pub enum Error {
     Protocol(#[source] airlock_protocol::FrameError),
     #[error("the guest's agent failed: {message}")]
     AgentFailed { message: String },
-    #[error("the vm backend needs a root filesystem directory: pass --rootfs DIR, such as a debootstrap tree (a disk image of the host's own /usr would take gigabytes)")]
+    #[error("the vm backend needs a root filesystem: pass --rootfs DIR, such as a debootstrap tree, or --image NAME, a local image of a Docker-compatible engine (a disk image of the host's own /usr would take gigabytes)")]
     HostViewRoot,
     #[error("the vm backend cannot show the workspace with --workspace-mode {mode}, which would write to the project on the host from inside the guest: use overlay (the default) and `airlock apply`")]
     WorkspaceUnsupported { mode: &'static str },

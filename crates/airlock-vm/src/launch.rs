@@ -36,11 +36,41 @@ pub struct Prepared {
 
 /// Checks the parts of the spec this backend cannot provide yet.
 pub fn check_spec(spec: &Spec) -> Result<(), Error> {
-    if spec.rootfs == RootFs::HostView {
-        return Err(Error::HostViewRoot);
-    }
+    root_source(spec)?;
     workspace_mount(spec)?;
     Ok(())
+}
+
+/// The source of the guest's root disk.
+pub enum RootSource<'a> {
+    /// A root filesystem directory (`--rootfs`).
+    Directory(&'a Path),
+    /// A local image of a Docker-compatible engine (`--image`).
+    Image(&'a str),
+}
+
+/// Returns where the guest's root disk comes from, or an error for a spec that names no
+/// source, or two.
+pub fn root_source(spec: &Spec) -> Result<RootSource<'_>, Error> {
+    match (&spec.rootfs, spec.image.as_deref()) {
+        (RootFs::Directory(root), None) => Ok(RootSource::Directory(root)),
+        (RootFs::HostView, Some(image)) => Ok(RootSource::Image(image)),
+        (RootFs::Directory(root), Some(image)) => Err(Error::ImageWithRootfs {
+            image: image.to_owned(),
+            rootfs: root.clone(),
+        }),
+        (RootFs::HostView, None) => Err(Error::HostViewRoot),
+    }
+}
+
+/// Returns the cached root disk of `spec`, building it with a progress bar when missing.
+fn root_disk(spec: &Spec, cache: &Path) -> Result<PathBuf, Error> {
+    let mut progress = ProgressBar::new();
+    let mut update = |done| progress.update(done);
+    match root_source(spec)? {
+        RootSource::Directory(root) => disk::root_image(root, cache, &mut update),
+        RootSource::Image(image) => crate::container_image::root_image(image, cache, &mut update),
+    }
 }
 
 /// Returns how the guest shows the workspace, `None` without one, or an error for a mode
@@ -63,19 +93,16 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
 /// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
 /// accelerator, and lays out the guest's files.
 pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
-    let RootFs::Directory(root) = &spec.rootfs else {
-        return Err(Error::HostViewRoot);
-    };
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
+    // Before the initramfs, so that a missing image fails without building anything.
+    let base = root_disk(spec, &cache)?;
     let agent = Path::new("/proc/self/exe");
     let initramfs = initramfs::find_or_build(&kernel, agent, &cache)?;
     let choice = accel::choose(&qemu, &cache);
     if let Some(notice) = &choice.notice {
         eprintln!("airlock: {notice}");
     }
-    let mut progress = ProgressBar::new();
-    let base = disk::root_image(root, &cache, &mut |done| progress.update(done))?;
     let files = GuestFiles::create(id)?;
     let workspace = match workspace_disk(spec, &files) {
         Ok(disk) => disk,

@@ -6,7 +6,9 @@
 //! QEMU, is what contains it.
 
 use airlock_core::enforcement::rule;
-use airlock_core::{Enforcement, RootFs, Spec, Status};
+use airlock_core::{Enforcement, Spec, Status};
+
+use crate::error::Error;
 
 /// The reason the rules that confine a process inside the guest are not applied.
 const GUEST_ROOT: &str =
@@ -18,12 +20,15 @@ const INNER_LAYER_RULE: &str = "inner layer: NAME sandbox around each command in
 /// Lists the protections of a vm sandbox for `spec`.
 pub fn assess(spec: &Spec) -> Enforcement {
     let mut enforcement = Enforcement::default();
-    let file_tree = match spec.rootfs {
-        RootFs::Directory(_) => Status::Enforced,
+    let file_tree = match crate::launch::root_source(spec) {
+        Ok(_) => Status::Enforced,
         // NOTE: a disk image of the host's own /usr and /etc is not built yet.
-        RootFs::HostView => Status::Unsupported(
-            "the vm backend boots a root filesystem directory only: pass --rootfs DIR".into(),
+        Err(Error::HostViewRoot) => Status::Unsupported(
+            "the vm backend boots a root filesystem directory or a container image only: pass \
+             --rootfs DIR or --image NAME"
+                .into(),
         ),
+        Err(error) => Status::Unsupported(error.to_string()),
     };
     enforcement.push(rule::FILE_TREE, file_tree, true);
     enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
@@ -88,7 +93,7 @@ pub fn vcpus(cpus: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_core::Limit;
+    use airlock_core::{Limit, RootFs};
 
     #[test]
     fn host_view_and_bind_unmet() {
@@ -102,6 +107,17 @@ mod tests {
         spec.rootfs = RootFs::Directory("/srv/tree".into());
         spec.workspace_mode = airlock_core::WorkspaceMode::Overlay;
         assert_eq!(assess(&spec).unmet().count(), 0);
+    }
+
+    #[test]
+    fn image_is_a_root_but_not_with_rootfs() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.image = Some("debian:bookworm".into());
+        assert_eq!(assess(&spec).unmet().count(), 0);
+        spec.rootfs = RootFs::Directory("/srv/tree".into());
+        let enforcement = assess(&spec);
+        let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
+        assert_eq!(unmet, [rule::FILE_TREE]);
     }
 
     #[test]
