@@ -264,6 +264,62 @@ fn vm_sigterm_reaches_guest_command() {
     scene.assert_nothing_left();
 }
 
+/// SIGINT or SIGTERM while the guest boots ends the run with 128+N: QEMU is killed and
+/// reaped and the guest's directory removed, with no `airlock gc` needed.
+#[test]
+fn vm_signal_during_boot_leaves_nothing() {
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let marker = scene.tmp.path().to_str().expect("UTF-8 path").to_owned();
+    let args = [
+        "run",
+        "--backend",
+        "vm",
+        "--workspace-mode",
+        "none",
+        "--rootfs",
+        rootfs.to_str().expect("UTF-8 path"),
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 100",
+    ];
+    for (signal, expected) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut spawned = spawn_airlock(
+            ROOT,
+            &["env", &tmp],
+            &args,
+            scene.workspace.path(),
+            Stdio::piped(),
+        );
+        let deadline = Instant::now() + RUN_LIMIT;
+        while processes_mentioning(&marker).is_empty() {
+            assert!(Instant::now() < deadline, "QEMU did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        // SAFETY: kill takes integers only, and the pid is the test's own child, Airlock.
+        unsafe { libc::kill(spawned.child.id() as i32, signal) };
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+        let output = spawned.child.wait_with_output().expect("collect output");
+
+        assert_eq!(code, expected, "signal {signal}: {}", describe(&output));
+        assert_eq!(
+            stdout(&output),
+            "",
+            "the command ran: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("before the command started"),
+            "{}",
+            describe(&output)
+        );
+        scene.assert_nothing_left();
+    }
+}
+
 #[test]
 fn vm_passes_stdin_through() {
     let scene = Scene::new();

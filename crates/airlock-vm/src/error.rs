@@ -82,6 +82,10 @@ pub enum Error {
     },
     #[error("cannot create the guest's directory of sockets, disks and logs")]
     GuestDirectory(#[source] io::Error),
+    #[error("cannot catch the signals that Airlock forwards to the guest's command")]
+    CatchSignals(#[source] io::Error),
+    #[error("signal {signal} arrived while the guest booted")]
+    Interrupted { signal: i32 },
     #[error("cannot start QEMU")]
     SpawnQemu(#[source] io::Error),
     #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}")]

@@ -8,6 +8,7 @@ use airlock_core::EndReason;
 use airlock_protocol::{FrameKind, Message};
 
 use crate::client::{self, Connection, Event, SharedWriter, Wait};
+use crate::interrupt::Interrupts;
 
 /// A command for the agent to run.
 pub struct Request {
@@ -49,8 +50,9 @@ pub struct Finish {
     pub stderr_ends_line: bool,
 }
 
-/// Runs `request` on `connection` with this process's standard streams.
-pub fn run(connection: &mut Connection, request: Request) -> Finish {
+/// Runs `request` on `connection` with this process's standard streams, and forwards the
+/// signals that `interrupts` catches to the command.
+pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Interrupts) -> Finish {
     let channel = connection.open_channel();
     let _raw = request
         .tty
@@ -68,8 +70,7 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
     if let Err(error) = connection.send(channel, &message) {
         return finish(End::Broken(error.to_string()), true);
     }
-    // Restores the signals' dispositions when the command is over, however it ended.
-    let _forwarding = forward_signals(connection.writer(), channel);
+    interrupts.forward(connection.writer(), channel);
     let deadline = request.timeout.map(|timeout| Instant::now() + timeout);
     let mut heard = Instant::now();
     let mut stdin_started = false;
@@ -184,100 +185,6 @@ fn send_stdin(writer: SharedWriter, channel: u32) {
             }
         }
     });
-}
-
-/// The signals that reach the command in the guest, as the other backends forward them.
-const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
-
-/// Write end of the pipe that the signal handler writes each forwarded signal's number to.
-static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-extern "C" fn note_signal(signal: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
-    if fd >= 0 {
-        let byte = signal as u8;
-        // SAFETY: write is async-signal-safe, and `byte` lives for the call. A full pipe
-        // drops the signal.
-        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
-}
-
-/// Puts the previous dispositions of the forwarded signals back when dropped, and closes
-/// the pipe, which ends the thread that reads it.
-struct Forwarding {
-    previous: Vec<(libc::c_int, libc::sigaction)>,
-    write_end: libc::c_int,
-}
-
-impl Drop for Forwarding {
-    fn drop(&mut self) {
-        for (signal, action) in &self.previous {
-            // SAFETY: `action` is a disposition that sigaction returned for `signal`.
-            unsafe { libc::sigaction(*signal, action, std::ptr::null_mut()) };
-        }
-        SIGNAL_PIPE.store(-1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: the write end is this value's own, and the handler no longer uses it.
-        unsafe { libc::close(self.write_end) };
-    }
-}
-
-/// Catches the forwarded signals while the returned value lives, and sends each to the
-/// command on `channel`. So Ctrl-C or a SIGTERM to Airlock reaches the command in the guest,
-/// and the command's exit ends the run as usual. Any thread may take a process-directed
-/// signal, so the handler only writes the signal's number to a pipe, which a thread of its
-/// own reads. Without a pipe, signals keep their dispositions.
-fn forward_signals(writer: SharedWriter, channel: u32) -> Option<Forwarding> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return None;
-    }
-    let [read_end, write_end] = fds;
-    SIGNAL_PIPE.store(write_end, std::sync::atomic::Ordering::Relaxed);
-    let mut previous = Vec::new();
-    for signal in FORWARDED {
-        // SAFETY: sigaction is plain data; the handler only calls write, which is
-        // async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, &action, &mut old) == 0 {
-                previous.push((signal, old));
-            }
-        }
-    }
-    std::thread::spawn(move || {
-        let mut byte = 0u8;
-        loop {
-            // SAFETY: `byte` has room for the one byte read.
-            let read = unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) };
-            if read != 1 {
-                break;
-            }
-            let message = Message::Signal {
-                signal: libc::c_int::from(byte),
-            };
-            if client::lock(&writer).send(channel, &message).is_err() {
-                break;
-            }
-        }
-        // SAFETY: the read end is this thread's own.
-        unsafe { libc::close(read_end) };
-    });
-    Some(Forwarding {
-        previous,
-        write_end,
-    })
 }
 
 /// Returns the caller's terminal size as (rows, columns).

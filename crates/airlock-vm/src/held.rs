@@ -78,7 +78,8 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
         None => airlock_core::SandboxId::generate().map_err(Error::Id)?,
     };
     let prepared = launch::prepare(spec, &id, qemu)?;
-    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
+    // A stop signal during the boot waits in the signalfd, and stops the guest once it runs.
+    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files, &|| None)?;
     let socket = guest.machine.agent_socket.with_file_name("control.sock");
     let listener = UnixListener::bind(&socket).map_err(Error::GuestDirectory)?;
     let events = guest.connection.take_events();

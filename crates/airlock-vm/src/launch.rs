@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::exec::{self, End};
 use crate::guest::{Guest, GuestFiles};
 use crate::initramfs;
+use crate::interrupt::Interrupts;
 use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
@@ -147,21 +148,43 @@ pub fn environment(spec: &Spec) -> Vec<(String, String)> {
     env
 }
 
-/// Runs the spec's command in a new guest and kills the guest afterwards.
+/// Runs the spec's command in a new guest and kills the guest afterwards. A forwarded
+/// signal that arrives before the command starts ends the run as if it had killed the
+/// command, with nothing left of the guest.
 pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, Error> {
     let started = Instant::now();
+    let mut interrupts = Interrupts::catch().map_err(Error::CatchSignals)?;
     let enforcement = check(spec)?;
     let id = match options.id {
         Some(id) => id,
         None => SandboxId::generate().map_err(Error::Id)?,
     };
+    let interrupted = |signal| Ok(interrupted_run(signal, &id, started, &enforcement));
 
-    let prepared = prepare(spec, &id, qemu)?;
-    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
+    // Ctrl-C at a terminal also reaches a mkfs.ext4 that builds the root image, which then
+    // fails: the signal, not the failure, is what ended the run.
+    let prepared = match prepare(spec, &id, qemu) {
+        Ok(prepared) => prepared,
+        Err(error) => return interrupts.pending().map_or(Err(error), interrupted),
+    };
+    if let Some(signal) = interrupts.pending() {
+        let _ = std::fs::remove_dir_all(&prepared.files.directory);
+        return interrupted(signal);
+    }
+    let booted = Guest::boot(&prepared.qemu, prepared.machine, prepared.files, &|| {
+        interrupts.pending()
+    });
+    let mut guest = match booted {
+        Ok(guest) => guest,
+        Err(Error::Interrupted { signal }) => return interrupted(signal),
+        Err(error) => return Err(error),
+    };
     tracing::info!(sandbox = %id, qemu = guest.qemu_pid(), "vm sandbox started");
 
     let request = command_request(spec, guest.machine.accel);
-    let finish = exec::run(&mut guest.connection, request);
+    let finish = exec::run(&mut guest.connection, request, &mut interrupts);
+    // From here on, a signal ends Airlock as it did before the run.
+    drop(interrupts);
     let command = spec.command[0].to_string_lossy();
     let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
     let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
@@ -182,6 +205,30 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
         stderr_ends_line: finish.stderr_ends_line,
         teardown: airlock_core::Teardown::later(guest),
     })
+}
+
+/// Builds the result of a run that `signal` ended before its command started. The guest,
+/// if it was started, is already killed and its directory removed.
+fn interrupted_run(
+    signal: i32,
+    id: &SandboxId,
+    started: Instant,
+    enforcement: &Enforcement,
+) -> Finished {
+    tracing::info!(sandbox = %id, signal, "vm sandbox interrupted before its command started");
+    eprintln!("airlock: signal {signal} ended the run before the command started in the guest");
+    let end = End::Exited {
+        code: None,
+        signal: Some(signal),
+        reason: EndReason::Exited,
+    };
+    let outcome = to_outcome(end, "", id, started, enforcement)
+        .unwrap_or_else(|_| unreachable!("an exit always has an outcome"));
+    Finished {
+        outcome,
+        stderr_ends_line: true,
+        teardown: airlock_core::Teardown::none(),
+    }
 }
 
 /// Checks what the spec asks against what a guest provides, and returns the protections.

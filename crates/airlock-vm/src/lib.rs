@@ -9,6 +9,7 @@
 //!   layer per sandbox;
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
 //! - [`client`], [`exec`]: the host's side of the protocol ([`airlock_protocol`]);
+//! - [`interrupt`]: SIGINT, SIGTERM and the like, which end a boot or reach the command;
 //! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
 //! - [`held`], [`proxy`], [`remote`]: persistent sandboxes, whose supervisor keeps QEMU and
 //!   relays the agent to `exec` and `cp`;
@@ -29,6 +30,7 @@ pub mod guest;
 pub mod held;
 pub mod initramfs;
 pub mod inner;
+pub mod interrupt;
 pub mod kernel;
 pub mod launch;
 pub mod machine;

@@ -14,6 +14,7 @@ use crate::client::{self, Connection};
 use crate::error::Error;
 use crate::exec;
 use crate::held::Runtime;
+use crate::interrupt::Interrupts;
 use crate::launch::{self, Unfinished};
 
 /// How long a client waits for the supervisor to accept its connection.
@@ -39,6 +40,7 @@ pub fn exec(
     command: &ExecCommand,
 ) -> Result<Finished, Error> {
     let started = Instant::now();
+    let mut interrupts = Interrupts::catch().map_err(Error::CatchSignals)?;
     let mut connection = connect(runtime)?;
     let user = command.user.or(spec.user).unwrap_or(User::ROOT);
     let mut env = launch::environment(spec);
@@ -60,7 +62,7 @@ pub fn exec(
         timeout: command.timeout,
         silence_limit: launch::silence_limit(runtime.machine.accel),
     };
-    let finish = exec::run(&mut connection, request);
+    let finish = exec::run(&mut connection, request, &mut interrupts);
     let name = command.argv[0].to_string_lossy();
     let outcome = launch::to_outcome(finish.end, &name, id, started, &runtime.enforcement)
         .map_err(|unfinished| match unfinished {
