@@ -399,6 +399,43 @@ fn vm_memory_hog_killed_at_limit() {
     assert!(stdout(&output).is_empty(), "{}", describe(&output));
 }
 
+/// Memory or CPUs beyond the host's are rejected before any image is built or QEMU started,
+/// naming the value and the fix; the smallest memory limit still boots a guest, since the
+/// guest's kernel and agent get their memory on top of the limit.
+#[test]
+fn vm_memory_and_cpus_checked_against_host() {
+    let scene = Scene::new();
+    let output = scene.run(&["--memory", "100T"], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("memory limit 100T is more than this host can give a guest"),
+        "{message}"
+    );
+    assert!(message.contains("pass --memory"), "{message}");
+    assert!(!message.contains("QEMU"), "QEMU was started: {message}");
+
+    // SAFETY: sysconf takes an integer and touches no memory.
+    let host_cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let too_many = (host_cpus + 1).to_string();
+    let output = scene.run(&["--cpus", &too_many], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    let expected = format!("--cpus {too_many} is more than this host's {host_cpus} CPUs");
+    assert!(message.contains(&expected), "{message}");
+    assert!(
+        message.contains(&format!("pass --cpus {host_cpus} or less")),
+        "{message}"
+    );
+
+    let output = scene.run(
+        &["--memory", "16M", "--workspace-mode", "none"],
+        &["sh", "-c", "echo booted"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "booted\n");
+}
+
 #[test]
 fn vm_agent_survives_workload_killing_everything() {
     let scene = Scene::new();

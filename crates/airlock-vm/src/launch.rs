@@ -21,12 +21,7 @@ use crate::interrupt::Interrupts;
 use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
-
-/// Guest memory on top of the memory limit, for the guest's kernel and the initramfs with
-/// the agent. The limit itself is the `memory.max` of the commands' cgroup in the guest.
-// NOTE: an estimate from Debian's 6.1 cloud kernel, whose idle guest uses about 60 MiB;
-// a larger kernel leaves the commands less room before the guest's own OOM killer acts.
-pub const GUEST_OVERHEAD: u64 = 128 << 20;
+use crate::sizing;
 
 /// The shared files a guest boots from, built or found in the cache.
 pub struct Prepared {
@@ -41,6 +36,7 @@ pub fn check_spec(spec: &Spec) -> Result<(), Error> {
         return Err(Error::HostViewRoot);
     }
     workspace_mount(spec)?;
+    sizing::size(spec)?;
     Ok(())
 }
 
@@ -67,6 +63,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     let RootFs::Directory(root) = &spec.rootfs else {
         return Err(Error::HostViewRoot);
     };
+    let sizing = sizing::size(spec)?;
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     let agent = Path::new("/proc/self/exe");
@@ -87,8 +84,8 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     };
     let machine = Machine {
         accel: choice.accel,
-        cpus: spec.limits.cpus.value.map_or(1, protections::vcpus),
-        memory_mib: (spec.limits.memory.value + GUEST_OVERHEAD).div_ceil(1 << 20),
+        cpus: sizing.cpus,
+        memory_mib: sizing.memory_mib,
         kernel: kernel.image,
         initramfs,
         root_disk: base,
@@ -97,7 +94,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         tmp_size: spec.limits.tmp_size,
         workspace,
         pids: spec.limits.pids.value,
-        memory_limit: spec.limits.memory.value,
+        memory_limit: sizing.memory_limit,
     };
     Ok(Prepared {
         qemu,

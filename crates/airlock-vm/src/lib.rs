@@ -4,6 +4,7 @@
 //! A run goes through these parts, in order:
 //! - [`kernel`], [`modules`]: the guest kernel and the modules it needs;
 //! - [`cpio`], [`initramfs`]: the initramfs with the agent as `/init`, cached by content;
+//! - [`sizing`]: the guest's memory and virtual CPUs, checked against the host;
 //! - [`accel`]: KVM when a test guest runs under it, software emulation (TCG) otherwise;
 //! - [`disk`]: the root disk image, built once per root filesystem, and a copy-on-write
 //!   layer per sandbox;
@@ -38,6 +39,7 @@ pub mod modules;
 pub mod protections;
 pub mod proxy;
 pub mod remote;
+pub mod sizing;
 
 use std::path::Path;
 
