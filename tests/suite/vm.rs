@@ -320,6 +320,72 @@ fn vm_signal_during_boot_leaves_nothing() {
     }
 }
 
+/// The guest's wall clock matches the host's when the command starts and still does after
+/// a 10 s sleep, also under software emulation, where the guest keeps time with the host's
+/// TSC at the frequency the host measured.
+#[test]
+fn vm_guest_clock_matches_host() {
+    use std::io::BufRead;
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let args = [
+        "run",
+        "--backend",
+        "vm",
+        "--workspace-mode",
+        "none",
+        "--rootfs",
+        rootfs.to_str().expect("UTF-8 path"),
+        "--",
+        "sh",
+        "-c",
+        "date +%s.%N; sleep 10; date +%s.%N",
+    ];
+    let mut spawned = spawn_airlock(
+        ROOT,
+        &["env", &tmp],
+        &args,
+        scene.workspace.path(),
+        Stdio::piped(),
+    );
+    let host_now = || {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970");
+        since_epoch.as_secs_f64()
+    };
+    // Each line's guest time, with the host's time when the line arrived.
+    let mut stamps = Vec::new();
+    let lines = std::io::BufReader::new(spawned.child.stdout.take().unwrap()).lines();
+    for line in lines {
+        let line = line.expect("read stdout");
+        let guest: f64 = line
+            .parse()
+            .unwrap_or_else(|_| panic!("not a time: {line:?}"));
+        stamps.push((guest, host_now()));
+    }
+    let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+
+    assert_eq!(code, 0);
+    assert_eq!(stamps.len(), 2, "{stamps:?}");
+    for (guest, host) in &stamps {
+        // The line leaves the guest after its time was taken, so the host's is later.
+        let behind = host - guest;
+        assert!(
+            (0.0..1.0).contains(&behind),
+            "guest clock {guest:.3}, host clock {host:.3} when the line arrived"
+        );
+    }
+    let guest_elapsed = stamps[1].0 - stamps[0].0;
+    let host_elapsed = stamps[1].1 - stamps[0].1;
+    assert!(
+        (guest_elapsed - host_elapsed).abs() < 1.0,
+        "over the sleep, {guest_elapsed:.3} s passed in the guest and {host_elapsed:.3} s on the host"
+    );
+    scene.assert_nothing_left();
+}
+
 #[test]
 fn vm_passes_stdin_through() {
     let scene = Scene::new();

@@ -29,6 +29,12 @@ pub enum Message {
         /// The user and group ids the command runs as.
         uid: u32,
         gid: u32,
+        /// The host's wall clock when it sent the request, in nanoseconds since the Unix
+        /// epoch. The agent sets the guest's clock to it before the command starts, since
+        /// the guest's own clock starts from a real-time clock of whole seconds and may
+        /// drift.
+        #[serde(default)]
+        host_time: Option<u64>,
     },
     /// The command runs as process `pid` in the guest.
     Started {

@@ -66,6 +66,7 @@ pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Inter
         tty,
         uid: request.uid,
         gid: request.gid,
+        host_time: crate::clock::host_time(),
     };
     if let Err(error) = connection.send(channel, &message) {
         return finish(End::Broken(error.to_string()), true);

@@ -95,6 +95,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         workspace,
         pids: spec.limits.pids.value,
         memory_limit: sizing.memory_limit,
+        tsc_khz: choice.tsc_khz,
     };
     Ok(Prepared {
         qemu,

@@ -6,6 +6,7 @@
 //! - [`cpio`], [`initramfs`]: the initramfs with the agent as `/init`, cached by content;
 //! - [`sizing`]: the guest's memory and virtual CPUs, checked against the host;
 //! - [`accel`]: KVM when a test guest runs under it, software emulation (TCG) otherwise;
+//!   [`clock`]: the TSC frequency a guest under TCG keeps time with;
 //! - [`disk`]: the root disk image, built once per root filesystem, and a copy-on-write
 //!   layer per sandbox;
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod availability;
 pub mod cache;
 pub mod client;
+pub mod clock;
 pub mod cpio;
 pub mod disk;
 pub mod error;

@@ -126,7 +126,11 @@ fn handle(
             tty,
             uid,
             gid,
+            host_time,
         } => {
+            if let Some(nanos) = host_time {
+                set_clock(nanos);
+            }
             let request = ExecRequest {
                 argv,
                 env,
@@ -173,6 +177,20 @@ fn handle(
             let message = format!("the agent does not handle {other:?} from the host");
             send(port, channel, &Message::Error { message });
         }
+    }
+}
+
+/// Sets the guest's wall clock to `nanos` since the Unix epoch. A failure is written to
+/// the console, and the command runs with the clock as it was.
+fn set_clock(nanos: u64) {
+    let time = libc::timespec {
+        tv_sec: (nanos / 1_000_000_000) as _,
+        tv_nsec: (nanos % 1_000_000_000) as _,
+    };
+    // SAFETY: `time` is a live timespec for the call to read.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) } == -1 {
+        let error = io::Error::last_os_error();
+        super::console(&format!("cannot set the clock to the host's: {error}"));
     }
 }
 
