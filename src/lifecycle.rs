@@ -751,6 +751,15 @@ impl Engine {
         )
     }
 
+    /// Brings the workspace changes of a running sandbox into its upper layer on the host,
+    /// for a backend whose overlay lives elsewhere, such as in a guest.
+    pub fn sync_changes(&self, sandbox: &SandboxDir, record: &Record) -> Result<(), BackendError> {
+        match (&record.runtime, record.is_running()) {
+            (Some(runtime), true) => backend_of(record)?.sync_changes(runtime, &sandbox.layers()),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes what killed commands left behind, and returns what it did.
     pub fn gc(&self) -> Result<Vec<Collected>, BackendError> {
         let mut collected: Vec<Collected> = self

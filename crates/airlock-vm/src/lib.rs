@@ -119,6 +119,11 @@ impl Backend for VmBackend {
         Ok(remote::copy(&runtime, source, target, into_sandbox)?)
     }
 
+    fn sync_changes(&self, runtime: &serde_json::Value, layers: &Path) -> Result<(), BackendError> {
+        let runtime = runtime_of(runtime)?;
+        Ok(held::export_through(&runtime.socket, layers)?)
+    }
+
     fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>) {
         let runtime = runtime.and_then(|runtime| runtime_of(runtime).ok());
         held::clean_up(id, runtime.as_ref());
