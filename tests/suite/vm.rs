@@ -853,6 +853,38 @@ fn vm_diff_of_running_sandbox_shows_changes_so_far() {
     scene.remove(&id);
 }
 
+/// A process that an `exec` leaves in the background keeps running in the sandbox after
+/// the exec returns, until the sandbox stops, as in the namespace backend.
+#[test]
+fn vm_exec_background_process_outlives_exec() {
+    let scene = Scene::new();
+    let id = scene.create(&["--workspace-mode", "none"]);
+
+    let started = Instant::now();
+    let script = "sleep 100 & echo started";
+    let exec = scene.airlock(&["exec", &id, "--", "sh", "-c", script]);
+    assert_eq!(exec.status.code(), Some(0), "{}", describe(&exec));
+    assert_eq!(stdout(&exec), "started\n");
+    // The background sleep holds the command's output open for 100 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "exec waited for its background process: {:?}",
+        started.elapsed()
+    );
+    let list = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done";
+    let listed = scene.airlock(&["exec", &id, "--", "sh", "-c", list]);
+    assert_eq!(listed.status.code(), Some(0), "{}", describe(&listed));
+    assert!(
+        stdout(&listed)
+            .lines()
+            .any(|line| line.trim() == "sleep 100"),
+        "the background process is gone: {}",
+        describe(&listed)
+    );
+
+    scene.remove(&id);
+}
+
 #[test]
 fn vm_fork_bomb_stopped_at_pids_limit() {
     let scene = Scene::new();

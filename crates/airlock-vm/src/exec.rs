@@ -48,6 +48,8 @@ pub enum End {
 pub struct Finish {
     pub end: End,
     pub stderr_ends_line: bool,
+    /// The channel the command ran on, whose process group the agent still signals.
+    pub channel: u32,
 }
 
 /// Runs `request` on `connection` with this process's standard streams, and forwards the
@@ -69,7 +71,7 @@ pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Inter
         host_time: crate::clock::host_time(),
     };
     if let Err(error) = connection.send(channel, &message) {
-        return finish(End::Broken(error.to_string()), true);
+        return finish(End::Broken(error.to_string()), true, channel);
     }
     interrupts.forward(connection.writer(), channel);
     let deadline = request.timeout.map(|timeout| Instant::now() + timeout);
@@ -82,10 +84,10 @@ pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Inter
             deadline.map_or(silence_deadline, |deadline| deadline.min(silence_deadline));
         let event = match connection.next_event(Some(wait_until)) {
             Wait::TimedOut if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
-                return finish(End::TimedOut, stderr_ends_line)
+                return finish(End::TimedOut, stderr_ends_line, channel)
             }
             Wait::TimedOut if Instant::now() >= silence_deadline => {
-                return finish(End::GuestSilent, stderr_ends_line)
+                return finish(End::GuestSilent, stderr_ends_line, channel)
             }
             Wait::TimedOut => continue,
             Wait::Event(event) => event,
@@ -93,9 +95,9 @@ pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Inter
         heard = Instant::now();
         let frame = match event {
             Event::Frame(frame) => frame,
-            Event::Closed => return finish(End::GuestStopped, stderr_ends_line),
+            Event::Closed => return finish(End::GuestStopped, stderr_ends_line, channel),
             Event::Broken(error) => {
-                return finish(End::Broken(error.to_string()), stderr_ends_line)
+                return finish(End::Broken(error.to_string()), stderr_ends_line, channel)
             }
         };
         if frame.channel != channel {
@@ -115,7 +117,7 @@ pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Inter
                     send_stdin(connection.writer(), channel);
                 }
                 Ok(Message::ExecFailed { error, not_found }) => {
-                    return finish(End::Failed { error, not_found }, stderr_ends_line);
+                    return finish(End::Failed { error, not_found }, stderr_ends_line, channel);
                 }
                 Ok(Message::Exited {
                     code,
@@ -135,23 +137,26 @@ pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Inter
                         signal,
                         reason,
                     };
-                    return finish(end, stderr_ends_line);
+                    return finish(end, stderr_ends_line, channel);
                 }
                 Ok(Message::Error { message }) => {
-                    return finish(End::Broken(message), stderr_ends_line);
+                    return finish(End::Broken(message), stderr_ends_line, channel);
                 }
                 Ok(_) => {}
-                Err(error) => return finish(End::Broken(error.to_string()), stderr_ends_line),
+                Err(error) => {
+                    return finish(End::Broken(error.to_string()), stderr_ends_line, channel)
+                }
             },
             FrameKind::Stdin | FrameKind::FileData | FrameKind::Unknown(_) => {}
         }
     }
 }
 
-fn finish(end: End, stderr_ends_line: bool) -> Finish {
+fn finish(end: End, stderr_ends_line: bool, channel: u32) -> Finish {
     Finish {
         end,
         stderr_ends_line,
+        channel,
     }
 }
 

@@ -10,6 +10,8 @@ use airlock_core::{
     WorkspaceMode,
 };
 
+use airlock_protocol::Message;
+
 use crate::accel;
 use crate::agent::boot::{WorkspaceMount, LAYERS};
 use crate::disk::{self, ProgressBar};
@@ -187,6 +189,12 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
     let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
     let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
     tracing::debug!(sandbox = %id, reason = ?outcome.reason, "vm command ended");
+    // The run ends with its command, as in the other backends: what the command left in
+    // the background gets no time to change the workspace while its changes are copied.
+    let kill = Message::Signal {
+        signal: libc::SIGKILL,
+    };
+    let _ = guest.connection.send(finish.channel, &kill);
 
     // After a timeout the guest ends at once; otherwise it still runs, with the changes.
     if outcome.reason != EndReason::TimedOut {

@@ -278,6 +278,7 @@ fn start(
 
     let (stdin_sender, stdin_receiver) = mpsc::channel::<Vec<u8>>();
     commands.stdin.insert(channel, stdin_sender);
+    let done = Arc::new(AtomicBool::new(false));
     let mut relays = Vec::new();
     match terminal {
         Some(master) => {
@@ -285,27 +286,43 @@ fn start(
             let input = File::from(master.try_clone().map_err(exec_error)?);
             let output = File::from(master.try_clone().map_err(exec_error)?);
             std::thread::spawn(move || feed(stdin_receiver, input));
-            relays.push(relay(output, FrameKind::Stdout, channel, port));
+            relays.push(relay(
+                output,
+                FrameKind::Stdout,
+                channel,
+                port,
+                Arc::clone(&done),
+            ));
             commands.groups.insert(channel, (pid, Some(master)));
         }
         None => {
             let stdin = child.stdin.take().expect("stdin is piped");
             std::thread::spawn(move || feed(stdin_receiver, stdin));
-            let stdout = child.stdout.take().expect("stdout is piped");
-            let stderr = child.stderr.take().expect("stderr is piped");
-            relays.push(relay(stdout, FrameKind::Stdout, channel, port));
-            relays.push(relay(stderr, FrameKind::Stderr, channel, port));
+            let stdout = File::from(OwnedFd::from(child.stdout.take().expect("stdout is piped")));
+            let stderr = File::from(OwnedFd::from(child.stderr.take().expect("stderr is piped")));
+            relays.push(relay(
+                stdout,
+                FrameKind::Stdout,
+                channel,
+                port,
+                Arc::clone(&done),
+            ));
+            relays.push(relay(
+                stderr,
+                FrameKind::Stderr,
+                channel,
+                port,
+                Arc::clone(&done),
+            ));
             commands.groups.insert(channel, (pid, None));
         }
     }
     let port = Arc::clone(port);
-    let done = Arc::new(AtomicBool::new(false));
     let hits = commands
         .workload
         .as_ref()
         .map(|workload| workload.watch(Arc::clone(&done)));
     let waited = Waited {
-        pid,
         status: status_receiver,
         relays,
         oom_kills_before,
@@ -366,17 +383,36 @@ fn feed(chunks: Receiver<Vec<u8>>, mut stdin: impl Write) {
     }
 }
 
-/// Relays one output stream to the host, then ends it.
+/// Relays one output stream to the host, then ends it: at end of file, or once the command
+/// `exited` and the stream holds nothing more. A process the command left in the background
+/// may hold the stream open for as long as it runs, and keeps running after the relay ends,
+/// as background processes do in the namespace backend's sandboxes.
 fn relay(
-    mut stream: impl Read + Send + 'static,
+    stream: File,
     kind: FrameKind,
     channel: u32,
     port: &Port,
+    exited: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let port = Arc::clone(port);
     std::thread::spawn(move || {
+        let mut stream = stream;
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
+            // Read before the poll: whatever the command wrote before it exited is in the
+            // stream by then, so the poll sees it.
+            let exited = exited.load(Ordering::SeqCst);
+            let mut fds = [libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            match airlock_namespace::sys::poll(&mut fds, RELAY_POLL_MS) {
+                Ok(0) if exited => break,
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(_) => break,
+            }
             let count = match stream.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(count) => count,
@@ -395,14 +431,17 @@ fn relay(
     })
 }
 
+/// How long a relay waits for output before it checks whether the command exited.
+const RELAY_POLL_MS: libc::c_int = 50;
+
 /// The channels through which the end of one command arrives.
 struct Waited {
-    pid: libc::pid_t,
     status: Receiver<WaitStatus>,
     relays: Vec<std::thread::JoinHandle<()>>,
     /// The guest's count of OOM kills before the command started.
     oom_kills_before: u64,
-    /// Set once the command ended, to stop the watch on the process limit.
+    /// Set once the command ended, to stop the watch on the process limit and the relays
+    /// of its output.
     done: Arc<AtomicBool>,
     /// What that watch saw when it killed the commands: a refused fork, or thrashing at
     /// the memory limit.
@@ -412,7 +451,6 @@ struct Waited {
 /// Waits for the command's status and the end of its output, then reports it.
 fn report_end(channel: u32, waited: Waited, port: &Port) {
     let Waited {
-        pid,
         status,
         relays,
         oom_kills_before,
@@ -428,10 +466,6 @@ fn report_end(channel: u32, waited: Waited, port: &Port) {
             .is_some_and(|hits| flag(hits).load(Ordering::SeqCst))
     };
     let (pids_limit, thrashed) = (hit(|hits| &hits.pids), hit(|hits| &hits.memory));
-    // The command's own group ends with it, so that a background process cannot keep its
-    // output open and the channel waiting. A command with a terminal leads its own session.
-    // SAFETY: kill takes integers only.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
     for relay in relays {
         let _ = relay.join();
     }
