@@ -8,7 +8,7 @@
 //! which scripts/test installs and builds.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -881,6 +881,71 @@ fn vm_exec_background_process_outlives_exec() {
         "the background process is gone: {}",
         describe(&listed)
     );
+
+    scene.remove(&id);
+}
+
+/// `cp` copies directories both ways, recursively, with their permission bits and with
+/// symlinks as symlinks. A symlink the guest planted arrives on the host as a link, and a
+/// later copy never writes through it.
+#[test]
+fn vm_cp_copies_trees_and_never_follows_guest_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::new();
+    let host = tempfile::tempdir().expect("tempdir");
+    let canary = tempfile::tempdir().expect("tempdir");
+    let tree = host.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).expect("mkdir tree/sub");
+    fs::write(tree.join("a.txt"), "a\n").expect("write a.txt");
+    fs::write(tree.join("sub/run.sh"), "echo run\n").expect("write run.sh");
+    fs::set_permissions(tree.join("sub/run.sh"), fs::Permissions::from_mode(0o750))
+        .expect("chmod run.sh");
+    fs::set_permissions(tree.join("sub"), fs::Permissions::from_mode(0o700)).expect("chmod sub");
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).expect("symlink");
+    let id = scene.create(&["--workspace-mode", "none"]);
+
+    let copied = scene.airlock(&["cp", tree.to_str().unwrap(), &format!("{id}:/tmp/")]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    let list = "cd /tmp/tree && stat -c '%n %a %F' a.txt sub sub/run.sh link && readlink link";
+    let listed = scene.airlock(&["exec", &id, "--", "sh", "-c", list]);
+    assert_eq!(listed.status.code(), Some(0), "{}", describe(&listed));
+    assert_eq!(
+        stdout(&listed),
+        "a.txt 644 regular file\nsub 700 directory\nsub/run.sh 750 regular file\n\
+         link 777 symbolic link\na.txt\n"
+    );
+
+    // The guest plants a link to a host directory, and copies the tree back out.
+    let plant = format!("ln -s {} /tmp/tree/planted", canary.path().display());
+    let planted = scene.airlock(&["exec", &id, "--", "sh", "-c", &plant]);
+    assert_eq!(planted.status.code(), Some(0), "{}", describe(&planted));
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().to_str().unwrap();
+    let copied = scene.airlock(&["cp", &format!("{id}:/tmp/tree"), target]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    let back = out.path().join("tree");
+    assert_eq!(fs::read_to_string(back.join("a.txt")).unwrap(), "a\n");
+    let mode = |path: PathBuf| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(back.join("sub")), 0o700);
+    assert_eq!(mode(back.join("sub/run.sh")), 0o750);
+    assert_eq!(
+        fs::read_link(back.join("link")).unwrap(),
+        Path::new("a.txt")
+    );
+    let planted = back.join("planted");
+    assert!(fs::symlink_metadata(&planted).unwrap().is_symlink());
+    assert_eq!(fs::read_link(&planted).unwrap(), canary.path());
+
+    // The planted link becomes a directory in the guest; a second copy over the first
+    // would write into the canary if it followed the host's copy of the link.
+    let swap =
+        "rm /tmp/tree/planted && mkdir /tmp/tree/planted && echo x > /tmp/tree/planted/pwned";
+    let swapped = scene.airlock(&["exec", &id, "--", "sh", "-c", swap]);
+    assert_eq!(swapped.status.code(), Some(0), "{}", describe(&swapped));
+    let again = scene.airlock(&["cp", &format!("{id}:/tmp/tree"), target]);
+    assert_ne!(again.status.code(), Some(0), "{}", describe(&again));
+    let written: Vec<_> = fs::read_dir(canary.path()).unwrap().collect();
+    assert!(written.is_empty(), "written through the link: {written:?}");
 
     scene.remove(&id);
 }

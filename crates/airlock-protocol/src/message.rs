@@ -76,6 +76,16 @@ pub enum Message {
         path: String,
         mode: u32,
     },
+    /// Sends `path` and what is below it as a tar stream in file data frames. Symlinks are
+    /// sent as symlinks, never followed.
+    PackTree {
+        path: String,
+    },
+    /// Unpacks the tar stream that follows in file data frames: into `path` when it is a
+    /// directory, else as `path`, whose name replaces the stream's top-level name.
+    UnpackTree {
+        path: String,
+    },
     /// Lists a directory.
     ListDir {
         path: String,

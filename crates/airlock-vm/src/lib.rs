@@ -14,7 +14,7 @@
 //! - [`interrupt`]: SIGINT, SIGTERM and the like, which end a boot or reach the command;
 //! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
 //! - [`held`], [`proxy`], [`remote`]: persistent sandboxes, whose supervisor keeps QEMU and
-//!   relays the agent to `exec` and `cp`;
+//!   relays the agent to `exec` and `cp` ([`copy`]);
 //! - [`inner`]: `--inner namespace`, a namespace sandbox around each command in the guest;
 //! - [`agent`]: the agent, PID 1 in the guest.
 
@@ -24,6 +24,7 @@ pub mod availability;
 pub mod cache;
 pub mod client;
 pub mod clock;
+pub mod copy;
 pub mod cpio;
 pub mod disk;
 pub mod error;
@@ -116,7 +117,7 @@ impl Backend for VmBackend {
         into_sandbox: bool,
     ) -> Result<(), BackendError> {
         let runtime = runtime_of(runtime)?;
-        Ok(remote::copy(&runtime, source, target, into_sandbox)?)
+        Ok(copy::copy(&runtime, source, target, into_sandbox)?)
     }
 
     fn sync_changes(&self, runtime: &serde_json::Value, layers: &Path) -> Result<(), BackendError> {

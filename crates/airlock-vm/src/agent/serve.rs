@@ -22,7 +22,7 @@ use airlock_protocol::{
 };
 
 /// The write side of the port, shared by every thread that reports to the host.
-type Port = Arc<Mutex<FrameWriter<File>>>;
+pub(super) type Port = Arc<Mutex<FrameWriter<File>>>;
 
 /// A wait status as waitpid(2) returns it.
 type WaitStatus = libc::c_int;
@@ -104,7 +104,7 @@ fn forward(consumers: &mut HashMap<u32, Sender<Vec<u8>>>, frame: Frame) {
     }
 }
 
-fn send(port: &Port, channel: u32, message: &Message) {
+pub(super) fn send(port: &Port, channel: u32, message: &Message) {
     let mut port = port.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Err(error) = port.send(channel, message) {
         super::console(&format!("cannot write to the host: {error}"));
@@ -163,6 +163,16 @@ fn handle(
             commands.files.insert(channel, sender);
             let port = Arc::clone(port);
             std::thread::spawn(move || write_file(channel, &path, mode, receiver, &port));
+        }
+        Message::PackTree { path } => {
+            let port = Arc::clone(port);
+            std::thread::spawn(move || super::tree::pack(channel, &path, &port));
+        }
+        Message::UnpackTree { path } => {
+            let (sender, receiver) = mpsc::channel();
+            commands.files.insert(channel, sender);
+            let port = Arc::clone(port);
+            std::thread::spawn(move || super::tree::unpack(channel, &path, receiver, &port));
         }
         Message::ListDir { path } => {
             let reply = match list_dir(&path) {
