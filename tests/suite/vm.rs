@@ -325,8 +325,14 @@ fn vm_signal_during_boot_leaves_nothing() {
             scene.workspace.path(),
             Stdio::piped(),
         );
+        // The wrapper's own command line names the TMPDIR too, so QEMU is told by its name.
+        let qemu_started = || {
+            processes_mentioning(&marker)
+                .iter()
+                .any(|(_, cmdline)| cmdline.contains("qemu-system"))
+        };
         let deadline = Instant::now() + RUN_LIMIT;
-        while processes_mentioning(&marker).is_empty() {
+        while !qemu_started() {
             assert!(Instant::now() < deadline, "QEMU did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
