@@ -325,7 +325,7 @@ fn vm_signal_during_boot_leaves_nothing() {
             scene.workspace.path(),
             Stdio::piped(),
         );
-        // The wrapper's own command line names the TMPDIR too, so QEMU is told by its name.
+        // The wrapper's own command line names the TMPDIR too, so the wait looks for QEMU's.
         let qemu_started = || {
             processes_mentioning(&marker)
                 .iter()
@@ -504,7 +504,7 @@ fn vm_memory_hog_killed_at_limit() {
 }
 
 /// Memory or CPUs beyond the host's are rejected before any image is built or QEMU started,
-/// naming the value and the fix; the smallest memory limit still boots a guest, since the
+/// with the value and the fix. The smallest memory limit still boots a guest, because the
 /// guest's kernel and agent get their memory on top of the limit.
 #[test]
 fn vm_memory_and_cpus_checked_against_host() {
@@ -831,7 +831,7 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
 /// `diff` on a running sandbox copies the guest's changes out first, shows them and warns
 /// that the sandbox can still change them, as for the other backends.
 #[test]
-fn vm_diff_of_running_sandbox_shows_changes_so_far() {
+fn vm_diff_while_running_shows_changes() {
     let scene = Scene::new();
     fs::write(scene.workspace.path().join("f.txt"), "hello\n").expect("write f.txt");
     let id = scene.create(&[]);
@@ -871,7 +871,7 @@ fn vm_exec_background_process_outlives_exec() {
     let exec = scene.airlock(&["exec", &id, "--", "sh", "-c", script]);
     assert_eq!(exec.status.code(), Some(0), "{}", describe(&exec));
     assert_eq!(stdout(&exec), "started\n");
-    // The background sleep holds the command's output open for 100 s.
+    // The background sleep keeps the command's output open for 100 s.
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "exec waited for its background process: {:?}",
@@ -895,7 +895,7 @@ fn vm_exec_background_process_outlives_exec() {
 /// symlinks as symlinks. A symlink the guest planted arrives on the host as a link, and a
 /// later copy never writes through it.
 #[test]
-fn vm_cp_copies_trees_and_never_follows_guest_links() {
+fn vm_cp_trees_never_follow_guest_links() {
     use std::os::unix::fs::PermissionsExt;
     let scene = Scene::new();
     let host = tempfile::tempdir().expect("tempdir");
@@ -942,7 +942,7 @@ fn vm_cp_copies_trees_and_never_follows_guest_links() {
     assert!(fs::symlink_metadata(&planted).unwrap().is_symlink());
     assert_eq!(fs::read_link(&planted).unwrap(), canary.path());
 
-    // The planted link becomes a directory in the guest; a second copy over the first
+    // The planted link becomes a directory in the guest. A second copy over the first
     // would write into the canary if it followed the host's copy of the link.
     let swap =
         "rm /tmp/tree/planted && mkdir /tmp/tree/planted && echo x > /tmp/tree/planted/pwned";

@@ -596,7 +596,7 @@ fn unpack_inside(fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
 
 /// Unpacks a tar stream made by [`pack_tree`]: into `target` when it is a directory, else
 /// as `target` itself, whose name replaces the stream's top-level name. Paths that are not
-/// plain relative names are rejected; symlinks already in `target` are followed, so this is
+/// plain relative names are rejected. Symlinks already in `target` are followed, so this is
 /// for the inside of a sandbox, never for the host.
 pub fn unpack_tree(source: impl std::io::Read, target: &Path) -> std::io::Result<()> {
     let into_dir = target.is_dir();

@@ -17,7 +17,7 @@
 //!   answers [`Message::Done`].
 //! - [`Message::PackTree`]: file data frames of a tar stream, then [`Message::Done`].
 //! - [`Message::UnpackTree`]: the host sends file data frames of a tar stream and an empty
-//!   one; the agent answers [`Message::Done`].
+//!   one, and the agent replies with [`Message::Done`].
 //! - [`Message::ListDir`]: the agent answers [`Message::Entries`].
 //!
 //! Any request can be answered with [`Message::Error`] instead. Channel 0 carries what

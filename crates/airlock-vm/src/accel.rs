@@ -21,8 +21,8 @@ struct Verdict {
     accel: Accel,
     /// Why KVM is not used; `None` under KVM.
     reason: Option<String>,
-    /// The host's TSC frequency, which a guest under TCG keeps time with; `None` under KVM,
-    /// in verdicts cached before it was recorded, or when it could not be measured.
+    /// The host's TSC frequency, which a guest under TCG keeps time with. It is `None` under
+    /// KVM, in verdicts cached before it was recorded, or when it could not be measured.
     #[serde(default)]
     tsc_khz: Option<u64>,
 }

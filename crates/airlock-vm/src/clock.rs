@@ -1,7 +1,7 @@
 //! The guest's clock under software emulation. QEMU's TCG returns the host's own time stamp
 //! counter (TSC) to the guest's `rdtsc`, and the guest's kernel keeps time with it. microvm
 //! has no PIT or HPET to calibrate the TSC against, so the host measures the frequency and
-//! passes it on the kernel command line; with a wrong value the guest's clock runs fast or
+//! passes it on the kernel command line. With a wrong value, the guest's clock runs fast or
 //! slow by the same factor.
 
 use std::time::{Duration, Instant};

@@ -152,7 +152,7 @@ impl Drop for HeldVm {
 
 /// Copies the workspace changes out through the control socket, as a client of the relay,
 /// into `layers/upper`. The guest's layer has every change since the guest started, so it
-/// replaces the host's copy; it is copied to a new directory first, so that a failed or
+/// replaces the host's copy. It is copied to a new directory first, so that a failed or
 /// concurrent copy never leaves a mix of both.
 pub fn export_through(socket: &Path, layers: &Path) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -1,7 +1,7 @@
 //! The signals that interrupt a command in a guest: SIGINT, SIGTERM and the others that the
 //! other backends forward. They are caught from the start of a run, so that one arriving
-//! while the guest boots ends the run cleanly instead of killing Airlock and leaving the
-//! guest's directory behind, and they are forwarded to the command once it runs.
+//! while the guest boots ends the run cleanly. Without that, it would kill Airlock and leave
+//! the guest's directory behind. Once the command runs, they are forwarded to it.
 //!
 //! Any thread may take a process-directed signal, so the handler only writes the signal's
 //! number to a pipe. The boot polls the pipe, and once the command runs, a thread of its

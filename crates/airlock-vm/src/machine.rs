@@ -78,7 +78,7 @@ const TCG_KERNEL_PARAMETERS: &str = "lpj=4000000 no_timer_check";
 
 /// The TSC frequency given to a guest when the host's could not be measured.
 // NOTE: a guess, so the guest's clock runs fast or slow by the ratio of the real frequency
-// to this one; timeouts are measured on the host.
+// to this one. Timeouts are measured on the host.
 const GUESSED_TSC_KHZ: u64 = 1_000_000;
 
 impl Machine {

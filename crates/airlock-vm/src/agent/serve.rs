@@ -394,9 +394,9 @@ fn feed(chunks: Receiver<Vec<u8>>, mut stdin: impl Write) {
 }
 
 /// Relays one output stream to the host, then ends it: at end of file, or once the command
-/// `exited` and the stream holds nothing more. A process the command left in the background
-/// may hold the stream open for as long as it runs, and keeps running after the relay ends,
-/// as background processes do in the namespace backend's sandboxes.
+/// `exited` and the stream is empty. A process the command left in the background may keep
+/// the stream open for as long as it runs. It keeps running after the relay ends, as
+/// background processes do in the namespace backend's sandboxes.
 fn relay(
     stream: File,
     kind: FrameKind,
@@ -410,7 +410,7 @@ fn relay(
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             // Read before the poll: whatever the command wrote before it exited is in the
-            // stream by then, so the poll sees it.
+            // stream by then, so the poll reports it.
             let exited = exited.load(Ordering::SeqCst);
             let mut fds = [libc::pollfd {
                 fd: stream.as_raw_fd(),
