@@ -16,15 +16,8 @@ use airlock_protocol::Message;
 
 use crate::client::{self, SharedWriter};
 
-/// The signals that reach the command in the guest, as the other backends forward them.
-const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
+/// The signals that reach the command in the guest: those the namespace backend forwards.
+const FORWARDED: [libc::c_int; 6] = airlock_namespace::init::FORWARDED_SIGNALS;
 
 /// Write end of the pipe that the signal handler writes each caught signal's number to.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
