@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
-use airlock_namespace::join;
+use airlock_namespace::{error_chain, join};
 use airlock_protocol::{DataStream, FrameKind, Message, MAX_PAYLOAD};
 
 use crate::client::{self, Connection, Event, Wait};
@@ -60,7 +60,7 @@ fn copy_in(connection: &mut Connection, source: &Path, target: &Path) -> Result<
         .and_then(|mut sink| sink.flush());
     // The end of the stream goes out even after a failure, so the agent replies.
     let ended = client::lock(&writer).end_stream(FrameKind::FileData, channel);
-    packed.map_err(|error| failed(source, error))?;
+    packed.map_err(|error| failed(source, error_chain(&error)))?;
     ended.map_err(|error| failed(target, error))?;
     match ChannelReader::new(connection, channel).reply()? {
         Message::Done => Ok(()),
@@ -87,7 +87,7 @@ fn copy_out(connection: &mut Connection, source: &Path, target: &Path) -> Result
         Message::Error { message } => return Err(failed(source, message)),
         other => return Err(failed(source, format!("unexpected reply {other:?}"))),
     }
-    received.map_err(|error| failed(&host_dir.join(&name), error))
+    received.map_err(|error| failed(&host_dir.join(&name), error_chain(&error)))
 }
 
 /// Unpacks a tar stream from the guest into a new private directory in `host_dir`, and

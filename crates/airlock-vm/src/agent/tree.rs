@@ -24,7 +24,10 @@ pub fn pack(channel: u32, path: &str, port: &Port) {
     let reply = match result {
         Ok(()) => Message::Done,
         Err(error) => Message::Error {
-            message: format!("cannot pack {path:?}: {error}"),
+            message: format!(
+                "cannot pack {path:?}: {}",
+                airlock_namespace::error_chain(&error)
+            ),
         },
     };
     send(port, channel, &reply);
@@ -40,7 +43,10 @@ pub fn unpack(channel: u32, path: &str, chunks: Receiver<Vec<u8>>, port: &Port) 
     let reply = match join::unpack_tree(&mut stream, Path::new(path)) {
         Ok(()) => Message::Done,
         Err(error) => Message::Error {
-            message: format!("cannot unpack into {path:?}: {error}"),
+            message: format!(
+                "cannot unpack into {path:?}: {}",
+                airlock_namespace::error_chain(&error)
+            ),
         },
     };
     send(port, channel, &reply);
