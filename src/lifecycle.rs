@@ -607,10 +607,14 @@ impl Engine {
         record: &mut Record,
         by: &str,
     ) -> Result<(), BackendError> {
+        // A ready sandbox without a runtime was stopped, and the stop cleaned up after it. A
+        // second clean-up would have no runtime to say where the sandbox ran, such as the
+        // engine socket of a docker sandbox.
+        let cleaned_up = record.phase == Phase::Ready && record.runtime.is_none();
         record.phase = Phase::Removing;
         sandbox.write_record(record)?;
         let runtime = record.runtime.take();
-        if let Some(id) = id_of(record) {
+        if let Some(id) = id_of(record).filter(|_| !cleaned_up) {
             backend_of(record)?.clean_up(&id, runtime.as_ref());
         }
         crate::changes::recover(sandbox)?;
