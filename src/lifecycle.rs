@@ -609,8 +609,11 @@ impl Engine {
     ) -> Result<(), BackendError> {
         // A ready sandbox without a runtime was stopped, and the stop cleaned up after it. A
         // second clean-up would have no runtime to say where the sandbox ran, such as the
-        // engine socket of a docker sandbox.
-        let cleaned_up = record.phase == Phase::Ready && record.runtime.is_none();
+        // engine socket of a docker sandbox. The record of a killed `airlock run` is ready
+        // and without a runtime too, but nothing cleaned up after it, such as its vm guest's
+        // directory.
+        let cleaned_up =
+            !record.ephemeral && record.phase == Phase::Ready && record.runtime.is_none();
         record.phase = Phase::Removing;
         sandbox.write_record(record)?;
         let runtime = record.runtime.take();
