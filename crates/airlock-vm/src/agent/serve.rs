@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cgroup::{self, Workload};
 use airlock_protocol::{
@@ -394,9 +394,10 @@ fn feed(chunks: Receiver<Vec<u8>>, mut stdin: impl Write) {
 }
 
 /// Relays one output stream to the host, then ends it: at end of file, or once the command
-/// `exited` and the stream is empty. A process the command left in the background may keep
-/// the stream open for as long as it runs. It keeps running after the relay ends, as
-/// background processes do in the namespace backend's sandboxes.
+/// `exited` and the stream is empty, or [`DRAIN_LIMIT`] after the exit. A process the
+/// command left in the background may keep the stream open, and write to it, for as long as
+/// it runs. It keeps running after the relay ends, as background processes do in the
+/// namespace backend's sandboxes.
 fn relay(
     stream: File,
     kind: FrameKind,
@@ -408,16 +409,24 @@ fn relay(
     std::thread::spawn(move || {
         let mut stream = stream;
         let mut buffer = vec![0u8; 64 * 1024];
+        let mut drain_deadline = None;
         loop {
             // Read before the poll: whatever the command wrote before it exited is in the
             // stream by then, so the poll reports it.
             let exited = exited.load(Ordering::SeqCst);
+            if exited {
+                let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_LIMIT);
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
             let mut fds = [libc::pollfd {
                 fd: stream.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            match airlock_namespace::sys::poll(&mut fds, RELAY_POLL_MS) {
+            let timeout = if exited { 0 } else { RELAY_POLL_MS };
+            match airlock_namespace::sys::poll(&mut fds, timeout) {
                 Ok(0) if exited => break,
                 Ok(0) => continue,
                 Ok(_) => {}
@@ -443,6 +452,11 @@ fn relay(
 
 /// How long a relay waits for output before it checks whether the command exited.
 const RELAY_POLL_MS: libc::c_int = 50;
+
+/// How long a relay goes on after the command exited, while a background process keeps
+/// writing. What the command itself left is at most a pipe's or terminal's buffer, which
+/// takes far less.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
 /// The channels through which the end of one command arrives.
 struct Waited {
