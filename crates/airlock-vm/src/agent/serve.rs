@@ -411,8 +411,8 @@ fn relay(
         let mut buffer = vec![0u8; 64 * 1024];
         let mut drain_deadline = None;
         loop {
-            // Read before the poll: whatever the command wrote before it exited is in the
-            // stream by then, so the poll reports it.
+            // The flag is read before the poll: whatever the command wrote before it exited is
+            // in the stream by then, so the poll reports it.
             let exited = exited.load(Ordering::SeqCst);
             if exited {
                 let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_LIMIT);
