@@ -481,6 +481,49 @@ fn docker_network_has_only_loopback() {
 }
 
 #[test]
+fn docker_root_project_warns_of_locked_entries() {
+    let engine = &engines()[0];
+    let session = Session::new(engine);
+    let workspace = Workspace::new(Caller::Root);
+    let image = image();
+    let args = [
+        "run",
+        "--backend",
+        "docker",
+        "--image",
+        &image,
+        "--",
+        "touch",
+        "top-level",
+    ];
+    // An empty project of root's: the command may create files in it, and gets no warning.
+    let empty = session.airlock(&args, workspace.path());
+    assert_eq!(empty.status.code(), Some(0), "{}", describe(&empty));
+    assert!(!stderr(&empty).contains("warning"), "{}", describe(&empty));
+
+    std::fs::create_dir(workspace.path().join("locked")).expect("create directory");
+    let locked = session.airlock(
+        &[
+            "run",
+            "--backend",
+            "docker",
+            "--image",
+            &image,
+            "--",
+            "touch",
+            "locked/file",
+        ],
+        workspace.path(),
+    );
+    assert_eq!(locked.status.code(), Some(1), "{}", describe(&locked));
+    let message = stderr(&locked);
+    assert!(
+        message.contains("workspace belongs to root") && message.contains("\"locked\""),
+        "{message}"
+    );
+}
+
+#[test]
 fn docker_root_read_only_tmp_writable() {
     for engine in &engines() {
         let session = Session::new(engine);

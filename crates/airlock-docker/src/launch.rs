@@ -221,6 +221,9 @@ fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a
     let workspace = open_workspace(spec)?;
     let user = config::sandbox_user(spec, workspace.as_ref().map(|open| open.owner));
     check_privileged_user(&engine, spec, user)?;
+    if let Some(open) = &workspace {
+        warn_if_workspace_unwritable(spec, open, user);
+    }
     let binary = binary::running()?;
     let checked = Checked {
         image,
@@ -230,6 +233,36 @@ fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a
         binary,
     };
     Ok((engine, checked))
+}
+
+/// Warns when the command gets a writable workspace that belongs to root but runs as
+/// another user, and the top level of the project contains an entry of root's that others cannot
+/// write: the command cannot change it, nor anything below it.
+fn warn_if_workspace_unwritable(spec: &Spec, open: &OpenWorkspace, user: User) {
+    let writable = matches!(
+        spec.workspace_mode,
+        WorkspaceMode::Overlay | WorkspaceMode::Bind
+    );
+    if !writable || open.owner.0 != 0 || user.uid == 0 {
+        return;
+    }
+    let path = format!("/proc/self/fd/{}", open.workspace.fd.as_raw_fd());
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    let locked = entries.flatten().find(|entry| {
+        entry.metadata().is_ok_and(|metadata| {
+            metadata.uid() == 0 && metadata.mode() & 0o002 == 0 && !metadata.is_symlink()
+        })
+    });
+    if let Some(entry) = locked {
+        eprintln!(
+            "airlock: warning: the workspace belongs to root, and the command runs as {}:{}, so it cannot change {:?} or other entries of root's that others cannot write; give the project to an ordinary user (chown -R), or pass --user 0 --allow-weaker to run as root",
+            user.uid,
+            user.gid,
+            entry.file_name()
+        );
+    }
 }
 
 /// Fails when `user` is root or in root's group, the engine reports that it does not remap
