@@ -236,8 +236,8 @@ fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a
 }
 
 /// Warns when the command gets a writable workspace that belongs to root but runs as
-/// another user, and the top level of the project contains an entry of root's that others cannot
-/// write: the command cannot change it, nor anything below it.
+/// another user, and the top level of the project contains an entry of root's that others
+/// cannot write: the command cannot change it, nor anything below it.
 fn warn_if_workspace_unwritable(spec: &Spec, open: &OpenWorkspace, user: User) {
     let writable = matches!(
         spec.workspace_mode,
