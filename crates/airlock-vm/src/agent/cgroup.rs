@@ -31,12 +31,29 @@ const THRASH_WINDOW: Duration = Duration::from_secs(1);
 const THRASH_STALL_MICROS: u64 = 300_000;
 
 /// What a watcher saw before it killed the group.
-#[derive(Default)]
 pub struct Hits {
     /// A fork was refused at the process limit.
     pub pids: AtomicBool,
     /// The group thrashed at its memory limit.
     pub memory: AtomicBool,
+    workload: Arc<Workload>,
+    /// The group's count of refused forks when the watch started.
+    refused_before: u64,
+}
+
+impl Hits {
+    /// Counts a fork refused since the watch's last look, as when the command gave up on
+    /// it and exited before the watch woke, and kills the group as the watch would have.
+    pub fn check_refused_forks(&self) {
+        if !self.pids.load(Ordering::SeqCst)
+            && self.workload.refused_forks() > self.refused_before
+        {
+            self.pids.store(true, Ordering::SeqCst);
+            if let Err(error) = self.workload.kill_all() {
+                super::console(&format!("cannot kill the workload's cgroup: {error}"));
+            }
+        }
+    }
 }
 
 /// Mounts cgroup v2 at `root/sys/fs/cgroup` and creates the workload group with `pids`
@@ -138,7 +155,12 @@ impl Workload {
     pub fn watch(self: &Arc<Self>, done: Arc<AtomicBool>) -> Arc<Hits> {
         let refused_before = self.refused_forks();
         let limit_reached_before = self.memory_limit_reached();
-        let hits = Arc::new(Hits::default());
+        let hits = Arc::new(Hits {
+            pids: AtomicBool::new(false),
+            memory: AtomicBool::new(false),
+            workload: Arc::clone(self),
+            refused_before,
+        });
         let (workload, seen) = (Arc::clone(self), Arc::clone(&hits));
         std::thread::spawn(move || {
             let mut window = (Instant::now(), workload.memory_stall());

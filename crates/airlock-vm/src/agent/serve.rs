@@ -485,6 +485,9 @@ fn report_end(channel: u32, waited: Waited, port: &Port) {
         return;
     };
     done.store(true, Ordering::SeqCst);
+    if let Some(hits) = &hits {
+        hits.check_refused_forks();
+    }
     let hit = |flag: fn(&cgroup::Hits) -> &AtomicBool| {
         hits.as_ref()
             .is_some_and(|hits| flag(hits).load(Ordering::SeqCst))
