@@ -35,8 +35,9 @@ pub const PLAN_FD: RawFd = 3;
 pub const REPORT_FD: RawFd = 4;
 /// Read end of a pipe whose write end only the launcher holds.
 pub const LIVENESS_FD: RawFd = 5;
-/// The one byte of the message that carries the limit cgroups' `tasks` files, sent before
-/// the plan.
+/// The first byte of the message that carries the limit cgroups' `tasks` files, sent before
+/// the plan. The second byte is the number of the command's streams (0 or 3) that come
+/// before the `tasks` files among the message's descriptors.
 pub const CGROUPS_MESSAGE: u8 = b'c';
 
 /// The launcher's instructions to the init.
@@ -76,7 +77,8 @@ pub fn run() -> ! {
 }
 
 fn set_up() -> StepResult<Plan> {
-    let (joins, start) = receive_cgroups()?;
+    let (streams, joins, start) = receive_descriptors()?;
+    install_streams(streams)?;
     let plan: Plan = read_plan(start)?;
     join_cgroups(&joins)?;
     // SAFETY: the plan descriptor is this process's own, and nothing uses it afterwards.
@@ -93,19 +95,43 @@ fn set_up() -> StepResult<Plan> {
     Ok(plan)
 }
 
-/// Receives the `tasks` files of the sandbox's v1 limit cgroups, which come first on the
-/// plan socket, in a message of their own. Returns them with whatever bytes of the plan
-/// came in the same read.
-fn receive_cgroups() -> StepResult<(Vec<OwnedFd>, Vec<u8>)> {
-    let Some((mut bytes, joins)) = step(control::recv(PLAN_FD), "receive the cgroups")? else {
+/// Receives the command's streams, when the launcher passes them here rather than through
+/// systemd-nspawn, and the `tasks` files of the sandbox's v1 limit cgroups. They come first
+/// on the plan socket, in a message of their own. Returns them with whatever bytes of the
+/// plan came in the same read.
+fn receive_descriptors() -> StepResult<(Vec<OwnedFd>, Vec<OwnedFd>, Vec<u8>)> {
+    let received = step(control::recv(PLAN_FD), "receive the streams and cgroups")?;
+    let Some((bytes, mut joins)) = received else {
         exit_without_launcher()
     };
-    if bytes.first() != Some(&CGROUPS_MESSAGE) {
-        let error = io::Error::from_raw_os_error(libc::EPROTO);
-        return Err(("receive the cgroups", error));
+    let invalid = || {
+        (
+            "receive the streams and cgroups",
+            io::Error::from_raw_os_error(libc::EPROTO),
+        )
+    };
+    let streams = match bytes.as_slice() {
+        [CGROUPS_MESSAGE, count, ..] if matches!(*count, 0 | 3) => usize::from(*count),
+        _ => return Err(invalid()),
+    };
+    if joins.len() < streams {
+        return Err(invalid());
     }
-    bytes.remove(0);
-    Ok((joins, bytes))
+    let rest = joins.split_off(streams);
+    Ok((joins, rest, bytes[2..].to_vec()))
+}
+
+/// Installs the command's streams at descriptors 0, 1 and 2, in place of those that
+/// systemd-nspawn passed. systemd-nspawn keeps its copies of what it passes until it exits,
+/// so a stream that came through it would reach end of file only then.
+fn install_streams(streams: Vec<OwnedFd>) -> StepResult<()> {
+    for (target, stream) in streams.iter().enumerate() {
+        step(
+            sys::dup2(stream.as_raw_fd(), target as RawFd),
+            "install the command's streams",
+        )?;
+    }
+    Ok(())
 }
 
 /// Joins the limit cgroups by writing "0" to their `tasks` files, before the command

@@ -74,6 +74,8 @@ pub struct Container {
     pub restore_mask: RestoreMask,
     /// The write end of the init's liveness pipe: closing it ends the container.
     _liveness: OwnedFd,
+    /// The launcher, systemd-nspawn's parent, the one process that can reap it.
+    launcher: libc::pid_t,
 }
 
 /// Returns the machine name systemd-nspawn registers sandbox `id` under, which is also the
@@ -172,6 +174,15 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             fd
         }
     });
+    // Without a terminal, the command's streams go to the init over the plan socket.
+    // systemd-nspawn keeps the streams it gets until it exits, so it gets /dev/null, and the
+    // caller's stderr for its own messages. Otherwise the output would end only at its exit.
+    let pass_streams = !spec.tty && !hold;
+    let nspawn_stdio = if pass_streams {
+        [null.as_raw_fd(), null.as_raw_fd(), libc::STDERR_FILENO]
+    } else {
+        stdio
+    };
     // A socket rather than a pipe, because the first message carries descriptors.
     let (plan_read, plan_write) = control::socketpair().map_err(Error::Spawn)?;
     let (report_read, report_write) = sys::pipe().map_err(Error::Spawn)?;
@@ -192,9 +203,9 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
             binary: &airlock,
         },
         descriptors: [
-            stdio[0],
-            stdio[1],
-            stdio[2],
+            nspawn_stdio[0],
+            nspawn_stdio[1],
+            nspawn_stdio[2],
             plan_read.as_raw_fd(),
             report_write.as_raw_fd(),
             liveness_read.as_raw_fd(),
@@ -209,8 +220,10 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         Ok(pid) => pid,
         Err(source) => return Err(Error::Spawn(source)),
     };
-    drop((plan_read, report_write, liveness_read, null, child));
-    streams.child_ends.clear();
+    drop((plan_read, report_write, liveness_read, child));
+    if !pass_streams {
+        streams.child_ends.clear();
+    }
     let pidfd = sys::pidfd_of_child(pid).map_err(Error::Spawn)?;
     tracing::info!(sandbox = %id, backend = "nspawn", pid, hold, "sandbox created");
     stage_dir.keep();
@@ -237,6 +250,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         signals,
         restore_mask,
         _liveness: liveness_write,
+        launcher: sys::getpid(),
     };
     // These cgroups are created while systemd-nspawn starts the container.
     container.cgroups.create_v1_limits(spec)?;
@@ -247,9 +261,17 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         .map(|limits| Cgroup::view(&limits.describe()));
     // The init joins these cgroups before it starts the command or waits for `exec`.
     let joins = container.cgroups.limit_join_files()?;
-    let joins: Vec<RawFd> = joins.iter().map(AsRawFd::as_raw_fd).collect();
-    control::send(plan_write.as_raw_fd(), &[init::CGROUPS_MESSAGE], &joins)
-        .map_err(Error::SendPlan)?;
+    let passed: &[RawFd] = if pass_streams { &stdio } else { &[] };
+    let fds: Vec<RawFd> = passed
+        .iter()
+        .copied()
+        .chain(joins.iter().map(AsRawFd::as_raw_fd))
+        .collect();
+    let header = [init::CGROUPS_MESSAGE, passed.len() as u8];
+    control::send(plan_write.as_raw_fd(), &header, &fds).map_err(Error::SendPlan)?;
+    // The init has its own copies now, and the launcher's would keep the relays from ending.
+    drop(null);
+    container.streams.child_ends.clear();
     send_plan(&plan_write, &plan)?;
     drop(plan_write);
     container.wait_until_ready()?;
@@ -542,6 +564,9 @@ impl Container {
     }
 
     /// Waits up to `grace` for systemd-nspawn to exit and reaps it; returns whether it did.
+    /// A copy of the launcher, such as the process that tears the sandbox down after `run`
+    /// returned, cannot reap systemd-nspawn, because it is not its parent. There the pidfd
+    /// turning readable, which happens at the exit, counts as the end.
     fn nspawn_exits_within(&mut self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         while self.nspawn.reap().is_none() {
@@ -555,7 +580,10 @@ impl Container {
                 revents: 0,
             }];
             let millis = left.as_millis().clamp(1, 100) as libc::c_int;
-            let _ = sys::poll(&mut fds, millis);
+            let exited = matches!(sys::poll(&mut fds, millis), Ok(1..));
+            if exited && sys::getpid() != self.launcher {
+                self.nspawn.status = Some(0);
+            }
         }
         true
     }
@@ -563,7 +591,9 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        if self.nspawn.status.is_none() {
+        // After its final report the init exits by itself, and systemd-nspawn with it.
+        let ending = self.nspawn.finished && self.nspawn_exits_within(EXIT_GRACE);
+        if self.nspawn.status.is_none() && !ending {
             match self.leader.filter(ProcessRef::is_alive) {
                 // Killing the container's PID 1 ends the container, and systemd-nspawn then
                 // removes its own cgroups and directories before it exits.
@@ -799,8 +829,11 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         .is_none_or(|index| container.streams.pumps[index].ends_line());
 
     // systemd-nspawn removes its own directories and cgroups after the container's init
-    // exited, before the launcher removes the rest.
-    container.wait_for_nspawn();
+    // exited, before the rest is removed. Once the init has sent its final report, the
+    // teardown waits for that instead.
+    if !container.nspawn.finished {
+        container.wait_for_nspawn();
+    }
     let mut reports = std::mem::take(&mut container.early_reports);
     reports.append(&mut ended.reports);
     ended.reports = reports;
