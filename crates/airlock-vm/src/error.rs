@@ -96,10 +96,20 @@ pub enum Error {
     Protocol(#[source] airlock_protocol::FrameError),
     #[error("the guest's agent failed: {message}")]
     AgentFailed { message: String },
-    #[error("the vm backend needs a root filesystem directory: pass --rootfs DIR, such as a debootstrap tree (a disk image of the host's own /usr would take gigabytes)")]
-    HostViewRoot,
-    #[error("the vm backend cannot show the workspace with --workspace-mode {mode}, which would write to the project on the host from inside the guest: use overlay (the default) and `airlock apply`")]
-    WorkspaceUnsupported { mode: &'static str },
+    #[error("virtiofsd, which shares the host view and a bind workspace with the guest, is not installed (searched {searched}): install it (Debian 12: `apt-get install qemu-system-common`), or pass --rootfs DIR and --workspace-mode overlay")]
+    VirtiofsdMissing { searched: String },
+    #[error("cannot create {path:?} for a virtiofs share")]
+    ShareFiles {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start virtiofsd for the share {tag:?}")]
+    SpawnShare {
+        tag: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
     WeakerThanRequired { unmet: String },
     #[error("cannot prepare the workspace overlay's layers in {path:?}")]

@@ -11,7 +11,7 @@ use airlock_core::{
 };
 
 use crate::accel;
-use crate::agent::boot::{WorkspaceMount, LAYERS};
+use crate::agent::boot::{WorkspaceMount, LAYERS, ROOT_SHARE_TAG, WORKSPACE_SHARE_TAG};
 use crate::disk::{self, ProgressBar};
 use crate::error::Error;
 use crate::exec::{self, End};
@@ -20,6 +20,7 @@ use crate::initramfs;
 use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
+use crate::share::{Share, ShareSource};
 
 /// Guest memory on top of the memory limit, for the guest's kernel and the initramfs with
 /// the agent. The limit itself is the `memory.max` of the commands' cgroup in the guest.
@@ -34,17 +35,14 @@ pub struct Prepared {
     pub files: GuestFiles,
 }
 
-/// Checks the parts of the spec this backend cannot provide yet.
+/// Checks the parts of the spec this backend cannot provide.
 pub fn check_spec(spec: &Spec) -> Result<(), Error> {
-    if spec.rootfs == RootFs::HostView {
-        return Err(Error::HostViewRoot);
-    }
     workspace_mount(spec)?;
     Ok(())
 }
 
 /// Returns how the guest shows the workspace, `None` without one, or an error for a mode
-/// the guest cannot provide: `bind` would need the project shared with the guest.
+/// the guest cannot provide.
 pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
     if spec.workspace.is_none() {
         return Ok(None);
@@ -54,18 +52,13 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
         WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
         WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
         WorkspaceMode::None => Ok(None),
-        WorkspaceMode::Bind => Err(Error::WorkspaceUnsupported {
-            mode: spec.workspace_mode.name(),
-        }),
+        WorkspaceMode::Bind => Ok(Some(WorkspaceMount::Bind)),
     }
 }
 
 /// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
 /// accelerator, and lays out the guest's files.
 pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
-    let RootFs::Directory(root) = &spec.rootfs else {
-        return Err(Error::HostViewRoot);
-    };
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     let agent = Path::new("/proc/self/exe");
@@ -74,8 +67,15 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     if let Some(notice) = &choice.notice {
         eprintln!("airlock: {notice}");
     }
-    let mut progress = ProgressBar::new();
-    let base = disk::root_image(root, &cache, &mut |done| progress.update(done))?;
+    let root_disk = match &spec.rootfs {
+        RootFs::Directory(root) => {
+            let mut progress = ProgressBar::new();
+            Some(disk::root_image(root, &cache, &mut |done| {
+                progress.update(done)
+            })?)
+        }
+        RootFs::HostView => None,
+    };
     let files = GuestFiles::create(id)?;
     let workspace = match workspace_disk(spec, &files) {
         Ok(disk) => disk,
@@ -90,7 +90,8 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         memory_mib: (spec.limits.memory.value + GUEST_OVERHEAD).div_ceil(1 << 20),
         kernel: kernel.image,
         initramfs,
-        root_disk: base,
+        shares: shares(spec, &files, root_disk.is_none()),
+        root_disk,
         agent_socket: files.path("agent.sock"),
         console_log: files.path("console.log"),
         tmp_size: spec.limits.tmp_size,
@@ -105,12 +106,37 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     })
 }
 
-/// Builds the guest's copy of the project, with the way the guest shows it.
+/// Lists the directories the host shares with the guest: the host view as its root
+/// without a root disk, and the project for a bind workspace.
+fn shares(spec: &Spec, files: &GuestFiles, host_view: bool) -> Vec<Share> {
+    let mut shares = Vec::new();
+    if host_view {
+        shares.push(Share {
+            tag: ROOT_SHARE_TAG.to_owned(),
+            socket: files.path("root.sock"),
+            source: ShareSource::HostView,
+        });
+    }
+    if let (WorkspaceMode::Bind, Some(project)) = (spec.workspace_mode, &spec.workspace) {
+        shares.push(Share {
+            tag: WORKSPACE_SHARE_TAG.to_owned(),
+            socket: files.path("workspace.sock"),
+            source: ShareSource::Directory(project.clone()),
+        });
+    }
+    shares
+}
+
+/// Builds the guest's copy of the project, with the way the guest shows it; for a bind
+/// workspace, the project itself, which a share provides.
 fn workspace_disk(
     spec: &Spec,
     files: &GuestFiles,
 ) -> Result<Option<(PathBuf, WorkspaceMount)>, Error> {
     match (workspace_mount(spec)?, &spec.workspace) {
+        (Some(WorkspaceMount::Bind), Some(project)) => {
+            Ok(Some((project.clone(), WorkspaceMount::Bind)))
+        }
         (Some(mount), Some(project)) => {
             let image = files.path("workspace.ext4");
             disk::workspace_image(project, &image)?;

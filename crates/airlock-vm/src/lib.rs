@@ -8,6 +8,7 @@
 //! - [`disk`]: the root disk image, built once per root filesystem, and a copy-on-write
 //!   layer per sandbox;
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
+//! - [`share`]: the virtiofs daemons that share the host view and a bind workspace;
 //! - [`client`], [`exec`]: the host's side of the protocol ([`airlock_protocol`]);
 //! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
 //! - [`held`], [`proxy`], [`remote`]: persistent sandboxes, whose supervisor keeps QEMU and
@@ -36,6 +37,7 @@ pub mod modules;
 pub mod protections;
 pub mod proxy;
 pub mod remote;
+pub mod share;
 
 use std::path::Path;
 

@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
     WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL,
-    TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
+    ROOT_PARAMETER, ROOT_SHARE_TAG, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL,
+    WORKSPACE_PARAMETER,
 };
+use crate::share::Share;
 use crate::agent::AGENT_ARGUMENT;
 
 /// The accelerator QEMU runs the guest under.
@@ -41,16 +43,21 @@ pub struct Machine {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
-    /// The shared root disk image, attached read-only.
-    pub root_disk: PathBuf,
+    /// The shared root disk image, attached read-only, or `None` for the host view, which
+    /// the share tagged [`ROOT_SHARE_TAG`] provides.
+    pub root_disk: Option<PathBuf>,
     /// The unix socket of the agent's virtio-serial port; QEMU listens on it.
     pub agent_socket: PathBuf,
     /// The file the guest's serial console is written to.
     pub console_log: PathBuf,
     /// Size of the guest's /tmp in bytes.
     pub tmp_size: u64,
-    /// The image of the project, attached read-only, and how the guest shows it.
+    /// The image of the project, attached read-only, and how the guest shows it; for
+    /// [`WorkspaceMount::Bind`], the project itself, which a share provides.
     pub workspace: Option<(PathBuf, WorkspaceMount)>,
+    /// The host directories shared with the guest through virtiofs.
+    #[serde(default)]
+    pub shares: Vec<Share>,
     /// The process limit of the guest's commands.
     pub pids: u64,
     /// The memory limit of the guest's commands in bytes, or 0 for the guest's whole
@@ -87,6 +94,9 @@ impl Machine {
         if self.memory_limit > 0 {
             line.push_str(&format!(" {MEMORY_PARAMETER}={}", self.memory_limit));
         }
+        if self.root_disk.is_none() {
+            line.push_str(&format!(" {ROOT_PARAMETER}={ROOT_SHARE_TAG}"));
+        }
         if let Some((_, mount)) = &self.workspace {
             line.push_str(&format!(" {WORKSPACE_PARAMETER}={}", mount.name()));
         }
@@ -105,13 +115,27 @@ impl Machine {
             "-display",
             "none",
         ]);
-        push(&["-machine", "microvm,rtc=on", "-accel", self.accel.name()]);
         let cpu = match self.accel {
             Accel::Kvm => "host",
             Accel::Tcg => "max",
         };
         let cpus = self.cpus.to_string();
         let memory = format!("{}M", self.memory_mib);
+        if self.shares.is_empty() {
+            push(&["-machine", "microvm,rtc=on", "-accel", self.accel.name()]);
+        } else {
+            // A vhost-user device's daemon reads and writes the guest's memory itself, so
+            // the memory must be a file that QEMU can hand to it: a shared memfd.
+            let backend = format!(
+                "memory-backend-memfd,id={MEMORY_ID},size={memory},share=on"
+            );
+            let machine = format!("microvm,rtc=on,memory-backend={MEMORY_ID}");
+            push(&["-object", &backend, "-machine", &machine]);
+            push(&["-accel", self.accel.name()]);
+            // virtiofsd's libvhost-user serves virtio 1.0 devices only, and microvm's
+            // virtio-mmio transport offers legacy virtio unless told otherwise.
+            push(&["-global", "virtio-mmio.force-legacy=false"]);
+        }
         push(&["-cpu", cpu, "-smp", &cpus, "-m", &memory]);
         // No network device: the guest has only its own loopback.
         push(&["-nic", "none"]);
@@ -135,13 +159,20 @@ impl Machine {
         push(&["-device", "virtio-serial-device", "-chardev", &socket]);
         let port = format!("virtserialport,chardev=agent,name={PORT_NAME}");
         push(&["-device", &port]);
-        let drive = format!(
-            "file={},if=none,id=root,format=raw,readonly=on",
-            self.root_disk.display()
-        );
-        let device = format!("virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}");
-        push(&["-drive", &drive, "-device", &device]);
-        if let Some((image, _)) = &self.workspace {
+        if let Some(root_disk) = &self.root_disk {
+            let drive = format!(
+                "file={},if=none,id=root,format=raw,readonly=on",
+                root_disk.display()
+            );
+            let device = format!("virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}");
+            push(&["-drive", &drive, "-device", &device]);
+        }
+        for (index, share) in self.shares.iter().enumerate() {
+            let chardev = format!("socket,id=share{index},path={}", share.socket.display());
+            let device = format!("vhost-user-fs-device,chardev=share{index},tag={}", share.tag);
+            push(&["-chardev", &chardev, "-device", &device]);
+        }
+        if let Some((image, _)) = self.workspace_disk() {
             let drive = format!(
                 "file={},if=none,id=workspace,format=raw,readonly=on",
                 image.display()
@@ -152,7 +183,17 @@ impl Machine {
         }
         args
     }
+
+    /// Returns the workspace image with its mount, unless the guest shows the project
+    /// through a share.
+    fn workspace_disk(&self) -> Option<(&PathBuf, WorkspaceMount)> {
+        let (image, mount) = self.workspace.as_ref()?;
+        (*mount != WorkspaceMount::Bind).then_some((image, *mount))
+    }
 }
+
+/// The id of the shared memory backend of a guest with shares.
+const MEMORY_ID: &str = "guest-memory";
 
 #[cfg(test)]
 mod tests {
@@ -165,11 +206,12 @@ mod tests {
             memory_mib: 512,
             kernel: "/boot/vmlinuz-6.1.0-1-cloud-amd64".into(),
             initramfs: "/cache/initramfs-00.cpio".into(),
-            root_disk: "/cache/rootfs-00.ext4".into(),
+            root_disk: Some("/cache/rootfs-00.ext4".into()),
             agent_socket: "/run/x/agent.sock".into(),
             console_log: "/run/x/console.log".into(),
             tmp_size: 1 << 20,
             workspace: None,
+            shares: Vec::new(),
             pids: 64,
             memory_limit: 256 << 20,
         }

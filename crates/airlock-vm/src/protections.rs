@@ -1,7 +1,8 @@
 //! The protections of a vm sandbox for one spec, rule by rule.
 //!
 //! The guest has its own kernel, so its processes, network (no device at all, `-nic none`),
-//! IPC and users are its own, and its root is a read-only disk. Inside it, the command runs
+//! IPC and users are its own, and its root is a read-only disk, or the host view that a
+//! virtiofs daemon serves from read-only mounts ([`crate::share`]). Inside it, the command runs
 //! as the guest's root with every capability and no syscall filter: the machine boundary,
 //! QEMU, is what contains it.
 
@@ -18,15 +19,11 @@ const INNER_LAYER_RULE: &str = "inner layer: NAME sandbox around each command in
 /// Lists the protections of a vm sandbox for `spec`.
 pub fn assess(spec: &Spec) -> Enforcement {
     let mut enforcement = Enforcement::default();
-    let file_tree = match spec.rootfs {
-        RootFs::Directory(_) => Status::Enforced,
-        // NOTE: a disk image of the host's own /usr and /etc is not built yet.
-        RootFs::HostView => Status::Unsupported(
-            "the vm backend boots a root filesystem directory only: pass --rootfs DIR".into(),
-        ),
-    };
-    enforcement.push(rule::FILE_TREE, file_tree, true);
+    enforcement.push(rule::FILE_TREE, Status::Enforced, true);
     enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
+    if spec.rootfs == RootFs::HostView {
+        enforcement.push(rule::SECRETS_HIDDEN, Status::Enforced, true);
+    }
     let workspace = match crate::launch::workspace_mount(spec) {
         Ok(_) => Status::Enforced,
         Err(error) => Status::Unsupported(error.to_string()),
@@ -91,17 +88,26 @@ mod tests {
     use airlock_core::Limit;
 
     #[test]
-    fn host_view_and_bind_unmet() {
+    fn host_view_and_bind_enforced() {
         let mut spec = Spec::new(vec!["true".into()]);
         spec.limits.pids = Limit::requested(10);
         spec.workspace = Some("/srv/project".into());
         spec.workspace_mode = airlock_core::WorkspaceMode::Bind;
         let enforcement = assess(&spec);
-        let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
-        assert_eq!(unmet, [rule::FILE_TREE, rule::WORKSPACE]);
+        assert_eq!(enforcement.unmet().count(), 0);
+        let secrets = enforcement.get(rule::SECRETS_HIDDEN).unwrap();
+        assert_eq!(secrets.status, Status::Enforced);
         spec.rootfs = RootFs::Directory("/srv/tree".into());
-        spec.workspace_mode = airlock_core::WorkspaceMode::Overlay;
-        assert_eq!(assess(&spec).unmet().count(), 0);
+        assert!(assess(&spec).get(rule::SECRETS_HIDDEN).is_none());
+    }
+
+    #[test]
+    fn inner_overlay_unmet() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.workspace = Some("/srv/project".into());
+        spec.inner = Some(airlock_core::InnerBackend::Namespace);
+        let unmet: Vec<String> = assess(&spec).unmet().map(|p| p.rule.clone()).collect();
+        assert_eq!(unmet, [rule::WORKSPACE]);
     }
 
     #[test]
