@@ -28,6 +28,7 @@ use airlock_namespace::rootfs::{self, HOST_SYSTEM_ENTRIES};
 use airlock_namespace::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use serde::{Deserialize, Serialize};
 
+use crate::agent::boot::MOUNT_POINTS;
 use crate::error::Error;
 
 /// The argument that starts the Airlock binary in share mode.
@@ -276,7 +277,7 @@ fn enter_namespaces(is_root: bool) -> Result<(), ServeError> {
 }
 
 /// Step 2 for the host view: a tmpfs with the host's system directories bound read-only,
-/// its secrets hidden, then the tmpfs itself made read-only.
+/// its secrets hidden, and the guest's mount points, then the tmpfs made read-only.
 fn build_host_view(tree: &Path) -> Result<(), rootfs::Error> {
     use rootfs::Step;
     let flags = libc::MS_NOSUID | libc::MS_NODEV;
@@ -295,6 +296,10 @@ fn build_host_view(tree: &Path) -> Result<(), rootfs::Error> {
         }
     }
     rootfs::hide_secrets(tree)?;
+    for point in MOUNT_POINTS {
+        let path = tree.join(point);
+        std::fs::create_dir(&path).step(|| format!("create mount point {}", path.display()))?;
+    }
     let attributes = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     sys::mount_setattr(tree, attributes, true)
         .step(|| format!("make {} read-only", tree.display()))

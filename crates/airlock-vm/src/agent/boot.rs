@@ -40,10 +40,11 @@ const DEVICE_WAIT: Duration = Duration::from_secs(30);
 const DISK: &str = "/root";
 
 /// Empty directories that become mount points in the sandbox's root, since the root disk,
-/// mounted read-only, may lack them.
-const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "workspace"];
+/// mounted read-only, may lack them. The host view has them already.
+pub const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "workspace"];
 
-/// Mount point of the read-only union of the mount points and the root disk.
+/// Mount point of the sandbox's root: the read-only union of the mount points and the root
+/// disk, or the host view.
 const NEW_ROOT: &str = "/newroot";
 
 /// A step of the boot that failed, with the path or module it concerned.
@@ -302,6 +303,36 @@ pub fn find_root(config: &BootConfig) -> Result<RootSource, BootError> {
     find_disk(ROOT_DISK_SERIAL).map(RootSource::Disk)
 }
 
+/// Mounts the root disk read-only and covers it at [`NEW_ROOT`] with a read-only union
+/// that adds the mount points.
+fn mount_root_disk(disk: &Path) -> Result<(), BootError> {
+    let ro = libc::MS_RDONLY;
+    sys::mount(
+        Some(disk),
+        Path::new(DISK),
+        Some("ext4"),
+        ro,
+        Some("noload"),
+    )
+    .map_err(failed("cannot mount the root disk", disk.display()))?;
+    let points = Path::new("/mount-points");
+    std::fs::create_dir_all(points).map_err(failed("cannot create", points.display()))?;
+    for point in MOUNT_POINTS {
+        let path = points.join(point);
+        std::fs::create_dir_all(&path).map_err(failed("cannot create", path.display()))?;
+    }
+    // An overlay with two lower layers and no upper layer is read-only by construction.
+    let layers = format!("lowerdir={}:{DISK}", points.display());
+    sys::mount(
+        Some(Path::new("overlay")),
+        Path::new(NEW_ROOT),
+        Some("overlay"),
+        ro,
+        Some(&layers),
+    )
+    .map_err(failed("cannot mount the root overlay on", NEW_ROOT))
+}
+
 /// Mounts the virtiofs share `tag` on `target`, waiting for its device to appear: the
 /// kernel rejects an unknown tag with EINVAL until the device's probe has run.
 fn mount_share(tag: &str, target: &Path, flags: libc::c_ulong) -> Result<(), BootError> {
@@ -321,44 +352,22 @@ fn mount_share(tag: &str, target: &Path, flags: libc::c_ulong) -> Result<(), Boo
     }
 }
 
-/// Mounts the root read-only, covers it with a read-only union that adds the mount points,
-/// mounts the sandbox's file systems in it, and makes it the root.
+/// Mounts the root read-only at [`NEW_ROOT`], mounts the sandbox's file systems in it, and
+/// makes it the root.
 pub fn enter_root(root: &RootSource, config: &BootConfig) -> Result<(), BootError> {
-    let ro = libc::MS_RDONLY;
+    std::fs::create_dir_all(NEW_ROOT).map_err(failed("cannot create", NEW_ROOT))?;
     match root {
-        RootSource::Disk(disk) => sys::mount(
-            Some(disk),
-            Path::new(DISK),
-            Some("ext4"),
-            ro,
-            Some("noload"),
-        )
-        .map_err(failed("cannot mount the root disk", disk.display()))?,
-        // The host serves the view read-only whatever the guest asks; the flag only spares
-        // the guest's writes a round trip.
+        RootSource::Disk(disk) => mount_root_disk(disk)?,
+        // The host's tree has the mount points already. The host serves it read-only
+        // whatever the guest asks, so the flag only spares writes a round trip. No overlay
+        // covers it: overlayfs opens lower files with O_NOATIME, which an unprivileged
+        // caller's virtiofsd may not use on host files that another user owns.
         RootSource::HostView => mount_share(
             ROOT_SHARE_TAG,
-            Path::new(DISK),
-            ro | libc::MS_NODEV | libc::MS_NOSUID,
+            Path::new(NEW_ROOT),
+            libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
         )?,
     }
-    let points = Path::new("/mount-points");
-    std::fs::create_dir_all(points).map_err(failed("cannot create", points.display()))?;
-    for point in MOUNT_POINTS {
-        let path = points.join(point);
-        std::fs::create_dir_all(&path).map_err(failed("cannot create", path.display()))?;
-    }
-    std::fs::create_dir_all(NEW_ROOT).map_err(failed("cannot create", NEW_ROOT))?;
-    // An overlay with two lower layers and no upper layer is read-only by construction.
-    let layers = format!("lowerdir={}:{DISK}", points.display());
-    sys::mount(
-        Some(Path::new("overlay")),
-        Path::new(NEW_ROOT),
-        Some("overlay"),
-        ro,
-        Some(&layers),
-    )
-    .map_err(failed("cannot mount the root overlay on", NEW_ROOT))?;
     mount_sandbox_filesystems(Path::new(NEW_ROOT), config)?;
     crate::agent::cgroup::set_up(Path::new(NEW_ROOT), config.pids, config.memory).map_err(
         failed(
