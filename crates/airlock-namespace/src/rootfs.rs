@@ -261,7 +261,10 @@ pub fn hide_secrets(root: &Path) -> Result<()> {
     for file in SECRET_FILES {
         mask_with_null(&root.join(file))?;
     }
-    let ssh_keys = fs::read_dir(root.join("etc/ssh")).into_iter().flatten().flatten();
+    let ssh_keys = fs::read_dir(root.join("etc/ssh"))
+        .into_iter()
+        .flatten()
+        .flatten();
     for entry in ssh_keys {
         let name = entry.file_name();
         let name = name.to_string_lossy();

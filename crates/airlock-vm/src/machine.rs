@@ -10,12 +10,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
-    WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL,
-    ROOT_PARAMETER, ROOT_SHARE_TAG, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL,
-    WORKSPACE_PARAMETER,
+    WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL, ROOT_PARAMETER,
+    ROOT_SHARE_TAG, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
 };
-use crate::share::Share;
 use crate::agent::AGENT_ARGUMENT;
+use crate::share::Share;
 
 /// The accelerator QEMU runs the guest under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,9 +125,7 @@ impl Machine {
         } else {
             // A vhost-user device's daemon reads and writes the guest's memory itself, so
             // the memory must be a file that QEMU can hand to it: a shared memfd.
-            let backend = format!(
-                "memory-backend-memfd,id={MEMORY_ID},size={memory},share=on"
-            );
+            let backend = format!("memory-backend-memfd,id={MEMORY_ID},size={memory},share=on");
             let machine = format!("microvm,rtc=on,memory-backend={MEMORY_ID}");
             push(&["-object", &backend, "-machine", &machine]);
             push(&["-accel", self.accel.name()]);
@@ -169,7 +166,10 @@ impl Machine {
         }
         for (index, share) in self.shares.iter().enumerate() {
             let chardev = format!("socket,id=share{index},path={}", share.socket.display());
-            let device = format!("vhost-user-fs-device,chardev=share{index},tag={}", share.tag);
+            let device = format!(
+                "vhost-user-fs-device,chardev=share{index},tag={}",
+                share.tag
+            );
             push(&["-chardev", &chardev, "-device", &device]);
         }
         if let Some((image, _)) = self.workspace_disk() {

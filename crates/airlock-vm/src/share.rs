@@ -176,10 +176,7 @@ pub fn start(share: &Share, virtiofsd: &Path) -> Result<Daemon, Error> {
 
 /// Returns the arguments of share mode for `share`.
 fn share_arguments(share: &Share, virtiofsd: &Path) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        virtiofsd.into(),
-        share.tree().into(),
-    ];
+    let mut args: Vec<OsString> = vec![virtiofsd.into(), share.tree().into()];
     match &share.source {
         ShareSource::HostView => args.push("host-view".into()),
         ShareSource::Directory(directory) => {
@@ -301,8 +298,7 @@ fn build_host_view(tree: &Path) -> Result<(), rootfs::Error> {
         std::fs::create_dir(&path).step(|| format!("create mount point {}", path.display()))?;
     }
     let attributes = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-    sys::mount_setattr(tree, attributes, true)
-        .step(|| format!("make {} read-only", tree.display()))
+    sys::mount_setattr(tree, attributes, true).step(|| format!("make {} read-only", tree.display()))
 }
 
 /// Step 2 for a writable directory: a bind of it, without setuid files or devices.
