@@ -84,11 +84,13 @@ pub enum Error {
     GuestDirectory(#[source] io::Error),
     #[error("cannot start QEMU")]
     SpawnQemu(#[source] io::Error),
-    #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}")]
+    #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}{shares}")]
     GuestStopped {
         reason: String,
         console: String,
         qemu: String,
+        /// The share daemons' last messages, after "; ", or empty.
+        shares: String,
     },
     #[error("the guest's agent speaks protocol version {version}, not {}: the initramfs cache holds an agent from another Airlock; remove the cache directory", airlock_protocol::PROTOCOL_VERSION)]
     AgentVersion { version: u32 },

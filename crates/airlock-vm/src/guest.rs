@@ -226,7 +226,25 @@ fn stopped(qemu: &mut Child, machine: &Machine, directory: &Path, reason: String
         qemu: tail(&qemu_log, 3, |line| {
             !line.contains("QEMU waiting for connection")
         }),
+        shares: share_messages(machine),
     }
+}
+
+/// Returns the last messages of each share's daemon that are not about its connection,
+/// as "; virtiofsd of TAG: ...", or nothing when they have none.
+fn share_messages(machine: &Machine) -> String {
+    let routine = ["virtio_session_mount", "virtio_loop", "vhost socket"];
+    let mut messages = String::new();
+    for share in &machine.shares {
+        let log = std::fs::read(share.log()).unwrap_or_default();
+        let last = tail(&String::from_utf8_lossy(&log), 2, |line| {
+            !routine.iter().any(|prefix| line.starts_with(prefix))
+        });
+        if !last.is_empty() {
+            messages.push_str(&format!("; virtiofsd of {}: {last:?}", share.tag));
+        }
+    }
+    messages
 }
 
 /// Returns the line of a kernel panic with the line before it, which names the cause, or

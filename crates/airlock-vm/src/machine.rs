@@ -129,8 +129,8 @@ impl Machine {
             let machine = format!("microvm,rtc=on,memory-backend={MEMORY_ID}");
             push(&["-object", &backend, "-machine", &machine]);
             push(&["-accel", self.accel.name()]);
-            // virtiofsd's libvhost-user serves virtio 1.0 devices only, and microvm's
-            // virtio-mmio transport offers legacy virtio unless told otherwise.
+            // virtiofsd's libvhost-user serves virtio 1.0 devices only, and QEMU 7.2's
+            // virtio-mmio transport offers legacy virtio unless `force-legacy` is off.
             push(&["-global", "virtio-mmio.force-legacy=false"]);
         }
         push(&["-cpu", cpu, "-smp", &cpus, "-m", &memory]);
@@ -245,6 +245,36 @@ mod tests {
         );
         assert!(line.contains("serial=airlock-root"), "{line}");
         assert!(line.contains("name=airlock.agent"), "{line}");
+    }
+
+    #[test]
+    fn shares_get_shared_memory_and_devices() {
+        let mut shared = machine(Accel::Tcg);
+        shared.root_disk = None;
+        shared.workspace = Some(("/srv/project".into(), WorkspaceMount::Bind));
+        shared.shares = vec![Share {
+            tag: ROOT_SHARE_TAG.into(),
+            socket: "/run/x/root.sock".into(),
+            source: crate::share::ShareSource::HostView,
+        }];
+        let line = joined(&shared);
+        assert!(
+            line.contains("memory-backend-memfd,id=guest-memory,size=512M,share=on"),
+            "{line}"
+        );
+        assert!(line.contains("memory-backend=guest-memory"), "{line}");
+        assert!(line.contains("virtio-mmio.force-legacy=false"), "{line}");
+        assert!(
+            line.contains("vhost-user-fs-device,chardev=share0,tag=airlock-root"),
+            "{line}"
+        );
+        assert!(!line.contains("-drive"), "{line}");
+        let cmdline = shared.kernel_command_line();
+        assert!(cmdline.contains("airlock.root=airlock-root"), "{cmdline}");
+        assert!(cmdline.contains("airlock.workspace=bind"), "{cmdline}");
+        let plain = joined(&machine(Accel::Tcg));
+        assert!(!plain.contains("memory-backend"), "{plain}");
+        assert!(!plain.contains("force-legacy"), "{plain}");
     }
 
     #[test]

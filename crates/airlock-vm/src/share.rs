@@ -9,10 +9,10 @@
 //!    as read-only bind mounts with the host's secrets hidden, or a bind of the project;
 //! 3. execs virtiofsd on that tree, with the listening socket that Airlock created.
 //!
-//! The daemon runs on behalf of an untrusted guest kernel, so the host view's read-only
-//! rule holds in the daemon's mounts, where no request of the guest can change it; the C
-//! virtiofsd has no read-only option of its own. The daemon also pivots into the tree, so
-//! no host path outside it is reachable.
+//! The daemon serves an untrusted guest kernel, so the host view is read-only in the
+//! daemon's mounts, which no request of the guest can change. The C virtiofsd has no
+//! read-only option of its own. The daemon also pivots into the tree, so no host path
+//! outside it is reachable.
 
 use std::convert::Infallible;
 use std::ffi::OsString;
@@ -55,7 +55,7 @@ pub struct Share {
     pub source: ShareSource,
 }
 
-/// What a share shows.
+/// The tree a share shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShareSource {
@@ -112,19 +112,7 @@ impl Drop for Daemon {
 /// Starts the daemon of `share`: creates its socket and tree directory, then starts the
 /// Airlock binary in share mode, which dies with the calling thread.
 pub fn start(share: &Share, virtiofsd: &Path) -> Result<Daemon, Error> {
-    let tree = share.tree();
-    std::fs::create_dir(&tree).map_err(|source| Error::ShareFiles {
-        path: tree.clone(),
-        source,
-    })?;
-    let listener = UnixListener::bind(&share.socket).map_err(|source| Error::ShareFiles {
-        path: share.socket.clone(),
-        source,
-    })?;
-    let log = File::create(share.log()).map_err(|source| Error::ShareFiles {
-        path: share.log(),
-        source,
-    })?;
+    let (listener, log) = create_files(share)?;
     let stderr = log.try_clone().map_err(|source| Error::ShareFiles {
         path: share.log(),
         source,
@@ -139,32 +127,10 @@ pub fn start(share: &Share, virtiofsd: &Path) -> Result<Daemon, Error> {
         // Its own group, like QEMU's, so a Ctrl-C reaches Airlock, which ends the guest.
         .process_group(0);
     let listener_fd = listener.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
-    // calls on integers and a local signal set: the kernel kills the daemon if this thread
-    // ends first, the listening socket moves to the descriptor the daemon expects, without
-    // close-on-exec, and no signal stays blocked.
+    // SAFETY: the closure runs between fork and exec, and `prepare_daemon` makes only
+    // async-signal-safe calls on integers and a local signal set.
     unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            let moved = if listener_fd == LISTENER_FD {
-                libc::fcntl(LISTENER_FD, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(listener_fd, LISTENER_FD)
-            };
-            if moved == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // A supervisor blocks its stop signals, and virtiofsd's child process ends on
-            // the SIGTERM its parent's death sends.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(move || prepare_daemon(listener_fd));
     }
     let child = command.spawn().map_err(|source| Error::SpawnShare {
         tag: share.tag.clone(),
@@ -172,6 +138,50 @@ pub fn start(share: &Share, virtiofsd: &Path) -> Result<Daemon, Error> {
     })?;
     tracing::info!(pid = child.id(), tag = %share.tag, "virtiofsd started");
     Ok(Daemon { child })
+}
+
+/// Creates the share's tree directory, its listening socket and its log file.
+fn create_files(share: &Share) -> Result<(UnixListener, File), Error> {
+    let tree = share.tree();
+    std::fs::create_dir(&tree).map_err(|source| Error::ShareFiles { path: tree, source })?;
+    let listener = UnixListener::bind(&share.socket).map_err(|source| Error::ShareFiles {
+        path: share.socket.clone(),
+        source,
+    })?;
+    let log = File::create(share.log()).map_err(|source| Error::ShareFiles {
+        path: share.log(),
+        source,
+    })?;
+    Ok((listener, log))
+}
+
+/// Prepares the forked daemon before its exec: the kernel kills it if the spawning thread
+/// ends first, the listening socket moves to [`LISTENER_FD`] without close-on-exec, and no
+/// signal stays blocked. It runs between fork and exec, so it makes only async-signal-safe
+/// calls.
+fn prepare_daemon(listener_fd: libc::c_int) -> io::Result<()> {
+    let check = |result: libc::c_int| match result {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    };
+    // SAFETY: prctl, fcntl and dup2 take integers only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })?;
+    check(unsafe {
+        if listener_fd == LISTENER_FD {
+            libc::fcntl(LISTENER_FD, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(listener_fd, LISTENER_FD)
+        }
+    })?;
+    // A supervisor blocks its stop signals, and virtiofsd's child process ends on the
+    // SIGTERM that its parent's death sends.
+    // SAFETY: sigset_t is plain data, valid when zeroed, and sigemptyset and sigprocmask
+    // get pointers to that local set, or null for the old mask, which is not wanted.
+    check(unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut())
+    })
 }
 
 /// Returns the arguments of share mode for `share`.

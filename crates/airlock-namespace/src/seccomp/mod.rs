@@ -286,10 +286,10 @@ pub fn build_setid_guard() -> Program {
     asm.finish()
 }
 
-/// Builds the filter under which setgroups(2) returns success and changes nothing, for a
-/// daemon that drops its supplementary groups but runs in a user namespace that an
-/// unprivileged caller created: such a namespace forbids setgroups, so the daemon would
-/// exit. The groups it keeps are its caller's own.
+/// Builds the filter under which setgroups(2) returns success and changes nothing. It
+/// serves a daemon that drops its supplementary groups in a user namespace created by an
+/// unprivileged caller, where setgroups is forbidden and the daemon would exit. The groups
+/// it keeps are its caller's own.
 ///
 /// ```text
 /// arch != x86-64 or nr has the x32 bit  -> kill

@@ -510,6 +510,18 @@ mod tests {
     }
 
     #[test]
+    fn shares_read_from_cmdline() {
+        let config =
+            BootConfig::from_cmdline("airlock.root=airlock-root airlock.workspace=bind -- x");
+        assert!(config.root_share);
+        assert_eq!(config.workspace, Some(WorkspaceMount::Bind));
+        assert!(config.uses_share());
+        let disk = BootConfig::from_cmdline("airlock.workspace=overlay -- x");
+        assert!(!disk.root_share);
+        assert!(!disk.uses_share());
+    }
+
+    #[test]
     fn memory_limit_read_from_cmdline() {
         let config = BootConfig::from_cmdline("airlock.memory=134217728 -- __vm-agent");
         assert_eq!(config.memory, Some(128 << 20));
