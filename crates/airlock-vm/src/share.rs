@@ -164,8 +164,9 @@ fn prepare_daemon(listener_fd: libc::c_int) -> io::Result<()> {
         -1 => Err(io::Error::last_os_error()),
         _ => Ok(()),
     };
-    // SAFETY: prctl, fcntl and dup2 take integers only.
+    // SAFETY: prctl takes integers only.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) })?;
+    // SAFETY: fcntl and dup2 take integers only.
     check(unsafe {
         if listener_fd == LISTENER_FD {
             libc::fcntl(LISTENER_FD, libc::F_SETFD, 0)
