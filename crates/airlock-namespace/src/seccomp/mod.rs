@@ -163,10 +163,7 @@ fn mode_label(argument: u32) -> &'static str {
 /// checks.
 pub fn build() -> Program {
     let mut asm = Assembler::default();
-    asm.load(OFFSET_ARCH)
-        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
-        .load(OFFSET_NR)
-        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next);
+    native_calls_only(&mut asm);
     for (_, syscalls) in DENIED {
         for &nr in *syscalls {
             asm.jump(Test::Equal, nr as u32, To::Label("eperm"), To::Next);
@@ -241,16 +238,12 @@ pub fn build() -> Program {
 /// io_uring is denied outright.
 pub fn build_setid_guard() -> Program {
     let mut asm = Assembler::default();
-    asm.load(OFFSET_ARCH)
-        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
-        .load(OFFSET_NR)
-        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next)
-        .jump(
-            Test::Equal,
-            libc::SYS_openat2 as u32,
-            To::Label("enosys"),
-            To::Next,
-        );
+    native_calls_only(&mut asm).jump(
+        Test::Equal,
+        libc::SYS_openat2 as u32,
+        To::Label("enosys"),
+        To::Next,
+    );
     for nr in [
         libc::SYS_io_uring_setup,
         libc::SYS_io_uring_enter,
@@ -298,10 +291,7 @@ pub fn build_setid_guard() -> Program {
 /// ```
 pub fn build_setgroups_no_op() -> Program {
     let mut asm = Assembler::default();
-    asm.load(OFFSET_ARCH)
-        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
-        .load(OFFSET_NR)
-        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next)
+    native_calls_only(&mut asm)
         .jump(
             Test::Equal,
             libc::SYS_setgroups as u32,
@@ -314,6 +304,15 @@ pub fn build_setgroups_no_op() -> Program {
         .label("kill")
         .ret(RET_KILL_PROCESS);
     asm.finish()
+}
+
+/// Emits the start of every filter: a jump to the label `kill` for a foreign architecture
+/// or an x32 call, then the load of the call's number.
+fn native_calls_only(asm: &mut Assembler) -> &mut Assembler {
+    asm.load(OFFSET_ARCH)
+        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
+        .load(OFFSET_NR)
+        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next)
 }
 
 /// Installs `program` on the calling thread. no_new_privs must already be set.
