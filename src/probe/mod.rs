@@ -62,8 +62,6 @@ pub enum ProbeError {
         image: String,
         backend: &'static str,
     },
-    #[error("the vm backend runs its probes in a root filesystem tree of its own: pass --rootfs DIR, such as a debootstrap tree")]
-    RootfsMissing,
     #[error("--rootfs does not apply to the docker backend, whose probes run in the --image; drop --rootfs")]
     RootfsWithDocker,
     #[error("cannot hold back SIGINT, SIGTERM and SIGHUP while the probes run")]
@@ -92,7 +90,6 @@ pub struct Sources<'a> {
     /// The image of the docker backend's sandbox.
     pub image: Option<&'a str>,
     /// The root filesystem tree of the other backends' sandboxes; the host view without it.
-    /// The vm backend needs one.
     pub rootfs: Option<&'a Path>,
 }
 
@@ -173,13 +170,6 @@ fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
                     .into(),
             })
         }
-        // The vm backend builds its root disk from a directory and has no host view.
-        Ok(()) if kind == BackendKind::Vm && sources.rootfs.is_none() => {
-            Plan::NotProbed(Unavailable {
-                reason: "the vm backend runs only a --rootfs tree, and none was given".into(),
-                fix: "pass --rootfs DIR, a root filesystem tree such as a debootstrap tree".into(),
-            })
-        }
         Ok(()) => Plan::Probe,
     }
 }
@@ -189,7 +179,6 @@ fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
 fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), ProbeError> {
     match (kind, sources.rootfs) {
         (BackendKind::Docker, Some(_)) => return Err(ProbeError::RootfsWithDocker),
-        (BackendKind::Vm, None) => return Err(ProbeError::RootfsMissing),
         _ => {}
     }
     match (kind, sources.image) {

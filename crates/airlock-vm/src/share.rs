@@ -277,7 +277,7 @@ fn enter_namespaces(is_root: bool) -> Result<(), ServeError> {
         write("/proc/self/setgroups", "deny".to_owned())?;
         write("/proc/self/gid_map", format!("0 {gid} 1\n"))?;
     }
-    // The ids changed in the kernel's view, which may reset the parent-death signal.
+    // Set again in case the move to the new user namespace reset it.
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .map_err(ServeError::Namespaces)?;
     let flags = libc::MS_REC | libc::MS_PRIVATE;
@@ -312,13 +312,13 @@ fn build_host_view(tree: &Path) -> Result<(), rootfs::Error> {
     sys::mount_setattr(tree, attributes, true).step(|| format!("make {} read-only", tree.display()))
 }
 
-/// Step 2 for a writable directory: a bind of it, without setuid files or devices.
+/// Step 2 for a writable directory: a bind of it without the mounts below it, as the
+/// namespace backend binds a workspace, and without setuid files or devices.
 fn bind_directory(directory: &Path, tree: &Path) -> Result<(), rootfs::Error> {
     use rootfs::Step;
-    let flags = libc::MS_BIND | libc::MS_REC;
-    sys::mount(Some(directory), tree, None, flags, None)
+    sys::mount(Some(directory), tree, None, libc::MS_BIND, None)
         .step(|| format!("bind {} to {}", directory.display(), tree.display()))?;
-    sys::mount_setattr(tree, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, true)
+    sys::mount_setattr(tree, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, false)
         .step(|| format!("restrict mount flags of {}", tree.display()))
 }
 
