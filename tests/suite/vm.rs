@@ -859,13 +859,21 @@ fn vm_inner_namespace_confines_command() {
 #[test]
 fn vm_inner_overlay_and_non_machine_rejected() {
     let scene = Scene::new();
-    let output = scene.run(&["--inner", "namespace"], &["true"]);
-    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
-    assert!(
-        stderr(&output).contains("pass --workspace-mode readonly or none"),
-        "{}",
-        describe(&output)
-    );
+    for mode in ["overlay", "bind"] {
+        let extra = ["--inner", "namespace", "--workspace-mode", mode];
+        let output = scene.run(&extra, &["true"]);
+        assert_eq!(
+            output.status.code(),
+            Some(125),
+            "{mode}: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("pass --workspace-mode readonly or none"),
+            "{mode}: {}",
+            describe(&output)
+        );
+    }
     let output = run(
         ROOT,
         &["run", "--inner", "namespace", "--", "true"],

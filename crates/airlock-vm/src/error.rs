@@ -134,6 +134,8 @@ pub enum Error {
     Copy { path: PathBuf, message: String },
     #[error("--inner namespace cannot show the workspace as a copy-on-write overlay: its overlay takes the upper layer from a detached mount, which the guest's Debian 6.1 kernel rejects (\"overlayfs: failed to clone upperpath\"); pass --workspace-mode readonly or none, or drop --inner")]
     InnerOverlay,
+    #[error("--inner namespace cannot show the workspace with --workspace-mode bind: the inner layer gives a root-owned workspace to its own root as an idmapped mount, and the guest's virtiofs share of the project has none (FUSE in Debian's 6.1 kernel); pass --workspace-mode readonly or none, or drop --inner")]
+    InnerBind,
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
     #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]

@@ -3,8 +3,7 @@
 //! seccomp, Landlock and dropped capabilities around the command, and the machine boundary
 //! stays around all of it.
 //!
-//! The inner layer shows the project read-only, bound (the guest's virtiofs share of it),
-//! or not at all. Its copy-on-write overlay
+//! The inner layer shows the project read-only or not at all. Its copy-on-write overlay
 //! takes its upper layer from a detached mount, which the host's Linux 6.18 accepts but the
 //! guest's Debian 6.1 cloud kernel rejects ("overlayfs: failed to clone upperpath"), so
 //! `--workspace-mode overlay` with an inner layer is rejected.
@@ -30,9 +29,9 @@ pub fn wrap(spec: &Spec, command: Vec<String>) -> Vec<String> {
         format_bytes(spec.limits.tmp_size),
     ]);
     match (&spec.workspace, spec.workspace_mode) {
-        (Some(_), mode @ (WorkspaceMode::Readonly | WorkspaceMode::Bind)) => {
+        (Some(_), WorkspaceMode::Readonly) => {
             argv.extend(["--workspace".into(), SANDBOX_WORKSPACE.into()]);
-            argv.extend(["--workspace-mode".into(), mode.name().into()]);
+            argv.extend(["--workspace-mode".into(), "readonly".into()]);
         }
         _ => argv.extend(["--workspace-mode".into(), "none".into()]),
     }

@@ -52,6 +52,7 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
         WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
         WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
         WorkspaceMode::None => Ok(None),
+        WorkspaceMode::Bind if spec.inner.is_some() => Err(Error::InnerBind),
         WorkspaceMode::Bind => Ok(Some(WorkspaceMount::Bind)),
     }
 }

@@ -85,14 +85,14 @@ pub fn vcpus(cpus: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_core::Limit;
+    use airlock_core::{Limit, WorkspaceMode};
 
     #[test]
     fn host_view_and_bind_enforced() {
         let mut spec = Spec::new(vec!["true".into()]);
         spec.limits.pids = Limit::requested(10);
         spec.workspace = Some("/srv/project".into());
-        spec.workspace_mode = airlock_core::WorkspaceMode::Bind;
+        spec.workspace_mode = WorkspaceMode::Bind;
         let enforcement = assess(&spec);
         assert_eq!(enforcement.unmet().count(), 0);
         let secrets = enforcement.get(rule::SECRETS_HIDDEN).unwrap();
@@ -102,12 +102,17 @@ mod tests {
     }
 
     #[test]
-    fn inner_overlay_unmet() {
+    fn inner_overlay_and_bind_unmet() {
         let mut spec = Spec::new(vec!["true".into()]);
         spec.workspace = Some("/srv/project".into());
         spec.inner = Some(airlock_core::InnerBackend::Namespace);
-        let unmet: Vec<String> = assess(&spec).unmet().map(|p| p.rule.clone()).collect();
-        assert_eq!(unmet, [rule::WORKSPACE]);
+        for mode in [WorkspaceMode::Overlay, WorkspaceMode::Bind] {
+            spec.workspace_mode = mode;
+            let unmet: Vec<String> = assess(&spec).unmet().map(|p| p.rule.clone()).collect();
+            assert_eq!(unmet, [rule::WORKSPACE], "{mode:?}");
+        }
+        spec.workspace_mode = WorkspaceMode::Readonly;
+        assert_eq!(assess(&spec).unmet().count(), 0);
     }
 
     #[test]
