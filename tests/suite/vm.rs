@@ -819,6 +819,58 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
 }
 
 #[test]
+fn vm_created_sandbox_keeps_share_daemons() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    fs::write(project.join("f.txt"), "hello\n").expect("write f.txt");
+    let environment = scene.environment();
+    let wrapper: Vec<&str> = environment.iter().map(String::as_str).collect();
+    let airlock = |args: &[&str]| {
+        let mut spawned = spawn_airlock(ROOT, &wrapper, args, project, Stdio::piped());
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        output
+    };
+    let created = airlock(&["create", "--backend", "vm", "--workspace-mode", "bind"]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+    // The guest's directory, and so every process of this sandbox, is named after its id.
+    let guest = format!("airlock-vm-{}", &id[..12]);
+
+    let script = "cat f.txt; echo changed > f.txt; python3 -c 'print(3)'";
+    let first = airlock(&["exec", &id, "--", "sh", "-c", script]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    assert_eq!(stdout(&first), "hello\n3\n");
+    assert_eq!(
+        fs::read_to_string(project.join("f.txt")).unwrap(),
+        "changed\n"
+    );
+    let daemons = processes_mentioning(&guest)
+        .into_iter()
+        .filter(|(_, line)| line.contains("virtiofsd"))
+        .count();
+    assert!(daemons >= 2, "no virtiofsd for each share between execs");
+    let second = airlock(&["exec", &id, "--", "cat", "f.txt"]);
+    assert_eq!(stdout(&second), "changed\n", "{}", describe(&second));
+
+    let stopped = airlock(&["stop", &id]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&guest).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left after stop: {:?}",
+            processes_mentioning(&guest)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let removed = airlock(&["rm", &id]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    scene.assert_nothing_left();
+}
+
+#[test]
 fn vm_fork_bomb_stopped_at_pids_limit() {
     let scene = Scene::new();
     let bomb = "i=0; while [ $i -lt 500 ]; do sleep 100 & i=$((i+1)); done; echo all started";
