@@ -24,6 +24,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use airlock_host::qemu::VIRTIOFSD_PATHS;
 use airlock_namespace::rootfs::{self, HOST_SYSTEM_ENTRIES};
 use airlock_namespace::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use serde::{Deserialize, Serialize};
@@ -36,14 +37,6 @@ pub const SHARE_ARGUMENT: &str = "__vm-share";
 
 /// The descriptor number of the listening socket that the daemon inherits.
 const LISTENER_FD: libc::c_int = 3;
-
-/// Places where distributions install QEMU's C virtiofsd: Debian and Ubuntu, then Fedora
-/// and Arch.
-const VIRTIOFSD_PATHS: [&str; 3] = [
-    "/usr/lib/qemu/virtiofsd",
-    "/usr/libexec/virtiofsd",
-    "/usr/lib/virtiofsd",
-];
 
 /// One directory that the host shares with the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,13 +73,9 @@ impl Share {
 
 /// Returns the path of virtiofsd, or the error that names the package to install.
 pub fn find_virtiofsd() -> Result<PathBuf, Error> {
-    VIRTIOFSD_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|path| path.is_file())
-        .ok_or(Error::VirtiofsdMissing {
-            searched: VIRTIOFSD_PATHS.join(", "),
-        })
+    airlock_host::qemu::find_virtiofsd().ok_or(Error::VirtiofsdMissing {
+        searched: VIRTIOFSD_PATHS.join(", "),
+    })
 }
 
 /// A running virtiofsd. Dropping it kills and reaps the daemon.
