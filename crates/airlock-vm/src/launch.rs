@@ -35,9 +35,12 @@ pub struct Prepared {
     pub files: GuestFiles,
 }
 
-/// Checks the parts of the spec this backend cannot provide.
+/// Checks the parts of the spec this backend cannot provide, here or at all.
 pub fn check_spec(spec: &Spec) -> Result<(), Error> {
-    workspace_mount(spec)?;
+    let mount = workspace_mount(spec)?;
+    if spec.rootfs == RootFs::HostView || mount == Some(WorkspaceMount::Bind) {
+        crate::share::find_virtiofsd()?;
+    }
     Ok(())
 }
 
