@@ -175,11 +175,10 @@ fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
 }
 
 /// Checks that `kind`, the one backend requested, gets an image exactly when it runs one,
-/// a root filesystem tree where it needs one, and can run here.
+/// no root filesystem tree when it runs an image, and can run here.
 fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), ProbeError> {
-    match (kind, sources.rootfs) {
-        (BackendKind::Docker, Some(_)) => return Err(ProbeError::RootfsWithDocker),
-        _ => {}
+    if kind == BackendKind::Docker && sources.rootfs.is_some() {
+        return Err(ProbeError::RootfsWithDocker);
     }
     match (kind, sources.image) {
         (BackendKind::Docker, None) => return Err(ProbeError::ImageMissing),
