@@ -4,12 +4,14 @@
 #   airlock vm        wall time of `airlock run --backend vm --rootfs TREE
 #                     --workspace-mode none -- true`, from start to exit
 #   bare qemu         wall time of QEMU started by hand with the same kernel, initramfs,
-#                     root disk and arguments, from start until the agent prints "ready" on
-#                     the console (the agent then waits for a host that never connects)
-#
-# The airlock row includes what the bare row does not: running `true` in the guest and
-# ending QEMU.
+#                     root disk and arguments, and driven by this script through the
+#                     agent's socket: wait for the agent's ready message, run `true` in the
+#                     guest, and kill and reap QEMU once `true` has exited
 #   idle memory       QEMU's resident memory (VmRSS) while the guest runs `sleep`
+#
+# Both rows reach the same point, so their difference is what Airlock adds: the front end,
+# the cache lookups, the walk of the root tree for its cache key, and its side of the
+# protocol.
 #
 # Every figure is printed with the accelerator it ran under (kvm or tcg), from Airlock's
 # cached verdict.
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift 2 ;;
     --rootfs) rootfs=$2; shift 2 ;;
     --binary) binary=$2; shift 2 ;;
-    *) sed -n '15,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '19,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
     esac
 done
 
@@ -77,35 +79,72 @@ fi
 # Airlock's defaults: /tmp of 512 MiB, 1024 processes, 2 GiB for the commands, and 128 MiB
 # more for the guest's kernel.
 append="$append airlock.tmp_size=536870912 airlock.pids=1024 airlock.memory=2147483648 -- __vm-agent"
-# Timed by python3, which polls the console without starting a process per check: on 2
-# cores, a grep per 10 ms took CPU from the emulated guest and slowed its boot.
+# Timed by python3, which speaks the agent's protocol (airlock-protocol): frames of a
+# 9-byte header (payload length as u32, kind as u8, channel as u32, little endian), kind 1
+# carrying one JSON message.
 bare_boot() {
     python3 - "$accel" "$cpu" "$kernel" "$initramfs" "$append" "$image" \
         "$work/console-$1.log" "$work/agent-$1.sock" <<'PYTHON'
-import os, subprocess, sys, time
-accel, cpu, kernel, initramfs, append, image, console, socket = sys.argv[1:]
+import json, socket as sockets, struct, subprocess, sys, time
+accel, cpu, kernel, initramfs, append, image, console, path = sys.argv[1:]
 args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-no-reboot",
         "-display", "none", "-machine", "microvm,rtc=on", "-accel", accel, "-cpu", cpu,
         "-smp", "1", "-m", "2176M", "-nic", "none", "-serial", f"file:{console}",
         "-kernel", kernel, "-initrd", initramfs, "-append", append,
         "-device", "virtio-serial-device",
-        "-chardev", f"socket,id=agent,path={socket},server=on,wait=off",
+        "-chardev", f"socket,id=agent,path={path},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=airlock.agent",
         "-drive", f"file={image},if=none,id=root,format=raw,readonly=on",
         "-device", "virtio-blk-device,drive=root,serial=airlock-root"]
+
+def read_exact(connection, size):
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            sys.exit("the agent closed the connection")
+        data += chunk
+    return data
+
+def next_message(connection):
+    """Returns the next JSON message, skipping output and other frames."""
+    while True:
+        length, kind, channel = struct.unpack("<IBI", read_exact(connection, 9))
+        payload = read_exact(connection, length)
+        if kind == 1:
+            return channel, json.loads(payload)
+
+def send_message(connection, channel, message):
+    payload = json.dumps(message).encode()
+    connection.sendall(struct.pack("<IBI", len(payload), 1, channel) + payload)
+
 start = time.monotonic()
 qemu = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     while True:
         try:
-            with open(console, "rb") as log:
-                if b"airlock agent: ready" in log.read():
-                    break
-        except FileNotFoundError:
-            pass
+            connection = sockets.socket(sockets.AF_UNIX)
+            connection.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            connection.close()
         if qemu.poll() is not None or time.monotonic() - start > 120:
-            sys.exit("the bare guest did not get ready")
+            sys.exit("QEMU did not open the agent's socket")
         time.sleep(0.005)
+    connection.settimeout(120)
+    while next_message(connection)[1].get("type") != "ready":
+        pass
+    send_message(connection, 1, {"type": "exec", "argv": ["true"],
+                                 "env": [["PATH", "/usr/bin:/bin"]], "cwd": "/",
+                                 "tty": None, "uid": 0, "gid": 0})
+    while True:
+        channel, message = next_message(connection)
+        if channel == 1 and message.get("type") in ("exited", "exec_failed"):
+            break
+    if message.get("type") != "exited" or message.get("code") != 0:
+        sys.exit(f"true did not succeed in the bare guest: {message}")
+    qemu.kill()
+    qemu.wait()
     print(round((time.monotonic() - start) * 1000))
 finally:
     qemu.kill()
@@ -140,6 +179,6 @@ wait "$runner"
 echo "accelerator: $accel ($(nproc) CPUs, $(uname -r), $(qemu-system-x86_64 --version | head -1))"
 printf 'airlock vm   (start to exit of true), median of %s: %s ms [%s]\n' "$runs" \
     "$(printf '%s\n' "${airlock_times[@]}" | median)" "${airlock_times[*]}"
-printf 'bare qemu    (start to agent ready), median of %s: %s ms [%s]\n' "$runs" \
+printf 'bare qemu    (start to exit of true), median of %s: %s ms [%s]\n' "$runs" \
     "$(printf '%s\n' "${bare_times[@]}" | median)" "${bare_times[*]}"
 echo "idle memory  (QEMU VmRSS, guest of 2 GiB + 128 MiB, $accel): ${rss_kib:-unknown} KiB"

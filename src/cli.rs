@@ -86,8 +86,8 @@ pub enum Command {
     /// the probes ran, whatever they found; 125 on invalid input or when no sandbox could be
     /// created.
     Probe(ProbeArgs),
-    /// Manage the images of the container engine that the docker backend runs: import a
-    /// root filesystem, pull from a registry, list, remove.
+    /// Manage the images of the container engine that the docker and vm backends run:
+    /// import a root filesystem, pull from a registry, list, remove.
     ///
     /// The engine is the one at $DOCKER_HOST (a unix socket), else Docker's or Podman's
     /// default socket.
@@ -148,8 +148,9 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
 
-    /// Image the docker backend runs, a local image of its engine such as debian:bookworm
-    /// (`airlock image import` or `airlock image pull` adds one); needs --backend docker.
+    /// Image the sandbox runs, a local image of a Docker-compatible engine such as
+    /// debian:bookworm (`airlock image import` or `airlock image pull` adds one); needs
+    /// --backend docker, or vm, which builds its guest's root disk from the image.
     #[arg(long, value_name = "NAME", value_parser = spec::parse_image)]
     pub image: Option<String>,
 
@@ -411,7 +412,8 @@ pub struct ProbeArgs {
 
     /// Image the docker backend's probes run in, a local image of its engine such as
     /// debian:bookworm; the probes copy Airlock in, so the image needs no tools of its own.
-    /// Without it, the docker backend is not probed.
+    /// The vm backend's probes run in it too when --rootfs is not given. Without it, the
+    /// docker backend is not probed.
     #[arg(long, value_name = "NAME", value_parser = spec::parse_image)]
     pub image: Option<String>,
 

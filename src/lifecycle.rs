@@ -72,7 +72,7 @@ pub enum LifecycleError {
     WorkspaceOverlapsState { workspace: PathBuf, state: PathBuf },
     #[error("no command given: pass one after `--`, for example `airlock exec {id} -- ls`")]
     NoCommand { id: String },
-    #[error("--image needs --backend docker: the {backend} backend runs the host's files or a --rootfs directory, not an image")]
+    #[error("--image needs --backend docker or vm: the {backend} backend runs the host's files or a --rootfs directory, not an image")]
     ImageNeedsDocker { backend: &'static str },
     #[error("--inner runs a backend inside a machine, which the {backend} backend is not: use --backend vm, or drop --inner")]
     InnerWithoutMachine { backend: &'static str },
@@ -607,10 +607,14 @@ impl Engine {
         record: &mut Record,
         by: &str,
     ) -> Result<(), BackendError> {
+        // A ready sandbox without a runtime was stopped, and the stop cleaned up after it. A
+        // second clean-up would have no runtime to say where the sandbox ran, such as the
+        // engine socket of a docker sandbox.
+        let cleaned_up = record.phase == Phase::Ready && record.runtime.is_none();
         record.phase = Phase::Removing;
         sandbox.write_record(record)?;
         let runtime = record.runtime.take();
-        if let Some(id) = id_of(record) {
+        if let Some(id) = id_of(record).filter(|_| !cleaned_up) {
             backend_of(record)?.clean_up(&id, runtime.as_ref());
         }
         crate::changes::recover(sandbox)?;
@@ -882,9 +886,10 @@ impl Engine {
     }
 }
 
-/// Rejects an image for every backend but docker, the one that runs images.
+/// Rejects an image for every backend but those that take one: docker, which runs it, and
+/// vm, which builds its guest's root disk from it.
 fn check_image(kind: BackendKind, spec: &Spec) -> Result<(), LifecycleError> {
-    if spec.image.is_some() && kind != BackendKind::Docker {
+    if spec.image.is_some() && !matches!(kind, BackendKind::Docker | BackendKind::Vm) {
         return Err(LifecycleError::ImageNeedsDocker {
             backend: kind.name(),
         });

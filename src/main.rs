@@ -22,7 +22,7 @@ use airlock_core::audit;
 use airlock_core::exit::AIRLOCK_FAILED;
 use airlock_core::{
     Action, BackendError, BackendKind, BackendRequest, EndReason, ExecCommand, ExecFailure,
-    Finished, Spec,
+    Finished, RootFs, Spec,
 };
 use airlock_namespace::error_chain;
 use clap::{CommandFactory, FromArgMatches};
@@ -388,8 +388,9 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         Action::Run { backend, spec } => {
             let selected = select_backend(backend, &spec)?;
             warn_about(selected.kind, &spec);
+            let advice = install_advice(&spec);
             let result = engine.run(&selected, spec, json)?;
-            let code = report(&result.finished, json, EndReason::message);
+            let code = report(&result.finished, json, EndReason::message, &advice);
             if let Some(id) = result.kept {
                 eprintln!(
                     "airlock: the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"
@@ -411,7 +412,8 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         }
         Action::Exec { sandbox, command } => {
             let finished = engine.exec(&sandbox, command, json)?;
-            Ok(report(&finished, json, EndReason::exec_message))
+            let advice = "install it in the sandbox's root file system";
+            Ok(report(&finished, json, EndReason::exec_message, advice))
         }
         Action::List => {
             let listed = engine.list()?;
@@ -866,9 +868,23 @@ fn print_apply(id: &str, report: &airlock_workspace::ApplyReport) {
     );
 }
 
+/// Returns where a command missing from the sandbox of `spec` should be installed.
+fn install_advice(spec: &Spec) -> String {
+    match (&spec.image, &spec.rootfs) {
+        (Some(image), _) => format!("install it in the image {image}"),
+        (None, RootFs::Directory(root)) => format!("install it in the root tree {root:?}"),
+        (None, RootFs::HostView) => "install it under /usr or /opt on the host".to_owned(),
+    }
+}
+
 /// Prints what the caller should know after the command's own output; returns the exit
-/// status.
-fn report(finished: &Finished, json: bool, describe: fn(EndReason) -> Option<&'static str>) -> u8 {
+/// status. `advice` tells how to provide a command that was not found.
+fn report(
+    finished: &Finished,
+    json: bool,
+    describe: fn(EndReason) -> Option<&'static str>,
+    advice: &str,
+) -> u8 {
     let outcome = &finished.outcome;
     let mut stderr = std::io::stderr().lock();
     let mut line_open = !finished.stderr_ends_line;
@@ -879,11 +895,11 @@ fn report(finished: &Finished, json: bool, describe: fn(EndReason) -> Option<&'s
     };
     match &outcome.exec_failure {
         Some(ExecFailure::NotFound { command }) => say(format!(
-            "command not found in the sandbox: {command:?}; check the name, or install it under /usr or /opt on the host"
+            "command not found in the sandbox: {command:?}; check the name, or {advice}"
         )),
-        Some(ExecFailure::NotExecutable { command, error }) => {
-            say(format!("cannot execute {command:?} in the sandbox: {error}"))
-        }
+        Some(ExecFailure::NotExecutable { command, error }) => say(format!(
+            "cannot execute {command:?} in the sandbox: {error}"
+        )),
         None => {}
     }
     if let Some(message) = describe(outcome.reason) {

@@ -69,10 +69,10 @@ pub fn select(request: BackendRequest, spec: &Spec) -> Result<Selected, Selectio
     let mut candidates = candidates(spec);
     if spec.image.is_some() {
         for (candidate, kind) in candidates.iter_mut().zip(BackendKind::ALL) {
-            if kind != BackendKind::Docker {
+            if !matches!(kind, BackendKind::Docker | BackendKind::Vm) {
                 candidate.availability = Err(Unavailable {
                     reason: "it runs no image, and the spec names one".into(),
-                    fix: "drop --image, or use --backend docker".into(),
+                    fix: "drop --image, or use --backend docker or vm".into(),
                 });
             }
         }

@@ -21,11 +21,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::host::{token, ProbeLimits};
-use super::interrupt::{Interrupted, Interrupts};
 use super::staging::Staging;
 use super::Sources;
 use crate::lifecycle::Engine;
 use crate::selection::Selected;
+use airlock_namespace::interrupt::{Interrupted, Interrupts};
 
 /// How long one probe may run before its backend kills it.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,9 +11,9 @@
 //!    the probe's report, and removes the canary;
 //! 3. removes the sandbox, then judges the probes that look for what outlived it.
 //!
-//! SIGINT, SIGTERM and SIGHUP are held back while this runs ([`interrupt`]) and checked
-//! between steps, so an interrupted run unwinds through the same guards that remove every
-//! sandbox, canary and temporary file.
+//! SIGINT, SIGTERM and SIGHUP are held back while this runs
+//! ([`airlock_namespace::interrupt`]) and checked between steps, so an interrupted run
+//! unwinds through the same guards that remove every sandbox, canary and temporary file.
 //!
 //! NOTE: SIGKILL cannot be held back. A killed run leaves its staging directory and canary
 //! files behind. Its canary processes die with it, and its sandbox removes itself when its
@@ -22,7 +22,6 @@
 mod executor;
 mod host;
 pub mod inside;
-mod interrupt;
 pub mod matrix;
 mod probes;
 mod staging;
@@ -35,14 +34,14 @@ use airlock_core::{BackendKind, ProbeTargets, Unavailable};
 use airlock_namespace::{error_chain, sys};
 
 use crate::lifecycle::{self, Engine};
+use airlock_namespace::interrupt::Interrupts;
 use executor::{Executor, SandboxExecutor, UnconfinedExecutor};
 use host::{Host, LIMITS};
-use interrupt::Interrupts;
 use matrix::{Cell, Column, ColumnState, Matrix};
 use probes::{Armed, Finding, Probe, CATALOG};
 use staging::Staging;
 
-pub use interrupt::Interrupted;
+pub use airlock_namespace::interrupt::Interrupted;
 pub use probes::PRIVILEGES_HELPER;
 
 /// The column of the control group, which runs the probes on the host itself.
@@ -57,7 +56,7 @@ pub enum ProbeError {
     },
     #[error("the docker backend runs its probes in an image: pass --image NAME, a local image of its engine such as debian:bookworm (`airlock image ls` lists them, `airlock image import` or `airlock image pull` adds one)")]
     ImageMissing,
-    #[error("--image {image:?} needs the docker backend: the {backend} backend runs no image; drop --image, or probe --backend docker")]
+    #[error("--image {image:?} needs the docker or vm backend: the {backend} backend runs no image; drop --image, or probe --backend docker or vm")]
     ImageNeedsDocker {
         image: String,
         backend: &'static str,
@@ -87,7 +86,7 @@ impl From<Interrupted> for ProbeError {
 /// The sources of the probes' sandboxes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sources<'a> {
-    /// The image of the docker backend's sandbox.
+    /// The image of the docker backend's sandbox, and of the vm backend's without `rootfs`.
     pub image: Option<&'a str>,
     /// The root filesystem tree of the other backends' sandboxes; the host view without it.
     pub rootfs: Option<&'a Path>,
@@ -174,7 +173,7 @@ fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
     }
 }
 
-/// Checks that `kind`, the one backend requested, gets an image exactly when it runs one,
+/// Checks that `kind`, the one backend requested, gets an image only where it runs one,
 /// no root filesystem tree when it runs an image, and can run here.
 fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), ProbeError> {
     if kind == BackendKind::Docker && sources.rootfs.is_some() {
@@ -182,7 +181,8 @@ fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), Prob
     }
     match (kind, sources.image) {
         (BackendKind::Docker, None) => return Err(ProbeError::ImageMissing),
-        (_, Some(image)) if kind != BackendKind::Docker => {
+        (BackendKind::Docker | BackendKind::Vm, _) => {}
+        (_, Some(image)) => {
             return Err(ProbeError::ImageNeedsDocker {
                 image: image.to_owned(),
                 backend: kind.name(),
@@ -198,6 +198,27 @@ fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), Prob
         })
 }
 
+/// Returns the sources that `kind` takes: the docker backend the image, the vm backend the
+/// tree or else the image, the others the tree or the host view.
+fn sources_of(kind: BackendKind, sources: Sources<'_>) -> Sources<'_> {
+    let takes_image = match kind {
+        BackendKind::Docker => true,
+        BackendKind::Vm => sources.rootfs.is_none(),
+        _ => false,
+    };
+    if takes_image {
+        Sources {
+            rootfs: None,
+            ..sources
+        }
+    } else {
+        Sources {
+            image: None,
+            ..sources
+        }
+    }
+}
+
 /// Probes one backend: stages, creates the sandbox, runs every probe, removes it all.
 fn probe_backend(
     engine: &Engine,
@@ -209,18 +230,7 @@ fn probe_backend(
     let is_root = sys::geteuid() == 0;
     let staging = Staging::create(is_root).map_err(ProbeError::Staging)?;
     interrupts.check()?;
-    // Each backend takes what it runs: the docker backend an image, the others a tree.
-    let sources = if kind == BackendKind::Docker {
-        Sources {
-            rootfs: None,
-            ..sources
-        }
-    } else {
-        Sources {
-            image: None,
-            ..sources
-        }
-    };
+    let sources = sources_of(kind, sources);
     let mut sandbox = match SandboxExecutor::start(engine, kind, sources, &staging, &LIMITS) {
         Ok(sandbox) => sandbox,
         Err(error) => {
@@ -329,4 +339,36 @@ fn kernel_release() -> String {
     // SAFETY: uname NUL-terminates each field within its array.
     let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
     release.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_probes_rootfs_else_image() {
+        let tree = Path::new("/srv/tree");
+        let both = Sources {
+            image: Some("debian:bookworm"),
+            rootfs: Some(tree),
+        };
+        let vm = sources_of(BackendKind::Vm, both);
+        assert_eq!((vm.image, vm.rootfs), (None, Some(tree)));
+        let docker = sources_of(BackendKind::Docker, both);
+        assert_eq!(
+            (docker.image, docker.rootfs),
+            (Some("debian:bookworm"), None)
+        );
+        let namespace = sources_of(BackendKind::Namespace, both);
+        assert_eq!((namespace.image, namespace.rootfs), (None, Some(tree)));
+
+        let image_only = Sources {
+            image: Some("debian:bookworm"),
+            rootfs: None,
+        };
+        let vm = sources_of(BackendKind::Vm, image_only);
+        assert_eq!((vm.image, vm.rootfs), (Some("debian:bookworm"), None));
+        let chroot = sources_of(BackendKind::Chroot, image_only);
+        assert_eq!((chroot.image, chroot.rootfs), (None, None));
+    }
 }

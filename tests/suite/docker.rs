@@ -355,6 +355,12 @@ fn docker_exit_statuses_match_other_backends() {
             json_record(&missing)["exec_failure"]["not_found"]["command"],
             "no-such-command"
         );
+        assert!(
+            stderr(&missing).contains(&format!("install it in the image {image}")),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
         let not_executable = run("/etc/hostname");
         assert_eq!(
             not_executable.status.code(),
@@ -903,10 +909,31 @@ fn docker_stop_start_keep_workspace() {
             describe(&output)
         );
 
-        let removed = session.airlock(&["rm", "--force", &id], workspace.path());
+        let stop = session.airlock(&["stop", &id], workspace.path());
+        assert_eq!(
+            stop.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&stop)
+        );
+        // The stop removed the container, so removing the sandbox needs no engine, whatever
+        // DOCKER_HOST names now.
+        let removed = session
+            .command(&["rm", &id], workspace.path())
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock");
         assert_eq!(
             removed.status.code(),
             Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&removed)
+        );
+        assert!(
+            !stderr(&removed).contains("cannot reach the engine"),
             "{}: {}",
             engine.name,
             describe(&removed)
@@ -927,6 +954,7 @@ fn docker_stop_start_keep_workspace() {
             "started",
             "exec_started",
             "exec",
+            "stopped",
             "removed",
         ];
         assert_eq!(events, expected, "{}: {audit}", engine.name);
@@ -1128,6 +1156,25 @@ fn docker_errors_name_the_fix() {
     let message = stderr(&missing);
     assert!(
         message.contains("airlock-test/missing:1") && message.contains("airlock image pull"),
+        "{message}"
+    );
+
+    // Uppercase passes the character check but not the reference grammar, which the
+    // engine would report as a bare status 400.
+    let uppercase = [
+        "run",
+        "--backend",
+        "docker",
+        "--image",
+        "UPPER/Bad",
+        "--",
+        "true",
+    ];
+    let invalid = session.airlock(&uppercase, workspace.path());
+    assert_eq!(invalid.status.code(), Some(125), "{}", describe(&invalid));
+    let message = stderr(&invalid);
+    assert!(
+        message.contains("invalid image \"UPPER/Bad\"") && message.contains("lowercase"),
         "{message}"
     );
 

@@ -76,7 +76,30 @@ fn missing_command_exits_127() {
             "{caller:?}: {message:?}"
         );
         assert!(message.contains(&name), "{caller:?}: {message:?}");
+        assert!(
+            message.contains("install it under /usr or /opt on the host"),
+            "{caller:?}: {message:?}"
+        );
     }
+}
+
+#[test]
+fn missing_command_advice_names_root_tree() {
+    let workspace = Workspace::new(Caller::Root);
+    let root = workspace.path().join("root");
+    fs::create_dir_all(root.join("usr/bin")).expect("create root tree");
+    let root_arg = root.to_str().expect("UTF-8 path");
+    let output = run(
+        Caller::Root,
+        &["run", "--rootfs", root_arg, "--", "no-such-command"],
+        workspace.path(),
+    );
+    assert_eq!(output.status.code(), Some(127), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!("install it in the root tree {root:?}")),
+        "{message:?}"
+    );
 }
 
 #[test]
@@ -203,9 +226,14 @@ fn stdin_reaches_command() {
 }
 
 /// Runs `sh -c SCRIPT` in a sandbox as `caller`, waits until the script has created the file
-/// `{ready}` in the workspace, sends `signal` to the airlock process, and returns its exit
-/// status.
-fn signal_running_command(caller: Caller, script_template: &str, signal: libc::c_int) -> i32 {
+/// `{ready}` in the workspace and, if `started` names a program, until a process of the
+/// sandbox runs it; then sends `signal` to the airlock process and returns its exit status.
+fn signal_running_command(
+    caller: Caller,
+    script_template: &str,
+    started: Option<&str>,
+    signal: libc::c_int,
+) -> i32 {
     let workspace = Workspace::new(caller);
     let ready = format!("ready.{}", unique_token());
     let script = script_template.replace("{ready}", &ready);
@@ -230,6 +258,18 @@ fn signal_running_command(caller: Caller, script_template: &str, signal: libc::c
     let pid = spawned.child.id() as libc::pid_t;
     let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("read exe link");
     assert_eq!(exe, binary(), "{caller:?}: pid {pid} is not airlock");
+    if let Some(program) = started {
+        // A shell's forked child runs the shell's SIGINT handler until it executes the
+        // program, so a signal in that window is lost to it, outside a sandbox as well.
+        while !descendant_runs(pid, program) {
+            if Instant::now() >= deadline {
+                let _ = spawned.child.kill();
+                let _ = spawned.child.wait();
+                panic!("{caller:?}: no process of the sandbox ever ran {program}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
     // SAFETY: kill has no memory-safety preconditions, and `pid` is our own child.
     let sent = unsafe { libc::kill(pid, signal) };
     assert_eq!(sent, 0, "kill airlock");
@@ -240,11 +280,55 @@ fn signal_running_command(caller: Caller, script_template: &str, signal: libc::c
     )
 }
 
+/// Returns whether a descendant of `ancestor` runs `program`, by its name in /proc.
+fn descendant_runs(ancestor: libc::pid_t, program: &str) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    let mut parents = std::collections::HashMap::new();
+    let mut running = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The name is in parentheses and may contain spaces; the parent pid is the second
+        // field after it.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let parent: libc::pid_t = match stat[close + 1..].split_whitespace().nth(1) {
+            Some(field) => field.parse().unwrap_or(0),
+            None => continue,
+        };
+        parents.insert(pid, parent);
+        if name == program {
+            running.push(pid);
+        }
+    }
+    running.into_iter().any(|mut pid: libc::pid_t| {
+        while let Some(&parent) = parents.get(&pid) {
+            if parent == ancestor {
+                return true;
+            }
+            pid = parent;
+        }
+        false
+    })
+}
+
 #[test]
 fn sigterm_reaches_command() {
     for caller in CALLERS {
         let script = "trap 'exit 7' TERM; touch {ready}; while :; do sleep 0.1; done";
-        let status = signal_running_command(caller, script, libc::SIGTERM);
+        let status = signal_running_command(caller, script, None, libc::SIGTERM);
         assert_eq!(status, 7, "{caller:?}: airlock exited {status}");
     }
 }
@@ -254,7 +338,7 @@ fn sigint_reaches_shell_children() {
     for caller in CALLERS {
         // The shell waits for sleep, so only a signal to the whole group ends it early.
         let script = "touch {ready}; sleep 30; echo not-reached";
-        let status = signal_running_command(caller, script, libc::SIGINT);
+        let status = signal_running_command(caller, script, Some("sleep"), libc::SIGINT);
         assert_eq!(status, 130, "{caller:?}: the shell's child outlived SIGINT");
     }
 }

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    binary, describe, json_record, run, state_dir, stderr, stdout, Caller, Workspace,
+    binary, describe, json_record, run, shell_quote, state_dir, stderr, stdout, Caller, Workspace,
 };
 
 const ROOT: Caller = Caller::Root;
@@ -735,6 +735,51 @@ fn nspawn_terminal_interrupt_reaches_command() {
     let mut message = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut message).unwrap();
     assert_eq!(code, 130, "{message}");
+}
+
+#[test]
+fn nspawn_tty_output_is_only_the_commands() {
+    if !nspawn_installed() {
+        return;
+    }
+    let Some(rootfs) = debootstrap_rootfs() else {
+        return;
+    };
+    let workspace = Workspace::new(ROOT);
+    let command = [
+        binary().to_str().expect("UTF-8 path").to_owned(),
+        "--state-dir".to_owned(),
+        state_dir(ROOT).to_str().expect("UTF-8 path").to_owned(),
+        "run".to_owned(),
+        "--backend".to_owned(),
+        "nspawn".to_owned(),
+        "--rootfs".to_owned(),
+        rootfs.to_str().expect("UTF-8 path").to_owned(),
+        "-t".to_owned(),
+        "--".to_owned(),
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo from-the-command; exit 3".to_owned(),
+    ]
+    .map(|word| shell_quote(&word))
+    .join(" ");
+    // script(1) gives airlock a terminal. Its input stays open until airlock exits: at end of
+    // input, script(1) would write an end-of-file character to the terminal, which the
+    // command's terminal would echo.
+    let mut script = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .current_dir(workspace.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let input = script.stdin.take();
+    let output = script.wait_with_output().expect("wait for script");
+    drop(input);
+    let text = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    assert_eq!(text, "from-the-command\n", "{}", describe(&output));
 }
 
 #[test]

@@ -349,7 +349,7 @@ fn docker_column_needs_an_image() {
         describe(&elsewhere)
     );
     assert!(
-        stderr(&elsewhere).contains("needs the docker backend"),
+        stderr(&elsewhere).contains("needs the docker or vm backend"),
         "{}",
         describe(&elsewhere)
     );
@@ -611,23 +611,36 @@ fn vm_rootfs() -> PathBuf {
 fn vm_column_shows_every_probe_contained() {
     let rootfs = vm_rootfs();
     let rootfs = rootfs.to_str().expect("rootfs path");
-    assert_vm_column_contained(&["probe", "--backend", "vm", "--rootfs", rootfs, "--json"]);
+    assert_vm_column_contained(&[], &["--rootfs", rootfs]);
 }
 
+/// Without --rootfs or --image, the vm backend's probes boot the host view.
 #[test]
 fn vm_host_view_column_contained() {
-    assert_vm_column_contained(&["probe", "--backend", "vm", "--json"]);
+    assert_vm_column_contained(&[], &[]);
 }
 
-/// Runs the probes of `args` in a vm sandbox as root and checks that each was contained.
-fn assert_vm_column_contained(args: &[&str]) {
+/// Without --rootfs, the vm backend's probes boot the --image, from the engine the docker
+/// backend uses.
+#[test]
+fn vm_column_probed_in_image() {
+    let engine = engines().into_iter().next().expect("an engine");
+    let image = image();
+    assert_vm_column_contained(&[&docker_host(&engine)], &["--image", &image]);
+}
+
+/// Probes the vm backend with the root filesystem that `source` names and the variables
+/// `environment`, and checks that every probe is contained.
+fn assert_vm_column_contained(environment: &[&str], source: &[&str]) {
     let _one = ONE_RUN_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     // The vm backend needs root.
     let caller = Caller::Root;
     let tmp = PrivateTmp::new(caller);
-    let output = run_probe(caller, &tmp, args);
+    let mut args = vec!["probe", "--backend", "vm", "--json"];
+    args.extend_from_slice(source);
+    let output = run_probe_with(caller, &tmp, environment, &args);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let matrix = matrix(&output);
     let column = column(&matrix, "vm");

@@ -98,12 +98,19 @@ impl Scene {
     /// Runs `airlock run --backend vm EXTRA... -- ARGV`, on the host view unless EXTRA
     /// names a root, and checks that it left no QEMU, virtiofsd or guest files.
     fn run_host_view(&self, extra: &[&str], argv: &[&str]) -> Output {
+        self.run_with_env(&[], extra, argv)
+    }
+
+    /// Runs `airlock run --backend vm EXTRA... -- ARGV` with the variables `env` (each
+    /// `NAME=VALUE`) as [`Scene::run_host_view`] does.
+    fn run_with_env(&self, env: &[&str], extra: &[&str], argv: &[&str]) -> Output {
         let mut args = vec!["run", "--backend", "vm"];
         args.extend_from_slice(extra);
         args.push("--");
         args.extend_from_slice(argv);
         let environment = self.environment();
-        let wrapper: Vec<&str> = environment.iter().map(String::as_str).collect();
+        let mut wrapper: Vec<&str> = environment.iter().map(String::as_str).collect();
+        wrapper.extend_from_slice(env);
         let mut spawned = spawn_airlock(
             self.caller,
             &wrapper,
@@ -1003,4 +1010,301 @@ fn vm_policy_check_reports_host_view_and_bind() {
             .unwrap_or_else(|| panic!("no {rule} row in {report}"));
         assert!(line.ends_with("enforced"), "{rule}: {report}");
     }
+}
+
+/// A private cache directory and the first engine that scripts/test started, for the
+/// tests of `--image`: each build of the image's disk is then this test's own.
+struct ImageScene {
+    scene: Scene,
+    cache: tempfile::TempDir,
+    engine: super::docker::Engine,
+}
+
+impl ImageScene {
+    fn new() -> ImageScene {
+        ImageScene {
+            scene: Scene::new(),
+            cache: tempfile::Builder::new()
+                .prefix("airlock-vm-cache-")
+                .tempdir()
+                .expect("tempdir"),
+            engine: super::docker::engines().remove(0),
+        }
+    }
+
+    /// Returns the variables that point Airlock at this scene's engine and cache.
+    fn env(&self) -> [String; 2] {
+        [
+            format!("DOCKER_HOST={}", self.engine.host),
+            format!("AIRLOCK_CACHE_DIR={}", self.cache.path().display()),
+        ]
+    }
+
+    /// Runs `airlock run --backend vm --image IMAGE -- ARGV`.
+    fn run(&self, image: &str, argv: &[&str]) -> Output {
+        let env = self.env();
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        self.scene.run_with_env(&env, &["--image", image], argv)
+    }
+
+    /// Runs `airlock ARGS` with this scene's engine, cache and TMPDIR.
+    fn airlock(&self, args: &[&str]) -> Output {
+        let env = self.env();
+        let tmp = format!("TMPDIR={}", self.scene.tmp.path().display());
+        let mut prefix = vec!["env", tmp.as_str()];
+        prefix.extend(env.iter().map(String::as_str));
+        let project = self.scene.workspace.path();
+        let mut spawned = spawn_airlock(ROOT, &prefix, args, project, Stdio::piped());
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        output
+    }
+
+    /// Lists the cache's entries whose names start with `prefix`, each with its inode
+    /// number, which changes when a build replaces the file.
+    fn cached(&self, prefix: &str) -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = fs::read_dir(self.cache.path().join("vm")) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(String, u64)> = entries
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+            .map(|entry| {
+                let inode = entry.metadata().expect("stat cache entry").ino();
+                (entry.file_name().to_string_lossy().into_owned(), inode)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Returns the ids of the engine's containers that an image export created.
+    fn export_containers(&self) -> Vec<String> {
+        let socket = self.engine.host.trim_start_matches("unix://");
+        let output = std::process::Command::new("curl")
+            .args(["--silent", "--fail", "--unix-socket", socket])
+            .arg("http://engine/containers/json?all=true&filters=%7B%22label%22%3A%5B%22airlock.export-pid%22%5D%7D")
+            .output()
+            .expect("run curl");
+        assert!(
+            output.status.success(),
+            "the engine did not list its containers"
+        );
+        let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|container| container["Id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// The image's own files are the guest's root: a command of the image runs. A sandbox
+/// created from the same image then finds the disk in the cache, so it neither exports
+/// nor builds, and neither leaves the export's container or temporary directory.
+#[test]
+fn vm_image_root_cached_for_run_and_create() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = ImageScene::new();
+    let image = super::docker::image();
+    let expected = fs::read_to_string(rootfs().join("etc/debian_version")).expect("read");
+
+    let first = scene.run(&image, &["cat", "/etc/debian_version"]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    assert_eq!(stdout(&first), expected);
+    assert!(
+        stderr(&first).contains("building the root disk image"),
+        "{}",
+        describe(&first)
+    );
+    let disks = scene.cached("rootfs-image-");
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let disk = scene.cache.path().join("vm").join(&disks[0].0);
+    let mode = fs::metadata(&disk).expect("stat disk").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{disk:?}");
+
+    let created = scene.airlock(&["create", "--backend", "vm", "--image", &image]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+    let exec = scene.airlock(&["exec", &id, "--", "cat", "/etc/debian_version"]);
+    let removed = scene.airlock(&["rm", "--force", &id]);
+    assert_eq!(exec.status.code(), Some(0), "{}", describe(&exec));
+    assert_eq!(stdout(&exec), expected);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    assert!(
+        !stderr(&created).contains("building the root disk image"),
+        "the created sandbox built the disk again: {}",
+        describe(&created)
+    );
+    assert_eq!(
+        scene.cached("rootfs-image-"),
+        disks,
+        "the cached disk changed"
+    );
+    assert_eq!(
+        scene.cached(".rootfs-"),
+        [],
+        "a build left its temporary files"
+    );
+    assert_eq!(scene.export_containers(), Vec::<String>::new());
+    scene.scene.assert_nothing_left();
+}
+
+/// An image without a shell or a C library boots: the agent comes from the initramfs, and
+/// only the command needs to be in the image.
+#[test]
+fn vm_image_without_shell_runs_static_binary() {
+    let scene = ImageScene::new();
+    let tree = tempfile::tempdir().expect("tempdir");
+    fs::copy(super::harness::binary(), tree.path().join("airlock")).expect("copy binary");
+    let image = format!(
+        "airlock-test/vm-static-{}:1",
+        super::harness::unique_token()
+    );
+    let import = std::process::Command::new(super::harness::binary())
+        .args(["image", "import"])
+        .arg(tree.path())
+        .arg(&image)
+        .env("DOCKER_HOST", &scene.engine.host)
+        .output()
+        .expect("run airlock image import");
+    assert_eq!(import.status.code(), Some(0), "{}", describe(&import));
+
+    let output = scene.run(&image, &["/airlock", "--version"]);
+    let removed = std::process::Command::new(super::harness::binary())
+        .args(["image", "rm", &image])
+        .env("DOCKER_HOST", &scene.engine.host)
+        .output()
+        .expect("run airlock image rm");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        stdout(&output).starts_with("airlock "),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+}
+
+/// A missing image, an image together with a tree, and an unreachable engine each fail
+/// before any guest boots, with the value and the fix.
+#[test]
+fn vm_image_errors_name_value_and_fix() {
+    let scene = ImageScene::new();
+    let rootfs = rootfs();
+    let missing = "airlock-test/no-such-image:1";
+    let output = scene.run(missing, &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(message.contains(missing), "{message}");
+    assert!(message.contains("airlock image pull"), "{message}");
+    assert!(message.contains("airlock image import"), "{message}");
+    assert_eq!(
+        scene.cached("rootfs-"),
+        [],
+        "a disk was built for a missing image"
+    );
+
+    let env = scene.env();
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let image = super::docker::image();
+    let root = rootfs.to_str().expect("UTF-8 path");
+    let both = scene
+        .scene
+        .run_with_env(&env, &["--image", &image, "--rootfs", root], &["true"]);
+    assert_eq!(both.status.code(), Some(125), "{}", describe(&both));
+    let message = stderr(&both);
+    assert!(message.contains("--image"), "{message}");
+    assert!(message.contains("--rootfs"), "{message}");
+    assert!(message.contains("pass only one"), "{message}");
+
+    // A socket file whose listener is gone, so every connection is refused.
+    let dead = scene.cache.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).expect("bind"));
+    let host = format!("DOCKER_HOST=unix://{}", dead.display());
+    let unreachable = scene
+        .scene
+        .run_with_env(&[&host], &["--image", &image], &["true"]);
+    fs::remove_file(&dead).expect("remove the dead socket");
+    assert_eq!(
+        unreachable.status.code(),
+        Some(125),
+        "{}",
+        describe(&unreachable)
+    );
+    assert!(
+        stderr(&unreachable).contains("does not answer"),
+        "{}",
+        describe(&unreachable)
+    );
+}
+
+/// SIGINT while the image's disk builds ends the run, and removes the temporary directory
+/// of the unpacked files, the partial disk and the export's container.
+#[test]
+fn vm_image_build_interrupted_leaves_nothing() {
+    use std::io::BufRead;
+    let scene = ImageScene::new();
+    let env = scene.env();
+    let tmp = format!("TMPDIR={}", scene.scene.tmp.path().display());
+    let image = super::docker::image();
+    let mut prefix = vec!["env", tmp.as_str()];
+    prefix.extend(env.iter().map(String::as_str));
+    let args = ["run", "--backend", "vm", "--image", &image, "--", "true"];
+    let mut spawned = spawn_airlock(
+        ROOT,
+        &prefix,
+        &args,
+        scene.scene.workspace.path(),
+        Stdio::null(),
+    );
+    let mut lines = std::io::BufReader::new(spawned.child.stderr.take().unwrap()).lines();
+    let building = lines
+        .by_ref()
+        .map(|line| line.expect("read stderr"))
+        .find(|line| line.contains("building the root disk image"));
+    assert!(building.is_some(), "the build never started");
+
+    // SAFETY: kill takes integers only, and the pid is the test's own child, Airlock.
+    unsafe { libc::kill(spawned.child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map(|line| line.expect("read stderr")).collect();
+    let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+
+    assert_ne!(code, 0, "{rest:?}");
+    assert!(
+        rest.iter().any(|line| line.contains("interrupted")),
+        "{rest:?}"
+    );
+    assert_eq!(scene.cached("rootfs-"), [], "a disk was stored");
+    assert_eq!(
+        scene.cached(".rootfs-"),
+        [],
+        "the build left its temporary files"
+    );
+    assert_eq!(scene.export_containers(), Vec::<String>::new());
+    scene.scene.assert_nothing_left();
+}
+
+/// `policy check` counts an image as the guest's root, and rejects it next to a tree.
+#[test]
+fn vm_policy_check_accepts_image() {
+    let scene = Scene::new();
+    let image = super::docker::image();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["policy", "check", "--backend", "vm", "--image", &image];
+        args.extend_from_slice(extra);
+        run(ROOT, &args, scene.workspace.path())
+    };
+    let alone = check(&[]);
+    assert_eq!(alone.status.code(), Some(0), "{}", describe(&alone));
+    let rootfs = rootfs();
+    let both = check(&["--rootfs", rootfs.to_str().expect("UTF-8 path")]);
+    assert_eq!(both.status.code(), Some(1), "{}", describe(&both));
+    assert!(
+        stdout(&both).contains("pass only one"),
+        "{}",
+        describe(&both)
+    );
 }

@@ -192,11 +192,7 @@ fn copy_out(engine: &Engine, container: &str, source: &Path, target: &Path) -> R
     let stream = engine
         .docker()
         .download_from_container(container, Some(options));
-    let reader = StreamReader {
-        engine,
-        stream: Box::pin(stream),
-        chunk: Bytes::new(),
-    };
+    let reader = StreamReader::new(engine, stream);
     if name == basename {
         return join::unpack_on_host(reader, &host_dir).map_err(|error| failed(source, error));
     }
@@ -219,10 +215,21 @@ fn staging_dir(dir: &Path) -> io::Result<PathBuf> {
 }
 
 /// Reads a stream of the engine's response body as bytes, driving the engine's runtime.
-struct StreamReader<'a, S> {
+pub(crate) struct StreamReader<'a, S> {
     engine: &'a Engine,
     stream: Pin<Box<S>>,
+    /// The rest of the last chunk the engine sent.
     chunk: Bytes,
+}
+
+impl<'a, S> StreamReader<'a, S> {
+    pub(crate) fn new(engine: &'a Engine, stream: S) -> StreamReader<'a, S> {
+        StreamReader {
+            engine,
+            stream: Box::pin(stream),
+            chunk: Bytes::new(),
+        }
+    }
 }
 
 impl<S> Read for StreamReader<'_, S>

@@ -14,6 +14,13 @@ pub enum Error {
     NoImage,
     #[error("--rootfs does not apply to the docker backend, which runs an image: import the tree once with `airlock image import {0:?} NAME` and pass --image NAME")]
     RootfsNotSupported(PathBuf),
+    #[error(
+        "invalid image {image:?}: {rule}; for example debian:bookworm or 127.0.0.1:5000/tools:1"
+    )]
+    InvalidImage {
+        image: String,
+        rule: crate::image::NameRule,
+    },
     #[error("image {image:?} is not in the engine at {socket:?}: add it with `airlock image pull {image}`, or make it from a directory tree with `airlock image import DIR {image}`")]
     ImageNotFound { image: String, socket: PathBuf },
     #[error("cannot generate a sandbox id")]

@@ -82,7 +82,14 @@ pub fn image_of(spec: &Spec) -> Result<&str, Error> {
     if let RootFs::Directory(dir) = &spec.rootfs {
         return Err(Error::RootfsNotSupported(dir.clone()));
     }
-    spec.image.as_deref().ok_or(Error::NoImage)
+    let image = spec.image.as_deref().ok_or(Error::NoImage)?;
+    // The spec's check covers only the characters; the engine would reject the rest of the
+    // grammar with a bare status 400.
+    crate::image::ImageRef::parse(image).map_err(|rule| Error::InvalidImage {
+        image: image.to_owned(),
+        rule,
+    })?;
+    Ok(image)
 }
 
 /// Reads what the engine enforces. An engine that does not reply leaves the facts unknown.

@@ -122,15 +122,15 @@ pub fn remove_volume(engine: &Engine, volume: &str) {
 /// own summary rejects a state it does not know, such as Podman 4.3's `stopped`, which a
 /// container shows for a moment after its process exited.
 #[derive(Debug, Deserialize)]
-struct Listed {
+pub(crate) struct Listed {
     #[serde(rename = "Id")]
-    id: String,
+    pub(crate) id: String,
     #[serde(rename = "Labels", default)]
-    labels: Option<HashMap<String, String>>,
+    pub(crate) labels: Option<HashMap<String, String>>,
 }
 
 /// Lists every container, running or not, that matches `filters`.
-fn list_containers(
+pub(crate) fn list_containers(
     engine: &Engine,
     filters: &HashMap<String, Vec<String>>,
 ) -> Result<Vec<Listed>, bollard::errors::Error> {

@@ -235,7 +235,11 @@ fn start_and_supervise(
         Ok(pid) => pid,
         Err(source) => fail(report, "start the workload", source),
     };
-    release_stdio();
+    // The workload holds its own copies now. Closing the init's copies, and the terminal's
+    // slave, lets the launcher see end of file once the workload's processes are gone,
+    // without waiting for the kernel to tear down the init's namespaces.
+    release_stdio(&plan.stdio);
+    drop(ready.terminal);
     // The init keeps no privilege the workload could borrow: no capabilities, and not
     // dumpable, so /proc/1/mem and ptrace are closed to it.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
@@ -252,7 +256,7 @@ fn hold(ready: Ready, report: RawFd, control: RawFd) -> ! {
         fail(report, "block signals", source);
     }
     drop(ready.terminal);
-    release_stdio();
+    release_stdio(&[]);
     if let Err(source) = send_namespaces(control) {
         fail(report, "pass the sandbox's namespaces out", source);
     }
@@ -320,12 +324,22 @@ fn fail(report: RawFd, step: &str, source: io::Error) -> ! {
     sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
 }
 
-/// Points 0, 1 and 2 at /dev/null, so the init holds no end of the caller's streams and the
-/// launcher sees end of file once the workload's processes are gone.
-fn release_stdio() {
+/// Points 0, 1 and 2 at /dev/null and closes `streams` above them, so the init holds no end
+/// of the caller's streams and the launcher sees end of file once the workload's processes
+/// are gone.
+fn release_stdio(streams: &[RawFd]) {
     if let Ok(null) = sys::open(std::path::Path::new("/dev/null"), libc::O_RDWR) {
         for fd in 0..3 {
             let _ = sys::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    for (index, &fd) in streams.iter().enumerate() {
+        // The same descriptor may stand for two streams, as when stdout and stderr share a
+        // pipe, and it is closed once.
+        if fd > 2 && !streams[..index].contains(&fd) {
+            // SAFETY: the init owns these inherited descriptors and uses them only to start
+            // the workload, which has already executed or exited.
+            unsafe { libc::close(fd) };
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod error;
 pub mod held;
 pub mod init;
+pub mod interrupt;
 pub mod join;
 pub mod landlock;
 pub mod launch;

@@ -499,6 +499,15 @@ pub fn become_id(id: u32) -> io::Result<()> {
     check(unsafe { libc::setresuid(id, id, id) }).map(drop)
 }
 
+/// Creates the device node, FIFO or socket `path`, whose type and permission bits `mode`
+/// gives, with device number `device` for a device node.
+pub fn mknod(path: &Path, mode: libc::mode_t, device: libc::dev_t) -> io::Result<()> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is a NUL-terminated string that lives for the call.
+    check(unsafe { libc::mknod(path.as_ptr(), mode, device) })?;
+    Ok(())
+}
+
 pub fn chdir(path: &Path) -> io::Result<()> {
     let path = cstring(path)?;
     // SAFETY: `path` is NUL-terminated and alive for the call.

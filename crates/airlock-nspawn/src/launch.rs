@@ -776,8 +776,14 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     .stop_at_exit();
     let mut ended = monitor.run().map_err(Error::Wait)?;
     // systemd-nspawn killed from outside leaves its container running, with no one to
-    // enforce the timeout or relay its output: end it now.
-    if let Some(leader) = container.leader.filter(ProcessRef::is_alive) {
+    // enforce the timeout or relay its output: end it now. While systemd-nspawn runs, the
+    // init is exiting on its own after its final report, and killing it would make
+    // systemd-nspawn print that the container was terminated by SIGKILL.
+    let nspawn_gone = container.nspawn.status.is_some();
+    if let Some(leader) = container
+        .leader
+        .filter(|leader| nspawn_gone && leader.is_alive())
+    {
         let _ = sys::kill(leader.pid, libc::SIGKILL);
         let status = container.nspawn.status.unwrap_or(0);
         if libc::WIFSIGNALED(status) {

@@ -56,9 +56,10 @@ pub fn touch(path: &std::path::Path) {
     }
 }
 
-/// Removes the files in `cache` whose names start with one of `prefixes` and that went
+/// Removes the entries in `cache` whose names start with one of `prefixes` and that went
 /// unused for [`UNUSED_LIFETIME`]: archives of old Airlock binaries, images of trees that
-/// changed. Each build calls it, so the cache does not grow without bound.
+/// changed, directories that a killed build left. Each build calls it, so the cache does
+/// not grow without bound.
 pub fn prune(cache: &std::path::Path, prefixes: &[&str]) {
     let Ok(entries) = std::fs::read_dir(cache) else {
         return;
@@ -70,16 +71,23 @@ pub fn prune(cache: &std::path::Path, prefixes: &[&str]) {
         if !prefixes.iter().any(|prefix| name.starts_with(prefix)) {
             continue;
         }
-        let unused = entry
-            .metadata()
-            .and_then(|metadata| metadata.modified())
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        let unused = metadata
+            .modified()
             .ok()
             .and_then(|modified| now.duration_since(modified).ok())
             .is_some_and(|age| age > UNUSED_LIFETIME);
-        if unused {
-            tracing::info!(path = %entry.path().display(), "removing an unused cache entry");
-            let _ = std::fs::remove_file(entry.path());
+        if !unused {
+            continue;
         }
+        tracing::info!(path = %entry.path().display(), "removing an unused cache entry");
+        let _ = if metadata.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
     }
 }
 
@@ -106,8 +114,15 @@ mod tests {
                 .unwrap();
             file.set_modified(old).unwrap();
         }
+        let staging = cache.path().join("initramfs-old.staging");
+        std::fs::create_dir_all(staging.join("tree")).unwrap();
+        std::fs::File::open(&staging)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         prune(cache.path(), &["initramfs-"]);
         assert!(!cache.path().join("initramfs-old.cpio").exists());
+        assert!(!staging.exists(), "an old directory was kept");
         assert!(cache.path().join("initramfs-new.cpio").exists());
         assert!(
             cache.path().join("rootfs-old.ext4").exists(),

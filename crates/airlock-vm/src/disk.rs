@@ -110,7 +110,11 @@ pub fn root_image(
         summary.key,
         std::process::id()
     ));
-    let result = build_image(root, &summary, &partial, "airlock-root", progress);
+    let mut watch = |done| {
+        progress(done);
+        Ok(())
+    };
+    let result = build_image(root, &summary, &partial, "airlock-root", &mut watch);
     if let Err(error) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(error);
@@ -129,13 +133,14 @@ pub fn root_image(
 }
 
 /// Runs `mkfs.ext4 -d`, which copies the tree into a new file system without root, and
-/// reports progress from the image's allocated size.
-fn build_image(
+/// passes `watch` the share done, from the image's allocated size. An error from `watch`
+/// kills mkfs.ext4 and ends the build with that error.
+pub(crate) fn build_image(
     root: &Path,
     summary: &TreeSummary,
     image: &Path,
     label: &str,
-    progress: &mut dyn FnMut(f64),
+    watch: &mut dyn FnMut(f64) -> Result<(), Error>,
 ) -> Result<(), Error> {
     // Inodes take room too: 256 bytes each plus a block for small directories.
     let size = summary.bytes * 5 / 4 + summary.entries * 4096 + IMAGE_HEADROOM;
@@ -173,9 +178,13 @@ fn build_image(
         })? {
             break status;
         }
-        if let Ok(metadata) = std::fs::metadata(image) {
-            let done = (metadata.blocks() * 512) as f64 / summary.bytes.max(1) as f64;
-            progress(done.min(0.99));
+        let done = std::fs::metadata(image).map_or(0.0, |metadata| {
+            (metadata.blocks() * 512) as f64 / summary.bytes.max(1) as f64
+        });
+        if let Err(error) = watch(done.min(0.99)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -191,8 +200,7 @@ fn build_image(
         });
     }
     remove_lost_and_found(image);
-    progress(1.0);
-    Ok(())
+    watch(1.0)
 }
 
 /// Removes the empty `lost+found` that mkfs.ext4 adds, which would otherwise show in the
@@ -215,7 +223,7 @@ fn remove_lost_and_found(image: &Path) {
 /// changes between runs, and the guest gets the copy made at its start.
 pub fn workspace_image(workspace: &Path, image: &Path) -> Result<(), Error> {
     let summary = summarize(workspace)?;
-    build_image(workspace, &summary, image, "airlock-ws", &mut |_| {})?;
+    build_image(workspace, &summary, image, "airlock-ws", &mut |_| Ok(()))?;
     Ok(())
 }
 

@@ -80,6 +80,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Engine(#[from] airlock_docker::EngineError),
+    #[error(transparent)]
+    Image(#[from] airlock_docker::image::ImageError),
+    #[error("image {image:?} is not in the engine at {socket:?}: add it with `airlock image pull {image}`, or make it from a directory tree with `airlock image import DIR {image}`")]
+    ImageNotFound { image: String, socket: PathBuf },
+    #[error("--image {image:?} and --rootfs {rootfs:?} both name the guest's root filesystem: pass only one")]
+    ImageWithRootfs { image: String, rootfs: PathBuf },
+    #[error("cannot unpack the files of image {image:?} for the guest's root disk")]
+    UnpackImage {
+        image: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the owners and device nodes of image {image:?} in the guest's root disk: {message}")]
+    FixOwners { image: String, message: String },
+    #[error(
+        "the build of the guest's root disk was interrupted; its temporary files were removed"
+    )]
+    Interrupted(#[source] airlock_namespace::interrupt::Interrupted),
     #[error("cannot create the guest's directory of sockets, disks and logs")]
     GuestDirectory(#[source] io::Error),
     #[error("cannot start QEMU")]
@@ -98,7 +118,7 @@ pub enum Error {
     Protocol(#[source] airlock_protocol::FrameError),
     #[error("the guest's agent failed: {message}")]
     AgentFailed { message: String },
-    #[error("virtiofsd, which shares the host view and a bind workspace with the guest, is not installed (searched {searched}): install it (Debian 12: `apt-get install qemu-system-common`), or pass --rootfs DIR and --workspace-mode overlay")]
+    #[error("virtiofsd, which shares the host view and a bind workspace with the guest, is not installed (searched {searched}): install it (Debian 12: `apt-get install qemu-system-common`), or pass --rootfs DIR or --image NAME, and a workspace mode other than bind")]
     VirtiofsdMissing { searched: String },
     #[error("cannot create {path:?} for a virtiofs share")]
     ShareFiles {

@@ -37,11 +37,49 @@ pub struct Prepared {
 
 /// Checks the parts of the spec this backend cannot provide, here or at all.
 pub fn check_spec(spec: &Spec) -> Result<(), Error> {
+    let root = root_source(spec)?;
     let mount = workspace_mount(spec)?;
-    if spec.rootfs == RootFs::HostView || mount == Some(WorkspaceMount::Bind) {
+    if matches!(root, RootSource::HostView) || mount == Some(WorkspaceMount::Bind) {
         crate::share::find_virtiofsd()?;
     }
     Ok(())
+}
+
+/// The source of the guest's root.
+pub enum RootSource<'a> {
+    /// A root filesystem directory (`--rootfs`), as a disk image.
+    Directory(&'a Path),
+    /// A local image of a Docker-compatible engine (`--image`), as a disk image.
+    Image(&'a str),
+    /// The host view, shared through virtiofs.
+    HostView,
+}
+
+/// Returns where the guest's root comes from, or an error for a spec that names two
+/// sources.
+pub fn root_source(spec: &Spec) -> Result<RootSource<'_>, Error> {
+    match (&spec.rootfs, spec.image.as_deref()) {
+        (RootFs::Directory(root), None) => Ok(RootSource::Directory(root)),
+        (RootFs::HostView, Some(image)) => Ok(RootSource::Image(image)),
+        (RootFs::Directory(root), Some(image)) => Err(Error::ImageWithRootfs {
+            image: image.to_owned(),
+            rootfs: root.clone(),
+        }),
+        (RootFs::HostView, None) => Ok(RootSource::HostView),
+    }
+}
+
+/// Returns the cached root disk of `spec`, building it with a progress bar when missing,
+/// or `None` for the host view, which needs no disk.
+fn root_disk(spec: &Spec, cache: &Path) -> Result<Option<PathBuf>, Error> {
+    let mut progress = ProgressBar::new();
+    let mut update = |done| progress.update(done);
+    let disk = match root_source(spec)? {
+        RootSource::Directory(root) => disk::root_image(root, cache, &mut update)?,
+        RootSource::Image(image) => crate::container_image::root_image(image, cache, &mut update)?,
+        RootSource::HostView => return Ok(None),
+    };
+    Ok(Some(disk))
 }
 
 /// Returns how the guest shows the workspace, `None` without one, or an error for a mode
@@ -65,21 +103,14 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
 pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
+    // Before the initramfs, so that a missing image fails without building anything.
+    let root_disk = root_disk(spec, &cache)?;
     let agent = Path::new("/proc/self/exe");
     let initramfs = initramfs::find_or_build(&kernel, agent, &cache)?;
     let choice = accel::choose(&qemu, &cache);
     if let Some(notice) = &choice.notice {
         eprintln!("airlock: {notice}");
     }
-    let root_disk = match &spec.rootfs {
-        RootFs::Directory(root) => {
-            let mut progress = ProgressBar::new();
-            Some(disk::root_image(root, &cache, &mut |done| {
-                progress.update(done)
-            })?)
-        }
-        RootFs::HostView => None,
-    };
     let files = GuestFiles::create(id)?;
     let workspace = match workspace_disk(spec, &files) {
         Ok(disk) => disk,

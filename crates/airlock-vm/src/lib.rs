@@ -6,7 +6,7 @@
 //! - [`cpio`], [`initramfs`]: the initramfs with the agent as `/init`, cached by content;
 //! - [`accel`]: KVM when a test guest runs under it, software emulation (TCG) otherwise;
 //! - [`disk`]: the root disk image, built once per root filesystem, and a copy-on-write
-//!   layer per sandbox;
+//!   layer per sandbox; [`container_image`], [`owners`]: the same from a container image;
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
 //! - [`share`]: the virtiofs daemons that share the host view and a bind workspace;
 //! - [`client`], [`exec`]: the host's side of the protocol ([`airlock_protocol`]);
@@ -21,6 +21,7 @@ pub mod agent;
 pub mod availability;
 pub mod cache;
 pub mod client;
+pub mod container_image;
 pub mod cpio;
 pub mod disk;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod kernel;
 pub mod launch;
 pub mod machine;
 pub mod modules;
+pub mod owners;
 pub mod protections;
 pub mod proxy;
 pub mod remote;

@@ -7,7 +7,9 @@
 //! QEMU, is what contains it.
 
 use airlock_core::enforcement::rule;
-use airlock_core::{Enforcement, RootFs, Spec, Status};
+use airlock_core::{Enforcement, Spec, Status};
+
+use crate::launch::RootSource;
 
 /// The reason the rules that confine a process inside the guest are not applied.
 const GUEST_ROOT: &str =
@@ -19,9 +21,14 @@ const INNER_LAYER_RULE: &str = "inner layer: NAME sandbox around each command in
 /// Lists the protections of a vm sandbox for `spec`.
 pub fn assess(spec: &Spec) -> Enforcement {
     let mut enforcement = Enforcement::default();
-    enforcement.push(rule::FILE_TREE, Status::Enforced, true);
+    let root = crate::launch::root_source(spec);
+    let file_tree = match &root {
+        Ok(_) => Status::Enforced,
+        Err(error) => Status::Unsupported(error.to_string()),
+    };
+    enforcement.push(rule::FILE_TREE, file_tree, true);
     enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
-    if spec.rootfs == RootFs::HostView {
+    if matches!(root, Ok(RootSource::HostView)) {
         enforcement.push(rule::SECRETS_HIDDEN, Status::Enforced, true);
     }
     let workspace = match crate::launch::workspace_mount(spec) {
@@ -85,7 +92,7 @@ pub fn vcpus(cpus: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_core::{Limit, WorkspaceMode};
+    use airlock_core::{Limit, RootFs, WorkspaceMode};
 
     #[test]
     fn host_view_and_bind_enforced() {
@@ -113,6 +120,18 @@ mod tests {
         }
         spec.workspace_mode = WorkspaceMode::Readonly;
         assert_eq!(assess(&spec).unmet().count(), 0);
+    }
+
+    #[test]
+    fn image_is_a_root_but_not_with_rootfs() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.image = Some("debian:bookworm".into());
+        assert_eq!(assess(&spec).unmet().count(), 0);
+        assert!(assess(&spec).get(rule::SECRETS_HIDDEN).is_none());
+        spec.rootfs = RootFs::Directory("/srv/tree".into());
+        let enforcement = assess(&spec);
+        let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
+        assert_eq!(unmet, [rule::FILE_TREE]);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Images in the engine: import of a root filesystem (a directory or a tarball), pull from
-//! a registry, list and remove. Every request goes through the engine's HTTP API.
+//! a registry, list and remove, and export of an image's files for the vm backend. Every request goes through the engine's HTTP API.
 
 mod archive;
 mod body;
 mod credentials;
+mod export;
 mod import;
 mod local;
 mod name;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use archive::{ArchiveError, Compression};
 pub use credentials::CredentialsError;
+pub use export::{inspect, ExportContainer, LocalImage, LABEL_EXPORT};
 pub use import::{import, Imported, ImportedFrom};
 pub use local::{list, remove, ImageSummary, Removed};
 pub use name::{ImageRef, NameRule};

@@ -1,13 +1,13 @@
-//! Deferred interruption. SIGINT, SIGTERM and SIGHUP are blocked while the probes run, so
-//! they cannot end Airlock between creating a sandbox or canary and removing it. The run
-//! checks for them between steps and while it waits, and unwinds through the guards that
-//! clean up.
+//! Deferred interruption. SIGINT, SIGTERM and SIGHUP are blocked during a step that must
+//! not end half-done, such as a probe run between creating a sandbox or canary and removing
+//! it, or the build of a disk image in a temporary directory. The step checks for them
+//! while it works, and unwinds through the guards that clean up.
 
 use std::io;
 
-use airlock_namespace::sys;
+use crate::sys;
 
-/// The signals that request the end of a probe run.
+/// The signals that request the end of the step.
 const INTERRUPTS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// The interrupting signals, blocked for as long as this value lives.
@@ -15,7 +15,7 @@ pub struct Interrupts {
     previous: libc::sigset_t,
 }
 
-/// The signal that interrupted a probe run.
+/// The signal that interrupted the step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("interrupted by signal {0}")]
 pub struct Interrupted(pub libc::c_int);
