@@ -607,10 +607,12 @@ impl Engine {
         record: &mut Record,
         by: &str,
     ) -> Result<(), BackendError> {
-        // A ready sandbox without a runtime was stopped, and the stop cleaned up after it. A
-        // second clean-up would have no runtime to say where the sandbox ran, such as the
-        // engine socket of a docker sandbox.
-        let cleaned_up = record.phase == Phase::Ready && record.runtime.is_none();
+        // A ready sandbox without a runtime or a supervisor was stopped, and the stop cleaned
+        // up after it. A second clean-up would have no runtime to say where the sandbox ran,
+        // such as the engine socket of a docker sandbox. A run killed with SIGKILL has no
+        // runtime either, but still names its dead supervisor, and needs the clean-up.
+        let cleaned_up =
+            record.phase == Phase::Ready && record.runtime.is_none() && record.supervisor.is_none();
         record.phase = Phase::Removing;
         sandbox.write_record(record)?;
         let runtime = record.runtime.take();
