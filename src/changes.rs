@@ -83,6 +83,7 @@ pub fn change_json(change: &Change) -> Value {
 pub fn diff(engine: &Engine, reference: &str) -> Result<(Layers, Vec<Change>, bool), BackendError> {
     let (sandbox, record) = engine.state().resolve(reference)?;
     let layers = layers_of(&sandbox, &record)?;
+    engine.sync_changes(&sandbox, &record)?;
     let changes = airlock_workspace::diff(&layers.lower, &layers.upper)?;
     let paths: Vec<String> = changes.iter().map(|change| lossy(&change.path)).collect();
     engine.log_event(&record.id, "diff", json!({ "paths": paths }))?;
@@ -113,6 +114,7 @@ pub fn apply(
     if record.is_running() && !running {
         return Err(ChangesError::Running { id: record.id }.into());
     }
+    engine.sync_changes(&sandbox, &record)?;
     let applied: BTreeMap<PathBuf, SystemTime> = record
         .applied
         .iter()

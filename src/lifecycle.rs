@@ -607,12 +607,13 @@ impl Engine {
         record: &mut Record,
         by: &str,
     ) -> Result<(), BackendError> {
-        // A ready sandbox without a runtime or a supervisor was stopped, and the stop cleaned
-        // up after it. A second clean-up would have no runtime to say where the sandbox ran,
-        // such as the engine socket of a docker sandbox. A run killed with SIGKILL has no
-        // runtime either, but still names its dead supervisor, and needs the clean-up.
+        // A ready sandbox without a runtime was stopped, and the stop cleaned up after it. A
+        // second clean-up would have no runtime to say where the sandbox ran, such as the
+        // engine socket of a docker sandbox. The record of a killed `airlock run` is ready
+        // and without a runtime too, but nothing cleaned up after it, such as its vm guest's
+        // directory.
         let cleaned_up =
-            record.phase == Phase::Ready && record.runtime.is_none() && record.supervisor.is_none();
+            !record.ephemeral && record.phase == Phase::Ready && record.runtime.is_none();
         record.phase = Phase::Removing;
         sandbox.write_record(record)?;
         let runtime = record.runtime.take();
@@ -755,6 +756,15 @@ impl Engine {
             json!({ "direction": if into_sandbox { "in" } else { "out" },
                     "host_path": host, "sandbox_path": inside }),
         )
+    }
+
+    /// Brings the workspace changes of a running sandbox into its upper layer on the host,
+    /// for a backend whose overlay lives elsewhere, such as in a guest.
+    pub fn sync_changes(&self, sandbox: &SandboxDir, record: &Record) -> Result<(), BackendError> {
+        match (&record.runtime, record.is_running()) {
+            (Some(runtime), true) => backend_of(record)?.sync_changes(runtime, &sandbox.layers()),
+            _ => Ok(()),
+        }
     }
 
     /// Removes what killed commands left behind, and returns what it did.

@@ -1,6 +1,8 @@
-//! The `vm` backend, run as root: each test boots a real QEMU guest with Debian's cloud
-//! kernel and the debootstrap tree as its root disk, under KVM when it works here and
-//! under software emulation (TCG) otherwise, which takes a few seconds per guest.
+//! The `vm` backend, run as root, and the host view and bind workspace also as the
+//! unprivileged caller: each test boots a real QEMU guest with Debian's cloud kernel and the
+//! debootstrap tree as its root disk, or the host view shared through virtiofs, under KVM
+//! when it works here and under software emulation (TCG) otherwise, which takes a few
+//! seconds per guest.
 //!
 //! Each test gives Airlock a private TMPDIR, where each guest's socket, workspace disk and
 //! logs live, so it can check that no QEMU of its own is left and nothing is left there.
@@ -125,6 +127,38 @@ impl Scene {
         eprintln!("airlock run --backend vm took {:?}", started.elapsed());
         self.assert_nothing_left();
         output
+    }
+
+    /// Runs `airlock ARGS...` in the scene's workspace with its TMPDIR, as for the commands
+    /// that `airlock create` sandboxes take.
+    fn airlock(&self, args: &[&str]) -> Output {
+        let tmp = format!("TMPDIR={}", self.tmp.path().display());
+        let project = self.workspace.path();
+        let mut spawned = spawn_airlock(ROOT, &["env", &tmp], args, project, Stdio::piped());
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        output
+    }
+
+    /// Creates a vm sandbox of the debootstrap tree with `extra` options; returns its id.
+    fn create(&self, extra: &[&str]) -> String {
+        let rootfs = rootfs();
+        let mut args = vec!["create", "--backend", "vm", "--rootfs"];
+        args.push(rootfs.to_str().expect("UTF-8 path"));
+        args.extend_from_slice(extra);
+        let created = self.airlock(&args);
+        assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+        stdout(&created).trim().to_owned()
+    }
+
+    /// Stops and removes sandbox `id`, and checks that nothing of its guest is left.
+    fn remove(&self, id: &str) {
+        let stopped = self.airlock(&["stop", id]);
+        assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+        let removed = self.airlock(&["rm", id]);
+        assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+        self.assert_nothing_left();
     }
 
     /// Checks that no process runs from this test's TMPDIR and that it is empty. A run
@@ -315,6 +349,134 @@ fn vm_sigterm_reaches_guest_command() {
     scene.assert_nothing_left();
 }
 
+/// SIGINT or SIGTERM while the guest boots ends the run with 128+N: QEMU is killed and
+/// reaped and the guest's directory removed, with no `airlock gc` needed.
+#[test]
+fn vm_signal_during_boot_leaves_nothing() {
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let marker = scene.tmp.path().to_str().expect("UTF-8 path").to_owned();
+    let args = [
+        "run",
+        "--backend",
+        "vm",
+        "--workspace-mode",
+        "none",
+        "--rootfs",
+        rootfs.to_str().expect("UTF-8 path"),
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 100",
+    ];
+    for (signal, expected) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut spawned = spawn_airlock(
+            ROOT,
+            &["env", &tmp],
+            &args,
+            scene.workspace.path(),
+            Stdio::piped(),
+        );
+        // The wrapper's own command line names the TMPDIR too, so the wait looks for QEMU's.
+        let qemu_started = || {
+            processes_mentioning(&marker)
+                .iter()
+                .any(|(_, cmdline)| cmdline.contains("qemu-system"))
+        };
+        let deadline = Instant::now() + RUN_LIMIT;
+        while !qemu_started() {
+            assert!(Instant::now() < deadline, "QEMU did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        // SAFETY: kill takes integers only, and the pid is the test's own child, Airlock.
+        unsafe { libc::kill(spawned.child.id() as i32, signal) };
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+        let output = spawned.child.wait_with_output().expect("collect output");
+
+        assert_eq!(code, expected, "signal {signal}: {}", describe(&output));
+        assert_eq!(
+            stdout(&output),
+            "",
+            "the command ran: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("before the command started"),
+            "{}",
+            describe(&output)
+        );
+        scene.assert_nothing_left();
+    }
+}
+
+/// The guest's wall clock matches the host's when the command starts and still does after
+/// a 10 s sleep, also under software emulation, where the guest keeps time with the host's
+/// TSC at the frequency the host measured.
+#[test]
+fn vm_guest_clock_matches_host() {
+    use std::io::BufRead;
+    let scene = Scene::new();
+    let rootfs = rootfs();
+    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
+    let args = [
+        "run",
+        "--backend",
+        "vm",
+        "--workspace-mode",
+        "none",
+        "--rootfs",
+        rootfs.to_str().expect("UTF-8 path"),
+        "--",
+        "sh",
+        "-c",
+        "date +%s.%N; sleep 10; date +%s.%N",
+    ];
+    let mut spawned = spawn_airlock(
+        ROOT,
+        &["env", &tmp],
+        &args,
+        scene.workspace.path(),
+        Stdio::piped(),
+    );
+    let host_now = || {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970");
+        since_epoch.as_secs_f64()
+    };
+    // Each line's guest time, with the host's time when the line arrived.
+    let mut stamps = Vec::new();
+    let lines = std::io::BufReader::new(spawned.child.stdout.take().unwrap()).lines();
+    for line in lines {
+        let line = line.expect("read stdout");
+        let guest: f64 = line
+            .parse()
+            .unwrap_or_else(|_| panic!("not a time: {line:?}"));
+        stamps.push((guest, host_now()));
+    }
+    let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
+
+    assert_eq!(code, 0);
+    assert_eq!(stamps.len(), 2, "{stamps:?}");
+    for (guest, host) in &stamps {
+        // The line leaves the guest after its time was taken, so the host's is later.
+        let behind = host - guest;
+        assert!(
+            (0.0..1.0).contains(&behind),
+            "guest clock {guest:.3}, host clock {host:.3} when the line arrived"
+        );
+    }
+    let guest_elapsed = stamps[1].0 - stamps[0].0;
+    let host_elapsed = stamps[1].1 - stamps[0].1;
+    assert!(
+        (guest_elapsed - host_elapsed).abs() < 1.0,
+        "over the sleep, {guest_elapsed:.3} s passed in the guest and {host_elapsed:.3} s on the host"
+    );
+    scene.assert_nothing_left();
+}
+
 #[test]
 fn vm_passes_stdin_through() {
     let scene = Scene::new();
@@ -392,6 +554,43 @@ fn vm_memory_hog_killed_at_limit() {
     let record = json_record(&output);
     assert_eq!(record["reason"], "out_of_memory");
     assert!(stdout(&output).is_empty(), "{}", describe(&output));
+}
+
+/// Memory or CPUs beyond the host's are rejected before any image is built or QEMU started,
+/// with the value and the fix. The smallest memory limit still boots a guest, because the
+/// guest's kernel and agent get their memory on top of the limit.
+#[test]
+fn vm_memory_and_cpus_checked_against_host() {
+    let scene = Scene::new();
+    let output = scene.run(&["--memory", "100T"], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("memory limit 100T is more than this host can give a guest"),
+        "{message}"
+    );
+    assert!(message.contains("pass --memory"), "{message}");
+    assert!(!message.contains("QEMU"), "QEMU was started: {message}");
+
+    // SAFETY: sysconf takes an integer and touches no memory.
+    let host_cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let too_many = (host_cpus + 1).to_string();
+    let output = scene.run(&["--cpus", &too_many], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    let expected = format!("--cpus {too_many} is more than this host's {host_cpus} CPUs");
+    assert!(message.contains(&expected), "{message}");
+    assert!(
+        message.contains(&format!("pass --cpus {host_cpus} or less")),
+        "{message}"
+    );
+
+    let output = scene.run(
+        &["--memory", "16M", "--workspace-mode", "none"],
+        &["sh", "-c", "echo booted"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "booted\n");
 }
 
 #[test]
@@ -740,13 +939,7 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     fs::write(project.join("f.txt"), "hello\n").expect("write f.txt");
     let rootfs = rootfs();
     let tmp = format!("TMPDIR={}", scene.tmp.path().display());
-    let airlock = |args: &[&str]| {
-        let mut spawned = spawn_airlock(ROOT, &["env", &tmp], args, project, Stdio::piped());
-        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
-        let output = spawned.child.wait_with_output().expect("collect output");
-        assert_eq!(output.status.code(), Some(code));
-        output
-    };
+    let airlock = |args: &[&str]| scene.airlock(args);
     let root = rootfs.to_str().expect("UTF-8 path");
     let created = airlock(&["create", "--backend", "vm", "--rootfs", root]);
     assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
@@ -823,6 +1016,134 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     let removed = airlock(&["rm", &id]);
     assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
     scene.assert_nothing_left();
+}
+
+/// `diff` on a running sandbox copies the guest's changes out first, shows them and warns
+/// that the sandbox can still change them, as for the other backends.
+#[test]
+fn vm_diff_while_running_shows_changes() {
+    let scene = Scene::new();
+    fs::write(scene.workspace.path().join("f.txt"), "hello\n").expect("write f.txt");
+    let id = scene.create(&[]);
+
+    let diff = scene.airlock(&["diff", &id]);
+    assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
+    assert_eq!(stdout(&diff), "", "{}", describe(&diff));
+    let script = "echo changed > f.txt; echo new > g.txt";
+    let changed = scene.airlock(&["exec", &id, "--", "sh", "-c", script]);
+    assert_eq!(changed.status.code(), Some(0), "{}", describe(&changed));
+    let diff = scene.airlock(&["diff", &id]);
+    assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
+    assert_eq!(stdout(&diff), "M f.txt\nA g.txt\n", "{}", describe(&diff));
+    assert!(
+        stderr(&diff).contains("the sandbox is running"),
+        "{}",
+        describe(&diff)
+    );
+    // A later diff replaces the copy: a file removed since is no longer listed.
+    let removed = scene.airlock(&["exec", &id, "--", "rm", "g.txt"]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    let diff = scene.airlock(&["diff", &id]);
+    assert_eq!(stdout(&diff), "M f.txt\n", "{}", describe(&diff));
+
+    scene.remove(&id);
+}
+
+/// A process that an `exec` leaves in the background keeps running in the sandbox after
+/// the exec returns, until the sandbox stops, as in the namespace backend.
+#[test]
+fn vm_exec_background_process_outlives_exec() {
+    let scene = Scene::new();
+    let id = scene.create(&["--workspace-mode", "none"]);
+
+    let started = Instant::now();
+    let script = "sleep 100 & echo started";
+    let exec = scene.airlock(&["exec", &id, "--", "sh", "-c", script]);
+    assert_eq!(exec.status.code(), Some(0), "{}", describe(&exec));
+    assert_eq!(stdout(&exec), "started\n");
+    // The background sleep keeps the command's output open for 100 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "exec waited for its background process: {:?}",
+        started.elapsed()
+    );
+    let list = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done";
+    let listed = scene.airlock(&["exec", &id, "--", "sh", "-c", list]);
+    assert_eq!(listed.status.code(), Some(0), "{}", describe(&listed));
+    assert!(
+        stdout(&listed)
+            .lines()
+            .any(|line| line.trim() == "sleep 100"),
+        "the background process is gone: {}",
+        describe(&listed)
+    );
+
+    scene.remove(&id);
+}
+
+/// `cp` copies directories both ways, recursively, with their permission bits and with
+/// symlinks as symlinks. A symlink the guest planted arrives on the host as a link, and a
+/// later copy never writes through it.
+#[test]
+fn vm_cp_trees_never_follow_guest_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::new();
+    let host = tempfile::tempdir().expect("tempdir");
+    let canary = tempfile::tempdir().expect("tempdir");
+    let tree = host.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).expect("mkdir tree/sub");
+    fs::write(tree.join("a.txt"), "a\n").expect("write a.txt");
+    fs::write(tree.join("sub/run.sh"), "echo run\n").expect("write run.sh");
+    fs::set_permissions(tree.join("sub/run.sh"), fs::Permissions::from_mode(0o750))
+        .expect("chmod run.sh");
+    fs::set_permissions(tree.join("sub"), fs::Permissions::from_mode(0o700)).expect("chmod sub");
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).expect("symlink");
+    let id = scene.create(&["--workspace-mode", "none"]);
+
+    let copied = scene.airlock(&["cp", tree.to_str().unwrap(), &format!("{id}:/tmp/")]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    let list = "cd /tmp/tree && stat -c '%n %a %F' a.txt sub sub/run.sh link && readlink link";
+    let listed = scene.airlock(&["exec", &id, "--", "sh", "-c", list]);
+    assert_eq!(listed.status.code(), Some(0), "{}", describe(&listed));
+    assert_eq!(
+        stdout(&listed),
+        "a.txt 644 regular file\nsub 700 directory\nsub/run.sh 750 regular file\n\
+         link 777 symbolic link\na.txt\n"
+    );
+
+    // The guest plants a link to a host directory, and copies the tree back out.
+    let plant = format!("ln -s {} /tmp/tree/planted", canary.path().display());
+    let planted = scene.airlock(&["exec", &id, "--", "sh", "-c", &plant]);
+    assert_eq!(planted.status.code(), Some(0), "{}", describe(&planted));
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().to_str().unwrap();
+    let copied = scene.airlock(&["cp", &format!("{id}:/tmp/tree"), target]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    let back = out.path().join("tree");
+    assert_eq!(fs::read_to_string(back.join("a.txt")).unwrap(), "a\n");
+    let mode = |path: PathBuf| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(back.join("sub")), 0o700);
+    assert_eq!(mode(back.join("sub/run.sh")), 0o750);
+    assert_eq!(
+        fs::read_link(back.join("link")).unwrap(),
+        Path::new("a.txt")
+    );
+    let planted = back.join("planted");
+    assert!(fs::symlink_metadata(&planted).unwrap().is_symlink());
+    assert_eq!(fs::read_link(&planted).unwrap(), canary.path());
+
+    // The planted link becomes a directory in the guest. A second copy over the first
+    // would write into the canary if it followed the host's copy of the link.
+    let swap =
+        "rm /tmp/tree/planted && mkdir /tmp/tree/planted && echo x > /tmp/tree/planted/pwned";
+    let swapped = scene.airlock(&["exec", &id, "--", "sh", "-c", swap]);
+    assert_eq!(swapped.status.code(), Some(0), "{}", describe(&swapped));
+    let again = scene.airlock(&["cp", &format!("{id}:/tmp/tree"), target]);
+    assert_ne!(again.status.code(), Some(0), "{}", describe(&again));
+    let written: Vec<_> = fs::read_dir(canary.path()).unwrap().collect();
+    assert!(written.is_empty(), "written through the link: {written:?}");
+
+    scene.remove(&id);
 }
 
 #[test]

@@ -225,6 +225,17 @@ pub trait Backend {
         into_sandbox: bool,
     ) -> Result<(), BackendError>;
 
+    /// Brings the workspace changes of the running sandbox that `runtime` describes into
+    /// `layers/upper` on the host, where `diff` and `apply` read them. Backends whose
+    /// overlay writes to that directory itself have nothing to do.
+    fn sync_changes(
+        &self,
+        _runtime: &serde_json::Value,
+        _layers: &std::path::Path,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Removes what sandbox `id`, whose supervisor is gone, may have left: processes and
     /// cgroups, also when the supervisor died before it could record its `runtime`.
     fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>);

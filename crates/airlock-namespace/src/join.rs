@@ -563,6 +563,12 @@ pub fn copy_destination(
 /// as symlinks, never followed.
 fn pack(fd: &OwnedFd, source: &Path, name: &OsStr) -> std::io::Result<()> {
     let sink = std::fs::File::from(fd.try_clone()?);
+    pack_tree(sink, source, name)?.sync_all().or(Ok(()))
+}
+
+/// Writes `source` and what is below it as a tar stream to `sink`, under the top-level
+/// `name`, and returns the sink. Symlinks are stored as symlinks, never followed.
+pub fn pack_tree<W: std::io::Write>(sink: W, source: &Path, name: &OsStr) -> std::io::Result<W> {
     let mut builder = tar::Builder::new(sink);
     builder.follow_symlinks(false);
     let metadata = std::fs::symlink_metadata(source)?;
@@ -579,12 +585,20 @@ fn pack(fd: &OwnedFd, source: &Path, name: &OsStr) -> std::io::Result<()> {
     } else {
         builder.append_path_with_name(source, name)?;
     }
-    builder.into_inner()?.sync_all().or(Ok(()))
+    builder.into_inner()
 }
 
 /// Unpacks a tar stream inside the sandbox: into `target` when it is a directory there,
 /// else as `target` itself.
 fn unpack_inside(fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
+    unpack_tree(std::fs::File::from(fd.try_clone()?), target)
+}
+
+/// Unpacks a tar stream made by [`pack_tree`]: into `target` when it is a directory, else
+/// as `target` itself, whose name replaces the stream's top-level name. Paths that are not
+/// plain relative names are rejected. Symlinks already in `target` are followed, so this is
+/// for the inside of a sandbox, never for the host.
+pub fn unpack_tree(source: impl std::io::Read, target: &Path) -> std::io::Result<()> {
     let into_dir = target.is_dir();
     let (dir, new_name) = if into_dir {
         (target.to_owned(), None)
@@ -592,7 +606,6 @@ fn unpack_inside(fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
         let parent = target.parent().unwrap_or(Path::new("/")).to_owned();
         (parent, target.file_name().map(OsStr::to_os_string))
     };
-    let source = std::fs::File::from(fd.try_clone()?);
     let mut archive = tar::Archive::new(source);
     for entry in archive.entries()? {
         let mut entry = entry?;

@@ -252,6 +252,50 @@ impl<W: Write> FrameWriter<W> {
     }
 }
 
+/// A byte stream sent as data frames of one kind on one channel, through a [`FrameWriter`]
+/// that other threads share. Each write sends one frame of up to [`MAX_PAYLOAD`] bytes, so
+/// a buffered writer in front of it saves frames. Its end is not sent: the caller sends it,
+/// or a message that ends the exchange.
+pub struct DataStream<'a, W> {
+    writer: &'a std::sync::Mutex<FrameWriter<W>>,
+    kind: FrameKind,
+    channel: u32,
+}
+
+impl<'a, W: Write> DataStream<'a, W> {
+    pub fn new(
+        writer: &'a std::sync::Mutex<FrameWriter<W>>,
+        kind: FrameKind,
+        channel: u32,
+    ) -> DataStream<'a, W> {
+        DataStream {
+            writer,
+            kind,
+            channel,
+        }
+    }
+}
+
+impl<W: Write> Write for DataStream<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let chunk = &bytes[..bytes.len().min(MAX_PAYLOAD)];
+        if chunk.is_empty() {
+            return Ok(0);
+        }
+        let frame = Frame::data(self.kind, self.channel, chunk.to_vec());
+        let mut writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        writer.write_frame(&frame).map_err(io::Error::other)?;
+        Ok(chunk.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[path = "frame_tests.rs"]
 mod tests;

@@ -19,6 +19,7 @@ fn exec_request() -> Message {
         tty: None,
         uid: 0,
         gid: 0,
+        host_time: Some(1_796_430_909_012_157_000),
     }
 }
 

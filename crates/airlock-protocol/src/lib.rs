@@ -15,6 +15,9 @@
 //! - [`Message::ReadFile`]: file data frames, then [`Message::Done`].
 //! - [`Message::WriteFile`]: the host sends file data frames and an empty one; the agent
 //!   answers [`Message::Done`].
+//! - [`Message::PackTree`]: file data frames of a tar stream, then [`Message::Done`].
+//! - [`Message::UnpackTree`]: the host sends file data frames of a tar stream and an empty
+//!   one, and the agent replies with [`Message::Done`].
 //! - [`Message::ListDir`]: the agent answers [`Message::Entries`].
 //!
 //! Any request can be answered with [`Message::Error`] instead. Channel 0 carries what
@@ -24,7 +27,9 @@
 pub mod frame;
 pub mod message;
 
-pub use frame::{Decoder, Frame, FrameError, FrameKind, FrameReader, FrameWriter, MAX_PAYLOAD};
+pub use frame::{
+    DataStream, Decoder, Frame, FrameError, FrameKind, FrameReader, FrameWriter, MAX_PAYLOAD,
+};
 pub use message::{DirEntry, EntryKind, Message, HEARTBEAT_INTERVAL, PROTOCOL_VERSION};
 
 /// The channel of messages that concern the whole connection.

@@ -29,6 +29,12 @@ pub enum Message {
         /// The user and group ids the command runs as.
         uid: u32,
         gid: u32,
+        /// The host's wall clock when it sent the request, in nanoseconds since the Unix
+        /// epoch. The agent sets the guest's clock to it before the command starts, since
+        /// the guest's own clock starts from a real-time clock of whole seconds and may
+        /// drift.
+        #[serde(default)]
+        host_time: Option<u64>,
     },
     /// The command runs as process `pid` in the guest.
     Started {
@@ -69,6 +75,16 @@ pub enum Message {
     WriteFile {
         path: String,
         mode: u32,
+    },
+    /// Sends `path` and what is below it as a tar stream in file data frames. Symlinks are
+    /// sent as symlinks, never followed.
+    PackTree {
+        path: String,
+    },
+    /// Unpacks the tar stream that follows in file data frames: into `path` when it is a
+    /// directory, else as `path`, whose name replaces the stream's top-level name.
+    UnpackTree {
+        path: String,
     },
     /// Lists a directory.
     ListDir {

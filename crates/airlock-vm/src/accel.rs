@@ -21,6 +21,10 @@ struct Verdict {
     accel: Accel,
     /// Why KVM is not used; `None` under KVM.
     reason: Option<String>,
+    /// The host's TSC frequency, which a guest under TCG keeps time with. It is `None` under
+    /// KVM, in verdicts cached before it was recorded, or when it could not be measured.
+    #[serde(default)]
+    tsc_khz: Option<u64>,
 }
 
 /// The accelerator chosen, and a notice to print when the choice was just made.
@@ -28,6 +32,8 @@ struct Verdict {
 pub struct Choice {
     pub accel: Accel,
     pub notice: Option<String>,
+    /// The host's TSC frequency in kHz, measured for a guest under TCG.
+    pub tsc_khz: Option<u64>,
 }
 
 /// Picks the accelerator, from the cache in `cache` when its key still matches.
@@ -38,24 +44,35 @@ pub fn choose(qemu: &Path, cache: &Path) -> Choice {
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Verdict>(&bytes).ok())
         .filter(|verdict| verdict.key == key);
-    if let Some(verdict) = cached {
+    if let Some(verdict) = cached.clone().filter(|verdict| !needs_tsc(verdict)) {
         return Choice {
             accel: verdict.accel,
             notice: None,
+            tsc_khz: verdict.tsc_khz,
         };
     }
-    let verdict = test_kvm(qemu, key);
+    let fresh = cached.is_none();
+    let mut verdict = cached.unwrap_or_else(|| test_kvm(qemu, key));
+    if needs_tsc(&verdict) {
+        verdict.tsc_khz = crate::clock::measure_tsc_khz();
+    }
     if let Ok(bytes) = serde_json::to_vec(&verdict) {
         // A cache that cannot be written only costs the next run the same check.
         let _ = std::fs::write(&path, bytes);
     }
-    let notice = verdict.reason.as_ref().map(|reason| {
+    let notice = verdict.reason.as_ref().filter(|_| fresh).map(|reason| {
         format!("KVM cannot be used ({reason}); vm sandboxes run under software emulation (TCG), which is slower; `airlock doctor` shows the details")
     });
     Choice {
         accel: verdict.accel,
         notice,
+        tsc_khz: verdict.tsc_khz,
     }
+}
+
+/// Returns whether a verdict for TCG lacks the TSC frequency its guests keep time with.
+fn needs_tsc(verdict: &Verdict) -> bool {
+    verdict.accel == Accel::Tcg && verdict.tsc_khz.is_none()
 }
 
 /// Keys the verdict by QEMU's path, size and modification time, /dev/kvm's presence, and
@@ -81,6 +98,7 @@ fn test_kvm(qemu: &Path, key: String) -> Verdict {
         key: key.clone(),
         accel: Accel::Tcg,
         reason: Some(reason),
+        tsc_khz: None,
     };
     if let Err(error) = std::fs::OpenOptions::new()
         .read(true)
@@ -95,6 +113,7 @@ fn test_kvm(qemu: &Path, key: String) -> Verdict {
             key,
             accel: Accel::Kvm,
             reason: None,
+            tsc_khz: None,
         },
         Some(GuestOutcome::TimedOut { limit, .. }) => tcg(format!(
             "a test guest did not finish within {} s under KVM",

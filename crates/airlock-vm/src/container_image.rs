@@ -85,7 +85,7 @@ fn build(
         // when the name moves to another image meanwhile.
         let container = ExportContainer::create(engine, &image.id)?;
         let mut watch = |read: u64| {
-            interrupts.check().map_err(Error::Interrupted)?;
+            interrupts.check().map_err(Error::BuildInterrupted)?;
             let done = read as f64 / image.size.max(1) as f64;
             progress(done.min(1.0) * UNPACK_SHARE);
             Ok(())
@@ -101,7 +101,7 @@ fn build(
 
     let summary = crate::disk::summarize(&staging.tree())?;
     let mut watch = |done: f64| {
-        interrupts.check().map_err(Error::Interrupted)?;
+        interrupts.check().map_err(Error::BuildInterrupted)?;
         progress(UNPACK_SHARE + done * (1.0 - UNPACK_SHARE));
         Ok(())
     };

@@ -99,9 +99,21 @@ pub enum Error {
     #[error(
         "the build of the guest's root disk was interrupted; its temporary files were removed"
     )]
-    Interrupted(#[source] airlock_namespace::interrupt::Interrupted),
+    BuildInterrupted(#[source] airlock_namespace::interrupt::Interrupted),
     #[error("cannot create the guest's directory of sockets, disks and logs")]
     GuestDirectory(#[source] io::Error),
+    #[error("memory limit {} is more than this host can give a guest: the guest needs {} more for its kernel and agent, and the host has {} of memory; pass --memory {} or less", crate::sizing::describe_bytes(*limit), airlock_core::size::format_bytes(crate::sizing::GUEST_OVERHEAD), airlock_core::size::format_bytes_short(*host), crate::sizing::describe_bytes(*available))]
+    MemoryAboveHost {
+        limit: u64,
+        host: u64,
+        available: u64,
+    },
+    #[error("--cpus {requested} is more than this host's {host} CPUs: the guest's virtual CPUs would share them, so the limit would not hold; pass --cpus {host} or less")]
+    CpusAboveHost { requested: f64, host: u32 },
+    #[error("cannot catch the signals that Airlock forwards to the guest's command")]
+    CatchSignals(#[source] io::Error),
+    #[error("signal {signal} arrived while the guest booted")]
+    Interrupted { signal: i32 },
     #[error("cannot start QEMU")]
     SpawnQemu(#[source] io::Error),
     #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}{shares}")]

@@ -8,6 +8,7 @@ use airlock_core::EndReason;
 use airlock_protocol::{FrameKind, Message};
 
 use crate::client::{self, Connection, Event, SharedWriter, Wait};
+use crate::interrupt::Interrupts;
 
 /// A command for the agent to run.
 pub struct Request {
@@ -47,10 +48,13 @@ pub enum End {
 pub struct Finish {
     pub end: End,
     pub stderr_ends_line: bool,
+    /// The channel the command ran on, whose process group the agent still signals.
+    pub channel: u32,
 }
 
-/// Runs `request` on `connection` with this process's standard streams.
-pub fn run(connection: &mut Connection, request: Request) -> Finish {
+/// Runs `request` on `connection` with this process's standard streams, and forwards the
+/// signals that `interrupts` catches to the command.
+pub fn run(connection: &mut Connection, request: Request, interrupts: &mut Interrupts) -> Finish {
     let channel = connection.open_channel();
     let _raw = request
         .tty
@@ -64,12 +68,12 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
         tty,
         uid: request.uid,
         gid: request.gid,
+        host_time: crate::clock::host_time(),
     };
     if let Err(error) = connection.send(channel, &message) {
-        return finish(End::Broken(error.to_string()), true);
+        return finish(End::Broken(error.to_string()), true, channel);
     }
-    // Restores the signals' dispositions when the command is over, however it ended.
-    let _forwarding = forward_signals(connection.writer(), channel);
+    interrupts.forward(connection.writer(), channel);
     let deadline = request.timeout.map(|timeout| Instant::now() + timeout);
     let mut heard = Instant::now();
     let mut stdin_started = false;
@@ -80,10 +84,10 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
             deadline.map_or(silence_deadline, |deadline| deadline.min(silence_deadline));
         let event = match connection.next_event(Some(wait_until)) {
             Wait::TimedOut if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
-                return finish(End::TimedOut, stderr_ends_line)
+                return finish(End::TimedOut, stderr_ends_line, channel)
             }
             Wait::TimedOut if Instant::now() >= silence_deadline => {
-                return finish(End::GuestSilent, stderr_ends_line)
+                return finish(End::GuestSilent, stderr_ends_line, channel)
             }
             Wait::TimedOut => continue,
             Wait::Event(event) => event,
@@ -91,9 +95,9 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
         heard = Instant::now();
         let frame = match event {
             Event::Frame(frame) => frame,
-            Event::Closed => return finish(End::GuestStopped, stderr_ends_line),
+            Event::Closed => return finish(End::GuestStopped, stderr_ends_line, channel),
             Event::Broken(error) => {
-                return finish(End::Broken(error.to_string()), stderr_ends_line)
+                return finish(End::Broken(error.to_string()), stderr_ends_line, channel)
             }
         };
         if frame.channel != channel {
@@ -113,7 +117,7 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
                     send_stdin(connection.writer(), channel);
                 }
                 Ok(Message::ExecFailed { error, not_found }) => {
-                    return finish(End::Failed { error, not_found }, stderr_ends_line);
+                    return finish(End::Failed { error, not_found }, stderr_ends_line, channel);
                 }
                 Ok(Message::Exited {
                     code,
@@ -133,23 +137,26 @@ pub fn run(connection: &mut Connection, request: Request) -> Finish {
                         signal,
                         reason,
                     };
-                    return finish(end, stderr_ends_line);
+                    return finish(end, stderr_ends_line, channel);
                 }
                 Ok(Message::Error { message }) => {
-                    return finish(End::Broken(message), stderr_ends_line);
+                    return finish(End::Broken(message), stderr_ends_line, channel);
                 }
                 Ok(_) => {}
-                Err(error) => return finish(End::Broken(error.to_string()), stderr_ends_line),
+                Err(error) => {
+                    return finish(End::Broken(error.to_string()), stderr_ends_line, channel)
+                }
             },
             FrameKind::Stdin | FrameKind::FileData | FrameKind::Unknown(_) => {}
         }
     }
 }
 
-fn finish(end: End, stderr_ends_line: bool) -> Finish {
+fn finish(end: End, stderr_ends_line: bool, channel: u32) -> Finish {
     Finish {
         end,
         stderr_ends_line,
+        channel,
     }
 }
 
@@ -184,100 +191,6 @@ fn send_stdin(writer: SharedWriter, channel: u32) {
             }
         }
     });
-}
-
-/// The signals that reach the command in the guest, as the other backends forward them.
-const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
-
-/// Write end of the pipe that the signal handler writes each forwarded signal's number to.
-static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-extern "C" fn note_signal(signal: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
-    if fd >= 0 {
-        let byte = signal as u8;
-        // SAFETY: write is async-signal-safe, and `byte` lives for the call. A full pipe
-        // drops the signal.
-        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
-}
-
-/// Puts the previous dispositions of the forwarded signals back when dropped, and closes
-/// the pipe, which ends the thread that reads it.
-struct Forwarding {
-    previous: Vec<(libc::c_int, libc::sigaction)>,
-    write_end: libc::c_int,
-}
-
-impl Drop for Forwarding {
-    fn drop(&mut self) {
-        for (signal, action) in &self.previous {
-            // SAFETY: `action` is a disposition that sigaction returned for `signal`.
-            unsafe { libc::sigaction(*signal, action, std::ptr::null_mut()) };
-        }
-        SIGNAL_PIPE.store(-1, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: the write end is this value's own, and the handler no longer uses it.
-        unsafe { libc::close(self.write_end) };
-    }
-}
-
-/// Catches the forwarded signals while the returned value lives, and sends each to the
-/// command on `channel`. So Ctrl-C or a SIGTERM to Airlock reaches the command in the guest,
-/// and the command's exit ends the run as usual. Any thread may take a process-directed
-/// signal, so the handler only writes the signal's number to a pipe, which a thread of its
-/// own reads. Without a pipe, signals keep their dispositions.
-fn forward_signals(writer: SharedWriter, channel: u32) -> Option<Forwarding> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return None;
-    }
-    let [read_end, write_end] = fds;
-    SIGNAL_PIPE.store(write_end, std::sync::atomic::Ordering::Relaxed);
-    let mut previous = Vec::new();
-    for signal in FORWARDED {
-        // SAFETY: sigaction is plain data; the handler only calls write, which is
-        // async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, &action, &mut old) == 0 {
-                previous.push((signal, old));
-            }
-        }
-    }
-    std::thread::spawn(move || {
-        let mut byte = 0u8;
-        loop {
-            // SAFETY: `byte` has room for the one byte read.
-            let read = unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) };
-            if read != 1 {
-                break;
-            }
-            let message = Message::Signal {
-                signal: libc::c_int::from(byte),
-            };
-            if client::lock(&writer).send(channel, &message).is_err() {
-                break;
-            }
-        }
-        // SAFETY: the read end is this thread's own.
-        unsafe { libc::close(read_end) };
-    });
-    Some(Forwarding {
-        previous,
-        write_end,
-    })
 }
 
 /// Returns the caller's terminal size as (rows, columns).

@@ -70,8 +70,14 @@ impl GuestFiles {
 }
 
 impl Guest {
-    /// Starts QEMU on `machine` and waits until the agent is ready.
-    pub fn boot(qemu_binary: &Path, machine: Machine, files: GuestFiles) -> Result<Guest, Error> {
+    /// Starts QEMU on `machine` and waits until the agent is ready. `interrupted` is
+    /// polled meanwhile: a signal it returns ends the boot with [`Error::Interrupted`].
+    pub fn boot(
+        qemu_binary: &Path,
+        machine: Machine,
+        files: GuestFiles,
+        interrupted: &dyn Fn() -> Option<i32>,
+    ) -> Result<Guest, Error> {
         let directory = files.directory;
         // The daemons listen before QEMU starts, since QEMU connects to them at once.
         let started = start_daemons(&machine)
@@ -89,10 +95,15 @@ impl Guest {
             "QEMU started"
         );
         let deadline = Instant::now() + boot_time_limit(machine.accel);
-        let connection = match connect(&mut qemu, &machine.agent_socket, deadline) {
+        let connection = match connect(&mut qemu, &machine.agent_socket, deadline, interrupted) {
             Ok(connection) => connection,
-            Err(reason) => {
-                let error = stopped(&mut qemu, &machine, &directory, reason);
+            Err(failure) => {
+                let error = match failure {
+                    ConnectFailure::Interrupted(signal) => Error::Interrupted { signal },
+                    ConnectFailure::Stopped(reason) => {
+                        stopped(&mut qemu, &machine, &directory, reason)
+                    }
+                };
                 let _ = qemu.kill();
                 let _ = qemu.wait();
                 daemons.iter_mut().for_each(Daemon::kill);
@@ -107,13 +118,24 @@ impl Guest {
             machine,
             connection,
         };
-        guest.wait_ready(deadline)?;
+        guest.wait_ready(deadline, interrupted)?;
         Ok(guest)
     }
 
-    fn wait_ready(&mut self, deadline: Instant) -> Result<(), Error> {
+    /// Waits for the agent's `ready`. An error drops the guest, which kills QEMU and
+    /// removes its directory.
+    fn wait_ready(
+        &mut self,
+        deadline: Instant,
+        interrupted: &dyn Fn() -> Option<i32>,
+    ) -> Result<(), Error> {
         loop {
-            match self.connection.next_event(Some(deadline)) {
+            if let Some(signal) = interrupted() {
+                return Err(Error::Interrupted { signal });
+            }
+            let wake = deadline.min(Instant::now() + INTERRUPT_POLL);
+            match self.connection.next_event(Some(wake)) {
+                Wait::TimedOut if Instant::now() < deadline => {}
                 Wait::TimedOut => {
                     let limit = boot_time_limit(self.machine.accel).as_secs();
                     return Err(
@@ -198,14 +220,38 @@ fn start_daemons(machine: &Machine) -> Result<Vec<Daemon>, Error> {
         .collect()
 }
 
+/// How often a boot checks for a signal that ends it.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
+/// The reason the host could not connect to the agent's socket.
+enum ConnectFailure {
+    Interrupted(i32),
+    Stopped(String),
+}
+
 /// Connects to the agent's socket once QEMU has created it.
-fn connect(qemu: &mut Child, socket: &Path, deadline: Instant) -> Result<Connection, String> {
-    Connection::connect(socket, || {
+fn connect(
+    qemu: &mut Child,
+    socket: &Path,
+    deadline: Instant,
+    interrupted: &dyn Fn() -> Option<i32>,
+) -> Result<Connection, ConnectFailure> {
+    let mut signal = None;
+    let connected = Connection::connect(socket, || {
+        signal = interrupted();
+        if signal.is_some() {
+            return Some("interrupted".into());
+        }
         if let Ok(Some(status)) = qemu.try_wait() {
             return Some(format!("QEMU exited with {status}"));
         }
         (Instant::now() >= deadline).then(|| "QEMU did not open the agent's socket in time".into())
-    })
+    });
+    match (connected, signal) {
+        (Ok(connection), _) => Ok(connection),
+        (Err(_), Some(signal)) => Err(ConnectFailure::Interrupted(signal)),
+        (Err(reason), None) => Err(ConnectFailure::Stopped(reason)),
+    }
 }
 
 /// Builds the error for a guest that stopped or never started, with the last lines of its

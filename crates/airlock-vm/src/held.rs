@@ -4,6 +4,7 @@
 //! the guest off.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -78,7 +79,8 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
         None => airlock_core::SandboxId::generate().map_err(Error::Id)?,
     };
     let prepared = launch::prepare(spec, &id, qemu)?;
-    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
+    // A stop signal during the boot waits in the signalfd, and stops the guest once it runs.
+    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files, &|| None)?;
     let socket = guest.machine.agent_socket.with_file_name("control.sock");
     let listener = UnixListener::bind(&socket).map_err(Error::GuestDirectory)?;
     let events = guest.connection.take_events();
@@ -148,26 +150,40 @@ impl Drop for HeldVm {
     }
 }
 
-/// Copies the workspace changes out through the control socket, as a client of the relay.
-fn export_through(socket: &Path, layers: &Path) -> Result<(), Error> {
+/// Copies the workspace changes out through the control socket, as a client of the relay,
+/// into `layers/upper`. The guest's layer has every change since the guest started, so it
+/// replaces the host's copy. It is copied to a new directory first, so that a failed or
+/// concurrent copy never leaves a mix of both.
+pub fn export_through(socket: &Path, layers: &Path) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut connection = Connection::connect(socket, || {
         (Instant::now() >= deadline).then(|| "the control socket does not accept".to_owned())
     })
     .map_err(|message| Error::AgentFailed { message })?;
-    let upper = layers.join("upper");
-    // The guest's layer has every change since the guest started, so it replaces the copy.
-    if upper.exists() {
-        let _ = std::fs::remove_dir_all(&upper);
-    }
-    for layer in [&upper, &layers.join("work")] {
-        std::fs::create_dir_all(layer).map_err(|source| Error::Layers {
-            path: layer.to_path_buf(),
-            source,
-        })?;
-    }
+    let layers_failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Layers { path, source }
+    };
+    let work = layers.join("work");
+    std::fs::create_dir_all(&work).map_err(layers_failed(&work))?;
+    let staging = tempfile::Builder::new()
+        .prefix("upper-")
+        .tempdir_in(layers)
+        .map_err(layers_failed(layers))?;
     let guest_upper = format!("{LAYERS}/upper");
-    crate::export::upper_layer(&mut connection, &guest_upper, &upper).map_err(Error::Export)
+    crate::export::upper_layer(&mut connection, &guest_upper, staging.path())
+        .map_err(Error::Export)?;
+
+    let upper = layers.join("upper");
+    let mode = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(staging.path(), mode).map_err(layers_failed(staging.path()))?;
+    match std::fs::remove_dir_all(&upper) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(layers_failed(&upper)(error));
+        }
+        _ => {}
+    }
+    std::fs::rename(staging.keep(), &upper).map_err(layers_failed(&upper))
 }
 
 /// Kills the QEMU of a sandbox whose supervisor is gone and removes the guest's directory,

@@ -10,6 +10,8 @@ use airlock_core::{
     WorkspaceMode,
 };
 
+use airlock_protocol::Message;
+
 use crate::accel;
 use crate::agent::boot::{WorkspaceMount, LAYERS, ROOT_SHARE_TAG, WORKSPACE_SHARE_TAG};
 use crate::disk::{self, ProgressBar};
@@ -17,16 +19,12 @@ use crate::error::Error;
 use crate::exec::{self, End};
 use crate::guest::{Guest, GuestFiles};
 use crate::initramfs;
+use crate::interrupt::Interrupts;
 use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
 use crate::share::{Share, ShareSource};
-
-/// Guest memory on top of the memory limit, for the guest's kernel and the initramfs with
-/// the agent. The limit itself is the `memory.max` of the commands' cgroup in the guest.
-// NOTE: an estimate from Debian's 6.1 cloud kernel, whose idle guest uses about 60 MiB;
-// a larger kernel leaves the commands less room before the guest's own OOM killer acts.
-pub const GUEST_OVERHEAD: u64 = 128 << 20;
+use crate::sizing;
 
 /// The shared files a guest boots from, built or found in the cache.
 pub struct Prepared {
@@ -39,6 +37,7 @@ pub struct Prepared {
 pub fn check_spec(spec: &Spec) -> Result<(), Error> {
     let root = root_source(spec)?;
     let mount = workspace_mount(spec)?;
+    sizing::size(spec)?;
     if matches!(root, RootSource::HostView) || mount == Some(WorkspaceMount::Bind) {
         crate::share::find_virtiofsd()?;
     }
@@ -101,6 +100,7 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
 /// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
 /// accelerator, and lays out the guest's files.
 pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
+    let sizing = sizing::size(spec)?;
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     // Before the initramfs, so that a missing image fails without building anything.
@@ -121,8 +121,8 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     };
     let machine = Machine {
         accel: choice.accel,
-        cpus: spec.limits.cpus.value.map_or(1, protections::vcpus),
-        memory_mib: (spec.limits.memory.value + GUEST_OVERHEAD).div_ceil(1 << 20),
+        cpus: sizing.cpus,
+        memory_mib: sizing.memory_mib,
         kernel: kernel.image,
         initramfs,
         shares: shares(spec, &files, root_disk.is_none()),
@@ -132,7 +132,8 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         tmp_size: spec.limits.tmp_size,
         workspace,
         pids: spec.limits.pids.value,
-        memory_limit: spec.limits.memory.value,
+        memory_limit: sizing.memory_limit,
+        tsc_khz: choice.tsc_khz,
     };
     Ok(Prepared {
         qemu,
@@ -208,25 +209,53 @@ pub fn environment(spec: &Spec) -> Vec<(String, String)> {
     env
 }
 
-/// Runs the spec's command in a new guest and kills the guest afterwards.
+/// Runs the spec's command in a new guest and kills the guest afterwards. A forwarded
+/// signal that arrives before the command starts ends the run as if it had killed the
+/// command, with nothing left of the guest.
 pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, Error> {
     let started = Instant::now();
+    let mut interrupts = Interrupts::catch().map_err(Error::CatchSignals)?;
     let enforcement = check(spec)?;
     let id = match options.id {
         Some(id) => id,
         None => SandboxId::generate().map_err(Error::Id)?,
     };
+    let interrupted = |signal| Ok(interrupted_run(signal, &id, started, &enforcement));
 
-    let prepared = prepare(spec, &id, qemu)?;
-    let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files)?;
+    // Ctrl-C at a terminal also reaches a mkfs.ext4 that builds the root image, which then
+    // fails: the signal, not the failure, is what ended the run.
+    let prepared = match prepare(spec, &id, qemu) {
+        Ok(prepared) => prepared,
+        Err(error) => return interrupts.pending().map_or(Err(error), interrupted),
+    };
+    if let Some(signal) = interrupts.pending() {
+        let _ = std::fs::remove_dir_all(&prepared.files.directory);
+        return interrupted(signal);
+    }
+    let booted = Guest::boot(&prepared.qemu, prepared.machine, prepared.files, &|| {
+        interrupts.pending()
+    });
+    let mut guest = match booted {
+        Ok(guest) => guest,
+        Err(Error::Interrupted { signal }) => return interrupted(signal),
+        Err(error) => return Err(error),
+    };
     tracing::info!(sandbox = %id, qemu = guest.qemu_pid(), "vm sandbox started");
 
     let request = command_request(spec, guest.machine.accel);
-    let finish = exec::run(&mut guest.connection, request);
+    let finish = exec::run(&mut guest.connection, request, &mut interrupts);
+    // From here on, a signal ends Airlock as it did before the run.
+    drop(interrupts);
     let command = spec.command[0].to_string_lossy();
     let ended = to_outcome(finish.end, &command, &id, started, &enforcement);
     let outcome = ended.map_err(|unfinished| guest_failure(&mut guest, unfinished))?;
     tracing::debug!(sandbox = %id, reason = ?outcome.reason, "vm command ended");
+    // The run ends with its command, as in the other backends: what the command left in
+    // the background gets no time to change the workspace while its changes are copied.
+    let kill = Message::Signal {
+        signal: libc::SIGKILL,
+    };
+    let _ = guest.connection.send(finish.channel, &kill);
 
     // After a timeout the guest ends at once; otherwise it still runs, with the changes.
     if outcome.reason != EndReason::TimedOut {
@@ -243,6 +272,30 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
         stderr_ends_line: finish.stderr_ends_line,
         teardown: airlock_core::Teardown::later(guest),
     })
+}
+
+/// Builds the result of a run that `signal` ended before its command started. The guest,
+/// if it was started, is already killed and its directory removed.
+fn interrupted_run(
+    signal: i32,
+    id: &SandboxId,
+    started: Instant,
+    enforcement: &Enforcement,
+) -> Finished {
+    tracing::info!(sandbox = %id, signal, "vm sandbox interrupted before its command started");
+    eprintln!("airlock: signal {signal} ended the run before the command started in the guest");
+    let end = End::Exited {
+        code: None,
+        signal: Some(signal),
+        reason: EndReason::Exited,
+    };
+    let outcome = to_outcome(end, "", id, started, enforcement)
+        .unwrap_or_else(|_| unreachable!("an exit always has an outcome"));
+    Finished {
+        outcome,
+        stderr_ends_line: true,
+        teardown: airlock_core::Teardown::none(),
+    }
 }
 
 /// Checks what the spec asks against what a guest provides, and returns the protections.

@@ -4,15 +4,18 @@
 //! A run goes through these parts, in order:
 //! - [`kernel`], [`modules`]: the guest kernel and the modules it needs;
 //! - [`cpio`], [`initramfs`]: the initramfs with the agent as `/init`, cached by content;
+//! - [`sizing`]: the guest's memory and virtual CPUs, checked against the host;
 //! - [`accel`]: KVM when a test guest runs under it, software emulation (TCG) otherwise;
+//!   [`clock`]: the TSC frequency a guest under TCG keeps time with;
 //! - [`disk`]: the root disk image, built once per root filesystem, and a copy-on-write
 //!   layer per sandbox; [`container_image`], [`owners`]: the same from a container image;
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
 //! - [`share`]: the virtiofs daemons that share the host view and a bind workspace;
 //! - [`client`], [`exec`]: the host's side of the protocol ([`airlock_protocol`]);
+//! - [`interrupt`]: SIGINT, SIGTERM and the like, which end a boot or reach the command;
 //! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
 //! - [`held`], [`proxy`], [`remote`]: persistent sandboxes, whose supervisor keeps QEMU and
-//!   relays the agent to `exec` and `cp`;
+//!   relays the agent to `exec` and `cp` ([`copy`]);
 //! - [`inner`]: `--inner namespace`, a namespace sandbox around each command in the guest;
 //! - [`agent`]: the agent, PID 1 in the guest.
 
@@ -21,7 +24,9 @@ pub mod agent;
 pub mod availability;
 pub mod cache;
 pub mod client;
+pub mod clock;
 pub mod container_image;
+pub mod copy;
 pub mod cpio;
 pub mod disk;
 pub mod error;
@@ -31,6 +36,7 @@ pub mod guest;
 pub mod held;
 pub mod initramfs;
 pub mod inner;
+pub mod interrupt;
 pub mod kernel;
 pub mod launch;
 pub mod machine;
@@ -40,6 +46,7 @@ pub mod protections;
 pub mod proxy;
 pub mod remote;
 pub mod share;
+pub mod sizing;
 
 use std::path::Path;
 
@@ -114,7 +121,12 @@ impl Backend for VmBackend {
         into_sandbox: bool,
     ) -> Result<(), BackendError> {
         let runtime = runtime_of(runtime)?;
-        Ok(remote::copy(&runtime, source, target, into_sandbox)?)
+        Ok(copy::copy(&runtime, source, target, into_sandbox)?)
+    }
+
+    fn sync_changes(&self, runtime: &serde_json::Value, layers: &Path) -> Result<(), BackendError> {
+        let runtime = runtime_of(runtime)?;
+        Ok(held::export_through(&runtime.socket, layers)?)
     }
 
     fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>) {

@@ -63,6 +63,10 @@ pub struct Machine {
     /// memory, as in records of machines that had no such limit.
     #[serde(default)]
     pub memory_limit: u64,
+    /// The host's TSC frequency in kHz, which a guest under TCG keeps time with; `None`
+    /// under KVM or when it could not be measured.
+    #[serde(default)]
+    pub tsc_khz: Option<u64>,
 }
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
@@ -74,10 +78,14 @@ const KERNEL_PARAMETERS: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/i
 /// Kernel parameters under software emulation. QEMU's microvm machine has no PIT or HPET
 /// to calibrate the TSC against, and the boot hangs right after "tsc: Marking TSC
 /// unstable" without them (seen with Debian's 6.1 cloud kernel under QEMU 7.2).
-/// `tsc_early_khz` and `lpj` skip both calibrations.
-// NOTE: the TSC frequency given is a guess, so the guest's clock may run fast or slow;
-// timeouts are measured on the host.
-const TCG_KERNEL_PARAMETERS: &str = "tsc_early_khz=1000000 lpj=4000000 no_timer_check";
+/// `tsc_early_khz` gives the frequency instead, and `lpj` skips the delay loop's
+/// calibration.
+const TCG_KERNEL_PARAMETERS: &str = "lpj=4000000 no_timer_check";
+
+/// The TSC frequency given to a guest when the host's could not be measured.
+// NOTE: a guess, so the guest's clock runs fast or slow by the ratio of the real frequency
+// to this one. Timeouts are measured on the host.
+const GUESSED_TSC_KHZ: u64 = 1_000_000;
 
 impl Machine {
     /// Returns the kernel command line. The agent's marker comes after `--`, which the
@@ -85,8 +93,8 @@ impl Machine {
     pub fn kernel_command_line(&self) -> String {
         let mut line = KERNEL_PARAMETERS.to_owned();
         if self.accel == Accel::Tcg {
-            line.push(' ');
-            line.push_str(TCG_KERNEL_PARAMETERS);
+            let khz = self.tsc_khz.unwrap_or(GUESSED_TSC_KHZ);
+            line.push_str(&format!(" tsc_early_khz={khz} {TCG_KERNEL_PARAMETERS}"));
         }
         line.push_str(&format!(" {TMP_SIZE_PARAMETER}={}", self.tmp_size));
         line.push_str(&format!(" {PIDS_PARAMETER}={}", self.pids));
@@ -214,6 +222,7 @@ mod tests {
             shares: Vec::new(),
             pids: 64,
             memory_limit: 256 << 20,
+            tsc_khz: Some(2_596_140),
         }
     }
 
@@ -288,6 +297,6 @@ mod tests {
         );
         assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
         let tcg = machine(Accel::Tcg).kernel_command_line();
-        assert!(tcg.contains("tsc_early_khz="), "{tcg}");
+        assert!(tcg.contains("tsc_early_khz=2596140 "), "{tcg}");
     }
 }

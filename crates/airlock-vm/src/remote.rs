@@ -1,9 +1,7 @@
-//! `exec`, `cp` and `stats` for a persistent vm sandbox, from processes other than its
+//! `exec` and `stats` for a persistent vm sandbox, from processes other than its
 //! supervisor: they connect to the supervisor's control socket and speak the agent's
 //! protocol through it.
 
-use std::io::Read;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use airlock_core::spec::SANDBOX_WORKSPACE;
@@ -14,12 +12,14 @@ use crate::client::{self, Connection};
 use crate::error::Error;
 use crate::exec;
 use crate::held::Runtime;
+use crate::interrupt::Interrupts;
 use crate::launch::{self, Unfinished};
 
 /// How long a client waits for the supervisor to accept its connection.
 const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
-fn connect(runtime: &Runtime) -> Result<Connection, Error> {
+/// Connects to the supervisor's control socket of the sandbox.
+pub fn connect(runtime: &Runtime) -> Result<Connection, Error> {
     let deadline = Instant::now() + CONNECT_LIMIT;
     Connection::connect(&runtime.socket, || {
         (Instant::now() >= deadline).then(|| "the supervisor does not accept".to_owned())
@@ -39,6 +39,7 @@ pub fn exec(
     command: &ExecCommand,
 ) -> Result<Finished, Error> {
     let started = Instant::now();
+    let mut interrupts = Interrupts::catch().map_err(Error::CatchSignals)?;
     let mut connection = connect(runtime)?;
     let user = command.user.or(spec.user).unwrap_or(User::ROOT);
     let mut env = launch::environment(spec);
@@ -60,7 +61,7 @@ pub fn exec(
         timeout: command.timeout,
         silence_limit: launch::silence_limit(runtime.machine.accel),
     };
-    let finish = exec::run(&mut connection, request);
+    let finish = exec::run(&mut connection, request, &mut interrupts);
     let name = command.argv[0].to_string_lossy();
     let outcome = launch::to_outcome(finish.end, &name, id, started, &runtime.enforcement)
         .map_err(|unfinished| match unfinished {
@@ -77,101 +78,6 @@ pub fn exec(
         stderr_ends_line: finish.stderr_ends_line,
         teardown: airlock_core::Teardown::none(),
     })
-}
-
-/// Copies one regular file between the host and the guest.
-// NOTE: directories are not copied yet; the other backends copy whole trees.
-pub fn copy(
-    runtime: &Runtime,
-    source: &Path,
-    target: &Path,
-    into_sandbox: bool,
-) -> Result<(), Error> {
-    let mut connection = connect(runtime)?;
-    let failed = |path: &Path, message: String| Error::Copy {
-        path: path.to_owned(),
-        message,
-    };
-    if into_sandbox {
-        let mut file =
-            std::fs::File::open(source).map_err(|error| failed(source, error.to_string()))?;
-        if !file.metadata().is_ok_and(|metadata| metadata.is_file()) {
-            return Err(failed(
-                source,
-                "the vm backend copies regular files only".into(),
-            ));
-        }
-        let channel = connection.open_channel();
-        let message = Message::WriteFile {
-            path: target.to_string_lossy().into_owned(),
-            mode: 0o644,
-        };
-        connection
-            .send(channel, &message)
-            .map_err(|error| failed(target, error.to_string()))?;
-        let writer = connection.writer();
-        let mut buffer = vec![0u8; airlock_protocol::MAX_PAYLOAD];
-        loop {
-            let count = file
-                .read(&mut buffer)
-                .map_err(|error| failed(source, error.to_string()))?;
-            let mut writer = client::lock(&writer);
-            if count == 0 {
-                let _ = writer.end_stream(FrameKind::FileData, channel);
-                break;
-            }
-            writer
-                .send_data(FrameKind::FileData, channel, &buffer[..count])
-                .map_err(|error| failed(target, error.to_string()))?;
-        }
-        return match wait_reply(&mut connection, channel)? {
-            Message::Done => Ok(()),
-            Message::Error { message } => Err(failed(target, message)),
-            other => Err(failed(target, format!("unexpected reply {other:?}"))),
-        };
-    }
-    let target_path = if target.is_dir() {
-        target.join(source.file_name().unwrap_or_default())
-    } else {
-        target.to_owned()
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&target_path)
-        .map_err(|error| failed(&target_path, error.to_string()))?;
-    let message = Message::ReadFile {
-        path: source.to_string_lossy().into_owned(),
-    };
-    let reply = crate::export::request(&mut connection, message, Some(&mut file));
-    match reply {
-        Ok(Message::Done) => Ok(()),
-        Ok(other) => {
-            let _ = std::fs::remove_file(&target_path);
-            Err(failed(source, format!("{other:?}")))
-        }
-        Err(error) => {
-            let _ = std::fs::remove_file(&target_path);
-            Err(Error::Export(error))
-        }
-    }
-}
-
-fn wait_reply(connection: &mut Connection, channel: u32) -> Result<Message, Error> {
-    loop {
-        match connection.next_event(None) {
-            client::Wait::Event(client::Event::Frame(frame)) => {
-                if frame.channel == channel && frame.kind == FrameKind::Message {
-                    return frame.to_message().map_err(Error::Protocol);
-                }
-            }
-            _ => {
-                return Err(Error::AgentFailed {
-                    message: "the connection to the supervisor ended".into(),
-                })
-            }
-        }
-    }
 }
 
 /// Reads QEMU's resident memory and CPU time, and counts the guest's processes: the

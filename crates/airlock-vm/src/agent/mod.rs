@@ -18,6 +18,7 @@
 pub mod boot;
 pub mod cgroup;
 pub mod serve;
+pub mod tree;
 
 use airlock_namespace::sys;
 

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cgroup::{self, Workload};
 use airlock_protocol::{
@@ -22,7 +22,7 @@ use airlock_protocol::{
 };
 
 /// The write side of the port, shared by every thread that reports to the host.
-type Port = Arc<Mutex<FrameWriter<File>>>;
+pub(super) type Port = Arc<Mutex<FrameWriter<File>>>;
 
 /// A wait status as waitpid(2) returns it.
 type WaitStatus = libc::c_int;
@@ -104,7 +104,7 @@ fn forward(consumers: &mut HashMap<u32, Sender<Vec<u8>>>, frame: Frame) {
     }
 }
 
-fn send(port: &Port, channel: u32, message: &Message) {
+pub(super) fn send(port: &Port, channel: u32, message: &Message) {
     let mut port = port.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Err(error) = port.send(channel, message) {
         super::console(&format!("cannot write to the host: {error}"));
@@ -126,7 +126,11 @@ fn handle(
             tty,
             uid,
             gid,
+            host_time,
         } => {
+            if let Some(nanos) = host_time {
+                set_clock(nanos);
+            }
             let request = ExecRequest {
                 argv,
                 env,
@@ -160,6 +164,16 @@ fn handle(
             let port = Arc::clone(port);
             std::thread::spawn(move || write_file(channel, &path, mode, receiver, &port));
         }
+        Message::PackTree { path } => {
+            let port = Arc::clone(port);
+            std::thread::spawn(move || super::tree::pack(channel, &path, &port));
+        }
+        Message::UnpackTree { path } => {
+            let (sender, receiver) = mpsc::channel();
+            commands.files.insert(channel, sender);
+            let port = Arc::clone(port);
+            std::thread::spawn(move || super::tree::unpack(channel, &path, receiver, &port));
+        }
         Message::ListDir { path } => {
             let reply = match list_dir(&path) {
                 Ok(entries) => Message::Entries { entries },
@@ -173,6 +187,20 @@ fn handle(
             let message = format!("the agent does not handle {other:?} from the host");
             send(port, channel, &Message::Error { message });
         }
+    }
+}
+
+/// Sets the guest's wall clock to `nanos` since the Unix epoch. A failure is written to
+/// the console, and the command runs with the clock as it was.
+fn set_clock(nanos: u64) {
+    let time = libc::timespec {
+        tv_sec: (nanos / 1_000_000_000) as _,
+        tv_nsec: (nanos % 1_000_000_000) as _,
+    };
+    // SAFETY: `time` is a live timespec for the call to read.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) } == -1 {
+        let error = io::Error::last_os_error();
+        super::console(&format!("cannot set the clock to the host's: {error}"));
     }
 }
 
@@ -260,6 +288,7 @@ fn start(
 
     let (stdin_sender, stdin_receiver) = mpsc::channel::<Vec<u8>>();
     commands.stdin.insert(channel, stdin_sender);
+    let done = Arc::new(AtomicBool::new(false));
     let mut relays = Vec::new();
     match terminal {
         Some(master) => {
@@ -267,27 +296,43 @@ fn start(
             let input = File::from(master.try_clone().map_err(exec_error)?);
             let output = File::from(master.try_clone().map_err(exec_error)?);
             std::thread::spawn(move || feed(stdin_receiver, input));
-            relays.push(relay(output, FrameKind::Stdout, channel, port));
+            relays.push(relay(
+                output,
+                FrameKind::Stdout,
+                channel,
+                port,
+                Arc::clone(&done),
+            ));
             commands.groups.insert(channel, (pid, Some(master)));
         }
         None => {
             let stdin = child.stdin.take().expect("stdin is piped");
             std::thread::spawn(move || feed(stdin_receiver, stdin));
-            let stdout = child.stdout.take().expect("stdout is piped");
-            let stderr = child.stderr.take().expect("stderr is piped");
-            relays.push(relay(stdout, FrameKind::Stdout, channel, port));
-            relays.push(relay(stderr, FrameKind::Stderr, channel, port));
+            let stdout = File::from(OwnedFd::from(child.stdout.take().expect("stdout is piped")));
+            let stderr = File::from(OwnedFd::from(child.stderr.take().expect("stderr is piped")));
+            relays.push(relay(
+                stdout,
+                FrameKind::Stdout,
+                channel,
+                port,
+                Arc::clone(&done),
+            ));
+            relays.push(relay(
+                stderr,
+                FrameKind::Stderr,
+                channel,
+                port,
+                Arc::clone(&done),
+            ));
             commands.groups.insert(channel, (pid, None));
         }
     }
     let port = Arc::clone(port);
-    let done = Arc::new(AtomicBool::new(false));
     let hits = commands
         .workload
         .as_ref()
         .map(|workload| workload.watch(Arc::clone(&done)));
     let waited = Waited {
-        pid,
         status: status_receiver,
         relays,
         oom_kills_before,
@@ -348,17 +393,45 @@ fn feed(chunks: Receiver<Vec<u8>>, mut stdin: impl Write) {
     }
 }
 
-/// Relays one output stream to the host, then ends it.
+/// Relays one output stream to the host, then ends it: at end of file, or once the command
+/// `exited` and the stream is empty, or [`DRAIN_LIMIT`] after the exit. A process the
+/// command left in the background may keep the stream open, and write to it, for as long as
+/// it runs. It keeps running after the relay ends, as background processes do in the
+/// namespace backend's sandboxes.
 fn relay(
-    mut stream: impl Read + Send + 'static,
+    stream: File,
     kind: FrameKind,
     channel: u32,
     port: &Port,
+    exited: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let port = Arc::clone(port);
     std::thread::spawn(move || {
+        let mut stream = stream;
         let mut buffer = vec![0u8; 64 * 1024];
+        let mut drain_deadline = None;
         loop {
+            // The flag is read before the poll: whatever the command wrote before it exited is
+            // in the stream by then, so the poll reports it.
+            let exited = exited.load(Ordering::SeqCst);
+            if exited {
+                let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_LIMIT);
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+            let mut fds = [libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let timeout = if exited { 0 } else { RELAY_POLL_MS };
+            match airlock_namespace::sys::poll(&mut fds, timeout) {
+                Ok(0) if exited => break,
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(_) => break,
+            }
             let count = match stream.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(count) => count,
@@ -377,14 +450,22 @@ fn relay(
     })
 }
 
+/// How long a relay waits for output before it checks whether the command exited.
+const RELAY_POLL_MS: libc::c_int = 50;
+
+/// How long a relay goes on after the command exited, while a background process keeps
+/// writing. What the command itself left is at most a pipe's or terminal's buffer, which
+/// takes far less.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
 /// The channels through which the end of one command arrives.
 struct Waited {
-    pid: libc::pid_t,
     status: Receiver<WaitStatus>,
     relays: Vec<std::thread::JoinHandle<()>>,
     /// The guest's count of OOM kills before the command started.
     oom_kills_before: u64,
-    /// Set once the command ended, to stop the watch on the process limit.
+    /// Set once the command ended, to stop the watch on the process limit and the relays
+    /// of its output.
     done: Arc<AtomicBool>,
     /// What that watch saw when it killed the commands: a refused fork, or thrashing at
     /// the memory limit.
@@ -394,7 +475,6 @@ struct Waited {
 /// Waits for the command's status and the end of its output, then reports it.
 fn report_end(channel: u32, waited: Waited, port: &Port) {
     let Waited {
-        pid,
         status,
         relays,
         oom_kills_before,
@@ -410,10 +490,6 @@ fn report_end(channel: u32, waited: Waited, port: &Port) {
             .is_some_and(|hits| flag(hits).load(Ordering::SeqCst))
     };
     let (pids_limit, thrashed) = (hit(|hits| &hits.pids), hit(|hits| &hits.memory));
-    // The command's own group ends with it, so that a background process cannot keep its
-    // output open and the channel waiting. A command with a terminal leads its own session.
-    // SAFETY: kill takes integers only.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
     for relay in relays {
         let _ = relay.join();
     }

@@ -1,0 +1,269 @@
+//! `airlock cp` for a persistent vm sandbox: a file, directory or symlink goes to or comes
+//! from the agent as a tar stream, through the supervisor's control socket.
+//!
+//! Out of the guest, the stream is unpacked into a new private directory beside the target
+//! by the namespace backend's host unpacker. It rejects paths that leave the directory, also
+//! through a symlink the stream made, skips device nodes and FIFOs, and drops setuid, setgid
+//! and sticky bits. Only the entry named after the source is then moved into place, because
+//! a guest's root can take over the agent and send other entries; those are dropped with
+//! the directory. Symlinks stay symlinks, so a link the guest planted, such as
+//! `link -> /etc`, arrives as a link and nothing is written through it.
+
+use std::ffi::OsStr;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+
+use airlock_namespace::{error_chain, join};
+use airlock_protocol::{DataStream, FrameKind, Message, MAX_PAYLOAD};
+
+use crate::client::{self, Connection, Event, Wait};
+use crate::error::Error;
+use crate::held::Runtime;
+
+/// Copies `source` on the host into the guest at `target`, or out of the guest when
+/// `into_sandbox` is false: into `target` when it is a directory, else as `target`.
+pub fn copy(
+    runtime: &Runtime,
+    source: &Path,
+    target: &Path,
+    into_sandbox: bool,
+) -> Result<(), Error> {
+    let mut connection = crate::remote::connect(runtime)?;
+    if into_sandbox {
+        copy_in(&mut connection, source, target)
+    } else {
+        copy_out(&mut connection, source, target)
+    }
+}
+
+fn failed(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::Copy {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+fn copy_in(connection: &mut Connection, source: &Path, target: &Path) -> Result<(), Error> {
+    let name = join::file_name(source).map_err(|error| failed(source, error))?;
+    std::fs::symlink_metadata(source).map_err(|error| failed(source, error))?;
+    let channel = connection.open_channel();
+    let request = Message::UnpackTree {
+        path: target.to_string_lossy().into_owned(),
+    };
+    connection
+        .send(channel, &request)
+        .map_err(|error| failed(target, error))?;
+
+    let writer = connection.writer();
+    let stream = DataStream::new(&writer, FrameKind::FileData, channel);
+    let packed = join::pack_tree(BufWriter::with_capacity(MAX_PAYLOAD, stream), source, &name)
+        .and_then(|mut sink| sink.flush());
+    // The end of the stream goes out even after a failure, so the agent replies.
+    let ended = client::lock(&writer).end_stream(FrameKind::FileData, channel);
+    packed.map_err(|error| failed(source, error_chain(&error)))?;
+    ended.map_err(|error| failed(target, error))?;
+    match ChannelReader::new(connection, channel).reply()? {
+        Message::Done => Ok(()),
+        Message::Error { message } => Err(failed(target, message)),
+        other => Err(failed(target, format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn copy_out(connection: &mut Connection, source: &Path, target: &Path) -> Result<(), Error> {
+    let (host_dir, name) = join::copy_destination(target, source, Path::is_dir)
+        .map_err(|error| failed(target, error))?;
+    let basename = join::file_name(source).map_err(|error| failed(source, error))?;
+    let channel = connection.open_channel();
+    let request = Message::PackTree {
+        path: source.to_string_lossy().into_owned(),
+    };
+    connection
+        .send(channel, &request)
+        .map_err(|error| failed(source, error))?;
+    let mut stream = ChannelReader::new(connection, channel);
+    let received = receive(&mut stream, &host_dir, &basename, &name);
+    match stream.reply()? {
+        Message::Done => {}
+        Message::Error { message } => return Err(failed(source, message)),
+        other => return Err(failed(source, format!("unexpected reply {other:?}"))),
+    }
+    received.map_err(|error| failed(&host_dir.join(&name), error_chain(&error)))
+}
+
+/// Unpacks a tar stream from the guest into a new private directory in `host_dir`, and
+/// moves its entry `basename` to `host_dir/name`. Nothing else of the stream is kept, and
+/// an existing directory at `host_dir/name` is not written into.
+fn receive(stream: impl Read, host_dir: &Path, basename: &OsStr, name: &OsStr) -> io::Result<()> {
+    // Removed with whatever the copy left in it, when dropped.
+    let staging = tempfile::Builder::new()
+        .prefix(".airlock-cp-")
+        .tempdir_in(host_dir)?;
+    join::unpack_on_host(stream, staging.path())?;
+    let copied = staging.path().join(basename);
+    if std::fs::symlink_metadata(&copied).is_err() {
+        let missing = format!("the guest's agent sent no entry named {basename:?}");
+        return Err(io::Error::other(missing));
+    }
+    std::fs::rename(&copied, host_dir.join(name))
+}
+
+/// Reads the file data frames of one channel as a byte stream, which ends at the first
+/// message on that channel: the reply to the request.
+struct ChannelReader<'a> {
+    connection: &'a Connection,
+    channel: u32,
+    chunk: Vec<u8>,
+    offset: usize,
+    reply: Option<Result<Message, Error>>,
+}
+
+impl<'a> ChannelReader<'a> {
+    fn new(connection: &'a Connection, channel: u32) -> ChannelReader<'a> {
+        ChannelReader {
+            connection,
+            channel,
+            chunk: Vec::new(),
+            offset: 0,
+            reply: None,
+        }
+    }
+
+    /// Skips the rest of the stream and returns the reply.
+    fn reply(mut self) -> Result<Message, Error> {
+        let _ = io::copy(&mut self, &mut io::sink());
+        self.reply.unwrap_or_else(|| Err(ended()))
+    }
+}
+
+fn ended() -> Error {
+    Error::AgentFailed {
+        message: "the connection to the supervisor ended during the copy".into(),
+    }
+}
+
+impl Read for ChannelReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.chunk.len() {
+            if self.reply.is_some() {
+                return Ok(0);
+            }
+            let frame = match self.connection.next_event(None) {
+                Wait::Event(Event::Frame(frame)) => frame,
+                Wait::Event(_) | Wait::TimedOut => {
+                    self.reply = Some(Err(ended()));
+                    return Err(io::Error::other("the connection ended during the copy"));
+                }
+            };
+            if frame.channel != self.channel {
+                continue;
+            }
+            match frame.kind {
+                FrameKind::FileData => {
+                    self.chunk = frame.payload;
+                    self.offset = 0;
+                }
+                FrameKind::Message => {
+                    self.reply = Some(frame.to_message().map_err(Error::Protocol));
+                }
+                _ => {}
+            }
+        }
+        let count = buffer.len().min(self.chunk.len() - self.offset);
+        buffer[..count].copy_from_slice(&self.chunk[self.offset..self.offset + count]);
+        self.offset += count;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tar stream of `entries`: (path, symlink target or file content, is link).
+    fn archive(entries: &[(&str, &str, bool)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, data, is_link) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o755);
+            if *is_link {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, path, data)
+                    .expect("append link");
+            } else {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(data.len() as u64);
+                builder
+                    .append_data(&mut header, path, data.as_bytes())
+                    .expect("append file");
+            }
+        }
+        builder.into_inner().expect("finish archive")
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn receive_never_writes_through_planted_symlink() {
+        let host = tempfile::tempdir().unwrap();
+        let canary = tempfile::tempdir().unwrap();
+        let canary_path = canary.path().to_str().unwrap();
+        let stream = archive(&[
+            ("tree/link", canary_path, true),
+            ("tree/link/pwned", "written through the link\n", false),
+        ]);
+        let result = receive(&stream[..], host.path(), "tree".as_ref(), "tree".as_ref());
+        assert!(result.is_err(), "the stream wrote through its own symlink");
+        assert!(
+            names(canary.path()).is_empty(),
+            "{:?}",
+            names(canary.path())
+        );
+        assert!(names(host.path()).is_empty(), "{:?}", names(host.path()));
+    }
+
+    #[test]
+    fn receive_keeps_only_entry_named_after_source() {
+        let host = tempfile::tempdir().unwrap();
+        let stream = archive(&[
+            ("tree/a", "a\n", false),
+            ("tree/link", "/etc", true),
+            (".bashrc", "planted\n", false),
+        ]);
+        receive(&stream[..], host.path(), "tree".as_ref(), "copy".as_ref()).unwrap();
+        assert_eq!(names(host.path()), ["copy"]);
+        let link = host.path().join("copy/link");
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/etc"));
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("copy/a")).unwrap(),
+            "a\n"
+        );
+    }
+
+    #[test]
+    fn receive_does_not_merge_into_existing_directory() {
+        let host = tempfile::tempdir().unwrap();
+        let canary = tempfile::tempdir().unwrap();
+        // An earlier copy brought a link the guest planted; the next one must not follow it.
+        std::fs::create_dir(host.path().join("tree")).unwrap();
+        std::os::unix::fs::symlink(canary.path(), host.path().join("tree/link")).unwrap();
+        let stream = archive(&[("tree/link/pwned", "written through the link\n", false)]);
+        let result = receive(&stream[..], host.path(), "tree".as_ref(), "tree".as_ref());
+        assert!(result.is_err(), "the copy merged into the existing tree");
+        assert!(
+            names(canary.path()).is_empty(),
+            "{:?}",
+            names(canary.path())
+        );
+        assert_eq!(names(host.path()), ["tree"]);
+    }
+}
