@@ -10,8 +10,10 @@ use crate::{find_program, Fact, Status};
 const QEMU: &str = "qemu-system-x86_64";
 const KVM_DEVICE: &str = "/dev/kvm";
 
-/// Places where distributions install QEMU's C virtiofsd: Debian and Ubuntu, then Fedora
-/// and Arch.
+/// Places where distributions install virtiofsd: QEMU's C daemon on Debian 12 and Ubuntu,
+/// then Fedora and Arch.
+// NOTE: Fedora and Arch ship the Rust virtiofsd there, whose compatibility with the C
+// daemon's `-o` options that the vm backend passes was not tested.
 pub const VIRTIOFSD_PATHS: [&str; 3] = [
     "/usr/lib/qemu/virtiofsd",
     "/usr/libexec/virtiofsd",
