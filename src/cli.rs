@@ -418,8 +418,7 @@ pub struct ProbeArgs {
     pub image: Option<String>,
 
     /// Root filesystem of the probes' sandboxes other than the docker backend's, a directory
-    /// such as a debootstrap tree [default: the read-only host view]. The vm backend is
-    /// probed only with it or --image, since it does not run the host view.
+    /// such as a debootstrap tree [default: the read-only host view].
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
 

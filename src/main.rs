@@ -42,6 +42,16 @@ fn main() -> ExitCode {
     if let Some(code) = refuse_setuid() {
         return code;
     }
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|arg| arg == airlock_vm::share::SHARE_ARGUMENT)
+    {
+        let args: Vec<_> = args.collect();
+        let Err(error) = airlock_vm::share::serve(&args);
+        eprintln!("airlock: {}", error_chain(&error));
+        return ExitCode::from(AIRLOCK_FAILED);
+    }
     let matches = match Cli::command().try_get_matches() {
         Ok(matches) => matches,
         Err(error) => return usage_error(error),

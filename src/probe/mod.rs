@@ -61,8 +61,6 @@ pub enum ProbeError {
         image: String,
         backend: &'static str,
     },
-    #[error("the vm backend runs its probes in a root filesystem of its own: pass --rootfs DIR, such as a debootstrap tree, or --image NAME, a local image of a Docker-compatible engine")]
-    RootfsMissing,
     #[error("--rootfs does not apply to the docker backend, whose probes run in the --image; drop --rootfs")]
     RootfsWithDocker,
     #[error("cannot hold back SIGINT, SIGTERM and SIGHUP while the probes run")]
@@ -91,7 +89,6 @@ pub struct Sources<'a> {
     /// The image of the docker backend's sandbox, and of the vm backend's without `rootfs`.
     pub image: Option<&'a str>,
     /// The root filesystem tree of the other backends' sandboxes; the host view without it.
-    /// The vm backend needs it or `image`.
     pub rootfs: Option<&'a Path>,
 }
 
@@ -172,25 +169,15 @@ fn plan(kind: BackendKind, sources: Sources<'_>) -> Plan {
                     .into(),
             })
         }
-        // The vm backend builds its root disk from a directory or an image, and has no host
-        // view.
-        Ok(()) if kind == BackendKind::Vm && sources.rootfs.is_none() && sources.image.is_none() => {
-            Plan::NotProbed(Unavailable {
-                reason: "the vm backend runs only a --rootfs tree or an --image, and neither was given".into(),
-                fix: "pass --rootfs DIR, a root filesystem tree such as a debootstrap tree, or --image NAME".into(),
-            })
-        }
         Ok(()) => Plan::Probe,
     }
 }
 
 /// Checks that `kind`, the one backend requested, gets an image only where it runs one,
-/// the root filesystem it needs, and can run here.
+/// no root filesystem tree when it runs an image, and can run here.
 fn check_one_backend(kind: BackendKind, sources: Sources<'_>) -> Result<(), ProbeError> {
-    match (kind, sources.rootfs, sources.image) {
-        (BackendKind::Docker, Some(_), _) => return Err(ProbeError::RootfsWithDocker),
-        (BackendKind::Vm, None, None) => return Err(ProbeError::RootfsMissing),
-        _ => {}
+    if kind == BackendKind::Docker && sources.rootfs.is_some() {
+        return Err(ProbeError::RootfsWithDocker);
     }
     match (kind, sources.image) {
         (BackendKind::Docker, None) => return Err(ProbeError::ImageMissing),

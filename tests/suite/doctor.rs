@@ -12,7 +12,7 @@ use super::harness::{
 };
 
 /// Every fact id doctor reports, in its order.
-const FACT_IDS: [&str; 19] = [
+const FACT_IDS: [&str; 20] = [
     "sysctl_max_user_namespaces",
     "sysctl_unprivileged_userns_clone",
     "sysctl_apparmor_restrict_unprivileged_userns",
@@ -31,6 +31,7 @@ const FACT_IDS: [&str; 19] = [
     "qemu",
     "kvm",
     "tcg",
+    "virtiofsd",
     "aws_credentials",
 ];
 

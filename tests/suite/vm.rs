@@ -1,6 +1,8 @@
-//! The `vm` backend, run as root: each test boots a real QEMU guest with Debian's cloud
-//! kernel and the debootstrap tree as its root disk, under KVM when it works here and
-//! under software emulation (TCG) otherwise, which takes a few seconds per guest.
+//! The `vm` backend, run as root, and the host view and bind workspace also as the
+//! unprivileged caller: each test boots a real QEMU guest with Debian's cloud kernel and the
+//! debootstrap tree as its root disk, or the host view shared through virtiofs, under KVM
+//! when it works here and under software emulation (TCG) otherwise, which takes a few
+//! seconds per guest.
 //!
 //! Each test gives Airlock a private TMPDIR, where each guest's socket, workspace disk and
 //! logs live, so it can check that no QEMU of its own is left and nothing is left there.
@@ -8,12 +10,14 @@
 //! which scripts/test installs and builds.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, run, spawn_airlock, stderr, stdout, wait_bounded, Caller, Workspace,
+    describe, json_record, run, spawn_airlock, stderr, stdout, test_user, wait_bounded, Caller,
+    Workspace, CALLERS,
 };
 
 const ROOT: Caller = Caller::Root;
@@ -36,44 +40,86 @@ fn rootfs() -> PathBuf {
     path
 }
 
-/// A workspace directory and a private TMPDIR for one test's guests.
+/// A workspace directory and a private TMPDIR for one test's guests, owned by the caller
+/// that runs them.
 struct Scene {
+    caller: Caller,
     workspace: Workspace,
     tmp: tempfile::TempDir,
+    /// The guest image cache of an unprivileged caller, whose HOME is root's.
+    cache: tempfile::TempDir,
 }
 
 impl Scene {
     fn new() -> Scene {
-        Scene {
-            workspace: Workspace::new(ROOT),
-            tmp: tempfile::Builder::new()
-                .prefix("airlock-vm-test-")
+        Scene::for_caller(ROOT)
+    }
+
+    fn for_caller(caller: Caller) -> Scene {
+        let private_dir = |prefix: &str| {
+            let dir = tempfile::Builder::new()
+                .prefix(prefix)
                 .tempdir()
-                .expect("tempdir"),
+                .expect("tempdir");
+            if caller != ROOT {
+                let (uid, gid) = test_user();
+                std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+            }
+            dir
+        };
+        Scene {
+            caller,
+            workspace: Workspace::new(caller),
+            tmp: private_dir("airlock-vm-test-"),
+            cache: private_dir("airlock-vm-cache-"),
         }
+    }
+
+    /// Returns the `env` wrapper that gives Airlock the scene's TMPDIR, and an unprivileged
+    /// caller its cache directory.
+    fn environment(&self) -> Vec<String> {
+        let mut wrapper = vec![
+            "env".to_owned(),
+            format!("TMPDIR={}", self.tmp.path().display()),
+        ];
+        if self.caller != ROOT {
+            wrapper.push(format!("AIRLOCK_CACHE_DIR={}", self.cache.path().display()));
+        }
+        wrapper
     }
 
     /// Runs `airlock run --backend vm --rootfs TREE EXTRA... -- ARGV` in the scene's
     /// workspace and checks that it left no QEMU and no guest files.
     fn run(&self, extra: &[&str], argv: &[&str]) -> Output {
         let rootfs = rootfs();
-        let mut args = vec!["--rootfs", rootfs.to_str().expect("UTF-8 path")];
-        args.extend_from_slice(extra);
-        self.run_with_env(&[], &args, argv)
+        let mut with_root = vec!["--rootfs", rootfs.to_str().expect("UTF-8 path")];
+        with_root.extend_from_slice(extra);
+        self.run_host_view(&with_root, argv)
+    }
+
+    /// Runs `airlock run --backend vm EXTRA... -- ARGV`, on the host view unless EXTRA
+    /// names a root, and checks that it left no QEMU, virtiofsd or guest files.
+    fn run_host_view(&self, extra: &[&str], argv: &[&str]) -> Output {
+        self.run_with_env(&[], extra, argv)
     }
 
     /// Runs `airlock run --backend vm EXTRA... -- ARGV` with the variables `env` (each
-    /// `NAME=VALUE`) as [`Scene::run`] does.
+    /// `NAME=VALUE`) as [`Scene::run_host_view`] does.
     fn run_with_env(&self, env: &[&str], extra: &[&str], argv: &[&str]) -> Output {
-        let tmp = format!("TMPDIR={}", self.tmp.path().display());
-        let mut prefix = vec!["env", &tmp];
-        prefix.extend_from_slice(env);
         let mut args = vec!["run", "--backend", "vm"];
         args.extend_from_slice(extra);
         args.push("--");
         args.extend_from_slice(argv);
-        let mut spawned =
-            spawn_airlock(ROOT, &prefix, &args, self.workspace.path(), Stdio::piped());
+        let environment = self.environment();
+        let mut wrapper: Vec<&str> = environment.iter().map(String::as_str).collect();
+        wrapper.extend_from_slice(env);
+        let mut spawned = spawn_airlock(
+            self.caller,
+            &wrapper,
+            &args,
+            self.workspace.path(),
+            Stdio::piped(),
+        );
         let started = Instant::now();
         let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
         let output = spawned.child.wait_with_output().expect("collect output");
@@ -126,7 +172,10 @@ impl Scene {
             if left.is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "QEMU left running: {left:?}");
+            assert!(
+                Instant::now() < deadline,
+                "QEMU or virtiofsd left running: {left:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         loop {
@@ -593,23 +642,42 @@ fn vm_timeout_ends_guest() {
 fn vm_qemu_dies_with_killed_airlock() {
     let scene = Scene::new();
     let rootfs = rootfs();
-    let tmp = format!("TMPDIR={}", scene.tmp.path().display());
-    let args = [
-        "run",
-        "--backend",
-        "vm",
-        "--workspace-mode",
-        "none",
-        "--rootfs",
-        rootfs.to_str().expect("UTF-8 path"),
-        "--",
-        "sh",
-        "-c",
-        "echo started; sleep 600",
-    ];
+    let root = rootfs.to_str().expect("UTF-8 path");
+    let running = kill_airlock_mid_run(&scene, &["--workspace-mode", "none", "--rootfs", root]);
+    assert!(
+        running.iter().any(|(_, line)| line.contains("qemu-system")),
+        "no QEMU found while the command ran: {running:?}"
+    );
+}
+
+#[test]
+fn vm_share_daemons_die_with_killed_airlock() {
+    let scene = Scene::new();
+    let running = kill_airlock_mid_run(&scene, &["--workspace-mode", "bind"]);
+    let daemons = running
+        .iter()
+        .filter(|(_, line)| line.contains("virtiofsd"))
+        .count();
+    // One for the host view and one for the project.
+    assert!(
+        daemons >= 2,
+        "no virtiofsd for each share while the command ran: {running:?}"
+    );
+}
+
+/// Starts `airlock run --backend vm EXTRA...` with a command that runs for minutes, kills
+/// Airlock with SIGKILL once the command started, and checks that everything it started
+/// dies and that `airlock gc` removes its files. Returns the processes that ran from the
+/// scene's TMPDIR while the command ran.
+fn kill_airlock_mid_run(scene: &Scene, extra: &[&str]) -> Vec<(u32, String)> {
+    let mut args = vec!["run", "--backend", "vm"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", "echo started; sleep 600"]);
+    let environment = scene.environment();
+    let wrapper: Vec<&str> = environment.iter().map(String::as_str).collect();
     let mut spawned = spawn_airlock(
         ROOT,
-        &["env", &tmp],
+        &wrapper,
         &args,
         scene.workspace.path(),
         Stdio::piped(),
@@ -619,17 +687,14 @@ fn vm_qemu_dies_with_killed_airlock() {
     std::io::Read::read_exact(&mut stdout, &mut first).expect("the command started");
     assert_eq!(&first, b"started\n");
     let marker = scene.tmp.path().to_str().expect("UTF-8 path").to_owned();
-    assert!(
-        !processes_mentioning(&marker).is_empty(),
-        "no QEMU found while the command runs"
-    );
+    let running = processes_mentioning(&marker);
     spawned.child.kill().expect("kill airlock");
     let _ = spawned.child.wait();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_mentioning(&marker).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "QEMU outlived Airlock: {:?}",
+            "QEMU or virtiofsd outlived Airlock: {:?}",
             processes_mentioning(&marker)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -637,7 +702,7 @@ fn vm_qemu_dies_with_killed_airlock() {
     // Airlock killed with SIGKILL cannot remove its guest's directory; gc does.
     let mut gc = spawn_airlock(
         ROOT,
-        &["env", &tmp],
+        &wrapper,
         &["gc"],
         scene.workspace.path(),
         Stdio::piped(),
@@ -645,6 +710,7 @@ fn vm_qemu_dies_with_killed_airlock() {
     let code = wait_bounded(&mut gc.child, RUN_LIMIT, "airlock gc");
     assert_eq!(code, 0, "airlock gc failed");
     scene.assert_nothing_left();
+    running
 }
 
 #[test]
@@ -704,12 +770,132 @@ fn vm_readonly_workspace_rejects_writes() {
 }
 
 #[test]
-fn vm_bind_workspace_rejected() {
+fn vm_host_view_runs_host_programs() {
+    for caller in CALLERS {
+        let scene = Scene::for_caller(caller);
+        // The host's secrets are masked with its /dev/null, which the guest cannot open.
+        let script = "python3 -c 'print(1)'; test -c /etc/shadow && echo masked; ls /";
+        let output = scene.run_host_view(&["--workspace-mode", "none"], &["sh", "-c", script]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        let printed = stdout(&output);
+        let mut lines = printed.lines();
+        assert_eq!(lines.next(), Some("1"), "{caller:?}: {printed}");
+        assert_eq!(lines.next(), Some("masked"), "/etc/shadow shown: {printed}");
+        let root: Vec<&str> = lines.collect();
+        assert!(root.contains(&"usr"), "{caller:?}: {printed}");
+        assert!(!root.contains(&"root"), "/root shown: {printed}");
+        assert!(!root.contains(&"home"), "/home shown: {printed}");
+    }
+}
+
+/// A guest's root may remount its view of the host read-write: the daemon's read-only
+/// mounts must still stop every write, even to a file that anyone may write.
+#[test]
+fn vm_host_view_read_only_on_host() {
+    let marker = Path::new("/opt").join(format!("airlock-vm-test-{}", std::process::id()));
+    fs::write(&marker, "original\n").expect("write the marker");
+    fs::set_permissions(&marker, fs::Permissions::from_mode(0o666)).expect("chmod marker");
+    let name = marker
+        .file_name()
+        .and_then(|name| name.to_str())
+        .expect("UTF-8 name");
+    let script = format!(
+        "mkdir /tmp/m && mount -t virtiofs airlock-root /tmp/m \
+         && mount -o remount,rw /tmp/m && grep -q ' /tmp/m virtiofs rw' /proc/mounts \
+         && echo remounted; \
+         echo changed > /tmp/m/opt/{name} || echo refused; \
+         touch /tmp/m/opt/{name}.new || echo refused; \
+         rm /tmp/m/opt/{name} || echo refused"
+    );
+    for caller in CALLERS {
+        let scene = Scene::for_caller(caller);
+        let output = scene.run_host_view(&["--workspace-mode", "none"], &["sh", "-c", &script]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        assert_eq!(
+            stdout(&output),
+            "remounted\nrefused\nrefused\nrefused\n",
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("Read-only file system"),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        assert_eq!(fs::read_to_string(&marker).unwrap(), "original\n");
+        assert!(!marker.with_extension("new").exists());
+    }
+    fs::remove_file(&marker).expect("remove the marker");
+}
+
+#[test]
+fn vm_bind_workspace_writes_reach_project() {
+    for caller in CALLERS {
+        let scene = Scene::for_caller(caller);
+        let project = scene.workspace.path();
+        fs::write(project.join("a.txt"), "original\n").expect("write a.txt");
+        if caller != ROOT {
+            let (uid, gid) = test_user();
+            std::os::unix::fs::chown(project.join("a.txt"), Some(uid), Some(gid))
+                .expect("chown a.txt");
+        }
+        let script = "cat a.txt; echo changed > a.txt; mkdir sub; echo new > sub/b.txt";
+        let output = scene.run_host_view(&["--workspace-mode", "bind"], &["sh", "-c", script]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        assert_eq!(stdout(&output), "original\n");
+        assert!(
+            !stderr(&output).contains("kept in sandbox"),
+            "{caller:?}: {}",
+            describe(&output)
+        );
+        assert_eq!(
+            fs::read_to_string(project.join("a.txt")).unwrap(),
+            "changed\n"
+        );
+        let created = project.join("sub/b.txt");
+        assert_eq!(fs::read_to_string(&created).unwrap(), "new\n");
+        let expected_owner = match caller {
+            ROOT => 0,
+            _ => test_user().0,
+        };
+        let owner = fs::metadata(&created).expect("stat sub/b.txt").uid();
+        assert_eq!(owner, expected_owner, "{caller:?}: owner of a new file");
+    }
+}
+
+#[test]
+fn vm_share_daemons_gone_after_failed_boot() {
     let scene = Scene::new();
-    let output = scene.run(&["--workspace-mode", "bind"], &["true"]);
+    let release = fs::read_dir("/boot")
+        .expect("list /boot")
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .find(|name| name.starts_with("vmlinuz-") && name.ends_with("-cloud-amd64"))
+        .expect("a cloud kernel in /boot");
+    // Named like the installed kernel, so its modules are found, but not bootable.
+    let image = scene.cache.path().join(&release);
+    fs::write(&image, b"not a kernel").expect("write image");
+    let kernel = image.to_str().expect("UTF-8 path");
+    let extra = ["--kernel", kernel, "--workspace-mode", "bind"];
+    let output = scene.run_host_view(&extra, &["true"]);
     assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
     assert!(
-        stderr(&output).contains("--workspace-mode bind"),
+        stderr(&output).contains("linux kernel too old"),
         "{}",
         describe(&output)
     );
@@ -961,6 +1147,58 @@ fn vm_cp_trees_never_follow_guest_links() {
 }
 
 #[test]
+fn vm_created_sandbox_keeps_share_daemons() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    fs::write(project.join("f.txt"), "hello\n").expect("write f.txt");
+    let environment = scene.environment();
+    let wrapper: Vec<&str> = environment.iter().map(String::as_str).collect();
+    let airlock = |args: &[&str]| {
+        let mut spawned = spawn_airlock(ROOT, &wrapper, args, project, Stdio::piped());
+        let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
+        let output = spawned.child.wait_with_output().expect("collect output");
+        assert_eq!(output.status.code(), Some(code));
+        output
+    };
+    let created = airlock(&["create", "--backend", "vm", "--workspace-mode", "bind"]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+    // The guest's directory, and so every process of this sandbox, is named after its id.
+    let guest = format!("airlock-vm-{}", &id[..12]);
+
+    let script = "cat f.txt; echo changed > f.txt; python3 -c 'print(3)'";
+    let first = airlock(&["exec", &id, "--", "sh", "-c", script]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    assert_eq!(stdout(&first), "hello\n3\n");
+    assert_eq!(
+        fs::read_to_string(project.join("f.txt")).unwrap(),
+        "changed\n"
+    );
+    let daemons = processes_mentioning(&guest)
+        .into_iter()
+        .filter(|(_, line)| line.contains("virtiofsd"))
+        .count();
+    assert!(daemons >= 2, "no virtiofsd for each share between execs");
+    let second = airlock(&["exec", &id, "--", "cat", "f.txt"]);
+    assert_eq!(stdout(&second), "changed\n", "{}", describe(&second));
+
+    let stopped = airlock(&["stop", &id]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&guest).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left after stop: {:?}",
+            processes_mentioning(&guest)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let removed = airlock(&["rm", &id]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    scene.assert_nothing_left();
+}
+
+#[test]
 fn vm_fork_bomb_stopped_at_pids_limit() {
     let scene = Scene::new();
     let bomb = "i=0; while [ $i -lt 500 ]; do sleep 100 & i=$((i+1)); done; echo all started";
@@ -1001,13 +1239,21 @@ fn vm_inner_namespace_confines_command() {
 #[test]
 fn vm_inner_overlay_and_non_machine_rejected() {
     let scene = Scene::new();
-    let output = scene.run(&["--inner", "namespace"], &["true"]);
-    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
-    assert!(
-        stderr(&output).contains("pass --workspace-mode readonly or none"),
-        "{}",
-        describe(&output)
-    );
+    for mode in ["overlay", "bind"] {
+        let extra = ["--inner", "namespace", "--workspace-mode", mode];
+        let output = scene.run(&extra, &["true"]);
+        assert_eq!(
+            output.status.code(),
+            Some(125),
+            "{mode}: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("pass --workspace-mode readonly or none"),
+            "{mode}: {}",
+            describe(&output)
+        );
+    }
     let output = run(
         ROOT,
         &["run", "--inner", "namespace", "--", "true"],
@@ -1057,6 +1303,34 @@ fn vm_policy_check_reports_each_layer() {
         rule_line(&layered, "inner layer: namespace sandbox").ends_with("enforced"),
         "{layered}"
     );
+}
+
+#[test]
+fn vm_policy_check_reports_host_view_and_bind() {
+    let scene = Scene::new();
+    let args = [
+        "policy",
+        "check",
+        "--backend",
+        "vm",
+        "--workspace-mode",
+        "bind",
+    ];
+    let output = run(ROOT, &args, scene.workspace.path());
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let report = stdout(&output);
+    for rule in [
+        "host paths outside the root unreachable",
+        "read-only root filesystem",
+        "host secrets under /etc hidden",
+        "workspace mode",
+    ] {
+        let line = report
+            .lines()
+            .find(|line| line.contains(rule))
+            .unwrap_or_else(|| panic!("no {rule} row in {report}"));
+        assert!(line.ends_with("enforced"), "{rule}: {report}");
+    }
 }
 
 /// A private cache directory and the first engine that scripts/test started, for the

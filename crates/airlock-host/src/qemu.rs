@@ -1,6 +1,6 @@
 //! QEMU, and whether its guests run under KVM or only under software emulation (TCG).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::guest::{self, Accel, GuestOutcome};
@@ -10,7 +10,39 @@ use crate::{find_program, Fact, Status};
 const QEMU: &str = "qemu-system-x86_64";
 const KVM_DEVICE: &str = "/dev/kvm";
 
-/// Lists QEMU, KVM and TCG. Boots the test guest under both accelerators at once, so this
+/// Places where distributions install virtiofsd: QEMU's C daemon on Debian 12 and Ubuntu,
+/// then Fedora and Arch.
+// NOTE: Fedora and Arch ship the Rust virtiofsd there, whose compatibility with the C
+// daemon's `-o` options that the vm backend passes was not tested.
+pub const VIRTIOFSD_PATHS: [&str; 3] = [
+    "/usr/lib/qemu/virtiofsd",
+    "/usr/libexec/virtiofsd",
+    "/usr/lib/virtiofsd",
+];
+
+/// Returns the path of virtiofsd, the first of [`VIRTIOFSD_PATHS`] that is a file.
+pub fn find_virtiofsd() -> Option<PathBuf> {
+    VIRTIOFSD_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
+}
+
+/// Lists virtiofsd, which the vm backend needs for the host view and a bind workspace.
+fn virtiofsd_fact() -> Fact {
+    let name = "virtiofsd (the vm backend's host view and bind workspace)";
+    match find_virtiofsd() {
+        Some(path) => Fact::ok("virtiofsd", name, path.display().to_string()),
+        None => Fact::missing(
+            "virtiofsd",
+            name,
+            format!("not found in {}", VIRTIOFSD_PATHS.join(", ")),
+            "install it (Debian 12: `apt-get install qemu-system-common`); without it the vm backend needs --rootfs and a workspace mode other than bind",
+        ),
+    }
+}
+
+/// Lists QEMU, KVM, TCG and virtiofsd. Boots the test guest under both accelerators at once, so this
 /// takes up to [`guest::KVM_TIME_LIMIT`] when KVM hangs.
 pub fn facts() -> Vec<Fact> {
     let Some(qemu) = find_program(QEMU) else {
@@ -29,6 +61,7 @@ pub fn facts() -> Vec<Fact> {
                 format!("not tested: {QEMU} is not installed"),
                 install,
             ),
+            virtiofsd_fact(),
         ];
     };
     let version = first_output_line(&qemu, "--version");
@@ -60,7 +93,7 @@ pub fn facts() -> Vec<Fact> {
         (Ok(()), Some(outcome)) => kvm_fact(&outcome, tcg.status == Status::Ok),
         (Ok(()), None) => unreachable!("KVM runs when /dev/kvm opens"),
     };
-    vec![program, kvm, tcg]
+    vec![program, kvm, tcg, virtiofsd_fact()]
 }
 
 fn kvm_untested(detail: String, fix: &str) -> Fact {

@@ -199,7 +199,7 @@ fn make_file(path: &Path) -> Result<()> {
 
 /// Recreates the entry `source` at `target`: a symlink is copied, a directory or file is
 /// bound read-only.
-fn mirror_entry(source: &Path, target: &Path) -> Result<()> {
+pub fn mirror_entry(source: &Path, target: &Path) -> Result<()> {
     let metadata = fs::symlink_metadata(source).step(|| format!("inspect {}", source.display()))?;
     if metadata.file_type().is_symlink() {
         let link = fs::read_link(source).step(|| format!("read link {}", source.display()))?;
@@ -250,16 +250,21 @@ fn mount_system(rootfs: &RootFs, rootfs_dir: Option<&OwnedFd>, root_source: &str
                     mirror_entry(&source, &new(entry))?;
                 }
             }
-            hide_secrets()
+            hide_secrets(Path::new(NEW_ROOT))
         }
     }
 }
 
-fn hide_secrets() -> Result<()> {
+/// Hides the host's secrets in the host view built at `root`: files behind /dev/null,
+/// directories behind an empty read-only tmpfs.
+pub fn hide_secrets(root: &Path) -> Result<()> {
     for file in SECRET_FILES {
-        mask_with_null(&new(file))?;
+        mask_with_null(&root.join(file))?;
     }
-    let ssh_keys = fs::read_dir(new("etc/ssh")).into_iter().flatten().flatten();
+    let ssh_keys = fs::read_dir(root.join("etc/ssh"))
+        .into_iter()
+        .flatten()
+        .flatten();
     for entry in ssh_keys {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -268,7 +273,7 @@ fn hide_secrets() -> Result<()> {
         }
     }
     for dir in SECRET_DIRS {
-        hide_dir(&new(dir))?;
+        hide_dir(&root.join(dir))?;
     }
     Ok(())
 }

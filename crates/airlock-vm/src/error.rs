@@ -116,11 +116,13 @@ pub enum Error {
     Interrupted { signal: i32 },
     #[error("cannot start QEMU")]
     SpawnQemu(#[source] io::Error),
-    #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}")]
+    #[error("{reason}; the guest's console ended with: {console}; QEMU's last messages: {qemu:?}{shares}")]
     GuestStopped {
         reason: String,
         console: String,
         qemu: String,
+        /// The share daemons' last messages, after "; ", or empty.
+        shares: String,
     },
     #[error("the guest's agent speaks protocol version {version}, not {}: the initramfs cache holds an agent from another Airlock; remove the cache directory", airlock_protocol::PROTOCOL_VERSION)]
     AgentVersion { version: u32 },
@@ -128,10 +130,20 @@ pub enum Error {
     Protocol(#[source] airlock_protocol::FrameError),
     #[error("the guest's agent failed: {message}")]
     AgentFailed { message: String },
-    #[error("the vm backend needs a root filesystem: pass --rootfs DIR, such as a debootstrap tree, or --image NAME, a local image of a Docker-compatible engine (a disk image of the host's own /usr would take gigabytes)")]
-    HostViewRoot,
-    #[error("the vm backend cannot show the workspace with --workspace-mode {mode}, which would write to the project on the host from inside the guest: use overlay (the default) and `airlock apply`")]
-    WorkspaceUnsupported { mode: &'static str },
+    #[error("virtiofsd, which shares the host view and a bind workspace with the guest, is not installed (searched {searched}): install it (Debian 12: `apt-get install qemu-system-common`), or pass --rootfs DIR or --image NAME, and a workspace mode other than bind")]
+    VirtiofsdMissing { searched: String },
+    #[error("cannot create {path:?} for a virtiofs share")]
+    ShareFiles {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start virtiofsd for the share {tag:?}")]
+    SpawnShare {
+        tag: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the sandbox cannot enforce what the spec requires: {unmet}; pass --allow-weaker to run with weaker isolation")]
     WeakerThanRequired { unmet: String },
     #[error("cannot prepare the workspace overlay's layers in {path:?}")]
@@ -154,6 +166,8 @@ pub enum Error {
     Copy { path: PathBuf, message: String },
     #[error("--inner namespace cannot show the workspace as a copy-on-write overlay: its overlay takes the upper layer from a detached mount, which the guest's Debian 6.1 kernel rejects (\"overlayfs: failed to clone upperpath\"); pass --workspace-mode readonly or none, or drop --inner")]
     InnerOverlay,
+    #[error("--inner namespace cannot show the workspace with --workspace-mode bind: the inner layer gives a root-owned workspace to its own root as an idmapped mount, and the guest's virtiofs share of the project has none (FUSE in Debian's 6.1 kernel); pass --workspace-mode readonly or none, or drop --inner")]
+    InnerBind,
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
     #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]

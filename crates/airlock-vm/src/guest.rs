@@ -16,6 +16,7 @@ use airlock_protocol::{Message, PROTOCOL_VERSION};
 use crate::client::{Connection, Event, Wait};
 use crate::error::Error;
 use crate::machine::{Accel, Machine};
+use crate::share::{self, Daemon};
 
 /// How long a guest may take from QEMU's start to the agent's `ready`. Software emulation
 /// boots the cloud kernel in about 4 s on a 2-core host; the margin covers a loaded host.
@@ -31,6 +32,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub struct Guest {
     qemu: Child,
+    /// The virtiofsd of each share, killed with QEMU.
+    daemons: Vec<Daemon>,
     directory: PathBuf,
     pub machine: Machine,
     pub connection: Connection,
@@ -76,8 +79,11 @@ impl Guest {
         interrupted: &dyn Fn() -> Option<i32>,
     ) -> Result<Guest, Error> {
         let directory = files.directory;
-        let mut qemu = match spawn_qemu(qemu_binary, &machine, &directory) {
-            Ok(child) => child,
+        // The daemons listen before QEMU starts, since QEMU connects to them at once.
+        let started = start_daemons(&machine)
+            .and_then(|daemons| Ok((spawn_qemu(qemu_binary, &machine, &directory)?, daemons)));
+        let (mut qemu, mut daemons) = match started {
+            Ok(started) => started,
             Err(error) => {
                 let _ = std::fs::remove_dir_all(&directory);
                 return Err(error);
@@ -100,12 +106,14 @@ impl Guest {
                 };
                 let _ = qemu.kill();
                 let _ = qemu.wait();
+                daemons.iter_mut().for_each(Daemon::kill);
                 let _ = std::fs::remove_dir_all(&directory);
                 return Err(error);
             }
         };
         let mut guest = Guest {
             qemu,
+            daemons,
             directory,
             machine,
             connection,
@@ -175,11 +183,12 @@ impl Guest {
         );
     }
 
-    /// Kills QEMU at once and reaps it. A later kill, as when the guest is dropped, then
-    /// signals nothing, also in a process forked after this.
+    /// Kills QEMU and the share daemons at once and reaps them. A later kill, as when the
+    /// guest is dropped, then signals nothing, also in a process forked after this.
     pub fn kill(&mut self) {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();
+        self.daemons.iter_mut().for_each(Daemon::kill);
     }
 
     pub fn directory(&self) -> &Path {
@@ -196,6 +205,19 @@ impl Drop for Guest {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.directory);
     }
+}
+
+/// Starts the daemon of each of the machine's shares.
+fn start_daemons(machine: &Machine) -> Result<Vec<Daemon>, Error> {
+    if machine.shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    let virtiofsd = share::find_virtiofsd()?;
+    machine
+        .shares
+        .iter()
+        .map(|share| share::start(share, &virtiofsd))
+        .collect()
 }
 
 /// How often a boot checks for a signal that ends it.
@@ -250,7 +272,25 @@ fn stopped(qemu: &mut Child, machine: &Machine, directory: &Path, reason: String
         qemu: tail(&qemu_log, 3, |line| {
             !line.contains("QEMU waiting for connection")
         }),
+        shares: share_messages(machine),
     }
+}
+
+/// Returns the last messages of each share's daemon that are not about its connection,
+/// as "; virtiofsd of TAG: ...", or nothing when they have none.
+fn share_messages(machine: &Machine) -> String {
+    let routine = ["virtio_session_mount", "virtio_loop", "vhost socket"];
+    let mut messages = String::new();
+    for share in &machine.shares {
+        let log = std::fs::read(share.log()).unwrap_or_default();
+        let last = tail(&String::from_utf8_lossy(&log), 2, |line| {
+            !routine.iter().any(|prefix| line.starts_with(prefix))
+        });
+        if !last.is_empty() {
+            messages.push_str(&format!("; virtiofsd of {}: {last:?}", share.tag));
+        }
+    }
+    messages
 }
 
 /// Returns the line of a kernel panic with the line before it, which names the cause, or

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::cpio::CpioWriter;
 use crate::error::Error;
 use crate::kernel::Kernel;
-use crate::modules::{ModuleIndex, GUEST_MODULES};
+use crate::modules::{ModuleIndex, GUEST_MODULES, SHARE_MODULES};
 
 /// Path of the agent in the initramfs; the kernel runs it as PID 1 (`rdinit=`).
 pub const AGENT_PATH: &str = "/init";
@@ -21,14 +21,20 @@ pub const AGENT_PATH: &str = "/init";
 /// Path of the list of modules to load, one path per line, in load order.
 pub const MODULE_LIST_PATH: &str = "/etc/airlock-modules";
 
+/// Path of the list of modules to load when the host shares a directory, after those of
+/// [`MODULE_LIST_PATH`], in the same format.
+pub const SHARE_MODULE_LIST_PATH: &str = "/etc/airlock-share-modules";
+
 /// Changes whenever the layout of the archive changes, so old cached archives are not used.
-const FORMAT: &str = "airlock-initramfs-1";
+const FORMAT: &str = "airlock-initramfs-2";
 
 /// Everything the archive is built from.
 pub struct Inputs {
     pub release: String,
     /// Each module's path in the archive and its bytes, in load order.
     pub modules: Vec<(String, Vec<u8>)>,
+    /// The modules of virtiofs not in `modules`, in load order after them.
+    pub share_modules: Vec<(String, Vec<u8>)>,
     pub agent: Vec<u8>,
 }
 
@@ -36,16 +42,14 @@ impl Inputs {
     /// Reads the agent binary and the modules the guest needs from `kernel`.
     pub fn gather(kernel: &Kernel, agent: &Path) -> Result<Inputs, Error> {
         let index = ModuleIndex::load(&kernel.modules)?;
-        let mut modules = Vec::new();
-        for relative in index.resolve(&GUEST_MODULES)? {
-            let path = kernel.modules.join(&relative);
-            let bytes = std::fs::read(&path).map_err(|source| Error::ReadModule {
-                path: path.clone(),
-                source,
-            })?;
-            let inside = format!("lib/modules/{}/{}", kernel.release, relative.display());
-            modules.push((inside, bytes));
-        }
+        let guest = index.resolve(&GUEST_MODULES)?;
+        let share: Vec<PathBuf> = index
+            .resolve(&SHARE_MODULES)?
+            .into_iter()
+            .filter(|relative| !guest.contains(relative))
+            .collect();
+        let modules = read_modules(kernel, &guest)?;
+        let share_modules = read_modules(kernel, &share)?;
         let agent_bytes = std::fs::read(agent).map_err(|source| Error::ReadAgent {
             path: agent.to_owned(),
             source,
@@ -59,6 +63,7 @@ impl Inputs {
         Ok(Inputs {
             release: kernel.release.clone(),
             modules,
+            share_modules,
             agent: agent_bytes,
         })
     }
@@ -72,7 +77,7 @@ impl Inputs {
         };
         field(FORMAT.as_bytes());
         field(self.release.as_bytes());
-        for (path, bytes) in &self.modules {
+        for (path, bytes) in self.modules.iter().chain(&self.share_modules) {
             field(path.as_bytes());
             field(bytes);
         }
@@ -90,7 +95,7 @@ impl Inputs {
             cpio.directory(directory, 0o755)?;
         }
         let mut created = std::collections::BTreeSet::new();
-        for (path, _) in &self.modules {
+        for (path, _) in self.modules.iter().chain(&self.share_modules) {
             for ancestor in Path::new(path).ancestors().skip(1) {
                 if !ancestor.as_os_str().is_empty() {
                     created.insert(ancestor.to_owned());
@@ -101,18 +106,39 @@ impl Inputs {
         for directory in &created {
             cpio.directory(&directory.to_string_lossy(), 0o755)?;
         }
-        let mut list = String::new();
-        for (path, bytes) in &self.modules {
-            cpio.file(path, 0o644, bytes)?;
-            list.push('/');
-            list.push_str(path);
-            list.push('\n');
+        for (list_path, modules) in [
+            (MODULE_LIST_PATH, &self.modules),
+            (SHARE_MODULE_LIST_PATH, &self.share_modules),
+        ] {
+            let mut list = String::new();
+            for (path, bytes) in modules {
+                cpio.file(path, 0o644, bytes)?;
+                list.push('/');
+                list.push_str(path);
+                list.push('\n');
+            }
+            cpio.file(&list_path[1..], 0o644, list.as_bytes())?;
         }
-        cpio.file(&MODULE_LIST_PATH[1..], 0o644, list.as_bytes())?;
         cpio.file(&AGENT_PATH[1..], 0o755, &self.agent)?;
         cpio.finish()?;
         Ok(())
     }
+}
+
+/// Reads the modules at `relative` paths below `kernel`'s modules directory, each with its
+/// path in the archive.
+fn read_modules(kernel: &Kernel, relative: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let mut modules = Vec::new();
+    for relative in relative {
+        let path = kernel.modules.join(relative);
+        let bytes = std::fs::read(&path).map_err(|source| Error::ReadModule {
+            path: path.clone(),
+            source,
+        })?;
+        let inside = format!("lib/modules/{}/{}", kernel.release, relative.display());
+        modules.push((inside, bytes));
+    }
+    Ok(modules)
 }
 
 /// Returns the cached archive for the agent binary `agent` and `kernel`'s modules.
@@ -274,6 +300,10 @@ mod tests {
                 "lib/modules/6.1.0-1-cloud-amd64/kernel/fs/overlayfs/overlay.ko".into(),
                 b"module".to_vec(),
             )],
+            share_modules: vec![(
+                "lib/modules/6.1.0-1-cloud-amd64/kernel/fs/fuse/virtiofs.ko".into(),
+                b"share module".to_vec(),
+            )],
             agent: b"agent".to_vec(),
         }
     }
@@ -294,6 +324,8 @@ mod tests {
         let text = String::from_utf8_lossy(&archive);
         assert!(text.contains("lib/modules/6.1.0-1-cloud-amd64/kernel/fs/overlayfs\0"));
         assert!(text.contains("/lib/modules/6.1.0-1-cloud-amd64/kernel/fs/overlayfs/overlay.ko\n"));
+        assert!(text.contains("etc/airlock-share-modules\0"));
+        assert!(text.contains("/lib/modules/6.1.0-1-cloud-amd64/kernel/fs/fuse/virtiofs.ko\n"));
         assert!(text.contains("init\0"));
     }
 

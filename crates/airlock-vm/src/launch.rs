@@ -13,7 +13,7 @@ use airlock_core::{
 use airlock_protocol::Message;
 
 use crate::accel;
-use crate::agent::boot::{WorkspaceMount, LAYERS};
+use crate::agent::boot::{WorkspaceMount, LAYERS, ROOT_SHARE_TAG, WORKSPACE_SHARE_TAG};
 use crate::disk::{self, ProgressBar};
 use crate::error::Error;
 use crate::exec::{self, End};
@@ -23,6 +23,7 @@ use crate::interrupt::Interrupts;
 use crate::kernel;
 use crate::machine::Machine;
 use crate::protections;
+use crate::share::{Share, ShareSource};
 use crate::sizing;
 
 /// The shared files a guest boots from, built or found in the cache.
@@ -32,24 +33,29 @@ pub struct Prepared {
     pub files: GuestFiles,
 }
 
-/// Checks the parts of the spec this backend cannot provide yet.
+/// Checks the parts of the spec this backend cannot provide, here or at all.
 pub fn check_spec(spec: &Spec) -> Result<(), Error> {
-    root_source(spec)?;
-    workspace_mount(spec)?;
+    let root = root_source(spec)?;
+    let mount = workspace_mount(spec)?;
     sizing::size(spec)?;
+    if matches!(root, RootSource::HostView) || mount == Some(WorkspaceMount::Bind) {
+        crate::share::find_virtiofsd()?;
+    }
     Ok(())
 }
 
-/// The source of the guest's root disk.
+/// The source of the guest's root.
 pub enum RootSource<'a> {
-    /// A root filesystem directory (`--rootfs`).
+    /// A root filesystem directory (`--rootfs`), as a disk image.
     Directory(&'a Path),
-    /// A local image of a Docker-compatible engine (`--image`).
+    /// A local image of a Docker-compatible engine (`--image`), as a disk image.
     Image(&'a str),
+    /// The host view, shared through virtiofs.
+    HostView,
 }
 
-/// Returns where the guest's root disk comes from, or an error for a spec that names no
-/// source, or two.
+/// Returns where the guest's root comes from, or an error for a spec that names two
+/// sources.
 pub fn root_source(spec: &Spec) -> Result<RootSource<'_>, Error> {
     match (&spec.rootfs, spec.image.as_deref()) {
         (RootFs::Directory(root), None) => Ok(RootSource::Directory(root)),
@@ -58,22 +64,25 @@ pub fn root_source(spec: &Spec) -> Result<RootSource<'_>, Error> {
             image: image.to_owned(),
             rootfs: root.clone(),
         }),
-        (RootFs::HostView, None) => Err(Error::HostViewRoot),
+        (RootFs::HostView, None) => Ok(RootSource::HostView),
     }
 }
 
-/// Returns the cached root disk of `spec`, building it with a progress bar when missing.
-fn root_disk(spec: &Spec, cache: &Path) -> Result<PathBuf, Error> {
+/// Returns the cached root disk of `spec`, building it with a progress bar when missing,
+/// or `None` for the host view, which needs no disk.
+fn root_disk(spec: &Spec, cache: &Path) -> Result<Option<PathBuf>, Error> {
     let mut progress = ProgressBar::new();
     let mut update = |done| progress.update(done);
-    match root_source(spec)? {
-        RootSource::Directory(root) => disk::root_image(root, cache, &mut update),
-        RootSource::Image(image) => crate::container_image::root_image(image, cache, &mut update),
-    }
+    let disk = match root_source(spec)? {
+        RootSource::Directory(root) => disk::root_image(root, cache, &mut update)?,
+        RootSource::Image(image) => crate::container_image::root_image(image, cache, &mut update)?,
+        RootSource::HostView => return Ok(None),
+    };
+    Ok(Some(disk))
 }
 
 /// Returns how the guest shows the workspace, `None` without one, or an error for a mode
-/// the guest cannot provide: `bind` would need the project shared with the guest.
+/// the guest cannot provide.
 pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
     if spec.workspace.is_none() {
         return Ok(None);
@@ -83,9 +92,8 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
         WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
         WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
         WorkspaceMode::None => Ok(None),
-        WorkspaceMode::Bind => Err(Error::WorkspaceUnsupported {
-            mode: spec.workspace_mode.name(),
-        }),
+        WorkspaceMode::Bind if spec.inner.is_some() => Err(Error::InnerBind),
+        WorkspaceMode::Bind => Ok(Some(WorkspaceMount::Bind)),
     }
 }
 
@@ -96,7 +104,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     // Before the initramfs, so that a missing image fails without building anything.
-    let base = root_disk(spec, &cache)?;
+    let root_disk = root_disk(spec, &cache)?;
     let agent = Path::new("/proc/self/exe");
     let initramfs = initramfs::find_or_build(&kernel, agent, &cache)?;
     let choice = accel::choose(&qemu, &cache);
@@ -117,7 +125,8 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         memory_mib: sizing.memory_mib,
         kernel: kernel.image,
         initramfs,
-        root_disk: base,
+        shares: shares(spec, &files, root_disk.is_none()),
+        root_disk,
         agent_socket: files.path("agent.sock"),
         console_log: files.path("console.log"),
         tmp_size: spec.limits.tmp_size,
@@ -133,12 +142,37 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
     })
 }
 
-/// Builds the guest's copy of the project, with the way the guest shows it.
+/// Lists the directories the host shares with the guest: the host view as its root
+/// without a root disk, and the project for a bind workspace.
+fn shares(spec: &Spec, files: &GuestFiles, host_view: bool) -> Vec<Share> {
+    let mut shares = Vec::new();
+    if host_view {
+        shares.push(Share {
+            tag: ROOT_SHARE_TAG.to_owned(),
+            socket: files.path("root.sock"),
+            source: ShareSource::HostView,
+        });
+    }
+    if let (WorkspaceMode::Bind, Some(project)) = (spec.workspace_mode, &spec.workspace) {
+        shares.push(Share {
+            tag: WORKSPACE_SHARE_TAG.to_owned(),
+            socket: files.path("workspace.sock"),
+            source: ShareSource::Directory(project.clone()),
+        });
+    }
+    shares
+}
+
+/// Builds the guest's copy of the project, with the way the guest shows it; for a bind
+/// workspace, the project itself, which a share provides.
 fn workspace_disk(
     spec: &Spec,
     files: &GuestFiles,
 ) -> Result<Option<(PathBuf, WorkspaceMount)>, Error> {
     match (workspace_mount(spec)?, &spec.workspace) {
+        (Some(WorkspaceMount::Bind), Some(project)) => {
+            Ok(Some((project.clone(), WorkspaceMount::Bind)))
+        }
         (Some(mount), Some(project)) => {
             let image = files.path("workspace.ext4");
             disk::workspace_image(project, &image)?;

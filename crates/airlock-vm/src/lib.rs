@@ -10,6 +10,7 @@
 //! - [`disk`]: the root disk image, built once per root filesystem, and a copy-on-write
 //!   layer per sandbox; [`container_image`], [`owners`]: the same from a container image;
 //! - [`machine`]: the QEMU command line; [`guest`]: the QEMU process and its clean-up;
+//! - [`share`]: the virtiofs daemons that share the host view and a bind workspace;
 //! - [`client`], [`exec`]: the host's side of the protocol ([`airlock_protocol`]);
 //! - [`interrupt`]: SIGINT, SIGTERM and the like, which end a boot or reach the command;
 //! - [`export`]: the workspace changes, copied out of the guest for `diff` and `apply`;
@@ -44,6 +45,7 @@ pub mod owners;
 pub mod protections;
 pub mod proxy;
 pub mod remote;
+pub mod share;
 pub mod sizing;
 
 use std::path::Path;

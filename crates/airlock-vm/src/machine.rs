@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
-    WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL,
-    TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
+    WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL, ROOT_PARAMETER,
+    ROOT_SHARE_TAG, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
 };
 use crate::agent::AGENT_ARGUMENT;
+use crate::share::Share;
 
 /// The accelerator QEMU runs the guest under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,16 +42,21 @@ pub struct Machine {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
-    /// The shared root disk image, attached read-only.
-    pub root_disk: PathBuf,
+    /// The shared root disk image, attached read-only, or `None` for the host view, which
+    /// the share tagged [`ROOT_SHARE_TAG`] provides.
+    pub root_disk: Option<PathBuf>,
     /// The unix socket of the agent's virtio-serial port; QEMU listens on it.
     pub agent_socket: PathBuf,
     /// The file the guest's serial console is written to.
     pub console_log: PathBuf,
     /// Size of the guest's /tmp in bytes.
     pub tmp_size: u64,
-    /// The image of the project, attached read-only, and how the guest shows it.
+    /// The image of the project, attached read-only, and how the guest shows it; for
+    /// [`WorkspaceMount::Bind`], the project itself, which a share provides.
     pub workspace: Option<(PathBuf, WorkspaceMount)>,
+    /// The host directories shared with the guest through virtiofs.
+    #[serde(default)]
+    pub shares: Vec<Share>,
     /// The process limit of the guest's commands.
     pub pids: u64,
     /// The memory limit of the guest's commands in bytes, or 0 for the guest's whole
@@ -95,6 +101,9 @@ impl Machine {
         if self.memory_limit > 0 {
             line.push_str(&format!(" {MEMORY_PARAMETER}={}", self.memory_limit));
         }
+        if self.root_disk.is_none() {
+            line.push_str(&format!(" {ROOT_PARAMETER}={ROOT_SHARE_TAG}"));
+        }
         if let Some((_, mount)) = &self.workspace {
             line.push_str(&format!(" {WORKSPACE_PARAMETER}={}", mount.name()));
         }
@@ -113,13 +122,25 @@ impl Machine {
             "-display",
             "none",
         ]);
-        push(&["-machine", "microvm,rtc=on", "-accel", self.accel.name()]);
         let cpu = match self.accel {
             Accel::Kvm => "host",
             Accel::Tcg => "max",
         };
         let cpus = self.cpus.to_string();
         let memory = format!("{}M", self.memory_mib);
+        if self.shares.is_empty() {
+            push(&["-machine", "microvm,rtc=on", "-accel", self.accel.name()]);
+        } else {
+            // A vhost-user device's daemon reads and writes the guest's memory itself, so
+            // the memory must be a file that QEMU can hand to it: a shared memfd.
+            let backend = format!("memory-backend-memfd,id={MEMORY_ID},size={memory},share=on");
+            let machine = format!("microvm,rtc=on,memory-backend={MEMORY_ID}");
+            push(&["-object", &backend, "-machine", &machine]);
+            push(&["-accel", self.accel.name()]);
+            // virtiofsd's libvhost-user serves virtio 1.0 devices only, and QEMU 7.2's
+            // virtio-mmio transport offers legacy virtio unless `force-legacy` is off.
+            push(&["-global", "virtio-mmio.force-legacy=false"]);
+        }
         push(&["-cpu", cpu, "-smp", &cpus, "-m", &memory]);
         // No network device: the guest has only its own loopback.
         push(&["-nic", "none"]);
@@ -143,13 +164,23 @@ impl Machine {
         push(&["-device", "virtio-serial-device", "-chardev", &socket]);
         let port = format!("virtserialport,chardev=agent,name={PORT_NAME}");
         push(&["-device", &port]);
-        let drive = format!(
-            "file={},if=none,id=root,format=raw,readonly=on",
-            self.root_disk.display()
-        );
-        let device = format!("virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}");
-        push(&["-drive", &drive, "-device", &device]);
-        if let Some((image, _)) = &self.workspace {
+        if let Some(root_disk) = &self.root_disk {
+            let drive = format!(
+                "file={},if=none,id=root,format=raw,readonly=on",
+                root_disk.display()
+            );
+            let device = format!("virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}");
+            push(&["-drive", &drive, "-device", &device]);
+        }
+        for (index, share) in self.shares.iter().enumerate() {
+            let chardev = format!("socket,id=share{index},path={}", share.socket.display());
+            let device = format!(
+                "vhost-user-fs-device,chardev=share{index},tag={}",
+                share.tag
+            );
+            push(&["-chardev", &chardev, "-device", &device]);
+        }
+        if let Some((image, _)) = self.workspace_disk() {
             let drive = format!(
                 "file={},if=none,id=workspace,format=raw,readonly=on",
                 image.display()
@@ -160,7 +191,17 @@ impl Machine {
         }
         args
     }
+
+    /// Returns the workspace image with its mount, unless the guest shows the project
+    /// through a share.
+    fn workspace_disk(&self) -> Option<(&PathBuf, WorkspaceMount)> {
+        let (image, mount) = self.workspace.as_ref()?;
+        (*mount != WorkspaceMount::Bind).then_some((image, *mount))
+    }
 }
+
+/// The id of the shared memory backend of a guest with shares.
+const MEMORY_ID: &str = "guest-memory";
 
 #[cfg(test)]
 mod tests {
@@ -173,11 +214,12 @@ mod tests {
             memory_mib: 512,
             kernel: "/boot/vmlinuz-6.1.0-1-cloud-amd64".into(),
             initramfs: "/cache/initramfs-00.cpio".into(),
-            root_disk: "/cache/rootfs-00.ext4".into(),
+            root_disk: Some("/cache/rootfs-00.ext4".into()),
             agent_socket: "/run/x/agent.sock".into(),
             console_log: "/run/x/console.log".into(),
             tmp_size: 1 << 20,
             workspace: None,
+            shares: Vec::new(),
             pids: 64,
             memory_limit: 256 << 20,
             tsc_khz: Some(2_596_140),
@@ -212,6 +254,36 @@ mod tests {
         );
         assert!(line.contains("serial=airlock-root"), "{line}");
         assert!(line.contains("name=airlock.agent"), "{line}");
+    }
+
+    #[test]
+    fn shares_get_shared_memory_and_devices() {
+        let mut shared = machine(Accel::Tcg);
+        shared.root_disk = None;
+        shared.workspace = Some(("/srv/project".into(), WorkspaceMount::Bind));
+        shared.shares = vec![Share {
+            tag: ROOT_SHARE_TAG.into(),
+            socket: "/run/x/root.sock".into(),
+            source: crate::share::ShareSource::HostView,
+        }];
+        let line = joined(&shared);
+        assert!(
+            line.contains("memory-backend-memfd,id=guest-memory,size=512M,share=on"),
+            "{line}"
+        );
+        assert!(line.contains("memory-backend=guest-memory"), "{line}");
+        assert!(line.contains("virtio-mmio.force-legacy=false"), "{line}");
+        assert!(
+            line.contains("vhost-user-fs-device,chardev=share0,tag=airlock-root"),
+            "{line}"
+        );
+        assert!(!line.contains("-drive"), "{line}");
+        let cmdline = shared.kernel_command_line();
+        assert!(cmdline.contains("airlock.root=airlock-root"), "{cmdline}");
+        assert!(cmdline.contains("airlock.workspace=bind"), "{cmdline}");
+        let plain = joined(&machine(Accel::Tcg));
+        assert!(!plain.contains("memory-backend"), "{plain}");
+        assert!(!plain.contains("force-legacy"), "{plain}");
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub const GUEST_MODULES: [&str; 5] = [
     "overlay",
 ];
 
+/// The modules of virtiofs, which a guest loads only when the host shares a directory
+/// with it.
+pub const SHARE_MODULES: [&str; 2] = ["fuse", "virtiofs"];
+
 /// The modules of one kernel.
 #[derive(Debug, Default)]
 pub struct ModuleIndex {

@@ -1,14 +1,15 @@
 //! The protections of a vm sandbox for one spec, rule by rule.
 //!
 //! The guest has its own kernel, so its processes, network (no device at all, `-nic none`),
-//! IPC and users are its own, and its root is a read-only disk. Inside it, the command runs
+//! IPC and users are its own, and its root is a read-only disk, or the host view that a
+//! virtiofs daemon serves from read-only mounts ([`crate::share`]). Inside it, the command runs
 //! as the guest's root with every capability and no syscall filter: the machine boundary,
 //! QEMU, is what contains it.
 
 use airlock_core::enforcement::rule;
 use airlock_core::{Enforcement, Spec, Status};
 
-use crate::error::Error;
+use crate::launch::RootSource;
 
 /// The reason the rules that confine a process inside the guest are not applied.
 const GUEST_ROOT: &str =
@@ -20,18 +21,16 @@ const INNER_LAYER_RULE: &str = "inner layer: NAME sandbox around each command in
 /// Lists the protections of a vm sandbox for `spec`.
 pub fn assess(spec: &Spec) -> Enforcement {
     let mut enforcement = Enforcement::default();
-    let file_tree = match crate::launch::root_source(spec) {
+    let root = crate::launch::root_source(spec);
+    let file_tree = match &root {
         Ok(_) => Status::Enforced,
-        // NOTE: a disk image of the host's own /usr and /etc is not built yet.
-        Err(Error::HostViewRoot) => Status::Unsupported(
-            "the vm backend boots a root filesystem directory or a container image only: pass \
-             --rootfs DIR or --image NAME"
-                .into(),
-        ),
         Err(error) => Status::Unsupported(error.to_string()),
     };
     enforcement.push(rule::FILE_TREE, file_tree, true);
     enforcement.push(rule::ROOT_READ_ONLY, Status::Enforced, true);
+    if matches!(root, Ok(RootSource::HostView)) {
+        enforcement.push(rule::SECRETS_HIDDEN, Status::Enforced, true);
+    }
     let workspace = match crate::launch::workspace_mount(spec) {
         Ok(_) => Status::Enforced,
         Err(error) => Status::Unsupported(error.to_string()),
@@ -93,19 +92,33 @@ pub fn vcpus(cpus: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airlock_core::{Limit, RootFs};
+    use airlock_core::{Limit, RootFs, WorkspaceMode};
 
     #[test]
-    fn host_view_and_bind_unmet() {
+    fn host_view_and_bind_enforced() {
         let mut spec = Spec::new(vec!["true".into()]);
         spec.limits.pids = Limit::requested(10);
         spec.workspace = Some("/srv/project".into());
-        spec.workspace_mode = airlock_core::WorkspaceMode::Bind;
+        spec.workspace_mode = WorkspaceMode::Bind;
         let enforcement = assess(&spec);
-        let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
-        assert_eq!(unmet, [rule::FILE_TREE, rule::WORKSPACE]);
+        assert_eq!(enforcement.unmet().count(), 0);
+        let secrets = enforcement.get(rule::SECRETS_HIDDEN).unwrap();
+        assert_eq!(secrets.status, Status::Enforced);
         spec.rootfs = RootFs::Directory("/srv/tree".into());
-        spec.workspace_mode = airlock_core::WorkspaceMode::Overlay;
+        assert!(assess(&spec).get(rule::SECRETS_HIDDEN).is_none());
+    }
+
+    #[test]
+    fn inner_overlay_and_bind_unmet() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.workspace = Some("/srv/project".into());
+        spec.inner = Some(airlock_core::InnerBackend::Namespace);
+        for mode in [WorkspaceMode::Overlay, WorkspaceMode::Bind] {
+            spec.workspace_mode = mode;
+            let unmet: Vec<String> = assess(&spec).unmet().map(|p| p.rule.clone()).collect();
+            assert_eq!(unmet, [rule::WORKSPACE], "{mode:?}");
+        }
+        spec.workspace_mode = WorkspaceMode::Readonly;
         assert_eq!(assess(&spec).unmet().count(), 0);
     }
 
@@ -114,6 +127,7 @@ mod tests {
         let mut spec = Spec::new(vec!["true".into()]);
         spec.image = Some("debian:bookworm".into());
         assert_eq!(assess(&spec).unmet().count(), 0);
+        assert!(assess(&spec).get(rule::SECRETS_HIDDEN).is_none());
         spec.rootfs = RootFs::Directory("/srv/tree".into());
         let enforcement = assess(&spec);
         let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();

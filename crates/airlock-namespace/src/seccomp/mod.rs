@@ -163,10 +163,7 @@ fn mode_label(argument: u32) -> &'static str {
 /// checks.
 pub fn build() -> Program {
     let mut asm = Assembler::default();
-    asm.load(OFFSET_ARCH)
-        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
-        .load(OFFSET_NR)
-        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next);
+    native_calls_only(&mut asm);
     for (_, syscalls) in DENIED {
         for &nr in *syscalls {
             asm.jump(Test::Equal, nr as u32, To::Label("eperm"), To::Next);
@@ -241,16 +238,12 @@ pub fn build() -> Program {
 /// io_uring is denied outright.
 pub fn build_setid_guard() -> Program {
     let mut asm = Assembler::default();
-    asm.load(OFFSET_ARCH)
-        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
-        .load(OFFSET_NR)
-        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next)
-        .jump(
-            Test::Equal,
-            libc::SYS_openat2 as u32,
-            To::Label("enosys"),
-            To::Next,
-        );
+    native_calls_only(&mut asm).jump(
+        Test::Equal,
+        libc::SYS_openat2 as u32,
+        To::Label("enosys"),
+        To::Next,
+    );
     for nr in [
         libc::SYS_io_uring_setup,
         libc::SYS_io_uring_enter,
@@ -286,6 +279,42 @@ pub fn build_setid_guard() -> Program {
     asm.finish()
 }
 
+/// Builds the filter under which setgroups(2) returns success and changes nothing. It
+/// serves a daemon that drops its supplementary groups in a user namespace created by an
+/// unprivileged caller, where setgroups is forbidden and the daemon would exit. The groups
+/// it keeps are its caller's own.
+///
+/// ```text
+/// arch != x86-64 or nr has the x32 bit  -> kill
+/// nr is setgroups                       -> return 0
+/// anything else                         -> allow
+/// ```
+pub fn build_setgroups_no_op() -> Program {
+    let mut asm = Assembler::default();
+    native_calls_only(&mut asm)
+        .jump(
+            Test::Equal,
+            libc::SYS_setgroups as u32,
+            To::Label("no-op"),
+            To::Next,
+        )
+        .ret(RET_ALLOW)
+        .label("no-op")
+        .ret(errno(0))
+        .label("kill")
+        .ret(RET_KILL_PROCESS);
+    asm.finish()
+}
+
+/// Emits the start of every filter: a jump to the label `kill` for a foreign architecture
+/// or an x32 call, then the load of the call's number.
+fn native_calls_only(asm: &mut Assembler) -> &mut Assembler {
+    asm.load(OFFSET_ARCH)
+        .jump(Test::Equal, AUDIT_ARCH_X86_64, To::Next, To::Label("kill"))
+        .load(OFFSET_NR)
+        .jump(Test::AtLeast, X32_SYSCALL_BIT, To::Label("kill"), To::Next)
+}
+
 /// Installs `program` on the calling thread. no_new_privs must already be set.
 pub fn install(program: &Program) -> Result<(), Error> {
     program.install().map_err(Error::Install)
@@ -297,6 +326,25 @@ mod tests {
 
     fn call(nr: libc::c_long, args: [u64; 6]) -> u32 {
         build().evaluate(AUDIT_ARCH_X86_64, nr as u32, args)
+    }
+
+    #[test]
+    fn setgroups_succeeds_without_effect() {
+        let program = build_setgroups_no_op();
+        let setgroups = libc::SYS_setgroups as u32;
+        assert_eq!(
+            program.evaluate(AUDIT_ARCH_X86_64, setgroups, [0; 6]),
+            RET_ERRNO
+        );
+        let getgroups = libc::SYS_getgroups as u32;
+        assert_eq!(
+            program.evaluate(AUDIT_ARCH_X86_64, getgroups, [0; 6]),
+            RET_ALLOW
+        );
+        assert_eq!(
+            program.evaluate(AUDIT_ARCH_X86_64, setgroups | X32_SYSCALL_BIT, [0; 6]),
+            RET_KILL_PROCESS
+        );
     }
 
     const EPERM: u32 = RET_ERRNO | libc::EPERM as u32;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use airlock_namespace::sys;
 
-use crate::initramfs::MODULE_LIST_PATH;
+use crate::initramfs::{MODULE_LIST_PATH, SHARE_MODULE_LIST_PATH};
 
 /// The virtio-serial port's name, given to QEMU's `virtserialport` device.
 pub const PORT_NAME: &str = "airlock.agent";
@@ -18,6 +18,12 @@ pub const ROOT_DISK_SERIAL: &str = "airlock-root";
 
 /// The serial number of the workspace disk, a copy of the project.
 pub const WORKSPACE_DISK_SERIAL: &str = "airlock-workspace";
+
+/// The virtiofs tag of the host view, the guest's root without a root disk.
+pub const ROOT_SHARE_TAG: &str = "airlock-root";
+
+/// The virtiofs tag of the project itself, for [`WorkspaceMount::Bind`].
+pub const WORKSPACE_SHARE_TAG: &str = "airlock-workspace";
 
 /// Directory of the workspace overlay's layers, below the sandbox's /run. The
 /// host reads the changes from the upper layer there once the command ended.
@@ -34,10 +40,11 @@ const DEVICE_WAIT: Duration = Duration::from_secs(30);
 const DISK: &str = "/root";
 
 /// Empty directories that become mount points in the sandbox's root, since the root disk,
-/// mounted read-only, may lack them.
-const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "workspace"];
+/// mounted read-only, may lack them. The host view has them already.
+pub const MOUNT_POINTS: [&str; 6] = ["proc", "sys", "dev", "tmp", "run", "workspace"];
 
-/// Mount point of the read-only union of the mount points and the root disk.
+/// Mount point of the sandbox's root: the read-only union of the mount points and the root
+/// disk, or the host view.
 const NEW_ROOT: &str = "/newroot";
 
 /// A step of the boot that failed, with the path or module it concerned.
@@ -65,6 +72,9 @@ fn failed(
 /// The guest's setup that the host requests, read from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
+    /// Whether the root is the host view, shared with the guest through virtiofs, rather
+    /// than the root disk.
+    pub root_share: bool,
     /// Size of /tmp, and of the workspace's upper layer, in bytes.
     pub tmp_size: u64,
     /// The way the workspace disk is shown at /workspace, or `None` without one.
@@ -83,6 +93,8 @@ pub enum WorkspaceMount {
     Readonly,
     /// Under an overlay whose upper layer is in guest memory.
     Overlay,
+    /// The project itself, writable, shared through virtiofs.
+    Bind,
 }
 
 impl WorkspaceMount {
@@ -90,6 +102,7 @@ impl WorkspaceMount {
         match self {
             WorkspaceMount::Readonly => "readonly",
             WorkspaceMount::Overlay => "overlay",
+            WorkspaceMount::Bind => "bind",
         }
     }
 }
@@ -106,7 +119,16 @@ pub const MEMORY_PARAMETER: &str = "airlock.memory";
 /// The kernel command line parameter that carries [`BootConfig::workspace`].
 pub const WORKSPACE_PARAMETER: &str = "airlock.workspace";
 
+/// The kernel command line parameter that carries [`BootConfig::root_share`]: the tag of
+/// the share to boot from.
+pub const ROOT_PARAMETER: &str = "airlock.root";
+
 impl BootConfig {
+    /// Returns whether the guest mounts a virtiofs share.
+    pub fn uses_share(&self) -> bool {
+        self.root_share || self.workspace == Some(WorkspaceMount::Bind)
+    }
+
     pub fn from_cmdline(cmdline: &str) -> BootConfig {
         let value = |parameter: &str| {
             cmdline
@@ -119,13 +141,16 @@ impl BootConfig {
         let workspace = match value(WORKSPACE_PARAMETER) {
             Some("readonly") => Some(WorkspaceMount::Readonly),
             Some("overlay") => Some(WorkspaceMount::Overlay),
+            Some("bind") => Some(WorkspaceMount::Bind),
             _ => None,
         };
+        let root_share = value(ROOT_PARAMETER) == Some(ROOT_SHARE_TAG);
         let pids = value(PIDS_PARAMETER)
             .and_then(|value| value.parse().ok())
             .unwrap_or(airlock_core::spec::DEFAULT_PIDS);
         let memory = value(MEMORY_PARAMETER).and_then(|value| value.parse().ok());
         BootConfig {
+            root_share,
             tmp_size,
             workspace,
             pids,
@@ -160,10 +185,21 @@ pub fn mount_kernel_filesystems() -> Result<(), BootError> {
     Ok(())
 }
 
-/// Loads the modules the initramfs lists, in order. A module already loaded is skipped.
-pub fn load_modules() -> Result<usize, BootError> {
-    let list = std::fs::read_to_string(MODULE_LIST_PATH)
-        .map_err(failed("cannot read the module list", MODULE_LIST_PATH))?;
+/// Loads the modules every guest needs, then those of virtiofs when `config` uses a
+/// share, so that guests without shares boot without them. Returns how many loaded.
+pub fn load_modules(config: &BootConfig) -> Result<usize, BootError> {
+    let mut loaded = load_module_list(MODULE_LIST_PATH)?;
+    if config.uses_share() {
+        loaded += load_module_list(SHARE_MODULE_LIST_PATH)?;
+    }
+    Ok(loaded)
+}
+
+/// Loads the modules that the initramfs lists in `list_path`, in order. A module already
+/// loaded is skipped.
+fn load_module_list(list_path: &str) -> Result<usize, BootError> {
+    let list = std::fs::read_to_string(list_path)
+        .map_err(failed("cannot read the module list", list_path))?;
     let mut loaded = 0;
     for path in list.lines().filter(|line| !line.is_empty()) {
         let file = std::fs::File::open(path).map_err(failed("cannot open module", path))?;
@@ -241,9 +277,35 @@ pub fn find_port() -> Result<PathBuf, BootError> {
     })
 }
 
-/// Mounts the root disk read-only, covers it with a read-only union that adds the mount
-/// points, mounts the sandbox's file systems in it, and makes it the root.
-pub fn enter_root(disk: &Path, config: &BootConfig) -> Result<(), BootError> {
+/// The file system the guest's root comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSource {
+    /// The root disk, a block device.
+    Disk(PathBuf),
+    /// The host view, shared through virtiofs under [`ROOT_SHARE_TAG`].
+    HostView,
+}
+
+impl std::fmt::Display for RootSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootSource::Disk(disk) => write!(f, "{}", disk.display()),
+            RootSource::HostView => write!(f, "the host view (virtiofs {ROOT_SHARE_TAG})"),
+        }
+    }
+}
+
+/// Finds the root named by `config`: the root disk, or the host view's share.
+pub fn find_root(config: &BootConfig) -> Result<RootSource, BootError> {
+    if config.root_share {
+        return Ok(RootSource::HostView);
+    }
+    find_disk(ROOT_DISK_SERIAL).map(RootSource::Disk)
+}
+
+/// Mounts the root disk read-only and covers it at [`NEW_ROOT`] with a read-only union
+/// that adds the mount points.
+fn mount_root_disk(disk: &Path) -> Result<(), BootError> {
     let ro = libc::MS_RDONLY;
     sys::mount(
         Some(disk),
@@ -259,7 +321,6 @@ pub fn enter_root(disk: &Path, config: &BootConfig) -> Result<(), BootError> {
         let path = points.join(point);
         std::fs::create_dir_all(&path).map_err(failed("cannot create", path.display()))?;
     }
-    std::fs::create_dir_all(NEW_ROOT).map_err(failed("cannot create", NEW_ROOT))?;
     // An overlay with two lower layers and no upper layer is read-only by construction.
     let layers = format!("lowerdir={}:{DISK}", points.display());
     sys::mount(
@@ -269,7 +330,44 @@ pub fn enter_root(disk: &Path, config: &BootConfig) -> Result<(), BootError> {
         ro,
         Some(&layers),
     )
-    .map_err(failed("cannot mount the root overlay on", NEW_ROOT))?;
+    .map_err(failed("cannot mount the root overlay on", NEW_ROOT))
+}
+
+/// Mounts the virtiofs share `tag` on `target`, waiting for its device to appear: the
+/// kernel rejects an unknown tag with EINVAL until the device's probe has run.
+fn mount_share(tag: &str, target: &Path, flags: libc::c_ulong) -> Result<(), BootError> {
+    let deadline = Instant::now() + DEVICE_WAIT;
+    loop {
+        let result = sys::mount(Some(Path::new(tag)), target, Some("virtiofs"), flags, None);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                if Instant::now() >= deadline {
+                    return Err(failed("cannot mount the virtiofs share", tag)(error));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => return Err(failed("cannot mount the virtiofs share", tag)(error)),
+        }
+    }
+}
+
+/// Mounts the root read-only at [`NEW_ROOT`], mounts the sandbox's file systems in it, and
+/// makes it the root.
+pub fn enter_root(root: &RootSource, config: &BootConfig) -> Result<(), BootError> {
+    std::fs::create_dir_all(NEW_ROOT).map_err(failed("cannot create", NEW_ROOT))?;
+    match root {
+        RootSource::Disk(disk) => mount_root_disk(disk)?,
+        // The host's tree has the mount points already. The host serves it read-only
+        // whatever the guest asks, so the flag only spares writes a round trip. No overlay
+        // covers it: overlayfs opens lower files with O_NOATIME, which an unprivileged
+        // caller's virtiofsd may not use on host files that another user owns.
+        RootSource::HostView => mount_share(
+            ROOT_SHARE_TAG,
+            Path::new(NEW_ROOT),
+            libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
+        )?,
+    }
     mount_sandbox_filesystems(Path::new(NEW_ROOT), config)?;
     crate::agent::cgroup::set_up(Path::new(NEW_ROOT), config.pids, config.memory).map_err(
         failed(
@@ -342,9 +440,13 @@ fn mount_sandbox_filesystems(root: &Path, config: &BootConfig) -> Result<(), Boo
 /// Mounts the workspace disk read-only and shows it at /workspace, under an overlay whose
 /// layers are on a tmpfs of `layers_size` bytes for [`WorkspaceMount::Overlay`].
 fn mount_workspace(root: &Path, mount: WorkspaceMount, layers_size: u64) -> Result<(), BootError> {
-    let disk = find_disk(WORKSPACE_DISK_SERIAL)?;
     let inside = |path: &str| root.join(path.trim_start_matches('/'));
     let (lower, workspace) = (inside(LOWER), inside("/workspace"));
+    if mount == WorkspaceMount::Bind {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        return mount_share(WORKSPACE_SHARE_TAG, &workspace, flags);
+    }
+    let disk = find_disk(WORKSPACE_DISK_SERIAL)?;
     std::fs::create_dir_all(&lower).map_err(failed("cannot create", lower.display()))?;
     let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     sys::mount(Some(&disk), &lower, Some("ext4"), ro, Some("noload"))
@@ -405,6 +507,18 @@ mod tests {
         assert_eq!(default.workspace, None);
         let overlay = BootConfig::from_cmdline("airlock.workspace=overlay -- __vm-agent");
         assert_eq!(overlay.workspace, Some(WorkspaceMount::Overlay));
+    }
+
+    #[test]
+    fn shares_read_from_cmdline() {
+        let config =
+            BootConfig::from_cmdline("airlock.root=airlock-root airlock.workspace=bind -- x");
+        assert!(config.root_share);
+        assert_eq!(config.workspace, Some(WorkspaceMount::Bind));
+        assert!(config.uses_share());
+        let disk = BootConfig::from_cmdline("airlock.workspace=overlay -- x");
+        assert!(!disk.root_share);
+        assert!(!disk.uses_share());
     }
 
     #[test]

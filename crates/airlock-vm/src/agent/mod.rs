@@ -4,8 +4,10 @@
 //! puts after `--` on the kernel command line, so an `airlock __vm-agent` typed on a host
 //! refuses to start. Its steps, in order:
 //! 1. mount /proc, /sys and /dev, and write to the console;
-//! 2. load the modules the initramfs lists (virtio-mmio, virtio-serial, virtio-blk, ...);
-//! 3. mount the root disk read-only and make it the root, with /tmp, /dev and /proc;
+//! 2. load the modules the initramfs lists (virtio-mmio, virtio-serial, virtio-blk, ...),
+//!    and fuse and virtiofs when the host shares a directory;
+//! 3. mount the root disk, or the host view that the host shares, read-only and make it
+//!    the root, with /tmp, /dev and /proc;
 //! 4. open the virtio-serial port and serve the host ([`serve`]);
 //! 5. when the host asks, or goes away, kill every process and power the guest off.
 //!
@@ -41,11 +43,11 @@ pub fn run() -> Result<std::convert::Infallible, NotPidOne> {
 
 fn boot_and_serve() -> Result<(), Box<dyn std::error::Error>> {
     boot::mount_kernel_filesystems()?;
-    let loaded = boot::load_modules()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let config = boot::BootConfig::from_cmdline(&cmdline);
-    let disk = boot::find_disk(boot::ROOT_DISK_SERIAL)?;
-    boot::enter_root(&disk, &config)?;
+    let loaded = boot::load_modules(&config)?;
+    let root = boot::find_root(&config)?;
+    boot::enter_root(&root, &config)?;
     // The guest has no network device, only its own loopback, which starts down.
     airlock_namespace::init::bring_up_loopback()
         .map_err(|error| format!("cannot bring up the loopback interface: {error}"))?;
@@ -55,10 +57,7 @@ fn boot_and_serve() -> Result<(), Box<dyn std::error::Error>> {
         .write(true)
         .open(&port_path)
         .map_err(|error| format!("cannot open the port {}: {error}", port_path.display()))?;
-    console(&format!(
-        "ready ({loaded} modules loaded, root {})",
-        disk.display()
-    ));
+    console(&format!("ready ({loaded} modules loaded, root {root})"));
     serve::serve(port)?;
     Ok(())
 }
