@@ -830,8 +830,9 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
 
     // systemd-nspawn removes its own directories and cgroups after the container's init
     // exited, before the rest is removed. Once the init has sent its final report, the
-    // teardown waits for that instead.
-    if !container.nspawn.finished {
+    // teardown waits for that instead, unless systemd-nspawn relays a terminal, whose last
+    // output it writes before it exits.
+    if !container.nspawn.finished || spec.tty {
         container.wait_for_nspawn();
     }
     let mut reports = std::mem::take(&mut container.early_reports);
