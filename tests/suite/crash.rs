@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::harness::Caller;
 use super::harness::{binary, describe, stdout, Workspace};
@@ -140,11 +140,21 @@ fn killed_commands_leave_a_usable_sandbox_or_one_gc_removes() {
         ids.insert(sandbox["id"].as_str().unwrap().to_owned());
     }
     // A `stop` or `rm` killed after it signalled a supervisor leaves that supervisor ending
-    // its sandbox, which takes a few milliseconds; let it finish first.
-    std::thread::sleep(Duration::from_millis(500));
-
-    let gc = airlock(&state, root).arg("gc").output().unwrap();
-    assert!(gc.status.success(), "gc: {}", describe(&gc));
+    // its sandbox, which takes a few milliseconds, more on a loaded host, and gc skips a
+    // sandbox while a process holds its lock. So gc runs until every sandbox left is
+    // running or stopped, or 10 s have passed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let gc = airlock(&state, root).arg("gc").output().unwrap();
+        assert!(gc.status.success(), "gc: {}", describe(&gc));
+        let settled = listed(&state, root)
+            .iter()
+            .all(|sandbox| sandbox["status"] == "running" || sandbox["status"] == "stopped");
+        if settled || Instant::now() >= deadline {
+            break;
+        }
+    }
     for sandbox in listed(&state, root) {
         let id = sandbox["id"].as_str().unwrap();
         let status = sandbox["status"].as_str().unwrap();

@@ -45,8 +45,7 @@ impl Hits {
     /// Counts a fork refused since the watch's last look, as when the command gave up on
     /// it and exited before the watch woke, and kills the group as the watch would have.
     pub fn check_refused_forks(&self) {
-        if !self.pids.load(Ordering::SeqCst)
-            && self.workload.refused_forks() > self.refused_before
+        if !self.pids.load(Ordering::SeqCst) && self.workload.refused_forks() > self.refused_before
         {
             self.pids.store(true, Ordering::SeqCst);
             if let Err(error) = self.workload.kill_all() {
