@@ -65,15 +65,19 @@ run_airlock() {
 # One run builds what is cached (initramfs, root image, accelerator verdict).
 run_airlock -- true
 accel=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accel"])' "$cache/accel.json")
+# The TSC frequency Airlock measured and passes to a guest under TCG, as it does.
+tsc_khz=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("tsc_khz") or 1000000)' \
+    "$cache/accel.json")
 
-# The bare boot uses the newest cached initramfs and root image, the ones Airlock uses.
-kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -1)
-initramfs=$(ls -1t "$cache"/initramfs-*.cpio | head -1)
-image=$(ls -1t "$cache"/rootfs-*.ext4 | head -1)
+# The bare boot uses the newest cached initramfs and root image: the ones the run above
+# used, which marks them as used. awk reads all of ls's output, so ls gets no SIGPIPE.
+kernel=$(ls -1 /boot/vmlinuz-*-cloud-amd64 | sort -V | awk 'END {print}')
+initramfs=$(ls -1t "$cache"/initramfs-*.cpio | awk 'NR == 1')
+image=$(ls -1t "$cache"/rootfs-*.ext4 | awk 'NR == 1')
 append="console=ttyS0 quiet panic=-1 reboot=t rdinit=/init"
 cpu=host
 if [ "$accel" = tcg ]; then
-    append="$append tsc_early_khz=1000000 lpj=4000000 no_timer_check"
+    append="$append tsc_early_khz=$tsc_khz lpj=4000000 no_timer_check"
     cpu=max
 fi
 # Airlock's defaults: /tmp of 512 MiB, 1024 processes, 2 GiB for the commands, and 128 MiB
@@ -176,7 +180,7 @@ for pid in $(pgrep -f "$work/tmp/airlock-vm-" || true); do
 done
 wait "$runner"
 
-echo "accelerator: $accel ($(nproc) CPUs, $(uname -r), $(qemu-system-x86_64 --version | head -1))"
+echo "accelerator: $accel ($(nproc) CPUs, $(uname -r), $(qemu-system-x86_64 --version | awk 'NR == 1'))"
 printf 'airlock vm   (start to exit of true), median of %s: %s ms [%s]\n' "$runs" \
     "$(printf '%s\n' "${airlock_times[@]}" | median)" "${airlock_times[*]}"
 printf 'bare qemu    (start to exit of true), median of %s: %s ms [%s]\n' "$runs" \
