@@ -451,9 +451,19 @@ impl Engine {
         // is a copy of the supervisor, and its command line is readable inside the sandbox.
         let mut child = Command::new("/proc/self/exe");
         child.env_clear();
-        // The log filter, and the variables through which the docker backend finds its
-        // engine's socket as Docker clients do.
-        for name in ["AIRLOCK_LOG", "DOCKER_HOST", "XDG_RUNTIME_DIR"] {
+        // The log filter, the variables through which the docker backend finds its engine's
+        // socket as Docker clients do, and those through which the vm backend finds its
+        // cache and the place for a guest's files, as `run` finds them. None of them reaches
+        // a command: each backend builds the command's environment from the spec.
+        for name in [
+            "AIRLOCK_LOG",
+            "DOCKER_HOST",
+            "XDG_RUNTIME_DIR",
+            "HOME",
+            "XDG_CACHE_HOME",
+            airlock_vm::cache::CACHE_DIR_VARIABLE,
+            "TMPDIR",
+        ] {
             if let Some(value) = std::env::var_os(name) {
                 child.env(name, value);
             }

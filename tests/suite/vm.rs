@@ -129,12 +129,13 @@ impl Scene {
         output
     }
 
-    /// Runs `airlock ARGS...` in the scene's workspace with its TMPDIR, as for the commands
-    /// that `airlock create` sandboxes take.
+    /// Runs `airlock ARGS...` as the scene's caller in its workspace, with its TMPDIR and
+    /// cache, as for the commands that `airlock create` sandboxes take.
     fn airlock(&self, args: &[&str]) -> Output {
-        let tmp = format!("TMPDIR={}", self.tmp.path().display());
+        let environment = self.environment();
+        let wrapper: Vec<&str> = environment.iter().map(String::as_str).collect();
         let project = self.workspace.path();
-        let mut spawned = spawn_airlock(ROOT, &["env", &tmp], args, project, Stdio::piped());
+        let mut spawned = spawn_airlock(self.caller, &wrapper, args, project, Stdio::piped());
         let code = wait_bounded(&mut spawned.child, RUN_LIMIT, &format!("airlock {args:?}"));
         let output = spawned.child.wait_with_output().expect("collect output");
         assert_eq!(output.status.code(), Some(code));
@@ -930,6 +931,39 @@ fn vm_kernel_option_checked() {
         stdout(&output).trim(),
         release.trim_start_matches("vmlinuz-")
     );
+}
+
+#[test]
+fn vm_created_by_user_uses_their_cache_and_tmpdir() {
+    // The supervisor that `create` starts must see the caller's cache and TMPDIR, as `run`
+    // does: without them an unprivileged caller has no cache directory.
+    let scene = Scene::for_caller(Caller::User);
+    let created = scene.airlock(&["create", "--backend", "vm"]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+    let guest_dirs = fs::read_dir(scene.tmp.path())
+        .expect("read the scene's TMPDIR")
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("airlock-vm-")
+        })
+        .count();
+    assert_eq!(
+        guest_dirs, 1,
+        "the guest's files are not in the caller's TMPDIR"
+    );
+    let cached = fs::read_dir(scene.cache.path().join("vm"))
+        .expect("read the caller's cache")
+        .count();
+    assert!(cached > 0, "nothing in the caller's cache");
+
+    let exec = scene.airlock(&["exec", &id, "--", "sh", "-c", "echo from-the-guest"]);
+    assert_eq!(exec.status.code(), Some(0), "{}", describe(&exec));
+    assert_eq!(stdout(&exec), "from-the-guest\n");
+    scene.remove(&id);
 }
 
 #[test]
