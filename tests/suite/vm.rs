@@ -1177,6 +1177,19 @@ fn vm_cp_trees_never_follow_guest_links() {
     let written: Vec<_> = fs::read_dir(canary.path()).unwrap().collect();
     assert!(written.is_empty(), "written through the link: {written:?}");
 
+    // A tree whose packing fails midway, at a file that cannot be read, leaves nothing at
+    // the target, not even the entries sent before the failure.
+    let unreadable = "mkdir -p /tmp/broken/sub && echo a > /tmp/broken/a && \
+         touch /tmp/broken/sub/mem && mount --bind /proc/1/mem /tmp/broken/sub/mem";
+    let prepared = scene.airlock(&["exec", &id, "--", "sh", "-c", unreadable]);
+    assert_eq!(prepared.status.code(), Some(0), "{}", describe(&prepared));
+    let empty = tempfile::tempdir().expect("tempdir");
+    let target = empty.path().to_str().unwrap();
+    let failed = scene.airlock(&["cp", &format!("{id}:/tmp/broken"), target]);
+    assert_ne!(failed.status.code(), Some(0), "{}", describe(&failed));
+    let left: Vec<_> = fs::read_dir(empty.path()).unwrap().collect();
+    assert!(left.is_empty(), "a failed copy left {left:?}");
+
     scene.remove(&id);
 }
 

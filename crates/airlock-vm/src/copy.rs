@@ -81,30 +81,46 @@ fn copy_out(connection: &mut Connection, source: &Path, target: &Path) -> Result
         .send(channel, &request)
         .map_err(|error| failed(source, error))?;
     let mut stream = ChannelReader::new(connection, channel);
-    let received = receive(&mut stream, &host_dir, &basename, &name);
+    let staged = stage(&mut stream, &host_dir);
+    // A failed copy leaves nothing at the target: the staging directory goes with `staged`
+    // unless the agent reports the whole tree sent.
     match stream.reply()? {
         Message::Done => {}
         Message::Error { message } => return Err(failed(source, message)),
         other => return Err(failed(source, format!("unexpected reply {other:?}"))),
     }
-    received.map_err(|error| failed(&host_dir.join(&name), error_chain(&error)))
+    staged
+        .and_then(|staging| place(&staging, &basename, &host_dir.join(&name)))
+        .map_err(|error| failed(&host_dir.join(&name), error_chain(&error)))
 }
 
 /// Unpacks a tar stream from the guest into a new private directory in `host_dir`, and
 /// moves its entry `basename` to `host_dir/name`. Nothing else of the stream is kept, and
 /// an existing directory at `host_dir/name` is not written into.
+#[cfg(test)]
 fn receive(stream: impl Read, host_dir: &Path, basename: &OsStr, name: &OsStr) -> io::Result<()> {
-    // Removed with whatever the copy left in it, when dropped.
+    let staging = stage(stream, host_dir)?;
+    place(&staging, basename, &host_dir.join(name))
+}
+
+/// Unpacks a tar stream from the guest into a new private directory in `host_dir`, which
+/// is removed with whatever the copy left in it when the returned value is dropped.
+fn stage(stream: impl Read, host_dir: &Path) -> io::Result<tempfile::TempDir> {
     let staging = tempfile::Builder::new()
         .prefix(".airlock-cp-")
         .tempdir_in(host_dir)?;
     join::unpack_on_host(stream, staging.path())?;
+    Ok(staging)
+}
+
+/// Moves the staged entry `basename` to `target`.
+fn place(staging: &tempfile::TempDir, basename: &OsStr, target: &Path) -> io::Result<()> {
     let copied = staging.path().join(basename);
     if std::fs::symlink_metadata(&copied).is_err() {
         let missing = format!("the guest's agent sent no entry named {basename:?}");
         return Err(io::Error::other(missing));
     }
-    std::fs::rename(&copied, host_dir.join(name))
+    std::fs::rename(&copied, target)
 }
 
 /// Reads the file data frames of one channel as a byte stream, which ends at the first
