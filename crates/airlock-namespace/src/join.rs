@@ -651,7 +651,10 @@ pub fn unpack_on_host(source: impl std::io::Read, dir: &Path) -> std::io::Result
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
-        let path = entry.path().map(|path| path.display().to_string());
+        // Names and link targets come from the sandbox, so they are printed quoted, with
+        // control characters escaped: raw, they could move the terminal's cursor and hide
+        // the warning itself.
+        let path = entry.path().map(|path| format!("{path:?}"));
         let path = path.unwrap_or_else(|_| "an entry with an unreadable name".into());
         if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
             eprintln!("airlock: warning: skipped {path}: a device node or FIFO");
@@ -667,8 +670,7 @@ pub fn unpack_on_host(source: impl std::io::Read, dir: &Path) -> std::io::Result
                 .map(|target| target.into_owned());
             if let Some(target) = target.filter(|target| leaves_copy(target)) {
                 eprintln!(
-                    "airlock: warning: copied {path} as a symlink to {}, a path outside the copy",
-                    target.display()
+                    "airlock: warning: copied {path} as a symlink to {target:?}, a path outside the copy"
                 );
             }
         }
