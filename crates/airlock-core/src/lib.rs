@@ -10,6 +10,7 @@ pub mod backend;
 pub mod enforcement;
 pub mod exit;
 pub mod id;
+pub mod image_ref;
 pub mod outcome;
 pub mod risk;
 pub mod size;

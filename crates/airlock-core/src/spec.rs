@@ -485,7 +485,7 @@ pub const MAX_IMAGE_LENGTH: usize = 255;
 
 /// Checks an image reference such as `debian:bookworm`, `registry.example:5000/team/tool:1.2`
 /// or `name@sha256:HEX`: letters, digits and `.`, `_`, `-`, `/`, `:`, `@`, starting with a
-/// letter or digit. The engine checks the rest of the grammar when it looks the image up.
+/// letter or digit, in the grammar of [`ImageRef`](crate::image_ref::ImageRef).
 pub fn parse_image(text: &str) -> Result<String, String> {
     let allowed =
         |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
@@ -494,14 +494,19 @@ pub fn parse_image(text: &str) -> Result<String, String> {
         && text.starts_with(|c: char| c.is_ascii_alphanumeric())
         && text.chars().all(allowed)
         && !text.contains("//");
-    if valid {
-        return Ok(text.to_owned());
+    if !valid {
+        return Err(format!(
+            "invalid image {text:?}: expected a reference such as debian:bookworm or \
+             registry.example/team/tool:1.2, of at most {MAX_IMAGE_LENGTH} letters, digits \
+             and '.', '_', '-', '/', ':', '@'"
+        ));
     }
-    Err(format!(
-        "invalid image {text:?}: expected a reference such as debian:bookworm or \
-         registry.example/team/tool:1.2, of at most {MAX_IMAGE_LENGTH} letters, digits and \
-         '.', '_', '-', '/', ':', '@'"
-    ))
+    crate::image_ref::ImageRef::parse(text).map_err(|rule| {
+        format!(
+            "invalid image {text:?}: {rule}; for example debian:bookworm or 127.0.0.1:5000/tools:1"
+        )
+    })?;
+    Ok(text.to_owned())
 }
 
 /// Parses one `KEY=VALUE` environment assignment.
@@ -700,11 +705,23 @@ mod tests {
             "debian:bookworm",
             "airlock-test/bookworm:latest",
             "registry.example:5000/team/tool:1.2",
-            "alpine@sha256:0123abcd",
+            &format!("alpine@sha256:{}", "0123abcd".repeat(8)),
         ] {
             assert_eq!(parse_image(good).as_deref(), Ok(good));
         }
-        for bad in ["", "-x", "/abs", "a b", "a\nb", "a//b", &"a".repeat(256)] {
+        let bad_cases = [
+            "",
+            "-x",
+            "/abs",
+            "a b",
+            "a\nb",
+            "a//b",
+            &"a".repeat(256),
+            "UPPER/Bad",
+            "debian:",
+            "alpine@sha256:0123abcd",
+        ];
+        for bad in bad_cases {
             assert!(parse_image(bad).is_err(), "{bad:?}");
         }
     }

@@ -83,8 +83,8 @@ pub fn image_of(spec: &Spec) -> Result<&str, Error> {
         return Err(Error::RootfsNotSupported(dir.clone()));
     }
     let image = spec.image.as_deref().ok_or(Error::NoImage)?;
-    // The spec's check covers only the characters; the engine would reject the rest of the
-    // grammar with a bare status 400.
+    // The command line and spec files check the grammar, but a spec built by other means may
+    // not have been, and the engine would answer it with a bare status 400.
     crate::image::ImageRef::parse(image).map_err(|rule| Error::InvalidImage {
         image: image.to_owned(),
         rule,

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 
 use super::archive::{self, Compression};
 use super::body::{self, BodyWriter};
-use super::name::ImageRef;
 use super::progress::Progress;
 use super::tree::{self, TreeSummary};
+use super::ImageRef;
 use super::{engine_message, ImageError, LONG_REQUEST};
 use crate::engine::Engine;
 

@@ -6,8 +6,8 @@ use futures_util::StreamExt;
 use tracing::info;
 
 use super::credentials::{self, Credentials};
-use super::name::ImageRef;
 use super::progress::{Progress, PullProgress};
+use super::ImageRef;
 use super::{engine_message, EngineMessage, ImageError, LONG_REQUEST};
 use crate::engine::Engine;
 
