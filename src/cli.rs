@@ -645,7 +645,7 @@ pub struct ImageRemoveArgs {
     #[arg(short, long)]
     pub force: bool,
     /// Images by name (NAME[:TAG]) or id.
-    #[arg(required = true, value_name = "IMAGE")]
+    #[arg(required = true, value_name = "IMAGE", value_parser = spec::parse_image)]
     pub names: Vec<String>,
 }
 
