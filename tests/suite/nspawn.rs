@@ -759,7 +759,8 @@ fn nspawn_tty_output_is_only_the_commands() {
         "--".to_owned(),
         "sh".to_owned(),
         "-c".to_owned(),
-        "echo from-the-command; exit 3".to_owned(),
+        // Field 7 of /proc/PID/stat is the controlling terminal, 0 without one.
+        "[ \"$(cut -d' ' -f7 /proc/$$/stat)\" != 0 ] && echo from-the-command; exit 3".to_owned(),
     ]
     .map(|word| shell_quote(&word))
     .join(" ");

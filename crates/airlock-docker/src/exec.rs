@@ -69,6 +69,7 @@ pub fn exec(
             pids: spec.limits.pids.value,
             nproc_fallback: false,
             linger: false,
+            terminal: false,
         },
         tty: spec.tty,
     };

@@ -331,6 +331,7 @@ fn plan(spec: &Spec, facts: &Facts, hold: bool) -> Plan {
             pids: spec.limits.pids.value,
             nproc_fallback: false,
             linger: true,
+            terminal: false,
         },
         tty: spec.tty && !hold,
     }

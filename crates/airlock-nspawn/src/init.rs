@@ -58,6 +58,10 @@ pub struct Plan {
     /// container's cgroup, whose counters the launcher reads last, goes with the init.
     #[serde(default)]
     pub linger: bool,
+    /// The command's standard streams are the terminal that systemd-nspawn relays, which
+    /// becomes the command's controlling terminal.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// The result of a setup step: the step's name with its error.
@@ -71,6 +75,12 @@ fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
 pub fn run() -> ! {
     match set_up() {
         Ok(plan) if plan.argv.is_empty() => hold(),
+        Ok(plan) if plan.terminal => {
+            // systemd-nspawn made the console the controlling terminal of this process's
+            // session; giving it up lets the command's new session take it.
+            let _ = sys::ioctl_int(0, libc::TIOCNOTTY, 0);
+            start_and_supervise(&plan, &Stdio::Terminal(0))
+        }
         Ok(plan) => start_and_supervise(&plan, &Stdio::Fds([0, 1, 2])),
         Err((step, source)) => fail(step, source),
     }

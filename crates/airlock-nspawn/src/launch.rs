@@ -146,6 +146,7 @@ pub fn start(spec: &Spec, options: &RunOptions, hold: bool) -> Result<Container,
         pids: spec.limits.pids.value,
         nproc_fallback,
         linger: false,
+        terminal: spec.tty && !hold,
     };
 
     // The child's inputs, prepared before the fork.
