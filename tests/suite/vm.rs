@@ -1640,7 +1640,7 @@ fn vm_image_build_interrupted_leaves_nothing() {
     let rest: Vec<String> = lines.map(|line| line.expect("read stderr")).collect();
     let code = wait_bounded(&mut spawned.child, RUN_LIMIT, "airlock run --backend vm");
 
-    assert_ne!(code, 0, "{rest:?}");
+    assert_eq!(code, 128 + libc::SIGINT, "{rest:?}");
     assert!(
         rest.iter().any(|line| line.contains("interrupted")),
         "{rest:?}"

@@ -224,8 +224,13 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
 
     // Ctrl-C at a terminal also reaches a mkfs.ext4 that builds the root image, which then
     // fails: the signal, not the failure, is what ended the run.
+    // The build of an image's disk holds the signals back and takes them itself.
     let prepared = match prepare(spec, &id, qemu) {
         Ok(prepared) => prepared,
+        Err(Error::BuildInterrupted(airlock_namespace::interrupt::Interrupted(signal))) => {
+            eprintln!("airlock: the build of the guest's root disk was interrupted; its temporary files were removed");
+            return interrupted(signal);
+        }
         Err(error) => return interrupts.pending().map_or(Err(error), interrupted),
     };
     if let Some(signal) = interrupts.pending() {
