@@ -58,10 +58,13 @@ pub fn parse_bytes(what: &'static str, value: &str) -> Result<u64, ParseError> {
         .checked_mul(1u64 << shift)
         .ok_or_else(|| invalid(what, value, SIZE_SYNTAX))?;
     if bytes == 0 {
-        return Err(invalid(what, value, SIZE_SYNTAX));
+        return Err(invalid(what, value, SIZE_NOT_ZERO));
     }
     Ok(bytes)
 }
+
+/// The expected form named when a size is zero.
+const SIZE_NOT_ZERO: &str = "more than zero bytes, such as 512M or 2G";
 
 /// The expected form named when a duration is zero.
 const DURATION_NOT_ZERO: &str =
@@ -142,6 +145,8 @@ mod tests {
                 "{bad}: {error}"
             );
         }
+        let zero = parse_bytes("memory", "0M").unwrap_err().to_string();
+        assert!(zero.contains("more than zero bytes"), "{zero}");
     }
 
     #[test]
