@@ -910,7 +910,7 @@ impl Engine {
 
 /// Rejects an image for every backend but those that take one: docker, which runs it, and
 /// vm, which builds its guest's root disk from it.
-fn check_image(kind: BackendKind, spec: &Spec) -> Result<(), LifecycleError> {
+pub fn check_image(kind: BackendKind, spec: &Spec) -> Result<(), LifecycleError> {
     if spec.image.is_some() && !matches!(kind, BackendKind::Docker | BackendKind::Vm) {
         return Err(LifecycleError::ImageNeedsDocker {
             backend: kind.name(),

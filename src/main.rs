@@ -602,7 +602,8 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
 /// backend cannot run here, which the action then reports.
 fn warn_about(kind: BackendKind, spec: &Spec) {
     let backend = lifecycle::backend(kind);
-    if backend.availability().is_err() {
+    // A spec the backend rejects gets its error alone.
+    if backend.availability().is_err() || lifecycle::check_image(kind, spec).is_err() {
         return;
     }
     if let Some(warning) = backend.warning() {
