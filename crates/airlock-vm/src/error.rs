@@ -66,7 +66,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("cannot read {path:?} of the root filesystem")]
+    #[error("cannot read {path:?} of the root filesystem, which goes whole into the guest's disk: run as a user who can read the whole tree, such as its owner, or use the host view (no --rootfs) or --image")]
     ReadRootfs {
         path: PathBuf,
         #[source]
