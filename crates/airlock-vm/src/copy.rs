@@ -12,6 +12,7 @@
 use std::ffi::OsStr;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
+use std::time::Instant;
 
 use airlock_namespace::{error_chain, join};
 use airlock_protocol::{DataStream, FrameKind, Message, MAX_PAYLOAD};
@@ -163,11 +164,24 @@ impl Read for ChannelReader<'_> {
             if self.reply.is_some() {
                 return Ok(0);
             }
-            let frame = match self.connection.next_event(None) {
+            // Heartbeats come on the control channel, so a guest that sends nothing for the
+            // silence limit has stopped.
+            let limit = crate::launch::silence_limit(crate::machine::Accel::Tcg);
+            let frame = match self.connection.next_event(Some(Instant::now() + limit)) {
                 Wait::Event(Event::Frame(frame)) => frame,
-                Wait::Event(_) | Wait::TimedOut => {
+                Wait::Event(_) => {
                     self.reply = Some(Err(ended()));
                     return Err(io::Error::other("the connection ended during the copy"));
+                }
+                Wait::TimedOut => {
+                    let message = format!(
+                        "the guest sent nothing, not even its heartbeat, for {} s during the copy; stop the sandbox with `airlock stop`",
+                        limit.as_secs()
+                    );
+                    self.reply = Some(Err(Error::AgentFailed {
+                        message: message.clone(),
+                    }));
+                    return Err(io::Error::other(message));
                 }
             };
             if frame.channel != self.channel {

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::Instant;
 
 use airlock_protocol::{EntryKind, FrameKind, Message};
 
@@ -20,6 +21,8 @@ pub enum ExportError {
     Agent { path: String, message: String },
     #[error("the connection to the agent ended during the export")]
     Closed,
+    #[error("the guest sent nothing, not even its heartbeat, for {} s during the export; stop the sandbox with `airlock stop`", .0.as_secs())]
+    Silent(std::time::Duration),
     #[error("cannot write {path:?}")]
     Write {
         path: std::path::PathBuf,
@@ -111,10 +114,14 @@ pub fn request(
     connection
         .send(channel, &message)
         .map_err(|_| ExportError::Closed)?;
+    let limit = crate::launch::silence_limit(crate::machine::Accel::Tcg);
     loop {
-        let frame = match connection.next_event(None) {
+        // Heartbeats come on the control channel, so a guest that sends nothing for the
+        // silence limit has stopped.
+        let frame = match connection.next_event(Some(Instant::now() + limit)) {
             Wait::Event(Event::Frame(frame)) => frame,
-            Wait::Event(_) | Wait::TimedOut => return Err(ExportError::Closed),
+            Wait::Event(_) => return Err(ExportError::Closed),
+            Wait::TimedOut => return Err(ExportError::Silent(limit)),
         };
         if frame.channel != channel {
             continue;
