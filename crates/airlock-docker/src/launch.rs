@@ -84,7 +84,7 @@ pub fn image_of(spec: &Spec) -> Result<&str, Error> {
     }
     let image = spec.image.as_deref().ok_or(Error::NoImage)?;
     // The command line and spec files check the grammar, but a spec built by other means may
-    // not have been, and the engine would answer it with a bare status 400.
+    // not have been, and the engine would reject it with a bare status 400.
     crate::image::ImageRef::parse(image).map_err(|rule| Error::InvalidImage {
         image: image.to_owned(),
         rule,
@@ -237,7 +237,7 @@ fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a
 
 /// Warns when the command gets a writable workspace that belongs to root but runs as
 /// another user, and the top level of the project contains an entry of root's that others
-/// cannot write: the command cannot change it, nor anything below it.
+/// cannot write. The command can change neither that entry nor anything below it.
 fn warn_if_workspace_unwritable(spec: &Spec, open: &OpenWorkspace, user: User) {
     let writable = matches!(
         spec.workspace_mode,

@@ -235,7 +235,7 @@ fn start_and_supervise(
         Ok(pid) => pid,
         Err(source) => fail(report, "start the workload", source),
     };
-    // The workload holds its own copies now. Closing the init's copies, and the terminal's
+    // The workload has its own copies now. Closing the init's copies, and the terminal's
     // slave, lets the launcher see end of file once the workload's processes are gone,
     // without waiting for the kernel to tear down the init's namespaces.
     release_stdio(&plan.stdio);
@@ -324,7 +324,7 @@ fn fail(report: RawFd, step: &str, source: io::Error) -> ! {
     sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
 }
 
-/// Points 0, 1 and 2 at /dev/null and closes `streams` above them, so the init holds no end
+/// Points 0, 1 and 2 at /dev/null and closes `streams` above them, so the init keeps no end
 /// of the caller's streams and the launcher sees end of file once the workload's processes
 /// are gone.
 fn release_stdio(streams: &[RawFd]) {

@@ -224,7 +224,7 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
 
     // Ctrl-C at a terminal also reaches a mkfs.ext4 that builds the root image, which then
     // fails: the signal, not the failure, is what ended the run.
-    // The build of an image's disk holds the signals back and takes them itself.
+    // The build of an image's disk blocks the signals and takes them itself.
     let prepared = match prepare(spec, &id, qemu) {
         Ok(prepared) => prepared,
         Err(Error::BuildInterrupted(airlock_namespace::interrupt::Interrupted(signal))) => {
