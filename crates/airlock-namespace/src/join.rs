@@ -37,6 +37,7 @@ use crate::init::JOINED_NAMESPACES;
 use crate::launch::{self, Sandbox};
 use crate::monitor::Ended;
 use crate::outcome;
+pub use crate::pack::pack_tree;
 use crate::report::Report;
 use crate::workload::{self, Stdio};
 use crate::{stdio, sys, tty};
@@ -564,28 +565,6 @@ pub fn copy_destination(
 fn pack(fd: &OwnedFd, source: &Path, name: &OsStr) -> std::io::Result<()> {
     let sink = std::fs::File::from(fd.try_clone()?);
     pack_tree(sink, source, name)?.sync_all().or(Ok(()))
-}
-
-/// Writes `source` and what is below it as a tar stream to `sink`, under the top-level
-/// `name`, and returns the sink. Symlinks are stored as symlinks, never followed.
-pub fn pack_tree<W: std::io::Write>(sink: W, source: &Path, name: &OsStr) -> std::io::Result<W> {
-    let mut builder = tar::Builder::new(sink);
-    builder.follow_symlinks(false);
-    let metadata = std::fs::symlink_metadata(source)?;
-    let kind = metadata.file_type();
-    if !(kind.is_dir() || kind.is_file() || kind.is_symlink()) {
-        return Err(std::io::Error::other(format!(
-            "{} is a device node, FIFO or socket (a hidden secret is a bind of /dev/null); cp \
-             copies files, directories and symlinks only",
-            source.display()
-        )));
-    }
-    if metadata.is_dir() {
-        builder.append_dir_all(name, source)?;
-    } else {
-        builder.append_path_with_name(source, name)?;
-    }
-    builder.into_inner()
 }
 
 /// Unpacks a tar stream inside the sandbox: into `target` when it is a directory there,

@@ -19,6 +19,7 @@ pub mod landlock;
 pub mod launch;
 pub mod monitor;
 pub mod outcome;
+pub mod pack;
 pub mod protections;
 pub mod relay;
 pub mod report;

@@ -1,0 +1,301 @@
+//! The tar packer behind `airlock cp`, shared by the namespace backend and the vm agent.
+//!
+//! Each file entry holds exactly the number of bytes its header states. The tar crate's own
+//! `append_file` writes the size from `fstat` and then copies until end of file, so a file
+//! that grows while it is read (a log being written) spills bytes past its entry, and the
+//! reader parses them as the next header. Here a file is read up to its size at `fstat`
+//! time, and one that shrinks below it fails the copy. Files that report size 0 but have
+//! content, such as those in /proc and /sys, are read whole into memory, up to
+//! [`MAX_UNSIZED_FILE`] bytes, and stored with the size read.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, FileType, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Maximum bytes read from a file whose size reads as 0, such as /proc/self/status. A file
+/// with more is rejected instead of being cut short.
+pub const MAX_UNSIZED_FILE: u64 = 16 << 20;
+
+/// Writes `source` and what is below it as a tar stream to `sink`, under the top-level
+/// `name`, and returns the sink. Symlinks are stored as symlinks, never followed.
+pub fn pack_tree<W: Write>(sink: W, source: &Path, name: &OsStr) -> io::Result<W> {
+    let mut builder = tar::Builder::new(sink);
+    builder.follow_symlinks(false);
+    let metadata = fs::symlink_metadata(source)?;
+    let kind = metadata.file_type();
+    if !(kind.is_dir() || kind.is_file() || kind.is_symlink()) {
+        return Err(io::Error::other(format!(
+            "{} is a device node, FIFO or socket (a hidden secret is a bind of /dev/null); cp \
+             copies files, directories and symlinks only",
+            source.display()
+        )));
+    }
+    if kind.is_dir() {
+        append_dir_all(&mut builder, Path::new(name), source)?;
+    } else {
+        append_entry(&mut builder, Path::new(name), source, kind)?;
+    }
+    builder.into_inner()
+}
+
+/// Appends the directory `source` and everything below it under `archive_path`, each
+/// directory's header before its entries.
+fn append_dir_all<W: Write>(
+    builder: &mut tar::Builder<W>,
+    archive_path: &Path,
+    source: &Path,
+) -> io::Result<()> {
+    let mut stack = vec![(source.to_owned(), archive_path.to_owned(), true)];
+    while let Some((path, archive_path, is_dir)) = stack.pop() {
+        if !is_dir {
+            let kind = fs::symlink_metadata(&path)?.file_type();
+            append_entry(builder, &archive_path, &path, kind)?;
+            continue;
+        }
+        for entry in fs::read_dir(&path)? {
+            let entry = entry?;
+            let child: PathBuf = archive_path.join(entry.file_name());
+            stack.push((entry.path(), child, entry.file_type()?.is_dir()));
+        }
+        builder.append_path_with_name(&path, &archive_path)?;
+    }
+    Ok(())
+}
+
+/// Appends one entry that is not a directory's content: a regular file through
+/// [`append_file`], anything else (a directory header, a symlink, a device node) through
+/// the tar crate, which stores no data for those.
+fn append_entry<W: Write>(
+    builder: &mut tar::Builder<W>,
+    archive_path: &Path,
+    path: &Path,
+    kind: FileType,
+) -> io::Result<()> {
+    if kind.is_file() {
+        let (file, metadata) = open_regular(path)?;
+        append_file(builder, archive_path, path, file, &metadata)
+    } else {
+        builder.append_path_with_name(path, archive_path)
+    }
+}
+
+/// Opens `path` without following a symlink or blocking on a FIFO, and checks that it is
+/// still a regular file.
+fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| with_path(error, "open", path))?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| with_path(error, "read the metadata of", path))?;
+    if !metadata.is_file() {
+        let changed = format!(
+            "{} is no longer a regular file; copy it again once nothing replaces it",
+            path.display()
+        );
+        return Err(io::Error::other(changed));
+    }
+    Ok((file, metadata))
+}
+
+fn with_path(error: io::Error, action: &str, path: &Path) -> io::Error {
+    io::Error::new(
+        error.kind(),
+        format!("failed to {action} {}: {error}", path.display()),
+    )
+}
+
+/// Appends the open regular file `file`, whose metadata is `metadata`, under
+/// `archive_path`. The entry holds the file's first `metadata.len()` bytes, or all of it
+/// when that size is 0.
+fn append_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    archive_path: &Path,
+    path: &Path,
+    mut file: File,
+    metadata: &Metadata,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(metadata, tar::HeaderMode::Complete);
+    if metadata.len() == 0 {
+        let contents = read_unsized(&mut file, path)?;
+        header.set_size(contents.len() as u64);
+        return builder.append_data(&mut header, archive_path, contents.as_slice());
+    }
+    let contents = ExactSize {
+        file,
+        path,
+        size: metadata.len(),
+        remaining: metadata.len(),
+    };
+    builder.append_data(&mut header, archive_path, contents)
+}
+
+/// Reads a file whose size reads as 0, which /proc and /sys files do although they have
+/// content, up to [`MAX_UNSIZED_FILE`] bytes.
+fn read_unsized(file: &mut File, path: &Path) -> io::Result<Vec<u8>> {
+    let mut contents = Vec::new();
+    file.take(MAX_UNSIZED_FILE + 1)
+        .read_to_end(&mut contents)
+        .map_err(|error| with_path(error, "read", path))?;
+    if contents.len() as u64 > MAX_UNSIZED_FILE {
+        let too_large = format!(
+            "{} reports size 0 but holds more than {MAX_UNSIZED_FILE} bytes, the maximum cp \
+             reads from such a file; copy it with `cat` instead",
+            path.display()
+        );
+        return Err(io::Error::other(too_large));
+    }
+    Ok(contents)
+}
+
+/// The first `size` bytes of a file. Reading stops there even when the file has grown, and
+/// fails when the file ends before it, so the tar entry always matches its header.
+struct ExactSize<'a> {
+    file: File,
+    path: &'a Path,
+    size: u64,
+    remaining: u64,
+}
+
+impl Read for ExactSize<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        let max = buffer.len().min(max);
+        if max == 0 {
+            return Ok(0);
+        }
+        let count = self
+            .file
+            .read(&mut buffer[..max])
+            .map_err(|error| with_path(error, "read", self.path))?;
+        if count == 0 {
+            return Err(self.shrank());
+        }
+        self.remaining -= count as u64;
+        Ok(count)
+    }
+}
+
+impl ExactSize<'_> {
+    fn shrank(&self) -> io::Error {
+        let read = self.size - self.remaining;
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{} shrank from {} to {read} bytes while it was copied; copy it again once \
+                 nothing truncates it",
+                self.path.display(),
+                self.size
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Packs the open `file` with `metadata` as `name` into an archive in memory.
+    fn pack_opened(file: File, metadata: &Metadata, path: &Path) -> io::Result<Vec<u8>> {
+        let mut builder = tar::Builder::new(Vec::new());
+        append_file(&mut builder, Path::new("name"), path, file, metadata)?;
+        builder.into_inner()
+    }
+
+    /// Returns each entry of `archive` as its path and contents.
+    fn entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut archive = tar::Archive::new(archive);
+        let mut found = Vec::new();
+        for entry in archive.entries().expect("archive") {
+            let mut entry = entry.expect("entry parses");
+            let path = entry.path().expect("path").display().to_string();
+            let mut contents = Vec::new();
+            entry.read_to_end(&mut contents).expect("contents");
+            found.push((path, contents));
+        }
+        found
+    }
+
+    #[test]
+    fn file_grown_after_stat_keeps_its_stat_size() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("log");
+        fs::write(&path, b"first line\n").expect("write");
+        let (file, metadata) = open_regular(&path).expect("open");
+        // A header-shaped block written after the size was read must stay out of the copy.
+        let mut appender = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut fake = tar::Header::new_gnu();
+        fake.set_path("planted").unwrap();
+        fake.set_size(0);
+        fake.set_cksum();
+        appender.write_all(&[0; 501]).unwrap();
+        appender.write_all(fake.as_bytes()).unwrap();
+
+        let archive = pack_opened(file, &metadata, &path).expect("pack");
+
+        let found = entries(&archive);
+        assert_eq!(found.len(), 1, "entries: {found:?}");
+        assert_eq!(found[0].0, "name");
+        assert_eq!(found[0].1, b"first line\n");
+    }
+
+    #[test]
+    fn file_shrunk_after_stat_fails_the_copy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("log");
+        fs::write(&path, vec![b'x'; 4096]).expect("write");
+        let (file, metadata) = open_regular(&path).expect("open");
+        File::create(&path).expect("truncate");
+
+        let error = pack_opened(file, &metadata, &path).expect_err("a shrunk file fails");
+
+        let message = error.to_string();
+        assert!(message.contains("shrank from 4096 to 0 bytes"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn proc_file_of_size_zero_is_copied_whole() {
+        let path = Path::new("/proc/self/status");
+        let (file, metadata) = open_regular(path).expect("open");
+        assert_eq!(metadata.len(), 0, "/proc files report size 0");
+
+        let archive = pack_opened(file, &metadata, path).expect("pack");
+
+        let found = entries(&archive);
+        assert_eq!(found.len(), 1);
+        let text = String::from_utf8_lossy(&found[0].1).into_owned();
+        assert!(text.starts_with("Name:"), "{text}");
+        assert!(text.contains("\nPid:"), "{text}");
+    }
+
+    #[test]
+    fn tree_keeps_directories_before_their_entries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("sub")).unwrap();
+        fs::write(tree.join("sub/file"), b"data").unwrap();
+        std::os::unix::fs::symlink("/etc", tree.join("link")).unwrap();
+
+        let archive = pack_tree(Vec::new(), &tree, OsStr::new("copy")).expect("pack");
+
+        let found = entries(&archive);
+        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
+        let position = |name: &str| paths.iter().position(|path| *path == name);
+        assert_eq!(position("copy"), Some(0), "{paths:?}");
+        assert!(
+            position("copy/sub") < position("copy/sub/file"),
+            "{paths:?}"
+        );
+        assert!(position("copy/link").is_some(), "{paths:?}");
+        let file = found.iter().find(|(path, _)| path == "copy/sub/file");
+        assert_eq!(file.map(|(_, data)| data.as_slice()), Some(&b"data"[..]));
+    }
+}
