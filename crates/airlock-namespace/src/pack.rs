@@ -1,6 +1,6 @@
 //! The tar packer behind `airlock cp`, shared by the namespace backend and the vm agent.
 //!
-//! Each file entry holds exactly the number of bytes its header states. The tar crate's own
+//! Each file entry contains exactly the number of bytes its header states. The tar crate's own
 //! `append_file` writes the size from `fstat` and then copies until end of file, so a file
 //! that grows while it is read (a log being written) spills bytes past its entry, and the
 //! reader parses them as the next header. Here a file is read up to its size at `fstat`
@@ -110,7 +110,7 @@ fn with_path(error: io::Error, action: &str, path: &Path) -> io::Error {
 }
 
 /// Appends the open regular file `file`, whose metadata is `metadata`, under
-/// `archive_path`. The entry holds the file's first `metadata.len()` bytes, or all of it
+/// `archive_path`. The entry contains the file's first `metadata.len()` bytes, or all of it
 /// when that size is 0.
 fn append_file<W: Write>(
     builder: &mut tar::Builder<W>,
@@ -202,7 +202,7 @@ mod tests {
 
     use super::*;
 
-    /// Packs the open `file` with `metadata` as `name` into an archive in memory.
+    /// Packs the open `file` with `metadata` under the name `name` into an archive in memory.
     fn pack_opened(file: File, metadata: &Metadata, path: &Path) -> io::Result<Vec<u8>> {
         let mut builder = tar::Builder::new(Vec::new());
         append_file(&mut builder, Path::new("name"), path, file, metadata)?;
