@@ -134,6 +134,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         pids: spec.limits.pids.value,
         memory_limit: sizing.memory_limit,
         tsc_khz: choice.tsc_khz,
+        hostname: Some(format!("airlock-{}", id.short())),
     };
     Ok(Prepared {
         qemu,

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
-    WorkspaceMount, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME, ROOT_DISK_SERIAL, ROOT_PARAMETER,
-    ROOT_SHARE_TAG, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
+    WorkspaceMount, HOSTNAME_PARAMETER, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME,
+    ROOT_DISK_SERIAL, ROOT_PARAMETER, ROOT_SHARE_TAG, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL,
+    WORKSPACE_PARAMETER,
 };
 use crate::agent::AGENT_ARGUMENT;
 use crate::share::Share;
@@ -67,6 +68,10 @@ pub struct Machine {
     /// under KVM or when it could not be measured.
     #[serde(default)]
     pub tsc_khz: Option<u64>,
+    /// The guest's hostname, `airlock-` and the sandbox's short id, or `None` in records of
+    /// machines made before guests had one.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
@@ -100,6 +105,9 @@ impl Machine {
         line.push_str(&format!(" {PIDS_PARAMETER}={}", self.pids));
         if self.memory_limit > 0 {
             line.push_str(&format!(" {MEMORY_PARAMETER}={}", self.memory_limit));
+        }
+        if let Some(hostname) = &self.hostname {
+            line.push_str(&format!(" {HOSTNAME_PARAMETER}={hostname}"));
         }
         if self.root_disk.is_none() {
             line.push_str(&format!(" {ROOT_PARAMETER}={ROOT_SHARE_TAG}"));
@@ -223,6 +231,7 @@ mod tests {
             pids: 64,
             memory_limit: 256 << 20,
             tsc_khz: Some(2_596_140),
+            hostname: Some("airlock-0123456789ab".into()),
         }
     }
 
@@ -291,7 +300,8 @@ mod tests {
         let cmdline = machine(Accel::Kvm).kernel_command_line();
         assert!(
             cmdline.ends_with(
-                "airlock.tmp_size=1048576 airlock.pids=64 airlock.memory=268435456 -- __vm-agent"
+                "airlock.tmp_size=1048576 airlock.pids=64 airlock.memory=268435456 \
+                 airlock.hostname=airlock-0123456789ab -- __vm-agent"
             ),
             "{cmdline}"
         );

@@ -83,6 +83,8 @@ pub struct BootConfig {
     pub pids: u64,
     /// The commands' memory limit in bytes, or `None` for the guest's whole memory.
     pub memory: Option<u64>,
+    /// The guest's hostname, or `None` to keep the kernel's `(none)`.
+    pub hostname: Option<String>,
 }
 
 /// The way the guest shows the workspace disk.
@@ -119,6 +121,9 @@ pub const MEMORY_PARAMETER: &str = "airlock.memory";
 /// The kernel command line parameter that carries [`BootConfig::workspace`].
 pub const WORKSPACE_PARAMETER: &str = "airlock.workspace";
 
+/// The kernel command line parameter that carries [`BootConfig::hostname`].
+pub const HOSTNAME_PARAMETER: &str = "airlock.hostname";
+
 /// The kernel command line parameter that carries [`BootConfig::root_share`]: the tag of
 /// the share to boot from.
 pub const ROOT_PARAMETER: &str = "airlock.root";
@@ -149,13 +154,25 @@ impl BootConfig {
             .and_then(|value| value.parse().ok())
             .unwrap_or(airlock_core::spec::DEFAULT_PIDS);
         let memory = value(MEMORY_PARAMETER).and_then(|value| value.parse().ok());
+        let hostname = value(HOSTNAME_PARAMETER).map(str::to_owned);
         BootConfig {
             root_share,
             tmp_size,
             workspace,
             pids,
             memory,
+            hostname,
         }
+    }
+}
+
+/// Sets the guest's hostname from `config`, when it names one.
+pub fn set_hostname(config: &BootConfig) -> Result<(), BootError> {
+    match &config.hostname {
+        Some(hostname) => {
+            sys::sethostname(hostname).map_err(failed("cannot set the hostname", hostname))
+        }
+        None => Ok(()),
     }
 }
 
@@ -527,5 +544,13 @@ mod tests {
         assert_eq!(config.memory, Some(128 << 20));
         let without = BootConfig::from_cmdline("airlock.pids=64 -- __vm-agent");
         assert_eq!(without.memory, None);
+    }
+
+    #[test]
+    fn hostname_read_from_cmdline() {
+        let config = BootConfig::from_cmdline("airlock.hostname=airlock-0123456789ab -- x");
+        assert_eq!(config.hostname.as_deref(), Some("airlock-0123456789ab"));
+        let without = BootConfig::from_cmdline("airlock.pids=64 -- __vm-agent");
+        assert_eq!(without.hostname, None);
     }
 }

@@ -45,6 +45,7 @@ fn boot_and_serve() -> Result<(), Box<dyn std::error::Error>> {
     boot::mount_kernel_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let config = boot::BootConfig::from_cmdline(&cmdline);
+    boot::set_hostname(&config)?;
     let loaded = boot::load_modules(&config)?;
     let root = boot::find_root(&config)?;
     boot::enter_root(&root, &config)?;
