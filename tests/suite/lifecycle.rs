@@ -230,6 +230,46 @@ fn cp_copies_into_and_out_of_a_sandbox() {
     }
 }
 
+/// A file that grows while `cp` packs it arrives whole up to its size when packing began,
+/// and none of its bytes are read as tar headers. A /proc file, whose size reads as 0,
+/// arrives with its content.
+#[test]
+fn cp_copies_growing_and_proc_files() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let id = create(caller, workspace.path(), &[]);
+    let line = "a line of a log that grows while cp packs it";
+    let writer = format!(
+        "mkdir -p /tmp/g; (while :; do echo '{line}'; done >> /tmp/g/log) \
+         >/dev/null 2>&1 </dev/null &"
+    );
+    let started = exec_sh(caller, workspace.path(), &id, &writer);
+    assert!(started.status.success(), "{}", describe(&started));
+
+    for copy in ["g1", "g2", "g3"] {
+        let out = run(
+            caller,
+            &["cp", &format!("{id}:/tmp/g"), copy],
+            workspace.path(),
+        );
+        assert!(out.status.success(), "{copy}: {}", describe(&out));
+        let log = fs::read_to_string(workspace.path().join(copy).join("log")).expect("read log");
+        assert!(log.ends_with('\n'), "{copy}: the copy ends mid-line");
+        let other = log.lines().find(|found| *found != line);
+        assert_eq!(other, None, "{copy}: a line that the writer never wrote");
+    }
+    let status = run(
+        caller,
+        &["cp", &format!("{id}:/proc/1/status"), "status"],
+        workspace.path(),
+    );
+    assert!(status.status.success(), "{}", describe(&status));
+    let copied = fs::read_to_string(workspace.path().join("status")).expect("read status");
+    assert!(copied.starts_with("Name:"), "{copied}");
+    assert!(copied.contains("\nPid:"), "{copied}");
+    remove(caller, workspace.path(), &id);
+}
+
 #[test]
 fn audit_log_names_edited_line() {
     let caller = Caller::Root;

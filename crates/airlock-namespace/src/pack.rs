@@ -23,7 +23,8 @@ pub const MAX_UNSIZED_FILE: u64 = 16 << 20;
 pub fn pack_tree<W: Write>(sink: W, source: &Path, name: &OsStr) -> io::Result<W> {
     let mut builder = tar::Builder::new(sink);
     builder.follow_symlinks(false);
-    let metadata = fs::symlink_metadata(source)?;
+    let metadata = fs::symlink_metadata(source)
+        .map_err(|error| with_path(error, "read the metadata of", source))?;
     let kind = metadata.file_type();
     if !(kind.is_dir() || kind.is_file() || kind.is_symlink()) {
         return Err(io::Error::other(format!(
