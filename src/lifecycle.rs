@@ -240,6 +240,7 @@ impl Engine {
             track_stderr_line,
             id: Some(id),
             layers: Some(sandbox.layers()),
+            pinned: None,
         };
         let started = SystemTime::now();
         let mut result = backend(kind).run(&spec, options);
@@ -500,6 +501,12 @@ impl Engine {
         let runtime: Value = serde_json::from_str(runtime)?;
         record.phase = Phase::Ready;
         record.runtime = Some(runtime.clone());
+        if record.pinned.is_none() {
+            record.pinned = runtime
+                .get("pinned")
+                .filter(|pinned| !pinned.is_null())
+                .cloned();
+        }
         sandbox.write_record(record)?;
         let enforcement = runtime.get("enforcement").cloned().unwrap_or(Value::Null);
         let landlock_abi = runtime.get("landlock_abi").cloned().unwrap_or(Value::Null);
@@ -966,6 +973,7 @@ pub fn supervise(state_dir: Option<&Path>, id: &str, parent: i32) -> Result<(), 
         track_stderr_line: false,
         id: id_of(&record),
         layers: Some(sandbox.layers()),
+        pinned: record.pinned.clone(),
     };
     let mut stdout = std::io::stdout();
     let mut held = match backend_of(&record)?.hold(&record.spec, &options) {

@@ -992,6 +992,9 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     let second = airlock(&["exec", &id, "--", "sh", "-c", "cat /tmp/kept f.txt; exit 5"]);
     assert_eq!(second.status.code(), Some(5), "{}", describe(&second));
     assert_eq!(stdout(&second), "state\nchanged\n");
+    let hostname = airlock(&["exec", &id, "--", "cat", "/proc/sys/kernel/hostname"]);
+    assert_eq!(hostname.status.code(), Some(0), "{}", describe(&hostname));
+    assert_eq!(stdout(&hostname), format!("airlock-{}\n", &id[..12]));
 
     let incoming = scene.tmp.path().join("incoming.txt");
     fs::write(&incoming, "copied in\n").expect("write incoming");
@@ -1005,6 +1008,7 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
     assert_eq!(fs::read_to_string(&outgoing).unwrap(), "copied in\n");
     fs::remove_file(&outgoing).expect("remove out.txt");
+    copy_out_growing_and_proc_files(&scene, &id);
 
     // The agent alone, then the agent and a running command's two processes.
     let processes = || {
@@ -1050,6 +1054,46 @@ fn vm_created_sandbox_serves_exec_cp_and_stop() {
     let removed = airlock(&["rm", &id]);
     assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
     scene.assert_nothing_left();
+}
+
+/// Copies a log out of the guest while a guest process appends to it, and a /proc file
+/// whose size reads as 0. Each arrives whole: no byte of the log is read as a tar header.
+fn copy_out_growing_and_proc_files(scene: &Scene, id: &str) {
+    let line = "a line of a log that grows while cp packs it";
+    let writer = format!(
+        "mkdir -p /tmp/g; (while :; do echo '{line}'; done >> /tmp/g/log) \
+         >/dev/null 2>&1 </dev/null & echo $! > /tmp/writer.pid"
+    );
+    let started = scene.airlock(&["exec", id, "--", "sh", "-c", &writer]);
+    assert_eq!(started.status.code(), Some(0), "{}", describe(&started));
+    let out = scene.tmp.path().join("out");
+    fs::create_dir(&out).expect("create out");
+    for copy in ["g1", "g2"] {
+        let target = out.join(copy);
+        let copied = scene.airlock(&["cp", &format!("{id}:/tmp/g"), target.to_str().unwrap()]);
+        assert_eq!(
+            copied.status.code(),
+            Some(0),
+            "{copy}: {}",
+            describe(&copied)
+        );
+        let log = fs::read_to_string(target.join("log")).expect("read log");
+        // A write can be seen half done, so the last line may be cut short.
+        let (whole, last) = log.rsplit_once('\n').unwrap_or(("", &log));
+        let other = whole.lines().find(|found| *found != line);
+        assert_eq!(other, None, "{copy}: a line that the writer never wrote");
+        assert!(line.starts_with(last), "{copy}: the last line is {last:?}");
+    }
+    let stopped = scene.airlock(&["exec", id, "--", "sh", "-c", "kill $(cat /tmp/writer.pid)"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+
+    let source = format!("{id}:/proc/self/status");
+    let copied = scene.airlock(&["cp", &source, out.to_str().unwrap()]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    let status = fs::read_to_string(out.join("status")).expect("read status");
+    assert!(status.starts_with("Name:"), "{status}");
+    assert!(status.contains("\nPid:"), "{status}");
+    fs::remove_dir_all(&out).expect("remove out");
 }
 
 /// `diff` on a running sandbox copies the guest's changes out first, shows them and warns
@@ -1390,13 +1434,24 @@ struct ImageScene {
 
 impl ImageScene {
     fn new() -> ImageScene {
+        Self::with_engine(super::docker::engines().remove(0))
+    }
+
+    /// Returns a scene with the last engine that scripts/test started, so that its image
+    /// exports do not show up in the other tests' checks of the first engine.
+    fn on_last_engine() -> ImageScene {
+        let engine = super::docker::engines().pop().expect("an engine");
+        Self::with_engine(engine)
+    }
+
+    fn with_engine(engine: super::docker::Engine) -> ImageScene {
         ImageScene {
             scene: Scene::new(),
             cache: tempfile::Builder::new()
                 .prefix("airlock-vm-cache-")
                 .tempdir()
                 .expect("tempdir"),
-            engine: super::docker::engines().remove(0),
+            engine,
         }
     }
 
@@ -1417,7 +1472,11 @@ impl ImageScene {
 
     /// Runs `airlock ARGS` with this scene's engine, cache and TMPDIR.
     fn airlock(&self, args: &[&str]) -> Output {
-        let env = self.env();
+        self.airlock_with_env(&self.env(), args)
+    }
+
+    /// Runs `airlock ARGS` with this scene's TMPDIR and the variables `env`.
+    fn airlock_with_env(&self, env: &[String], args: &[&str]) -> Output {
         let tmp = format!("TMPDIR={}", self.scene.tmp.path().display());
         let mut prefix = vec!["env", tmp.as_str()];
         prefix.extend(env.iter().map(String::as_str));
@@ -1517,6 +1576,58 @@ fn vm_image_root_cached_for_run_and_create() {
         [],
         "a build left its temporary files"
     );
+    assert_eq!(scene.export_containers(), Vec::<String>::new());
+    scene.scene.assert_nothing_left();
+}
+
+/// A stopped sandbox starts again from the image it was created from, although DOCKER_HOST
+/// names no engine by then: from the cached disk, and once the cache lost the disk, from
+/// the engine it was created with.
+#[test]
+fn vm_image_sandbox_restarts_without_engine() {
+    let scene = ImageScene::on_last_engine();
+    let image = super::docker::image();
+    let expected = fs::read_to_string(rootfs().join("etc/debian_version")).expect("read");
+    let created = scene.airlock(&["create", "--backend", "vm", "--image", &image]);
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let id = stdout(&created).trim().to_owned();
+    let no_engine = [
+        "DOCKER_HOST=unix:///nonexistent/docker.sock".to_owned(),
+        format!("AIRLOCK_CACHE_DIR={}", scene.cache.path().display()),
+    ];
+
+    for pass in ["cached disk", "rebuilt disk"] {
+        let stopped = scene.airlock(&["stop", &id]);
+        assert_eq!(
+            stopped.status.code(),
+            Some(0),
+            "{pass}: {}",
+            describe(&stopped)
+        );
+        if pass == "rebuilt disk" {
+            let disks = scene.cached("rootfs-image-");
+            assert_eq!(disks.len(), 1, "{disks:?}");
+            fs::remove_file(scene.cache.path().join("vm").join(&disks[0].0)).expect("remove disk");
+        }
+        let started = scene.airlock_with_env(&no_engine, &["start", &id]);
+        assert_eq!(
+            started.status.code(),
+            Some(0),
+            "{pass}: {}",
+            describe(&started)
+        );
+        let exec = scene.airlock(&["exec", &id, "--", "cat", "/etc/debian_version"]);
+        assert_eq!(exec.status.code(), Some(0), "{pass}: {}", describe(&exec));
+        assert_eq!(stdout(&exec), expected, "{pass}");
+    }
+    assert_eq!(
+        scene.cached("rootfs-image-").len(),
+        1,
+        "the disk was not rebuilt"
+    );
+
+    let removed = scene.airlock(&["rm", "--force", &id]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
     assert_eq!(scene.export_containers(), Vec::<String>::new());
     scene.scene.assert_nothing_left();
 }

@@ -28,6 +28,9 @@ pub struct RunOptions {
     /// The directory that contains the workspace overlay's `upper` and `work` directories,
     /// required for [`crate::WorkspaceMode::Overlay`].
     pub layers: Option<PathBuf>,
+    /// The `pinned` field of the runtime that the sandbox's first start reported, which a
+    /// later start reuses, such as the vm backend's image id and engine socket.
+    pub pinned: Option<serde_json::Value>,
 }
 
 /// The outcome of a run, with what the front end needs to print after it.

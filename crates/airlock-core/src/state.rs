@@ -176,6 +176,10 @@ pub struct Record {
     /// the Unix epoch: a later host change of such a path is measured from then.
     #[serde(default)]
     pub applied: BTreeMap<PathBuf, u64>,
+    /// Backend-specific facts fixed at the sandbox's first start, from the `pinned` field of
+    /// its runtime, which outlive a stop so that every later start reuses them.
+    #[serde(default)]
+    pub pinned: Option<serde_json::Value>,
 }
 
 impl Record {
@@ -196,6 +200,7 @@ impl Record {
             supervisor: None,
             runtime: None,
             applied: BTreeMap::new(),
+            pinned: None,
         }
     }
 

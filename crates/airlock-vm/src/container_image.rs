@@ -2,7 +2,9 @@
 //! same images the docker backend runs (`--image NAME`).
 //!
 //! The build goes through these steps, once per image id:
-//! 1. look the image up in the engine, whose id (a digest) names the cached disk;
+//! 1. look the image up in the engine, whose id (a digest) names the cached disk. A
+//!    sandbox's first start records the id and the engine's socket ([`PinnedImage`]), and
+//!    its later starts use that id and socket, whatever engine DOCKER_HOST names then;
 //! 2. export the image's files as a tar stream ([`airlock_docker::image::ExportContainer`])
 //!    and unpack it into a private directory in the cache;
 //! 3. build the ext4 image from that directory, as for `--rootfs` ([`crate::disk`]), and
@@ -20,6 +22,7 @@ use airlock_docker::image::{ExportContainer, LocalImage};
 use airlock_docker::Engine;
 use airlock_namespace::interrupt::Interrupts;
 use airlock_namespace::sys;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::owners::Fixups;
@@ -33,25 +36,50 @@ const DISK_PREFIX: &str = "rootfs-image-1-";
 /// rest.
 const UNPACK_SHARE: f64 = 0.5;
 
-/// Returns the cached root disk of the engine's image `name`, building it when missing.
-/// While it builds, `progress` receives the share done, from 0.0 to 1.0.
+/// The image a sandbox's root disk was built from, recorded at its first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedImage {
+    /// The name the spec gives, such as `debian:bookworm`.
+    pub name: String,
+    /// The engine's id of the image, `sha256:...`.
+    pub id: String,
+    /// The engine's socket, where the disk is rebuilt from when the cache lost it.
+    pub socket: PathBuf,
+}
+
+/// Returns the cached root disk of the engine's image `name`, building it when missing,
+/// with the image it was built from. With `pinned`, the image of an earlier start, the disk
+/// is that image's, rebuilt from its engine when the cache lost it. While it builds,
+/// `progress` receives the share done, from 0.0 to 1.0.
 pub fn root_image(
     name: &str,
+    pinned: Option<&PinnedImage>,
     cache: &Path,
     progress: &mut dyn FnMut(f64),
-) -> Result<PathBuf, Error> {
-    let engine = Engine::connect()?;
-    let image =
-        airlock_docker::image::inspect(&engine, name)?.ok_or_else(|| Error::ImageNotFound {
-            image: name.to_owned(),
-            socket: engine.socket().to_owned(),
-        })?;
-    let disk = cache.join(format!("{DISK_PREFIX}{}.ext4", digest_hex(&image.id)));
+) -> Result<(PathBuf, PinnedImage), Error> {
+    if let Some(pinned) = pinned.filter(|pinned| pinned.name == name) {
+        let disk = disk_path(cache, &pinned.id);
+        if disk.is_file() {
+            tracing::debug!(image = name, disk = %disk.display(), "root disk of the pinned image cached");
+            crate::cache::touch(&disk);
+            return Ok((disk, pinned.clone()));
+        }
+    }
+    let (engine, image) = match pinned.filter(|pinned| pinned.name == name) {
+        Some(pinned) => find_pinned(pinned)?,
+        None => find_by_name(name)?,
+    };
+    let pinned = PinnedImage {
+        name: name.to_owned(),
+        id: image.id.clone(),
+        socket: engine.socket().to_owned(),
+    };
+    let disk = disk_path(cache, &image.id);
 
     if disk.is_file() {
         tracing::debug!(image = name, disk = %disk.display(), "root disk of the image cached");
         crate::cache::touch(&disk);
-        return Ok(disk);
+        return Ok((disk, pinned));
     }
 
     crate::cache::prune(cache, &["rootfs-", ".rootfs-"]);
@@ -68,7 +96,39 @@ pub fn root_image(
         source,
     })?;
     tracing::info!(image = name, id = %image.id, disk = %disk.display(), "root disk of the image built");
-    Ok(disk)
+    Ok((disk, pinned))
+}
+
+/// Returns the path of the cached disk of the image `id`.
+fn disk_path(cache: &Path, id: &str) -> PathBuf {
+    cache.join(format!("{DISK_PREFIX}{}.ext4", digest_hex(id)))
+}
+
+/// Looks the image `name` up in the engine that DOCKER_HOST names, or the default one.
+fn find_by_name(name: &str) -> Result<(Engine, LocalImage), Error> {
+    let engine = Engine::connect()?;
+    let image =
+        airlock_docker::image::inspect(&engine, name)?.ok_or_else(|| Error::ImageNotFound {
+            image: name.to_owned(),
+            socket: engine.socket().to_owned(),
+        })?;
+    Ok((engine, image))
+}
+
+/// Looks the pinned image up by its id in the engine it came from, to rebuild its disk.
+fn find_pinned(pinned: &PinnedImage) -> Result<(Engine, LocalImage), Error> {
+    let lost_image = |source| Error::PinnedImageGone {
+        image: pinned.name.clone(),
+        id: pinned.id.clone(),
+        socket: pinned.socket.clone(),
+        source,
+    };
+    let engine = Engine::connect_to(&pinned.socket)
+        .map_err(|error| lost_image(Some(Box::new(Error::from(error)))))?;
+    let image = airlock_docker::image::inspect(&engine, &pinned.id)
+        .map_err(|error| lost_image(Some(Box::new(Error::from(error)))))?
+        .ok_or_else(|| lost_image(None))?;
+    Ok((engine, image))
 }
 
 /// Exports and unpacks the image into the staging directory, then builds its disk there.
@@ -346,6 +406,55 @@ mod tests {
         assert_eq!(inside_path(Path::new("./usr/bin/")), Some("usr/bin".into()));
         assert_eq!(inside_path(Path::new("usr/../../etc")), None);
         assert_eq!(inside_path(Path::new("./")), None);
+    }
+
+    fn pinned() -> PinnedImage {
+        PinnedImage {
+            name: "debian:bookworm".into(),
+            id: "sha256:00ab".into(),
+            socket: "/nonexistent/docker.sock".into(),
+        }
+    }
+
+    #[test]
+    fn pinned_image_uses_cached_disk_without_engine() {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let disk = disk_path(cache.path(), "sha256:00ab");
+        std::fs::write(&disk, b"disk").expect("write disk");
+
+        let found = root_image(
+            "debian:bookworm",
+            Some(&pinned()),
+            cache.path(),
+            &mut |_| {},
+        );
+
+        let (found, image) = found.expect("the cached disk");
+        assert_eq!(found, disk);
+        assert_eq!(image, pinned());
+    }
+
+    #[test]
+    fn pinned_image_lost_names_image_engine_and_fix() {
+        let cache = tempfile::tempdir().expect("temp dir");
+
+        let result = root_image(
+            "debian:bookworm",
+            Some(&pinned()),
+            cache.path(),
+            &mut |_| {},
+        );
+
+        let message = result.expect_err("no disk and no engine").to_string();
+        assert!(
+            message.contains("\"debian:bookworm\" (sha256:00ab)"),
+            "{message}"
+        );
+        assert!(message.contains("/nonexistent/docker.sock"), "{message}");
+        assert!(
+            message.contains("remove this sandbox and create a new one"),
+            "{message}"
+        );
     }
 
     #[test]

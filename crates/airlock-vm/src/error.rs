@@ -86,6 +86,14 @@ pub enum Error {
     Image(#[from] airlock_docker::image::ImageError),
     #[error("image {image:?} is not in the engine at {socket:?}: add it with `airlock image pull {image}`, or make it from a directory tree with `airlock image import DIR {image}`")]
     ImageNotFound { image: String, socket: PathBuf },
+    #[error("the cached root disk of image {image:?} ({id}) was removed, and it cannot be rebuilt from the engine at {socket:?} that it came from: make that image available there again, or remove this sandbox and create a new one")]
+    PinnedImageGone {
+        image: String,
+        id: String,
+        socket: PathBuf,
+        #[source]
+        source: Option<Box<Error>>,
+    },
     #[error("--image {image:?} and --rootfs {rootfs:?} both name the guest's root filesystem: pass only one")]
     ImageWithRootfs { image: String, rootfs: PathBuf },
     #[error("cannot unpack the files of image {image:?} for the guest's root disk")]

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::LAYERS;
 use crate::client::Connection;
+use crate::container_image::PinnedImage;
 use crate::error::Error;
 use crate::guest::Guest;
 use crate::launch;
@@ -33,6 +34,17 @@ pub struct Runtime {
     pub qemu_pid: i32,
     pub machine: crate::machine::Machine,
     pub enforcement: airlock_core::Enforcement,
+    /// What every later start of the sandbox reuses, which the lifecycle keeps in the
+    /// sandbox's record after a stop.
+    #[serde(default)]
+    pub pinned: Pinned,
+}
+
+/// The facts a vm sandbox's first start fixes for its later starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pinned {
+    /// The engine's image the root disk was built from, for `--image`.
+    pub image: Option<PinnedImage>,
 }
 
 impl Runtime {
@@ -78,7 +90,11 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
         Some(id) => id,
         None => airlock_core::SandboxId::generate().map_err(Error::Id)?,
     };
-    let prepared = launch::prepare(spec, &id, qemu)?;
+    let pinned = read_pinned(options.pinned.as_ref());
+    let prepared = launch::prepare(spec, &id, qemu, pinned.image.as_ref())?;
+    let pinned = Pinned {
+        image: prepared.image.clone(),
+    };
     // A stop signal during the boot waits in the signalfd, and stops the guest once it runs.
     let mut guest = Guest::boot(&prepared.qemu, prepared.machine, prepared.files, &|| None)?;
     let socket = guest.machine.agent_socket.with_file_name("control.sock");
@@ -91,6 +107,7 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
         qemu_pid: guest.qemu_pid() as i32,
         machine: guest.machine.clone(),
         enforcement,
+        pinned,
     };
     Ok(HeldVm {
         guest: Some(guest),
@@ -98,6 +115,18 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
         relay,
         signals,
         layers: options.layers.clone(),
+    })
+}
+
+/// Reads the facts an earlier start pinned. Facts this version cannot read are dropped
+/// with a warning, so the start looks the image up by its name again.
+fn read_pinned(value: Option<&serde_json::Value>) -> Pinned {
+    let Some(value) = value else {
+        return Pinned::default();
+    };
+    serde_json::from_value(value.clone()).unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read the facts pinned at the sandbox's first start");
+        Pinned::default()
     })
 }
 

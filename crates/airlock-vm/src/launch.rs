@@ -14,6 +14,7 @@ use airlock_protocol::Message;
 
 use crate::accel;
 use crate::agent::boot::{WorkspaceMount, LAYERS, ROOT_SHARE_TAG, WORKSPACE_SHARE_TAG};
+use crate::container_image::{self, PinnedImage};
 use crate::disk::{self, ProgressBar};
 use crate::error::Error;
 use crate::exec::{self, End};
@@ -31,6 +32,8 @@ pub struct Prepared {
     pub qemu: PathBuf,
     pub machine: Machine,
     pub files: GuestFiles,
+    /// The engine's image the root disk was built from, for `--image`.
+    pub image: Option<PinnedImage>,
 }
 
 /// Checks the parts of the spec this backend cannot provide, here or at all.
@@ -69,13 +72,21 @@ pub fn root_source(spec: &Spec) -> Result<RootSource<'_>, Error> {
 }
 
 /// Returns the cached root disk of `spec`, building it with a progress bar when missing,
-/// or `None` for the host view, which needs no disk.
-fn root_disk(spec: &Spec, cache: &Path) -> Result<Option<PathBuf>, Error> {
+/// with the engine's image it was built from for `--image`, or `None` for the host view,
+/// which needs no disk. `pinned` is the image of the sandbox's earlier start.
+fn root_disk(
+    spec: &Spec,
+    cache: &Path,
+    pinned: Option<&PinnedImage>,
+) -> Result<Option<(PathBuf, Option<PinnedImage>)>, Error> {
     let mut progress = ProgressBar::new();
     let mut update = |done| progress.update(done);
     let disk = match root_source(spec)? {
-        RootSource::Directory(root) => disk::root_image(root, cache, &mut update)?,
-        RootSource::Image(image) => crate::container_image::root_image(image, cache, &mut update)?,
+        RootSource::Directory(root) => (disk::root_image(root, cache, &mut update)?, None),
+        RootSource::Image(image) => {
+            let (disk, image) = container_image::root_image(image, pinned, cache, &mut update)?;
+            (disk, Some(image))
+        }
         RootSource::HostView => return Ok(None),
     };
     Ok(Some(disk))
@@ -98,13 +109,19 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
 }
 
 /// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
-/// accelerator, and lays out the guest's files.
-pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, Error> {
+/// accelerator, and lays out the guest's files. `pinned` is the image an earlier start of
+/// the sandbox built its root disk from.
+pub fn prepare(
+    spec: &Spec,
+    id: &SandboxId,
+    qemu: PathBuf,
+    pinned: Option<&PinnedImage>,
+) -> Result<Prepared, Error> {
     let sizing = sizing::size(spec)?;
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     // Before the initramfs, so that a missing image fails without building anything.
-    let root_disk = root_disk(spec, &cache)?;
+    let (root_disk, image) = root_disk(spec, &cache, pinned)?.unzip();
     let agent = Path::new("/proc/self/exe");
     let initramfs = initramfs::find_or_build(&kernel, agent, &cache)?;
     let choice = accel::choose(&qemu, &cache);
@@ -140,6 +157,7 @@ pub fn prepare(spec: &Spec, id: &SandboxId, qemu: PathBuf) -> Result<Prepared, E
         qemu,
         machine,
         files,
+        image: image.flatten(),
     })
 }
 
@@ -226,7 +244,7 @@ pub fn run(spec: &Spec, options: RunOptions, qemu: PathBuf) -> Result<Finished, 
     // Ctrl-C at a terminal also reaches a mkfs.ext4 that builds the root image, which then
     // fails: the signal, not the failure, is what ended the run.
     // The build of an image's disk blocks the signals and takes them itself.
-    let prepared = match prepare(spec, &id, qemu) {
+    let prepared = match prepare(spec, &id, qemu, None) {
         Ok(prepared) => prepared,
         Err(Error::BuildInterrupted(airlock_namespace::interrupt::Interrupted(signal))) => {
             eprintln!("airlock: the build of the guest's root disk was interrupted; its temporary files were removed");
