@@ -57,7 +57,9 @@ pub fn root_image(
     cache: &Path,
     progress: &mut dyn FnMut(f64),
 ) -> Result<(PathBuf, PinnedImage), Error> {
-    if let Some(pinned) = pinned.filter(|pinned| pinned.name == name) {
+    // A pin of another name would not be this spec's image, so it is ignored.
+    let pinned = pinned.filter(|pinned| pinned.name == name);
+    if let Some(pinned) = pinned {
         let disk = disk_path(cache, &pinned.id);
         if disk.is_file() {
             tracing::debug!(image = name, disk = %disk.display(), "root disk of the pinned image cached");
@@ -65,7 +67,7 @@ pub fn root_image(
             return Ok((disk, pinned.clone()));
         }
     }
-    let (engine, image) = match pinned.filter(|pinned| pinned.name == name) {
+    let (engine, image) = match pinned {
         Some(pinned) => find_pinned(pinned)?,
         None => find_by_name(name)?,
     };
