@@ -1507,7 +1507,8 @@ impl ImageScene {
         found
     }
 
-    /// Returns the ids of the engine's containers that an image export created.
+    /// Returns the ids of the engine's containers that an image export created and left: its
+    /// Airlock process is gone.
     fn export_containers(&self) -> Vec<String> {
         let socket = self.engine.host.trim_start_matches("unix://");
         let output = std::process::Command::new("curl")
@@ -1520,10 +1521,18 @@ impl ImageScene {
             "the engine did not list its containers"
         );
         let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        // Another test may be exporting on the same engine now: its container is labelled
+        // with the pid of an Airlock that still runs, and is not left over.
+        let exporter_alive = |container: &serde_json::Value| {
+            container["Labels"]["airlock.export-pid"]
+                .as_str()
+                .is_some_and(|pid| Path::new("/proc").join(pid).exists())
+        };
         listed
             .as_array()
             .expect("a list")
             .iter()
+            .filter(|container| !exporter_alive(container))
             .map(|container| container["Id"].as_str().unwrap_or_default().to_owned())
             .collect()
     }
