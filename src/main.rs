@@ -879,7 +879,7 @@ fn install_advice(spec: &Spec) -> String {
 }
 
 /// Prints what the caller should know after the command's own output; returns the exit
-/// status. `advice` tells how to provide a command that was not found.
+/// status. `advice` names the way to provide a command that was not found.
 fn report(
     finished: &Finished,
     json: bool,

@@ -934,7 +934,7 @@ fn vm_kernel_option_checked() {
 }
 
 #[test]
-fn vm_created_by_user_uses_their_cache_and_tmpdir() {
+fn vm_user_create_uses_cache_and_tmpdir() {
     // The supervisor that `create` starts must see the caller's cache and TMPDIR, as `run`
     // does: without them an unprivileged caller has no cache directory.
     let scene = Scene::for_caller(Caller::User);
@@ -1507,6 +1507,22 @@ impl ImageScene {
         found
     }
 
+    /// Checks that no disk build left its temporary files, no export its container, and no
+    /// guest its QEMU or files.
+    fn assert_build_left_nothing(&self) {
+        assert_eq!(
+            self.cached(".rootfs-"),
+            [],
+            "a build left its temporary files"
+        );
+        assert_eq!(
+            self.export_containers(),
+            Vec::<String>::new(),
+            "an export left its container"
+        );
+        self.scene.assert_nothing_left();
+    }
+
     /// Returns the ids of the engine's containers that an image export created and left: its
     /// Airlock process is gone.
     fn export_containers(&self) -> Vec<String> {
@@ -1580,13 +1596,7 @@ fn vm_image_root_cached_for_run_and_create() {
         disks,
         "the cached disk changed"
     );
-    assert_eq!(
-        scene.cached(".rootfs-"),
-        [],
-        "a build left its temporary files"
-    );
-    assert_eq!(scene.export_containers(), Vec::<String>::new());
-    scene.scene.assert_nothing_left();
+    scene.assert_build_left_nothing();
 }
 
 /// A stopped sandbox starts again from the image it was created from, although DOCKER_HOST
@@ -1637,8 +1647,7 @@ fn vm_image_sandbox_restarts_without_engine() {
 
     let removed = scene.airlock(&["rm", "--force", &id]);
     assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
-    assert_eq!(scene.export_containers(), Vec::<String>::new());
-    scene.scene.assert_nothing_left();
+    scene.assert_build_left_nothing();
 }
 
 /// An image without a shell or a C library boots: the agent comes from the initramfs, and
@@ -1766,13 +1775,7 @@ fn vm_image_build_interrupted_leaves_nothing() {
         "{rest:?}"
     );
     assert_eq!(scene.cached("rootfs-"), [], "a disk was stored");
-    assert_eq!(
-        scene.cached(".rootfs-"),
-        [],
-        "the build left its temporary files"
-    );
-    assert_eq!(scene.export_containers(), Vec::<String>::new());
-    scene.scene.assert_nothing_left();
+    scene.assert_build_left_nothing();
 }
 
 /// `policy check` counts an image as the guest's root, and rejects it next to a tree.

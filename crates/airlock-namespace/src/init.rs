@@ -325,7 +325,7 @@ fn fail(report: RawFd, step: &str, source: io::Error) -> ! {
 }
 
 /// Points 0, 1 and 2 at /dev/null and closes `streams` above them, so the init keeps no end
-/// of the caller's streams and the launcher sees end of file once the workload's processes
+/// of the caller's streams and the launcher reads end of file once the workload's processes
 /// are gone.
 fn release_stdio(streams: &[RawFd]) {
     if let Ok(null) = sys::open(std::path::Path::new("/dev/null"), libc::O_RDWR) {

@@ -1,11 +1,11 @@
 //! The tar packer behind `airlock cp`, shared by the namespace backend and the vm agent.
 //!
 //! Each file entry contains exactly the number of bytes its header states. The tar crate's own
-//! `append_file` writes the size from `fstat` and then copies until end of file, so a file
-//! that grows while it is read (a log being written) spills bytes past its entry, and the
-//! reader parses them as the next header. Here a file is read up to its size at `fstat`
-//! time, and one that shrinks below it fails the copy. Files that report size 0 but have
-//! content, such as those in /proc and /sys, are read whole into memory, up to
+//! `append_file` (tar 0.4.46) writes the size from `fstat` and then copies until end of file.
+//! A file that grows while it is read, such as a log being written, then spills bytes past
+//! its entry, and the reader parses them as the next header. Here a file is read up to its
+//! size at `fstat` time, and one that shrinks below it fails the copy. Files that report size
+//! 0 but have content, such as those in /proc and /sys, are read whole into memory, up to
 //! [`MAX_UNSIZED_FILE`] bytes, and stored with the size read.
 
 use std::ffi::OsStr;

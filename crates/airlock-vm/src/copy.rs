@@ -4,9 +4,9 @@
 //! Out of the guest, the stream is unpacked into a new private directory beside the target
 //! by the namespace backend's host unpacker. It rejects paths that leave the directory, also
 //! through a symlink the stream made, skips device nodes and FIFOs, and drops setuid, setgid
-//! and sticky bits. Only the entry named after the source is then moved into place, because
-//! a guest's root can take over the agent and send other entries; those are dropped with
-//! the directory. Symlinks stay symlinks, so a link the guest planted, such as
+//! and sticky bits. Only the entry named after the source is then moved into place. A
+//! guest's root can take over the agent and send other entries, and those go with the
+//! directory. Symlinks stay symlinks, so a link the guest planted, such as
 //! `link -> /etc`, arrives as a link and nothing is written through it.
 
 use std::ffi::OsStr;

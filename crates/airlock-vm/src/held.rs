@@ -34,7 +34,7 @@ pub struct Runtime {
     pub qemu_pid: i32,
     pub machine: crate::machine::Machine,
     pub enforcement: airlock_core::Enforcement,
-    /// What every later start of the sandbox reuses, which the lifecycle keeps in the
+    /// The facts that every later start of the sandbox reuses, kept by the lifecycle in the
     /// sandbox's record after a stop.
     #[serde(default)]
     pub pinned: Pinned,

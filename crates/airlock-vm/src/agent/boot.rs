@@ -376,7 +376,7 @@ pub fn enter_root(root: &RootSource, config: &BootConfig) -> Result<(), BootErro
     match root {
         RootSource::Disk(disk) => mount_root_disk(disk)?,
         // The host's tree has the mount points already. The host serves it read-only
-        // whatever the guest asks, so the flag only spares writes a round trip. No overlay
+        // whatever the guest requests, so the flag only spares writes a round trip. No overlay
         // covers it: overlayfs opens lower files with O_NOATIME, which an unprivileged
         // caller's virtiofsd may not use on host files that another user owns.
         RootSource::HostView => mount_share(
