@@ -37,7 +37,9 @@ pub struct Plan<'a> {
     pub spec: &'a Spec,
     pub marker: &'a str,
     pub workspace: &'a tree::Workspace,
-    pub layers: Option<&'a Path>,
+    /// Whether the launcher sends the workspace's copy-on-write overlay over the control
+    /// socket.
+    pub overlay: bool,
     /// The command to start and watch; `None` for a held sandbox.
     pub command: Option<&'a command::Plan>,
     pub channels: Channels,
@@ -64,7 +66,8 @@ fn set_up(plan: &Plan<'_>) -> Result<(), (String, io::Error)> {
     };
     close_launcher_descriptors(plan).map_err(step("close the launcher's descriptors"))?;
     sys::setsid().map_err(step("start a new session"))?;
-    tree::build(plan.spec, plan.marker, plan.workspace, plan.layers)
+    let overlay_from = plan.overlay.then_some(plan.channels.control);
+    tree::build(plan.spec, plan.marker, plan.workspace, overlay_from)
         .map_err(|error| (error.step, error.source))
 }
 

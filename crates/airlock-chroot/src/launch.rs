@@ -4,7 +4,7 @@
 //! until the holder reports how the command ended.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec, User, WorkspaceMode};
@@ -90,7 +90,7 @@ pub fn start_holder(
         spec,
         marker: &prepared.marker,
         workspace: &prepared.workspace,
-        layers: prepared.layers.as_deref(),
+        overlay: prepared.layers.is_some(),
         command,
         channels: holder::Channels {
             report: report_write.as_raw_fd(),
@@ -107,6 +107,12 @@ pub fn start_holder(
     };
     drop((report_write, control_inside, pid_write, alive_read));
     let pidfd = sys::pidfd_of_child(pid).map_err(Error::Wait)?;
+    if let Some(layers) = &prepared.layers {
+        send_overlay(&prepared.workspace, layers, &control_outside).inspect_err(|_| {
+            let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+            let _ = sys::waitpid(pid, 0);
+        })?;
+    }
     tracing::info!(sandbox = %prepared.id, backend = "chroot", pid, hold = command.is_none(), "sandbox created");
     let channels = Channels {
         report: report_read,
@@ -119,6 +125,20 @@ pub fn start_holder(
         pidfd,
         channels,
     })
+}
+
+/// Mounts the workspace's overlay and sends it to the holder, which builds the rest of the
+/// tree meanwhile. A holder that failed first finds nothing to receive; its own report
+/// says why.
+fn send_overlay(
+    workspace: &tree::Workspace,
+    layers: &Path,
+    control: &OwnedFd,
+) -> Result<(), Error> {
+    if let Some(overlay) = tree::overlay(workspace, layers)? {
+        let _ = control::send(control.as_raw_fd(), b"o", &[overlay.as_raw_fd()]);
+    }
+    Ok(())
 }
 
 /// Returns the error a holder reported before it exited, after waiting for its exit.

@@ -2,21 +2,26 @@
 //! builds in its private mount namespace with the namespace backend's [`rootfs`] steps.
 //!
 //! The holder's steps, in order:
-//! 1. Open the overlay's layers, then build the tree at [`rootfs::NEW_ROOT`] (made private,
-//!    system directories read-only, secrets hidden, /proc, /dev, /tmp, the workspace bound),
-//!    with the sandbox's [`crate::members::marker`] as the source of its root tmpfs.
+//! 1. Build the tree at [`rootfs::NEW_ROOT`] (made private, system directories read-only,
+//!    secrets hidden, /proc, /dev, /tmp, the workspace bound), with the sandbox's
+//!    [`crate::members::marker`] as the source of its root tmpfs.
 //! 2. Make the root read-only and chroot into it. The holder stays there, so that the paths
 //!    of the later steps are the sandbox's own.
-//! 3. Attach an idmapped workspace, cover /workspace with the overlay or make it read-only,
-//!    and change into it.
+//! 3. Attach the copy-on-write overlay that the launcher sends, or else attach an idmapped
+//!    workspace and make it read-only if the spec says so, and change into /workspace.
+//!
+//! The launcher mounts the overlay ([`overlay`]) while the holder runs steps 1 and 2. Both
+//! are root in the host's user namespace, so the overlay is the same wherever it is mounted,
+//! and its mount (0.2 to 0.5 ms measured on ext4) no longer delays the command.
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use airlock_core::{Spec, User, WorkspaceMode};
+use airlock_namespace::control;
 use airlock_namespace::rootfs::{self, TreeOptions};
 use airlock_namespace::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID};
 use airlock_namespace::workspace::{BindSource, HostWorkspace};
@@ -171,15 +176,52 @@ fn remove_kernel_dir(dir: &Path) -> io::Result<()> {
     fs::remove_dir(dir)
 }
 
+/// Mounts the workspace's copy-on-write overlay, with its upper layer in `layers`, as a
+/// detached mount for the holder to attach; `None` without a workspace. Runs in the
+/// launcher.
+pub fn overlay(workspace: &Workspace, layers: &Path) -> Result<Option<OwnedFd>, Error> {
+    let failed = |source| Error::Overlay {
+        path: layers.to_owned(),
+        source,
+    };
+    let opened;
+    let lower = match workspace {
+        Workspace::None => return Ok(None),
+        Workspace::Idmapped(tree) => tree,
+        Workspace::Bind(source) => {
+            opened = rootfs::open_workspace(source).map_err(|error| failed(error.source))?;
+            &opened
+        }
+    };
+    let through = |fd: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let layers_dir =
+        sys::open(layers, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW).map_err(failed)?;
+    rootfs::detached_overlay(&through(lower), &through(&layers_dir))
+        .map(Some)
+        .map_err(failed)
+}
+
+/// Receives the overlay that the launcher mounted, over the control socket.
+fn receive_overlay(control: RawFd) -> Result<OwnedFd, rootfs::Error> {
+    let failed = |source| rootfs::Error {
+        step: "receive the workspace overlay from the launcher".into(),
+        source,
+    };
+    match control::recv(control).map_err(failed)? {
+        Some((_, fds)) if !fds.is_empty() => Ok(fds.into_iter().next().expect("one descriptor")),
+        _ => Err(failed(io::Error::other("the launcher sent no overlay"))),
+    }
+}
+
 /// Builds the tree in this process's new mount namespace and chroots into it, with
-/// /workspace as the working directory. Runs in the holder.
+/// /workspace as the working directory. With `overlay_from`, the workspace is the overlay
+/// that arrives on that control socket. Runs in the holder.
 pub fn build(
     spec: &Spec,
     marker: &str,
     workspace: &Workspace,
-    layers: Option<&Path>,
+    overlay_from: Option<RawFd>,
 ) -> Result<(), rootfs::Error> {
-    let layers = layers.map(rootfs::open_layers).transpose()?;
     let bind = match workspace {
         Workspace::Bind(source) => Some(source),
         Workspace::None | Workspace::Idmapped(_) => None,
@@ -187,6 +229,7 @@ pub fn build(
     let options = TreeOptions {
         root_source: marker,
         proc_options: Some(PROC_OPTIONS),
+        device_nodes: true,
     };
     rootfs::assemble(spec, bind, &options)?;
     rootfs::seal_root()?;
@@ -194,10 +237,15 @@ pub fn build(
         step: "chroot into the tree".into(),
         source,
     })?;
-    if let Workspace::Idmapped(tree) = workspace {
-        rootfs::attach_workspace(tree)?;
+    match overlay_from {
+        Some(control) => rootfs::attach_workspace(&receive_overlay(control)?)?,
+        None => {
+            if let Workspace::Idmapped(tree) = workspace {
+                rootfs::attach_workspace(tree)?;
+            }
+            rootfs::finish_workspace(spec.workspace_mode, None)?;
+        }
     }
-    rootfs::finish_workspace(spec.workspace_mode, layers.as_ref())?;
     rootfs::enter_workspace()
 }
 

@@ -15,6 +15,7 @@
 //! The chroot backend's holder runs steps 1 to 4 through [`assemble`], then chroots into the
 //! tree instead of step 5, so the host's tree stays in its mount namespace.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -65,6 +66,10 @@ pub struct TreeOptions<'a> {
     /// Options of the /proc mount, such as `hidepid=invisible` for a /proc that shows the
     /// host's processes.
     pub proc_options: Option<&'a str>,
+    /// Whether to create /dev's nodes with mknod(2), one call each instead of a file, a bind
+    /// and a flag change. Only a builder that is root in the host's user namespace can;
+    /// others bind the host's nodes.
+    pub device_nodes: bool,
 }
 
 impl TreeOptions<'_> {
@@ -72,6 +77,7 @@ impl TreeOptions<'_> {
     pub const NAMESPACE: TreeOptions<'static> = TreeOptions {
         root_source: "tmpfs",
         proc_options: None,
+        device_nodes: false,
     };
 }
 
@@ -117,8 +123,15 @@ const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 /// Parts of /proc that stay readable but can never be written.
 const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
-/// Device nodes bound from the host into the sandbox's /dev.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Device nodes of the sandbox's /dev, with their device numbers.
+const DEVICES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 const LOCKDOWN: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
@@ -305,8 +318,32 @@ fn mount_proc(options: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Creates the device nodes in `dev`: made with mknod(2) where `device_nodes` allows, bound
+/// from the host's /dev otherwise.
+fn make_devices(dev: &Path, device_nodes: bool) -> Result<()> {
+    if !device_nodes {
+        for (name, _, _) in DEVICES {
+            let target = dev.join(name);
+            make_file(&target)?;
+            bind_device(&Path::new("/dev").join(name), &target)?;
+        }
+        return Ok(());
+    }
+    // The caller's umask would take write access from the nodes; the command gets it back.
+    // SAFETY: umask only swaps the process's file creation mask.
+    let umask = unsafe { libc::umask(0) };
+    let made = DEVICES.iter().try_for_each(|&(name, major, minor)| {
+        let target = dev.join(name);
+        sys::mknod(&target, libc::S_IFCHR | 0o666, libc::makedev(major, minor))
+            .step(|| format!("create device node {}", target.display()))
+    });
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+    made
+}
+
 /// Step 4b: /dev with the harmless devices, a private devpts and /dev/shm.
-fn mount_dev(shm_size: u64) -> Result<()> {
+fn mount_dev(shm_size: u64, device_nodes: bool) -> Result<()> {
     let dev = new("dev");
     make_dir(&dev)?;
     mount_tmpfs(
@@ -314,11 +351,7 @@ fn mount_dev(shm_size: u64) -> Result<()> {
         "mode=0755,size=64k",
         libc::MS_NOSUID | libc::MS_NOEXEC,
     )?;
-    for device in DEVICES {
-        let target = dev.join(device);
-        make_file(&target)?;
-        bind_device(&Path::new("/dev").join(device), &target)?;
-    }
+    make_devices(&dev, device_nodes)?;
     let pts = dev.join("pts");
     make_dir(&pts)?;
     let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
@@ -382,7 +415,7 @@ fn enter_new_root() -> Result<()> {
 
 /// Opens the workspace and checks it against the launcher's device and inode numbers, so a
 /// path swapped since the launcher checked it is rejected rather than mounted.
-fn open_workspace(source: &BindSource) -> Result<OwnedFd> {
+pub fn open_workspace(source: &BindSource) -> Result<OwnedFd> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let opened = sys::open(&source.path, flags).step(|| "open the workspace".into())?;
     let metadata = fs::metadata(through_fd(&opened)).step(|| "inspect the workspace".into())?;
@@ -422,6 +455,34 @@ pub fn open_layers(layers: &Path) -> Result<OwnedFd> {
         .step(|| format!("take the workspace layers {layers:?} along"))
 }
 
+/// Overlay options besides the layers, the same wherever the workspace overlay is mounted.
+/// userxattr: in a user namespace overlayfs keeps its markers in user.* xattrs.
+/// volatile: the overlay's end does not sync the whole file system of the state directory,
+/// which costs a journal commit and a disk flush per sandbox. Writes still reach the disk by
+/// the kernel's usual writeback; the launcher clears the marker this leaves in the work
+/// directory before the next mount.
+const OVERLAY_FLAGS: [&str; 2] = ["userxattr", "volatile"];
+
+/// Creates the workspace's copy-on-write overlay as a detached mount, for
+/// [`attach_workspace`]: the project at `lower` under the `upper` and `work` directories of
+/// `layers`. A caller that is root in the host's user namespace can mount it outside the
+/// sandbox's mount namespace, at the same time as the rest of the tree is built.
+pub fn detached_overlay(lower: &Path, layers: &Path) -> io::Result<OwnedFd> {
+    let (upper, work) = (layers.join("upper"), layers.join("work"));
+    let mut parameters = vec![
+        sys::Parameter::Text("source", OsStr::new("overlay")),
+        sys::Parameter::Text("lowerdir", lower.as_os_str()),
+        sys::Parameter::Text("upperdir", upper.as_os_str()),
+        sys::Parameter::Text("workdir", work.as_os_str()),
+    ];
+    parameters.extend(OVERLAY_FLAGS.map(sys::Parameter::Flag));
+    sys::mount_detached(
+        c"overlay",
+        &parameters,
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+}
+
 /// Finishes /workspace for the spec's workspace mode, once the project is mounted there:
 /// covers it with a copy-on-write overlay whose upper layer is in `layers`, or makes it
 /// read-only.
@@ -430,14 +491,9 @@ pub fn finish_workspace(mode: WorkspaceMode, layers: Option<&OwnedFd>) -> Result
     match (mode, layers) {
         (WorkspaceMode::Overlay, Some(layers)) => {
             let dir = format!("/proc/self/fd/{}", layers.as_raw_fd());
-            // userxattr: in a user namespace overlayfs keeps its markers in user.* xattrs.
-            // volatile: the overlay's end does not sync the whole file system of the state
-            // directory, which costs a journal commit and a disk flush per sandbox.
-            // Writes still reach the disk by the kernel's usual writeback; the launcher
-            // clears the marker this leaves in the work directory before the next mount.
             let options = format!(
-                "lowerdir={SANDBOX_WORKSPACE},upperdir={dir}/upper,workdir={dir}/work,userxattr,\
-                 volatile"
+                "lowerdir={SANDBOX_WORKSPACE},upperdir={dir}/upper,workdir={dir}/work,{}",
+                OVERLAY_FLAGS.join(",")
             );
             let flags = libc::MS_NOSUID | libc::MS_NODEV;
             sys::mount(
@@ -485,6 +541,6 @@ pub fn assemble(
     };
     mount_system(&spec.rootfs, rootfs_dir.as_ref(), options.root_source)?;
     mount_proc(options.proc_options)?;
-    mount_dev(spec.limits.tmp_size)?;
+    mount_dev(spec.limits.tmp_size, options.device_nodes)?;
     mount_work_dirs(spec, workspace.as_ref())
 }
