@@ -17,6 +17,7 @@
 
 pub mod boot;
 pub mod cgroup;
+mod idmap;
 pub mod serve;
 pub mod tree;
 

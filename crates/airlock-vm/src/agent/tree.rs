@@ -3,9 +3,11 @@
 //! guest's root can take over the agent and send anything.
 
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::mpsc::Receiver;
 
+use airlock_core::spec::SANDBOX_WORKSPACE;
 use airlock_namespace::join;
 use airlock_protocol::{DataStream, FrameKind, Message, MAX_PAYLOAD};
 
@@ -33,13 +35,24 @@ pub fn pack(channel: u32, path: &str, port: &Port) {
     send(port, channel, &reply);
 }
 
-/// Unpacks the tar stream that arrives in `chunks` at `path`, then replies.
+/// Unpacks the tar stream that arrives in `chunks` at `path`, then replies. Runs on a
+/// thread of its own, whose file system ids it may change.
 pub fn unpack(channel: u32, path: &str, chunks: Receiver<Vec<u8>>, port: &Port) {
     let mut stream = ChunkReader {
         chunks,
         chunk: Vec::new(),
         offset: 0,
     };
+    if let Some((uid, gid)) = workspace_owner(Path::new(path)) {
+        // setfsuid(2) and setfsgid(2) change this thread alone, and cannot fail for the
+        // guest's root. A file system id other than 0 also drops the capabilities that
+        // bypass file permissions, so the unpack writes only where that owner may.
+        // SAFETY: both calls take integers only.
+        unsafe {
+            libc::setfsgid(gid);
+            libc::setfsuid(uid);
+        }
+    }
     let reply = match join::unpack_tree(&mut stream, Path::new(path)) {
         Ok(()) => Message::Done,
         Err(error) => Message::Error {
@@ -50,6 +63,17 @@ pub fn unpack(channel: u32, path: &str, chunks: Receiver<Vec<u8>>, port: &Port) 
         },
     };
     send(port, channel, &reply);
+}
+
+/// Returns the owner of /workspace when `path` is inside it and that owner is not root,
+/// which the agent gives /workspace for an inner layer: files copied there then belong to
+/// the user that the inner layer maps its root to.
+fn workspace_owner(path: &Path) -> Option<(u32, u32)> {
+    if !path.starts_with(SANDBOX_WORKSPACE) {
+        return None;
+    }
+    let metadata = std::fs::metadata(SANDBOX_WORKSPACE).ok()?;
+    Some((metadata.uid(), metadata.gid())).filter(|&(uid, _)| uid != 0)
 }
 
 /// The chunks of a file data stream as bytes; the stream ends when the sender is dropped.
