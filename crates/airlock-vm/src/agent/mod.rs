@@ -60,7 +60,7 @@ fn boot_and_serve() -> Result<(), Box<dyn std::error::Error>> {
         .open(&port_path)
         .map_err(|error| format!("cannot open the port {}: {error}", port_path.display()))?;
     console(&format!("ready ({loaded} modules loaded, root {root})"));
-    serve::serve(port)?;
+    serve::serve(port, config.inner)?;
     Ok(())
 }
 

@@ -35,15 +35,23 @@ pub fn pack(channel: u32, path: &str, port: &Port) {
     send(port, channel, &reply);
 }
 
-/// Unpacks the tar stream that arrives in `chunks` at `path`, then replies. Runs on a
-/// thread of its own, whose file system ids it may change.
-pub fn unpack(channel: u32, path: &str, chunks: Receiver<Vec<u8>>, port: &Port) {
+/// Unpacks the tar stream that arrives in `chunks` at `path`, then replies. A `path` in
+/// /workspace is unpacked as `workspace_owner` (uid, gid) when given. Runs on a thread of
+/// its own, whose file system ids it may change.
+pub fn unpack(
+    channel: u32,
+    path: &str,
+    workspace_owner: Option<(u32, u32)>,
+    chunks: Receiver<Vec<u8>>,
+    port: &Port,
+) {
     let mut stream = ChunkReader {
         chunks,
         chunk: Vec::new(),
         offset: 0,
     };
-    if let Some((uid, gid)) = workspace_owner(Path::new(path)) {
+    let owner = workspace_owner.filter(|_| Path::new(path).starts_with(SANDBOX_WORKSPACE));
+    if let Some((uid, gid)) = owner {
         // setfsuid(2) and setfsgid(2) change this thread alone, and cannot fail for the
         // guest's root. A file system id other than 0 also drops the capabilities that
         // bypass file permissions, so the unpack writes only where that owner may.
@@ -65,13 +73,10 @@ pub fn unpack(channel: u32, path: &str, chunks: Receiver<Vec<u8>>, port: &Port) 
     send(port, channel, &reply);
 }
 
-/// Returns the owner of /workspace when `path` is inside it and that owner is not root,
-/// which the agent gives /workspace for an inner layer: files copied there then belong to
-/// the user that the inner layer maps its root to.
-fn workspace_owner(path: &Path) -> Option<(u32, u32)> {
-    if !path.starts_with(SANDBOX_WORKSPACE) {
-        return None;
-    }
+/// Returns the owner (uid, gid) of /workspace when it is not root, as the agent makes it
+/// for an inner layer. Files copied there as that owner belong to the user that the inner
+/// layer maps its root to.
+pub fn workspace_owner() -> Option<(u32, u32)> {
     let metadata = std::fs::metadata(SANDBOX_WORKSPACE).ok()?;
     Some((metadata.uid(), metadata.gid())).filter(|&(uid, _)| uid != 0)
 }
