@@ -197,6 +197,17 @@ impl Scene {
     }
 }
 
+/// Returns the id of the sandbox that kept a run's workspace changes, from its message.
+fn kept_sandbox_id(output: &Output) -> String {
+    let message = stderr(output);
+    message
+        .split("kept in sandbox ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no kept sandbox in {message:?}"))
+        .to_owned()
+}
+
 /// Returns the pid and command line of every process whose command line contains `text`.
 fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
@@ -729,13 +740,7 @@ fn vm_workspace_changes_reviewed_then_applied() {
         fs::read_to_string(project.join("a.txt")).unwrap(),
         "original\n"
     );
-    let message = stderr(&output);
-    let id = message
-        .split("kept in sandbox ")
-        .nth(1)
-        .and_then(|rest| rest.split(':').next())
-        .unwrap_or_else(|| panic!("no kept sandbox in {message:?}"))
-        .to_owned();
+    let id = kept_sandbox_id(&output);
 
     let diff = run(ROOT, &["diff", &id], project);
     assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
@@ -1374,13 +1379,7 @@ fn vm_inner_workspace_is_copy_on_write() {
         "sub/e.txt written before apply"
     );
 
-    let message = stderr(&output);
-    let id = message
-        .split("kept in sandbox ")
-        .nth(1)
-        .and_then(|rest| rest.split(':').next())
-        .unwrap_or_else(|| panic!("no kept sandbox in {message:?}"))
-        .to_owned();
+    let id = kept_sandbox_id(&output);
     let diff = run(ROOT, &["diff", &id], project);
     assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
     assert_eq!(

@@ -32,10 +32,11 @@ pub struct Identity {
 }
 
 /// Chooses the identity from the workspace's owner (uid, gid). An unprivileged caller keeps
-/// its own ids. For root, it is the owner of the workspace when that is an ordinary user,
-/// with that user's primary group, or the workspace's group for a user the password
-/// database lacks (such as a host user seen inside a vm guest), or the unused id instead of
-/// group 0. Otherwise it is [`UNUSED_HOST_ID`] with an idmapped workspace.
+/// its own ids. For root, it is the owner of the workspace when that is an ordinary user.
+/// The group is then that user's primary group, or the workspace's group for a user the
+/// password database lacks (such as a host user seen inside a vm guest), and the unused id
+/// instead of group 0. For a root-owned workspace it is [`UNUSED_HOST_ID`] with an
+/// idmapped workspace.
 pub fn identity(
     caller_uid: libc::uid_t,
     caller_gid: libc::gid_t,

@@ -223,8 +223,8 @@ fn remove_lost_and_found(image: &Path) {
 
 /// Builds an image of the project at `workspace` for one sandbox, not cached: the project
 /// changes between runs, and the guest gets the copy made at its start. With `inner`, the
-/// image's root directory keeps the project's owner, whom an inner layer maps its root to;
-/// otherwise it belongs to root, like the guest's command.
+/// image's root directory keeps the project's owner, whom an inner layer maps its root to.
+/// Otherwise it belongs to root, like the guest's command.
 pub fn workspace_image(workspace: &Path, image: &Path, inner: bool) -> Result<(), Error> {
     let summary = summarize(workspace)?;
     let mut owner = (0, 0);

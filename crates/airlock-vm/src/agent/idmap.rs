@@ -4,9 +4,9 @@
 //! not root, and otherwise to an unused id that needs an idmapped /workspace. The guest's
 //! Debian 6.1 kernel has no idmapped mounts of overlayfs, so the inner layer cannot get one
 //! of the guest's overlay. The agent idmaps the layer below it instead, the ext4 workspace
-//! disk (idmapped mounts of ext4 since Linux 5.12, idmapped overlay layers since 5.19), so
-//! that the project's root-owned files belong to [`UNUSED_HOST_ID`] and the overlay copies
-//! them up with that owner.
+//! disk: Linux has idmapped mounts of ext4 since 5.12 and accepts them as overlay layers
+//! since 5.19. The project's root-owned files then belong to [`UNUSED_HOST_ID`], and the
+//! overlay copies them up with that owner.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,8 +15,8 @@ use std::path::Path;
 use airlock_namespace::sys;
 use airlock_namespace::userns::UNUSED_HOST_ID;
 
-/// The ID map of the idmapped workspace disk: root and [`UNUSED_HOST_ID`] swap places and
-/// every other id keeps its own, so that files of other owners stay writable by them.
+/// Builds the ID map of the idmapped workspace disk, in which root and [`UNUSED_HOST_ID`]
+/// swap places and every other id keeps its own, so files of other owners stay theirs.
 /// Lines are "inside outside count", with the disk's ids inside and the guest's outside.
 /// The last extent ends at 4294967294, since 4294967295 is the invalid id -1.
 fn swap_map() -> String {
@@ -44,8 +44,8 @@ pub fn map_root_to_unused(lower: &Path) -> io::Result<()> {
 }
 
 /// Creates a user namespace with [`swap_map`] for its uids and gids and returns its
-/// descriptor. A child cloned into the namespace holds it while the maps are written and
-/// the descriptor opened, and is then killed.
+/// descriptor. A child cloned into the namespace keeps it alive while the maps are written
+/// and the descriptor opened, and is then killed.
 fn swapped_user_namespace() -> io::Result<OwnedFd> {
     let child = sys::clone_process(libc::CLONE_NEWUSER, None)?;
     if child == 0 {

@@ -49,7 +49,7 @@ struct Reaper {
 }
 
 /// Serves the host on `port` until it requests a shutdown or closes the connection.
-/// `inner` tells whether the commands run in an inner layer.
+/// `inner` is whether the commands run in an inner layer.
 pub fn serve(port: File, inner: bool) -> io::Result<()> {
     let writer: Port = Arc::new(Mutex::new(FrameWriter::new(port.try_clone()?)));
     let reaper = Arc::new(Mutex::new(Reaper::default()));

@@ -52,9 +52,9 @@ pub fn unpack(
     };
     let owner = workspace_owner.filter(|_| Path::new(path).starts_with(SANDBOX_WORKSPACE));
     if let Some((uid, gid)) = owner {
-        // setfsuid(2) and setfsgid(2) change this thread alone, and cannot fail for the
-        // guest's root. A file system id other than 0 also drops the capabilities that
-        // bypass file permissions, so the unpack writes only where that owner may.
+        // setfsuid(2) and setfsgid(2) change this thread alone, and the guest's root has the
+        // capabilities they need. A file system uid other than 0 also drops the capabilities
+        // that bypass file permissions, so the unpack writes only where that owner may.
         // SAFETY: both calls take integers only.
         unsafe {
             libc::setfsgid(gid);
