@@ -197,6 +197,17 @@ impl Scene {
     }
 }
 
+/// Returns the id of the sandbox that kept a run's workspace changes, from its message.
+fn kept_sandbox_id(output: &Output) -> String {
+    let message = stderr(output);
+    message
+        .split("kept in sandbox ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no kept sandbox in {message:?}"))
+        .to_owned()
+}
+
 /// Returns the pid and command line of every process whose command line contains `text`.
 fn processes_mentioning(text: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
@@ -729,13 +740,7 @@ fn vm_workspace_changes_reviewed_then_applied() {
         fs::read_to_string(project.join("a.txt")).unwrap(),
         "original\n"
     );
-    let message = stderr(&output);
-    let id = message
-        .split("kept in sandbox ")
-        .nth(1)
-        .and_then(|rest| rest.split(':').next())
-        .unwrap_or_else(|| panic!("no kept sandbox in {message:?}"))
-        .to_owned();
+    let id = kept_sandbox_id(&output);
 
     let diff = run(ROOT, &["diff", &id], project);
     assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
@@ -1327,24 +1332,197 @@ fn vm_inner_namespace_confines_command() {
     assert_eq!(lines[5], "refused", "{text}");
 }
 
+/// The script of the inner-layer tests: it prints PID 1's command line, which is the
+/// agent's in the guest itself, and whether unshare(2) works, which the inner layer's
+/// seccomp filter denies.
+const INNER_PROBE: &str = "tr '\\0' ' ' < /proc/1/cmdline; echo; \
+                           unshare -U true 2>/dev/null && echo unshared || echo unshare-denied";
+
+/// Checks the two lines that [`INNER_PROBE`] printed.
+fn assert_inner_confined(probe: &[&str], output: &Output) {
+    assert!(
+        !probe[0].contains("__vm-agent"),
+        "PID 1 is the guest's agent: {}",
+        describe(output)
+    );
+    assert_eq!(probe[1], "unshare-denied", "{}", describe(output));
+}
+
 #[test]
-fn vm_inner_overlay_and_non_machine_rejected() {
+fn vm_inner_workspace_is_copy_on_write() {
     let scene = Scene::new();
-    for mode in ["overlay", "bind"] {
-        let extra = ["--inner", "namespace", "--workspace-mode", mode];
-        let output = scene.run(&extra, &["true"]);
-        assert_eq!(
-            output.status.code(),
-            Some(125),
-            "{mode}: {}",
-            describe(&output)
-        );
-        assert!(
-            stderr(&output).contains("pass --workspace-mode readonly or none"),
-            "{mode}: {}",
-            describe(&output)
-        );
-    }
+    let project = scene.workspace.path();
+    fs::write(project.join("a.txt"), "original\n").expect("write a.txt");
+    fs::write(project.join("b.txt"), "remove me\n").expect("write b.txt");
+    fs::create_dir(project.join("sub")).expect("mkdir sub");
+    fs::write(project.join("sub/c.txt"), "private\n").expect("write sub/c.txt");
+    fs::set_permissions(project.join("sub/c.txt"), fs::Permissions::from_mode(0o600))
+        .expect("chmod sub/c.txt");
+    let script = format!(
+        "cat a.txt; echo changed > a.txt; rm b.txt; echo more >> sub/c.txt; \
+         echo new > sub/d.txt; mv sub/d.txt sub/e.txt; {INNER_PROBE}"
+    );
+    let output = scene.run(&["--inner", "namespace"], &["sh", "-c", &script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", describe(&output));
+    assert_eq!(lines[0], "original", "{}", describe(&output));
+    assert_inner_confined(&lines[1..], &output);
+    assert_eq!(
+        fs::read_to_string(project.join("a.txt")).unwrap(),
+        "original\n"
+    );
+    assert!(project.join("b.txt").exists(), "b.txt removed before apply");
+    assert!(
+        !project.join("sub/e.txt").exists(),
+        "sub/e.txt written before apply"
+    );
+
+    let id = kept_sandbox_id(&output);
+    let diff = run(ROOT, &["diff", &id], project);
+    assert_eq!(diff.status.code(), Some(0), "{}", describe(&diff));
+    assert_eq!(
+        stdout(&diff),
+        "M a.txt\nD b.txt\nM sub/c.txt\nA sub/e.txt\n",
+        "{}",
+        describe(&diff)
+    );
+    let apply = run(ROOT, &["apply", &id], project);
+    assert_eq!(apply.status.code(), Some(0), "{}", describe(&apply));
+    assert_eq!(
+        fs::read_to_string(project.join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    assert!(!project.join("b.txt").exists(), "b.txt was not deleted");
+    let private = project.join("sub/c.txt");
+    assert_eq!(fs::read_to_string(&private).unwrap(), "private\nmore\n");
+    let metadata = fs::metadata(&private).expect("stat sub/c.txt");
+    assert_eq!(metadata.mode() & 0o777, 0o600, "mode of sub/c.txt");
+    assert_eq!(metadata.uid(), 0, "owner of sub/c.txt");
+    let created = fs::metadata(project.join("sub/e.txt")).expect("stat sub/e.txt");
+    assert_eq!(created.uid(), 0, "owner of sub/e.txt");
+    let removed = run(ROOT, &["rm", &id], project);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+}
+
+/// The unprivileged caller's files reach the guest as its own, so the inner layer's root,
+/// mapped to that owner, can change even a file that only its owner may write.
+#[test]
+fn vm_inner_workspace_of_unprivileged_caller() {
+    let scene = Scene::for_caller(Caller::User);
+    let project = scene.workspace.path();
+    fs::write(project.join("a.txt"), "original\n").expect("write a.txt");
+    fs::set_permissions(project.join("a.txt"), fs::Permissions::from_mode(0o600))
+        .expect("chmod a.txt");
+    let (uid, gid) = test_user();
+    std::os::unix::fs::chown(project.join("a.txt"), Some(uid), Some(gid)).expect("chown a.txt");
+    let script = "echo changed > a.txt && echo new > n.txt && cat a.txt";
+    let output = scene.run_host_view(&["--inner", "namespace"], &["sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output), "changed\n", "{}", describe(&output));
+    assert_eq!(
+        fs::read_to_string(project.join("a.txt")).unwrap(),
+        "original\n"
+    );
+}
+
+#[test]
+fn vm_inner_exec_changes_persist() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    fs::write(project.join("f.txt"), "hello\n").expect("write f.txt");
+    let id = scene.create(&["--inner", "namespace"]);
+
+    let first = scene.airlock(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo one > new.txt; echo changed > f.txt",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+    let incoming = scene.tmp.path().join("incoming.txt");
+    fs::write(&incoming, "copied\n").expect("write incoming.txt");
+    let target = format!("{id}:copied.txt");
+    let copied = scene.airlock(&["cp", incoming.to_str().expect("UTF-8 path"), &target]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    fs::remove_file(&incoming).expect("remove incoming.txt");
+    let script =
+        format!("cat new.txt f.txt; echo two >> new.txt; echo more >> copied.txt; {INNER_PROBE}");
+    let second = scene.airlock(&["exec", &id, "--", "sh", "-c", &script]);
+    assert_eq!(second.status.code(), Some(0), "{}", describe(&second));
+    let text = stdout(&second);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", describe(&second));
+    assert_eq!(lines[..2], ["one", "changed"], "{}", describe(&second));
+    assert_inner_confined(&lines[2..], &second);
+    let diff = scene.airlock(&["diff", &id]);
+    assert_eq!(
+        stdout(&diff),
+        "A copied.txt\nM f.txt\nA new.txt\n",
+        "{}",
+        describe(&diff)
+    );
+    assert_eq!(
+        fs::read_to_string(project.join("f.txt")).unwrap(),
+        "hello\n"
+    );
+
+    let stopped = scene.airlock(&["stop", &id]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+    let apply = scene.airlock(&["apply", &id]);
+    assert_eq!(apply.status.code(), Some(0), "{}", describe(&apply));
+    assert_eq!(
+        fs::read_to_string(project.join("new.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        fs::read_to_string(project.join("f.txt")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        fs::read_to_string(project.join("copied.txt")).unwrap(),
+        "copied\nmore\n"
+    );
+    let removed = scene.airlock(&["rm", &id]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    scene.assert_nothing_left();
+}
+
+/// A shared project works with an inner layer when a user other than root owns it, since
+/// the inner layer has no idmapped mount of a virtiofs share on the guest's 6.1 kernel.
+#[test]
+fn vm_inner_bind_needs_project_of_non_root() {
+    let scene = Scene::new();
+    let project = scene.workspace.path();
+    let extra = ["--inner", "namespace", "--workspace-mode", "bind"];
+    let output = scene.run(&extra, &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    assert!(
+        stderr(&output).contains("the project belongs to root"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        stderr(&output).contains("Use the default --workspace-mode overlay"),
+        "{}",
+        describe(&output)
+    );
+
+    let (uid, gid) = test_user();
+    std::os::unix::fs::chown(project, Some(uid), Some(gid)).expect("chown project");
+    let output = scene.run(&extra, &["sh", "-c", "echo bound > bound.txt"]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let bound = fs::metadata(project.join("bound.txt")).expect("bound.txt on the host");
+    assert_eq!(bound.uid(), uid, "owner of bound.txt");
+    assert_eq!(bound.gid(), gid, "group of bound.txt");
+}
+
+#[test]
+fn vm_inner_without_machine_rejected() {
+    let scene = Scene::new();
     let output = run(
         ROOT,
         &["run", "--inner", "namespace", "--", "true"],
@@ -1365,7 +1543,6 @@ fn vm_policy_check_reports_each_layer() {
     let root = rootfs.to_str().expect("UTF-8 path");
     let check = |extra: &[&str]| {
         let mut args = vec!["policy", "check", "--backend", "vm", "--rootfs", root];
-        args.extend_from_slice(&["--workspace-mode", "readonly"]);
         args.extend_from_slice(extra);
         let output = run(ROOT, &args, scene.workspace.path());
         assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
@@ -1378,13 +1555,18 @@ fn vm_policy_check_reports_each_layer() {
             .unwrap_or_else(|| panic!("no {rule} row in {report}"))
             .to_owned()
     };
-    let alone = check(&[]);
+    let alone = check(&["--workspace-mode", "readonly"]);
     assert!(
         rule_line(&alone, "seccomp filter").ends_with("no"),
         "{alone}"
     );
     assert!(!alone.contains("inner layer"), "{alone}");
+    // The default copy-on-write workspace.
     let layered = check(&["--inner", "namespace"]);
+    assert!(
+        rule_line(&layered, "workspace mode").ends_with("enforced"),
+        "{layered}"
+    );
     assert!(
         rule_line(&layered, "seccomp filter").ends_with("enforced"),
         "{layered}"

@@ -442,7 +442,9 @@ pub(crate) fn launch(spec: &Spec, options: &RunOptions, hold: bool) -> Result<La
         .map(|path| HostWorkspace::open(path, uid == 0))
         .transpose()
         .map_err(Error::Workspace)?;
-    let owner = workspace.as_ref().map(|workspace| workspace.owner_uid);
+    let owner = workspace
+        .as_ref()
+        .map(|workspace| (workspace.owner_uid, workspace.owner_gid));
     let caller = Caller {
         is_root: uid == 0,
         identity: userns::identity(uid, gid, owner),

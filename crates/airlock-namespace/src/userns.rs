@@ -31,13 +31,16 @@ pub struct Identity {
     pub idmap_workspace: bool,
 }
 
-/// Chooses the identity. An unprivileged caller keeps its own ids. For root, it is the owner
-/// of the workspace when that is an ordinary user, with that user's primary group (or the
-/// unused id instead of group 0), and otherwise [`UNUSED_HOST_ID`] with an idmapped workspace.
+/// Chooses the identity from the workspace's owner (uid, gid). An unprivileged caller keeps
+/// its own ids. For root, it is the owner of the workspace when that is an ordinary user.
+/// The group is then that user's primary group, or the workspace's group for a user the
+/// password database lacks (such as a host user seen inside a vm guest), and the unused id
+/// instead of group 0. For a root-owned workspace it is [`UNUSED_HOST_ID`] with an
+/// idmapped workspace.
 pub fn identity(
     caller_uid: libc::uid_t,
     caller_gid: libc::gid_t,
-    workspace_owner: Option<libc::uid_t>,
+    workspace_owner: Option<(libc::uid_t, libc::gid_t)>,
 ) -> Identity {
     if caller_uid != 0 {
         return Identity {
@@ -47,13 +50,14 @@ pub fn identity(
         };
     }
     match workspace_owner {
-        Some(owner) if owner != 0 => Identity {
-            uid: owner,
-            gid: primary_gid(owner)
-                .filter(|&gid| gid != 0)
-                .unwrap_or(UNUSED_HOST_ID),
-            idmap_workspace: false,
-        },
+        Some((owner, group)) if owner != 0 => {
+            let gid = primary_gid(owner).unwrap_or(group);
+            Identity {
+                uid: owner,
+                gid: if gid == 0 { UNUSED_HOST_ID } else { gid },
+                idmap_workspace: false,
+            }
+        }
         _ => Identity {
             uid: UNUSED_HOST_ID,
             gid: UNUSED_HOST_ID,
@@ -131,4 +135,30 @@ pub fn diagnose(errno: i32, is_root: bool) -> Option<Error> {
         });
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_takes_workspace_owner_and_group() {
+        // No account has uid 4000000000, so its group comes from the workspace.
+        let unknown = identity(0, 0, Some((4_000_000_000, 4_000_000_001)));
+        assert_eq!(unknown.uid, 4_000_000_000);
+        assert_eq!(unknown.gid, 4_000_000_001);
+        assert!(!unknown.idmap_workspace);
+        let root_group = identity(0, 0, Some((4_000_000_000, 0)));
+        assert_eq!(root_group.gid, UNUSED_HOST_ID);
+    }
+
+    #[test]
+    fn root_owned_workspace_needs_idmap() {
+        let root = identity(0, 0, Some((0, 0)));
+        assert_eq!((root.uid, root.gid), (UNUSED_HOST_ID, UNUSED_HOST_ID));
+        assert!(root.idmap_workspace);
+        let caller = identity(1000, 1000, Some((0, 0)));
+        assert_eq!((caller.uid, caller.gid), (1000, 1000));
+        assert!(!caller.idmap_workspace);
+    }
 }

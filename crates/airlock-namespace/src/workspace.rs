@@ -68,6 +68,7 @@ pub struct HostWorkspace {
     pub fd: OwnedFd,
     pub path: PathBuf,
     pub owner_uid: u32,
+    pub owner_gid: u32,
     /// Device and inode numbers, which identify the directory across mount namespaces.
     pub identity: (u64, u64),
 }
@@ -113,6 +114,7 @@ impl HostWorkspace {
             fd,
             path: now,
             owner_uid: metadata.uid(),
+            owner_gid: metadata.gid(),
             identity: (metadata.dev(), metadata.ino()),
         })
     }

@@ -168,7 +168,15 @@ fn build(
         Ok(())
     };
     let disk = staging.disk();
-    crate::disk::build_image(&staging.tree(), &summary, &disk, "airlock-root", &mut watch)?;
+    let root_owner = (0, 0);
+    crate::disk::build_image(
+        &staging.tree(),
+        &summary,
+        &disk,
+        "airlock-root",
+        root_owner,
+        &mut watch,
+    )?;
 
     fixups.apply(&disk).map_err(|message| Error::FixOwners {
         image: name.to_owned(),

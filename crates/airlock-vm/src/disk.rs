@@ -114,7 +114,7 @@ pub fn root_image(
         progress(done);
         Ok(())
     };
-    let result = build_image(root, &summary, &partial, "airlock-root", &mut watch);
+    let result = build_image(root, &summary, &partial, "airlock-root", (0, 0), &mut watch);
     if let Err(error) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(error);
@@ -134,12 +134,14 @@ pub fn root_image(
 
 /// Runs `mkfs.ext4 -d`, which copies the tree into a new file system without root, and
 /// passes `watch` the share done, from the image's allocated size. An error from `watch`
-/// kills mkfs.ext4 and ends the build with that error.
+/// kills mkfs.ext4 and ends the build with that error. mkfs.ext4 copies the owner of every
+/// entry but the root directory, which gets `root_owner` (uid, gid).
 pub(crate) fn build_image(
     root: &Path,
     summary: &TreeSummary,
     image: &Path,
     label: &str,
+    root_owner: (u32, u32),
     watch: &mut dyn FnMut(f64) -> Result<(), Error>,
 ) -> Result<(), Error> {
     // Inodes take room too: 256 bytes each plus a block for small directories.
@@ -158,7 +160,7 @@ pub(crate) fn build_image(
             label,
             "-E",
         ])
-        .arg("root_owner=0:0")
+        .arg(format!("root_owner={}:{}", root_owner.0, root_owner.1))
         .arg("-d")
         .arg(root)
         .arg(image)
@@ -220,10 +222,22 @@ fn remove_lost_and_found(image: &Path) {
 }
 
 /// Builds an image of the project at `workspace` for one sandbox, not cached: the project
-/// changes between runs, and the guest gets the copy made at its start.
-pub fn workspace_image(workspace: &Path, image: &Path) -> Result<(), Error> {
+/// changes between runs, and the guest gets the copy made at its start. With `inner`, the
+/// image's root directory keeps the project's owner, whom an inner layer maps its root to.
+/// Otherwise it belongs to root, like the guest's command.
+pub fn workspace_image(workspace: &Path, image: &Path, inner: bool) -> Result<(), Error> {
     let summary = summarize(workspace)?;
-    build_image(workspace, &summary, image, "airlock-ws", &mut |_| Ok(()))?;
+    let mut owner = (0, 0);
+    if inner {
+        let metadata = std::fs::metadata(workspace).map_err(|source| Error::ProjectOwner {
+            path: workspace.to_owned(),
+            source,
+        })?;
+        owner = (metadata.uid(), metadata.gid());
+    }
+    build_image(workspace, &summary, image, "airlock-ws", owner, &mut |_| {
+        Ok(())
+    })?;
     Ok(())
 }
 

@@ -72,6 +72,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read the owner of the project {path:?}, which the guest's copy keeps")]
+    ProjectOwner {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("mkfs.ext4 could not build a disk image of {root:?}: {message}")]
     Mkfs { root: PathBuf, message: String },
     #[error("cannot store the root disk image {path:?}")]
@@ -172,10 +178,11 @@ pub enum Error {
     Runtime(String),
     #[error("cannot copy {path:?}: {message}")]
     Copy { path: PathBuf, message: String },
-    #[error("--inner namespace cannot show the workspace as a copy-on-write overlay: its overlay takes the upper layer from a detached mount, which the guest's Debian 6.1 kernel rejects (\"overlayfs: failed to clone upperpath\"); pass --workspace-mode readonly or none, or drop --inner")]
-    InnerOverlay,
-    #[error("--inner namespace cannot show the workspace with --workspace-mode bind: the inner layer gives a root-owned workspace to its own root as an idmapped mount, and the guest's virtiofs share of the project has none (FUSE in Debian's 6.1 kernel); pass --workspace-mode readonly or none, or drop --inner")]
-    InnerBind,
+    #[error("--inner namespace cannot share the project {project:?} with --workspace-mode bind: {reason}. The inner layer needs a workspace that a user other than root owns, or else an idmapped mount, which virtiofs in the guest's Debian 6.1 kernel does not support. Use the default --workspace-mode overlay, or run airlock as root on a project that a user other than root owns")]
+    InnerBind {
+        project: PathBuf,
+        reason: &'static str,
+    },
     #[error("cannot generate a sandbox id")]
     Id(#[source] io::Error),
     #[error("the vm backend cannot {action} yet; use `airlock run --backend vm`")]

@@ -73,12 +73,6 @@ pub fn start(spec: &Spec, options: &RunOptions, qemu: PathBuf) -> Result<HeldVm,
     sys::set_signal_mask(libc::SIG_BLOCK, &set).map_err(Error::Signals)?;
     let signals = sys::signalfd(&set).map_err(Error::Signals)?;
     let enforcement = launch::check(spec)?;
-    if spec.inner.is_some() {
-        // TODO: an inner `airlock create` in the guest, joined by each exec.
-        return Err(Error::NotSupported {
-            action: "keep an inner layer in a created sandbox",
-        });
-    }
     if let Some(upper) = options.layers.as_ref().map(|layers| layers.join("upper")) {
         // NOTE: a restarted guest would get the project as it is now, without these changes, and
         // its own changes would replace them on the host at its stop.

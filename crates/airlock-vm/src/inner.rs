@@ -3,10 +3,13 @@
 //! seccomp, Landlock and dropped capabilities around the command, and the machine boundary
 //! stays around all of it.
 //!
-//! The inner layer shows the project read-only or not at all. Its copy-on-write overlay
-//! takes its upper layer from a detached mount, which the host's Linux 6.18 accepts but the
-//! guest's Debian 6.1 cloud kernel rejects ("overlayfs: failed to clone upperpath"), so
-//! `--workspace-mode overlay` with an inner layer is rejected.
+//! The copy-on-write layer is the guest's own overlay at /workspace, whose upper layer the
+//! host reads for `diff` and `apply`, and the inner layer binds that /workspace read-write.
+//! The inner layer's own overlay cannot replace it: that overlay takes its upper layer from
+//! a detached mount, which the guest's Debian 6.1 cloud kernel rejects ("overlayfs: failed
+//! to clone upperpath"). The agent gives /workspace an owner other than root
+//! ([`crate::agent::boot`]), and the inner layer maps its root to that owner, so no
+//! idmapped mount of the overlay is needed, which 6.1 does not support either.
 
 use airlock_core::size::format_bytes;
 use airlock_core::spec::SANDBOX_WORKSPACE;
@@ -28,12 +31,19 @@ pub fn wrap(spec: &Spec, command: Vec<String>) -> Vec<String> {
         "--tmp-size".into(),
         format_bytes(spec.limits.tmp_size),
     ]);
-    match (&spec.workspace, spec.workspace_mode) {
-        (Some(_), WorkspaceMode::Readonly) => {
+    let inner_mode = match (&spec.workspace, spec.workspace_mode) {
+        (None, _) | (_, WorkspaceMode::None) => None,
+        (Some(_), WorkspaceMode::Readonly) => Some("readonly"),
+        // The guest's /workspace is already the copy-on-write overlay, or the shared
+        // project itself.
+        (Some(_), WorkspaceMode::Overlay | WorkspaceMode::Bind) => Some("bind"),
+    };
+    match inner_mode {
+        Some(mode) => {
             argv.extend(["--workspace".into(), SANDBOX_WORKSPACE.into()]);
-            argv.extend(["--workspace-mode".into(), "readonly".into()]);
+            argv.extend(["--workspace-mode".into(), mode.into()]);
         }
-        _ => argv.extend(["--workspace-mode".into(), "none".into()]),
+        None => argv.extend(["--workspace-mode".into(), "none".into()]),
     }
     if let Some(user) = spec.user {
         argv.extend(["--user".into(), format!("{}:{}", user.uid, user.gid)]);
@@ -72,9 +82,29 @@ mod tests {
     }
 
     #[test]
+    fn overlay_and_bind_bind_guest_workspace() {
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.workspace = Some("/srv/project".into());
+        for mode in [WorkspaceMode::Overlay, WorkspaceMode::Bind] {
+            spec.workspace_mode = mode;
+            let line = wrap(&spec, vec!["true".into()]).join(" ");
+            assert!(
+                line.contains("--workspace /workspace --workspace-mode bind --"),
+                "{mode:?}: {line}"
+            );
+        }
+    }
+
+    #[test]
     fn no_workspace_runs_inner_without_one() {
         let spec = Spec::new(vec!["true".into()]);
         let line = wrap(&spec, vec!["true".into()]).join(" ");
         assert!(line.contains("--workspace-mode none --"), "{line}");
+        let mut none = Spec::new(vec!["true".into()]);
+        none.workspace = Some("/srv/project".into());
+        none.workspace_mode = WorkspaceMode::None;
+        let line = wrap(&none, vec!["true".into()]).join(" ");
+        assert!(line.contains("--workspace-mode none --"), "{line}");
+        assert!(!line.contains("--workspace /workspace"), "{line}");
     }
 }

@@ -98,14 +98,44 @@ pub fn workspace_mount(spec: &Spec) -> Result<Option<WorkspaceMount>, Error> {
     if spec.workspace.is_none() {
         return Ok(None);
     }
-    match spec.workspace_mode {
-        WorkspaceMode::Overlay if spec.inner.is_some() => Err(Error::InnerOverlay),
-        WorkspaceMode::Overlay => Ok(Some(WorkspaceMount::Overlay)),
-        WorkspaceMode::Readonly => Ok(Some(WorkspaceMount::Readonly)),
-        WorkspaceMode::None => Ok(None),
-        WorkspaceMode::Bind if spec.inner.is_some() => Err(Error::InnerBind),
-        WorkspaceMode::Bind => Ok(Some(WorkspaceMount::Bind)),
+    match (spec.workspace_mode, &spec.workspace) {
+        (WorkspaceMode::Overlay, _) => Ok(Some(WorkspaceMount::Overlay)),
+        (WorkspaceMode::Readonly, _) => Ok(Some(WorkspaceMount::Readonly)),
+        (WorkspaceMode::None, _) | (_, None) => Ok(None),
+        (WorkspaceMode::Bind, Some(project)) if spec.inner.is_some() => {
+            check_inner_bind(project)?;
+            Ok(Some(WorkspaceMount::Bind))
+        }
+        (WorkspaceMode::Bind, Some(_)) => Ok(Some(WorkspaceMount::Bind)),
     }
+}
+
+/// Checks that the guest sees the shared `project` owned by a user other than root, whom
+/// the inner layer then maps its root to. A root-owned one would need an idmapped mount of
+/// the virtiofs share, which FUSE in the guest's Debian 6.1 kernel does not offer.
+fn check_inner_bind(project: &Path) -> Result<(), Error> {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let caller = unsafe { libc::geteuid() };
+    if caller != 0 {
+        // The daemon of an unprivileged caller serves the project from a user namespace
+        // where the caller is root, so the guest sees the caller's files as root's.
+        return Err(Error::InnerBind {
+            project: project.to_owned(),
+            reason: "the guest sees the files of an unprivileged caller as root's, since \
+                     their virtiofsd runs as root of its own user namespace",
+        });
+    }
+    let metadata = std::fs::metadata(project).map_err(|source| Error::ProjectOwner {
+        path: project.to_owned(),
+        source,
+    })?;
+    if std::os::unix::fs::MetadataExt::uid(&metadata) == 0 {
+        return Err(Error::InnerBind {
+            project: project.to_owned(),
+            reason: "the project belongs to root",
+        });
+    }
+    Ok(())
 }
 
 /// Finds the kernel, builds or reuses the initramfs and the root disk image, picks the
@@ -152,6 +182,7 @@ pub fn prepare(
         memory_limit: sizing.memory_limit,
         tsc_khz: choice.tsc_khz,
         hostname: Some(format!("airlock-{}", id.short())),
+        inner: spec.inner.is_some(),
     };
     Ok(Prepared {
         qemu,
@@ -194,7 +225,7 @@ fn workspace_disk(
         }
         (Some(mount), Some(project)) => {
             let image = files.path("workspace.ext4");
-            disk::workspace_image(project, &image)?;
+            disk::workspace_image(project, &image, spec.inner.is_some())?;
             Ok(Some((image, mount)))
         }
         _ => Ok(None),
@@ -340,17 +371,7 @@ fn command_request(spec: &Spec, accel: crate::machine::Accel) -> exec::Request {
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect();
     if spec.inner.is_some() {
-        // The inner run sets up the command's user and environment itself.
-        return exec::Request {
-            argv: crate::inner::wrap(spec, command),
-            env: environment(&Spec::new(Vec::new())),
-            cwd: "/".to_owned(),
-            tty: spec.tty,
-            uid: 0,
-            gid: 0,
-            timeout: spec.limits.timeout,
-            silence_limit: silence_limit(accel),
-        };
+        return inner_request(spec, command, spec.limits.timeout, accel);
     }
     let user = spec.user.unwrap_or(airlock_core::User::ROOT);
     exec::Request {
@@ -361,6 +382,26 @@ fn command_request(spec: &Spec, accel: crate::machine::Accel) -> exec::Request {
         uid: user.uid,
         gid: user.gid,
         timeout: spec.limits.timeout,
+        silence_limit: silence_limit(accel),
+    }
+}
+
+/// Builds the request that runs `command` through the inner layer of `spec`, which sets up
+/// the command's user, environment and terminal itself.
+pub fn inner_request(
+    spec: &Spec,
+    command: Vec<String>,
+    timeout: Option<std::time::Duration>,
+    accel: crate::machine::Accel,
+) -> exec::Request {
+    exec::Request {
+        argv: crate::inner::wrap(spec, command),
+        env: environment(&Spec::new(Vec::new())),
+        cwd: "/".to_owned(),
+        tty: spec.tty,
+        uid: 0,
+        gid: 0,
+        timeout,
         silence_limit: silence_limit(accel),
     }
 }

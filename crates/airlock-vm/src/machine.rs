@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::boot::{
-    WorkspaceMount, HOSTNAME_PARAMETER, MEMORY_PARAMETER, PIDS_PARAMETER, PORT_NAME,
-    ROOT_DISK_SERIAL, ROOT_PARAMETER, ROOT_SHARE_TAG, TMP_SIZE_PARAMETER, WORKSPACE_DISK_SERIAL,
-    WORKSPACE_PARAMETER,
+    WorkspaceMount, HOSTNAME_PARAMETER, INNER_PARAMETER, MEMORY_PARAMETER, PIDS_PARAMETER,
+    PORT_NAME, ROOT_DISK_SERIAL, ROOT_PARAMETER, ROOT_SHARE_TAG, TMP_SIZE_PARAMETER,
+    WORKSPACE_DISK_SERIAL, WORKSPACE_PARAMETER,
 };
 use crate::agent::AGENT_ARGUMENT;
 use crate::share::Share;
@@ -72,6 +72,10 @@ pub struct Machine {
     /// machines made before guests had one.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Whether the commands run in an inner layer, which makes the agent give the
+    /// workspace an owner other than root.
+    #[serde(default)]
+    pub inner: bool,
 }
 
 /// Kernel parameters for every guest. `panic=-1` reboots at once on a panic, which
@@ -114,6 +118,9 @@ impl Machine {
         }
         if let Some((_, mount)) = &self.workspace {
             line.push_str(&format!(" {WORKSPACE_PARAMETER}={}", mount.name()));
+        }
+        if self.inner {
+            line.push_str(&format!(" {INNER_PARAMETER}=1"));
         }
         line.push_str(&format!(" -- {AGENT_ARGUMENT}"));
         line
@@ -232,6 +239,7 @@ mod tests {
             memory_limit: 256 << 20,
             tsc_khz: Some(2_596_140),
             hostname: Some("airlock-0123456789ab".into()),
+            inner: false,
         }
     }
 
@@ -308,5 +316,18 @@ mod tests {
         assert!(!cmdline.contains("tsc_early_khz"), "{cmdline}");
         let tcg = machine(Accel::Tcg).kernel_command_line();
         assert!(tcg.contains("tsc_early_khz=2596140 "), "{tcg}");
+    }
+
+    #[test]
+    fn inner_layer_on_kernel_command_line() {
+        let mut layered = machine(Accel::Kvm);
+        layered.inner = true;
+        let cmdline = layered.kernel_command_line();
+        assert!(
+            cmdline.ends_with(" airlock.inner=1 -- __vm-agent"),
+            "{cmdline}"
+        );
+        let plain = machine(Accel::Kvm).kernel_command_line();
+        assert!(!plain.contains("airlock.inner"), "{plain}");
     }
 }

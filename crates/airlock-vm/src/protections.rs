@@ -109,17 +109,34 @@ mod tests {
     }
 
     #[test]
-    fn inner_overlay_and_bind_unmet() {
+    fn inner_overlay_enforced() {
         let mut spec = Spec::new(vec!["true".into()]);
         spec.workspace = Some("/srv/project".into());
         spec.inner = Some(airlock_core::InnerBackend::Namespace);
-        for mode in [WorkspaceMode::Overlay, WorkspaceMode::Bind] {
+        for mode in [WorkspaceMode::Overlay, WorkspaceMode::Readonly] {
             spec.workspace_mode = mode;
-            let unmet: Vec<String> = assess(&spec).unmet().map(|p| p.rule.clone()).collect();
-            assert_eq!(unmet, [rule::WORKSPACE], "{mode:?}");
+            assert_eq!(assess(&spec).unmet().count(), 0, "{mode:?}");
         }
-        spec.workspace_mode = WorkspaceMode::Readonly;
-        assert_eq!(assess(&spec).unmet().count(), 0);
+    }
+
+    #[test]
+    fn inner_bind_of_own_project_unmet() {
+        // The caller's own project: root's for root, and seen as root's in the guest for
+        // any other caller.
+        let project = tempfile::tempdir().unwrap();
+        let mut spec = Spec::new(vec!["true".into()]);
+        spec.workspace = Some(project.path().to_owned());
+        spec.workspace_mode = WorkspaceMode::Bind;
+        spec.inner = Some(airlock_core::InnerBackend::Namespace);
+        let enforcement = assess(&spec);
+        let unmet: Vec<&str> = enforcement.unmet().map(|p| p.rule.as_str()).collect();
+        assert_eq!(unmet, [rule::WORKSPACE]);
+        let workspace = enforcement.get(rule::WORKSPACE).unwrap();
+        assert!(
+            matches!(&workspace.status, Status::Unsupported(detail) if detail.contains("--workspace-mode overlay")),
+            "{:?}",
+            workspace.status
+        );
     }
 
     #[test]

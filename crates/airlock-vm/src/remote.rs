@@ -30,6 +30,19 @@ pub fn connect(runtime: &Runtime) -> Result<Connection, Error> {
     })
 }
 
+/// Returns the sandbox's spec with the user, variables and terminal of `command`, for the
+/// inner layer that runs it.
+// NOTE: each exec runs in an inner sandbox of its own, so only the guest's /workspace
+// carries over from one exec to the next: the inner /tmp and processes left in the
+// background end with the exec.
+fn inner_spec(spec: &Spec, command: &ExecCommand) -> Spec {
+    let mut inner = spec.clone();
+    inner.user = command.user.or(spec.user);
+    inner.env.extend(command.env.iter().cloned());
+    inner.tty = command.tty;
+    inner
+}
+
 /// Runs `command` in the sandbox's guest with this process's standard streams. A timeout
 /// ends the connection, and the supervisor then kills the command's process group.
 pub fn exec(
@@ -47,19 +60,25 @@ pub fn exec(
         env.retain(|(existing, _)| existing != key);
         env.push((key.clone(), value.to_string_lossy().into_owned()));
     }
-    let request = exec::Request {
-        argv: command
-            .argv
-            .iter()
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect(),
-        env,
-        cwd: SANDBOX_WORKSPACE.to_owned(),
-        tty: command.tty,
-        uid: user.uid,
-        gid: user.gid,
-        timeout: command.timeout,
-        silence_limit: launch::silence_limit(runtime.machine.accel),
+    let argv: Vec<String> = command
+        .argv
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let accel = runtime.machine.accel;
+    let request = if spec.inner.is_some() {
+        launch::inner_request(&inner_spec(spec, command), argv, command.timeout, accel)
+    } else {
+        exec::Request {
+            argv,
+            env,
+            cwd: SANDBOX_WORKSPACE.to_owned(),
+            tty: command.tty,
+            uid: user.uid,
+            gid: user.gid,
+            timeout: command.timeout,
+            silence_limit: launch::silence_limit(accel),
+        }
     };
     let finish = exec::run(&mut connection, request, &mut interrupts);
     let name = command.argv[0].to_string_lossy();

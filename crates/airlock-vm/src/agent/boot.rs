@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,9 @@ pub struct BootConfig {
     pub memory: Option<u64>,
     /// The guest's hostname, or `None` to keep the kernel's `(none)`.
     pub hostname: Option<String>,
+    /// Whether the commands run in an inner layer, whose root must own the workspace
+    /// without being the guest's root.
+    pub inner: bool,
 }
 
 /// The way the guest shows the workspace disk.
@@ -124,6 +128,9 @@ pub const WORKSPACE_PARAMETER: &str = "airlock.workspace";
 /// The kernel command line parameter that carries [`BootConfig::hostname`].
 pub const HOSTNAME_PARAMETER: &str = "airlock.hostname";
 
+/// The kernel command line parameter that carries [`BootConfig::inner`], as `1`.
+pub const INNER_PARAMETER: &str = "airlock.inner";
+
 /// The kernel command line parameter that carries [`BootConfig::root_share`]: the tag of
 /// the share to boot from.
 pub const ROOT_PARAMETER: &str = "airlock.root";
@@ -155,6 +162,7 @@ impl BootConfig {
             .unwrap_or(airlock_core::spec::DEFAULT_PIDS);
         let memory = value(MEMORY_PARAMETER).and_then(|value| value.parse().ok());
         let hostname = value(HOSTNAME_PARAMETER).map(str::to_owned);
+        let inner = value(INNER_PARAMETER) == Some("1");
         BootConfig {
             root_share,
             tmp_size,
@@ -162,6 +170,7 @@ impl BootConfig {
             pids,
             memory,
             hostname,
+            inner,
         }
     }
 }
@@ -393,7 +402,7 @@ pub fn enter_root(root: &RootSource, config: &BootConfig) -> Result<(), BootErro
         ),
     )?;
     if let Some(mount) = config.workspace {
-        mount_workspace(Path::new(NEW_ROOT), mount, config.tmp_size)?;
+        mount_workspace(Path::new(NEW_ROOT), mount, config)?;
     }
     sys::chdir(Path::new(NEW_ROOT)).map_err(failed("cannot enter", NEW_ROOT))?;
     sys::mount(
@@ -455,8 +464,14 @@ fn mount_sandbox_filesystems(root: &Path, config: &BootConfig) -> Result<(), Boo
 }
 
 /// Mounts the workspace disk read-only and shows it at /workspace, under an overlay whose
-/// layers are on a tmpfs of `layers_size` bytes for [`WorkspaceMount::Overlay`].
-fn mount_workspace(root: &Path, mount: WorkspaceMount, layers_size: u64) -> Result<(), BootError> {
+/// layers are on a tmpfs of [`BootConfig::tmp_size`] bytes for [`WorkspaceMount::Overlay`].
+/// For an inner layer, a root-owned disk is idmapped so that its root's files belong to
+/// [`airlock_namespace::userns::UNUSED_HOST_ID`] ([`super::idmap`]).
+fn mount_workspace(
+    root: &Path,
+    mount: WorkspaceMount,
+    config: &BootConfig,
+) -> Result<(), BootError> {
     let inside = |path: &str| root.join(path.trim_start_matches('/'));
     let (lower, workspace) = (inside(LOWER), inside("/workspace"));
     if mount == WorkspaceMount::Bind {
@@ -468,6 +483,13 @@ fn mount_workspace(root: &Path, mount: WorkspaceMount, layers_size: u64) -> Resu
     let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     sys::mount(Some(&disk), &lower, Some("ext4"), ro, Some("noload"))
         .map_err(failed("cannot mount the workspace disk", disk.display()))?;
+    let project = std::fs::metadata(&lower).map_err(failed("cannot read", lower.display()))?;
+    if config.inner && project.uid() == 0 {
+        super::idmap::map_root_to_unused(&lower).map_err(failed(
+            "cannot idmap the workspace disk at",
+            lower.display(),
+        ))?;
+    }
     if mount == WorkspaceMount::Readonly {
         return sys::mount(Some(&lower), &workspace, None, libc::MS_BIND, None)
             .and_then(|()| {
@@ -478,7 +500,7 @@ fn mount_workspace(root: &Path, mount: WorkspaceMount, layers_size: u64) -> Resu
     }
     let layers = inside(LAYERS);
     std::fs::create_dir_all(&layers).map_err(failed("cannot create", layers.display()))?;
-    let size = format!("mode=700,size={layers_size}");
+    let size = format!("mode=700,size={}", config.tmp_size);
     let flags = libc::MS_NOSUID | libc::MS_NODEV;
     sys::mount(
         Some(Path::new("tmpfs")),
@@ -491,6 +513,9 @@ fn mount_workspace(root: &Path, mount: WorkspaceMount, layers_size: u64) -> Resu
     for layer in ["upper", "work"] {
         let path = layers.join(layer);
         std::fs::create_dir(&path).map_err(failed("cannot create", path.display()))?;
+    }
+    if config.inner {
+        copy_owner_and_mode(&lower, &layers.join("upper"))?;
     }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -509,6 +534,19 @@ fn mount_workspace(root: &Path, mount: WorkspaceMount, layers_size: u64) -> Resu
         "cannot mount the workspace overlay on",
         workspace.display(),
     ))
+}
+
+/// Gives `upper` the owner and mode of `lower`'s root. The overlay's root directory shows
+/// the upper layer's, so without this /workspace would belong to the guest's root, and an
+/// inner layer would map its root to an id that owns nothing in it.
+fn copy_owner_and_mode(lower: &Path, upper: &Path) -> Result<(), BootError> {
+    let project = std::fs::metadata(lower).map_err(failed("cannot read", lower.display()))?;
+    let owner = (Some(project.uid()), Some(project.gid()));
+    std::os::unix::fs::chown(upper, owner.0, owner.1)
+        .map_err(failed("cannot change the owner of", upper.display()))?;
+    let mode = std::fs::Permissions::from_mode(project.mode() & 0o7777);
+    std::fs::set_permissions(upper, mode)
+        .map_err(failed("cannot change the mode of", upper.display()))
 }
 
 #[cfg(test)]
@@ -544,6 +582,14 @@ mod tests {
         assert_eq!(config.memory, Some(128 << 20));
         let without = BootConfig::from_cmdline("airlock.pids=64 -- __vm-agent");
         assert_eq!(without.memory, None);
+    }
+
+    #[test]
+    fn inner_read_from_cmdline() {
+        let config = BootConfig::from_cmdline("airlock.workspace=overlay airlock.inner=1 -- x");
+        assert!(config.inner);
+        let without = BootConfig::from_cmdline("airlock.workspace=overlay -- x");
+        assert!(!without.inner);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! 2. load the modules the initramfs lists (virtio-mmio, virtio-serial, virtio-blk, ...),
 //!    and fuse and virtiofs when the host shares a directory;
 //! 3. mount the root disk, or the host view that the host shares, read-only and make it
-//!    the root, with /tmp, /dev and /proc;
+//!    the root, with /tmp, /dev, /proc and the workspace, which an inner layer gets with an
+//!    owner other than root;
 //! 4. open the virtio-serial port and serve the host ([`serve`]);
 //! 5. when the host asks, or goes away, kill every process and power the guest off.
 //!
@@ -17,6 +18,7 @@
 
 pub mod boot;
 pub mod cgroup;
+mod idmap;
 pub mod serve;
 pub mod tree;
 
@@ -59,7 +61,7 @@ fn boot_and_serve() -> Result<(), Box<dyn std::error::Error>> {
         .open(&port_path)
         .map_err(|error| format!("cannot open the port {}: {error}", port_path.display()))?;
     console(&format!("ready ({loaded} modules loaded, root {root})"));
-    serve::serve(port)?;
+    serve::serve(port, config.inner)?;
     Ok(())
 }
 

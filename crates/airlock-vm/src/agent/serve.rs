@@ -36,6 +36,8 @@ struct Commands {
     files: HashMap<u32, Sender<Vec<u8>>>,
     /// The cgroup every command joins, with the process limit.
     workload: Option<Arc<Workload>>,
+    /// The owner (uid, gid) that files copied into /workspace get, for an inner layer.
+    workspace_owner: Option<(u32, u32)>,
 }
 
 /// Hands each reaped process's status to the command waiting for it.
@@ -47,7 +49,8 @@ struct Reaper {
 }
 
 /// Serves the host on `port` until it requests a shutdown or closes the connection.
-pub fn serve(port: File) -> io::Result<()> {
+/// `inner` is whether the commands run in an inner layer.
+pub fn serve(port: File, inner: bool) -> io::Result<()> {
     let writer: Port = Arc::new(Mutex::new(FrameWriter::new(port.try_clone()?)));
     let reaper = Arc::new(Mutex::new(Reaper::default()));
     spawn_reaper(Arc::clone(&reaper));
@@ -62,6 +65,7 @@ pub fn serve(port: File) -> io::Result<()> {
     let mut reader = FrameReader::new(port);
     let mut commands = Commands {
         workload: Workload::open().map(Arc::new),
+        workspace_owner: inner.then(super::tree::workspace_owner).flatten(),
         ..Commands::default()
     };
     loop {
@@ -172,7 +176,10 @@ fn handle(
             let (sender, receiver) = mpsc::channel();
             commands.files.insert(channel, sender);
             let port = Arc::clone(port);
-            std::thread::spawn(move || super::tree::unpack(channel, &path, receiver, &port));
+            let owner = commands.workspace_owner;
+            std::thread::spawn(move || {
+                super::tree::unpack(channel, &path, owner, receiver, &port);
+            });
         }
         Message::ListDir { path } => {
             let reply = match list_dir(&path) {

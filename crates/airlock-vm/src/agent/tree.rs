@@ -3,9 +3,11 @@
 //! guest's root can take over the agent and send anything.
 
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::mpsc::Receiver;
 
+use airlock_core::spec::SANDBOX_WORKSPACE;
 use airlock_namespace::join;
 use airlock_protocol::{DataStream, FrameKind, Message, MAX_PAYLOAD};
 
@@ -33,13 +35,32 @@ pub fn pack(channel: u32, path: &str, port: &Port) {
     send(port, channel, &reply);
 }
 
-/// Unpacks the tar stream that arrives in `chunks` at `path`, then replies.
-pub fn unpack(channel: u32, path: &str, chunks: Receiver<Vec<u8>>, port: &Port) {
+/// Unpacks the tar stream that arrives in `chunks` at `path`, then replies. A `path` in
+/// /workspace is unpacked as `workspace_owner` (uid, gid) when given. Runs on a thread of
+/// its own, whose file system ids it may change.
+pub fn unpack(
+    channel: u32,
+    path: &str,
+    workspace_owner: Option<(u32, u32)>,
+    chunks: Receiver<Vec<u8>>,
+    port: &Port,
+) {
     let mut stream = ChunkReader {
         chunks,
         chunk: Vec::new(),
         offset: 0,
     };
+    let owner = workspace_owner.filter(|_| Path::new(path).starts_with(SANDBOX_WORKSPACE));
+    if let Some((uid, gid)) = owner {
+        // setfsuid(2) and setfsgid(2) change this thread alone, and the guest's root has the
+        // capabilities they need. A file system uid other than 0 also drops the capabilities
+        // that bypass file permissions, so the unpack writes only where that owner may.
+        // SAFETY: both calls take integers only.
+        unsafe {
+            libc::setfsgid(gid);
+            libc::setfsuid(uid);
+        }
+    }
     let reply = match join::unpack_tree(&mut stream, Path::new(path)) {
         Ok(()) => Message::Done,
         Err(error) => Message::Error {
@@ -50,6 +71,14 @@ pub fn unpack(channel: u32, path: &str, chunks: Receiver<Vec<u8>>, port: &Port) 
         },
     };
     send(port, channel, &reply);
+}
+
+/// Returns the owner (uid, gid) of /workspace when it is not root, as the agent makes it
+/// for an inner layer. Files copied there as that owner belong to the user that the inner
+/// layer maps its root to.
+pub fn workspace_owner() -> Option<(u32, u32)> {
+    let metadata = std::fs::metadata(SANDBOX_WORKSPACE).ok()?;
+    Some((metadata.uid(), metadata.gid())).filter(|&(uid, _)| uid != 0)
 }
 
 /// The chunks of a file data stream as bytes; the stream ends when the sender is dropped.
