@@ -125,8 +125,9 @@ pub struct Grant {
     /// Whether a pids cgroup limits the sandbox; without one the workload sets
     /// RLIMIT_NPROC.
     pub limits_pids: bool,
-    /// The workspace as a detached mount, idmapped so that root inside owns the files that
-    /// root owns on the host, without being root on the host.
+    /// The workspace as a detached mount: idmapped so that root inside owns the files that
+    /// root owns on the host, without being root on the host, or the copy-on-write overlay
+    /// that the launcher mounted over the project.
     pub workspace: Option<OwnedFd>,
 }
 

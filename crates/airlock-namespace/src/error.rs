@@ -45,6 +45,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot mount the workspace's copy-on-write overlay with its layers in {path:?}")]
+    Overlay {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("an overlay workspace needs a directory for its upper layer; pass --workspace-mode bind to write through instead")]
     NoLayers,
     #[error(

@@ -19,7 +19,7 @@ use crate::monitor::{Ended, Monitor};
 use crate::outcome;
 use crate::userns::Identity;
 use crate::workspace::HostWorkspace;
-use crate::{init, landlock, protections, seccomp, stdio, sys, tty, userns, workload};
+use crate::{init, landlock, protections, rootfs, seccomp, stdio, sys, tty, userns, workload};
 
 const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
@@ -243,6 +243,9 @@ fn start_init(
         Some(cgroup) if cgroup.is_v2() => Some(cgroup.open_dir().map_err(Error::Cgroup)?),
         _ => None,
     };
+    // A root caller's launcher mounts the overlay itself (`outside_overlay`), so the init
+    // neither binds the project nor opens the layers.
+    let outside_overlay = caller.is_root && start.layers.is_some();
     let pid = match sys::clone_process(NAMESPACES, cgroup_dir.as_ref().map(AsRawFd::as_raw_fd)) {
         Ok(0) => init::run(init::Plan {
             spec,
@@ -251,9 +254,9 @@ fn start_init(
             workspace_source: caller
                 .workspace
                 .as_ref()
-                .filter(|_| !caller.identity.idmap_workspace)
+                .filter(|_| !caller.identity.idmap_workspace && !outside_overlay)
                 .map(HostWorkspace::bind_source),
-            layers: start.layers,
+            layers: start.layers.filter(|_| !outside_overlay),
             hold: start.hold,
             sync: init_channels.sync,
             report: init_channels.report,
@@ -282,14 +285,16 @@ fn start_init(
     })
 }
 
-/// Finishes the setup from the outside while the init builds the file tree: the ID maps, a
-/// v1 cgroup, the check of required protections, and the grant of the cgroup to the init.
-/// Returns what the sandbox enforces, and whether the process limit falls back to
-/// RLIMIT_NPROC.
+/// Finishes the setup from the outside while the init builds the file tree: the ID maps, the
+/// workspace mount, a v1 cgroup, the check of required protections, and the grant of the
+/// cgroup to the init. Returns what the sandbox enforces, and whether the process limit
+/// falls back to RLIMIT_NPROC.
+#[allow(clippy::too_many_arguments)]
 fn finish_outside_setup(
     spec: &Spec,
     id: &SandboxId,
     caller: &Caller,
+    layers: Option<&Path>,
     layout: Option<&Layout>,
     landlock_abi: u32,
     sandbox: &mut Sandbox,
@@ -298,8 +303,11 @@ fn finish_outside_setup(
     userns::write_maps(sandbox.pid, caller.identity, caller.is_root)
         .map_err(Error::UserNamespace)?;
     sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
-    let workspace = match &caller.workspace {
-        Some(workspace) if caller.identity.idmap_workspace => {
+    let workspace = match (&caller.workspace, layers) {
+        (Some(workspace), Some(layers)) if caller.is_root => {
+            Some(outside_overlay(workspace, caller, sandbox.pid, layers)?)
+        }
+        (Some(workspace), _) if caller.identity.idmap_workspace => {
             Some(idmapped_workspace(workspace, sandbox.pid)?)
         }
         _ => None,
@@ -356,6 +364,31 @@ fn idmapped_workspace(workspace: &HostWorkspace, init: libc::pid_t) -> Result<Ow
     sys::mount_setattr_tree(tree.as_raw_fd(), attributes, Some(userns.as_raw_fd()))
         .map_err(failed)?;
     Ok(tree)
+}
+
+/// Mounts the workspace's copy-on-write overlay for a root caller, over the idmapped
+/// workspace where root inside needs one, while the init builds the rest of the tree. Files
+/// in the upper layer keep the owners that a mount inside would give them, and the markers
+/// stay user.* attributes. Only the whiteouts belong to host root, which the diff ignores.
+fn outside_overlay(
+    workspace: &HostWorkspace,
+    caller: &Caller,
+    init: libc::pid_t,
+    layers: &Path,
+) -> Result<OwnedFd, Error> {
+    let through = |fd: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let idmapped = match caller.identity.idmap_workspace {
+        true => Some(idmapped_workspace(workspace, init)?),
+        false => None,
+    };
+    let lower = idmapped.as_ref().unwrap_or(&workspace.fd);
+    let failed = |source| Error::Overlay {
+        path: layers.to_owned(),
+        source,
+    };
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let layers_dir = sys::open(layers, flags).map_err(failed)?;
+    rootfs::detached_overlay(&through(lower), &through(&layers_dir)).map_err(failed)
 }
 
 /// A sandbox whose init has started, with what the launcher set up around it.
@@ -509,6 +542,7 @@ pub(crate) fn launch(spec: &Spec, options: &RunOptions, hold: bool) -> Result<La
         spec,
         &id,
         &caller,
+        layers,
         layout.as_ref(),
         landlock_abi,
         &mut sandbox,
