@@ -6,16 +6,23 @@ between two commands shows as a difference between them. Here every round runs e
 once, forward in even rounds and backward in odd ones, so a loaded machine weighs on all of
 them alike. It prints each command's median, 10th and 90th percentiles.
 
-Usage: bench/startup-alternating.py BEFORE AFTER [--rounds N]
+Usage: bench/startup-alternating.py BEFORE AFTER [--rounds N] [--backend chroot --rootfs DIR]
 
-  BEFORE    the Airlock binary to compare against
-  AFTER     the Airlock binary under test
-  --rounds  rounds (default 300)
+  BEFORE     the Airlock binary to compare against
+  AFTER      the Airlock binary under test
+  --rounds   rounds (default 300)
+  --backend  namespace (default) or chroot
+  --rootfs   the root filesystem for the chroot backend and chroot(8) (default
+             /var/cache/airlock-tests/rootfs-bookworm, which scripts/test builds)
 
-The commands are `airlock run -- /bin/true` for both builds, `airlock run --workspace-mode
-bind -- /bin/true` for AFTER, and bwrap with the read-only root that bench/startup.sh gives
-it, all from an empty temporary workspace, which is removed on exit. Run it as root, with
-bubblewrap installed, on a merged-/usr host (/bin, /sbin and /lib* are symlinks into /usr).
+For the namespace backend, the commands are `airlock run -- /bin/true` for both builds,
+`airlock run --workspace-mode bind -- /bin/true` for AFTER, and bwrap with the read-only root
+that bench/startup.sh gives it. For the chroot backend, they are `airlock run --backend chroot
+--rootfs DIR -- /bin/true` for both builds, the same with `--workspace-mode bind` for AFTER,
+and `chroot --userspec=65534:65534 DIR /bin/true`, which runs as the same user. All run from
+an empty temporary workspace, which is removed on exit, and the last column gives the median
+of AFTER's per-round difference to the plain tool. Run it as root, with bubblewrap
+installed, on a merged-/usr host (/bin, /sbin and /lib* are symlinks into /usr).
 """
 
 import argparse
@@ -43,17 +50,25 @@ def main():
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--backend", choices=["namespace", "chroot"], default="namespace")
+    parser.add_argument("--rootfs", default="/var/cache/airlock-tests/rootfs-bookworm")
     arguments = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="airlock-bench-") as workspace:
         os.chdir(workspace)
+        if arguments.backend == "chroot":
+            options = ["--backend", "chroot", "--rootfs", arguments.rootfs]
+            peer = ("chroot", ["chroot", "--userspec=65534:65534", arguments.rootfs, "/bin/true"])
+        else:
+            options = []
+            peer = ("bwrap", bwrap_command(workspace))
         commands = {
-            "before": [arguments.before, "run", "--", "/bin/true"],
-            "after": [arguments.after, "run", "--", "/bin/true"],
+            "before": [arguments.before, "run", *options, "--", "/bin/true"],
+            "after": [arguments.after, "run", *options, "--", "/bin/true"],
             "after-bind": [
-                arguments.after, "run", "--workspace-mode", "bind", "--", "/bin/true",
+                arguments.after, "run", *options, "--workspace-mode", "bind", "--", "/bin/true",
             ],
-            "bwrap": bwrap_command(workspace),
+            peer[0]: peer[1],
         }
         names = list(commands)
         times = {name: [] for name in names}
@@ -61,17 +76,26 @@ def main():
             order = names if round_number % 2 == 0 else names[::-1]
             for name in order:
                 start = time.perf_counter()
-                subprocess.run(commands[name], stdout=subprocess.DEVNULL, check=True)
+                subprocess.run(
+                    commands[name],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=True,
+                )
                 times[name].append((time.perf_counter() - start) * 1000)
 
     print(f"{arguments.rounds} rounds, load average {os.getloadavg()[0]:.2f} at the end")
-    print("| command | median (ms) | p10 (ms) | p90 (ms) |")
-    print("|---|---:|---:|---:|")
+    print(f"| command | median (ms) | p10 (ms) | p90 (ms) | median minus {peer[0]} per round (ms) |")
+    print("|---|---:|---:|---:|---:|")
     for name in names:
         values = sorted(times[name])
         p10 = values[len(values) // 10]
         p90 = values[9 * len(values) // 10]
-        print(f"| {name} | {statistics.median(values):.3f} | {p10:.3f} | {p90:.3f} |")
+        differences = [own - plain for own, plain in zip(times[name], times[peer[0]])]
+        print(
+            f"| {name} | {statistics.median(values):.3f} | {p10:.3f} | {p90:.3f} "
+            f"| {statistics.median(differences):+.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -291,9 +291,19 @@ fn nested_mounts_never_reach_sandbox() {
                 !seen.contains("nested"),
                 "{target:?}, {owner:?}-owned: the nested mount came along"
             );
-            // The namespace backend rejects a user's workspace with mount points inside; the
-            // docker backend shows their mount points empty.
+            // The overlay's lower layer shows mount points empty. Bound read-write, a user's
+            // workspace with mount points inside is rejected by the namespace backend, whose
+            // init binds it in a user namespace.
             if owner == Caller::User && matches!(target, Target::Namespace(_)) {
+                let bind_args = [
+                    "--workspace-mode",
+                    "bind",
+                    "--",
+                    "sh",
+                    "-c",
+                    "cat nested/canary",
+                ];
+                let output = target.run(&bind_args, workspace.path());
                 assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
                 assert!(
                     stderr(&output).contains("mount points"),

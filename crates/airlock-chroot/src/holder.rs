@@ -77,7 +77,7 @@ fn set_up(plan: &Plan<'_>) -> Result<(), (String, io::Error)> {
 fn close_launcher_descriptors(plan: &Plan<'_>) -> io::Result<()> {
     let channels = plan.channels;
     let workspace = match plan.workspace {
-        tree::Workspace::Idmapped(tree) => tree.as_raw_fd(),
+        tree::Workspace::Idmapped(tree, _) => tree.as_raw_fd(),
         tree::Workspace::None | tree::Workspace::Bind(_) => -1,
     };
     let keep: Vec<RawFd> = [0, 1, 2, workspace]

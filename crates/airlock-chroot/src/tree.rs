@@ -38,8 +38,19 @@ pub enum Workspace {
     None,
     /// The holder binds this directory, which belongs to the sandbox's user.
     Bind(BindSource),
-    /// A detached mount of the workspace whose owner appears as the sandbox's user.
-    Idmapped(OwnedFd),
+    /// A detached mount of the workspace whose owner appears as the sandbox's user, and the
+    /// process that held the mapping's user namespace.
+    Idmapped(OwnedFd, Exiting),
+}
+
+/// A child process that was told to exit, reaped when this is dropped. The launcher drops
+/// it once the sandbox runs, so it does not wait for the child's exit on the way there.
+pub struct Exiting(libc::pid_t);
+
+impl Drop for Exiting {
+    fn drop(&mut self) {
+        let _ = sys::waitpid(self.0, 0);
+    }
 }
 
 /// Opens the spec's workspace, prepares it for `user`, and returns it with the permission
@@ -67,9 +78,9 @@ pub fn prepare_workspace(spec: &Spec, user: User) -> Result<(Workspace, u32), Er
     if owner == (user.uid, user.gid) {
         return Ok((Workspace::Bind(workspace.bind_source()), mode));
     }
-    let tree = idmapped(&workspace, owner, user)
+    let (tree, exiting) = idmapped(&workspace, owner, user)
         .map_err(|source| workspace_error(&workspace, owner, user, source))?;
-    Ok((Workspace::Idmapped(tree), mode))
+    Ok((Workspace::Idmapped(tree, exiting), mode))
 }
 
 fn workspace_error(
@@ -89,12 +100,16 @@ fn workspace_error(
 
 /// Makes a detached, nosuid and nodev copy of the workspace's mount whose owner `owner`
 /// appears as `user`.
-fn idmapped(workspace: &HostWorkspace, owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
-    let mapping = mapping_namespace(owner, user)?;
+fn idmapped(
+    workspace: &HostWorkspace,
+    owner: (u32, u32),
+    user: User,
+) -> io::Result<(OwnedFd, Exiting)> {
+    let (mapping, exiting) = mapping_namespace(owner, user)?;
     let tree = sys::open_tree_clone(workspace.fd.as_raw_fd())?;
     let attributes = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     sys::mount_setattr_tree(tree.as_raw_fd(), attributes, Some(mapping.as_raw_fd()))?;
-    Ok(tree)
+    Ok((tree, exiting))
 }
 
 /// Creates a user namespace that maps `owner`'s uid and gid inside to `user`'s outside, and
@@ -102,7 +117,7 @@ fn idmapped(workspace: &HostWorkspace, owner: (u32, u32), user: User) -> io::Res
 /// owner id stored on disk is read as an id inside the namespace and shown as the host id it
 /// maps to. A child process keeps the namespace alive until its maps are written and the
 /// namespace is opened, and then exits.
-fn mapping_namespace(owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
+fn mapping_namespace(owner: (u32, u32), user: User) -> io::Result<(OwnedFd, Exiting)> {
     let (release_read, release_write) = sys::pipe()?;
     let pid = sys::clone_process(libc::CLONE_NEWUSER, None)?;
     if pid == 0 {
@@ -114,8 +129,8 @@ fn mapping_namespace(owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
     drop(release_read);
     let opened = write_maps(pid, owner, user);
     drop(release_write);
-    let _ = sys::waitpid(pid, 0);
-    opened
+    let exiting = Exiting(pid);
+    opened.map(|mapping| (mapping, exiting))
 }
 
 fn write_maps(pid: libc::pid_t, owner: (u32, u32), user: User) -> io::Result<OwnedFd> {
@@ -187,7 +202,7 @@ pub fn overlay(workspace: &Workspace, layers: &Path) -> Result<Option<OwnedFd>, 
     let opened;
     let lower = match workspace {
         Workspace::None => return Ok(None),
-        Workspace::Idmapped(tree) => tree,
+        Workspace::Idmapped(tree, _) => tree,
         Workspace::Bind(source) => {
             opened = rootfs::open_workspace(source).map_err(|error| failed(error.source))?;
             &opened
@@ -224,7 +239,7 @@ pub fn build(
 ) -> Result<(), rootfs::Error> {
     let bind = match workspace {
         Workspace::Bind(source) => Some(source),
-        Workspace::None | Workspace::Idmapped(_) => None,
+        Workspace::None | Workspace::Idmapped(..) => None,
     };
     let options = TreeOptions {
         root_source: marker,
@@ -240,7 +255,7 @@ pub fn build(
     match overlay_from {
         Some(control) => rootfs::attach_workspace(&receive_overlay(control)?)?,
         None => {
-            if let Workspace::Idmapped(tree) = workspace {
+            if let Workspace::Idmapped(tree, _) = workspace {
                 rootfs::attach_workspace(tree)?;
             }
             rootfs::finish_workspace(spec.workspace_mode, None)?;
