@@ -820,6 +820,215 @@ fn docker_cp_copies_both_ways() {
     }
 }
 
+/// The container's tmpfs mounts, which Docker Engine's archive API does not reach, take
+/// copies both ways on each engine, and what arrives belongs to the sandbox's user with its
+/// setuid bit dropped.
+#[test]
+fn docker_cp_reaches_tmpfs_mounts() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let host = tempfile::tempdir().unwrap();
+        let tree = host.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("leaf.txt"), "leaf\n").unwrap();
+        fs::write(tree.join("tool"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(tree.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let id = session.create(workspace.path(), &[]);
+
+        for target in ["/tmp", "/dev/shm"] {
+            let into = session.airlock(
+                &["cp", tree.to_str().unwrap(), &format!("{id}:{target}")],
+                workspace.path(),
+            );
+            assert_eq!(
+                into.status.code(),
+                Some(0),
+                "{} into {target}: {}",
+                engine.name,
+                describe(&into)
+            );
+            let inside = session.exec_sh(
+                workspace.path(),
+                &id,
+                &[],
+                &format!("cd {target}/tree && cat leaf.txt && stat -c '%u %a' leaf.txt tool"),
+            );
+            assert_eq!(
+                stdout(&inside),
+                "leaf\n65534 644\n65534 755\n",
+                "{} in {target}: {}",
+                engine.name,
+                describe(&inside)
+            );
+        }
+
+        let created = session.exec_sh(
+            workspace.path(),
+            &id,
+            &[],
+            "mkdir /tmp/made && printf 'made inside\\n' > /tmp/made/note.txt",
+        );
+        assert_eq!(
+            created.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&created)
+        );
+        let out = host.path().join("out");
+        let copied = session.airlock(
+            &["cp", &format!("{id}:/tmp/made"), out.to_str().unwrap()],
+            workspace.path(),
+        );
+        assert_eq!(
+            copied.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
+        );
+        assert_eq!(
+            fs::read_to_string(out.join("note.txt")).unwrap(),
+            "made inside\n",
+            "{}",
+            engine.name
+        );
+        let file = host.path().join("single.txt");
+        let copied = session.airlock(
+            &[
+                "cp",
+                &format!("{id}:/tmp/made/note.txt"),
+                file.to_str().unwrap(),
+            ],
+            workspace.path(),
+        );
+        assert_eq!(
+            copied.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
+        );
+        assert_eq!(
+            fs::read_to_string(&file).unwrap(),
+            "made inside\n",
+            "{}",
+            engine.name
+        );
+
+        let missing = session.airlock(
+            &[
+                "cp",
+                &format!("{id}:/tmp/absent"),
+                host.path().to_str().unwrap(),
+            ],
+            workspace.path(),
+        );
+        assert_eq!(
+            missing.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
+        assert!(
+            stderr(&missing).contains("/tmp/absent"),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
+    }
+}
+
+/// A symlink that a sandbox plants arrives on the host as a symlink, and a later copy with a
+/// directory at the link's path cannot write through the link to the host.
+#[test]
+fn docker_cp_out_ignores_planted_symlink() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let host = tempfile::tempdir().unwrap();
+        let outside = host.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let back = host.path().join("back");
+        fs::create_dir(&back).unwrap();
+        let id = session.create(workspace.path(), &[]);
+
+        // The first copy brings a symlink to the host directory `outside` into `back`.
+        let plant = format!(
+            "mkdir /tmp/tree && ln -s {} /tmp/tree/link",
+            outside.display()
+        );
+        let planted = session.exec_sh(workspace.path(), &id, &[], &plant);
+        assert_eq!(
+            planted.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&planted)
+        );
+        let first = session.airlock(
+            &["cp", &format!("{id}:/tmp/tree"), back.to_str().unwrap()],
+            workspace.path(),
+        );
+        assert_eq!(
+            first.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&first)
+        );
+        let link = back.join("tree/link");
+        assert_eq!(
+            fs::read_link(&link).ok(),
+            Some(outside.clone()),
+            "{}",
+            engine.name
+        );
+        assert!(
+            stderr(&first).contains("a path outside the copy"),
+            "{}: {}",
+            engine.name,
+            describe(&first)
+        );
+
+        // The second copy has a directory where the link now is on the host.
+        let swap =
+            "rm /tmp/tree/link && mkdir /tmp/tree/link && echo escaped > /tmp/tree/link/file";
+        let swapped = session.exec_sh(workspace.path(), &id, &[], swap);
+        assert_eq!(
+            swapped.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&swapped)
+        );
+        let second = session.airlock(
+            &["cp", &format!("{id}:/tmp/tree"), back.to_str().unwrap()],
+            workspace.path(),
+        );
+        assert_eq!(
+            second.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&second)
+        );
+        assert!(
+            !outside.join("file").exists(),
+            "{}: the copy wrote through the planted link",
+            engine.name
+        );
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{}",
+            engine.name
+        );
+    }
+}
+
 #[test]
 fn docker_exec_and_stats_reach_container() {
     for engine in &engines() {

@@ -52,7 +52,7 @@ pub fn exec(
     let name = channel::unique_name("exec")?;
     let listener = run_dir.listen(&name)?;
     let user = command.user.unwrap_or(runtime.user);
-    let wrapper = start_wrapper(&engine, runtime, &name, user)?;
+    let wrapper = start_helper(&engine, runtime, "__docker-exec", &name, user)?;
     let pidfd = sys::pidfd_open(wrapper).map_err(|_| Error::WrapperFailed {
         reason: "exited before it connected".into(),
     })?;
@@ -138,11 +138,13 @@ pub fn exec(
     })
 }
 
-/// Starts the exec wrapper in the container as `user`, listening at socket `name` of the run
-/// directory; returns its host pid.
-fn start_wrapper(
+/// Starts the Airlock binary in the container as `user`, in the hidden `mode`
+/// (`__docker-exec` or `__docker-cp`), listening at socket `name` of the run directory.
+/// Returns its host pid.
+pub(crate) fn start_helper(
     engine: &Engine,
     runtime: &Runtime,
+    mode: &str,
     name: &str,
     user: airlock_core::User,
 ) -> Result<libc::pid_t, Error> {
@@ -150,7 +152,7 @@ fn start_wrapper(
     let config = ExecConfig {
         cmd: Some(vec![
             config::BINARY.to_owned(),
-            "__docker-exec".to_owned(),
+            mode.to_owned(),
             socket.display().to_string(),
         ]),
         user: Some(format!("{}:{}", user.uid, user.gid)),

@@ -29,6 +29,7 @@ pub mod observe;
 pub mod protections;
 pub mod resources;
 pub mod rlimits;
+mod stream;
 pub mod transport;
 pub mod watch;
 

@@ -278,6 +278,35 @@ mod tests {
     }
 
     #[test]
+    fn unpack_in_sandbox_skips_devices_and_fifos() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut append = |name: &str, kind: tar::EntryType, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            builder.append_data(&mut header, name, data).unwrap();
+        };
+        append("copy", tar::EntryType::Directory, b"");
+        append("copy/null", tar::EntryType::Char, b"");
+        append("copy/disk", tar::EntryType::Block, b"");
+        append("copy/fifo", tar::EntryType::Fifo, b"");
+        append("copy/file", tar::EntryType::Regular, b"data");
+        let archive = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        crate::join::unpack_tree(archive.as_slice(), dir.path()).expect("unpack");
+
+        let mut names: Vec<String> = fs::read_dir(dir.path().join("copy"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["file"]);
+        assert_eq!(fs::read(dir.path().join("copy/file")).unwrap(), b"data");
+    }
+
+    #[test]
     fn tree_keeps_directories_before_their_entries() {
         let dir = tempfile::tempdir().expect("temp dir");
         let tree = dir.path().join("tree");
