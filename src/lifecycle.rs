@@ -414,7 +414,12 @@ impl Engine {
         }
         self.check_workspace(&record.spec)?;
         check_rootfs(&record.spec)?;
-        self.clean_up_runtime(&sandbox, &mut record)?;
+        // A sandbox without a runtime was stopped or collected, which cleaned up after it. A
+        // second clean-up would have no runtime to say where the sandbox ran, such as the
+        // engine socket of a docker sandbox.
+        if record.runtime.is_some() {
+            self.clean_up_runtime(&sandbox, &mut record)?;
+        }
         self.spawn_supervisor(&sandbox, &mut record)?;
         Ok(record)
     }

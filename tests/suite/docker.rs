@@ -1218,6 +1218,83 @@ fn docker_stop_start_keep_workspace() {
     }
 }
 
+/// A stopped sandbox starts again on the engine that created it, whatever DOCKER_HOST
+/// names at the start: another engine, or none.
+#[test]
+fn docker_start_uses_creating_engine() {
+    let engines = engines();
+    assert!(
+        engines.len() >= 2,
+        "this test needs two engines in AIRLOCK_TEST_DOCKER_SOCKETS"
+    );
+    for (index, engine) in engines.iter().enumerate() {
+        let other = &engines[(index + 1) % engines.len()];
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let id = session.create(workspace.path(), &[]);
+        let stop = session.airlock(&["stop", &id], workspace.path());
+        assert_eq!(
+            stop.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&stop)
+        );
+
+        for docker_host in [Some(other.host.as_str()), None] {
+            let mut start = session.command(&["start", &id], workspace.path());
+            match docker_host {
+                Some(host) => start.env("DOCKER_HOST", host),
+                None => start.env_remove("DOCKER_HOST"),
+            };
+            let start = start.stdin(Stdio::null()).output().expect("run airlock");
+            assert_eq!(
+                start.status.code(),
+                Some(0),
+                "{} with DOCKER_HOST={docker_host:?}: {}",
+                engine.name,
+                describe(&start)
+            );
+            assert_eq!(
+                labeled(engine, &id),
+                (1, 1),
+                "{}: the container is not on the creating engine",
+                engine.name
+            );
+            assert_eq!(
+                labeled(other, &id),
+                (0, 0),
+                "{}: a container of the sandbox is on {}",
+                engine.name,
+                other.name
+            );
+
+            let mut exec = session.command(&["exec", &id, "--", "true"], workspace.path());
+            let exec = exec
+                .env("DOCKER_HOST", &other.host)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run airlock");
+            assert_eq!(
+                exec.status.code(),
+                Some(0),
+                "{}: {}",
+                engine.name,
+                describe(&exec)
+            );
+            let stop = session.airlock(&["stop", &id], workspace.path());
+            assert_eq!(
+                stop.status.code(),
+                Some(0),
+                "{}: {}",
+                engine.name,
+                describe(&stop)
+            );
+        }
+        assert_eq!(labeled(engine, &id), (0, 0), "{}", engine.name);
+    }
+}
+
 #[test]
 fn docker_gc_spares_users_containers() {
     for engine in &engines() {
