@@ -455,6 +455,57 @@ fn docker_fork_bomb_exits_122() {
     }
 }
 
+/// The CPU, memory and process limits reach the container's cgroup on each engine. The
+/// process limit is one more than `--pids`, for the container's init.
+#[test]
+fn docker_limits_reach_container_cgroup() {
+    // cgroup v2 files where the container has the unified hierarchy, else the v1 ones.
+    let script = "cd /sys/fs/cgroup; if [ -f cpu.max ]; then cat cpu.max memory.max pids.max; \
+                  else echo $(cat cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us); \
+                  cat memory/memory.limit_in_bytes pids/pids.max; fi";
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let limits = ["--cpus", "0.5", "--memory", "64M", "--pids", "20", "--json"];
+        let output = session.run_sh(workspace.path(), &limits, script);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let values: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
+        assert_eq!(
+            values.first().map(String::as_str),
+            Some("50000 100000"),
+            "{}: cpu quota and period",
+            engine.name
+        );
+        assert_eq!(
+            values.get(1).map(String::as_str),
+            Some("67108864"),
+            "{}: memory limit",
+            engine.name
+        );
+        assert_eq!(
+            values.get(2).map(String::as_str),
+            Some("21"),
+            "{}: process limit",
+            engine.name
+        );
+        let record = json_record(&output);
+        for rule in ["cpu limit", "memory limit", "pids limit"] {
+            assert_eq!(
+                protection(&record, rule)["status"],
+                "enforced",
+                "{}: {rule}: {record}",
+                engine.name
+            );
+        }
+    }
+}
+
 #[test]
 fn docker_network_has_only_loopback() {
     for engine in &engines() {
@@ -726,6 +777,66 @@ fn docker_overlay_untouched_until_apply() {
             fs::read_to_string(project.join("added.txt")).unwrap(),
             "new\n"
         );
+    }
+}
+
+/// `discard` of a running sandbox drops the changes of its workspace, restarts it on its
+/// own engine, and leaves the project as it was.
+#[test]
+fn docker_discard_drops_changes() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let project = workspace.path();
+        fs::write(project.join("kept.txt"), "original\n").unwrap();
+        fs::set_permissions(project.join("kept.txt"), fs::Permissions::from_mode(0o666)).unwrap();
+        let id = session.create(project, &[]);
+        let changed = session.exec_sh(
+            project,
+            &id,
+            &[],
+            "echo changed > kept.txt; echo new > added.txt",
+        );
+        assert_eq!(
+            changed.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&changed)
+        );
+
+        let discard = session
+            .command(&["discard", &id], project)
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock");
+        assert_eq!(
+            discard.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&discard)
+        );
+        let diff = session.airlock(&["diff", &id], project);
+        assert_eq!(stdout(&diff), "", "{}: {}", engine.name, describe(&diff));
+        let inside = session.exec_sh(project, &id, &[], "cat kept.txt; test ! -e added.txt");
+        assert_eq!(
+            inside.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&inside)
+        );
+        assert_eq!(stdout(&inside), "original\n", "{}", engine.name);
+        assert_eq!(
+            fs::read_to_string(project.join("kept.txt")).unwrap(),
+            "original\n",
+            "{}",
+            engine.name
+        );
+        assert!(!project.join("added.txt").exists(), "{}", engine.name);
+        assert_eq!(labeled(engine, &id), (1, 1), "{}", engine.name);
     }
 }
 
@@ -1471,23 +1582,6 @@ fn docker_errors_name_the_fix() {
         describe(&no_image)
     );
 
-    let args = [
-        "run",
-        "--backend",
-        "docker",
-        "--image",
-        "airlock-test/missing:1",
-        "--",
-        "true",
-    ];
-    let missing = session.airlock(&args, workspace.path());
-    assert_eq!(missing.status.code(), Some(125), "{}", describe(&missing));
-    let message = stderr(&missing);
-    assert!(
-        message.contains("airlock-test/missing:1") && message.contains("airlock image pull"),
-        "{message}"
-    );
-
     // Uppercase passes the character check but not the reference grammar, which the
     // engine would report as a bare status 400.
     let uppercase = [
@@ -1537,31 +1631,129 @@ fn docker_errors_name_the_fix() {
         message.contains("/nonexistent/airlock-test.sock") && message.contains("dockerd"),
         "{message}"
     );
+}
 
-    // Neither engine's socket is open to an ordinary user outside the docker group.
-    let host = format!("DOCKER_HOST={}", engine.host);
-    let args = [
-        "run",
-        "--backend",
-        "docker",
-        "--image",
-        &image,
-        "--",
-        "true",
-    ];
-    let (script, _delegation) =
-        airlock_shell_command(Caller::UserWithoutCgroup, &["env", &host], &args);
-    let denied = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir("/")
-        .output()
-        .expect("run sh");
-    assert_eq!(denied.status.code(), Some(125), "{}", describe(&denied));
+/// The errors that depend on the engine name the fix on Docker Engine and on Podman alike:
+/// an image the engine does not have, and a socket the caller may not open.
+#[test]
+fn docker_engine_errors_name_the_fix() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+
+        let args = [
+            "run",
+            "--backend",
+            "docker",
+            "--image",
+            "airlock-test/missing:1",
+            "--",
+            "true",
+        ];
+        let missing = session.airlock(&args, workspace.path());
+        assert_eq!(
+            missing.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
+        let message = stderr(&missing);
+        assert!(
+            message.contains("airlock-test/missing:1"),
+            "{}: {message}",
+            engine.name
+        );
+        assert!(
+            message.contains("airlock image pull"),
+            "{}: {message}",
+            engine.name
+        );
+
+        // Neither engine's socket is open to an ordinary user outside the docker group.
+        let host = format!("DOCKER_HOST={}", engine.host);
+        let args = [
+            "run",
+            "--backend",
+            "docker",
+            "--image",
+            &image,
+            "--",
+            "true",
+        ];
+        let (script, _delegation) =
+            airlock_shell_command(Caller::UserWithoutCgroup, &["env", &host], &args);
+        let denied = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir("/")
+            .output()
+            .expect("run sh");
+        assert_eq!(
+            denied.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&denied)
+        );
+        let message = stderr(&denied);
+        assert!(
+            message.contains("permission denied on the engine socket"),
+            "{}: {message}",
+            engine.name
+        );
+        assert!(
+            message.contains(&format!("{:?}", engine.socket)),
+            "{}: {message}",
+            engine.name
+        );
+    }
+}
+
+/// Starts a fake engine on a socket in `dir` that responds to every request as an engine of
+/// API 1.40 (Docker Engine 19.03) responds to a ping, and returns the socket. The thread ends
+/// with the test process.
+fn old_engine(dir: &Path) -> PathBuf {
+    use std::io::{BufRead, BufReader};
+    let socket = dir.join("old-engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the fake engine");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone the connection"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
+                line.clear();
+            }
+            let response = "HTTP/1.1 200 OK\r\nApi-Version: 1.40\r\nContent-Type: text/plain\r\n\
+                            Content-Length: 2\r\nConnection: close\r\n\r\nOK";
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    socket
+}
+
+/// An engine older than API 1.41 fails the run with its version and the upgrade to make.
+#[test]
+fn docker_old_engine_names_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = old_engine(dir.path());
+    let engine = Engine {
+        name: "fake engine of API 1.40".to_owned(),
+        host: format!("unix://{}", socket.display()),
+        socket,
+    };
+    let session = Session::new(&engine);
+    let workspace = Workspace::new(Caller::Root);
+    let output = session.run_sh(workspace.path(), &[], "true");
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(message.contains("speaks API 1.40"), "{message}");
+    assert!(message.contains("older than 1.41"), "{message}");
     assert!(
-        stderr(&denied).contains("permission denied on the engine socket"),
-        "{}",
-        describe(&denied)
+        message.contains("upgrade it to Docker Engine 20.10 or Podman 4"),
+        "{message}"
     );
 }
 
