@@ -1489,6 +1489,85 @@ fn docker_gc_spares_users_containers() {
     }
 }
 
+/// Creates a stopped container and a volume of the test image, labeled as sandbox `id` of
+/// the state directory `state_dir`, as Airlock labels its own.
+fn create_labeled(engine: &Engine, id: &str, state_dir: &str) {
+    let labels = serde_json::json!({ "airlock.sandbox": id, "airlock.state-dir": state_dir });
+    let name = format!("airlock-test-labeled-{id}");
+    let body = serde_json::json!({ "Image": image(), "Cmd": ["true"], "Labels": labels });
+    engine_api(
+        engine,
+        "POST",
+        &format!("/containers/create?name={name}"),
+        Some(&body.to_string()),
+    );
+    let volume = serde_json::json!({ "Name": name, "Labels": labels });
+    engine_api(engine, "POST", "/volumes/create", Some(&volume.to_string()));
+}
+
+/// `gc` removes the containers and volumes of its state directory whose sandbox's record is
+/// gone, and leaves those of another state directory and of its live sandboxes.
+#[test]
+fn docker_gc_removes_only_own_orphans() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let live = session.create(workspace.path(), &[]);
+        let filter = format!("%7B%22label%22%3A%5B%22airlock.sandbox%3D{live}%22%5D%7D");
+        let listed = engine_api(
+            engine,
+            "GET",
+            &format!("/containers/json?all=1&filters={filter}"),
+            None,
+        );
+        let state_dir = listed[0]["Labels"]["airlock.state-dir"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no state directory label in {listed}", engine.name))
+            .to_owned();
+        let orphan = format!("{:0>32}", unique_token());
+        let foreign = format!("{:0>32}", unique_token());
+        create_labeled(engine, &orphan, &state_dir);
+        create_labeled(engine, &foreign, "/nonexistent/airlock-other-state");
+
+        let gc = session.airlock(&["gc"], workspace.path());
+        let foreign_left = labeled(engine, &foreign);
+        let name = format!("airlock-test-labeled-{foreign}");
+        engine_api(
+            engine,
+            "DELETE",
+            &format!("/containers/{name}?force=1"),
+            None,
+        );
+        engine_api(engine, "DELETE", &format!("/volumes/{name}"), None);
+        assert_eq!(
+            gc.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&gc)
+        );
+        assert_eq!(
+            labeled(engine, &orphan),
+            (0, 0),
+            "{}: the orphan is left: {}",
+            engine.name,
+            describe(&gc)
+        );
+        assert_eq!(
+            foreign_left,
+            (1, 1),
+            "{}: gc removed another state directory's container or volume",
+            engine.name
+        );
+        assert_eq!(
+            labeled(engine, &live),
+            (1, 1),
+            "{}: gc removed a live sandbox's container or volume",
+            engine.name
+        );
+    }
+}
+
 #[test]
 fn docker_signal_reaches_command() {
     for engine in &engines() {
