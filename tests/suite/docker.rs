@@ -1489,7 +1489,7 @@ fn docker_gc_spares_users_containers() {
     }
 }
 
-/// Creates a stopped container and a volume of the test image, labeled as sandbox `id` of
+/// Creates a container that is never started and a volume, labeled as sandbox `id` of
 /// the state directory `state_dir`, as Airlock labels its own.
 fn create_labeled(engine: &Engine, id: &str, state_dir: &str) {
     let labels = serde_json::json!({ "airlock.sandbox": id, "airlock.state-dir": state_dir });
