@@ -254,17 +254,7 @@ pub fn hand_over(connection: OwnedFd, stdio: [RawFd; 3], plan: &Plan) -> Result<
     control::send(connection.as_raw_fd(), &[TAG_CHANNELS, mask], &fds).map_err(Error::Channel)?;
     drop((report_end, liveness_end));
 
-    // The plan waits for the acknowledgement, so that no read of the descriptors' message
-    // takes bytes of the plan with it.
-    let mut ack = [0u8; 1];
-    match sys::read(connection.as_raw_fd(), &mut ack) {
-        Ok(1) if ack[0] == ACK => {}
-        Ok(_) => return Err(Error::Channel(io::ErrorKind::UnexpectedEof.into())),
-        Err(error) => return Err(Error::Channel(error)),
-    }
-    let mut line = serde_json::to_vec(plan).expect("plans always serialize");
-    line.push(b'\n');
-    sys::write_all(connection.as_raw_fd(), &line).map_err(Error::Channel)?;
+    write_line_after_ack(&connection, plan)?;
     Ok(Channel {
         control: connection,
         reports,
@@ -362,15 +352,20 @@ pub fn send_copy_request(
     let fds = pipes.each_ref().map(AsRawFd::as_raw_fd);
     control::send(connection.as_raw_fd(), TAG_COPY, &fds).map_err(Error::Channel)?;
     drop(pipes);
-    // The request waits for the acknowledgement, so that no read of the descriptors' message
-    // takes bytes of the request with it.
+    write_line_after_ack(&connection, request)
+}
+
+/// Waits for the process's acknowledgement of the descriptors, then writes `value` as one
+/// line of JSON. The line waits so that no read of the descriptors' message takes bytes of
+/// the line with it.
+fn write_line_after_ack(connection: &OwnedFd, value: &impl Serialize) -> Result<(), Error> {
     let mut ack = [0u8; 1];
     match sys::read(connection.as_raw_fd(), &mut ack) {
         Ok(1) if ack[0] == ACK => {}
         Ok(_) => return Err(Error::Channel(io::ErrorKind::UnexpectedEof.into())),
         Err(error) => return Err(Error::Channel(error)),
     }
-    let mut line = serde_json::to_vec(request).expect("copy requests always serialize");
+    let mut line = serde_json::to_vec(value).expect("plans and copy requests always serialize");
     line.push(b'\n');
     sys::write_all(connection.as_raw_fd(), &line).map_err(Error::Channel)
 }

@@ -22,10 +22,10 @@ use std::time::Duration;
 use airlock_namespace::report::{Report, ReportReader};
 use airlock_namespace::{join, sys};
 
-use crate::channel::{self, CopyRequest, RunDir};
+use crate::channel::{self, CopyRequest};
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::exec::start_helper;
+use crate::exec::{start_connected, Connected};
 use crate::held::Runtime;
 
 /// The hidden mode of the Airlock binary that serves a copy in the container.
@@ -84,18 +84,10 @@ fn start(
     runtime: &Runtime,
     request: &CopyRequest,
 ) -> Result<(OwnedFd, Helper), Error> {
-    let run_dir = RunDir::open(&runtime.run_dir)?;
-    let name = channel::unique_name("cp")?;
-    let listener = run_dir.listen(&name)?;
-    let pid =
-        start_helper(engine, runtime, HELPER_MODE, &name, runtime.user).map_err(helper_failed)?;
-    let pidfd = sys::pidfd_open(pid).map_err(|_| Error::CopyHelperFailed {
-        reason: "exited before it connected".into(),
-    })?;
-    let connection = listener
-        .accept(pid, pidfd.as_raw_fd())
-        .map_err(helper_failed)?;
-    drop(listener);
+    let connected = start_connected(engine, runtime, HELPER_MODE, runtime.user);
+    let Connected {
+        pidfd, connection, ..
+    } = connected.map_err(helper_failed)?;
 
     let (data_read, data_write) = sys::pipe().map_err(Error::Channel)?;
     let (host_data, helper_data) = if request.into_sandbox {
