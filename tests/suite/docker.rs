@@ -1836,6 +1836,62 @@ fn docker_old_engine_names_upgrade() {
     );
 }
 
+/// `policy check` reports, per engine, the protections of a spec with CPU and memory limits
+/// as enforced, from the container's configuration and the engine's `GET /info`.
+#[test]
+fn docker_policy_check_lists_engine_rules() {
+    let expected = [
+        "read-only root filesystem",
+        "network limited to a private loopback",
+        "all capabilities dropped",
+        "no_new_privs",
+        "seccomp filter",
+        "memory limit",
+        "cpu limit",
+        "pids limit",
+    ];
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+        let args = [
+            "policy",
+            "check",
+            "--backend",
+            "docker",
+            "--image",
+            &image,
+            "--cpus",
+            "1",
+            "--memory",
+            "64M",
+            "--json",
+        ];
+        let output = session.airlock(&args, workspace.path());
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("policy JSON");
+        let rules = report["rules"].as_array().expect("rules");
+        for name in expected {
+            let rule = rules
+                .iter()
+                .find(|rule| rule["rule"] == name)
+                .unwrap_or_else(|| panic!("{}: no rule {name:?} in {report}", engine.name));
+            assert_eq!(
+                rule["backends"]["docker"]["status"], "enforced",
+                "{}: {rule}",
+                engine.name
+            );
+        }
+    }
+}
+
 #[test]
 fn docker_policy_check_reads_user_remapping() {
     for engine in &engines() {
