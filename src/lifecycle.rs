@@ -110,6 +110,15 @@ fn backend_of(record: &Record) -> Result<Box<dyn Backend>, LifecycleError> {
     Ok(backend(kind))
 }
 
+/// Asks `backend` to remove what sandbox `id` of `record` may have left: with the runtime it
+/// recorded, or else with the facts that an earlier start pinned.
+fn clean_up(backend: Box<dyn Backend>, id: &SandboxId, runtime: Option<&Value>, record: &Record) {
+    match runtime {
+        Some(runtime) => backend.clean_up(id, Some(runtime)),
+        None => backend.clean_up_without_runtime(id, record.pinned.as_ref()),
+    }
+}
+
 fn id_of(record: &Record) -> Option<SandboxId> {
     SandboxId::parse(&record.id)
 }
@@ -414,12 +423,7 @@ impl Engine {
         }
         self.check_workspace(&record.spec)?;
         check_rootfs(&record.spec)?;
-        // A sandbox without a runtime was stopped or collected, which cleaned up after it. A
-        // second clean-up would have no runtime to say where the sandbox ran, such as the
-        // engine socket of a docker sandbox.
-        if record.runtime.is_some() {
-            self.clean_up_runtime(&sandbox, &mut record)?;
-        }
+        self.clean_up_runtime(&sandbox, &mut record)?;
         self.spawn_supervisor(&sandbox, &mut record)?;
         Ok(record)
     }
@@ -600,7 +604,7 @@ impl Engine {
     ) -> Result<(), BackendError> {
         let runtime = record.runtime.take();
         if let Some(id) = id_of(record) {
-            backend_of(record)?.clean_up(&id, runtime.as_ref());
+            clean_up(backend_of(record)?, &id, runtime.as_ref(), record);
         }
         record.supervisor = None;
         sandbox.write_record(record)?;
@@ -640,7 +644,7 @@ impl Engine {
         sandbox.write_record(record)?;
         let runtime = record.runtime.take();
         if let Some(id) = id_of(record).filter(|_| !cleaned_up) {
-            backend_of(record)?.clean_up(&id, runtime.as_ref());
+            clean_up(backend_of(record)?, &id, runtime.as_ref(), record);
         }
         crate::changes::recover(sandbox)?;
         empty_layers(sandbox);

@@ -1366,6 +1366,12 @@ fn docker_start_uses_creating_engine() {
                 engine.name,
                 describe(&start)
             );
+            assert!(
+                !stderr(&start).contains("cannot reach the engine"),
+                "{} with DOCKER_HOST={docker_host:?}: {}",
+                engine.name,
+                describe(&start)
+            );
             assert_eq!(
                 labeled(engine, &id),
                 (1, 1),
