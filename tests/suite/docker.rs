@@ -1053,9 +1053,10 @@ fn docker_cp_reaches_tmpfs_mounts() {
 }
 
 /// A symlink that a sandbox plants arrives on the host as a symlink, and a later copy with a
-/// directory at the link's path cannot write through the link to the host.
+/// directory at the link's path cannot write through the link to the host. A copy in through
+/// a planted link cannot reach the host either.
 #[test]
-fn docker_cp_out_ignores_planted_symlink() {
+fn docker_cp_planted_symlink_stays_inside() {
     for engine in &engines() {
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
@@ -1135,6 +1136,42 @@ fn docker_cp_out_ignores_planted_symlink() {
             fs::read_dir(&outside).unwrap().count(),
             0,
             "{}",
+            engine.name
+        );
+
+        // A copy in writes in the container only, as the sandbox's user: a link to the
+        // host's run directory, bound read-only, leads nowhere writable.
+        let plant = "ln -s /.airlock/run /tmp/drop";
+        let planted = session.exec_sh(workspace.path(), &id, &[], plant);
+        assert_eq!(
+            planted.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&planted)
+        );
+        let source = host.path().join("dropped.txt");
+        fs::write(&source, "dropped\n").unwrap();
+        let into = session.airlock(
+            &["cp", source.to_str().unwrap(), &format!("{id}:/tmp/drop")],
+            workspace.path(),
+        );
+        assert_eq!(
+            into.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&into)
+        );
+        let run_dir = session.state.join("sandboxes").join(&id).join("docker");
+        assert!(
+            run_dir.is_dir(),
+            "{}: no run directory at {run_dir:?}",
+            engine.name
+        );
+        assert!(
+            !run_dir.join("dropped.txt").exists(),
+            "{}: the copy wrote into the host's run directory",
             engine.name
         );
     }
