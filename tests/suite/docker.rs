@@ -932,8 +932,8 @@ fn docker_cp_copies_both_ways() {
 }
 
 /// The container's tmpfs mounts, which Docker Engine's archive API does not reach, take
-/// copies both ways on each engine, and what arrives belongs to the sandbox's user with its
-/// setuid bit dropped.
+/// copies both ways on each engine. What arrives belongs to the sandbox's user with its
+/// setuid bit dropped, and FIFOs are skipped in both directions.
 #[test]
 fn docker_cp_reaches_tmpfs_mounts() {
     for engine in &engines() {
@@ -945,6 +945,11 @@ fn docker_cp_reaches_tmpfs_mounts() {
         fs::write(tree.join("leaf.txt"), "leaf\n").unwrap();
         fs::write(tree.join("tool"), "#!/bin/sh\n").unwrap();
         fs::set_permissions(tree.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let fifo = Command::new("mkfifo")
+            .arg(tree.join("fifo"))
+            .status()
+            .expect("run mkfifo");
+        assert!(fifo.success(), "mkfifo failed");
         let id = session.create(workspace.path(), &[]);
 
         for target in ["/tmp", "/dev/shm"] {
@@ -963,11 +968,11 @@ fn docker_cp_reaches_tmpfs_mounts() {
                 workspace.path(),
                 &id,
                 &[],
-                &format!("cd {target}/tree && cat leaf.txt && stat -c '%u %a' leaf.txt tool"),
+                &format!("cd {target}/tree && cat leaf.txt && stat -c '%u %a' leaf.txt tool && ls"),
             );
             assert_eq!(
                 stdout(&inside),
-                "leaf\n65534 644\n65534 755\n",
+                "leaf\n65534 644\n65534 755\nleaf.txt\ntool\n",
                 "{} in {target}: {}",
                 engine.name,
                 describe(&inside)
@@ -978,7 +983,8 @@ fn docker_cp_reaches_tmpfs_mounts() {
             workspace.path(),
             &id,
             &[],
-            "mkdir /tmp/made && printf 'made inside\\n' > /tmp/made/note.txt",
+            "mkdir /tmp/made && printf 'made inside\\n' > /tmp/made/note.txt \
+             && mkfifo /tmp/made/pipe",
         );
         assert_eq!(
             created.status.code(),
@@ -1004,6 +1010,17 @@ fn docker_cp_reaches_tmpfs_mounts() {
             "made inside\n",
             "{}",
             engine.name
+        );
+        assert!(
+            !out.join("pipe").exists(),
+            "{}: the FIFO was copied",
+            engine.name
+        );
+        assert!(
+            stderr(&copied).contains("skipped \"out/pipe\": a device node or FIFO"),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
         );
         let file = host.path().join("single.txt");
         let copied = session.airlock(

@@ -56,7 +56,7 @@ pub fn copy(
         };
         let (data, helper) = start(&engine, runtime, &request)?;
         let packed = join::pack_tree(File::from(data), source, &name).map(drop);
-        finish(helper, packed, "read from the host", target)
+        finish(helper, packed, true, source)
     } else {
         // The host decides the name, as cp(1) does: inside `target` when it is a directory.
         let (host_dir, name) = join::copy_destination(target, source, |path| path.is_dir())?;
@@ -67,11 +67,11 @@ pub fn copy(
         };
         let (data, helper) = start(&engine, runtime, &request)?;
         let unpacked = join::unpack_on_host(File::from(data), &host_dir);
-        finish(helper, unpacked, "write to the host", source)
+        finish(helper, unpacked, false, source)
     }
 }
 
-/// The host's ends of a running helper: its pid and the read end of its report pipe.
+/// The host's ends of a running helper: a pidfd of it and the read end of its report pipe.
 struct Helper {
     pidfd: OwnedFd,
     reports: OwnedFd,
@@ -101,26 +101,42 @@ fn start(
     Ok((host_data, Helper { pidfd, reports }))
 }
 
-/// Waits for the helper's last report and returns the first failure: the helper's, then the
-/// host's side (`host_result`, whose step is `host_step`), then a helper that ended without
-/// reporting that it finished. `path` names the copy in the error.
+/// Waits for the helper's last report and returns the failure that explains the copy's: the
+/// host's or the helper's, or a helper that ended without reporting that it finished.
+/// `host_result` is how the host's side ended. `source` names the copy in the error.
 fn finish(
     helper: Helper,
     host_result: std::io::Result<()>,
-    host_step: &str,
-    path: &Path,
+    into_sandbox: bool,
+    source: &Path,
 ) -> Result<(), Error> {
     let failed = |step: &str, cause: String| Error::Copy {
-        path: path.to_owned(),
+        path: source.to_owned(),
         cause: format!("{step}: {cause}"),
     };
     let reports = read_reports(&helper).map_err(Error::Wait)?;
-    for report in &reports {
-        if let Report::SetupFailed { step, error } = report {
-            return Err(failed(step, error.clone()));
-        }
+    let helper_error = reports.iter().find_map(|report| match report {
+        Report::SetupFailed { step, error } => Some(failed(step, error.clone())),
+        _ => None,
+    });
+    let host_step = if into_sandbox {
+        "read from the host"
+    } else {
+        "write to the host"
+    };
+    let host_error = host_result
+        .err()
+        .map(|error| failed(host_step, airlock_namespace::error_chain(&error)));
+    // The side that writes the stream fails first, and its failure cuts the stream short
+    // for the other side, which then fails too.
+    let first = if into_sandbox {
+        host_error.or(helper_error)
+    } else {
+        helper_error.or(host_error)
+    };
+    if let Some(error) = first {
+        return Err(error);
     }
-    host_result.map_err(|source| failed(host_step, airlock_namespace::error_chain(&source)))?;
     if !reports.contains(&Report::Exited { code: 0 }) {
         let cause = "the copying process in the container ended without reporting that it \
                      finished (killed by a limit of the sandbox, or by its processes)";
