@@ -815,13 +815,32 @@ impl Engine {
         }
         let is_known =
             |id: &str| SandboxId::parse(id).is_some() && self.state.sandbox(id).path.exists();
-        for id in airlock_docker::resources::remove_orphans(self.state.root(), &is_known) {
+        let sockets = self.docker_sockets()?;
+        let root = self.state.root();
+        for id in airlock_docker::resources::remove_orphans(root, &sockets, &is_known) {
             collected.push(Collected {
                 id,
                 action: "removed a docker container or volume whose sandbox is gone".into(),
             });
         }
         Ok(collected)
+    }
+
+    /// Returns the engine sockets that this state directory's docker sandboxes name.
+    fn docker_sockets(&self) -> Result<Vec<PathBuf>, BackendError> {
+        let mut sockets = Vec::new();
+        for (_, record) in self.state.list()? {
+            let Ok(record) = record else { continue };
+            if record.backend != "docker" {
+                continue;
+            }
+            let runtime = record.runtime.as_ref();
+            let socket = airlock_docker::held::Pinned::socket_of(record.pinned.as_ref(), runtime);
+            if let Some(socket) = socket.filter(|socket| !sockets.contains(socket)) {
+                sockets.push(socket);
+            }
+        }
+        Ok(sockets)
     }
 
     /// Collects one sandbox, unless a command holds its lock.

@@ -1566,10 +1566,13 @@ fn create_labeled(engine: &Engine, id: &str, state_dir: &str) {
 }
 
 /// `gc` removes the containers and volumes of its state directory whose sandbox's record is
-/// gone, and leaves those of another state directory and of its live sandboxes.
+/// gone, and leaves those of another state directory and of its live sandboxes. It finds
+/// them on the engine a live sandbox was created on, also when DOCKER_HOST names another.
 #[test]
 fn docker_gc_removes_only_own_orphans() {
-    for engine in &engines() {
+    let engines = engines();
+    for (index, engine) in engines.iter().enumerate() {
+        let other = &engines[(index + 1) % engines.len()];
         let session = Session::new(engine);
         let workspace = Workspace::new(Caller::Root);
         let live = session.create(workspace.path(), &[]);
@@ -1589,7 +1592,12 @@ fn docker_gc_removes_only_own_orphans() {
         create_labeled(engine, &orphan, &state_dir);
         create_labeled(engine, &foreign, "/nonexistent/airlock-other-state");
 
-        let gc = session.airlock(&["gc"], workspace.path());
+        let gc = session
+            .command(&["gc"], workspace.path())
+            .env("DOCKER_HOST", &other.host)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock");
         let foreign_left = labeled(engine, &foreign);
         let name = format!("airlock-test-labeled-{foreign}");
         engine_api(

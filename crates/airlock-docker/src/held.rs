@@ -55,6 +55,20 @@ pub struct Pinned {
 }
 
 impl Pinned {
+    /// Returns the engine socket that a docker sandbox's record names: the pinned one, or
+    /// the runtime's of a sandbox that a version without pinning started.
+    pub fn socket_of(
+        pinned: Option<&serde_json::Value>,
+        runtime: Option<&serde_json::Value>,
+    ) -> Option<PathBuf> {
+        let pinned =
+            pinned.and_then(|pinned| serde_json::from_value::<Pinned>(pinned.clone()).ok());
+        let runtime = runtime.and_then(|runtime| runtime_of(runtime).ok());
+        pinned
+            .and_then(|pinned| pinned.socket)
+            .or(runtime.map(|runtime| runtime.socket))
+    }
+
     /// Reads the facts an earlier start pinned, from [`RunOptions::pinned`]. Facts this
     /// version cannot read are dropped with a warning, so the start finds the engine as a
     /// first start does.
