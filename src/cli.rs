@@ -108,6 +108,9 @@ pub enum Command {
     /// The wrapper that runs an exec's command in a docker sandbox.
     #[command(name = "__docker-exec", hide = true)]
     DockerExec(DockerChannelArgs),
+    /// The helper that copies a tar stream into or out of a docker sandbox for `cp`.
+    #[command(name = "__docker-cp", hide = true)]
+    DockerCopy(DockerChannelArgs),
 }
 
 impl Command {
@@ -465,7 +468,8 @@ pub struct SuperviseArgs {
 
 #[derive(Debug, Args)]
 pub struct DockerChannelArgs {
-    /// The unix socket, inside the container, on which the host hands over the command.
+    /// The unix socket, inside the container, on which the host hands over the command or,
+    /// for `__docker-cp`, the copy request.
     pub socket: PathBuf,
 }
 

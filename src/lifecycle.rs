@@ -110,6 +110,15 @@ fn backend_of(record: &Record) -> Result<Box<dyn Backend>, LifecycleError> {
     Ok(backend(kind))
 }
 
+/// Asks `backend` to remove what sandbox `id` of `record` may have left: with the runtime it
+/// recorded, or else with the facts that an earlier start pinned.
+fn clean_up(backend: Box<dyn Backend>, id: &SandboxId, runtime: Option<&Value>, record: &Record) {
+    match runtime {
+        Some(runtime) => backend.clean_up(id, Some(runtime)),
+        None => backend.clean_up_without_runtime(id, record.pinned.as_ref()),
+    }
+}
+
 fn id_of(record: &Record) -> Option<SandboxId> {
     SandboxId::parse(&record.id)
 }
@@ -595,7 +604,7 @@ impl Engine {
     ) -> Result<(), BackendError> {
         let runtime = record.runtime.take();
         if let Some(id) = id_of(record) {
-            backend_of(record)?.clean_up(&id, runtime.as_ref());
+            clean_up(backend_of(record)?, &id, runtime.as_ref(), record);
         }
         record.supervisor = None;
         sandbox.write_record(record)?;
@@ -635,7 +644,7 @@ impl Engine {
         sandbox.write_record(record)?;
         let runtime = record.runtime.take();
         if let Some(id) = id_of(record).filter(|_| !cleaned_up) {
-            backend_of(record)?.clean_up(&id, runtime.as_ref());
+            clean_up(backend_of(record)?, &id, runtime.as_ref(), record);
         }
         crate::changes::recover(sandbox)?;
         empty_layers(sandbox);
@@ -806,13 +815,32 @@ impl Engine {
         }
         let is_known =
             |id: &str| SandboxId::parse(id).is_some() && self.state.sandbox(id).path.exists();
-        for id in airlock_docker::resources::remove_orphans(self.state.root(), &is_known) {
+        let sockets = self.docker_sockets()?;
+        let root = self.state.root();
+        for id in airlock_docker::resources::remove_orphans(root, &sockets, &is_known) {
             collected.push(Collected {
                 id,
                 action: "removed a docker container or volume whose sandbox is gone".into(),
             });
         }
         Ok(collected)
+    }
+
+    /// Returns the engine sockets that this state directory's docker sandboxes name.
+    fn docker_sockets(&self) -> Result<Vec<PathBuf>, BackendError> {
+        let mut sockets = Vec::new();
+        for (_, record) in self.state.list()? {
+            let Ok(record) = record else { continue };
+            if record.backend != "docker" {
+                continue;
+            }
+            let runtime = record.runtime.as_ref();
+            let socket = airlock_docker::held::Pinned::socket_of(record.pinned.as_ref(), runtime);
+            if let Some(socket) = socket.filter(|socket| !sockets.contains(socket)) {
+                sockets.push(socket);
+            }
+        }
+        Ok(sockets)
     }
 
     /// Collects one sandbox, unless a command holds its lock.

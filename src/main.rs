@@ -297,7 +297,8 @@ fn request(command: Command, matches: &clap::ArgMatches) -> Result<Request> {
         Command::Supervise(_)
         | Command::NspawnInit
         | Command::DockerInit(_)
-        | Command::DockerExec(_) => {
+        | Command::DockerExec(_)
+        | Command::DockerCopy(_) => {
             unreachable!("the supervisor and the containers' inits are not actions")
         }
         Command::ProbeInside(_) => unreachable!("a probe inside a sandbox is not an action"),
@@ -313,6 +314,7 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         Command::NspawnInit => airlock_nspawn::init::run(),
         Command::DockerInit(args) => airlock_docker::inside::init(&args.socket),
         Command::DockerExec(args) => airlock_docker::inside::exec(&args.socket),
+        Command::DockerCopy(args) => airlock_docker::inside::copy(&args.socket),
         _ => {}
     }
     if let Command::Supervise(args) = &cli.command {

@@ -455,6 +455,57 @@ fn docker_fork_bomb_exits_122() {
     }
 }
 
+/// The CPU, memory and process limits reach the container's cgroup on each engine. The
+/// process limit is one more than `--pids`, for the container's init.
+#[test]
+fn docker_limits_reach_container_cgroup() {
+    // cgroup v2 files where the container has the unified hierarchy, else the v1 ones.
+    let script = "cd /sys/fs/cgroup; if [ -f cpu.max ]; then cat cpu.max memory.max pids.max; \
+                  else echo $(cat cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us); \
+                  cat memory/memory.limit_in_bytes pids/pids.max; fi";
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let limits = ["--cpus", "0.5", "--memory", "64M", "--pids", "20", "--json"];
+        let output = session.run_sh(workspace.path(), &limits, script);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let values: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
+        assert_eq!(
+            values.first().map(String::as_str),
+            Some("50000 100000"),
+            "{}: cpu quota and period",
+            engine.name
+        );
+        assert_eq!(
+            values.get(1).map(String::as_str),
+            Some("67108864"),
+            "{}: memory limit",
+            engine.name
+        );
+        assert_eq!(
+            values.get(2).map(String::as_str),
+            Some("21"),
+            "{}: process limit",
+            engine.name
+        );
+        let record = json_record(&output);
+        for rule in ["cpu limit", "memory limit", "pids limit"] {
+            assert_eq!(
+                protection(&record, rule)["status"],
+                "enforced",
+                "{}: {rule}: {record}",
+                engine.name
+            );
+        }
+    }
+}
+
 #[test]
 fn docker_network_has_only_loopback() {
     for engine in &engines() {
@@ -729,6 +780,66 @@ fn docker_overlay_untouched_until_apply() {
     }
 }
 
+/// `discard` of a running sandbox drops the changes of its workspace, restarts it on its
+/// own engine, and leaves the project as it was.
+#[test]
+fn docker_discard_drops_changes() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let project = workspace.path();
+        fs::write(project.join("kept.txt"), "original\n").unwrap();
+        fs::set_permissions(project.join("kept.txt"), fs::Permissions::from_mode(0o666)).unwrap();
+        let id = session.create(project, &[]);
+        let changed = session.exec_sh(
+            project,
+            &id,
+            &[],
+            "echo changed > kept.txt; echo new > added.txt",
+        );
+        assert_eq!(
+            changed.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&changed)
+        );
+
+        let discard = session
+            .command(&["discard", &id], project)
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock");
+        assert_eq!(
+            discard.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&discard)
+        );
+        let diff = session.airlock(&["diff", &id], project);
+        assert_eq!(stdout(&diff), "", "{}: {}", engine.name, describe(&diff));
+        let inside = session.exec_sh(project, &id, &[], "cat kept.txt; test ! -e added.txt");
+        assert_eq!(
+            inside.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&inside)
+        );
+        assert_eq!(stdout(&inside), "original\n", "{}", engine.name);
+        assert_eq!(
+            fs::read_to_string(project.join("kept.txt")).unwrap(),
+            "original\n",
+            "{}",
+            engine.name
+        );
+        assert!(!project.join("added.txt").exists(), "{}", engine.name);
+        assert_eq!(labeled(engine, &id), (1, 1), "{}", engine.name);
+    }
+}
+
 #[test]
 fn docker_cp_copies_both_ways() {
     for engine in &engines() {
@@ -816,6 +927,269 @@ fn docker_cp_copies_both_ways() {
         assert_eq!(
             fs::read_to_string(back.join("tree/leaf.txt")).unwrap(),
             "leaf\n"
+        );
+    }
+}
+
+/// The container's tmpfs mounts, which Docker Engine's archive API does not reach, take
+/// copies both ways on each engine. What arrives belongs to the sandbox's user with its
+/// setuid bit dropped, and FIFOs are skipped in both directions.
+#[test]
+fn docker_cp_reaches_tmpfs_mounts() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let host = tempfile::tempdir().unwrap();
+        let tree = host.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("leaf.txt"), "leaf\n").unwrap();
+        fs::write(tree.join("tool"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(tree.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let fifo = Command::new("mkfifo")
+            .arg(tree.join("fifo"))
+            .status()
+            .expect("run mkfifo");
+        assert!(fifo.success(), "mkfifo failed");
+        let id = session.create(workspace.path(), &[]);
+
+        for target in ["/tmp", "/dev/shm"] {
+            let into = session.airlock(
+                &["cp", tree.to_str().unwrap(), &format!("{id}:{target}")],
+                workspace.path(),
+            );
+            assert_eq!(
+                into.status.code(),
+                Some(0),
+                "{} into {target}: {}",
+                engine.name,
+                describe(&into)
+            );
+            let inside = session.exec_sh(
+                workspace.path(),
+                &id,
+                &[],
+                &format!("cd {target}/tree && cat leaf.txt && stat -c '%u %a' leaf.txt tool && ls"),
+            );
+            assert_eq!(
+                stdout(&inside),
+                "leaf\n65534 644\n65534 755\nleaf.txt\ntool\n",
+                "{} in {target}: {}",
+                engine.name,
+                describe(&inside)
+            );
+        }
+
+        let created = session.exec_sh(
+            workspace.path(),
+            &id,
+            &[],
+            "mkdir /tmp/made && printf 'made inside\\n' > /tmp/made/note.txt \
+             && mkfifo /tmp/made/pipe",
+        );
+        assert_eq!(
+            created.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&created)
+        );
+        let out = host.path().join("out");
+        let copied = session.airlock(
+            &["cp", &format!("{id}:/tmp/made"), out.to_str().unwrap()],
+            workspace.path(),
+        );
+        assert_eq!(
+            copied.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
+        );
+        assert_eq!(
+            fs::read_to_string(out.join("note.txt")).unwrap(),
+            "made inside\n",
+            "{}",
+            engine.name
+        );
+        assert!(
+            !out.join("pipe").exists(),
+            "{}: the FIFO was copied",
+            engine.name
+        );
+        assert!(
+            stderr(&copied).contains("skipped \"out/pipe\": a device node or FIFO"),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
+        );
+        let file = host.path().join("single.txt");
+        let copied = session.airlock(
+            &[
+                "cp",
+                &format!("{id}:/tmp/made/note.txt"),
+                file.to_str().unwrap(),
+            ],
+            workspace.path(),
+        );
+        assert_eq!(
+            copied.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&copied)
+        );
+        assert_eq!(
+            fs::read_to_string(&file).unwrap(),
+            "made inside\n",
+            "{}",
+            engine.name
+        );
+
+        let missing = session.airlock(
+            &[
+                "cp",
+                &format!("{id}:/tmp/absent"),
+                host.path().to_str().unwrap(),
+            ],
+            workspace.path(),
+        );
+        assert_eq!(
+            missing.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
+        assert!(
+            stderr(&missing).contains("/tmp/absent"),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
+    }
+}
+
+/// A symlink that a sandbox plants arrives on the host as a symlink, and a later copy with a
+/// directory at the link's path cannot write through the link to the host. A copy in through
+/// a planted link cannot reach the host either.
+#[test]
+fn docker_cp_planted_symlink_stays_inside() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let host = tempfile::tempdir().unwrap();
+        let outside = host.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let back = host.path().join("back");
+        fs::create_dir(&back).unwrap();
+        let id = session.create(workspace.path(), &[]);
+
+        // The first copy brings a symlink to the host directory `outside` into `back`.
+        let plant = format!(
+            "mkdir /tmp/tree && ln -s {} /tmp/tree/link",
+            outside.display()
+        );
+        let planted = session.exec_sh(workspace.path(), &id, &[], &plant);
+        assert_eq!(
+            planted.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&planted)
+        );
+        let first = session.airlock(
+            &["cp", &format!("{id}:/tmp/tree"), back.to_str().unwrap()],
+            workspace.path(),
+        );
+        assert_eq!(
+            first.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&first)
+        );
+        let link = back.join("tree/link");
+        assert_eq!(
+            fs::read_link(&link).ok(),
+            Some(outside.clone()),
+            "{}",
+            engine.name
+        );
+        assert!(
+            stderr(&first).contains("a path outside the copy"),
+            "{}: {}",
+            engine.name,
+            describe(&first)
+        );
+
+        // The second copy has a directory where the link now is on the host.
+        let swap =
+            "rm /tmp/tree/link && mkdir /tmp/tree/link && echo escaped > /tmp/tree/link/file";
+        let swapped = session.exec_sh(workspace.path(), &id, &[], swap);
+        assert_eq!(
+            swapped.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&swapped)
+        );
+        let second = session.airlock(
+            &["cp", &format!("{id}:/tmp/tree"), back.to_str().unwrap()],
+            workspace.path(),
+        );
+        assert_eq!(
+            second.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&second)
+        );
+        assert!(
+            !outside.join("file").exists(),
+            "{}: the copy wrote through the planted link",
+            engine.name
+        );
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{}",
+            engine.name
+        );
+
+        // A copy in writes in the container only, as the sandbox's user: a link to the
+        // host's run directory, bound read-only, leads nowhere writable.
+        let plant = "ln -s /.airlock/run /tmp/drop";
+        let planted = session.exec_sh(workspace.path(), &id, &[], plant);
+        assert_eq!(
+            planted.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&planted)
+        );
+        let source = host.path().join("dropped.txt");
+        fs::write(&source, "dropped\n").unwrap();
+        let into = session.airlock(
+            &["cp", source.to_str().unwrap(), &format!("{id}:/tmp/drop")],
+            workspace.path(),
+        );
+        assert_eq!(
+            into.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&into)
+        );
+        let run_dir = session.state.join("sandboxes").join(&id).join("docker");
+        assert!(
+            run_dir.is_dir(),
+            "{}: no run directory at {run_dir:?}",
+            engine.name
+        );
+        assert!(
+            !run_dir.join("dropped.txt").exists(),
+            "{}: the copy wrote into the host's run directory",
+            engine.name
         );
     }
 }
@@ -1009,6 +1383,89 @@ fn docker_stop_start_keep_workspace() {
     }
 }
 
+/// A stopped sandbox starts again on the engine that created it, whatever DOCKER_HOST
+/// names at the start: another engine, or none.
+#[test]
+fn docker_start_uses_creating_engine() {
+    let engines = engines();
+    assert!(
+        engines.len() >= 2,
+        "this test needs two engines in AIRLOCK_TEST_DOCKER_SOCKETS"
+    );
+    for (index, engine) in engines.iter().enumerate() {
+        let other = &engines[(index + 1) % engines.len()];
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let id = session.create(workspace.path(), &[]);
+        let stop = session.airlock(&["stop", &id], workspace.path());
+        assert_eq!(
+            stop.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&stop)
+        );
+
+        for docker_host in [Some(other.host.as_str()), None] {
+            let mut start = session.command(&["start", &id], workspace.path());
+            match docker_host {
+                Some(host) => start.env("DOCKER_HOST", host),
+                None => start.env_remove("DOCKER_HOST"),
+            };
+            let start = start.stdin(Stdio::null()).output().expect("run airlock");
+            assert_eq!(
+                start.status.code(),
+                Some(0),
+                "{} with DOCKER_HOST={docker_host:?}: {}",
+                engine.name,
+                describe(&start)
+            );
+            assert!(
+                !stderr(&start).contains("cannot reach the engine"),
+                "{} with DOCKER_HOST={docker_host:?}: {}",
+                engine.name,
+                describe(&start)
+            );
+            assert_eq!(
+                labeled(engine, &id),
+                (1, 1),
+                "{}: the container is not on the creating engine",
+                engine.name
+            );
+            assert_eq!(
+                labeled(other, &id),
+                (0, 0),
+                "{}: a container of the sandbox is on {}",
+                engine.name,
+                other.name
+            );
+
+            let mut exec = session.command(&["exec", &id, "--", "true"], workspace.path());
+            let exec = exec
+                .env("DOCKER_HOST", &other.host)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run airlock");
+            assert_eq!(
+                exec.status.code(),
+                Some(0),
+                "{}: {}",
+                engine.name,
+                describe(&exec)
+            );
+            let stop = session.airlock(&["stop", &id], workspace.path());
+            assert_eq!(
+                stop.status.code(),
+                Some(0),
+                "{}: {}",
+                engine.name,
+                describe(&stop)
+            );
+        }
+        assert_eq!(labeled(engine, &id), (0, 0), "{}", engine.name);
+    }
+}
+
 #[test]
 fn docker_gc_spares_users_containers() {
     for engine in &engines() {
@@ -1087,6 +1544,93 @@ fn docker_gc_spares_users_containers() {
         assert!(
             volume_survived,
             "{}: the user's volume was removed",
+            engine.name
+        );
+    }
+}
+
+/// Creates a container that is never started and a volume, labeled as sandbox `id` of
+/// the state directory `state_dir`, as Airlock labels its own.
+fn create_labeled(engine: &Engine, id: &str, state_dir: &str) {
+    let labels = serde_json::json!({ "airlock.sandbox": id, "airlock.state-dir": state_dir });
+    let name = format!("airlock-test-labeled-{id}");
+    let body = serde_json::json!({ "Image": image(), "Cmd": ["true"], "Labels": labels });
+    engine_api(
+        engine,
+        "POST",
+        &format!("/containers/create?name={name}"),
+        Some(&body.to_string()),
+    );
+    let volume = serde_json::json!({ "Name": name, "Labels": labels });
+    engine_api(engine, "POST", "/volumes/create", Some(&volume.to_string()));
+}
+
+/// `gc` removes the containers and volumes of its state directory whose sandbox's record is
+/// gone, and leaves those of another state directory and of its live sandboxes. It finds
+/// them on the engine a live sandbox was created on, also when DOCKER_HOST names another.
+#[test]
+fn docker_gc_removes_only_own_orphans() {
+    let engines = engines();
+    for (index, engine) in engines.iter().enumerate() {
+        let other = &engines[(index + 1) % engines.len()];
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let live = session.create(workspace.path(), &[]);
+        let filter = format!("%7B%22label%22%3A%5B%22airlock.sandbox%3D{live}%22%5D%7D");
+        let listed = engine_api(
+            engine,
+            "GET",
+            &format!("/containers/json?all=1&filters={filter}"),
+            None,
+        );
+        let state_dir = listed[0]["Labels"]["airlock.state-dir"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no state directory label in {listed}", engine.name))
+            .to_owned();
+        let orphan = format!("{:0>32}", unique_token());
+        let foreign = format!("{:0>32}", unique_token());
+        create_labeled(engine, &orphan, &state_dir);
+        create_labeled(engine, &foreign, "/nonexistent/airlock-other-state");
+
+        let gc = session
+            .command(&["gc"], workspace.path())
+            .env("DOCKER_HOST", &other.host)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock");
+        let foreign_left = labeled(engine, &foreign);
+        let name = format!("airlock-test-labeled-{foreign}");
+        engine_api(
+            engine,
+            "DELETE",
+            &format!("/containers/{name}?force=1"),
+            None,
+        );
+        engine_api(engine, "DELETE", &format!("/volumes/{name}"), None);
+        assert_eq!(
+            gc.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&gc)
+        );
+        assert_eq!(
+            labeled(engine, &orphan),
+            (0, 0),
+            "{}: the orphan is left: {}",
+            engine.name,
+            describe(&gc)
+        );
+        assert_eq!(
+            foreign_left,
+            (1, 1),
+            "{}: gc removed another state directory's container or volume",
+            engine.name
+        );
+        assert_eq!(
+            labeled(engine, &live),
+            (1, 1),
+            "{}: gc removed a live sandbox's container or volume",
             engine.name
         );
     }
@@ -1185,23 +1729,6 @@ fn docker_errors_name_the_fix() {
         describe(&no_image)
     );
 
-    let args = [
-        "run",
-        "--backend",
-        "docker",
-        "--image",
-        "airlock-test/missing:1",
-        "--",
-        "true",
-    ];
-    let missing = session.airlock(&args, workspace.path());
-    assert_eq!(missing.status.code(), Some(125), "{}", describe(&missing));
-    let message = stderr(&missing);
-    assert!(
-        message.contains("airlock-test/missing:1") && message.contains("airlock image pull"),
-        "{message}"
-    );
-
     // Uppercase passes the character check but not the reference grammar, which the
     // engine would report as a bare status 400.
     let uppercase = [
@@ -1251,32 +1778,186 @@ fn docker_errors_name_the_fix() {
         message.contains("/nonexistent/airlock-test.sock") && message.contains("dockerd"),
         "{message}"
     );
+}
 
-    // Neither engine's socket is open to an ordinary user outside the docker group.
-    let host = format!("DOCKER_HOST={}", engine.host);
-    let args = [
-        "run",
-        "--backend",
-        "docker",
-        "--image",
-        &image,
-        "--",
-        "true",
-    ];
-    let (script, _delegation) =
-        airlock_shell_command(Caller::UserWithoutCgroup, &["env", &host], &args);
-    let denied = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir("/")
-        .output()
-        .expect("run sh");
-    assert_eq!(denied.status.code(), Some(125), "{}", describe(&denied));
+/// The errors that depend on the engine name the fix on Docker Engine and on Podman alike:
+/// an image the engine does not have, and a socket the caller may not open.
+#[test]
+fn docker_engine_errors_name_the_fix() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+
+        let args = [
+            "run",
+            "--backend",
+            "docker",
+            "--image",
+            "airlock-test/missing:1",
+            "--",
+            "true",
+        ];
+        let missing = session.airlock(&args, workspace.path());
+        assert_eq!(
+            missing.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&missing)
+        );
+        let message = stderr(&missing);
+        assert!(
+            message.contains("airlock-test/missing:1"),
+            "{}: {message}",
+            engine.name
+        );
+        assert!(
+            message.contains("airlock image pull"),
+            "{}: {message}",
+            engine.name
+        );
+
+        // Neither engine's socket is open to an ordinary user outside the docker group.
+        let host = format!("DOCKER_HOST={}", engine.host);
+        let args = [
+            "run",
+            "--backend",
+            "docker",
+            "--image",
+            &image,
+            "--",
+            "true",
+        ];
+        let (script, _delegation) =
+            airlock_shell_command(Caller::UserWithoutCgroup, &["env", &host], &args);
+        let denied = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir("/")
+            .output()
+            .expect("run sh");
+        assert_eq!(
+            denied.status.code(),
+            Some(125),
+            "{}: {}",
+            engine.name,
+            describe(&denied)
+        );
+        let message = stderr(&denied);
+        assert!(
+            message.contains("permission denied on the engine socket"),
+            "{}: {message}",
+            engine.name
+        );
+        assert!(
+            message.contains(&format!("{:?}", engine.socket)),
+            "{}: {message}",
+            engine.name
+        );
+    }
+}
+
+/// Starts a fake engine on a socket in `dir` that responds to every request as an engine of
+/// API 1.40 (Docker Engine 19.03) responds to a ping, and returns the socket. The thread ends
+/// with the test process.
+fn old_engine(dir: &Path) -> PathBuf {
+    use std::io::{BufRead, BufReader};
+    let socket = dir.join("old-engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the fake engine");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone the connection"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
+                line.clear();
+            }
+            let response = "HTTP/1.1 200 OK\r\nApi-Version: 1.40\r\nContent-Type: text/plain\r\n\
+                            Content-Length: 2\r\nConnection: close\r\n\r\nOK";
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    socket
+}
+
+/// An engine older than API 1.41 fails the run with its version and the upgrade to make.
+#[test]
+fn docker_old_engine_names_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = old_engine(dir.path());
+    let engine = Engine {
+        name: "fake engine of API 1.40".to_owned(),
+        host: format!("unix://{}", socket.display()),
+        socket,
+    };
+    let session = Session::new(&engine);
+    let workspace = Workspace::new(Caller::Root);
+    let output = session.run_sh(workspace.path(), &[], "true");
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    assert!(message.contains("speaks API 1.40"), "{message}");
+    assert!(message.contains("older than 1.41"), "{message}");
     assert!(
-        stderr(&denied).contains("permission denied on the engine socket"),
-        "{}",
-        describe(&denied)
+        message.contains("upgrade it to Docker Engine 20.10 or Podman 4"),
+        "{message}"
     );
+}
+
+/// `policy check` reports, per engine, the protections of a spec with CPU and memory limits
+/// as enforced, from the container's configuration and the engine's `GET /info`.
+#[test]
+fn docker_policy_check_lists_engine_rules() {
+    let expected = [
+        "read-only root filesystem",
+        "network limited to a private loopback",
+        "all capabilities dropped",
+        "no_new_privs",
+        "seccomp filter",
+        "memory limit",
+        "cpu limit",
+        "pids limit",
+    ];
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let image = image();
+        let args = [
+            "policy",
+            "check",
+            "--backend",
+            "docker",
+            "--image",
+            &image,
+            "--cpus",
+            "1",
+            "--memory",
+            "64M",
+            "--json",
+        ];
+        let output = session.airlock(&args, workspace.path());
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {}",
+            engine.name,
+            describe(&output)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("policy JSON");
+        let rules = report["rules"].as_array().expect("rules");
+        for name in expected {
+            let rule = rules
+                .iter()
+                .find(|rule| rule["rule"] == name)
+                .unwrap_or_else(|| panic!("{}: no rule {name:?} in {report}", engine.name));
+            assert_eq!(
+                rule["backends"]["docker"]["status"], "enforced",
+                "{}: {rule}",
+                engine.name
+            );
+        }
+    }
 }
 
 #[test]

@@ -816,7 +816,49 @@ fn pull_restores_pushed_image() {
             "{name} missing after the pull"
         );
         tree.check_stored(&socket, &name);
+
+        // On a terminal, the pull draws a progress bar instead of the plain lines.
+        let removed = airlock(&socket, &["image", "rm", &name]);
+        assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+        let transcript = pull_on_terminal(&socket, &name, &login);
+        assert!(
+            transcript.contains(&format!("pulling {name}: ")),
+            "{socket:?}: {transcript:?}"
+        );
+        assert!(transcript.contains('\x1b'), "{socket:?}: {transcript:?}");
+        assert!(transcript.contains("sha256:"), "{socket:?}: {transcript:?}");
+        assert!(
+            !transcript.contains(&format!("airlock: pull {name}: ")),
+            "{socket:?}: plain progress lines on a terminal: {transcript:?}"
+        );
+        assert!(
+            image_exists(&socket, &name),
+            "{name} missing after the pull on a terminal"
+        );
     }
+}
+
+/// Runs `airlock image pull NAME` on a terminal of its own, which script(1) gives it, and
+/// returns what the terminal received.
+fn pull_on_terminal(socket: &Path, name: &str, login: &DockerConfig) -> String {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let command = format!("{} image pull {name}", binary().display());
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_CONFIG", login.dir.path())
+        .env("XDG_RUNTIME_DIR", empty.path())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .stdin(Stdio::piped())
+        .output()
+        .expect("run script");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "pull {name} on a terminal: {}",
+        describe(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]

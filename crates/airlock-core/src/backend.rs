@@ -242,4 +242,12 @@ pub trait Backend {
     /// Removes what sandbox `id`, whose supervisor is gone, may have left: processes and
     /// cgroups, also when the supervisor died before it could record its `runtime`.
     fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>);
+
+    /// Removes what sandbox `id` may have left when its record has no runtime, as after a
+    /// supervisor killed during a start. `pinned` is the record's [`RunOptions::pinned`],
+    /// which names where an earlier start ran it, such as the docker backend's engine socket.
+    fn clean_up_without_runtime(&self, id: &SandboxId, pinned: Option<&serde_json::Value>) {
+        let _ = pinned;
+        self.clean_up(id, None);
+    }
 }

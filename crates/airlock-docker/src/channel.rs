@@ -40,6 +40,8 @@ pub const GO_AHEAD: &[u8] = b"g";
 pub const TAG_TERMINAL: &[u8] = b"t";
 /// The payload tag of a signal for an exec's command, followed by the signal's number.
 pub const TAG_SIGNAL: u8 = b's';
+/// The payload of the message that carries a copy helper's data and report pipes.
+pub const TAG_COPY: &[u8] = b"p";
 
 /// How long the host waits for the process to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -252,17 +254,7 @@ pub fn hand_over(connection: OwnedFd, stdio: [RawFd; 3], plan: &Plan) -> Result<
     control::send(connection.as_raw_fd(), &[TAG_CHANNELS, mask], &fds).map_err(Error::Channel)?;
     drop((report_end, liveness_end));
 
-    // The plan waits for the acknowledgement, so that no read of the descriptors' message
-    // takes bytes of the plan with it.
-    let mut ack = [0u8; 1];
-    match sys::read(connection.as_raw_fd(), &mut ack) {
-        Ok(1) if ack[0] == ACK => {}
-        Ok(_) => return Err(Error::Channel(io::ErrorKind::UnexpectedEof.into())),
-        Err(error) => return Err(Error::Channel(error)),
-    }
-    let mut line = serde_json::to_vec(plan).expect("plans always serialize");
-    line.push(b'\n');
-    sys::write_all(connection.as_raw_fd(), &line).map_err(Error::Channel)?;
+    write_line_after_ack(&connection, plan)?;
     Ok(Channel {
         control: connection,
         reports,
@@ -337,6 +329,45 @@ impl Channel {
             u8::try_from(signal).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         control::send(self.control.as_raw_fd(), &[TAG_SIGNAL, number], &[])
     }
+}
+
+/// The request to a copy helper in the container: unpack the tar stream at `path`, or pack
+/// `path` into it under the top-level `name`. Paths are bytes, because they need not be
+/// UTF-8.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyRequest {
+    pub into_sandbox: bool,
+    pub path: Vec<u8>,
+    pub name: Vec<u8>,
+}
+
+/// Sends a copy helper its ends of the data and report pipes over `connection`, waits for its
+/// acknowledgement, then writes `request` as one line of JSON. The connection closes when
+/// this returns, because the helper needs nothing else from it.
+pub fn send_copy_request(
+    connection: OwnedFd,
+    pipes: [OwnedFd; 2],
+    request: &CopyRequest,
+) -> Result<(), Error> {
+    let fds = pipes.each_ref().map(AsRawFd::as_raw_fd);
+    control::send(connection.as_raw_fd(), TAG_COPY, &fds).map_err(Error::Channel)?;
+    drop(pipes);
+    write_line_after_ack(&connection, request)
+}
+
+/// Waits for the process's acknowledgement of the descriptors, then writes `value` as one
+/// line of JSON. The line waits so that no read of the descriptors' message takes bytes of
+/// the line with it.
+fn write_line_after_ack(connection: &OwnedFd, value: &impl Serialize) -> Result<(), Error> {
+    let mut ack = [0u8; 1];
+    match sys::read(connection.as_raw_fd(), &mut ack) {
+        Ok(1) if ack[0] == ACK => {}
+        Ok(_) => return Err(Error::Channel(io::ErrorKind::UnexpectedEof.into())),
+        Err(error) => return Err(Error::Channel(error)),
+    }
+    let mut line = serde_json::to_vec(value).expect("plans and copy requests always serialize");
+    line.push(b'\n');
+    sys::write_all(connection.as_raw_fd(), &line).map_err(Error::Channel)
 }
 
 /// Returns a name for a socket of the run directory that no other process picks: `PREFIX-`

@@ -1,38 +1,35 @@
-//! `airlock cp` for a docker sandbox, through the engine's archive API: a tar stream that the
-//! engine unpacks in, or packs from, the container's file system.
+//! `airlock cp` for a docker sandbox, through a helper in the container: the Airlock binary
+//! that the container already binds, in its hidden `__docker-cp` mode
+//! ([`crate::inside::copy`]). The engine starts the helper as an exec, so it runs as the
+//! sandbox's user, with the container's capabilities, seccomp profile and mounts. Its view of
+//! the file system is that of the sandbox's commands, the tmpfs mounts /tmp and /dev/shm
+//! included, which the engine's archive API does not reach on Docker Engine.
 //!
-//! Out of the sandbox, the stream is unpacked on the host by the namespace backend's
-//! unpacker, which refuses paths that leave the target, skips device nodes and FIFOs, and
-//! drops setuid, setgid and sticky bits. Into the sandbox, Airlock packs the stream itself:
-//! each entry belongs to the sandbox's user, keeps only its permission bits, and a symlink
-//! stays a symlink. The engine reaches the image's files and the volumes, but Docker Engine
-//! does not reach the tmpfs mounts (/tmp, /dev/shm) of a running container.
+//! The bytes travel as a tar stream on a pipe between this process, which reads or writes
+//! the host side, and the helper, which reads or writes the container's side. Both sides use
+//! the namespace backend's packer and unpackers. The packer stores exactly the number of
+//! bytes each header states, and never follows a symlink. On the host, the unpacker rejects
+//! paths that leave the target (also through a symlink planted in the sandbox), skips device
+//! nodes and FIFOs, and drops setuid, setgid and sticky bits. In the container, entries
+//! belong to the sandbox's user, because the helper runs as that user.
 
-use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
 
-use airlock_core::User;
-use airlock_namespace::join;
-use bollard::query_parameters::{
-    ContainerArchiveInfoOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
-};
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use airlock_namespace::report::{Report, ReportReader};
+use airlock_namespace::{join, sys};
 
+use crate::channel::{self, CopyRequest};
 use crate::engine::Engine;
-use crate::error::{is_not_found, Error};
+use crate::error::Error;
+use crate::exec::{start_connected, Connected};
 use crate::held::Runtime;
 
-/// The directory bit of a Go `os.FileMode`, which the engine's path stat reports.
-const GO_MODE_DIR: u32 = 1 << 31;
-
-/// Bytes read from the upload's temporary file per chunk of the request body.
-const CHUNK: usize = 64 * 1024;
+/// The hidden mode of the Airlock binary that serves a copy in the container.
+const HELPER_MODE: &str = "__docker-cp";
 
 /// Copies `source` on the host into the sandbox at `target`, or out of the sandbox when
 /// `into_sandbox` is false. Paths in the sandbox are absolute.
@@ -42,210 +39,162 @@ pub fn copy(
     target: &Path,
     into_sandbox: bool,
 ) -> Result<(), Error> {
+    if !runtime.init.is_alive() {
+        return Err(Error::NotRunning {
+            container: runtime.container.clone(),
+        });
+    }
     let engine = Engine::connect_to(&runtime.socket)?;
     if into_sandbox {
-        copy_in(&engine, runtime, source, target)
+        // The helper decides the name, because only it can find out whether the target is
+        // a directory in the container.
+        let name = join::file_name(source)?;
+        let request = CopyRequest {
+            into_sandbox: true,
+            path: target.as_os_str().as_bytes().to_vec(),
+            name: name.as_bytes().to_vec(),
+        };
+        let (data, helper) = start(&engine, runtime, &request)?;
+        let packed = join::pack_tree(File::from(data), source, &name).map(drop);
+        finish(helper, packed, true, source)
     } else {
-        copy_out(&engine, &runtime.container, source, target)
+        // The host decides the name, as cp(1) does: inside `target` when it is a directory.
+        let (host_dir, name) = join::copy_destination(target, source, |path| path.is_dir())?;
+        let request = CopyRequest {
+            into_sandbox: false,
+            path: source.as_os_str().as_bytes().to_vec(),
+            name: name.as_bytes().to_vec(),
+        };
+        let (data, helper) = start(&engine, runtime, &request)?;
+        let unpacked = join::unpack_on_host(File::from(data), &host_dir);
+        finish(helper, unpacked, false, source)
     }
 }
 
-fn failed(path: &Path, cause: impl std::fmt::Display) -> Error {
-    let mut cause = cause.to_string();
-    if [Path::new("/tmp"), Path::new("/dev/shm")]
-        .iter()
-        .any(|tmpfs| path.starts_with(tmpfs))
-    {
-        cause.push_str(
-            "; the engine's archive API may not see the tmpfs mounted there (Docker Engine does not), so copy through /workspace",
-        );
-    }
-    Error::Copy {
-        path: path.to_owned(),
-        cause,
-    }
+/// The host's ends of a running helper: a pidfd of it and the read end of its report pipe.
+struct Helper {
+    pidfd: OwnedFd,
+    reports: OwnedFd,
 }
 
-/// Copies the host's `source` into the container: into `target` when it is a directory
-/// there, else as `target`.
-fn copy_in(engine: &Engine, runtime: &Runtime, source: &Path, target: &Path) -> Result<(), Error> {
-    let (dir, name) = match is_dir_inside(engine, &runtime.container, target)? {
-        true => (target.to_owned(), join::file_name(source)?),
-        false => {
-            let parent = target.parent().unwrap_or(Path::new("/")).to_owned();
-            (parent, join::file_name(target)?)
-        }
+/// Starts the helper, hands it its end of the data pipe and the report pipe, and sends it
+/// `request`. Returns the host's end of the data pipe with the helper.
+fn start(
+    engine: &Engine,
+    runtime: &Runtime,
+    request: &CopyRequest,
+) -> Result<(OwnedFd, Helper), Error> {
+    let connected = start_connected(engine, runtime, HELPER_MODE, runtime.user);
+    let Connected {
+        pidfd, connection, ..
+    } = connected.map_err(helper_failed)?;
+
+    let (data_read, data_write) = sys::pipe().map_err(Error::Channel)?;
+    let (host_data, helper_data) = if request.into_sandbox {
+        (data_write, data_read)
+    } else {
+        (data_read, data_write)
     };
-    let mut archive = temporary_file().map_err(|error| failed(source, error))?;
-    pack(source, &name, runtime.user, &mut archive).map_err(|error| failed(source, error))?;
-    archive.rewind().map_err(|error| failed(source, error))?;
-    let options = UploadToContainerOptionsBuilder::new()
-        .path(&dir.to_string_lossy())
-        .build();
-    let body = bollard::body_try_stream(chunks(archive));
-    engine
-        .block_on(
-            engine
-                .docker()
-                .upload_to_container(&runtime.container, Some(options), body),
-        )
-        .map_err(|error| failed(target, error))
+    let (reports, report_end) = sys::pipe().map_err(Error::Channel)?;
+    channel::send_copy_request(connection, [helper_data, report_end], request)
+        .map_err(helper_failed)?;
+    Ok((host_data, Helper { pidfd, reports }))
 }
 
-/// Returns whether `path` is a directory in the container; false when it does not exist.
-fn is_dir_inside(engine: &Engine, container: &str, path: &Path) -> Result<bool, Error> {
-    let options = ContainerArchiveInfoOptionsBuilder::new()
-        .path(&path.to_string_lossy())
-        .build();
-    let stat = engine.block_on(
-        engine
-            .docker()
-            .get_container_archive_info(container, Some(options)),
-    );
-    match stat {
-        Ok(stat) => Ok(stat.file_mode & GO_MODE_DIR != 0),
-        Err(error) if is_not_found(&error) => Ok(false),
-        Err(error) => Err(failed(path, error)),
-    }
-}
-
-/// Opens an unnamed temporary file for the archive.
-fn temporary_file() -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(std::env::temp_dir())
-}
-
-/// Streams `file` in chunks, ending after the first error.
-fn chunks(file: File) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buffer = vec![0; CHUNK];
-        match file.read(&mut buffer) {
-            Ok(0) => None,
-            Ok(read) => {
-                buffer.truncate(read);
-                Some((Ok(Bytes::from(buffer)), Some(file)))
-            }
-            Err(error) => Some((Err(error), None)),
-        }
-    })
-}
-
-/// Writes `source` as a tar stream to `sink`, under the top-level `name`.
-fn pack(source: &Path, name: &OsStr, user: User, sink: &mut File) -> io::Result<()> {
-    let mut builder = tar::Builder::new(sink);
-    append(&mut builder, source, Path::new(name), user)?;
-    builder.into_inner()?.flush()
-}
-
-/// Appends `path` as `name`, and what is below it, owned by `user` and with the permission
-/// bits alone. Symlinks are stored as symlinks, never followed.
-fn append(
-    builder: &mut tar::Builder<&mut File>,
-    path: &Path,
-    name: &Path,
-    user: User,
-) -> io::Result<()> {
-    let metadata = std::fs::symlink_metadata(path)?;
-    let mut header = tar::Header::new_gnu();
-    header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
-    header.set_uid(user.uid.into());
-    header.set_gid(user.gid.into());
-    header.set_mode(metadata.mode() & 0o777);
-    let kind = metadata.file_type();
-    if kind.is_dir() {
-        header.set_size(0);
-        builder.append_data(&mut header, name, io::empty())?;
-        let mut entries: Vec<OsString> = std::fs::read_dir(path)?
-            .map(|entry| entry.map(|entry| entry.file_name()))
-            .collect::<io::Result<_>>()?;
-        entries.sort();
-        for entry in entries {
-            append(builder, &path.join(&entry), &name.join(&entry), user)?;
-        }
-        Ok(())
-    } else if kind.is_file() {
-        builder.append_data(&mut header, name, File::open(path)?)
-    } else if kind.is_symlink() {
-        let target = std::fs::read_link(path)?;
-        builder.append_link(&mut header, name, target)
+/// Waits for the helper's last report and returns the failure that explains the copy's: the
+/// host's or the helper's, or a helper that ended without reporting that it finished.
+/// `host_result` is how the host's side ended. `source` names the copy in the error.
+fn finish(
+    helper: Helper,
+    host_result: std::io::Result<()>,
+    into_sandbox: bool,
+    source: &Path,
+) -> Result<(), Error> {
+    let failed = |step: &str, cause: String| Error::Copy {
+        path: source.to_owned(),
+        cause: format!("{step}: {cause}"),
+    };
+    let reports = read_reports(&helper).map_err(Error::Wait)?;
+    let helper_error = reports.iter().find_map(|report| match report {
+        Report::SetupFailed { step, error } => Some(failed(step, error.clone())),
+        _ => None,
+    });
+    let host_step = if into_sandbox {
+        "read from the host"
     } else {
-        Err(io::Error::other(format!(
-            "{} is a device node, FIFO or socket; cp copies files, directories and symlinks only",
-            path.display()
-        )))
+        "write to the host"
+    };
+    let host_error = host_result
+        .err()
+        .map(|error| failed(host_step, airlock_namespace::error_chain(&error)));
+    // The side that writes the stream fails first, and its failure cuts the stream short
+    // for the other side, which then fails too.
+    let first = if into_sandbox {
+        host_error.or(helper_error)
+    } else {
+        helper_error.or(host_error)
+    };
+    if let Some(error) = first {
+        return Err(error);
     }
-}
-
-/// Copies the container's `source` to the host: into `target` when it is a directory, else
-/// as `target`.
-fn copy_out(engine: &Engine, container: &str, source: &Path, target: &Path) -> Result<(), Error> {
-    let (host_dir, name) = join::copy_destination(target, source, |path| path.is_dir())?;
-    let basename = join::file_name(source)?;
-    let options = DownloadFromContainerOptionsBuilder::new()
-        .path(&source.to_string_lossy())
-        .build();
-    let stream = engine
-        .docker()
-        .download_from_container(container, Some(options));
-    let reader = StreamReader::new(engine, stream);
-    if name == basename {
-        return join::unpack_on_host(reader, &host_dir).map_err(|error| failed(source, error));
+    if !reports.contains(&Report::Exited { code: 0 }) {
+        let cause = "the copying process in the container ended without reporting that it \
+                     finished (killed by a limit of the sandbox, or by its processes)";
+        return Err(failed("copy", cause.into()));
     }
-    // The engine names the archive's top entry after the source, so a copy under another
-    // name is unpacked beside the target and renamed.
-    let staging = staging_dir(&host_dir).map_err(|error| failed(target, error))?;
-    let result = join::unpack_on_host(reader, &staging)
-        .and_then(|()| std::fs::rename(staging.join(&basename), host_dir.join(&name)));
-    let _ = std::fs::remove_dir_all(&staging);
-    result.map_err(|error| failed(source, error))
+    Ok(())
 }
 
-/// Creates a private directory in `dir` for a copy to be renamed from.
-fn staging_dir(dir: &Path) -> io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let token = airlock_core::SandboxId::generate()?.to_string();
-    let staging = dir.join(format!(".airlock-cp-{}", &token[..12]));
-    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
-    Ok(staging)
-}
-
-/// Reads a stream of the engine's response body as bytes, driving the engine's runtime.
-pub(crate) struct StreamReader<'a, S> {
-    engine: &'a Engine,
-    stream: Pin<Box<S>>,
-    /// The rest of the last chunk the engine sent.
-    chunk: Bytes,
-}
-
-impl<'a, S> StreamReader<'a, S> {
-    pub(crate) fn new(engine: &'a Engine, stream: S) -> StreamReader<'a, S> {
-        StreamReader {
-            engine,
-            stream: Box::pin(stream),
-            chunk: Bytes::new(),
+/// Reads the helper's reports until it closes its end of the pipe, which it does by
+/// exiting.
+fn read_reports(helper: &Helper) -> std::io::Result<Vec<Report>> {
+    let mut reader = ReportReader::new(helper.reports.as_raw_fd());
+    let mut reports = Vec::new();
+    loop {
+        reader.read_available()?;
+        reports.extend(reader.take());
+        if reader.fd() == -1 {
+            return Ok(reports);
+        }
+        let mut fds = [libc::pollfd {
+            fd: reader.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let millis = Duration::from_secs(1).as_millis() as libc::c_int;
+        sys::poll(&mut fds, millis)?;
+        // A helper that is gone while another process still has the pipe open would
+        // otherwise be waited for without end.
+        if fds[0].revents == 0 && is_gone(&helper.pidfd) {
+            reader.read_available()?;
+            reports.extend(reader.take());
+            return Ok(reports);
         }
     }
 }
 
-impl<S> Read for StreamReader<'_, S>
-where
-    S: Stream<Item = Result<Bytes, bollard::errors::Error>>,
-{
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.engine.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(error)) => return Err(io::Error::other(error)),
-            }
-        }
-        let count = buffer.len().min(self.chunk.len());
-        buffer[..count].copy_from_slice(&self.chunk.split_to(count));
-        Ok(count)
-    }
+/// Returns whether the process of `pidfd` has exited.
+fn is_gone(pidfd: &OwnedFd) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    sys::poll(&mut fds, 0).is_ok_and(|ready| ready > 0)
+}
+
+/// Names the copy helper in an error that the channel reports about the container's
+/// process.
+fn helper_failed(error: Error) -> Error {
+    let reason = match error {
+        Error::InitExited { .. } => "exited before it connected".into(),
+        Error::InitSilent { seconds, .. } => format!("did not connect within {seconds} s"),
+        Error::WrapperFailed { reason } => reason,
+        Error::Channel(source) => format!(
+            "did not take the copy request: {}",
+            airlock_namespace::error_chain(&source)
+        ),
+        other => return other,
+    };
+    Error::CopyHelperFailed { reason }
 }

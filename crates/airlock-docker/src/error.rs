@@ -87,6 +87,8 @@ pub enum Error {
     NotRunning { container: String },
     #[error("exec --user with uid or gid 0 would run as root or root's group on the host, because the engine does not remap users; omit --user, or create the sandbox with --allow-weaker to accept that")]
     PrivilegedExecUser,
+    #[error("the copying process in the container {reason}; check that the sandbox still runs with `airlock ls`")]
+    CopyHelperFailed { reason: String },
     #[error("cannot copy {path:?}: {cause}")]
     Copy { path: PathBuf, cause: String },
     /// A step of the namespace backend's machinery that this backend shares failed.

@@ -4,7 +4,7 @@
 //! sheds every privilege in the command's process, as the init does, and stays its parent:
 //! it relays the host's signals and reports how the command ended.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Instant;
 
@@ -48,18 +48,12 @@ pub fn exec(
         .map_err(airlock_namespace::Error::Stdio)?;
     let (restore_mask, signals) = shared::block_forwarded_signals(spec.tty)?;
 
-    let run_dir = RunDir::open(&runtime.run_dir)?;
-    let name = channel::unique_name("exec")?;
-    let listener = run_dir.listen(&name)?;
     let user = command.user.unwrap_or(runtime.user);
-    let wrapper = start_wrapper(&engine, runtime, &name, user)?;
-    let pidfd = sys::pidfd_open(wrapper).map_err(|_| Error::WrapperFailed {
-        reason: "exited before it connected".into(),
-    })?;
-    let connection = listener
-        .accept(wrapper, pidfd.as_raw_fd())
-        .map_err(wrapper_failed)?;
-    drop(listener);
+    let Connected {
+        pid: wrapper,
+        pidfd,
+        connection,
+    } = start_connected(&engine, runtime, "__docker-exec", user).map_err(wrapper_failed)?;
     let plan = Plan {
         command: airlock_nspawn::init::Plan {
             argv: spec.command.clone(),
@@ -138,11 +132,47 @@ pub fn exec(
     })
 }
 
-/// Starts the exec wrapper in the container as `user`, listening at socket `name` of the run
-/// directory; returns its host pid.
-fn start_wrapper(
+/// A process that the engine started in the container, connected to the host.
+pub(crate) struct Connected {
+    /// The process's host pid.
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub connection: OwnedFd,
+}
+
+/// Starts the Airlock binary in the container as `user`, in the hidden `mode`, and accepts
+/// its connection on a new socket of the run directory. A process that exits before it
+/// connects fails with [`Error::InitExited`].
+pub(crate) fn start_connected(
     engine: &Engine,
     runtime: &Runtime,
+    mode: &str,
+    user: airlock_core::User,
+) -> Result<Connected, Error> {
+    let run_dir = RunDir::open(&runtime.run_dir)?;
+    let prefix = mode.trim_start_matches("__docker-");
+    let name = channel::unique_name(prefix)?;
+    let listener = run_dir.listen(&name)?;
+    let pid = start_helper(engine, runtime, mode, &name, user)?;
+    let exited = |_| Error::InitExited {
+        logs: String::new(),
+    };
+    let pidfd = sys::pidfd_open(pid).map_err(exited)?;
+    let connection = listener.accept(pid, pidfd.as_raw_fd())?;
+    Ok(Connected {
+        pid,
+        pidfd,
+        connection,
+    })
+}
+
+/// Starts the Airlock binary in the container as `user`, in the hidden `mode`
+/// (`__docker-exec` or `__docker-cp`), listening at socket `name` of the run directory.
+/// Returns its host pid.
+fn start_helper(
+    engine: &Engine,
+    runtime: &Runtime,
+    mode: &str,
     name: &str,
     user: airlock_core::User,
 ) -> Result<libc::pid_t, Error> {
@@ -150,7 +180,7 @@ fn start_wrapper(
     let config = ExecConfig {
         cmd: Some(vec![
             config::BINARY.to_owned(),
-            "__docker-exec".to_owned(),
+            mode.to_owned(),
             socket.display().to_string(),
         ]),
         user: Some(format!("{}:{}", user.uid, user.gid)),
@@ -191,7 +221,7 @@ fn start_wrapper(
 fn wrapper_failed(error: Error) -> Error {
     match error {
         Error::InitExited { .. } => Error::WrapperFailed {
-            reason: "exited before it was ready".into(),
+            reason: "exited before it connected or was ready".into(),
         },
         Error::InitSilent { seconds, .. } => Error::WrapperFailed {
             reason: format!("did not connect or report ready within {seconds} s"),

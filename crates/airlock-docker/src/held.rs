@@ -39,6 +39,48 @@ pub struct Runtime {
     /// The Landlock ABI the kernel offers, 0 without Landlock.
     pub landlock_abi: u32,
     pub enforcement: Enforcement,
+    /// The facts every later start of the sandbox reuses, which the lifecycle keeps in the
+    /// sandbox's record after a stop.
+    #[serde(default)]
+    pub pinned: Pinned,
+}
+
+/// The facts a docker sandbox's first start fixes for its later starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pinned {
+    /// The socket of the engine that created the sandbox's first container. A later start
+    /// creates its container there, whatever DOCKER_HOST names then, because the sandbox's
+    /// image is in that engine.
+    pub socket: Option<PathBuf>,
+}
+
+impl Pinned {
+    /// Returns the engine socket that a docker sandbox's record names: the pinned one, or
+    /// the runtime's of a sandbox that a version without pinning started.
+    pub fn socket_of(
+        pinned: Option<&serde_json::Value>,
+        runtime: Option<&serde_json::Value>,
+    ) -> Option<PathBuf> {
+        let pinned =
+            pinned.and_then(|pinned| serde_json::from_value::<Pinned>(pinned.clone()).ok());
+        let runtime = runtime.and_then(|runtime| runtime_of(runtime).ok());
+        pinned
+            .and_then(|pinned| pinned.socket)
+            .or(runtime.map(|runtime| runtime.socket))
+    }
+
+    /// Reads the facts an earlier start pinned, from [`RunOptions::pinned`]. Facts this
+    /// version cannot read are dropped with a warning, so the start finds the engine as a
+    /// first start does.
+    pub fn of(options: &RunOptions) -> Pinned {
+        let Some(value) = &options.pinned else {
+            return Pinned::default();
+        };
+        serde_json::from_value(value.clone()).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the facts pinned at the sandbox's first start");
+            Pinned::default()
+        })
+    }
 }
 
 /// A running held sandbox, owned by its supervisor.
@@ -69,6 +111,9 @@ pub fn start(spec: &Spec, options: &RunOptions) -> Result<Held, Error> {
         cgroup: sandbox.cgroup.as_ref().map(|cgroup| cgroup.describe()),
         landlock_abi: sandbox.facts.landlock_abi,
         enforcement: sandbox.enforcement.clone(),
+        pinned: Pinned {
+            socket: Some(sandbox.resources.engine.socket().to_owned()),
+        },
     };
     tracing::info!(sandbox = %sandbox.id, pid = sandbox.init.pid, "held sandbox ready");
     Ok(Held {

@@ -1,5 +1,6 @@
-//! The container's side: the init, PID 1 of every docker sandbox, and the wrapper that every
-//! exec runs through. Both are the Airlock binary, bound read-only at [`crate::config::BINARY`].
+//! The container's side: the init, PID 1 of every docker sandbox, the wrapper that every
+//! exec runs through, and the helper that serves `airlock cp`. All three are the Airlock
+//! binary, bound read-only at [`crate::config::BINARY`].
 //!
 //! Each connects to its socket in the run directory, takes its descriptors and plan from
 //! the host (see [`crate::channel`]), and starts the command with the nspawn backend's init
@@ -11,18 +12,20 @@
 //! connection at [`PLAN_FD`], the report pipe at [`REPORT_FD`] and the liveness pipe at
 //! [`LIVENESS_FD`].
 
-use std::io;
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use airlock_namespace::init::FORWARDED_SIGNALS;
 use airlock_namespace::report::Report;
 use airlock_namespace::workload::{self, Stdio};
-use airlock_namespace::{control, sys, tty};
+use airlock_namespace::{control, join, sys, tty};
 use airlock_nspawn::init::{self as shared, StepResult, LIVENESS_FD, PLAN_FD, REPORT_FD};
 
-use crate::channel::{self, Plan};
+use crate::channel::{self, CopyRequest, Plan};
 
 /// Runs as the container's PID 1; never returns.
 pub fn init(socket: &Path) -> ! {
@@ -62,6 +65,72 @@ pub fn exec(socket: &Path) -> ! {
     };
     release_stdio(&stdio);
     supervise_command(command, &signals)
+}
+
+/// Serves one `airlock cp` in the container, as the sandbox's user: unpacks the tar stream
+/// from the host's data pipe at the requested path, or packs the path into it. Reports on
+/// the report pipe how it ended, and exits; never returns.
+pub fn copy(socket: &Path) -> ! {
+    // The data pipe leads to the host, so no process of the sandbox may take it through
+    // /proc or read this process's memory.
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
+    let (request, data, report) = match receive_copy_request(socket) {
+        Ok(received) => received,
+        Err((step, source)) => {
+            // Nothing reads this output, but the host finds that the helper ended without a
+            // report.
+            eprintln!("airlock: cannot {step}: {source}");
+            sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into());
+        }
+    };
+    let path = Path::new(OsStr::from_bytes(&request.path));
+    let data = std::fs::File::from(data);
+    let result = if request.into_sandbox {
+        step(join::unpack_tree(data, path), "write in the sandbox")
+    } else {
+        let name = OsStr::from_bytes(&request.name);
+        step(join::pack_tree(data, path, name), "read from the sandbox").map(drop)
+    };
+    match result {
+        Ok(()) => {
+            Report::Exited { code: 0 }.send(report.as_raw_fd());
+            sys::exit_now(0)
+        }
+        Err((step, source)) => {
+            Report::SetupFailed {
+                step: step.to_owned(),
+                error: airlock_namespace::error_chain(&source),
+            }
+            .send(report.as_raw_fd());
+            sys::exit_now(1)
+        }
+    }
+}
+
+/// Connects to `socket`, receives the data and report pipes, acknowledges them, and reads
+/// the request that follows.
+fn receive_copy_request(socket: &Path) -> EarlyResult<(CopyRequest, OwnedFd, OwnedFd)> {
+    let connection = early(UnixStream::connect(socket), "connect to the host")?;
+    let received = "receive the copy's pipes";
+    let message = early(control::recv(connection.as_raw_fd()), received)?;
+    let Some((payload, fds)) = message else {
+        return Err((received.into(), io::ErrorKind::UnexpectedEof.into()));
+    };
+    let Ok([data, report]) = <[OwnedFd; 2]>::try_from(fds) else {
+        return Err((received.into(), io::ErrorKind::InvalidData.into()));
+    };
+    if payload != channel::TAG_COPY {
+        return Err((received.into(), io::ErrorKind::InvalidData.into()));
+    }
+    early(
+        sys::write_all(connection.as_raw_fd(), &[channel::ACK]),
+        "acknowledge the copy's pipes",
+    )?;
+    let mut line = String::new();
+    let read = "read the copy request";
+    early(BufReader::new(connection).read_line(&mut line), read)?;
+    let request = serde_json::from_str(&line).map_err(|error| (read.to_owned(), error.into()))?;
+    Ok((request, data, report))
 }
 
 /// Connects to the host, installs the descriptors it sends, reads the plan, prepares the

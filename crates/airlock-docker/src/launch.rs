@@ -37,6 +37,7 @@ use crate::channel::{self, Channel, Plan, RunDir};
 use crate::config::{self, Layout, WorkspaceMount};
 use crate::engine::Engine;
 use crate::error::{is_not_found, Error};
+use crate::held::Pinned;
 use crate::observe;
 use crate::protections::{self, Facts};
 use crate::resources::Resources;
@@ -210,10 +211,14 @@ fn check_protections(
 
 /// Checks, before creating anything, that the spec names an image, that the binary can be
 /// the init, and for a privileged user that the engine remaps users or the spec accepts
-/// that it does not. Returns the connected engine with the findings.
+/// that it does not. Returns the connected engine, the one an earlier start pinned or else
+/// the one DOCKER_HOST or the default sockets name, with the findings.
 fn check<'a>(spec: &'a Spec, options: &RunOptions) -> Result<(Engine, Checked<'a>), Error> {
     let image = image_of(spec)?;
-    let engine = Engine::connect()?;
+    let engine = match Pinned::of(options).socket {
+        Some(socket) => Engine::connect_to(&socket)?,
+        None => Engine::connect()?,
+    };
     let id = match options.id {
         Some(id) => id,
         None => SandboxId::generate().map_err(Error::Id)?,

@@ -29,6 +29,7 @@ pub mod observe;
 pub mod protections;
 pub mod resources;
 pub mod rlimits;
+mod stream;
 pub mod transport;
 pub mod watch;
 
@@ -127,6 +128,16 @@ impl Backend for DockerBackend {
         let runtime = runtime.and_then(|runtime| held::runtime_of(runtime).ok());
         clean_up(id, runtime.as_ref());
     }
+
+    fn clean_up_without_runtime(&self, id: &SandboxId, pinned: Option<&serde_json::Value>) {
+        let socket = pinned
+            .and_then(|pinned| serde_json::from_value::<held::Pinned>(pinned.clone()).ok())
+            .and_then(|pinned| pinned.socket);
+        match socket {
+            Some(socket) => remove_on(id, Engine::connect_to(&socket)),
+            None => clean_up(id, None),
+        }
+    }
 }
 
 /// Splits an engine connection error into the reason and the fix that `airlock doctor`
@@ -185,13 +196,19 @@ fn clean_up(id: &SandboxId, runtime: Option<&held::Runtime>) {
         Some(runtime) => Engine::connect_to(&runtime.socket),
         None => Engine::connect(),
     };
+    remove_on(id, engine);
+    if let Some(runtime) = runtime {
+        let _ = std::fs::remove_dir_all(&runtime.run_dir);
+    }
+}
+
+/// Removes the container and volume of sandbox `id` from `engine`, or warns that the engine
+/// is unreachable.
+fn remove_on(id: &SandboxId, engine: Result<Engine, EngineError>) {
     match engine {
         Ok(engine) => resources::remove_labeled(&engine, &id.to_string()),
         Err(error) => {
             tracing::warn!(sandbox = %id, %error, "cannot reach the engine to remove the sandbox's container")
         }
-    }
-    if let Some(runtime) = runtime {
-        let _ = std::fs::remove_dir_all(&runtime.run_dir);
     }
 }

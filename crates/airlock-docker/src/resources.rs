@@ -166,12 +166,41 @@ pub fn remove_labeled(engine: &Engine, id: &str) {
 
 /// Removes the containers and volumes labeled with `state_dir` whose sandbox `is_known`
 /// rejects: those whose sandbox's record is gone, as after a run whose end could not reach
-/// the engine. Returns the ids of those sandboxes. An engine that does not reply has
-/// nothing to remove.
-pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<String> {
-    let Ok(engine) = Engine::connect() else {
-        return Vec::new();
-    };
+/// the engine. It searches the engine that DOCKER_HOST or the default sockets name, and the
+/// engines at `sockets`, which the state directory's sandboxes were created on. Returns the
+/// ids of those sandboxes. An engine that does not reply has nothing to remove.
+///
+/// NOTE: an orphan on an engine that neither DOCKER_HOST nor a remaining sandbox names stays
+/// until `gc` runs with DOCKER_HOST naming that engine.
+pub fn remove_orphans(
+    state_dir: &Path,
+    sockets: &[PathBuf],
+    is_known: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut searched: Vec<PathBuf> = Vec::new();
+    let mut removed = Vec::new();
+    let engines = std::iter::once(Engine::connect())
+        .chain(sockets.iter().map(|socket| Engine::connect_to(socket)));
+    for engine in engines.flatten() {
+        let socket = std::fs::canonicalize(engine.socket()).unwrap_or(engine.socket().into());
+        if searched.contains(&socket) {
+            continue;
+        }
+        searched.push(socket);
+        removed.extend(remove_orphans_on(&engine, state_dir, is_known));
+    }
+    removed.sort();
+    removed.dedup();
+    removed
+}
+
+/// Removes the orphans of `state_dir` from `engine`, as [`remove_orphans`] does, and returns
+/// the ids of their sandboxes.
+fn remove_orphans_on(
+    engine: &Engine,
+    state_dir: &Path,
+    is_known: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
     let filters = HashMap::from([(
         "label".to_owned(),
         vec![format!("{LABEL_STATE_DIR}={}", state_dir.display())],
@@ -182,13 +211,13 @@ pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<
     };
 
     let mut removed = Vec::new();
-    let listed = list_containers(&engine, &filters);
+    let listed = list_containers(engine, &filters);
     if let Err(error) = &listed {
         tracing::warn!(%error, "cannot list the containers of this state directory");
     }
     for container in listed.unwrap_or_default() {
         if let Some(id) = orphan(container.labels.as_ref()) {
-            remove_container(&engine, &container.id);
+            remove_container(engine, &container.id);
             removed.push(id);
         }
     }
@@ -201,12 +230,10 @@ pub fn remove_orphans(state_dir: &Path, is_known: &dyn Fn(&str) -> bool) -> Vec<
         .unwrap_or_default()
     {
         if let Some(id) = orphan(Some(&volume.labels)) {
-            remove_volume(&engine, &volume.name);
+            remove_volume(engine, &volume.name);
             removed.push(id);
         }
     }
-    removed.sort();
-    removed.dedup();
     removed
 }
 

@@ -575,8 +575,9 @@ fn unpack_inside(fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
 
 /// Unpacks a tar stream made by [`pack_tree`]: into `target` when it is a directory, else
 /// as `target` itself, whose name replaces the stream's top-level name. Paths that are not
-/// plain relative names are rejected. Symlinks already in `target` are followed, so this is
-/// for the inside of a sandbox, never for the host.
+/// plain relative names are rejected, and device nodes and FIFOs are skipped. Symlinks
+/// already in `target` are followed, so this is for the inside of a sandbox, never for the
+/// host.
 pub fn unpack_tree(source: impl std::io::Read, target: &Path) -> std::io::Result<()> {
     let into_dir = target.is_dir();
     let (dir, new_name) = if into_dir {
@@ -588,6 +589,11 @@ pub fn unpack_tree(source: impl std::io::Read, target: &Path) -> std::io::Result
     let mut archive = tar::Archive::new(source);
     for entry in archive.entries()? {
         let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        // The tar crate (0.4.46) unpacks these as empty regular files.
+        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+            continue;
+        }
         let path = entry.path()?.into_owned();
         let mut components = path.components();
         let first = components.next().map(|c| c.as_os_str().to_os_string());

@@ -66,20 +66,40 @@ fn append_dir_all<W: Write>(
 }
 
 /// Appends one entry that is not a directory's content: a regular file through
-/// [`append_file`], anything else (a directory header, a symlink, a device node) through
-/// the tar crate, which stores no data for those.
+/// [`append_file`], a FIFO or device node through [`append_special`], anything else (a
+/// directory header, a symlink) through the tar crate, which stores no data for those.
 fn append_entry<W: Write>(
     builder: &mut tar::Builder<W>,
     archive_path: &Path,
     path: &Path,
     kind: FileType,
 ) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     if kind.is_file() {
         let (file, metadata) = open_regular(path)?;
         append_file(builder, archive_path, path, file, &metadata)
+    } else if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+        append_special(builder, archive_path, path)
     } else {
         builder.append_path_with_name(path, archive_path)
     }
+}
+
+/// Appends the FIFO or device node at `path` under `archive_path`, as a header alone. The
+/// tar crate's `append_path_with_name` (0.4.46) names such an entry by `path` instead, and
+/// fails for an absolute one. The device numbers stay 0, because both unpackers of `cp`
+/// skip these entries.
+fn append_special<W: Write>(
+    builder: &mut tar::Builder<W>,
+    archive_path: &Path,
+    path: &Path,
+) -> io::Result<()> {
+    let metadata = fs::symlink_metadata(path)
+        .map_err(|error| with_path(error, "read the metadata of", path))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
+    header.set_size(0);
+    builder.append_data(&mut header, archive_path, io::empty())
 }
 
 /// Opens `path` without following a symlink or blocking on a FIFO, and checks that it is
@@ -275,6 +295,58 @@ mod tests {
         let text = String::from_utf8_lossy(&found[0].1).into_owned();
         assert!(text.starts_with("Name:"), "{text}");
         assert!(text.contains("\nPid:"), "{text}");
+    }
+
+    #[test]
+    fn tree_keeps_nested_fifo_as_entry() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("file"), b"data").unwrap();
+        let fifo = crate::sys::cstring(tree.join("fifo")).unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path that lives for the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+        let archive = pack_tree(Vec::new(), &tree, OsStr::new("copy")).expect("pack");
+
+        let mut archive = tar::Archive::new(archive.as_slice());
+        let fifos: Vec<String> = archive
+            .entries()
+            .expect("archive")
+            .map(|entry| entry.expect("entry parses"))
+            .filter(|entry| entry.header().entry_type().is_fifo())
+            .map(|entry| entry.path().expect("path").display().to_string())
+            .collect();
+        assert_eq!(fifos, ["copy/fifo"]);
+    }
+
+    #[test]
+    fn unpack_in_sandbox_skips_devices_and_fifos() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut append = |name: &str, kind: tar::EntryType, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            builder.append_data(&mut header, name, data).unwrap();
+        };
+        append("copy", tar::EntryType::Directory, b"");
+        append("copy/null", tar::EntryType::Char, b"");
+        append("copy/disk", tar::EntryType::Block, b"");
+        append("copy/fifo", tar::EntryType::Fifo, b"");
+        append("copy/file", tar::EntryType::Regular, b"data");
+        let archive = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        crate::join::unpack_tree(archive.as_slice(), dir.path()).expect("unpack");
+
+        let mut names: Vec<String> = fs::read_dir(dir.path().join("copy"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["file"]);
+        assert_eq!(fs::read(dir.path().join("copy/file")).unwrap(), b"data");
     }
 
     #[test]

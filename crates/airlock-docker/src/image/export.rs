@@ -15,9 +15,9 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
 
 use super::ImageError;
-use crate::copy::StreamReader;
 use crate::engine::Engine;
 use crate::resources;
+use crate::stream::StreamReader;
 
 /// The label of an export's container, whose value is the pid of the Airlock process that
 /// created it, so that a later export removes the containers of a killed one.
