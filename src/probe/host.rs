@@ -108,9 +108,18 @@ impl CanaryProcess {
         secret.copy_from_slice(&token(8).into_bytes());
         let c_name = CString::new(name.clone()).map_err(io::Error::other)?;
         let parent = sys::getpid();
+        let (ready_read, ready_write) = sys::pipe()?;
         match sys::fork()? {
-            0 => canary_process_main(parent, &c_name),
-            pid => Ok(CanaryProcess { pid, name, secret }),
+            0 => canary_process_main(parent, &c_name, ready_write),
+            pid => {
+                let canary = CanaryProcess { pid, name, secret };
+                // The pipe reaches end of file once the process has its name and signal
+                // mask, so a probe that looks for it by name finds it.
+                drop(ready_write);
+                let mut byte = [0u8; 1];
+                sys::read(ready_read.as_raw_fd(), &mut byte)?;
+                Ok(canary)
+            }
         }
     }
 
@@ -166,12 +175,12 @@ impl Drop for CanaryProcess {
 }
 
 /// Runs the canary process after the fork: only system calls, then it sleeps until killed.
-fn canary_process_main(parent: libc::pid_t, name: &CString) -> ! {
+fn canary_process_main(parent: libc::pid_t, name: &CString, ready: OwnedFd) -> ! {
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     if sys::getppid() != parent {
         sys::exit_now(0);
     }
-    let _ = sys::close_all_except(&[]);
+    let _ = sys::close_all_except(&[ready.as_raw_fd()]);
     let _ = sys::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong);
     // Without Yama this fails with EINVAL, and any process of the same user may trace anyway.
     let _ = sys::prctl(
@@ -185,6 +194,7 @@ fn canary_process_main(parent: libc::pid_t, name: &CString) -> ! {
         set
     };
     let _ = sys::set_signal_mask(libc::SIG_SETMASK, &all);
+    drop(ready);
     loop {
         // SAFETY: pause takes no arguments; with every signal blocked only SIGKILL ends it.
         unsafe { libc::pause() };
