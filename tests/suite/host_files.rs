@@ -345,3 +345,45 @@ fn root_refuses_workspace_symlink() {
         );
     }
 }
+
+/// Overlayfs copies a file up with its mounter's credentials. Root runs Airlock on a
+/// project of the test user that holds a file only root may read: renaming it in the
+/// sandbox must fail rather than copy it into the upper layer, from where `apply` would
+/// give it to the project's owner.
+#[test]
+fn unreadable_file_never_copied_up() {
+    let (uid, gid) = test_user();
+    let user = format!("{uid}:{gid}");
+    let cases: [&[&str]; 3] = [
+        &[],
+        &["--backend", "chroot"],
+        &["--backend", "chroot", "--user", &user],
+    ];
+    for options in cases {
+        let workspace = Workspace::new(Caller::User);
+        let secret = workspace.path().join("secret");
+        fs::write(&secret, b"only root reads this\n").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut args = vec!["run", "--workspace-mode", "overlay"];
+        args.extend_from_slice(options);
+        args.extend(["--", "sh", "-c", "mv secret moved && cat moved"]);
+        let output = super::harness::run(Caller::Root, &args, workspace.path());
+        let seen = super::harness::stdout(&output);
+        assert!(
+            !seen.contains("only root"),
+            "{options:?}: {}",
+            describe(&output)
+        );
+        assert_ne!(
+            output.status.code(),
+            Some(0),
+            "{options:?}: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains("Value too large"),
+            "{options:?}: {}",
+            describe(&output)
+        );
+    }
+}

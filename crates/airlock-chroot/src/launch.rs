@@ -135,9 +135,13 @@ fn send_overlay(
     layers: &Path,
     control: &OwnedFd,
 ) -> Result<(), Error> {
-    if let Some(overlay) = tree::overlay(workspace, layers)? {
-        let _ = control::send(control.as_raw_fd(), b"o", &[overlay.as_raw_fd()]);
-    }
+    let Some(overlay) = tree::overlay(workspace, layers)? else {
+        return Err(Error::Overlay {
+            path: layers.to_owned(),
+            source: std::io::Error::other("the workspace is not an idmapped mount"),
+        });
+    };
+    let _ = control::send(control.as_raw_fd(), b"o", &[overlay.as_raw_fd()]);
     Ok(())
 }
 

@@ -57,6 +57,12 @@ impl Drop for Exiting {
 /// bits of its directory. A workspace owned by someone else becomes an idmapped mount on
 /// which its owner's files appear as `user`'s, and what `user` writes belongs to the owner
 /// on the host. Files of other owners appear as nobody, since only one id is mapped.
+///
+/// The overlay's lower layer is always such a mount, even for a workspace that `user` owns.
+/// The overlay copies a file up with the credentials of its mounter, root, so over a plain
+/// workspace a rename would copy another user's unreadable file into the upper layer, from
+/// where `apply` would give it to the project's owner. A file whose owner is not mapped
+/// cannot be copied up (EOVERFLOW).
 pub fn prepare_workspace(spec: &Spec, user: User) -> Result<(Workspace, u32), Error> {
     let Some(path) = spec.workspace.as_deref() else {
         return Ok((Workspace::None, 0));
@@ -75,7 +81,7 @@ pub fn prepare_workspace(spec: &Spec, user: User) -> Result<(Workspace, u32), Er
         })?;
     let owner = (metadata.uid(), metadata.gid());
     let mode = metadata.mode() & 0o7777;
-    if owner == (user.uid, user.gid) {
+    if owner == (user.uid, user.gid) && spec.workspace_mode != WorkspaceMode::Overlay {
         return Ok((Workspace::Bind(workspace.bind_source()), mode));
     }
     let (tree, exiting) = idmapped(&workspace, owner, user)
@@ -192,21 +198,15 @@ fn remove_kernel_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Mounts the workspace's copy-on-write overlay, with its upper layer in `layers`, as a
-/// detached mount for the holder to attach; `None` without a workspace. Runs in the
-/// launcher.
+/// detached mount for the holder to attach; `None` without an idmapped workspace, which
+/// [`prepare_workspace`] makes for every overlay. Runs in the launcher.
 pub fn overlay(workspace: &Workspace, layers: &Path) -> Result<Option<OwnedFd>, Error> {
+    let Workspace::Idmapped(lower, _) = workspace else {
+        return Ok(None);
+    };
     let failed = |source| Error::Overlay {
         path: layers.to_owned(),
         source,
-    };
-    let opened;
-    let lower = match workspace {
-        Workspace::None => return Ok(None),
-        Workspace::Idmapped(tree, _) => tree,
-        Workspace::Bind(source) => {
-            opened = rootfs::open_workspace(source).map_err(|error| failed(error.source))?;
-            &opened
-        }
     };
     let through = |fd: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     let layers_dir =

@@ -243,9 +243,9 @@ fn start_init(
         Some(cgroup) if cgroup.is_v2() => Some(cgroup.open_dir().map_err(Error::Cgroup)?),
         _ => None,
     };
-    // A root caller's launcher mounts the overlay itself (`outside_overlay`), so the init
-    // neither binds the project nor opens the layers.
-    let outside_overlay = caller.is_root && start.layers.is_some();
+    // A root caller's launcher mounts the overlay over an idmapped workspace itself
+    // (`outside_overlay`), so the init neither binds the project nor opens the layers.
+    let outside_overlay = takes_outside_overlay(caller, start.layers);
     let pid = match sys::clone_process(NAMESPACES, cgroup_dir.as_ref().map(AsRawFd::as_raw_fd)) {
         Ok(0) => init::run(init::Plan {
             spec,
@@ -304,8 +304,8 @@ fn finish_outside_setup(
         .map_err(Error::UserNamespace)?;
     sys::write_all(channels.sync.as_raw_fd(), b"1").map_err(Error::Channel)?;
     let workspace = match (&caller.workspace, layers) {
-        (Some(workspace), Some(layers)) if caller.is_root => {
-            Some(outside_overlay(workspace, caller, sandbox.pid, layers)?)
+        (Some(workspace), Some(layers)) if takes_outside_overlay(caller, Some(layers)) => {
+            Some(outside_overlay(workspace, sandbox.pid, layers)?)
         }
         (Some(workspace), _) if caller.identity.idmap_workspace => {
             Some(idmapped_workspace(workspace, sandbox.pid)?)
@@ -366,29 +366,34 @@ fn idmapped_workspace(workspace: &HostWorkspace, init: libc::pid_t) -> Result<Ow
     Ok(tree)
 }
 
-/// Mounts the workspace's copy-on-write overlay for a root caller, over the idmapped
-/// workspace where root inside needs one, while the init builds the rest of the tree. Files
-/// in the upper layer keep the owners that a mount inside would give them, and the markers
-/// stay user.* attributes. Only the whiteouts belong to host root, which the diff ignores.
+/// Returns whether the launcher mounts the workspace overlay itself: for a root caller
+/// whose workspace is idmapped. Overlayfs copies a file up with its mounter's credentials,
+/// so a mount by host root over a plain workspace would copy files that the sandbox may not
+/// read (another user's, mode 0600) into the upper layer, from where `apply` would hand
+/// them to the project's owner. Through the idmapped workspace, a file whose owner the
+/// sandbox's user namespace does not map cannot be copied up (EOVERFLOW), whoever mounts.
+fn takes_outside_overlay(caller: &Caller, layers: Option<&Path>) -> bool {
+    caller.is_root && caller.identity.idmap_workspace && layers.is_some()
+}
+
+/// Mounts the workspace's copy-on-write overlay over the idmapped workspace, while the init
+/// builds the rest of the tree. Files in the upper layer keep the owners that a mount inside
+/// would give them, and the markers stay user.* attributes. Only the whiteouts belong to
+/// host root, which the diff ignores.
 fn outside_overlay(
     workspace: &HostWorkspace,
-    caller: &Caller,
     init: libc::pid_t,
     layers: &Path,
 ) -> Result<OwnedFd, Error> {
     let through = |fd: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    let idmapped = match caller.identity.idmap_workspace {
-        true => Some(idmapped_workspace(workspace, init)?),
-        false => None,
-    };
-    let lower = idmapped.as_ref().unwrap_or(&workspace.fd);
+    let lower = idmapped_workspace(workspace, init)?;
     let failed = |source| Error::Overlay {
         path: layers.to_owned(),
         source,
     };
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let layers_dir = sys::open(layers, flags).map_err(failed)?;
-    rootfs::detached_overlay(&through(lower), &through(&layers_dir)).map_err(failed)
+    rootfs::detached_overlay(&through(&lower), &through(&layers_dir)).map_err(failed)
 }
 
 /// A sandbox whose init has started, with what the launcher set up around it.

@@ -415,7 +415,7 @@ fn enter_new_root() -> Result<()> {
 
 /// Opens the workspace and checks it against the launcher's device and inode numbers, so a
 /// path swapped since the launcher checked it is rejected rather than mounted.
-pub fn open_workspace(source: &BindSource) -> Result<OwnedFd> {
+fn open_workspace(source: &BindSource) -> Result<OwnedFd> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let opened = sys::open(&source.path, flags).step(|| "open the workspace".into())?;
     let metadata = fs::metadata(through_fd(&opened)).step(|| "inspect the workspace".into())?;
