@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+use airlock_namespace::pack::Skipped;
 use airlock_namespace::report::{Report, ReportReader};
 use airlock_namespace::{join, sys};
 
@@ -55,7 +56,8 @@ pub fn copy(
             name: name.as_bytes().to_vec(),
         };
         let (data, helper) = start(&engine, runtime, &request)?;
-        let packed = join::pack_tree(File::from(data), source, &name).map(drop);
+        let packed =
+            join::pack_tree(File::from(data), source, &name).map(|packed| packed.skipped.warn());
         finish(helper, packed, true, source)
     } else {
         // The host decides the name, as cp(1) does: inside `target` when it is a directory.
@@ -66,7 +68,7 @@ pub fn copy(
             name: name.as_bytes().to_vec(),
         };
         let (data, helper) = start(&engine, runtime, &request)?;
-        let unpacked = join::unpack_on_host(File::from(data), &host_dir);
+        let unpacked = join::unpack_on_host(File::from(data), &host_dir, None);
         finish(helper, unpacked, false, source)
     }
 }
@@ -115,6 +117,16 @@ fn finish(
         cause: format!("{step}: {cause}"),
     };
     let reports = read_reports(&helper).map_err(Error::Wait)?;
+    for report in &reports {
+        if let Report::Skipped { named, unnamed } = report {
+            let named = named.iter().map(|(path, kind)| (path.into(), *kind));
+            let skipped = Skipped {
+                named: named.collect(),
+                unnamed: *unnamed,
+            };
+            skipped.warn();
+        }
+    }
     let helper_error = reports.iter().find_map(|report| match report {
         Report::SetupFailed { step, error } => Some(failed(step, error.clone())),
         _ => None,

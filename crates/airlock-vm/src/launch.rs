@@ -148,6 +148,7 @@ pub fn prepare(
     pinned: Option<&PinnedImage>,
 ) -> Result<Prepared, Error> {
     let sizing = sizing::size(spec)?;
+    sizing::warn_above_available(&sizing);
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     // Before the initramfs, so that a missing image fails without building anything.
