@@ -261,13 +261,13 @@ fn cp_skips_fifos_both_ways() {
     );
     assert_eq!(stdout(&listed), " d\nfile f\n", "{}", describe(&listed));
 
-    let made = exec_sh(
+    let prepared = exec_sh(
         caller,
         workspace.path(),
         &id,
         "mkdir /tmp/out && echo data > /tmp/out/file && mkfifo /tmp/out/fifo",
     );
-    assert!(made.status.success(), "{}", describe(&made));
+    assert!(prepared.status.success(), "{}", describe(&prepared));
     let out = run(
         caller,
         &["cp", &format!("{id}:/tmp/out"), "fetched"],

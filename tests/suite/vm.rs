@@ -1277,12 +1277,12 @@ fn vm_cp_trees_never_follow_guest_links() {
 }
 
 /// `cp` leaves device nodes, FIFOs and sockets out of a tree in both directions, with a
-/// warning naming each: none becomes an empty file in the guest or a device or FIFO on the
-/// host, and a FIFO without a writer or a `/dev/zero` copy never blocks the copy. A copy out
-/// carries at most what the guest can hold, so a sparse file of a terabyte fails at once and
-/// leaves nothing at the target.
+/// warning naming each. None becomes an empty file in the guest or a device or FIFO on the
+/// host, and neither a FIFO without a writer nor a `/dev/zero` node blocks the copy. A copy
+/// out carries at most what the guest can hold, so a sparse file of a terabyte fails at
+/// once and leaves nothing at the target.
 #[test]
-fn vm_cp_skips_special_files_and_bounds_copy_out() {
+fn vm_cp_special_files_and_size_limit() {
     let scene = Scene::new();
     let host = tempfile::tempdir().expect("tempdir");
     let tree = host.path().join("tree");
@@ -1318,8 +1318,8 @@ fn vm_cp_skips_special_files_and_bounds_copy_out() {
     let special = "mkdir /tmp/out && echo a > /tmp/out/a.txt && mkfifo /tmp/out/fifo && \
          mknod /tmp/out/zero c 1 5 && \
          perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => \"/tmp/out/socket\", Listen => 1) or die'";
-    let made = scene.airlock(&["exec", &id, "--", "sh", "-c", special]);
-    assert_eq!(made.status.code(), Some(0), "{}", describe(&made));
+    let prepared = scene.airlock(&["exec", &id, "--", "sh", "-c", special]);
+    assert_eq!(prepared.status.code(), Some(0), "{}", describe(&prepared));
     let out = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
     let copied = scene.airlock(&[

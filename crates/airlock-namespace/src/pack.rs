@@ -9,7 +9,7 @@
 //! [`MAX_UNSIZED_FILE`] bytes, and stored with the size read.
 //!
 //! Device nodes, FIFOs and sockets below a copied directory are left out and listed in
-//! [`Skipped`]: a copy never creates a device or FIFO on the other side, never turns one
+//! [`Skipped`]. So a copy never creates a device or FIFO on the other side, never turns one
 //! into an empty file, and never blocks reading a FIFO. A source that is itself one of them
 //! is rejected.
 
@@ -25,8 +25,8 @@ use crate::report::Report;
 /// with more is rejected instead of being cut short.
 pub const MAX_UNSIZED_FILE: u64 = 16 << 20;
 
-/// Maximum entries that [`Skipped`] names; it counts the rest, so that a tree of many FIFOs
-/// gives a few lines of warning.
+/// Maximum number of entries that [`Skipped`] names. It counts the rest, so that a tree of
+/// many FIFOs gives a few lines of warning.
 pub const MAX_NAMED_SKIPS: usize = 20;
 
 /// A device node, FIFO or socket, which `cp` leaves out of a copy.

@@ -48,7 +48,7 @@ pub fn copy(
     }
 }
 
-/// The most one copy out of a guest may carry, in bytes of tar stream: all the data the
+/// The maximum size of one copy out of a guest, in bytes of tar stream: all the data the
 /// guest can hold. Its writable files are on tmpfs in its memory, and its other files on
 /// the root disk and workspace images. The root of the host view and a bind workspace are
 /// host directories that a guest could fill beyond this, but their files are on the host

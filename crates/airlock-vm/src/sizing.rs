@@ -2,11 +2,11 @@
 //! or QEMU started.
 //!
 //! Guest memory above the host's total memory is rejected. Guest memory above the memory
-//! available now (`MemAvailable` of /proc/meminfo) gets a warning only: QEMU allocates guest
-//! memory as the guest first touches it, so a guest that uses less than it was given runs,
-//! and what is available changes as other programs start and end. A guest that does fill
-//! its memory then pushes the host into swap, or makes the host's OOM killer end a process,
-//! QEMU among them.
+//! available now (`MemAvailable` of /proc/meminfo) gets a warning only, for two reasons.
+//! QEMU allocates guest memory as the guest first touches it, so a guest that uses less
+//! than it was given runs. And what is available changes as other programs start and end.
+//! A guest that does fill its memory then pushes the host into swap, or makes the host's
+//! OOM killer end a process, QEMU among them.
 
 use airlock_core::size::{format_bytes, format_bytes_short};
 use airlock_core::Spec;

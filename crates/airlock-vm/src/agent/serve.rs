@@ -35,7 +35,7 @@ struct Commands {
     groups: HashMap<u32, (libc::pid_t, Option<Arc<OwnedFd>>)>,
     files: HashMap<u32, Sender<Vec<u8>>>,
     /// The cancel flag of each tar stream being sent, which a [`Message::Signal`] on its
-    /// channel sets; the flag is gone once the stream ended.
+    /// channel sets. A flag whose stream ended is gone, and its entry is pruned.
     packs: HashMap<u32, Weak<AtomicBool>>,
     /// The cgroup every command joins, with the process limit.
     workload: Option<Arc<Workload>>,
