@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, run, state_dir, stderr, stdout, Caller, Workspace, CALLERS,
+    describe, json_record, make_node, run, state_dir, stderr, stdout, Caller, Workspace, CALLERS,
 };
 
 /// Creates a sandbox for `workspace` and returns its id.
@@ -240,9 +240,7 @@ fn cp_skips_fifos_both_ways() {
     let tree = workspace.path().join("tree");
     fs::create_dir(&tree).expect("mkdir tree");
     fs::write(tree.join("file"), "data\n").expect("write file");
-    let fifo = std::ffi::CString::new(tree.join("fifo").to_str().unwrap()).unwrap();
-    // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    make_node(&tree.join("fifo"), libc::S_IFIFO | 0o600, 0);
 
     let into = run(
         caller,

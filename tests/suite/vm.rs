@@ -16,8 +16,8 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, run, spawn_airlock, stderr, stdout, test_user, wait_bounded, Caller,
-    Workspace, CALLERS,
+    describe, json_record, make_node, run, spawn_airlock, stderr, stdout, test_user, wait_bounded,
+    Caller, Workspace, CALLERS,
 };
 
 const ROOT: Caller = Caller::Root;
@@ -1407,20 +1407,6 @@ fn vm_cp_special_files_and_size_limit() {
     assert_eq!(stdout(&after), "served\n", "{}", describe(&after));
 
     scene.remove(&id);
-}
-
-/// Makes a device node or FIFO at `path` with mknod(2).
-fn make_node(path: &Path, mode: libc::mode_t, device: libc::dev_t) {
-    let name = std::ffi::CString::new(path.to_str().expect("UTF-8 path")).expect("no NUL");
-    // SAFETY: `name` is a NUL-terminated path that outlives the call.
-    let made = unsafe { libc::mknod(name.as_ptr(), mode, device) };
-    assert_eq!(
-        made,
-        0,
-        "mknod {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 #[test]
