@@ -8,10 +8,12 @@
 //! The bytes travel as a tar stream on a pipe between this process, which reads or writes
 //! the host side, and the helper, which reads or writes the container's side. Both sides use
 //! the namespace backend's packer and unpackers. The packer stores exactly the number of
-//! bytes each header states, and never follows a symlink. On the host, the unpacker rejects
-//! paths that leave the target (also through a symlink planted in the sandbox), skips device
-//! nodes and FIFOs, and drops setuid, setgid and sticky bits. In the container, entries
-//! belong to the sandbox's user, because the helper runs as that user.
+//! bytes each header states, never follows a symlink, and leaves out device nodes, FIFOs and
+//! sockets. The helper reports those it left out, and the host prints a warning for each.
+//! On the host, the unpacker rejects paths that leave the target (also through a symlink
+//! planted in the sandbox), skips device nodes and FIFOs, and drops setuid, setgid and
+//! sticky bits. In the container, entries belong to the sandbox's user, because the helper
+//! runs as that user.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
