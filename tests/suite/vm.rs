@@ -1136,7 +1136,8 @@ fn copy_out_growing_and_proc_files(scene: &Scene, id: &str) {
 }
 
 /// `diff` on a running sandbox copies the guest's changes out first, shows them and warns
-/// that the sandbox can still change them, as for the other backends.
+/// that the sandbox can still change them, as for the other backends. A copy of changes
+/// larger than the guest can hold fails.
 #[test]
 fn vm_diff_while_running_shows_changes() {
     let scene = Scene::new();
@@ -1159,6 +1160,29 @@ fn vm_diff_while_running_shows_changes() {
     );
     // A later diff replaces the copy: a file removed since is no longer listed.
     let removed = scene.airlock(&["exec", &id, "--", "rm", "g.txt"]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    let diff = scene.airlock(&["diff", &id]);
+    assert_eq!(stdout(&diff), "M f.txt\n", "{}", describe(&diff));
+
+    // A sparse file of a terabyte fails the copy at its listed size, before any of its
+    // data is read. Once the file is gone, the next copy works.
+    let sparse = scene.airlock(&["exec", &id, "--", "truncate", "-s", "1T", "big.img"]);
+    assert_eq!(sparse.status.code(), Some(0), "{}", describe(&sparse));
+    let started = Instant::now();
+    let diff = scene.airlock(&["diff", &id]);
+    assert_ne!(diff.status.code(), Some(0), "{}", describe(&diff));
+    let message = stderr(&diff);
+    assert!(
+        message.contains("the workspace changes exceed"),
+        "{message}"
+    );
+    assert!(message.contains("\"/workspace/big.img\""), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the sparse file was read: {:?}",
+        started.elapsed()
+    );
+    let removed = scene.airlock(&["exec", &id, "--", "rm", "big.img"]);
     assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
     let diff = scene.airlock(&["diff", &id]);
     assert_eq!(stdout(&diff), "M f.txt\n", "{}", describe(&diff));

@@ -62,7 +62,7 @@ pub struct CopyOutLimit {
 }
 
 impl CopyOutLimit {
-    fn of(machine: &Machine) -> CopyOutLimit {
+    pub fn of(machine: &Machine) -> CopyOutLimit {
         let image_size = |path: &Path| std::fs::metadata(path).map_or(0, |metadata| metadata.len());
         let root = machine.root_disk.as_deref().map_or(0, image_size);
         let workspace = machine
