@@ -50,9 +50,9 @@ pub fn copy(
 
 /// The maximum size of one copy out of a guest, in bytes of tar stream: all the data the
 /// guest can hold. Its writable files are on tmpfs in its memory, and its other files on
-/// the root disk and workspace images. The root of the host view and a bind workspace are
-/// host directories that a guest could fill beyond this, but their files are on the host
-/// already.
+/// the root disk and workspace images. The host view's root and a bind workspace are host
+/// directories, so a copy of their files can exceed this and fail, but those files are on
+/// the host already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CopyOutLimit {
     /// The guest's memory in bytes.
@@ -140,9 +140,7 @@ fn copy_out(
         // supervisor cancels the channel, and the agent stops sending.
         return Err(Error::CopyOutTooLarge {
             path: source.to_owned(),
-            max_bytes: limit.max_bytes(),
-            memory: limit.memory,
-            disks: limit.disks,
+            limit,
         });
     }
     match stream.reply()? {
