@@ -964,6 +964,13 @@ fn docker_cp_reaches_tmpfs_mounts() {
                 engine.name,
                 describe(&into)
             );
+            let warning = format!("skipped {:?}: a FIFO", tree.join("fifo"));
+            assert!(
+                stderr(&into).contains(&warning),
+                "{} into {target}: {}",
+                engine.name,
+                describe(&into)
+            );
             let inside = session.exec_sh(
                 workspace.path(),
                 &id,
@@ -1017,7 +1024,7 @@ fn docker_cp_reaches_tmpfs_mounts() {
             engine.name
         );
         assert!(
-            stderr(&copied).contains("skipped \"out/pipe\": a device node or FIFO"),
+            stderr(&copied).contains("skipped \"/tmp/made/pipe\": a FIFO"),
             "{}: {}",
             engine.name,
             describe(&copied)

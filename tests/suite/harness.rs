@@ -418,3 +418,11 @@ pub fn describe(output: &Output) -> String {
         stderr(output)
     )
 }
+
+/// Makes a device node or FIFO at `path` with mknod(2).
+pub fn make_node(path: &Path, mode: libc::mode_t, device: libc::dev_t) {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let result = unsafe { libc::mknod(path.as_ptr(), mode, device) };
+    assert_eq!(result, 0, "mknod: {}", std::io::Error::last_os_error());
+}

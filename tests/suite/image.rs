@@ -10,7 +10,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use super::harness::{binary, describe, stderr, stdout, unique_token};
+use super::harness::{binary, describe, make_node, stderr, stdout, unique_token};
 
 /// Returns the engines' unix socket paths, from `AIRLOCK_TEST_DOCKER_SOCKETS`.
 fn engine_sockets() -> Vec<PathBuf> {
@@ -373,13 +373,6 @@ impl TestTree {
             );
         }
     }
-}
-
-fn make_node(path: &Path, mode: libc::mode_t, device: libc::dev_t) {
-    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    let result = unsafe { libc::mknod(path.as_ptr(), mode, device) };
-    assert_eq!(result, 0, "mknod: {}", std::io::Error::last_os_error());
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {

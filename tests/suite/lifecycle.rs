@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, run, state_dir, stderr, stdout, Caller, Workspace, CALLERS,
+    describe, json_record, make_node, run, state_dir, stderr, stdout, Caller, Workspace, CALLERS,
 };
 
 /// Creates a sandbox for `workspace` and returns its id.
@@ -228,6 +228,56 @@ fn cp_copies_into_and_out_of_a_sandbox() {
         assert_eq!(fetched, "inside\n");
         remove(caller, workspace.path(), &id);
     }
+}
+
+/// `cp` leaves a FIFO in a copied tree out in both directions, with a warning naming it,
+/// instead of making it an empty file in the sandbox or a FIFO on the host.
+#[test]
+fn cp_skips_fifos_both_ways() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let id = create(caller, workspace.path(), &[]);
+    let tree = workspace.path().join("tree");
+    fs::create_dir(&tree).expect("mkdir tree");
+    fs::write(tree.join("file"), "data\n").expect("write file");
+    make_node(&tree.join("fifo"), libc::S_IFIFO | 0o600, 0);
+
+    let into = run(
+        caller,
+        &["cp", "tree", &format!("{id}:/tmp/")],
+        workspace.path(),
+    );
+    assert!(into.status.success(), "{}", describe(&into));
+    // The warning names the path as the command line gave the tree.
+    let warning = "skipped \"tree/fifo\": a FIFO";
+    assert!(stderr(&into).contains(warning), "{}", describe(&into));
+    let listed = exec_sh(
+        caller,
+        workspace.path(),
+        &id,
+        "find /tmp/tree -printf '%P %y\\n'",
+    );
+    assert_eq!(stdout(&listed), " d\nfile f\n", "{}", describe(&listed));
+
+    let prepared = exec_sh(
+        caller,
+        workspace.path(),
+        &id,
+        "mkdir /tmp/out && echo data > /tmp/out/file && mkfifo /tmp/out/fifo",
+    );
+    assert!(prepared.status.success(), "{}", describe(&prepared));
+    let out = run(
+        caller,
+        &["cp", &format!("{id}:/tmp/out"), "fetched"],
+        workspace.path(),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let warning = "skipped \"/tmp/out/fifo\": a FIFO";
+    assert!(stderr(&out).contains(warning), "{}", describe(&out));
+    let fetched = workspace.path().join("fetched");
+    assert!(fetched.join("file").is_file());
+    assert!(!fetched.join("fifo").exists(), "the FIFO was copied");
+    remove(caller, workspace.path(), &id);
 }
 
 /// A file that grows while `cp` packs it arrives as it was up to its size when packing began,

@@ -16,8 +16,8 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::harness::{
-    describe, json_record, run, spawn_airlock, stderr, stdout, test_user, wait_bounded, Caller,
-    Workspace, CALLERS,
+    describe, json_record, make_node, run, spawn_airlock, stderr, stdout, test_user, wait_bounded,
+    Caller, Workspace, CALLERS,
 };
 
 const ROOT: Caller = Caller::Root;
@@ -570,7 +570,8 @@ fn vm_memory_hog_killed_at_limit() {
 
 /// Memory or CPUs beyond the host's are rejected before any image is built or QEMU started,
 /// with the value and the fix. The smallest memory limit still boots a guest, because the
-/// guest's kernel and agent get their memory on top of the limit.
+/// guest's kernel and agent get their memory on top of the limit. Memory beyond what the
+/// host has available now only warns.
 #[test]
 fn vm_memory_and_cpus_checked_against_host() {
     let scene = Scene::new();
@@ -603,6 +604,39 @@ fn vm_memory_and_cpus_checked_against_host() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert_eq!(stdout(&output), "booted\n");
+    assert!(
+        !stderr(&output).contains("MemAvailable"),
+        "{}",
+        describe(&output)
+    );
+
+    // The largest --memory the host's total allows exceeds what is available now, which
+    // only warns. The kernel that is not one ends the run before any guest boots.
+    let meminfo = fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    let memory = format!("{}M", (total_kib * 1024 - (128 << 20)) >> 20);
+    let image = scene.workspace.path().join("bzImage");
+    fs::write(&image, b"not a kernel").expect("write image");
+    let kernel = image.to_str().expect("UTF-8 path");
+    let output = scene.run(&["--memory", &memory, "--kernel", kernel], &["true"]);
+    assert_eq!(output.status.code(), Some(125), "{}", describe(&output));
+    let message = stderr(&output);
+    let warnings: Vec<&str> = message
+        .lines()
+        .filter(|line| line.contains("exceeds the host's MemAvailable of"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{message}");
+    assert!(warnings[0].starts_with("airlock: warning: "), "{message}");
+    assert!(warnings[0].contains("pass a smaller --memory"), "{message}");
+    assert!(
+        message.contains("is not named vmlinuz-RELEASE"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -1102,7 +1136,8 @@ fn copy_out_growing_and_proc_files(scene: &Scene, id: &str) {
 }
 
 /// `diff` on a running sandbox copies the guest's changes out first, shows them and warns
-/// that the sandbox can still change them, as for the other backends.
+/// that the sandbox can still change them, as for the other backends. A copy of changes
+/// larger than the guest can hold fails.
 #[test]
 fn vm_diff_while_running_shows_changes() {
     let scene = Scene::new();
@@ -1125,6 +1160,29 @@ fn vm_diff_while_running_shows_changes() {
     );
     // A later diff replaces the copy: a file removed since is no longer listed.
     let removed = scene.airlock(&["exec", &id, "--", "rm", "g.txt"]);
+    assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
+    let diff = scene.airlock(&["diff", &id]);
+    assert_eq!(stdout(&diff), "M f.txt\n", "{}", describe(&diff));
+
+    // A sparse file of a terabyte fails the copy at its listed size, before any of its
+    // data is read. Once the file is gone, the next copy works.
+    let sparse = scene.airlock(&["exec", &id, "--", "truncate", "-s", "1T", "big.img"]);
+    assert_eq!(sparse.status.code(), Some(0), "{}", describe(&sparse));
+    let started = Instant::now();
+    let diff = scene.airlock(&["diff", &id]);
+    assert_ne!(diff.status.code(), Some(0), "{}", describe(&diff));
+    let message = stderr(&diff);
+    assert!(
+        message.contains("the workspace changes exceed"),
+        "{message}"
+    );
+    assert!(message.contains("\"/workspace/big.img\""), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the sparse file was read: {:?}",
+        started.elapsed()
+    );
+    let removed = scene.airlock(&["exec", &id, "--", "rm", "big.img"]);
     assert_eq!(removed.status.code(), Some(0), "{}", describe(&removed));
     let diff = scene.airlock(&["diff", &id]);
     assert_eq!(stdout(&diff), "M f.txt\n", "{}", describe(&diff));
@@ -1238,6 +1296,139 @@ fn vm_cp_trees_never_follow_guest_links() {
     assert_ne!(failed.status.code(), Some(0), "{}", describe(&failed));
     let left: Vec<_> = fs::read_dir(empty.path()).unwrap().collect();
     assert!(left.is_empty(), "a failed copy left {left:?}");
+
+    scene.remove(&id);
+}
+
+/// `cp` leaves device nodes, FIFOs and sockets out of a tree in both directions, with a
+/// warning naming each. None becomes an empty file in the guest or a device or FIFO on the
+/// host, and neither a FIFO without a writer nor a `/dev/zero` node blocks the copy. A copy
+/// out carries at most what the guest can hold, so a sparse file of a terabyte fails at
+/// once and leaves nothing at the target.
+#[test]
+fn vm_cp_special_files_and_size_limit() {
+    let scene = Scene::new();
+    let host = tempfile::tempdir().expect("tempdir");
+    let tree = host.path().join("tree");
+    fs::create_dir(&tree).expect("mkdir tree");
+    fs::write(tree.join("a.txt"), "a\n").expect("write a.txt");
+    make_node(&tree.join("fifo"), libc::S_IFIFO | 0o600, 0);
+    make_node(
+        &tree.join("null"),
+        libc::S_IFCHR | 0o666,
+        libc::makedev(1, 3),
+    );
+    let _listener = std::os::unix::net::UnixListener::bind(tree.join("socket")).expect("bind");
+    let id = scene.create(&["--memory", "64M", "--workspace-mode", "none"]);
+
+    let copied = scene.airlock(&["cp", tree.to_str().unwrap(), &format!("{id}:/tmp/")]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    for (name, kind) in [
+        ("fifo", "a FIFO"),
+        ("null", "a device node"),
+        ("socket", "a socket"),
+    ] {
+        let warning = format!("skipped {:?}: {kind}", tree.join(name));
+        assert!(
+            stderr(&copied).contains(&warning),
+            "no warning {warning:?}: {}",
+            describe(&copied)
+        );
+    }
+    let listed = scene.airlock(&["exec", &id, "--", "find", "/tmp/tree", "-printf", "%P %y\n"]);
+    assert_eq!(listed.status.code(), Some(0), "{}", describe(&listed));
+    assert_eq!(stdout(&listed), " d\na.txt f\n", "{}", describe(&listed));
+
+    let special = "mkdir /tmp/out && echo a > /tmp/out/a.txt && mkfifo /tmp/out/fifo && \
+         mknod /tmp/out/zero c 1 5 && \
+         perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => \"/tmp/out/socket\", Listen => 1) or die'";
+    let prepared = scene.airlock(&["exec", &id, "--", "sh", "-c", special]);
+    assert_eq!(prepared.status.code(), Some(0), "{}", describe(&prepared));
+    let out = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let copied = scene.airlock(&[
+        "cp",
+        &format!("{id}:/tmp/out"),
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(copied.status.code(), Some(0), "{}", describe(&copied));
+    for warning in [
+        "skipped \"/tmp/out/fifo\": a FIFO",
+        "skipped \"/tmp/out/zero\": a device node",
+        "skipped \"/tmp/out/socket\": a socket",
+    ] {
+        assert!(
+            stderr(&copied).contains(warning),
+            "no warning {warning:?}: {}",
+            describe(&copied)
+        );
+    }
+    let mut names: Vec<String> = fs::read_dir(out.path().join("out"))
+        .expect("list the copy")
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.txt"]);
+    let fifo = scene.airlock(&[
+        "cp",
+        &format!("{id}:/tmp/out/fifo"),
+        out.path().to_str().unwrap(),
+    ]);
+    assert_ne!(fifo.status.code(), Some(0), "{}", describe(&fifo));
+    assert!(
+        stderr(&fifo).contains("is a device node, FIFO or socket"),
+        "{}",
+        describe(&fifo)
+    );
+    assert!(
+        !out.path().join("fifo").exists(),
+        "a failed copy left a file"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "copies out took {:?}",
+        started.elapsed()
+    );
+
+    let sparse = scene.airlock(&["exec", &id, "--", "truncate", "-s", "1T", "/tmp/sparse"]);
+    assert_eq!(sparse.status.code(), Some(0), "{}", describe(&sparse));
+    let target = out.path().join("sparse");
+    let started = Instant::now();
+    let copied = scene.airlock(&["cp", &format!("{id}:/tmp/sparse"), target.to_str().unwrap()]);
+    assert_ne!(copied.status.code(), Some(0), "{}", describe(&copied));
+    let message = stderr(&copied);
+    assert!(message.contains("the copy exceeds"), "{message}");
+    assert!(message.contains("its memory (192.0M)"), "{message}");
+    assert!(message.contains("Copy a smaller part"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the sparse file was streamed: {:?}",
+        started.elapsed()
+    );
+    let left: Vec<_> = fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert_eq!(left, ["out"], "a failed copy left files");
+    // The agent stopped sending the terabyte once the host gave up on it: QEMU, which
+    // would keep a virtual CPU busy packing zeros, stays about idle.
+    let cpu_seconds = || {
+        let stats = scene.airlock(&["stats", "--json", &id]);
+        assert_eq!(stats.status.code(), Some(0), "{}", describe(&stats));
+        let record: serde_json::Value = serde_json::from_str(stdout(&stats).trim())
+            .unwrap_or_else(|error| panic!("stats JSON: {error}: {}", describe(&stats)));
+        record["cpu_seconds"].as_f64().expect("cpu_seconds")
+    };
+    let before = cpu_seconds();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds() - before;
+    assert!(
+        used < 1.5,
+        "QEMU used {used} s of CPU in 3 s after the copy"
+    );
+    let after = scene.airlock(&["exec", &id, "--", "echo", "served"]);
+    assert_eq!(stdout(&after), "served\n", "{}", describe(&after));
 
     scene.remove(&id);
 }

@@ -8,10 +8,12 @@
 //! The bytes travel as a tar stream on a pipe between this process, which reads or writes
 //! the host side, and the helper, which reads or writes the container's side. Both sides use
 //! the namespace backend's packer and unpackers. The packer stores exactly the number of
-//! bytes each header states, and never follows a symlink. On the host, the unpacker rejects
-//! paths that leave the target (also through a symlink planted in the sandbox), skips device
-//! nodes and FIFOs, and drops setuid, setgid and sticky bits. In the container, entries
-//! belong to the sandbox's user, because the helper runs as that user.
+//! bytes each header states, never follows a symlink, and leaves out device nodes, FIFOs and
+//! sockets. The helper reports those it left out, and the host prints a warning for each.
+//! On the host, the unpacker rejects paths that leave the target (also through a symlink
+//! planted in the sandbox), skips device nodes and FIFOs, and drops setuid, setgid and
+//! sticky bits. In the container, entries belong to the sandbox's user, because the helper
+//! runs as that user.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,6 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+use airlock_namespace::pack::Skipped;
 use airlock_namespace::report::{Report, ReportReader};
 use airlock_namespace::{join, sys};
 
@@ -55,7 +58,8 @@ pub fn copy(
             name: name.as_bytes().to_vec(),
         };
         let (data, helper) = start(&engine, runtime, &request)?;
-        let packed = join::pack_tree(File::from(data), source, &name).map(drop);
+        let packed =
+            join::pack_tree(File::from(data), source, &name).map(|packed| packed.skipped.warn());
         finish(helper, packed, true, source)
     } else {
         // The host decides the name, as cp(1) does: inside `target` when it is a directory.
@@ -66,7 +70,7 @@ pub fn copy(
             name: name.as_bytes().to_vec(),
         };
         let (data, helper) = start(&engine, runtime, &request)?;
-        let unpacked = join::unpack_on_host(File::from(data), &host_dir);
+        let unpacked = join::unpack_on_host(File::from(data), &host_dir, None);
         finish(helper, unpacked, false, source)
     }
 }
@@ -115,6 +119,16 @@ fn finish(
         cause: format!("{step}: {cause}"),
     };
     let reports = read_reports(&helper).map_err(Error::Wait)?;
+    for report in &reports {
+        if let Report::Skipped { named, unnamed } = report {
+            let named = named.iter().map(|(path, kind)| (path.into(), *kind));
+            let skipped = Skipped {
+                named: named.collect(),
+                unnamed: *unnamed,
+            };
+            skipped.warn();
+        }
+    }
     let helper_error = reports.iter().find_map(|report| match report {
         Report::SetupFailed { step, error } => Some(failed(step, error.clone())),
         _ => None,

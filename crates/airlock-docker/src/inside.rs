@@ -89,7 +89,12 @@ pub fn copy(socket: &Path) -> ! {
         step(join::unpack_tree(data, path), "write in the sandbox")
     } else {
         let name = OsStr::from_bytes(&request.name);
-        step(join::pack_tree(data, path, name), "read from the sandbox").map(drop)
+        step(join::pack_tree(data, path, name), "read from the sandbox").map(|packed| {
+            // This process's stderr reaches no one, so the host prints the warnings.
+            if !packed.skipped.is_empty() {
+                packed.skipped.to_report().send(report.as_raw_fd());
+            }
+        })
     };
     match result {
         Ok(()) => {

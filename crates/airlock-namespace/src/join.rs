@@ -37,7 +37,7 @@ use crate::init::JOINED_NAMESPACES;
 use crate::launch::{self, Sandbox};
 use crate::monitor::Ended;
 use crate::outcome;
-pub use crate::pack::pack_tree;
+pub use crate::pack::{pack_tree, SpecialFile};
 use crate::report::Report;
 use crate::workload::{self, Stdio};
 use crate::{stdio, sys, tty};
@@ -502,7 +502,7 @@ pub fn transfer(
         drop(data_write);
         data_read
             .try_clone()
-            .and_then(|fd| unpack_on_host(std::fs::File::from(fd), &host_dir))
+            .and_then(|fd| unpack_on_host(std::fs::File::from(fd), &host_dir, None))
     };
     let status = sys::waitpid(pid, 0)
         .map_err(Error::Wait)?
@@ -561,10 +561,13 @@ pub fn copy_destination(
 }
 
 /// Writes `source` as a tar stream to `fd`, under the top-level `name`. Symlinks are stored
-/// as symlinks, never followed.
+/// as symlinks, never followed. Device nodes, FIFOs and sockets below `source` are left out
+/// with a warning on stderr.
 fn pack(fd: &OwnedFd, source: &Path, name: &OsStr) -> std::io::Result<()> {
     let sink = std::fs::File::from(fd.try_clone()?);
-    pack_tree(sink, source, name)?.sync_all().or(Ok(()))
+    let packed = pack_tree(sink, source, name)?;
+    packed.skipped.warn();
+    packed.sink.sync_all().or(Ok(()))
 }
 
 /// Unpacks a tar stream inside the sandbox: into `target` when it is a directory there,
@@ -624,10 +627,52 @@ fn leaves_copy(target: &Path) -> bool {
             .any(|part| part == std::path::Component::ParentDir)
 }
 
+/// Returns the kind of special file a tar entry of type `kind` is: a device node or FIFO.
+fn special_entry(kind: tar::EntryType) -> Option<SpecialFile> {
+    if kind.is_block_special() || kind.is_character_special() {
+        Some(SpecialFile::DeviceNode)
+    } else if kind.is_fifo() {
+        Some(SpecialFile::Fifo)
+    } else {
+        None
+    }
+}
+
+/// The failure of [`unpack_on_host`] on a stream longer than its maximum.
+#[derive(Debug, thiserror::Error)]
+#[error("the tar stream exceeds its maximum of {max_bytes} bytes")]
+pub struct StreamTooLarge {
+    pub max_bytes: u64,
+}
+
 /// Unpacks a tar stream from the sandbox into `dir` on the host. The tar reader refuses
 /// paths that leave `dir`, also through symlinks; device nodes and FIFOs are skipped, and
 /// permissions lose their setuid, setgid and sticky bits.
-pub fn unpack_on_host(source: impl std::io::Read, dir: &Path) -> std::io::Result<()> {
+///
+/// With `max_bytes`, a stream longer than that fails with [`StreamTooLarge`] as the error's
+/// inner error. An entry whose header announces data past the maximum fails before any of
+/// its data is written, so a sparse file of a terabyte fails at once.
+pub fn unpack_on_host(
+    source: impl std::io::Read,
+    dir: &Path,
+    max_bytes: Option<u64>,
+) -> std::io::Result<()> {
+    let max_bytes = max_bytes.unwrap_or(u64::MAX);
+    let exceeded = std::cell::Cell::new(false);
+    let source = Bounded {
+        inner: source,
+        remaining: max_bytes,
+        exceeded: &exceeded,
+    };
+    let result = unpack_entries(source, dir, max_bytes);
+    if exceeded.get() {
+        // The tar crate wraps the reader's error in its own, so the failure is named here.
+        return Err(std::io::Error::other(StreamTooLarge { max_bytes }));
+    }
+    result
+}
+
+fn unpack_entries(source: impl std::io::Read, dir: &Path, max_bytes: u64) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(source);
     // Without preserved permissions the reader keeps only the rwx bits of each mode.
     archive.set_preserve_permissions(false);
@@ -635,14 +680,20 @@ pub fn unpack_on_host(source: impl std::io::Read, dir: &Path) -> std::io::Result
     archive.set_overwrite(true);
     for entry in archive.entries()? {
         let mut entry = entry?;
+        if entry.raw_file_position().saturating_add(entry.size()) > max_bytes {
+            return Err(std::io::Error::other(StreamTooLarge { max_bytes }));
+        }
         let kind = entry.header().entry_type();
         // Names and link targets come from the sandbox, so they are printed quoted, with
         // control characters escaped: raw, they could move the terminal's cursor and hide
         // the warning itself.
         let path = entry.path().map(|path| format!("{path:?}"));
         let path = path.unwrap_or_else(|_| "an entry with an unreadable name".into());
-        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
-            eprintln!("airlock: warning: skipped {path}: a device node or FIFO");
+        if let Some(special) = special_entry(kind) {
+            eprintln!(
+                "airlock: warning: skipped {path}: {}; cp copies files, directories and symlinks only",
+                special.described()
+            );
             continue;
         }
         if kind.is_symlink() {
@@ -662,4 +713,28 @@ pub fn unpack_on_host(source: impl std::io::Read, dir: &Path) -> std::io::Result
         entry.unpack_in(dir)?;
     }
     Ok(())
+}
+
+/// A reader that fails once more than `remaining` bytes were read through it, and then
+/// sets `exceeded`.
+struct Bounded<'a, R> {
+    inner: R,
+    remaining: u64,
+    exceeded: &'a std::cell::Cell<bool>,
+}
+
+impl<R: std::io::Read> std::io::Read for Bounded<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let count = self.inner.read(buffer)?;
+        match self.remaining.checked_sub(count as u64) {
+            Some(remaining) => {
+                self.remaining = remaining;
+                Ok(count)
+            }
+            None => {
+                self.exceeded.set(true);
+                Err(std::io::Error::other("the tar stream exceeds its maximum"))
+            }
+        }
+    }
 }

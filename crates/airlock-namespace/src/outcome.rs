@@ -41,6 +41,8 @@ pub fn build(
             Report::Signaled { signal: number } => signal = Some(number),
             Report::Usage { max_rss } => peak_rss = Some(max_rss),
             Report::Ready => {}
+            // Sent by a copy's packer, never by a command's processes.
+            Report::Skipped { .. } => {}
         }
     }
     let reason = ended.reason;

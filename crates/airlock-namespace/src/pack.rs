@@ -7,6 +7,11 @@
 //! size at `fstat` time, and one that shrinks below it fails the copy. Files that report size
 //! 0 but have content, such as those in /proc and /sys, are read whole into memory, up to
 //! [`MAX_UNSIZED_FILE`] bytes, and stored with the size read.
+//!
+//! Device nodes, FIFOs and sockets below a copied directory are left out and listed in
+//! [`Skipped`]. So a copy never creates a device or FIFO on the other side, never turns one
+//! into an empty file, and never blocks reading a FIFO. A source that is itself one of them
+//! is rejected.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, FileType, Metadata};
@@ -14,13 +19,116 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::report::Report;
+
 /// Maximum bytes read from a file whose size reads as 0, such as /proc/self/status. A file
 /// with more is rejected instead of being cut short.
 pub const MAX_UNSIZED_FILE: u64 = 16 << 20;
 
+/// Maximum number of entries that [`Skipped`] names. It counts the rest, so that a tree of
+/// many FIFOs gives a few lines of warning.
+pub const MAX_NAMED_SKIPS: usize = 20;
+
+/// A device node, FIFO or socket, which `cp` leaves out of a copy.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialFile {
+    DeviceNode,
+    Fifo,
+    Socket,
+}
+
+impl SpecialFile {
+    /// Returns the kind of special file `kind` is, or `None` for a regular file, directory
+    /// or symlink.
+    pub fn of(kind: FileType) -> Option<SpecialFile> {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_block_device() || kind.is_char_device() {
+            Some(SpecialFile::DeviceNode)
+        } else if kind.is_fifo() {
+            Some(SpecialFile::Fifo)
+        } else if kind.is_socket() {
+            Some(SpecialFile::Socket)
+        } else {
+            None
+        }
+    }
+
+    /// Returns the kind with its article, as in "skipped PATH: a FIFO".
+    pub fn described(self) -> &'static str {
+        match self {
+            SpecialFile::DeviceNode => "a device node",
+            SpecialFile::Fifo => "a FIFO",
+            SpecialFile::Socket => "a socket",
+        }
+    }
+}
+
+/// The entries that a copy left out: the first [`MAX_NAMED_SKIPS`] by path, and a count
+/// of the others.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub named: Vec<(PathBuf, SpecialFile)>,
+    pub unnamed: u64,
+}
+
+impl Skipped {
+    /// Records that the copy left out `path`, a special file of `kind`.
+    pub fn add(&mut self, path: &Path, kind: SpecialFile) {
+        if self.named.len() < MAX_NAMED_SKIPS {
+            self.named.push((path.to_owned(), kind));
+        } else {
+            self.unnamed += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.unnamed == 0
+    }
+
+    /// Returns the report that carries this list to the launching process.
+    pub fn to_report(&self) -> Report {
+        let named = self.named.iter();
+        Report::Skipped {
+            named: named
+                .map(|(path, kind)| (path.to_string_lossy().into_owned(), *kind))
+                .collect(),
+            unnamed: self.unnamed,
+        }
+    }
+
+    /// Prints one warning line per named entry on stderr, and one for the count of the
+    /// others. Paths are printed quoted, with control characters escaped, since they may
+    /// come from the sandbox.
+    pub fn warn(&self) {
+        for (path, kind) in &self.named {
+            eprintln!(
+                "airlock: warning: skipped {path:?}: {}; cp copies files, directories and \
+                 symlinks only",
+                kind.described()
+            );
+        }
+        if self.unnamed > 0 {
+            eprintln!(
+                "airlock: warning: skipped {} more device nodes, FIFOs or sockets",
+                self.unnamed
+            );
+        }
+    }
+}
+
+/// A tar stream's sink after [`pack_tree`] wrote it, and the entries it left out.
+pub struct Packed<W> {
+    pub sink: W,
+    pub skipped: Skipped,
+}
+
 /// Writes `source` and what is below it as a tar stream to `sink`, under the top-level
-/// `name`, and returns the sink. Symlinks are stored as symlinks, never followed.
-pub fn pack_tree<W: Write>(sink: W, source: &Path, name: &OsStr) -> io::Result<W> {
+/// `name`. Symlinks are stored as symlinks, never followed. Device nodes, FIFOs and sockets
+/// below `source` are left out and returned in [`Packed::skipped`].
+pub fn pack_tree<W: Write>(sink: W, source: &Path, name: &OsStr) -> io::Result<Packed<W>> {
     let mut builder = tar::Builder::new(sink);
     builder.follow_symlinks(false);
     let metadata = fs::symlink_metadata(source)
@@ -33,26 +141,34 @@ pub fn pack_tree<W: Write>(sink: W, source: &Path, name: &OsStr) -> io::Result<W
             source.display()
         )));
     }
+    let mut skipped = Skipped::default();
     if kind.is_dir() {
-        append_dir_all(&mut builder, Path::new(name), source)?;
+        append_dir_all(&mut builder, Path::new(name), source, &mut skipped)?;
     } else {
         append_entry(&mut builder, Path::new(name), source, kind)?;
     }
-    builder.into_inner()
+    Ok(Packed {
+        sink: builder.into_inner()?,
+        skipped,
+    })
 }
 
 /// Appends the directory `source` and everything below it under `archive_path`, each
-/// directory's header before its entries.
+/// directory's header before its entries. Special files are recorded in `skipped` instead.
 fn append_dir_all<W: Write>(
     builder: &mut tar::Builder<W>,
     archive_path: &Path,
     source: &Path,
+    skipped: &mut Skipped,
 ) -> io::Result<()> {
     let mut stack = vec![(source.to_owned(), archive_path.to_owned(), true)];
     while let Some((path, archive_path, is_dir)) = stack.pop() {
         if !is_dir {
             let kind = fs::symlink_metadata(&path)?.file_type();
-            append_entry(builder, &archive_path, &path, kind)?;
+            match SpecialFile::of(kind) {
+                Some(special) => skipped.add(&path, special),
+                None => append_entry(builder, &archive_path, &path, kind)?,
+            }
             continue;
         }
         for entry in fs::read_dir(&path)? {
@@ -66,40 +182,20 @@ fn append_dir_all<W: Write>(
 }
 
 /// Appends one entry that is not a directory's content: a regular file through
-/// [`append_file`], a FIFO or device node through [`append_special`], anything else (a
-/// directory header, a symlink) through the tar crate, which stores no data for those.
+/// [`append_file`], anything else (a directory header, a symlink) through the tar crate,
+/// which stores no data for those.
 fn append_entry<W: Write>(
     builder: &mut tar::Builder<W>,
     archive_path: &Path,
     path: &Path,
     kind: FileType,
 ) -> io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     if kind.is_file() {
         let (file, metadata) = open_regular(path)?;
         append_file(builder, archive_path, path, file, &metadata)
-    } else if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
-        append_special(builder, archive_path, path)
     } else {
         builder.append_path_with_name(path, archive_path)
     }
-}
-
-/// Appends the FIFO or device node at `path` under `archive_path`, as a header alone. The
-/// tar crate's `append_path_with_name` (0.4.46) names such an entry by `path` instead, and
-/// fails for an absolute one. The device numbers stay 0, because both unpackers of `cp`
-/// skip these entries.
-fn append_special<W: Write>(
-    builder: &mut tar::Builder<W>,
-    archive_path: &Path,
-    path: &Path,
-) -> io::Result<()> {
-    let metadata = fs::symlink_metadata(path)
-        .map_err(|error| with_path(error, "read the metadata of", path))?;
-    let mut header = tar::Header::new_gnu();
-    header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
-    header.set_size(0);
-    builder.append_data(&mut header, archive_path, io::empty())
 }
 
 /// Opens `path` without following a symlink or blocking on a FIFO, and checks that it is
@@ -298,29 +394,6 @@ mod tests {
     }
 
     #[test]
-    fn tree_keeps_nested_fifo_as_entry() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let tree = dir.path().join("tree");
-        fs::create_dir(&tree).unwrap();
-        fs::write(tree.join("file"), b"data").unwrap();
-        let fifo = crate::sys::cstring(tree.join("fifo")).unwrap();
-        // SAFETY: `fifo` is a NUL-terminated path that lives for the call.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-
-        let archive = pack_tree(Vec::new(), &tree, OsStr::new("copy")).expect("pack");
-
-        let mut archive = tar::Archive::new(archive.as_slice());
-        let fifos: Vec<String> = archive
-            .entries()
-            .expect("archive")
-            .map(|entry| entry.expect("entry parses"))
-            .filter(|entry| entry.header().entry_type().is_fifo())
-            .map(|entry| entry.path().expect("path").display().to_string())
-            .collect();
-        assert_eq!(fifos, ["copy/fifo"]);
-    }
-
-    #[test]
     fn unpack_in_sandbox_skips_devices_and_fifos() {
         let mut builder = tar::Builder::new(Vec::new());
         let mut append = |name: &str, kind: tar::EntryType, data: &[u8]| {
@@ -357,9 +430,10 @@ mod tests {
         fs::write(tree.join("sub/file"), b"data").unwrap();
         std::os::unix::fs::symlink("/etc", tree.join("link")).unwrap();
 
-        let archive = pack_tree(Vec::new(), &tree, OsStr::new("copy")).expect("pack");
+        let packed = pack_tree(Vec::new(), &tree, OsStr::new("copy")).expect("pack");
 
-        let found = entries(&archive);
+        assert!(packed.skipped.is_empty(), "{:?}", packed.skipped);
+        let found = entries(&packed.sink);
         let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
         let position = |name: &str| paths.iter().position(|path| *path == name);
         assert_eq!(position("copy"), Some(0), "{paths:?}");
@@ -370,5 +444,45 @@ mod tests {
         assert!(position("copy/link").is_some(), "{paths:?}");
         let file = found.iter().find(|(path, _)| path == "copy/sub/file");
         assert_eq!(file.map(|(_, data)| data.as_slice()), Some(&b"data"[..]));
+    }
+
+    #[test]
+    fn tree_leaves_out_fifos_and_sockets() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("file"), b"data").unwrap();
+        let fifo = tree.join("fifo");
+        let fifo_name = crate::sys::cstring(&fifo).unwrap();
+        // SAFETY: `fifo_name` is a NUL-terminated path that lives for the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+        let socket = tree.join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+
+        let packed = pack_tree(Vec::new(), &tree, OsStr::new("copy")).expect("pack");
+
+        let found = entries(&packed.sink);
+        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(paths, ["copy", "copy/file"]);
+        let mut skipped = packed.skipped.named.clone();
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [(fifo, SpecialFile::Fifo), (socket, SpecialFile::Socket)]
+        );
+        assert_eq!(packed.skipped.unnamed, 0);
+    }
+
+    #[test]
+    fn skipped_names_first_entries_and_counts_rest() {
+        let mut skipped = Skipped::default();
+        for index in 0..MAX_NAMED_SKIPS + 3 {
+            skipped.add(
+                Path::new(&format!("/dev/null{index}")),
+                SpecialFile::DeviceNode,
+            );
+        }
+        assert_eq!(skipped.named.len(), MAX_NAMED_SKIPS);
+        assert_eq!(skipped.unnamed, 3);
     }
 }

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pack::SpecialFile;
 use crate::sys;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,12 @@ pub enum Report {
     /// The largest resident set of any process of the sandbox, in bytes, sent before the
     /// final report.
     Usage { max_rss: u64 },
+    /// The special files that `cp` left out of the tree it packed in the sandbox: the
+    /// first by path, and a count of the others.
+    Skipped {
+        named: Vec<(String, SpecialFile)>,
+        unnamed: u64,
+    },
 }
 
 impl Report {

@@ -30,7 +30,9 @@ pub mod message;
 pub use frame::{
     DataStream, Decoder, Frame, FrameError, FrameKind, FrameReader, FrameWriter, MAX_PAYLOAD,
 };
-pub use message::{DirEntry, EntryKind, Message, HEARTBEAT_INTERVAL, PROTOCOL_VERSION};
+pub use message::{
+    DirEntry, EntryKind, Message, SkippedEntry, SpecialKind, HEARTBEAT_INTERVAL, PROTOCOL_VERSION,
+};
 
 /// The channel of messages that concern the whole connection.
 pub const CONTROL_CHANNEL: u32 = 0;

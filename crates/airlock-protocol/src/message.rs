@@ -95,6 +95,12 @@ pub enum Message {
     },
     /// The request on this channel succeeded.
     Done,
+    /// The [`Message::PackTree`] on this channel succeeded, but the stream leaves out
+    /// `entries`, device nodes, FIFOs or sockets, and `unnamed` more of them.
+    Skipped {
+        entries: Vec<SkippedEntry>,
+        unnamed: u64,
+    },
     /// The request on this channel failed.
     Error {
         message: String,
@@ -117,6 +123,22 @@ pub enum EntryKind {
     Dir,
     Symlink,
     Other,
+}
+
+/// A file that [`Message::Skipped`] names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    pub path: String,
+    pub kind: SpecialKind,
+}
+
+/// The type of a file that a tar stream of `airlock cp` leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialKind {
+    DeviceNode,
+    Fifo,
+    Socket,
 }
 
 /// One entry of [`Message::Entries`].

@@ -1,5 +1,7 @@
 //! `airlock cp` for a persistent vm sandbox: a file, directory or symlink goes to or comes
-//! from the agent as a tar stream, through the supervisor's control socket.
+//! from the agent as a tar stream, through the supervisor's control socket. Device nodes,
+//! FIFOs and sockets below a copied directory are left out on both sides, with a warning
+//! naming each: the packer that writes the stream, on the host or in the guest, skips them.
 //!
 //! Out of the guest, the stream is unpacked into a new private directory beside the target
 //! by the namespace backend's host unpacker. It rejects paths that leave the directory, also
@@ -8,18 +10,26 @@
 //! guest's root can take over the agent and send other entries, and those go with the
 //! directory. Symlinks stay symlinks, so a link the guest planted, such as
 //! `link -> /etc`, arrives as a link and nothing is written through it.
+//!
+//! A copy out carries at most what the guest can hold, its memory and its disk images
+//! ([`CopyOutLimit`]), so a guest cannot fill the host's disk with a file that keeps
+//! growing or a sparse file of a terabyte. The tar stream carries a sparse file at its full
+//! size, so one larger than the limit fails before any of its data is written.
 
 use std::ffi::OsStr;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use airlock_namespace::{error_chain, join};
-use airlock_protocol::{DataStream, FrameKind, Message, MAX_PAYLOAD};
+use airlock_namespace::error_chain;
+use airlock_namespace::join::{self, SpecialFile, StreamTooLarge};
+use airlock_namespace::pack::Skipped;
+use airlock_protocol::{DataStream, FrameKind, Message, SkippedEntry, SpecialKind, MAX_PAYLOAD};
 
 use crate::client::{self, Connection, Event, Wait};
 use crate::error::Error;
 use crate::held::Runtime;
+use crate::machine::Machine;
 
 /// Copies `source` on the host into the guest at `target`, or out of the guest when
 /// `into_sandbox` is false: into `target` when it is a directory, else as `target`.
@@ -33,7 +43,39 @@ pub fn copy(
     if into_sandbox {
         copy_in(&mut connection, source, target)
     } else {
-        copy_out(&mut connection, source, target)
+        let limit = CopyOutLimit::of(&runtime.machine);
+        copy_out(&mut connection, source, target, limit)
+    }
+}
+
+/// The maximum size of one copy out of a guest, in bytes of tar stream: all the data the
+/// guest can hold. Its writable files are on tmpfs in its memory, and its other files on
+/// the root disk and workspace images. The host view's root and a bind workspace are host
+/// directories, so a copy of their files can exceed this and fail, but those files are on
+/// the host already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyOutLimit {
+    /// The guest's memory in bytes.
+    pub memory: u64,
+    /// The sizes of the root disk and workspace images in bytes.
+    pub disks: u64,
+}
+
+impl CopyOutLimit {
+    pub fn of(machine: &Machine) -> CopyOutLimit {
+        let image_size = |path: &Path| std::fs::metadata(path).map_or(0, |metadata| metadata.len());
+        let root = machine.root_disk.as_deref().map_or(0, image_size);
+        let workspace = machine
+            .workspace_disk()
+            .map_or(0, |(image, _)| image_size(image));
+        CopyOutLimit {
+            memory: machine.memory_mib << 20,
+            disks: root.saturating_add(workspace),
+        }
+    }
+
+    pub fn max_bytes(self) -> u64 {
+        self.memory.saturating_add(self.disks)
     }
 }
 
@@ -58,7 +100,10 @@ fn copy_in(connection: &mut Connection, source: &Path, target: &Path) -> Result<
     let writer = connection.writer();
     let stream = DataStream::new(&writer, FrameKind::FileData, channel);
     let packed = join::pack_tree(BufWriter::with_capacity(MAX_PAYLOAD, stream), source, &name)
-        .and_then(|mut sink| sink.flush());
+        .and_then(|mut packed| {
+            packed.skipped.warn();
+            packed.sink.flush()
+        });
     // The end of the stream goes out even after a failure, so the agent replies.
     let ended = client::lock(&writer).end_stream(FrameKind::FileData, channel);
     packed.map_err(|error| failed(source, error_chain(&error)))?;
@@ -70,7 +115,12 @@ fn copy_in(connection: &mut Connection, source: &Path, target: &Path) -> Result<
     }
 }
 
-fn copy_out(connection: &mut Connection, source: &Path, target: &Path) -> Result<(), Error> {
+fn copy_out(
+    connection: &mut Connection,
+    source: &Path,
+    target: &Path,
+    limit: CopyOutLimit,
+) -> Result<(), Error> {
     let (host_dir, name) = join::copy_destination(target, source, Path::is_dir)
         .map_err(|error| failed(target, error))?;
     let basename = join::file_name(source).map_err(|error| failed(source, error))?;
@@ -82,11 +132,20 @@ fn copy_out(connection: &mut Connection, source: &Path, target: &Path) -> Result
         .send(channel, &request)
         .map_err(|error| failed(source, error))?;
     let mut stream = ChannelReader::new(connection, channel);
-    let staged = stage(&mut stream, &host_dir);
+    let staged = stage(&mut stream, &host_dir, limit.max_bytes());
     // A failed copy leaves nothing at the target: the staging directory goes with `staged`
     // unless the agent reports the whole tree sent.
+    if staged.as_ref().is_err_and(is_too_large) {
+        // The rest of the stream is not read. Once this client's connection closes, the
+        // supervisor cancels the channel, and the agent stops sending.
+        return Err(Error::CopyOutTooLarge {
+            path: source.to_owned(),
+            limit,
+        });
+    }
     match stream.reply()? {
         Message::Done => {}
+        Message::Skipped { entries, unnamed } => warn_skipped(entries, unnamed),
         Message::Error { message } => return Err(failed(source, message)),
         other => return Err(failed(source, format!("unexpected reply {other:?}"))),
     }
@@ -95,22 +154,45 @@ fn copy_out(connection: &mut Connection, source: &Path, target: &Path) -> Result
         .map_err(|error| failed(&host_dir.join(&name), error_chain(&error)))
 }
 
+fn is_too_large(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<StreamTooLarge>())
+}
+
+/// Prints the agent's list of the special files it left out, as the host's packer does.
+fn warn_skipped(entries: Vec<SkippedEntry>, unnamed: u64) {
+    let named = entries
+        .into_iter()
+        .map(|entry| {
+            let kind = match entry.kind {
+                SpecialKind::DeviceNode => SpecialFile::DeviceNode,
+                SpecialKind::Fifo => SpecialFile::Fifo,
+                SpecialKind::Socket => SpecialFile::Socket,
+            };
+            (entry.path.into(), kind)
+        })
+        .collect();
+    Skipped { named, unnamed }.warn();
+}
+
 /// Unpacks a tar stream from the guest into a new private directory in `host_dir`, and
 /// moves its entry `basename` to `host_dir/name`. Nothing else of the stream is kept, and
 /// an existing directory at `host_dir/name` is not written into.
 #[cfg(test)]
 fn receive(stream: impl Read, host_dir: &Path, basename: &OsStr, name: &OsStr) -> io::Result<()> {
-    let staging = stage(stream, host_dir)?;
+    let staging = stage(stream, host_dir, u64::MAX)?;
     place(&staging, basename, &host_dir.join(name))
 }
 
-/// Unpacks a tar stream from the guest into a new private directory in `host_dir`, which
-/// is removed with whatever the copy left in it when the returned value is dropped.
-fn stage(stream: impl Read, host_dir: &Path) -> io::Result<tempfile::TempDir> {
+/// Unpacks a tar stream of at most `max_bytes` from the guest into a new private directory
+/// in `host_dir`, which is removed with whatever the copy left in it when the returned
+/// value is dropped.
+fn stage(stream: impl Read, host_dir: &Path, max_bytes: u64) -> io::Result<tempfile::TempDir> {
     let staging = tempfile::Builder::new()
         .prefix(".airlock-cp-")
         .tempdir_in(host_dir)?;
-    join::unpack_on_host(stream, staging.path())?;
+    join::unpack_on_host(stream, staging.path(), Some(max_bytes))?;
     Ok(staging)
 }
 
@@ -295,5 +377,45 @@ mod tests {
             names(canary.path())
         );
         assert_eq!(names(host.path()), ["tree"]);
+    }
+
+    #[test]
+    fn stage_rejects_sparse_terabyte_before_writing() {
+        let host = tempfile::tempdir().unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_path("sparse").unwrap();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(1 << 40);
+        header.set_cksum();
+        // The header alone: the host must fail on it without waiting for a terabyte.
+        let mut stream = header.as_bytes().to_vec();
+        stream.extend_from_slice(&[0; 4096]);
+
+        let error = stage(&stream[..], host.path(), 1 << 30).unwrap_err();
+
+        assert!(is_too_large(&error), "{error}");
+        assert!(names(host.path()).is_empty(), "{:?}", names(host.path()));
+    }
+
+    #[test]
+    fn stage_rejects_stream_past_limit() {
+        let host = tempfile::tempdir().unwrap();
+        let content = "x".repeat(1000);
+        let entries: Vec<(String, &str, bool)> = (0..10)
+            .map(|index| (format!("tree/{index}"), content.as_str(), false))
+            .collect();
+        let entries: Vec<(&str, &str, bool)> = entries
+            .iter()
+            .map(|(path, data, link)| (path.as_str(), *data, *link))
+            .collect();
+        let stream = archive(&entries);
+
+        let error = stage(&stream[..], host.path(), 8192).unwrap_err();
+
+        assert!(is_too_large(&error), "{error}");
+        assert!(names(host.path()).is_empty(), "{:?}", names(host.path()));
+        let staged = stage(&stream[..], host.path(), stream.len() as u64).expect("within limit");
+        drop(staged);
     }
 }

@@ -178,6 +178,11 @@ pub enum Error {
     Runtime(String),
     #[error("cannot copy {path:?}: {message}")]
     Copy { path: PathBuf, message: String },
+    #[error("cannot copy {path:?} out of the guest: the copy exceeds {}, the maximum of a copy out of this sandbox, which is all the guest can hold: its memory ({}) and disk images ({}). Nothing was written. Copy a smaller part, such as one directory at a time. A sparse file counts at its full size; pack it in the guest with `tar -cSf` and copy the archive", airlock_core::size::format_bytes_short(limit.max_bytes()), airlock_core::size::format_bytes_short(limit.memory), airlock_core::size::format_bytes_short(limit.disks))]
+    CopyOutTooLarge {
+        path: PathBuf,
+        limit: crate::copy::CopyOutLimit,
+    },
     #[error("--inner namespace cannot share the project {project:?} with --workspace-mode bind: {reason}. The inner layer needs a workspace that a user other than root owns, or else an idmapped mount, which virtiofs in the guest's Debian 6.1 kernel does not support. Use the default --workspace-mode overlay, or run airlock as root on a project that a user other than root owns")]
     InnerBind {
         project: PathBuf,

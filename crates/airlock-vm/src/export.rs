@@ -3,6 +3,11 @@
 //! namespace backend's overlay leaves there: whiteouts as character devices 0:0, opaque
 //! directories marked with `user.overlay.opaque`. `airlock diff` and `apply` then read it
 //! as they read any other backend's.
+//!
+//! The export carries at most [`CopyOutLimit`] bytes of file data, as `airlock cp` does, so
+//! a sparse file of a terabyte in the workspace fails the export instead of filling the
+//! host's disk. The size in the agent's listing is checked before the file is read, and
+//! the bytes that arrive are counted too.
 
 use std::fs::File;
 use std::io::Write;
@@ -10,9 +15,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Instant;
 
+use airlock_core::size::format_bytes_short;
+use airlock_core::spec::SANDBOX_WORKSPACE;
 use airlock_protocol::{EntryKind, FrameKind, Message};
 
 use crate::client::{Connection, Event, Wait};
+use crate::copy::CopyOutLimit;
 
 /// A failure of the export.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +37,59 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the workspace changes exceed {}, the maximum a copy out of this guest may carry, which is all it can hold: its memory ({}) and disk images ({}). The copy reached it at {path:?}. A sparse file counts at its full size, so remove such a file from /workspace before the sandbox stops, or make it elsewhere, such as in /tmp", format_bytes_short(limit.max_bytes()), format_bytes_short(limit.memory), format_bytes_short(limit.disks))]
+    TooLarge { path: String, limit: CopyOutLimit },
 }
 
-/// Copies the guest's directory `guest` into the host's empty directory `host`.
+/// The file data an export may still write.
+struct Budget {
+    limit: CopyOutLimit,
+    remaining: u64,
+}
+
+impl Budget {
+    /// Takes `bytes` of the guest's file `path` from the budget, or fails when fewer remain.
+    fn charge(&mut self, bytes: u64, path: &str) -> Result<(), ExportError> {
+        match self.remaining.checked_sub(bytes) {
+            Some(remaining) => {
+                self.remaining = remaining;
+                Ok(())
+            }
+            None => Err(ExportError::TooLarge {
+                path: path.to_owned(),
+                limit: self.limit,
+            }),
+        }
+    }
+}
+
+/// Copies the guest's directory `guest` into the host's empty directory `host`, with at
+/// most `limit` bytes of file data in all.
 pub fn upper_layer(
     connection: &mut Connection,
     guest: &str,
     host: &Path,
+    limit: CopyOutLimit,
+) -> Result<(), ExportError> {
+    let mut budget = Budget {
+        limit,
+        remaining: limit.max_bytes(),
+    };
+    copy_dir(connection, guest, host, &mut budget).map_err(|error| match error {
+        // The user knows the file by its path in the workspace, not in the upper layer.
+        ExportError::TooLarge { path, limit } => ExportError::TooLarge {
+            path: path.replacen(guest, SANDBOX_WORKSPACE, 1),
+            limit,
+        },
+        other => other,
+    })
+}
+
+fn copy_dir(
+    connection: &mut Connection,
+    guest: &str,
+    host: &Path,
+    budget: &mut Budget,
 ) -> Result<(), ExportError> {
     let entries = match request(connection, Message::ListDir { path: guest.into() }, None)? {
         Message::Entries { entries } => entries,
@@ -61,11 +115,18 @@ pub fn upper_layer(
                 if entry.opaque {
                     mark_opaque(&host_path).map_err(write_failed)?;
                 }
-                upper_layer(connection, &guest_path, &host_path)?;
+                copy_dir(connection, &guest_path, &host_path, budget)?;
                 let mode = std::fs::Permissions::from_mode(entry.mode);
                 std::fs::set_permissions(&host_path, mode).map_err(write_failed)?;
             }
             EntryKind::File => {
+                // A sparse file fails here, before any of its data is read.
+                if entry.size > budget.remaining {
+                    return Err(ExportError::TooLarge {
+                        path: guest_path,
+                        limit: budget.limit,
+                    });
+                }
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -75,7 +136,7 @@ pub fn upper_layer(
                 let message = Message::ReadFile {
                     path: guest_path.clone(),
                 };
-                match request(connection, message, Some(&mut file))? {
+                match request(connection, message, Some((&mut file, budget, &guest_path)))? {
                     Message::Done => {}
                     other => return Err(agent_error(&guest_path, other)),
                 }
@@ -104,11 +165,12 @@ fn agent_error(path: &str, reply: Message) -> ExportError {
     }
 }
 
-/// Sends `message` on a new channel and returns the reply, writing file data to `sink`.
-pub fn request(
+/// Sends `message` on a new channel and returns the reply. File data goes to the file of
+/// `sink`, charged to its budget as data of the guest's file it names.
+fn request(
     connection: &mut Connection,
     message: Message,
-    mut sink: Option<&mut File>,
+    mut sink: Option<(&mut File, &mut Budget, &str)>,
 ) -> Result<Message, ExportError> {
     let channel = connection.open_channel();
     connection
@@ -128,7 +190,8 @@ pub fn request(
         }
         match frame.kind {
             FrameKind::FileData => {
-                if let Some(file) = sink.as_mut() {
+                if let Some((file, budget, path)) = sink.as_mut() {
+                    budget.charge(frame.payload.len() as u64, path)?;
                     file.write_all(&frame.payload)
                         .map_err(|source| ExportError::Write {
                             path: "the workspace's upper layer".into(),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::boot::LAYERS;
 use crate::client::Connection;
 use crate::container_image::PinnedImage;
+use crate::copy::CopyOutLimit;
 use crate::error::Error;
 use crate::guest::Guest;
 use crate::launch;
@@ -164,7 +165,9 @@ impl Drop for HeldVm {
         };
         if launch::has_overlay(&guest) && !self.relay.guest_gone.load(Ordering::SeqCst) {
             if let Some(layers) = &self.layers {
-                if let Err(error) = export_through(&self.runtime.socket, layers) {
+                // NOTE: `stop` still succeeds after a failed export, such as one over the
+                // copy-out limit, and the sandbox's changes are lost.
+                if let Err(error) = export_through(&self.runtime, layers) {
                     tracing::warn!(error = %airlock_namespace::error_chain(&error), "cannot copy the workspace changes out of the guest");
                 }
             }
@@ -177,9 +180,9 @@ impl Drop for HeldVm {
 /// into `layers/upper`. The guest's layer has every change since the guest started, so it
 /// replaces the host's copy. It is copied to a new directory first, so that a failed or
 /// concurrent copy never leaves a mix of both.
-pub fn export_through(socket: &Path, layers: &Path) -> Result<(), Error> {
+pub fn export_through(runtime: &Runtime, layers: &Path) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut connection = Connection::connect(socket, || {
+    let mut connection = Connection::connect(&runtime.socket, || {
         (Instant::now() >= deadline).then(|| "the control socket does not accept".to_owned())
     })
     .map_err(|message| Error::AgentFailed { message })?;
@@ -194,7 +197,8 @@ pub fn export_through(socket: &Path, layers: &Path) -> Result<(), Error> {
         .tempdir_in(layers)
         .map_err(layers_failed(layers))?;
     let guest_upper = format!("{LAYERS}/upper");
-    crate::export::upper_layer(&mut connection, &guest_upper, staging.path())
+    let limit = CopyOutLimit::of(&runtime.machine);
+    crate::export::upper_layer(&mut connection, &guest_upper, staging.path(), limit)
         .map_err(Error::Export)?;
 
     let upper = layers.join("upper");

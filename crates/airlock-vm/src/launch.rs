@@ -15,6 +15,7 @@ use airlock_protocol::Message;
 use crate::accel;
 use crate::agent::boot::{WorkspaceMount, LAYERS, ROOT_SHARE_TAG, WORKSPACE_SHARE_TAG};
 use crate::container_image::{self, PinnedImage};
+use crate::copy::CopyOutLimit;
 use crate::disk::{self, ProgressBar};
 use crate::error::Error;
 use crate::exec::{self, End};
@@ -148,6 +149,7 @@ pub fn prepare(
     pinned: Option<&PinnedImage>,
 ) -> Result<Prepared, Error> {
     let sizing = sizing::size(spec)?;
+    sizing::warn_above_available(&sizing);
     let cache = crate::cache::directory()?;
     let kernel = kernel::find(spec.kernel.as_deref())?;
     // Before the initramfs, so that a missing image fails without building anything.
@@ -494,7 +496,9 @@ fn export_changes(guest: &mut Guest, layers: &Path) -> Result<(), Error> {
         })?;
     }
     let guest_upper = format!("{LAYERS}/upper");
-    crate::export::upper_layer(&mut guest.connection, &guest_upper, &upper).map_err(Error::Export)
+    let limit = CopyOutLimit::of(&guest.machine);
+    crate::export::upper_layer(&mut guest.connection, &guest_upper, &upper, limit)
+        .map_err(Error::Export)
 }
 
 /// Returns the protections for a report, without the enforcement check.

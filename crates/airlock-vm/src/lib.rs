@@ -126,7 +126,7 @@ impl Backend for VmBackend {
 
     fn sync_changes(&self, runtime: &serde_json::Value, layers: &Path) -> Result<(), BackendError> {
         let runtime = runtime_of(runtime)?;
-        Ok(held::export_through(&runtime.socket, layers)?)
+        Ok(held::export_through(&runtime, layers)?)
     }
 
     fn clean_up(&self, id: &SandboxId, runtime: Option<&serde_json::Value>) {

@@ -209,7 +209,7 @@ impl Machine {
 
     /// Returns the workspace image with its mount, unless the guest shows the project
     /// through a share.
-    fn workspace_disk(&self) -> Option<(&PathBuf, WorkspaceMount)> {
+    pub fn workspace_disk(&self) -> Option<(&PathBuf, WorkspaceMount)> {
         let (image, mount) = self.workspace.as_ref()?;
         (*mount != WorkspaceMount::Bind).then_some((image, *mount))
     }

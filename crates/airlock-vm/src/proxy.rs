@@ -122,6 +122,7 @@ fn ends_exchange(frame: &Frame) -> bool {
         Ok(Message::Exited { .. }
             | Message::ExecFailed { .. }
             | Message::Done
+            | Message::Skipped { .. }
             | Message::Error { .. }
             | Message::Entries { .. })
     )

@@ -1,7 +1,14 @@
 //! The guest's memory and virtual CPUs, checked against the host before any image is built
 //! or QEMU started.
+//!
+//! Guest memory above the host's total memory is rejected. Guest memory above the memory
+//! available now (`MemAvailable` of /proc/meminfo) gets a warning only, for two reasons.
+//! QEMU allocates guest memory as the guest first touches it, so a guest that uses less
+//! than it was given runs. And what is available changes as other programs start and end.
+//! A guest that does fill its memory then pushes the host into swap, or makes the host's
+//! OOM killer end a process, QEMU among them.
 
-use airlock_core::size::format_bytes;
+use airlock_core::size::{format_bytes, format_bytes_short};
 use airlock_core::Spec;
 
 use crate::error::Error;
@@ -82,11 +89,40 @@ impl Host {
     }
 }
 
+/// Warns on stderr, in one line, when the guest's memory of `sizing` exceeds the host's
+/// memory available now.
+pub fn warn_above_available(sizing: &Sizing) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    if let Some(warning) = available_warning(sizing, &meminfo) {
+        eprintln!("airlock: warning: {warning}");
+    }
+}
+
+fn available_warning(sizing: &Sizing, meminfo: &str) -> Option<String> {
+    let available = meminfo_bytes(meminfo, "MemAvailable")?;
+    let guest = sizing.memory_mib << 20;
+    (guest > available).then(|| {
+        format!(
+            "the guest's memory of {} (the memory limit and {} for its kernel and agent) \
+             exceeds the host's MemAvailable of {}, so as the guest fills it the host may swap \
+             or its OOM killer may end QEMU; pass a smaller --memory, or free memory on the host",
+            format_bytes_short(guest),
+            format_bytes(GUEST_OVERHEAD),
+            format_bytes_short(available)
+        )
+    })
+}
+
 /// Returns `MemTotal` of /proc/meminfo in bytes.
 fn total_memory(meminfo: &str) -> Option<u64> {
+    meminfo_bytes(meminfo, "MemTotal")
+}
+
+/// Returns the field `name` of /proc/meminfo, which the kernel gives in KiB, in bytes.
+fn meminfo_bytes(meminfo: &str, name: &str) -> Option<u64> {
     let line = meminfo
         .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))?;
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?;
     let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kib * 1024)
 }
@@ -162,5 +198,23 @@ mod tests {
         let meminfo = "MemTotal:       24530208 kB\nMemFree:        19876 kB\n";
         assert_eq!(total_memory(meminfo), Some(24530208 * 1024));
         assert_eq!(total_memory("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn guest_above_available_memory_warned() {
+        let sizing = Sizing {
+            memory_limit: 2 << 30,
+            memory_mib: 2048 + 128,
+            cpus: 1,
+        };
+        let meminfo = "MemTotal:       24530208 kB\nMemAvailable:    1048576 kB\n";
+        let warning = available_warning(&sizing, meminfo).expect("a warning");
+        assert!(warning.contains("MemAvailable of 1.0G"), "{warning}");
+        assert!(warning.contains("memory of 2.1G"), "{warning}");
+        assert!(warning.contains("pass a smaller --memory"), "{warning}");
+
+        let roomy = "MemTotal:       24530208 kB\nMemAvailable:   20971520 kB\n";
+        assert_eq!(available_warning(&sizing, roomy), None);
+        assert_eq!(available_warning(&sizing, "MemTotal: 1 kB\n"), None);
     }
 }

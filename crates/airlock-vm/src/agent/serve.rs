@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::cgroup::{self, Workload};
@@ -34,6 +34,9 @@ struct Commands {
     /// The process group and, for a command with a terminal, the terminal's master.
     groups: HashMap<u32, (libc::pid_t, Option<Arc<OwnedFd>>)>,
     files: HashMap<u32, Sender<Vec<u8>>>,
+    /// The cancel flag of each tar stream being sent, which a [`Message::Signal`] on its
+    /// channel sets. A flag whose stream ended is gone, and its entry is pruned.
+    packs: HashMap<u32, Weak<AtomicBool>>,
     /// The cgroup every command joins, with the process limit.
     workload: Option<Arc<Workload>>,
     /// The owner (uid, gid) that files copied into /workspace get, for an inner layer.
@@ -152,6 +155,10 @@ fn handle(
                 // SAFETY: kill takes integers only.
                 unsafe { libc::kill(-group, signal) };
             }
+            let pack = commands.packs.remove(&channel);
+            if let Some(cancelled) = pack.and_then(|flag| flag.upgrade()) {
+                cancelled.store(true, Ordering::Relaxed);
+            }
         }
         Message::Resize { rows, cols } => {
             if let Some((_, Some(master))) = commands.groups.get(&channel) {
@@ -169,8 +176,11 @@ fn handle(
             std::thread::spawn(move || write_file(channel, &path, mode, receiver, &port));
         }
         Message::PackTree { path } => {
+            let cancelled = Arc::new(AtomicBool::new(false));
+            commands.packs.retain(|_, flag| flag.strong_count() > 0);
+            commands.packs.insert(channel, Arc::downgrade(&cancelled));
             let port = Arc::clone(port);
-            std::thread::spawn(move || super::tree::pack(channel, &path, &port));
+            std::thread::spawn(move || super::tree::pack(channel, &path, &port, &cancelled));
         }
         Message::UnpackTree { path } => {
             let (sender, receiver) = mpsc::channel();

@@ -5,26 +5,36 @@
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 
 use airlock_core::spec::SANDBOX_WORKSPACE;
-use airlock_namespace::join;
-use airlock_protocol::{DataStream, FrameKind, Message, MAX_PAYLOAD};
+use airlock_namespace::join::{self, SpecialFile};
+use airlock_namespace::pack::Skipped;
+use airlock_protocol::{DataStream, FrameKind, Message, SkippedEntry, SpecialKind, MAX_PAYLOAD};
 
 use super::serve::{send, Port};
 
-/// Sends `path` as a tar stream on `channel`, then [`Message::Done`].
-pub fn pack(channel: u32, path: &str, port: &Port) {
+/// Sends `path` as a tar stream on `channel`, then [`Message::Done`], or
+/// [`Message::Skipped`] when the stream leaves out special files. Setting `cancelled` ends
+/// the stream at its next write, when the host stopped reading it.
+pub fn pack(channel: u32, path: &str, port: &Port, cancelled: &AtomicBool) {
     let result = Path::new(path)
         .file_name()
         .ok_or_else(|| io::Error::other("the path names no file"))
         .and_then(|name| {
-            let stream = DataStream::new(port, FrameKind::FileData, channel);
+            let stream = Cancellable {
+                inner: DataStream::new(port, FrameKind::FileData, channel),
+                cancelled,
+            };
             let sink = BufWriter::with_capacity(MAX_PAYLOAD, stream);
-            join::pack_tree(sink, Path::new(path), name)?.flush()
+            let mut packed = join::pack_tree(sink, Path::new(path), name)?;
+            packed.sink.flush()?;
+            Ok(packed.skipped)
         });
     let reply = match result {
-        Ok(()) => Message::Done,
+        Ok(skipped) if skipped.is_empty() => Message::Done,
+        Ok(skipped) => skipped_message(&skipped),
         Err(error) => Message::Error {
             message: format!(
                 "cannot pack {path:?}: {}",
@@ -33,6 +43,44 @@ pub fn pack(channel: u32, path: &str, port: &Port) {
         },
     };
     send(port, channel, &reply);
+}
+
+fn skipped_message(skipped: &Skipped) -> Message {
+    let entries = skipped
+        .named
+        .iter()
+        .map(|(path, kind)| SkippedEntry {
+            path: path.to_string_lossy().into_owned(),
+            kind: match kind {
+                SpecialFile::DeviceNode => SpecialKind::DeviceNode,
+                SpecialFile::Fifo => SpecialKind::Fifo,
+                SpecialFile::Socket => SpecialKind::Socket,
+            },
+        })
+        .collect();
+    Message::Skipped {
+        entries,
+        unnamed: skipped.unnamed,
+    }
+}
+
+/// A writer that fails once `cancelled` is set.
+struct Cancellable<'a, W> {
+    inner: W,
+    cancelled: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Cancellable<'_, W> {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the host cancelled the copy"));
+        }
+        self.inner.write(buffer)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Unpacks the tar stream that arrives in `chunks` at `path`, then replies. A `path` in
