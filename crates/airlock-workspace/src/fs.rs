@@ -59,6 +59,19 @@ pub(crate) fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd>
     Ok(rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?)
 }
 
+/// Opens the directory `name` in `dir` on the mount of `dir` alone. A symlink there fails
+/// with ELOOP, and a mount point with EXDEV.
+pub(crate) fn open_dir_on_mount(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    let resolve = rustix::fs::ResolveFlags::NO_XDEV | rustix::fs::ResolveFlags::NO_SYMLINKS;
+    Ok(rustix::fs::openat2(
+        dir,
+        name,
+        DIR_FLAGS,
+        Mode::empty(),
+        resolve,
+    )?)
+}
+
 /// Opens the directory that contains `rel`, one component at a time from `root`. A symlink
 /// on the way fails with ELOOP and a non-directory with ENOTDIR.
 pub(crate) fn open_parent(root: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {

@@ -1,6 +1,7 @@
 //! The host side of an apply: the project directory, walked one component at a time with
 //! O_NOFOLLOW, so that a directory the host (or anyone) replaced by a symlink is reported as
-//! a conflict and never written through.
+//! a conflict and never written through, and without crossing into a mount below the
+//! project, which the sandbox never saw.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -40,8 +41,13 @@ pub(super) fn parent(host: &Tree, rel: &Path) -> Result<Parent, Error> {
             FileType::Symlink => return Ok(symlink_parent(walked)),
             _ => return Ok(not_dir_parent(walked)),
         }
-        dir = match fs::open_dir(dir.as_fd(), name) {
+        dir = match fs::open_dir_on_mount(dir.as_fd(), name) {
             Ok(next) => next,
+            Err(error) if error.raw_os_error() == Some(Errno::XDEV.raw_os_error()) => {
+                return Ok(Parent::Blocked(ConflictReason::MountPointParent {
+                    parent: walked,
+                }))
+            }
             // Replaced by a symlink or a file since the lstat above.
             Err(error) if error.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
                 return Ok(symlink_parent(walked))

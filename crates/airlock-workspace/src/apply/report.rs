@@ -45,6 +45,9 @@ pub enum ConflictReason {
     SymlinkParent { parent: PathBuf },
     /// A directory on the way is not a directory on the host.
     ParentNotDir { parent: PathBuf },
+    /// A directory on the way is a mount point on the host. The sandbox saw the project
+    /// without the mounts below it, so apply never writes into them.
+    MountPointParent { parent: PathBuf },
     /// A directory to remove or replace still has entries on the host: entries the host
     /// added, or entries this apply did not remove.
     NotEmpty,
@@ -85,9 +88,9 @@ impl ConflictReason {
     /// Returns the directory on the way that blocks the path, if that is the reason.
     pub(super) fn blocking_dir(&self) -> Option<&std::path::Path> {
         match self {
-            ConflictReason::SymlinkParent { parent } | ConflictReason::ParentNotDir { parent } => {
-                Some(parent)
-            }
+            ConflictReason::SymlinkParent { parent }
+            | ConflictReason::ParentNotDir { parent }
+            | ConflictReason::MountPointParent { parent } => Some(parent),
             _ => None,
         }
     }
@@ -114,6 +117,11 @@ impl fmt::Display for ConflictReason {
             ConflictReason::ParentNotDir { parent } => {
                 write!(f, "{parent:?} is not a directory on the host")
             }
+            ConflictReason::MountPointParent { parent } => write!(
+                f,
+                "{parent:?} is a mount point on the host, which the sandbox saw empty and apply \
+                 does not write into"
+            ),
             ConflictReason::NotEmpty => {
                 f.write_str("the directory still has entries on the host that were not removed")
             }

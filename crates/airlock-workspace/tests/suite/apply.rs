@@ -186,6 +186,49 @@ fn host_parent_swapped_for_symlink_is_conflict() {
     assert_eq!(only_b.conflicts[0].reason, expected);
 }
 
+/// A bind mount below the project, which the sandbox saw as an empty directory, is never
+/// written into. Mounting needs root; as another user the test says so and returns.
+#[test]
+fn mount_point_in_project_never_written_into() {
+    let layers = Layers::new();
+    mkdir(&layers.lower.join("inner"));
+    write(&layers.outside.join("change"), "host\n");
+    let mounted = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&layers.outside)
+        .arg(layers.lower.join("inner"))
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        eprintln!("skipped: bind mounts need root");
+        return;
+    }
+    write(&layers.upper.join("inner/new"), "sandbox\n");
+    write(&layers.upper.join("inner/change"), "sandbox\n");
+
+    let report = apply(&layers.lower, &layers.upper, &layers.options());
+    let _ = std::process::Command::new("umount")
+        .arg(layers.lower.join("inner"))
+        .status();
+    let report = report.unwrap();
+
+    assert!(!layers.outside.join("new").exists(), "wrote into the mount");
+    assert_eq!(read(&layers.outside.join("change")), "host\n");
+    assert!(report.applied.is_empty(), "{:?}", report.applied);
+    let expected = ConflictReason::MountPointParent {
+        parent: PathBuf::from("inner"),
+    };
+    assert!(
+        report
+            .conflicts
+            .iter()
+            .all(|conflict| conflict.reason == expected),
+        "{:?}",
+        report.conflicts
+    );
+    assert_eq!(report.conflicts.len(), 2);
+}
+
 #[test]
 fn setuid_and_sticky_bits_are_stripped() {
     let layers = Layers::new();
