@@ -43,13 +43,18 @@ pub enum Workspace {
     Idmapped(OwnedFd, Exiting),
 }
 
-/// A child process that was told to exit, reaped when this is dropped. The launcher drops
-/// it once the sandbox runs, so it does not wait for the child's exit on the way there.
-pub struct Exiting(libc::pid_t);
+/// A child process that was told to exit, reaped when this is dropped, with the stack it
+/// runs on. The launcher drops it once the sandbox runs, so it does not wait for the
+/// child's exit on the way there.
+pub struct Exiting {
+    pid: libc::pid_t,
+    _stack: sys::Stack,
+}
 
 impl Drop for Exiting {
     fn drop(&mut self) {
-        let _ = sys::waitpid(self.0, 0);
+        // The stack is unmapped after this, once the child no longer runs on it.
+        let _ = sys::waitpid(self.pid, 0);
     }
 }
 
@@ -124,18 +129,22 @@ fn idmapped(
 /// maps to. A child process keeps the namespace alive until its maps are written and the
 /// namespace is opened, and then exits.
 fn mapping_namespace(owner: (u32, u32), user: User) -> io::Result<(OwnedFd, Exiting)> {
+    const STACK_SIZE: usize = 16 * 1024;
     let (release_read, release_write) = sys::pipe()?;
-    let pid = sys::clone_process(libc::CLONE_NEWUSER, None)?;
-    if pid == 0 {
-        drop(release_write);
-        let mut byte = [0u8; 1];
-        let _ = sys::read(release_read.as_raw_fd(), &mut byte);
-        sys::exit_now(0)
-    }
-    drop(release_read);
+    let mut stack = sys::Stack::new(STACK_SIZE)?;
+    // SAFETY: the launcher is single-threaded (`prepare` checks), the descriptors are the
+    // two ends of one pipe, and `Exiting` keeps the stack until the child is reaped.
+    let pid = unsafe {
+        sys::spawn_namespace_holder(
+            libc::CLONE_NEWUSER,
+            &mut stack,
+            release_read.as_raw_fd(),
+            release_write.as_raw_fd(),
+        )
+    }?;
+    let exiting = Exiting { pid, _stack: stack };
     let opened = write_maps(pid, owner, user);
     drop(release_write);
-    let exiting = Exiting(pid);
     opened.map(|mapping| (mapping, exiting))
 }
 
