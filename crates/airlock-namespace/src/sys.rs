@@ -147,7 +147,7 @@ extern "C" fn hold_until_released(arg: *mut libc::c_void) -> libc::c_int {
     let (release_read, release_write) = (value as u32 as RawFd, (value >> 32) as u32 as RawFd);
     let mut byte = 0u8;
     // SAFETY: close and read act on this child's own descriptor table, and `byte` is on the
-    // child's stack; exit ends this child alone and does not return.
+    // child's stack. Exit ends this child alone and does not return.
     unsafe {
         libc::syscall(libc::SYS_close, release_write);
         libc::syscall(libc::SYS_read, release_read, &mut byte as *mut u8, 1);
@@ -559,6 +559,7 @@ pub fn mount_detached(
         check_long(unsafe { libc::syscall(libc::SYS_fsopen, fs_type.as_ptr(), FSOPEN_CLOEXEC) })?;
     // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
     let context = unsafe { OwnedFd::from_raw_fd(context as RawFd) };
+
     let configure = |command: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>| {
         let key = key.map_or(std::ptr::null(), CStr::as_ptr);
         let value = value.map_or(std::ptr::null(), CStr::as_ptr);
@@ -586,6 +587,7 @@ pub fn mount_detached(
         }
     }
     configure(FSCONFIG_CMD_CREATE, None, None)?;
+
     // SAFETY: plain integer arguments; the context descriptor is open.
     let mounted = check_long(unsafe {
         libc::syscall(
