@@ -129,8 +129,50 @@ pub struct Packed<W> {
 /// `name`. Symlinks are stored as symlinks, never followed. Device nodes, FIFOs and sockets
 /// below `source` are left out and returned in [`Packed::skipped`].
 pub fn pack_tree<W: Write>(sink: W, source: &Path, name: &OsStr) -> io::Result<Packed<W>> {
+    let sink = CutOff {
+        inner: sink,
+        cut: false,
+    };
     let mut builder = tar::Builder::new(sink);
     builder.follow_symlinks(false);
+    let mut skipped = Skipped::default();
+    if let Err(error) = append_source(&mut builder, source, name, &mut skipped) {
+        // The builder writes the end marker when dropped (tar 0.4.46), and a stream with
+        // its end marker would read as a complete copy of fewer entries.
+        builder.get_mut().cut = true;
+        return Err(error);
+    }
+    Ok(Packed {
+        sink: builder.into_inner()?.inner,
+        skipped,
+    })
+}
+
+/// A writer that fails every write once `cut` is set.
+struct CutOff<W> {
+    inner: W,
+    cut: bool,
+}
+
+impl<W: Write> Write for CutOff<W> {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        if self.cut {
+            return Err(io::Error::other("the copy failed"));
+        }
+        self.inner.write(buffer)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn append_source<W: Write>(
+    builder: &mut tar::Builder<W>,
+    source: &Path,
+    name: &OsStr,
+    skipped: &mut Skipped,
+) -> io::Result<()> {
     let metadata = fs::symlink_metadata(source)
         .map_err(|error| with_path(error, "read the metadata of", source))?;
     let kind = metadata.file_type();
@@ -141,16 +183,11 @@ pub fn pack_tree<W: Write>(sink: W, source: &Path, name: &OsStr) -> io::Result<P
             source.display()
         )));
     }
-    let mut skipped = Skipped::default();
     if kind.is_dir() {
-        append_dir_all(&mut builder, Path::new(name), source, &mut skipped)?;
+        append_dir_all(builder, Path::new(name), source, skipped)
     } else {
-        append_entry(&mut builder, Path::new(name), source, kind)?;
+        append_entry(builder, Path::new(name), source, kind)
     }
-    Ok(Packed {
-        sink: builder.into_inner()?,
-        skipped,
-    })
 }
 
 /// Appends the directory `source` and everything below it under `archive_path`, each
@@ -182,8 +219,8 @@ fn append_dir_all<W: Write>(
 }
 
 /// Appends one entry that is not a directory's content: a regular file through
-/// [`append_file`], anything else (a directory header, a symlink) through the tar crate,
-/// which stores no data for those.
+/// [`append_file`], a symlink through [`append_symlink`], a directory header through the
+/// tar crate.
 fn append_entry<W: Write>(
     builder: &mut tar::Builder<W>,
     archive_path: &Path,
@@ -193,10 +230,43 @@ fn append_entry<W: Write>(
     if kind.is_file() {
         let (file, metadata) = open_regular(path)?;
         append_file(builder, archive_path, path, file, &metadata)
+    } else if kind.is_symlink() {
+        append_symlink(builder, archive_path, path)
     } else {
         builder.append_path_with_name(path, archive_path)
     }
 }
+
+/// Appends the symlink at `path` under `archive_path`, with its target byte for byte. The
+/// tar crate's `set_link_name` (0.4.46) normalizes a target, which turns `/` into `//`.
+fn append_symlink<W: Write>(
+    builder: &mut tar::Builder<W>,
+    archive_path: &Path,
+    path: &Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let metadata = fs::symlink_metadata(path)
+        .map_err(|error| with_path(error, "read the metadata of", path))?;
+    let target = fs::read_link(path).map_err(|error| with_path(error, "read the symlink", path))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
+    header.set_size(0);
+    let target = target.as_os_str().as_bytes();
+    // The header's link name field has room for 100 bytes. A longer target goes whole into
+    // a GNU long-link entry just before the header, NUL-terminated as GNU tar writes it.
+    if target.len() > LINK_NAME_FIELD {
+        let mut long_link = tar::Header::new_gnu();
+        long_link.set_entry_type(tar::EntryType::GNULongLink);
+        long_link.set_size(target.len() as u64 + 1);
+        let data = [target, b"\0"].concat();
+        builder.append_data(&mut long_link, "././@LongLink", data.as_slice())?;
+    }
+    header.set_link_name_literal(&target[..target.len().min(LINK_NAME_FIELD)])?;
+    builder.append_data(&mut header, archive_path, io::empty())
+}
+
+/// Size of the link name field of a tar header, in bytes.
+const LINK_NAME_FIELD: usize = 100;
 
 /// Opens `path` without following a symlink or blocking on a FIFO, and checks that it is
 /// still a regular file.
