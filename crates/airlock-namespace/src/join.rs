@@ -448,7 +448,8 @@ pub fn copy(
 
 /// Copies `source` into or out of a running sandbox as [`copy`] does, through a child that
 /// `enter` moves into the sandbox. The child is cloned into the v2 cgroup `cgroup_dir`, when
-/// given, and dies with this process.
+/// given, and dies with this process. A copy into the sandbox that fails leaves nothing at
+/// `target`, also when the child is killed.
 pub fn transfer(
     cgroup_dir: Option<RawFd>,
     enter: &dyn Fn() -> StepResult<()>,
@@ -463,72 +464,160 @@ pub fn transfer(
     } else {
         copy_destination(target, source, |path| path.is_dir())?
     };
+    let token = crate::unpack::new_token();
     let (data_read, data_write) = sys::pipe().map_err(Error::Channel)?;
     let (report_read, report_write) = sys::pipe().map_err(Error::Channel)?;
 
-    let pid = match sys::clone_process(0, cgroup_dir) {
-        Ok(0) => {
-            let dies_with_caller = step(
-                sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
-                "ask to be killed with the caller",
-            );
-            let result = dies_with_caller.and_then(|()| enter()).and_then(|()| {
-                if into_sandbox {
-                    drop(data_write);
-                    step(unpack_inside(&data_read, target), "write in the sandbox")
-                } else {
-                    drop(data_read);
-                    step(pack(&data_write, source, &name), "read from the sandbox")
-                }
+    let copy_inside = || {
+        if into_sandbox {
+            drop_in_child(&data_write);
+            let data = data_read.try_clone().map(std::fs::File::from);
+            let unpacked = data.and_then(|data| crate::unpack::unpack_staged(data, target, &token));
+            step(unpacked, "write in the sandbox")
+        } else {
+            drop_in_child(&data_read);
+            // A broken pipe means that the host's side failed first, and it reports why.
+            let packed = pack(&data_write, source, &name);
+            let packed = packed.or_else(|error| match error.kind() {
+                std::io::ErrorKind::BrokenPipe => Ok(()),
+                _ => Err(error),
             });
-            if let Err((step, source)) = result {
-                Report::SetupFailed {
-                    step: step.to_owned(),
-                    error: crate::error_chain(&source),
-                }
-                .send(report_write.as_raw_fd());
-                sys::exit_now(1);
-            }
-            sys::exit_now(0)
+            step(packed, "read from the sandbox")
         }
-        Ok(pid) => pid,
-        Err(source) => return Err(Error::Clone(source)),
     };
+    let pid = in_sandbox(cgroup_dir, enter, report_write.as_raw_fd(), &copy_inside)?;
     drop(report_write);
+    // Each side keeps only its own end of the data pipe, so a side that fails ends the
+    // other's: a write fails with EPIPE, a read reaches end of file.
     let host_result = if into_sandbox {
         drop(data_read);
-        pack(&data_write, source, &name)
+        let packed = pack(&data_write, source, &name);
+        drop(data_write);
+        packed
     } else {
         drop(data_write);
-        data_read
-            .try_clone()
-            .and_then(|fd| unpack_on_host(std::fs::File::from(fd), &host_dir, None))
+        unpack_on_host(std::fs::File::from(data_read), &host_dir, None)
     };
-    let status = sys::waitpid(pid, 0)
-        .map_err(Error::Wait)?
-        .map_or(0, |(_, status)| status);
-    let mut reports = crate::report::ReportReader::new(report_read.as_raw_fd());
-    reports.read_available().map_err(Error::Wait)?;
-    for report in reports.take() {
-        if let Report::SetupFailed { step, error } = report {
-            return Err(Error::Copy { step, cause: error });
-        }
+    let inside_error = wait_for_inside(pid, &report_read)?;
+    if inside_error.is_some() && into_sandbox {
+        // A child that was killed could not remove its staging directory.
+        remove_staging(cgroup_dir, enter, target, &token);
     }
-    host_result.map_err(|source| Error::Copy {
+    let host_broke_pipe = host_result
+        .as_ref()
+        .is_err_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe);
+    let host_error = host_result.err().map(|source| Error::Copy {
         step: if into_sandbox {
             "read from the host".into()
         } else {
             "write to the host".into()
         },
         cause: crate::error_chain(&source),
-    })?;
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(Error::Copy {
-            step: "copy".into(),
-            cause: format!("the copying process ended with wait status {status:#x}"),
-        });
+    });
+    // The side that writes the stream fails first. Its failure cuts the stream short for
+    // the other side, which then fails too, except that a broken pipe on the host means
+    // that the sandbox's side failed first.
+    let first = if into_sandbox && !host_broke_pipe {
+        host_error.or(inside_error)
+    } else {
+        inside_error.or(host_error)
+    };
+    first.map_or(Ok(()), Err)
+}
+
+/// Closes `fd` in a cloned child, which has a copy of the parent's descriptor.
+fn drop_in_child(fd: &OwnedFd) {
+    // SAFETY: the child owns its copy of the descriptor and uses it no more.
+    unsafe { libc::close(fd.as_raw_fd()) };
+}
+
+/// Clones a child that dies with this process, moves it into the sandbox with `enter`, and
+/// runs `work` in it. The child sends a failure as a report on `report`. Returns its pid.
+fn in_sandbox(
+    cgroup_dir: Option<RawFd>,
+    enter: &dyn Fn() -> StepResult<()>,
+    report: RawFd,
+    work: &dyn Fn() -> StepResult<()>,
+) -> Result<libc::pid_t, Error> {
+    match sys::clone_process(0, cgroup_dir) {
+        Ok(0) => {
+            let dies_with_caller = step(
+                sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+                "ask to be killed with the caller",
+            );
+            let result = dies_with_caller
+                .and_then(|()| enter())
+                .and_then(|()| work());
+            if let Err((step, source)) = result {
+                Report::SetupFailed {
+                    step: step.to_owned(),
+                    error: crate::error_chain(&source),
+                }
+                .send(report);
+                sys::exit_now(1);
+            }
+            sys::exit_now(0)
+        }
+        Ok(pid) => Ok(pid),
+        Err(source) => Err(Error::Clone(source)),
     }
-    Ok(())
+}
+
+/// Waits for the copy's child in the sandbox, and returns its failure: the one it reported,
+/// or how it ended when it did not exit with 0.
+fn wait_for_inside(pid: libc::pid_t, reports: &OwnedFd) -> Result<Option<Error>, Error> {
+    let status = sys::waitpid(pid, 0)
+        .map_err(Error::Wait)?
+        .map_or(0, |(_, status)| status);
+    let mut reader = crate::report::ReportReader::new(reports.as_raw_fd());
+    reader.read_available().map_err(Error::Wait)?;
+    for report in reader.take() {
+        if let Report::SetupFailed { step, error } = report {
+            return Ok(Some(Error::Copy { step, cause: error }));
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        return Ok(None);
+    }
+    let ended = if libc::WIFSIGNALED(status) {
+        format!(
+            "the copying process in the sandbox was killed by signal {}",
+            libc::WTERMSIG(status)
+        )
+    } else {
+        format!(
+            "the copying process in the sandbox exited with status {} without a report",
+            libc::WEXITSTATUS(status)
+        )
+    };
+    Ok(Some(Error::Copy {
+        step: "copy".into(),
+        cause: ended,
+    }))
+}
+
+/// Removes the staging directory of a copy into the sandbox whose child failed, from a
+/// fresh child. A failure here is logged only: the copy's own error is the one to report.
+fn remove_staging(
+    cgroup_dir: Option<RawFd>,
+    enter: &dyn Fn() -> StepResult<()>,
+    target: &Path,
+    token: &str,
+) {
+    let remove = || {
+        step(
+            crate::unpack::remove_staging(target, token),
+            "remove the partial copy",
+        )
+    };
+    let removed = in_sandbox(cgroup_dir, enter, -1, &remove).and_then(|pid| {
+        let status = sys::waitpid(pid, 0).map_err(Error::Wait)?;
+        Ok(status
+            .is_some_and(|(_, status)| libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0))
+    });
+    if !matches!(removed, Ok(true)) {
+        tracing::warn!(target = %target.display(), token, "cannot remove the partial copy in the sandbox");
+    }
 }
 
 /// Returns the last component of `path`, the name its copy gets.
@@ -570,52 +659,11 @@ fn pack(fd: &OwnedFd, source: &Path, name: &OsStr) -> std::io::Result<()> {
     packed.sink.sync_all().or(Ok(()))
 }
 
-/// Unpacks a tar stream inside the sandbox: into `target` when it is a directory there,
-/// else as `target` itself.
-fn unpack_inside(fd: &OwnedFd, target: &Path) -> std::io::Result<()> {
-    unpack_tree(std::fs::File::from(fd.try_clone()?), target)
-}
-
-/// Unpacks a tar stream made by [`pack_tree`]: into `target` when it is a directory, else
-/// as `target` itself, whose name replaces the stream's top-level name. Paths that are not
-/// plain relative names are rejected, and device nodes and FIFOs are skipped. Symlinks
-/// already in `target` are followed, so this is for the inside of a sandbox, never for the
-/// host.
+/// Unpacks a tar stream made by [`pack_tree`] inside a sandbox, into `target` when it is a
+/// directory, else as `target` itself, staged so that a failure leaves `target` as it was
+/// ([`crate::unpack::unpack_staged`]).
 pub fn unpack_tree(source: impl std::io::Read, target: &Path) -> std::io::Result<()> {
-    let into_dir = target.is_dir();
-    let (dir, new_name) = if into_dir {
-        (target.to_owned(), None)
-    } else {
-        let parent = target.parent().unwrap_or(Path::new("/")).to_owned();
-        (parent, target.file_name().map(OsStr::to_os_string))
-    };
-    let mut archive = tar::Archive::new(source);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let kind = entry.header().entry_type();
-        // The tar crate (0.4.46) unpacks these as empty regular files.
-        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
-            continue;
-        }
-        let path = entry.path()?.into_owned();
-        let mut components = path.components();
-        let first = components.next().map(|c| c.as_os_str().to_os_string());
-        let top = new_name.clone().or(first).unwrap_or_default();
-        let rest = components.as_path();
-        let mut relative = PathBuf::from(&top);
-        if !rest.as_os_str().is_empty() {
-            relative.push(rest);
-        }
-        let safe = relative
-            .components()
-            .all(|component| matches!(component, std::path::Component::Normal(_)));
-        if !safe {
-            let refused = format!("refusing the archive path {path:?}");
-            return Err(std::io::Error::other(refused));
-        }
-        entry.unpack(dir.join(relative))?;
-    }
-    Ok(())
+    crate::unpack::unpack_staged(source, target, &crate::unpack::new_token())
 }
 
 /// Returns whether a symlink target is absolute or climbs with `..`, so that it may name a
@@ -647,7 +695,8 @@ pub struct StreamTooLarge {
 
 /// Unpacks a tar stream from the sandbox into `dir` on the host. The tar reader refuses
 /// paths that leave `dir`, also through symlinks; device nodes and FIFOs are skipped, and
-/// permissions lose their setuid, setgid and sticky bits.
+/// permissions lose their setuid, setgid and sticky bits. When the copy fails, what it
+/// created at its top-level name is removed.
 ///
 /// With `max_bytes`, a stream longer than that fails with [`StreamTooLarge`] as the error's
 /// inner error. An entry whose header announces data past the maximum fails before any of
@@ -664,22 +713,54 @@ pub fn unpack_on_host(
         remaining: max_bytes,
         exceeded: &exceeded,
     };
-    let result = unpack_entries(source, dir, max_bytes);
+    let mut created = None;
+    let mut result = unpack_entries(source, dir, max_bytes, &mut created);
     if exceeded.get() {
         // The tar crate wraps the reader's error in its own, so the failure is named here.
-        return Err(std::io::Error::other(StreamTooLarge { max_bytes }));
+        result = Err(std::io::Error::other(StreamTooLarge { max_bytes }));
+    }
+    if let (Err(_), Some(top)) = (&result, created) {
+        remove_partial_copy(&top);
     }
     result
 }
 
-fn unpack_entries(source: impl std::io::Read, dir: &Path, max_bytes: u64) -> std::io::Result<()> {
-    let mut archive = tar::Archive::new(source);
+/// Removes `top`, the top-level entry that a failed copy created on the host.
+// NOTE: a failed copy onto an existing file or directory leaves the entries written so far.
+fn remove_partial_copy(top: &Path) {
+    let removed = match std::fs::symlink_metadata(top) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(top),
+        Ok(_) => std::fs::remove_file(top),
+        Err(_) => Ok(()),
+    };
+    if let Err(error) = removed {
+        eprintln!(
+            "airlock: warning: cannot remove the partial copy {}: {error}",
+            top.display()
+        );
+    }
+}
+
+/// Unpacks the entries of [`unpack_on_host`]. Sets `created` to the top-level path when
+/// nothing was there before the copy.
+fn unpack_entries(
+    source: impl std::io::Read,
+    dir: &Path,
+    max_bytes: u64,
+    created: &mut Option<PathBuf>,
+) -> std::io::Result<()> {
+    let mut source = crate::unpack::EndWatch::new(source);
+    let mut archive = tar::Archive::new(&mut source);
     // Without preserved permissions the reader keeps only the rwx bits of each mode.
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
+    let mut first = true;
     for entry in archive.entries()? {
         let mut entry = entry?;
+        if std::mem::take(&mut first) {
+            *created = new_top_level(&entry, dir);
+        }
         if entry.raw_file_position().saturating_add(entry.size()) > max_bytes {
             return Err(std::io::Error::other(StreamTooLarge { max_bytes }));
         }
@@ -712,7 +793,19 @@ fn unpack_entries(source: impl std::io::Read, dir: &Path, max_bytes: u64) -> std
         }
         entry.unpack_in(dir)?;
     }
-    Ok(())
+    source.check_marker()
+}
+
+/// Returns the path in `dir` of the top-level name of `entry`, the first entry of a copy,
+/// when nothing is there yet.
+fn new_top_level<R: std::io::Read>(entry: &tar::Entry<'_, R>, dir: &Path) -> Option<PathBuf> {
+    let path = entry.path().ok()?;
+    let top = match path.components().next()? {
+        std::path::Component::Normal(top) => dir.join(top),
+        _ => return None,
+    };
+    let exists = std::fs::symlink_metadata(&top).is_ok();
+    (!exists).then_some(top)
 }
 
 /// A reader that fails once more than `remaining` bytes were read through it, and then

@@ -28,6 +28,7 @@ pub mod seccomp;
 pub mod stdio;
 pub mod sys;
 pub mod tty;
+pub mod unpack;
 pub mod userns;
 pub mod workload;
 pub mod workspace;
