@@ -339,6 +339,14 @@ pub struct CopyRequest {
     pub into_sandbox: bool,
     pub path: Vec<u8>,
     pub name: Vec<u8>,
+    /// Token of the staging directory of a copy into the sandbox
+    /// ([`airlock_namespace::unpack`]).
+    #[serde(default)]
+    pub token: String,
+    /// Asks the helper only to remove the staging directory of `path` and `token`, which a
+    /// helper killed during the copy left behind.
+    #[serde(default)]
+    pub remove_staging: bool,
 }
 
 /// Sends a copy helper its ends of the data and report pipes over `connection`, waits for its

@@ -13,7 +13,9 @@
 //! On the host, the unpacker rejects paths that leave the target (also through a symlink
 //! planted in the sandbox), skips device nodes and FIFOs, and drops setuid, setgid and
 //! sticky bits. In the container, entries belong to the sandbox's user, because the helper
-//! runs as that user.
+//! runs as that user. The helper stages a copy into the container
+//! ([`airlock_namespace::unpack`]), and when it is killed during the copy, a second helper
+//! removes the staging directory.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 use airlock_namespace::pack::Skipped;
 use airlock_namespace::report::{Report, ReportReader};
-use airlock_namespace::{join, sys};
+use airlock_namespace::{join, sys, unpack};
 
 use crate::channel::{self, CopyRequest};
 use crate::engine::Engine;
@@ -56,11 +58,17 @@ pub fn copy(
             into_sandbox: true,
             path: target.as_os_str().as_bytes().to_vec(),
             name: name.as_bytes().to_vec(),
+            token: unpack::new_token(),
+            remove_staging: false,
         };
         let (data, helper) = start(&engine, runtime, &request)?;
         let packed =
             join::pack_tree(File::from(data), source, &name).map(|packed| packed.skipped.warn());
-        finish(helper, packed, true, source)
+        let finished = finish(helper, packed, true, source);
+        if matches!(finished, Err(Finished::HelperEnded(_))) {
+            remove_staging(&engine, runtime, request);
+        }
+        finished.map_err(Finished::into_error)
     } else {
         // The host decides the name, as cp(1) does: inside `target` when it is a directory.
         let (host_dir, name) = join::copy_destination(target, source, |path| path.is_dir())?;
@@ -68,10 +76,49 @@ pub fn copy(
             into_sandbox: false,
             path: source.as_os_str().as_bytes().to_vec(),
             name: name.as_bytes().to_vec(),
+            token: String::new(),
+            remove_staging: false,
         };
         let (data, helper) = start(&engine, runtime, &request)?;
         let unpacked = join::unpack_on_host(File::from(data), &host_dir, None);
-        finish(helper, unpacked, false, source)
+        finish(helper, unpacked, false, source).map_err(Finished::into_error)
+    }
+}
+
+/// Removes the staging directory that a helper killed during a copy into the sandbox left
+/// behind, through a second helper. A failure here is logged only: the copy's own error is
+/// the one to report.
+fn remove_staging(engine: &Engine, runtime: &Runtime, request: CopyRequest) {
+    let request = CopyRequest {
+        remove_staging: true,
+        ..request
+    };
+    let removed = start(engine, runtime, &request).and_then(|(data, helper)| {
+        drop(data);
+        let reports = read_reports(&helper).map_err(Error::Wait)?;
+        Ok(reports.contains(&Report::Exited { code: 0 }))
+    });
+    if !matches!(removed, Ok(true)) {
+        tracing::warn!(
+            container = %runtime.container,
+            token = %request.token,
+            "cannot remove the partial copy in the container"
+        );
+    }
+}
+
+/// The failure of a copy: an error of either side, or a helper that ended without
+/// reporting, which left its partial copy behind.
+enum Finished {
+    Failed(Error),
+    HelperEnded(Error),
+}
+
+impl Finished {
+    fn into_error(self) -> Error {
+        match self {
+            Finished::Failed(error) | Finished::HelperEnded(error) => error,
+        }
     }
 }
 
@@ -113,12 +160,12 @@ fn finish(
     host_result: std::io::Result<()>,
     into_sandbox: bool,
     source: &Path,
-) -> Result<(), Error> {
+) -> Result<(), Finished> {
     let failed = |step: &str, cause: String| Error::Copy {
         path: source.to_owned(),
         cause: format!("{step}: {cause}"),
     };
-    let reports = read_reports(&helper).map_err(Error::Wait)?;
+    let reports = read_reports(&helper).map_err(|error| Finished::Failed(Error::Wait(error)))?;
     for report in &reports {
         if let Report::Skipped { named, unnamed } = report {
             let named = named.iter().map(|(path, kind)| (path.into(), *kind));
@@ -138,25 +185,27 @@ fn finish(
     } else {
         "write to the host"
     };
+    let host_broke_pipe = host_result
+        .as_ref()
+        .is_err_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe);
     let host_error = host_result
         .err()
         .map(|error| failed(host_step, airlock_namespace::error_chain(&error)));
-    // The side that writes the stream fails first, and its failure cuts the stream short
-    // for the other side, which then fails too.
-    let first = if into_sandbox {
+    let helper_finished = reports.contains(&Report::Exited { code: 0 });
+    if helper_error.is_none() && !helper_finished {
+        let cause = "the copying process in the container ended without reporting that it \
+                     finished (killed by a limit of the sandbox, or by its processes)";
+        return Err(Finished::HelperEnded(failed("copy", cause.into())));
+    }
+    // The side that writes the stream fails first. Its failure cuts the stream short for
+    // the other side, which then fails too, except that a broken pipe on the host means
+    // that the helper failed first.
+    let first = if into_sandbox && !host_broke_pipe {
         host_error.or(helper_error)
     } else {
         helper_error.or(host_error)
     };
-    if let Some(error) = first {
-        return Err(error);
-    }
-    if !reports.contains(&Report::Exited { code: 0 }) {
-        let cause = "the copying process in the container ended without reporting that it \
-                     finished (killed by a limit of the sandbox, or by its processes)";
-        return Err(failed("copy", cause.into()));
-    }
-    Ok(())
+    first.map_or(Ok(()), |error| Err(Finished::Failed(error)))
 }
 
 /// Reads the helper's reports until it closes its end of the pipe, which it does by

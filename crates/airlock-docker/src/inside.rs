@@ -22,7 +22,7 @@ use std::path::Path;
 use airlock_namespace::init::FORWARDED_SIGNALS;
 use airlock_namespace::report::Report;
 use airlock_namespace::workload::{self, Stdio};
-use airlock_namespace::{control, join, sys, tty};
+use airlock_namespace::{control, join, sys, tty, unpack};
 use airlock_nspawn::init::{self as shared, StepResult, LIVENESS_FD, PLAN_FD, REPORT_FD};
 
 use crate::channel::{self, CopyRequest, Plan};
@@ -85,13 +85,22 @@ pub fn copy(socket: &Path) -> ! {
     };
     let path = Path::new(OsStr::from_bytes(&request.path));
     let data = std::fs::File::from(data);
-    let result = if request.into_sandbox {
-        step(join::unpack_tree(data, path), "write in the sandbox")
+    let result = if request.remove_staging {
+        let removed = unpack::remove_staging(path, &request.token);
+        step(removed, "remove the partial copy")
+    } else if request.into_sandbox {
+        let unpacked = unpack::unpack_staged(data, path, &request.token);
+        step(unpacked, "write in the sandbox")
     } else {
         let name = OsStr::from_bytes(&request.name);
-        step(join::pack_tree(data, path, name), "read from the sandbox").map(|packed| {
+        // A broken pipe means that the host's side failed first, and it reports why.
+        let packed = match join::pack_tree(data, path, name) {
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(None),
+            packed => packed.map(Some),
+        };
+        step(packed, "read from the sandbox").map(|packed| {
             // This process's stderr reaches no one, so the host prints the warnings.
-            if !packed.skipped.is_empty() {
+            if let Some(packed) = packed.filter(|packed| !packed.skipped.is_empty()) {
                 packed.skipped.to_report().send(report.as_raw_fd());
             }
         })
