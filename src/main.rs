@@ -331,9 +331,14 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<u8> {
         return Ok(probe::inside::run(&args.name, &args.args));
     }
     let Request { action, json } = request(cli.command, matches)?;
-    if !matches!(action, Action::Run { .. } | Action::Exec { .. }) {
+    if !matches!(
+        action,
+        Action::Run { .. } | Action::Exec { .. } | Action::Copy { .. }
+    ) {
         // A listing piped into `head` ends quietly when the reader goes, as other tools
         // do. run and exec keep ignoring SIGPIPE: their relays drop output that no reader takes.
+        // cp keeps ignoring it too: its data pipe breaks when the side in the sandbox fails,
+        // and the copy then reports that side's error.
         // SAFETY: setting a signal's disposition to the default touches no memory.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
