@@ -197,3 +197,77 @@ impl<R: Read> Read for EndWatch<R> {
         Ok(count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Returns a tar stream of the directory `copy` with two files, without its end marker.
+    fn stream_without_marker() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut append = |name: &str, kind: tar::EntryType, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(0o755);
+            header.set_size(data.len() as u64);
+            builder.append_data(&mut header, name, data).unwrap();
+        };
+        append("copy", tar::EntryType::Directory, b"");
+        append("copy/one", tar::EntryType::Regular, b"one");
+        append("copy/two", tar::EntryType::Regular, b"two");
+        builder.get_ref().clone()
+    }
+
+    #[test]
+    fn complete_stream_lands_at_target() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut stream = stream_without_marker();
+        stream.extend_from_slice(&[0; 1024]);
+
+        unpack_staged(stream.as_slice(), &dir.path().join("target"), "token").expect("unpack");
+
+        let landed = fs::read(dir.path().join("target/two")).expect("read two");
+        assert_eq!(landed, b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["target"]);
+    }
+
+    #[test]
+    fn stream_cut_between_entries_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stream = stream_without_marker();
+
+        let error = unpack_staged(stream.as_slice(), &dir.path().join("target"), "token")
+            .expect_err("a stream without its end marker fails");
+
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        assert!(error.to_string().contains("target"), "{error}");
+        let left = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, 0, "the failed copy left entries behind");
+    }
+
+    #[test]
+    fn directory_merges_into_existing_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let existing = dir.path().join("copy");
+        fs::create_dir(&existing).unwrap();
+        fs::write(existing.join("kept"), b"kept").unwrap();
+        fs::write(existing.join("one"), b"old").unwrap();
+        let mut stream = stream_without_marker();
+        stream.extend_from_slice(&[0; 1024]);
+
+        unpack_staged(stream.as_slice(), dir.path(), "token").expect("unpack");
+
+        assert_eq!(fs::read(existing.join("kept")).unwrap(), b"kept");
+        assert_eq!(fs::read(existing.join("one")).unwrap(), b"one");
+        assert_eq!(fs::read(existing.join("two")).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["copy"], "the staging directory is left");
+    }
+}
