@@ -1201,6 +1201,81 @@ fn docker_cp_planted_symlink_stays_inside() {
     }
 }
 
+/// A copy into the container whose write fails exits 125 with the helper's error and leaves
+/// nothing at the target: a read-only path, a copy larger than the 512 MiB /tmp, and a
+/// helper killed by a process of the sandbox during the copy.
+#[test]
+fn docker_cp_failed_write_leaves_nothing() {
+    for engine in &engines() {
+        let session = Session::new(engine);
+        let workspace = Workspace::new(Caller::Root);
+        let id = session.create(workspace.path(), &[]);
+        fs::write(workspace.path().join("big"), vec![b'x'; 20 << 20]).unwrap();
+        let sparse = fs::File::create(workspace.path().join("sparse")).unwrap();
+        sparse.set_len(600 << 20).unwrap();
+        let cases = [
+            ("big", "/usr/f", "Read-only file system"),
+            ("sparse", "/tmp/big", "No space left on device"),
+        ];
+        for (source, target, error) in cases {
+            let copied =
+                session.airlock(&["cp", source, &format!("{id}:{target}")], workspace.path());
+
+            let context = format!("{} {target}: {}", engine.name, describe(&copied));
+            assert_eq!(copied.status.code(), Some(125), "{context}");
+            assert!(stderr(&copied).contains(target), "{context}");
+            assert!(stderr(&copied).contains(error), "{context}");
+            let left = session.exec_sh(workspace.path(), &id, &[], "ls -A /tmp /usr");
+            assert!(
+                !stdout(&left).contains("airlock-cp"),
+                "{context}: {}",
+                describe(&left)
+            );
+            assert!(
+                !stdout(&left).contains("big\n"),
+                "{context}: {}",
+                describe(&left)
+            );
+        }
+
+        // The killer waits for the helper's staging directory, then kills every process
+        // whose command line names the helper. It builds the name, so that its own command
+        // line does not contain it.
+        let killer_script = "name=docker; name=$name-cp; \
+             for i in $(seq 100000); do ls -A /tmp | grep -q airlock-cp && break; done; \
+             for p in /proc/[0-9]*; do \
+             grep -q -- $name $p/cmdline 2>/dev/null && kill -9 ${p#/proc/}; done; true";
+        let mut killer = session
+            .command(
+                &["exec", &id, "--", "sh", "-c", killer_script],
+                workspace.path(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the killer");
+        std::thread::sleep(Duration::from_secs(1));
+        fs::remove_file(workspace.path().join("sparse")).unwrap();
+        let zeros = fs::File::create(workspace.path().join("zeros")).unwrap();
+        zeros.set_len(450 << 20).unwrap();
+        let copied = session.airlock(
+            &["cp", "zeros", &format!("{id}:/tmp/big")],
+            workspace.path(),
+        );
+        wait_bounded(&mut killer, Duration::from_secs(60), "the killer");
+
+        let context = format!("{} killed helper: {}", engine.name, describe(&copied));
+        assert_eq!(copied.status.code(), Some(125), "{context}");
+        assert!(
+            stderr(&copied).contains("ended without reporting that it finished"),
+            "{context}"
+        );
+        let left = session.exec_sh(workspace.path(), &id, &[], "ls -A /tmp");
+        assert_eq!(stdout(&left), "", "{context}: {}", describe(&left));
+    }
+}
+
 #[test]
 fn docker_exec_and_stats_reach_container() {
     for engine in &engines() {

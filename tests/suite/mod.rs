@@ -1,5 +1,6 @@
 mod chroot;
 mod containment;
+mod copy;
 mod crash;
 mod docker;
 mod doctor;
