@@ -39,6 +39,12 @@ pub const MIN_ID_PREFIX: usize = 4;
 pub enum StateError {
     #[error("cannot find a state directory: set HOME or XDG_STATE_HOME, or pass --state-dir")]
     NoHome,
+    #[error("cannot create the state directory {path:?} (choose a writable one with --state-dir, AIRLOCK_STATE_DIR or XDG_STATE_HOME)")]
+    CreateRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create the state directory {path:?}")]
     CreateDir {
         path: PathBuf,
@@ -249,11 +255,14 @@ impl StateDir {
             None => default_root(is_root)?,
         };
         let root =
-            crate::spec::lexically_absolute(&root).map_err(|source| StateError::CreateDir {
+            crate::spec::lexically_absolute(&root).map_err(|source| StateError::CreateRoot {
                 path: root.clone(),
                 source,
             })?;
-        create_private_dir(&root)?;
+        create_private_dir(&root).map_err(|error| match error {
+            StateError::CreateDir { path, source } => StateError::CreateRoot { path, source },
+            other => other,
+        })?;
         // From here on the directory is named by its real path, checked from `/` down, so a
         // symlink or a parent that someone else controls cannot redirect it later.
         let root = root.canonicalize().map_err(|source| StateError::ReadDir {
