@@ -6,6 +6,12 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot open the project directory {path:?}, which was moved, removed or replaced by a symlink since the sandbox was created (put the project back at that path, or remove the sandbox with `airlock rm`)")]
+    ProjectMoved {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot open the lower directory {path:?}")]
     OpenLower {
         path: PathBuf,

@@ -20,9 +20,13 @@ pub(crate) struct Tree {
 
 impl Tree {
     pub(crate) fn open_lower(path: &Path) -> Result<Tree, Error> {
-        let root = fs::open_project(path).map_err(|source| Error::OpenLower {
-            path: path.to_owned(),
-            source,
+        let root = fs::open_project(path).map_err(|source| {
+            let path = path.to_owned();
+            if is_moved(&source) {
+                Error::ProjectMoved { path, source }
+            } else {
+                Error::OpenLower { path, source }
+            }
         })?;
         Ok(Tree {
             root,
@@ -134,4 +138,14 @@ pub(crate) fn same_contents(a: Located<'_>, b: Located<'_>) -> Result<bool, Erro
             fs::same_content(&mut a_file, &a_path, &mut b_file, &b_path)
         }
     }
+}
+
+/// Returns whether opening the project failed because nothing, or a symlink, is at its path.
+/// Opening without following symlinks fails with ELOOP for a symlink.
+fn is_moved(error: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let moved = [Errno::LOOP, Errno::NOENT, Errno::NOTDIR];
+    moved
+        .iter()
+        .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()))
 }
