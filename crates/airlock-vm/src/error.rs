@@ -18,6 +18,8 @@ pub enum Error {
     },
     #[error("no kernel with modules found in {boot:?}: install one (Debian: `apt-get install linux-image-cloud-amd64`), or pass --kernel /boot/vmlinuz-RELEASE")]
     NoKernel { boot: PathBuf },
+    #[error("kernel image {0:?} does not exist: pass the path of an installed kernel, such as /boot/vmlinuz-$(uname -r)")]
+    KernelMissing(PathBuf),
     #[error("kernel image {0:?} is not named vmlinuz-RELEASE, so its modules in /lib/modules/RELEASE cannot be found: pass the image as /boot installs it")]
     KernelName(PathBuf),
     #[error(

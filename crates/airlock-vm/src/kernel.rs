@@ -35,6 +35,11 @@ pub fn find(explicit: Option<&Path>) -> Result<Kernel, Error> {
 
 /// Takes a kernel image named `vmlinuz-RELEASE` and finds its modules below `modules_root`.
 fn from_image(image: &Path, modules_root: &Path) -> Result<Kernel, Error> {
+    if std::fs::symlink_metadata(image)
+        .is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)
+    {
+        return Err(Error::KernelMissing(image.to_owned()));
+    }
     let release = release_of(image).ok_or_else(|| Error::KernelName(image.to_owned()))?;
     let kernel = Kernel {
         image: image.to_owned(),
@@ -143,6 +148,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let error = discover(root.path(), root.path()).unwrap_err();
         assert!(matches!(error, Error::NoKernel { .. }), "{error}");
+    }
+
+    #[test]
+    fn explicit_missing_image_named_missing() {
+        let root = tempfile::tempdir().unwrap();
+        let image = root.path().join("vmlinuz-6.1.0-1-cloud-amd64");
+        let error = from_image(&image, root.path()).unwrap_err();
+        assert!(matches!(error, Error::KernelMissing(_)), "{error}");
     }
 
     #[test]
