@@ -177,7 +177,7 @@ pub struct SandboxArgs {
     pub memory: String,
 
     /// CPU limit in CPUs, such as 0.5 or 2 [default: all host CPUs].
-    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     pub cpus: Option<f64>,
 
     /// Maximum number of processes and threads at once, not counting Airlock's init.

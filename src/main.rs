@@ -143,8 +143,10 @@ fn usage_error(error: clap::Error) -> ExitCode {
     } else {
         first.to_owned()
     };
+    // Only the subcommands that take a command after `--` show it in their usage line.
+    let takes_command = rendered.contains("<COMMAND>");
     let stray_command = match error.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => !arg.starts_with('-'),
+        Some(ContextValue::String(arg)) => takes_command && !arg.starts_with('-'),
         _ => false,
     };
     let tip = if stray_command {
