@@ -431,10 +431,62 @@ fn open_workspace(source: &BindSource) -> Result<OwnedFd> {
 /// such a bind (EINVAL) when mounts below would be uncovered, so a workspace with mount
 /// points inside fails here instead of bringing them along.
 fn bind_workspace(opened: &OwnedFd, target: &Path) -> Result<()> {
-    let step = || "bind the workspace (it must not contain mount points)".to_owned();
+    let step = || workspace_bind_step(opened);
     sys::mount(Some(&through_fd(opened)), target, None, libc::MS_BIND, None).step(step)?;
     sys::mount_setattr(target, LOCKDOWN, false)
         .step(|| "restrict the workspace's mount flags".into())
+}
+
+/// Names the step that binds the workspace, with the workspace's path and the first mount
+/// point below it, which makes the bind fail in a user namespace.
+fn workspace_bind_step(opened: &OwnedFd) -> String {
+    let Ok(path) = fs::read_link(through_fd(opened)) else {
+        return "bind the workspace (it must not contain mount points)".into();
+    };
+    match first_mount_below(&path) {
+        Some(mount) => format!(
+            "bind the workspace {path:?}, which contains the mount point {mount:?} (unmount \
+             it, or pass a project without mount points)"
+        ),
+        None => format!("bind the workspace {path:?} (it must not contain mount points)"),
+    }
+}
+
+/// Returns the first mount point strictly below `dir` in this process's mount namespace.
+fn first_mount_below(dir: &Path) -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .find(|mount| mount != dir && mount.starts_with(dir))
+}
+
+/// Decodes the octal escapes (`\040` for a space) of a path in /proc/self/mountinfo.
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escape = bytes
+            .get(index + 1..index + 4)
+            .filter(|_| bytes[index] == b'\\');
+        let value = escape
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match value {
+            Some(value) => {
+                decoded.push(value);
+                index += 4;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(decoded)
 }
 
 /// Attaches the workspace that the launcher prepared as a detached, idmapped mount.
