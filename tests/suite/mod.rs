@@ -4,6 +4,7 @@ mod copy;
 mod crash;
 mod docker;
 mod doctor;
+mod error_messages;
 mod exit_status;
 mod harness;
 mod host_files;
