@@ -165,28 +165,8 @@ fn parse_mount(line: &str) -> Option<Mount> {
 /// Decodes the `\NNN` octal escapes that mountinfo uses for spaces, tabs, newlines and
 /// backslashes.
 fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escape = bytes
-            .get(index + 1..index + 4)
-            .filter(|_| bytes[index] == b'\\');
-        let value = escape
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
-        match value {
-            Some(value) => {
-                decoded.push(value);
-                index += 4;
-            }
-            None => {
-                decoded.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
+    let decoded = airlock_namespace::rootfs::unescape_mountinfo(field);
+    decoded.to_string_lossy().into_owned()
 }
 
 /// Names an error by its errno constant, such as `EPERM`, which is shorter in a matrix

@@ -462,8 +462,9 @@ fn first_mount_below(dir: &Path) -> Option<PathBuf> {
         .find(|mount| mount != dir && mount.starts_with(dir))
 }
 
-/// Decodes the octal escapes (`\040` for a space) of a path in /proc/self/mountinfo.
-fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+/// Decodes the `\NNN` octal escapes that /proc/self/mountinfo uses in paths for spaces,
+/// tabs, newlines and backslashes.
+pub fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
     use std::os::unix::ffi::OsStringExt;
     let bytes = field.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
