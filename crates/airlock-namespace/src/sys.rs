@@ -336,11 +336,25 @@ pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
 
 /// Closes every descriptor except those in `keep`.
 pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd >= 0).collect();
-    keep.sort_unstable();
-    keep.dedup();
+    // No allocation: a child forked from a process with other threads may run this, and an
+    // allocator lock that another thread held at the fork would stay locked in the child.
+    const MAX_KEPT: usize = 32;
+    let mut sorted = [0 as RawFd; MAX_KEPT];
+    let mut count = 0;
+    for &fd in keep.iter().filter(|&&fd| fd >= 0) {
+        if count == MAX_KEPT {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        sorted[count] = fd;
+        count += 1;
+    }
+    let sorted = &mut sorted[..count];
+    sorted.sort_unstable();
     let mut first: libc::c_uint = 0;
-    for &fd in &keep {
+    for &fd in sorted.iter() {
+        if (fd as libc::c_uint) < first {
+            continue;
+        }
         let fd = fd as libc::c_uint;
         if fd > first {
             close_range(first, fd - 1)?;
