@@ -66,6 +66,8 @@ pub enum LifecycleError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the project {path:?} of sandbox {id} was moved, removed or replaced by a symlink since the sandbox was created: put the project back at that path, or remove the sandbox with `airlock rm {id}`")]
+    ProjectMoved { id: String, path: PathBuf },
     #[error("unknown backend {name:?} in the record of sandbox {id}")]
     UnknownBackend { id: String, name: String },
     #[error("workspace {workspace:?} overlaps Airlock's state directory {state:?}, whose records a sandbox must not read or write: pass a project directory with --workspace, or another --state-dir")]
@@ -422,6 +424,7 @@ impl Engine {
             return Err(LifecycleError::Expired { id: record.id }.into());
         }
         self.check_workspace(&record.spec)?;
+        check_project_in_place(&record)?;
         check_rootfs(&record.spec)?;
         self.clean_up_runtime(&sandbox, &mut record)?;
         self.spawn_supervisor(&sandbox, &mut record)?;
@@ -1056,5 +1059,28 @@ fn release_stdio() {
     if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
         let _ = sys::dup2(null.as_raw_fd(), 0);
         let _ = sys::dup2(null.as_raw_fd(), 1);
+    }
+}
+
+/// Rejects starting a sandbox whose project is no longer a directory at its recorded path,
+/// or, when Airlock runs as root, is now reached through a symlink, which creation refused.
+fn check_project_in_place(record: &Record) -> Result<(), LifecycleError> {
+    let spec = &record.spec;
+    let Some(path) = spec.workspace.as_ref() else {
+        return Ok(());
+    };
+    if spec.workspace_mode == WorkspaceMode::None {
+        return Ok(());
+    }
+    let in_place = match path.canonicalize() {
+        Ok(real) => real.is_dir() && (real == *path || sys::geteuid() != 0),
+        Err(_) => false,
+    };
+    match in_place {
+        true => Ok(()),
+        false => Err(LifecycleError::ProjectMoved {
+            id: record.id.clone(),
+            path: path.clone(),
+        }),
     }
 }

@@ -420,3 +420,41 @@ fn spec_file_sets_options_and_names_bad_keys() {
     assert!(message.contains("sandbox.toml:2:1"), "{message}");
     assert!(message.contains("memroy"), "{message}");
 }
+
+/// A stopped sandbox whose project was replaced by a symlink does not start, and the error
+/// says what happened to the project and how to go on.
+#[test]
+fn start_refuses_project_replaced_by_symlink() {
+    let caller = Caller::Root;
+    let workspace = Workspace::new(caller);
+    let project = workspace.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    let id = create(caller, &project, &[]);
+    let stop = run(caller, &["stop", &id], &project);
+    assert!(stop.status.success(), "{}", describe(&stop));
+    let elsewhere = workspace.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::rename(&project, workspace.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &project).unwrap();
+
+    let start = run(caller, &["start", &id], workspace.path());
+
+    assert_eq!(start.status.code(), Some(125), "{}", describe(&start));
+    assert!(
+        stderr(&start).contains("replaced by a symlink"),
+        "{}",
+        describe(&start)
+    );
+    assert!(
+        stderr(&start).contains("airlock rm"),
+        "{}",
+        describe(&start)
+    );
+    assert_eq!(
+        status_of(caller, workspace.path(), &id).as_deref(),
+        Some("stopped")
+    );
+    std::fs::remove_file(&project).unwrap();
+    std::fs::rename(workspace.path().join("moved"), &project).unwrap();
+    remove(caller, workspace.path(), &id);
+}
