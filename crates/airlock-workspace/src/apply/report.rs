@@ -76,6 +76,10 @@ pub enum SkipReason {
     /// The change is below a path whose own change was skipped, such as the files of a
     /// directory that the sandbox replaced with a sensitive symlink.
     ParentSkipped,
+    /// The file in the upper layer belongs to neither the sandbox's user nor the project's
+    /// owner, who may not read it: an overlay mounted by root copied it up from a file that
+    /// the sandbox could rename but not read.
+    NotReadableByOwner,
 }
 
 #[derive(Debug)]
@@ -136,6 +140,9 @@ impl fmt::Display for SkipReason {
             SkipReason::Sensitive => "sensitive: name the path to apply it",
             SkipReason::SpecialFile => "a FIFO, socket or device node, which apply never creates",
             SkipReason::TooDeep => "nested too deep to compare",
+            SkipReason::NotReadableByOwner => {
+                "another user's file that the project's owner may not read, which apply never hands over"
+            }
             SkipReason::NoChange => "no change at or below this path",
             SkipReason::ParentSkipped => {
                 "below a path whose change was skipped: apply that path to apply this one"

@@ -85,6 +85,9 @@ impl Run<'_> {
         else {
             return Ok(Outcome::Conflict(ConflictReason::ChangedInSandbox));
         };
+        if change.file_type == FileType::File && !self.owner_may_read(&upper_stat)? {
+            return Ok(Outcome::Skipped(SkipReason::NotReadableByOwner));
+        }
 
         let parent = match self.parent_for_write(rel)? {
             Ok(parent) => parent,
@@ -104,6 +107,26 @@ impl Run<'_> {
             FileType::Dir => self.write_dir(&target, fs::permissions(&upper_stat) & 0o777),
             FileType::Other => Ok(Outcome::Skipped(SkipReason::SpecialFile)),
         }
+    }
+
+    /// Returns whether the project's owner may read the upper file `stat`: it belongs to the
+    /// sandbox's user (the owner of the upper layer's root) or to the project's owner, or its
+    /// mode lets the owner read it. Overlayfs copies a file up with its mounter's
+    /// credentials, so where root mounts the overlay, a rename in the sandbox puts another
+    /// user's unreadable file into the upper layer, which apply must not hand over.
+    fn owner_may_read(&self, stat: &Stat) -> Result<bool, Error> {
+        let root_stat = |tree: &crate::tree::Tree| {
+            rustix::fs::fstat(tree.root()).map_err(|errno| Error::Stat {
+                path: tree.full(Path::new("")),
+                source: errno.into(),
+            })
+        };
+        let (upper, project) = (root_stat(&self.upper)?, root_stat(&self.host)?);
+        let mode = fs::permissions(stat);
+        Ok(stat.st_uid == upper.st_uid
+            || stat.st_uid == project.st_uid
+            || mode & 0o004 != 0
+            || (stat.st_gid == project.st_gid && mode & 0o040 != 0))
     }
 
     fn write_file(

@@ -229,6 +229,54 @@ fn mount_point_in_project_never_written_into() {
     assert_eq!(report.conflicts.len(), 2);
 }
 
+/// Root mounts the overlay for the docker backend, so a rename in the sandbox copies up a
+/// file of another owner that the sandbox could not read. Apply leaves such a file out, and
+/// applies the sandbox's own private files and readable files of others. Changing owners
+/// needs root; as another user the test says so and returns.
+#[test]
+fn unreadable_file_of_another_owner_never_applied() {
+    let layers = Layers::new();
+    let (sandbox, other) = (1234, 0);
+    for (path, owner, mode) in [
+        (layers.lower.clone(), sandbox, 0o755),
+        (layers.upper.clone(), sandbox, 0o755),
+    ] {
+        if std::os::unix::fs::chown(&path, Some(owner), Some(owner)).is_err() {
+            eprintln!("skipped: changing owners needs root");
+            return;
+        }
+        chmod(&path, mode);
+    }
+    for (name, owner, mode) in [
+        ("secret", other, 0o600),
+        ("readable", other, 0o644),
+        ("private", sandbox, 0o600),
+    ] {
+        let path = layers.upper.join(name);
+        write(&path, "data\n");
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner)).unwrap();
+        chmod(&path, mode);
+    }
+
+    let report = apply(&layers.lower, &layers.upper, &layers.options()).unwrap();
+
+    assert!(
+        !layers.lower.join("secret").exists(),
+        "handed the secret over"
+    );
+    assert!(layers.lower.join("readable").exists());
+    assert!(layers.lower.join("private").exists());
+    let skipped: Vec<_> = report
+        .skipped
+        .iter()
+        .map(|skip| (skip.path.clone(), skip.reason))
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![(PathBuf::from("secret"), SkipReason::NotReadableByOwner)]
+    );
+}
+
 #[test]
 fn setuid_and_sticky_bits_are_stripped() {
     let layers = Layers::new();
