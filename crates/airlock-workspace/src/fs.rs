@@ -72,6 +72,17 @@ pub(crate) fn open_dir_on_mount(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result
     )?)
 }
 
+/// Returns whether the entry `name` in `dir` is a mount point, such as a directory or file
+/// that the host bound over the project's own entry.
+pub(crate) fn is_mount_point(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    let resolve = rustix::fs::ResolveFlags::NO_XDEV | rustix::fs::ResolveFlags::NO_SYMLINKS;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    matches!(
+        rustix::fs::openat2(dir, name, flags, Mode::empty(), resolve),
+        Err(Errno::XDEV)
+    )
+}
+
 /// Opens the directory that contains `rel`, one component at a time from `root`. A symlink
 /// on the way fails with ELOOP and a non-directory with ENOTDIR.
 pub(crate) fn open_parent(root: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {

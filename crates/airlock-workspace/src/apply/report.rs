@@ -48,6 +48,9 @@ pub enum ConflictReason {
     /// A directory on the way is a mount point on the host. The sandbox saw the project
     /// without the mounts below it, so apply never writes into them.
     MountPointParent { parent: PathBuf },
+    /// The entry itself is a mount point on the host, which apply neither changes nor
+    /// replaces.
+    MountPoint,
     /// A directory to remove or replace still has entries on the host: entries the host
     /// added, or entries this apply did not remove.
     NotEmpty,
@@ -123,9 +126,11 @@ impl fmt::Display for ConflictReason {
             }
             ConflictReason::MountPointParent { parent } => write!(
                 f,
-                "{parent:?} is a mount point on the host, which the sandbox saw empty and apply \
-                 does not write into"
+                "{parent:?} is a mount point on the host, which apply does not write into"
             ),
+            ConflictReason::MountPoint => {
+                f.write_str("a mount point on the host, which apply does not change or replace")
+            }
             ConflictReason::NotEmpty => {
                 f.write_str("the directory still has entries on the host that were not removed")
             }

@@ -60,6 +60,9 @@ impl Run<'_> {
         let Some(stat) = self.host.lstat(parent.as_fd(), rel)? else {
             return Ok(Outcome::Applied);
         };
+        if fs::is_mount_point(parent.as_fd(), fs::file_name(rel)) {
+            return Ok(Outcome::Conflict(ConflictReason::MountPoint));
+        }
 
         self.touch(host::parent_path(rel), &parent)?;
         let flags = match FileType::of(&stat) {
@@ -93,6 +96,9 @@ impl Run<'_> {
             Ok(parent) => parent,
             Err(reason) => return Ok(Outcome::Conflict(reason)),
         };
+        if fs::is_mount_point(parent.as_fd(), fs::file_name(rel)) {
+            return Ok(Outcome::Conflict(ConflictReason::MountPoint));
+        }
         self.touch(host::parent_path(rel), &parent)?;
 
         let target = Target {

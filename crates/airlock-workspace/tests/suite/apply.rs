@@ -229,6 +229,52 @@ fn mount_point_in_project_never_written_into() {
     assert_eq!(report.conflicts.len(), 2);
 }
 
+/// An entry that is itself a mount point on the host is neither changed nor replaced: a
+/// directory whose mode the sandbox changed, and a file it rewrote. Mounting needs root; as
+/// another user the test says so and returns.
+#[test]
+fn mount_point_entry_never_changed() {
+    let layers = Layers::new();
+    mkdir(&layers.lower.join("mounted"));
+    write(&layers.lower.join("bound"), "project\n");
+    chmod(&layers.outside, 0o755);
+    write(&layers.outside.join("file"), "host\n");
+    let bind = |source: &Path, target: &Path| {
+        std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !bind(&layers.outside, &layers.lower.join("mounted")) {
+        eprintln!("skipped: bind mounts need root");
+        return;
+    }
+    let bound = bind(&layers.outside.join("file"), &layers.lower.join("bound"));
+    mkdir(&layers.upper.join("mounted"));
+    chmod(&layers.upper.join("mounted"), 0o1777);
+    write(&layers.upper.join("bound"), "sandbox\n");
+
+    let report = apply(&layers.lower, &layers.upper, &layers.options());
+    for target in ["bound", "mounted"] {
+        let _ = std::process::Command::new("umount")
+            .arg(layers.lower.join(target))
+            .status();
+    }
+    let report = report.unwrap();
+
+    assert!(bound, "mount --bind of a file failed");
+    assert_eq!(mode(&layers.outside), 0o755);
+    assert_eq!(read(&layers.outside.join("file")), "host\n");
+    assert!(report.applied.is_empty(), "{:?}", report.applied);
+    assert_eq!(report.conflicts.len(), 2, "{:?}", report.conflicts);
+    assert!(report
+        .conflicts
+        .iter()
+        .all(|conflict| conflict.reason == ConflictReason::MountPoint));
+}
+
 /// Root mounts the overlay for the docker backend, so a rename in the sandbox copies up a
 /// file of another owner that the sandbox could not read. Apply leaves such a file out, and
 /// applies the sandbox's own private files and readable files of others. Changing owners
