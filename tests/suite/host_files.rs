@@ -347,9 +347,9 @@ fn root_refuses_workspace_symlink() {
 }
 
 /// Overlayfs copies a file up with its mounter's credentials. Root runs Airlock on a
-/// project of the test user that holds a file only root may read: renaming it in the
-/// sandbox must fail rather than copy it into the upper layer, from where `apply` would
-/// give it to the project's owner.
+/// project of the test user that contains a file only root may read. Renaming it in the
+/// sandbox must fail, because a copy in the upper layer would reach the project's owner
+/// through `apply`.
 #[test]
 fn unreadable_file_never_copied_up() {
     let (uid, gid) = test_user();

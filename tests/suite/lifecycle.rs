@@ -421,8 +421,8 @@ fn spec_file_sets_options_and_names_bad_keys() {
     assert!(message.contains("memroy"), "{message}");
 }
 
-/// A stopped sandbox whose project was replaced by a symlink does not start, and the error
-/// says what happened to the project and how to go on.
+/// A stopped sandbox whose project was replaced by a symlink does not start. The error names
+/// what happened to the project and the fix.
 #[test]
 fn start_refuses_project_replaced_by_symlink() {
     let caller = Caller::Root;

@@ -128,19 +128,14 @@ pub fn start_holder(
 }
 
 /// Mounts the workspace's overlay and sends it to the holder, which builds the rest of the
-/// tree meanwhile. A holder that failed first finds nothing to receive; its own report
-/// says why.
+/// tree meanwhile. A holder that failed first finds nothing to receive, and its own report
+/// gives the reason.
 fn send_overlay(
     workspace: &tree::Workspace,
     layers: &Path,
     control: &OwnedFd,
 ) -> Result<(), Error> {
-    let Some(overlay) = tree::overlay(workspace, layers)? else {
-        return Err(Error::Overlay {
-            path: layers.to_owned(),
-            source: std::io::Error::other("the workspace is not an idmapped mount"),
-        });
-    };
+    let overlay = tree::overlay(workspace, layers)?;
     let _ = control::send(control.as_raw_fd(), b"o", &[overlay.as_raw_fd()]);
     Ok(())
 }

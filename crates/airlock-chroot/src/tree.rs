@@ -43,9 +43,9 @@ pub enum Workspace {
     Idmapped(OwnedFd, Exiting),
 }
 
-/// A child process that was told to exit, reaped when this is dropped, with the stack it
-/// runs on. The launcher drops it once the sandbox runs, so it does not wait for the
-/// child's exit on the way there.
+/// A child process whose pipe was closed so that it exits, and the stack it runs on. The
+/// child is reaped when this is dropped. The launcher drops it once the sandbox runs, so the
+/// start does not wait for the child's exit.
 pub struct Exiting {
     pid: libc::pid_t,
     _stack: sys::Stack,
@@ -207,22 +207,24 @@ fn remove_kernel_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Mounts the workspace's copy-on-write overlay, with its upper layer in `layers`, as a
-/// detached mount for the holder to attach; `None` without an idmapped workspace, which
-/// [`prepare_workspace`] makes for every overlay. Runs in the launcher.
-pub fn overlay(workspace: &Workspace, layers: &Path) -> Result<Option<OwnedFd>, Error> {
-    let Workspace::Idmapped(lower, _) = workspace else {
-        return Ok(None);
-    };
+/// detached mount for the holder to attach. Runs in the launcher.
+///
+/// The lower layer must be the idmapped workspace, which [`prepare_workspace`] makes for
+/// every overlay.
+pub fn overlay(workspace: &Workspace, layers: &Path) -> Result<OwnedFd, Error> {
     let failed = |source| Error::Overlay {
         path: layers.to_owned(),
         source,
     };
+    let Workspace::Idmapped(lower, _) = workspace else {
+        return Err(failed(io::Error::other(
+            "the workspace is not an idmapped mount",
+        )));
+    };
     let through = |fd: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     let layers_dir =
         sys::open(layers, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW).map_err(failed)?;
-    rootfs::detached_overlay(&through(lower), &through(&layers_dir))
-        .map(Some)
-        .map_err(failed)
+    rootfs::detached_overlay(&through(lower), &through(&layers_dir)).map_err(failed)
 }
 
 /// Receives the overlay that the launcher mounted, over the control socket.

@@ -367,11 +367,11 @@ fn idmapped_workspace(workspace: &HostWorkspace, init: libc::pid_t) -> Result<Ow
 }
 
 /// Returns whether the launcher mounts the workspace overlay itself: for a root caller
-/// whose workspace is idmapped. Overlayfs copies a file up with its mounter's credentials,
-/// so a mount by host root over a plain workspace would copy files that the sandbox may not
-/// read (another user's, mode 0600) into the upper layer, from where `apply` would hand
-/// them to the project's owner. Through the idmapped workspace, a file whose owner the
-/// sandbox's user namespace does not map cannot be copied up (EOVERFLOW), whoever mounts.
+/// whose workspace is idmapped. Overlayfs copies a file up with its mounter's credentials.
+/// So a mount by host root over a plain workspace would copy files that the sandbox may not
+/// read (another user's, mode 0600) into the upper layer, and `apply` would hand them to
+/// the project's owner. Through the idmapped workspace, a file whose owner the sandbox's
+/// user namespace does not map cannot be copied up (EOVERFLOW), whoever mounts.
 fn takes_outside_overlay(caller: &Caller, layers: Option<&Path>) -> bool {
     caller.is_root && caller.identity.idmap_workspace && layers.is_some()
 }

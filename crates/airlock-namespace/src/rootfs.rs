@@ -67,8 +67,8 @@ pub struct TreeOptions<'a> {
     /// host's processes.
     pub proc_options: Option<&'a str>,
     /// Whether to create /dev's nodes with mknod(2), one call each instead of a file, a bind
-    /// and a flag change. Only a builder that is root in the host's user namespace can;
-    /// others bind the host's nodes.
+    /// and a flag change. Only a builder that is root in the host's user namespace can, so
+    /// other builders bind the host's nodes.
     pub device_nodes: bool,
 }
 
@@ -329,7 +329,8 @@ fn make_devices(dev: &Path, device_nodes: bool) -> Result<()> {
         }
         return Ok(());
     }
-    // The caller's umask would take write access from the nodes; the command gets it back.
+    // The caller's umask would take write access from the nodes, so it is cleared here and
+    // restored for the command.
     // SAFETY: umask only swaps the process's file creation mask.
     let umask = unsafe { libc::umask(0) };
     let made = DEVICES.iter().try_for_each(|&(name, major, minor)| {

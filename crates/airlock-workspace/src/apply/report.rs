@@ -45,8 +45,8 @@ pub enum ConflictReason {
     SymlinkParent { parent: PathBuf },
     /// A directory on the way is not a directory on the host.
     ParentNotDir { parent: PathBuf },
-    /// A directory on the way is a mount point on the host. The sandbox saw the project
-    /// without the mounts below it, so apply never writes into them.
+    /// A directory on the way is a mount point on the host. The sandbox's view of the
+    /// project contains no mounts below it, so apply never writes into them.
     MountPointParent { parent: PathBuf },
     /// The entry itself is a mount point on the host, which apply neither changes nor
     /// replaces.

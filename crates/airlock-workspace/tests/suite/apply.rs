@@ -187,7 +187,7 @@ fn host_parent_swapped_for_symlink_is_conflict() {
 }
 
 /// A bind mount below the project, which the sandbox saw as an empty directory, is never
-/// written into. Mounting needs root; as another user the test says so and returns.
+/// written into. Mounting needs root, so as another user the test prints that and returns.
 #[test]
 fn mount_point_in_project_never_written_into() {
     let layers = Layers::new();
@@ -230,8 +230,8 @@ fn mount_point_in_project_never_written_into() {
 }
 
 /// An entry that is itself a mount point on the host is neither changed nor replaced: a
-/// directory whose mode the sandbox changed, and a file it rewrote. Mounting needs root; as
-/// another user the test says so and returns.
+/// directory whose mode the sandbox changed, and a file it rewrote. Mounting needs root, so
+/// as another user the test prints that and returns.
 #[test]
 fn mount_point_entry_never_changed() {
     let layers = Layers::new();
@@ -278,7 +278,7 @@ fn mount_point_entry_never_changed() {
 /// Root mounts the overlay for the docker backend, so a rename in the sandbox copies up a
 /// file of another owner that the sandbox could not read. Apply leaves such a file out, and
 /// applies the sandbox's own private files and readable files of others. Changing owners
-/// needs root; as another user the test says so and returns.
+/// needs root, so as another user the test prints that and returns.
 #[test]
 fn unreadable_file_of_another_owner_never_applied() {
     let layers = Layers::new();
