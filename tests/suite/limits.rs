@@ -116,6 +116,20 @@ pub(super) fn assert_no_new_cgroups(before: &BTreeSet<PathBuf>, context: &str) {
 }
 
 /// Finds the cgroup directories named after a sandbox, from its `--json` sandbox id.
+/// The sandbox's cgroups that remain once its teardown had time to finish. `run` reports the
+/// status first and leaves the removal to a child process, which retries for up to a second
+/// while dying processes leave.
+fn cgroups_left_after_teardown(sandbox_id: &str) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = cgroups_of_sandbox(sandbox_id);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn cgroups_of_sandbox(sandbox_id: &str) -> Vec<PathBuf> {
     let name = format!("airlock-{}", &sandbox_id[..12]);
     let mut found = Vec::new();
@@ -449,7 +463,7 @@ fn sandbox_cgroups_removed_after_runs() {
             let record = json_record(&output);
             let id = record["sandbox_id"].as_str().expect("sandbox_id");
             assert_eq!(id.len(), 32, "{caller:?}: {record}");
-            let left = cgroups_of_sandbox(id);
+            let left = cgroups_left_after_teardown(id);
             assert!(
                 left.is_empty(),
                 "{caller:?} {script:?}: cgroups left: {left:?}"

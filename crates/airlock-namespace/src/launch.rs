@@ -597,7 +597,13 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         false,
     );
     drop(restore_mask);
-    let (ended, stderr_ends_line) = watched?;
+    let (mut ended, stderr_ends_line) = watched?;
+    // The caller can report the status before the cgroup's removal, which waits for the
+    // host's cgroup lock.
+    let teardown = ended
+        .spent_cgroup
+        .take()
+        .map_or_else(airlock_core::Teardown::none, airlock_core::Teardown::later);
 
     let outcome = outcome::build(spec, &id, enforcement, ended, started)?;
     tracing::info!(
@@ -611,7 +617,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     Ok(Finished {
         outcome,
         stderr_ends_line,
-        teardown: airlock_core::Teardown::none(),
+        teardown,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The launcher's wait loop: it relays streams, forwards signals, collects the init's reports,
-//! enforces the timeout and the cgroup limits, and removes the cgroup as soon as the sandbox
-//! no longer uses it.
+//! enforces the timeout and the cgroup limits, and reads the cgroup's counters as soon as the
+//! sandbox no longer uses it.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,6 +24,8 @@ pub struct Ended {
     pub reason: EndReason,
     pub reports: Vec<Report>,
     pub peak_memory: Option<u64>,
+    /// The sandbox's cgroup, which it has left, still to remove.
+    pub spent_cgroup: Option<Cgroup>,
 }
 
 pub struct Monitor<'a> {
@@ -35,8 +37,9 @@ pub struct Monitor<'a> {
     reason: EndReason,
     /// The pty master, whose window size follows the caller's terminal.
     terminal: Option<RawFd>,
-    /// Peak memory read from the cgroup before it was removed.
+    /// Peak memory read from the cgroup once the sandbox left it.
     peak_memory: Option<u64>,
+    spent_cgroup: Option<Cgroup>,
     /// When the cgroup's counters were last read.
     last_limit_check: Instant,
     /// Stop relaying once the watched process has exited, after copying what its streams
@@ -65,6 +68,7 @@ impl<'a> Monitor<'a> {
             reason: EndReason::Exited,
             terminal,
             peak_memory: None,
+            spent_cgroup: None,
             last_limit_check: Instant::now(),
             stop_at_exit: false,
         }
@@ -110,6 +114,7 @@ impl<'a> Monitor<'a> {
             reason: self.reason,
             reports: self.reports.take(),
             peak_memory: self.peak_memory,
+            spent_cgroup: self.spent_cgroup.take(),
         })
     }
 
@@ -119,7 +124,7 @@ impl<'a> Monitor<'a> {
             .any(|pump| !pump.is_input && !pump.is_done())
     }
 
-    /// Reads the cgroup's counters and removes it.
+    /// Reads the cgroup's counters and sets it aside for removal.
     fn release_cgroup(&mut self) {
         let Some(cgroup) = self.sandbox.cgroup.take() else {
             return;
@@ -129,7 +134,7 @@ impl<'a> Monitor<'a> {
             self.reason = cgroup.limit_hit().unwrap_or(self.reason);
         }
         self.peak_memory = cgroup.peak_memory();
-        drop(cgroup);
+        self.spent_cgroup = Some(cgroup);
     }
 
     fn poll_once(&mut self, exited: bool) -> io::Result<()> {
