@@ -124,7 +124,7 @@ impl State<'_> {
             reason: self.reason,
             reports: reports.take(),
             peak_memory,
-            spent_cgroup: None,
+            cgroup_to_remove: None,
         })
     }
 

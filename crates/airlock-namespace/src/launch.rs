@@ -601,7 +601,7 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     // The caller can report the status before the cgroup's removal, which waits for the
     // host's cgroup lock.
     let teardown = ended
-        .spent_cgroup
+        .cgroup_to_remove
         .take()
         .map_or_else(airlock_core::Teardown::none, airlock_core::Teardown::later);
 

@@ -24,8 +24,8 @@ pub struct Ended {
     pub reason: EndReason,
     pub reports: Vec<Report>,
     pub peak_memory: Option<u64>,
-    /// The sandbox's cgroup, which it has left, still to remove.
-    pub spent_cgroup: Option<Cgroup>,
+    /// The cgroup that the sandbox has left, for the caller to remove.
+    pub cgroup_to_remove: Option<Cgroup>,
 }
 
 pub struct Monitor<'a> {
@@ -39,7 +39,7 @@ pub struct Monitor<'a> {
     terminal: Option<RawFd>,
     /// Peak memory read from the cgroup once the sandbox left it.
     peak_memory: Option<u64>,
-    spent_cgroup: Option<Cgroup>,
+    cgroup_to_remove: Option<Cgroup>,
     /// When the cgroup's counters were last read.
     last_limit_check: Instant,
     /// Stop relaying once the watched process has exited, after copying what its streams
@@ -68,7 +68,7 @@ impl<'a> Monitor<'a> {
             reason: EndReason::Exited,
             terminal,
             peak_memory: None,
-            spent_cgroup: None,
+            cgroup_to_remove: None,
             last_limit_check: Instant::now(),
             stop_at_exit: false,
         }
@@ -114,7 +114,7 @@ impl<'a> Monitor<'a> {
             reason: self.reason,
             reports: self.reports.take(),
             peak_memory: self.peak_memory,
-            spent_cgroup: self.spent_cgroup.take(),
+            cgroup_to_remove: self.cgroup_to_remove.take(),
         })
     }
 
@@ -134,7 +134,7 @@ impl<'a> Monitor<'a> {
             self.reason = cgroup.limit_hit().unwrap_or(self.reason);
         }
         self.peak_memory = cgroup.peak_memory();
-        self.spent_cgroup = Some(cgroup);
+        self.cgroup_to_remove = Some(cgroup);
     }
 
     fn poll_once(&mut self, exited: bool) -> io::Result<()> {
