@@ -198,15 +198,20 @@ fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Drops every capability of the bounding set. Dropping needs CAP_SETPCAP, so capabilities
-/// already missing are skipped: a container engine that dropped them all leaves its process
-/// neither the set nor the capability.
+/// Drops every capability of the bounding set, up to the first number the kernel does not
+/// know. Dropping needs CAP_SETPCAP, so a drop that fails for lack of it is checked: a
+/// container engine that dropped every capability leaves its process neither the set nor
+/// CAP_SETPCAP, and a capability already out of the set is fine.
 fn drop_bounding_set() -> io::Result<()> {
     for capability in 0.. {
-        match sys::capability_in_bounding_set(capability) {
-            Ok(false) => {}
-            Ok(true) => sys::prctl(libc::PR_CAPBSET_DROP, capability)?,
+        match sys::prctl(libc::PR_CAPBSET_DROP, capability) {
+            Ok(()) => {}
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                if sys::capability_in_bounding_set(capability)? {
+                    return Err(error);
+                }
+            }
             Err(error) => return Err(error),
         }
     }
