@@ -201,15 +201,20 @@ fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
 /// Drops every capability of the bounding set, up to the first number the kernel does not
 /// know. Dropping needs CAP_SETPCAP, so a drop that fails for lack of it is checked: a
 /// container engine that dropped every capability leaves its process neither the set nor
-/// CAP_SETPCAP, and a capability already out of the set is fine.
+/// CAP_SETPCAP, and a capability already out of the set is fine. Without CAP_SETPCAP the
+/// kernel answers EPERM before it checks the number, so the read finds the end then.
 fn drop_bounding_set() -> io::Result<()> {
+    let unknown = |error: &io::Error| error.raw_os_error() == Some(libc::EINVAL);
     for capability in 0.. {
         match sys::prctl(libc::PR_CAPBSET_DROP, capability) {
             Ok(()) => {}
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+            Err(error) if unknown(&error) => return Ok(()),
             Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
-                if sys::capability_in_bounding_set(capability)? {
-                    return Err(error);
+                match sys::capability_in_bounding_set(capability) {
+                    Ok(false) => {}
+                    Ok(true) => return Err(error),
+                    Err(read_error) if unknown(&read_error) => return Ok(()),
+                    Err(read_error) => return Err(read_error),
                 }
             }
             Err(error) => return Err(error),
