@@ -6,11 +6,14 @@ between two commands shows as a difference between them. Here every round runs e
 once, forward in even rounds and backward in odd ones, so a loaded machine weighs on all of
 them alike. It prints each command's median, 10th and 90th percentiles.
 
-Usage: bench/startup-alternating.py BEFORE AFTER [--rounds N] [--backend chroot --rootfs DIR]
+Usage: bench/startup-alternating.py BEFORE AFTER [--rounds N] [--pause SECONDS]
+                                     [--backend chroot --rootfs DIR]
 
   BEFORE     the Airlock binary to compare against
   AFTER      the Airlock binary under test
   --rounds   rounds (default 300)
+  --pause    sleep this long before each run, as bench/startup.sh's spaced runs do, so that
+             every start finds the machine idle (default 0: back to back)
   --backend  namespace (default) or chroot
   --rootfs   the root filesystem for the chroot backend and chroot(8) (default
              /var/cache/airlock-tests/rootfs-bookworm, which scripts/test builds)
@@ -50,6 +53,7 @@ def main():
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--backend", choices=["namespace", "chroot"], default="namespace")
     parser.add_argument("--rootfs", default="/var/cache/airlock-tests/rootfs-bookworm")
     arguments = parser.parse_args()
@@ -75,6 +79,8 @@ def main():
         for round_number in range(arguments.rounds):
             order = names if round_number % 2 == 0 else names[::-1]
             for name in order:
+                if arguments.pause:
+                    time.sleep(arguments.pause)
                 start = time.perf_counter()
                 subprocess.run(
                     commands[name],
@@ -84,7 +90,10 @@ def main():
                 )
                 times[name].append((time.perf_counter() - start) * 1000)
 
-    print(f"{arguments.rounds} rounds, load average {os.getloadavg()[0]:.2f} at the end")
+    spacing = f", {arguments.pause} s before each run" if arguments.pause else ""
+    print(
+        f"{arguments.rounds} rounds{spacing}, load average {os.getloadavg()[0]:.2f} at the end"
+    )
     print(f"| command | median (ms) | p10 (ms) | p90 (ms) | median minus {peer[0]} per round (ms) |")
     print("|---|---:|---:|---:|---:|")
     for name in names:

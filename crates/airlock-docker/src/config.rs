@@ -110,7 +110,7 @@ pub fn container(spec: &Spec, layout: &Layout<'_>) -> ContainerCreateBody {
         image: Some(layout.image.to_owned()),
         entrypoint: Some(vec![BINARY.to_owned()]),
         cmd: Some(vec![
-            "__docker-init".to_owned(),
+            crate::inside::INIT_MODE.to_owned(),
             init_socket.display().to_string(),
         ]),
         user: Some(format!("{}:{}", layout.user.uid, layout.user.gid)),

@@ -33,9 +33,6 @@ use crate::error::Error;
 use crate::exec::{start_connected, Connected};
 use crate::held::Runtime;
 
-/// The hidden mode of the Airlock binary that serves a copy in the container.
-const HELPER_MODE: &str = "__docker-cp";
-
 /// Copies `source` on the host into the sandbox at `target`, or out of the sandbox when
 /// `into_sandbox` is false. Paths in the sandbox are absolute.
 pub fn copy(
@@ -135,7 +132,7 @@ fn start(
     runtime: &Runtime,
     request: &CopyRequest,
 ) -> Result<(OwnedFd, Helper), Error> {
-    let connected = start_connected(engine, runtime, HELPER_MODE, runtime.user);
+    let connected = start_connected(engine, runtime, crate::inside::COPY_MODE, runtime.user);
     let Connected {
         pidfd, connection, ..
     } = connected.map_err(helper_failed)?;

@@ -53,7 +53,8 @@ pub fn exec(
         pid: wrapper,
         pidfd,
         connection,
-    } = start_connected(&engine, runtime, "__docker-exec", user).map_err(wrapper_failed)?;
+    } = start_connected(&engine, runtime, crate::inside::EXEC_MODE, user)
+        .map_err(wrapper_failed)?;
     let plan = Plan {
         command: airlock_nspawn::init::Plan {
             argv: spec.command.clone(),

@@ -27,6 +27,13 @@ use airlock_nspawn::init::{self as shared, StepResult, LIVENESS_FD, PLAN_FD, REP
 
 use crate::channel::{self, CopyRequest, Plan};
 
+/// The hidden mode of the Airlock binary that runs as the container's PID 1.
+pub const INIT_MODE: &str = "__docker-init";
+/// The hidden mode that wraps each exec's command.
+pub const EXEC_MODE: &str = "__docker-exec";
+/// The hidden mode that serves a copy in the container.
+pub const COPY_MODE: &str = "__docker-cp";
+
 /// Runs as the container's PID 1; never returns.
 pub fn init(socket: &Path) -> ! {
     let (plan, stdio) = connect(socket);
