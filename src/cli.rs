@@ -129,7 +129,8 @@ impl Command {
     }
 }
 
-/// Options that describe a sandbox, shared by run and create.
+// Options that describe a sandbox, shared by run and create. A doc comment here would replace
+// their subcommands' descriptions in the help, because the options are built after them.
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// TOML file with any of these options (keys as the option names with `_` for `-`);

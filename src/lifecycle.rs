@@ -278,10 +278,19 @@ impl Engine {
                 entries.push(audit::Pending::now("failed", fields(failed)));
             }
         }
+        let may_have_changed =
+            spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
+        // The teardown may hold signals blocked until it is done, so it runs before a diff
+        // that can take a while: kept changes are not recycled in the background anyway.
+        let teardown = if may_have_changed {
+            teardown.run();
+            Teardown::none()
+        } else {
+            teardown
+        };
         // A copy-up that changed nothing (a file touched, or written back as it was) leaves
         // entries in the upper layer but no change to review.
-        let changed = spec.workspace_mode == WorkspaceMode::Overlay
-            && has_entries(&sandbox.upper())
+        let changed = may_have_changed
             && spec.workspace.as_ref().is_none_or(|workspace| {
                 airlock_workspace::diff(workspace, &sandbox.upper())
                     .map_or(true, |changes| !changes.is_empty())
@@ -296,7 +305,6 @@ impl Engine {
             entries.push(audit::Pending::now("removed", Map::new()));
         }
         if changed {
-            teardown.run();
             AuditLog::open(&self.state.audit_path(&record.id), &record.id)?.append_all(entries)?;
         } else {
             self.finish_in_background(&sandbox, &record.id, entries, teardown)?;

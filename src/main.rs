@@ -83,6 +83,11 @@ fn main() -> ExitCode {
 /// other command line, which the parser then takes.
 fn start_container_mode() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // An option such as --help goes to the parser, which prints the mode's help.
+    let is_option = |arg: &std::ffi::OsString| arg.as_encoded_bytes().starts_with(b"-");
+    if args.iter().any(is_option) {
+        return;
+    }
     match args.as_slice() {
         [mode] if mode == airlock_nspawn::command::INIT_SUBCOMMAND => airlock_nspawn::init::run(),
         [mode, socket] if mode == airlock_docker::inside::INIT_MODE => {

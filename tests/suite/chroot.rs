@@ -122,6 +122,26 @@ fn chroot_default_user_writes_only_workspace_and_tmp() {
     );
 }
 
+/// The default user's command, and an exec's, hold no capability in any set, the bounding
+/// set included, as the spec's "all capabilities dropped" rule requires.
+#[test]
+fn chroot_default_user_holds_no_capabilities() {
+    let workspace = Workspace::new(ROOT);
+    let script = "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status";
+    let check = |output: &Output, context: &str| {
+        assert!(output.status.success(), "{context}: {}", describe(output));
+        let lines: Vec<String> = stdout(output).lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 5, "{context}: {lines:?}");
+        for line in &lines {
+            assert!(line.ends_with("0000000000000000"), "{context}: {line}");
+        }
+    };
+    check(&run_sh(workspace.path(), &[], script), "run");
+    let id = create(workspace.path(), &[]);
+    check(&exec_sh(workspace.path(), &id, script), "exec");
+    run(ROOT, &["rm", "--force", &id], workspace.path());
+}
+
 #[test]
 fn chroot_user_root_runs_as_root() {
     let workspace = Workspace::new(ROOT);

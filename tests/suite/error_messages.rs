@@ -146,3 +146,49 @@ fn command_line_values_name_fix() {
         assert!(!stderr(&output).contains(unexpected), "{context}");
     }
 }
+
+/// Each subcommand's help starts with its own description, not with that of the options it
+/// shares with others, and `run`'s lists its exit statuses.
+#[test]
+fn subcommand_help_starts_with_its_description() {
+    let cases = [
+        ("run", "Run one command in a fresh sandbox"),
+        ("create", "Create a sandbox that keeps running"),
+        ("exec", "Run a command in a running sandbox"),
+    ];
+    for (subcommand, description) in cases {
+        let output = Command::new(binary())
+            .args([subcommand, "--help"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock --help");
+        let context = describe(&output);
+        assert_eq!(output.status.code(), Some(0), "{context}");
+        let help = String::from_utf8_lossy(&output.stdout);
+        let first_line = help.lines().next().unwrap_or_default();
+        assert!(
+            first_line.starts_with(description),
+            "{subcommand}: {first_line:?}"
+        );
+        if subcommand == "run" {
+            assert!(help.contains("124 (timed out)"), "{context}");
+        }
+    }
+}
+
+/// A hidden container mode called with an option prints its help instead of taking the
+/// option for its socket.
+#[test]
+fn container_mode_help_not_taken_for_socket() {
+    let output = Command::new(binary())
+        .args(["__docker-exec", "--help"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run airlock __docker-exec --help");
+    let context = describe(&output);
+    assert_eq!(output.status.code(), Some(0), "{context}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("Usage:"),
+        "{context}"
+    );
+}

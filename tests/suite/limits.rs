@@ -116,8 +116,8 @@ pub(super) fn assert_no_new_cgroups(before: &BTreeSet<PathBuf>, context: &str) {
 }
 
 /// Finds the cgroup directories named after a sandbox, from its `--json` sandbox id.
-/// The sandbox's cgroups that remain once its teardown had time to finish. `run` reports the
-/// status first and leaves the removal to a child process, which retries for up to a second
+/// Returns the sandbox's cgroups that remain once its teardown had time to finish. `run`
+/// reports the status first and leaves the removal to a child process, which retries for up to a second
 /// while dying processes leave.
 fn cgroups_left_after_teardown(sandbox_id: &str) -> Vec<PathBuf> {
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -469,6 +469,66 @@ fn sandbox_cgroups_removed_after_runs() {
                 "{caller:?} {script:?}: cgroups left: {left:?}"
             );
         }
+    }
+}
+
+/// SIGINT sent to `airlock run` at moments spread over the second half of a run leaves no
+/// cgroup. The last moments fall where it reports the status and hands the cgroup's removal
+/// to a child process, and whichever of the two removes the cgroup, it goes.
+#[test]
+fn interrupted_runs_leave_no_cgroups() {
+    let workspace = Workspace::new(Caller::Root);
+    let state = tempfile::Builder::new()
+        .prefix("airlock-interrupted-")
+        .tempdir()
+        .expect("create a state directory");
+    let start = || {
+        Command::new(super::harness::binary())
+            .args(["run", "--memory", "100M", "--", "true"])
+            .env("AIRLOCK_STATE_DIR", state.path())
+            .current_dir(workspace.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn airlock run")
+    };
+    let mut durations: Vec<Duration> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            start().wait().expect("wait for airlock run");
+            started.elapsed()
+        })
+        .collect();
+    durations.sort();
+    let typical = durations[2];
+
+    const ROUNDS: u32 = 100;
+    for round in 0..ROUNDS {
+        let mut child = start();
+        // From half the typical run to a little past its end.
+        thread::sleep(typical / 2 + typical * 3 * round / (5 * ROUNDS));
+        // SAFETY: kill takes integers; the child is not reaped yet, so its pid is its own.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        child.wait().expect("wait for airlock run");
+    }
+    let mut ids = BTreeSet::new();
+    for (dir, suffix) in [("sandboxes", ""), ("spares", ""), ("audit", ".jsonl")] {
+        for entry in fs::read_dir(state.path().join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(suffix).filter(|id| id.len() == 32) {
+                ids.insert(id.to_owned());
+            }
+        }
+    }
+    assert!(ids.len() >= 50, "sandbox ids found: {}", ids.len());
+    for id in &ids {
+        let left = cgroups_left_after_teardown(id);
+        assert!(left.is_empty(), "sandbox {id}: cgroups left: {left:?}");
     }
 }
 

@@ -24,8 +24,13 @@ pub fn chroot(path: &Path) -> io::Result<()> {
 
 /// Clears the supplementary groups and sets the real, effective and saved ids to `user`.
 /// The group goes first, because after the user id changes from root it can no longer be
-/// changed.
+/// changed. A user other than root also loses the capability bounding set.
 pub fn become_user(user: User) -> io::Result<()> {
+    if user.uid != 0 {
+        // Root keeps every capability, as documented; anyone else gives up the bounding set
+        // while root may still change it.
+        airlock_namespace::workload::drop_bounding_set()?;
+    }
     sys::setgroups_empty()?;
     // SAFETY: setresgid takes integers only.
     check(unsafe { libc::setresgid(user.gid, user.gid, user.gid) })?;

@@ -69,6 +69,7 @@ impl Teardown {
 
     /// Leaves the removal to another process with a copy of this one's state, as a forked
     /// child has. Nothing is removed here, and descriptors close when this process exits.
+    /// Signals that the teardown keeps blocked stay blocked here, so the caller should exit.
     pub fn hand_over(self) {
         std::mem::forget(self);
     }

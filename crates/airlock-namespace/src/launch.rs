@@ -200,6 +200,14 @@ fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), E
         .map_err(|unmet| Error::WeakerThanRequired { unmet })
 }
 
+/// A cgroup that the sandbox has left, and the launcher's signal mask, which stays blocked
+/// until the cgroup is removed. Fields drop in order, so dropping it removes the cgroup,
+/// then restores the mask.
+struct VacatedCgroup {
+    _cgroup: Cgroup,
+    _restore_mask: RestoreMask,
+}
+
 /// Restores the launcher's signal mask when dropped.
 pub struct RestoreMask(libc::sigset_t);
 
@@ -596,14 +604,20 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
         &channels.report,
         false,
     );
-    drop(restore_mask);
     let (mut ended, stderr_ends_line) = watched?;
     // The caller can report the status before the cgroup's removal, which waits for the
-    // host's cgroup lock.
-    let teardown = ended
-        .cgroup_to_remove
-        .take()
-        .map_or_else(airlock_core::Teardown::none, airlock_core::Teardown::later);
+    // host's cgroup lock. Signals stay blocked until then, so that one arriving now cannot
+    // end this process with the cgroup still there.
+    let teardown = match ended.cgroup_to_remove.take() {
+        Some(cgroup) => airlock_core::Teardown::later(VacatedCgroup {
+            _cgroup: cgroup,
+            _restore_mask: restore_mask,
+        }),
+        None => {
+            drop(restore_mask);
+            airlock_core::Teardown::none()
+        }
+    };
 
     let outcome = outcome::build(spec, &id, enforcement, ended, started)?;
     tracing::info!(

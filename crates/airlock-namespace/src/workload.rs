@@ -203,7 +203,7 @@ fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
 /// container engine that dropped every capability leaves its process neither the set nor
 /// CAP_SETPCAP, and a capability already out of the set is fine. Without CAP_SETPCAP the
 /// kernel answers EPERM before it checks the number, so the read finds the end then.
-fn drop_bounding_set() -> io::Result<()> {
+pub fn drop_bounding_set() -> io::Result<()> {
     let unknown = |error: &io::Error| error.raw_os_error() == Some(libc::EINVAL);
     for capability in 0.. {
         match sys::prctl(libc::PR_CAPBSET_DROP, capability) {
