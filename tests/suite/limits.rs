@@ -115,10 +115,9 @@ pub(super) fn assert_no_new_cgroups(before: &BTreeSet<PathBuf>, context: &str) {
     }
 }
 
-/// Finds the cgroup directories named after a sandbox, from its `--json` sandbox id.
 /// Returns the sandbox's cgroups that remain once its teardown had time to finish. `run`
-/// reports the status first and leaves the removal to a child process, which retries for up to a second
-/// while dying processes leave.
+/// reports the status first and leaves the removal to a child process, which retries for up
+/// to a second while dying processes leave.
 fn cgroups_left_after_teardown(sandbox_id: &str) -> Vec<PathBuf> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -130,6 +129,7 @@ fn cgroups_left_after_teardown(sandbox_id: &str) -> Vec<PathBuf> {
     }
 }
 
+/// Finds the cgroup directories named after a sandbox, from its `--json` sandbox id.
 fn cgroups_of_sandbox(sandbox_id: &str) -> Vec<PathBuf> {
     let name = format!("airlock-{}", &sandbox_id[..12]);
     let mut found = Vec::new();
