@@ -176,8 +176,18 @@ fn usage_error(error: clap::Error) -> ExitCode {
         Some(ContextValue::String(arg)) => takes_command && !arg.starts_with('-'),
         _ => false,
     };
+    // clap takes a value such as -5M for an option and suggests `-- -5M`, which would make
+    // it the command.
+    let negative_value = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg
+            .strip_prefix('-')
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())),
+        _ => false,
+    };
     let tip = if stray_command {
         "; put the command after `--`, as in `airlock run -- COMMAND`".to_owned()
+    } else if negative_value {
+        "; it reads as a negative value, which no option takes".to_owned()
     } else {
         rendered
             .lines()

@@ -192,3 +192,22 @@ fn container_mode_help_not_taken_for_socket() {
         "{context}"
     );
 }
+
+/// A negative value after an option gets no advice to put it after `--`, which would make it
+/// the command.
+#[test]
+fn negative_value_not_sent_after_separator() {
+    let workspace = Workspace::new(Caller::Root);
+    for value in ["-5", "-5M", "-1s"] {
+        let output = run(
+            Caller::Root,
+            &["run", "--memory", value, "--", "true"],
+            workspace.path(),
+        );
+        let context = describe(&output);
+        assert_eq!(output.status.code(), Some(125), "{context}");
+        let message = stderr(&output);
+        assert!(message.contains("negative value"), "{value}: {context}");
+        assert!(!message.contains("use '--"), "{value}: {context}");
+    }
+}
