@@ -202,7 +202,7 @@ fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
 /// know. Dropping needs CAP_SETPCAP, so a drop that fails for lack of it is checked: a
 /// container engine that dropped every capability leaves its process neither the set nor
 /// CAP_SETPCAP, and a capability already out of the set is fine. Without CAP_SETPCAP the
-/// kernel answers EPERM before it checks the number, so the read finds the end then.
+/// kernel returns EPERM before it checks the number, so the read finds the end then.
 pub fn drop_bounding_set() -> io::Result<()> {
     let unknown = |error: &io::Error| error.raw_os_error() == Some(libc::EINVAL);
     for capability in 0.. {
