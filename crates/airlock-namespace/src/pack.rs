@@ -384,7 +384,7 @@ impl ExactSize<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
@@ -394,6 +394,23 @@ mod tests {
         let mut builder = tar::Builder::new(Vec::new());
         append_file(&mut builder, Path::new("name"), path, file, metadata)?;
         builder.into_inner()
+    }
+
+    /// Returns a tar builder holding `entries`, each a name, a type and contents, all with
+    /// `mode`. The caller adds the end marker with `into_inner`, or leaves it out.
+    pub(crate) fn builder_with(
+        mode: u32,
+        entries: &[(&str, tar::EntryType, &[u8])],
+    ) -> tar::Builder<Vec<u8>> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for &(name, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_size(data.len() as u64);
+            builder.append_data(&mut header, name, data).unwrap();
+        }
+        builder
     }
 
     /// Returns each entry of `archive` as its path and contents.
@@ -465,19 +482,16 @@ mod tests {
 
     #[test]
     fn unpack_in_sandbox_skips_devices_and_fifos() {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut append = |name: &str, kind: tar::EntryType, data: &[u8]| {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(kind);
-            header.set_mode(0o644);
-            header.set_size(data.len() as u64);
-            builder.append_data(&mut header, name, data).unwrap();
-        };
-        append("copy", tar::EntryType::Directory, b"");
-        append("copy/null", tar::EntryType::Char, b"");
-        append("copy/disk", tar::EntryType::Block, b"");
-        append("copy/fifo", tar::EntryType::Fifo, b"");
-        append("copy/file", tar::EntryType::Regular, b"data");
+        let builder = builder_with(
+            0o644,
+            &[
+                ("copy", tar::EntryType::Directory, b""),
+                ("copy/null", tar::EntryType::Char, b""),
+                ("copy/disk", tar::EntryType::Block, b""),
+                ("copy/fifo", tar::EntryType::Fifo, b""),
+                ("copy/file", tar::EntryType::Regular, b"data"),
+            ],
+        );
         let archive = builder.into_inner().unwrap();
         let dir = tempfile::tempdir().expect("temp dir");
 

@@ -204,17 +204,14 @@ mod tests {
 
     /// Returns a tar stream of the directory `copy` with two files, without its end marker.
     fn stream_without_marker() -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut append = |name: &str, kind: tar::EntryType, data: &[u8]| {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(kind);
-            header.set_mode(0o755);
-            header.set_size(data.len() as u64);
-            builder.append_data(&mut header, name, data).unwrap();
-        };
-        append("copy", tar::EntryType::Directory, b"");
-        append("copy/one", tar::EntryType::Regular, b"one");
-        append("copy/two", tar::EntryType::Regular, b"two");
+        let builder = crate::pack::tests::builder_with(
+            0o755,
+            &[
+                ("copy", tar::EntryType::Directory, b""),
+                ("copy/one", tar::EntryType::Regular, b"one"),
+                ("copy/two", tar::EntryType::Regular, b"two"),
+            ],
+        );
         builder.get_ref().clone()
     }
 
