@@ -280,8 +280,9 @@ impl Engine {
         }
         let may_have_changed =
             spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
-        // The teardown may hold signals blocked until it is done, so it runs before a diff
-        // that can take a while: kept changes are not recycled in the background anyway.
+        // The teardown may keep signals blocked until it runs. An upper layer with entries may
+        // be kept, which needs no background work, so the teardown runs now, before a diff
+        // that can take a while.
         let teardown = if may_have_changed {
             teardown.run();
             Teardown::none()

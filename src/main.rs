@@ -42,16 +42,8 @@ fn main() -> ExitCode {
     if let Some(code) = refuse_setuid() {
         return code;
     }
-    start_container_mode();
-    let mut args = std::env::args_os().skip(1);
-    if args
-        .next()
-        .is_some_and(|arg| arg == airlock_vm::share::SHARE_ARGUMENT)
-    {
-        let args: Vec<_> = args.collect();
-        let Err(error) = airlock_vm::share::serve(&args);
-        eprintln!("airlock: {}", error_chain(&error));
-        return ExitCode::from(AIRLOCK_FAILED);
+    if let Some(code) = start_internal_mode() {
+        return code;
     }
     let matches = match Cli::command().try_get_matches() {
         Ok(matches) => matches,
@@ -77,16 +69,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts the modes that run inside a container, as its init or as a helper that the host
-/// starts there, when called in the one form that Airlock itself uses. They skip the parser
-/// and the logger, which took about 0.15 ms of an nspawn sandbox's start. Returns for any
-/// other command line, which the parser then takes.
-fn start_container_mode() {
+/// Starts the modes that Airlock starts itself without the parser and the logger: the vm
+/// backend's file share, and the inits and helpers of containers when called in the form
+/// that Airlock uses. The parser took about 0.15 ms of an nspawn sandbox's start. Returns
+/// the file share's exit status, and `None` for a command line that the parser takes.
+fn start_internal_mode() -> Option<ExitCode> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let [mode, share_args @ ..] = args.as_slice() {
+        if mode == airlock_vm::share::SHARE_ARGUMENT {
+            let Err(error) = airlock_vm::share::serve(share_args);
+            eprintln!("airlock: {}", error_chain(&error));
+            return Some(ExitCode::from(AIRLOCK_FAILED));
+        }
+    }
     // An option such as --help goes to the parser, which prints the mode's help.
     let is_option = |arg: &std::ffi::OsString| arg.as_encoded_bytes().starts_with(b"-");
     if args.iter().any(is_option) {
-        return;
+        return None;
     }
     match args.as_slice() {
         [mode] if mode == airlock_nspawn::command::INIT_SUBCOMMAND => airlock_nspawn::init::run(),
@@ -99,7 +98,7 @@ fn start_container_mode() {
         [mode, socket] if mode == airlock_docker::inside::COPY_MODE => {
             airlock_docker::inside::copy(Path::new(socket))
         }
-        _ => {}
+        _ => None,
     }
 }
 
@@ -176,8 +175,8 @@ fn usage_error(error: clap::Error) -> ExitCode {
         Some(ContextValue::String(arg)) => takes_command && !arg.starts_with('-'),
         _ => false,
     };
-    // clap takes a value such as -5M for an option and suggests `-- -5M`, which would make
-    // it the command.
+    // clap reads a value such as -5M as an unknown option and suggests `-- -5M`, which would
+    // make it the command.
     let negative_value = match error.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(arg)) => arg
             .strip_prefix('-')

@@ -179,7 +179,7 @@ fn subcommand_help_starts_with_its_description() {
 /// A hidden container mode called with an option prints its help instead of taking the
 /// option for its socket.
 #[test]
-fn container_mode_help_not_taken_for_socket() {
+fn container_mode_help_not_socket() {
     let output = Command::new(binary())
         .args(["__docker-exec", "--help"])
         .stdin(Stdio::null())

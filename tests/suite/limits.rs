@@ -472,9 +472,8 @@ fn sandbox_cgroups_removed_after_runs() {
     }
 }
 
-/// SIGINT sent to `airlock run` at moments spread over the second half of a run leaves no
-/// cgroup. The last moments fall where it reports the status and hands the cgroup's removal
-/// to a child process, and whichever of the two removes the cgroup, it goes.
+/// SIGINT at moments spread over the second half of `airlock run`, up to where it hands the
+/// cgroup's removal to a child process, leaves no cgroup.
 #[test]
 fn interrupted_runs_leave_no_cgroups() {
     let workspace = Workspace::new(Caller::Root);

@@ -199,10 +199,9 @@ fn set_rlimits(plan: &Plan, nproc_fallback: bool) -> io::Result<()> {
 }
 
 /// Drops every capability of the bounding set, up to the first number the kernel does not
-/// know. Dropping needs CAP_SETPCAP, so a drop that fails for lack of it is checked: a
-/// container engine that dropped every capability leaves its process neither the set nor
-/// CAP_SETPCAP, and a capability already out of the set is fine. Without CAP_SETPCAP the
-/// kernel returns EPERM before it checks the number, so the read finds the end then.
+/// know. A drop that fails for lack of CAP_SETPCAP is fine when the capability is already
+/// out of the set, as in a container whose engine dropped them all. The kernel checks
+/// CAP_SETPCAP before the number, so without it the read finds the end.
 pub fn drop_bounding_set() -> io::Result<()> {
     let unknown = |error: &io::Error| error.raw_os_error() == Some(libc::EINVAL);
     for capability in 0.. {
