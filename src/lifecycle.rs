@@ -22,8 +22,8 @@ use airlock_chroot::ChrootBackend;
 use airlock_core::audit::{self, AuditLog};
 use airlock_core::state::{self, Phase, ProcessRef, Record, SandboxDir, StateDir};
 use airlock_core::{
-    Backend, BackendError, BackendKind, EndReason, ExecCommand, Finished, HeldEnd, RunOptions,
-    SandboxId, Spec, Stats, Teardown, WorkspaceMode,
+    Backend, BackendError, BackendKind, EndReason, ExecCommand, Finished, HeldEnd, Outcome,
+    RunOptions, SandboxId, Spec, Stats, Teardown, WorkspaceMode,
 };
 use airlock_docker::DockerBackend;
 use airlock_namespace::{error_chain, sys, NamespaceBackend};
@@ -159,12 +159,16 @@ fn lossy(args: &[OsString]) -> Vec<String> {
 }
 
 /// Builds the audit fields of a finished command.
-fn exec_fields(argv: &[OsString], started: SystemTime, finished: &Finished) -> Value {
-    let outcome = &finished.outcome;
+fn exec_fields(
+    argv: &[OsString],
+    started: SystemTime,
+    ended: SystemTime,
+    outcome: &Outcome,
+) -> Value {
     json!({
         "argv": lossy(argv),
         "start": audit::format_rfc3339(started),
-        "end": audit::now_rfc3339(),
+        "end": audit::format_rfc3339(ended),
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
         "reason": outcome.reason,
@@ -172,10 +176,117 @@ fn exec_fields(argv: &[OsString], started: SystemTime, finished: &Finished) -> V
     })
 }
 
-/// A sandbox kept after `run` because its workspace changed.
+/// The result of `run` once the command has ended.
 pub struct RunResult {
     pub finished: Finished,
+    /// The id of the sandbox, when it is kept because its workspace changed.
     pub kept: Option<String>,
+    /// The removal of a sandbox that is not kept, still to be done.
+    pub cleanup: Option<RunCleanup>,
+}
+
+/// The audit entries of one run, made only when they are written.
+struct RunEntries {
+    spec: Spec,
+    backend: Selected,
+    created: SystemTime,
+    ended: SystemTime,
+    /// The outcome, or the error that ended the run.
+    result: Result<Outcome, String>,
+    kept: bool,
+}
+
+impl RunEntries {
+    fn into_entries(self) -> Vec<audit::Pending> {
+        let mut created = spec_fields(&self.spec);
+        self.backend.record(&mut created);
+        let mut entries = Vec::with_capacity(4);
+        match &self.result {
+            Ok(outcome) => {
+                created["enforcement"] = json!(outcome.enforcement);
+                created["landlock_abi"] = json!(outcome.landlock_abi);
+                entries.push(audit::Pending::at(self.created, "created", fields(created)));
+                let exec = exec_fields(&self.spec.command, self.created, self.ended, outcome);
+                entries.push(audit::Pending::at(self.ended, "exec", fields(exec)));
+                if outcome.reason != EndReason::Exited {
+                    let limit = json!({ "limit": outcome.reason });
+                    entries.push(audit::Pending::at(self.ended, "limit_hit", fields(limit)));
+                }
+            }
+            Err(error) => {
+                entries.push(audit::Pending::at(self.created, "created", fields(created)));
+                let failed = json!({ "error": error });
+                entries.push(audit::Pending::at(self.ended, "failed", fields(failed)));
+            }
+        }
+        if self.kept {
+            let kept = json!({ "reason": "the workspace changed" });
+            entries.push(audit::Pending::at(self.ended, "kept", fields(kept)));
+        } else {
+            entries.push(audit::Pending::at(self.ended, "removed", Map::new()));
+        }
+        entries
+    }
+}
+
+/// The rest of a run once its command has ended: the backend's teardown, the audit
+/// entries, and the removal or recycling of the sandbox's directory, which stays locked until
+/// then so that `gc` leaves it alone.
+pub struct RunCleanup {
+    state: StateDir,
+    sandbox: SandboxDir,
+    _lock: state::SandboxLock,
+    entries: RunEntries,
+    teardown: Teardown,
+}
+
+impl RunCleanup {
+    /// Runs the clean-up in this process.
+    fn run(self) -> Result<(), BackendError> {
+        let kept = self.entries.kept;
+        self.teardown.run();
+        let id = &self.sandbox.id;
+        AuditLog::open(&self.state.audit_path(id), id)?.append_all(self.entries.into_entries())?;
+        if !kept {
+            self.state.recycle(&self.sandbox)?;
+        }
+        Ok(())
+    }
+
+    /// Exits this process with `code` and leaves the clean-up to a child. The caller then
+    /// gets the command's status without waiting for the removal of cgroups and staging
+    /// directories, the disk sync and the directory operations: about 1 ms on ext4, more
+    /// when the disk was idle. The child takes over this process's memory rather than a copy of
+    /// it, which spares the copy of the page tables and the faults that follow a fork.
+    ///
+    /// Call it last, once every output is written: nothing else runs in this process.
+    pub fn finish_after_exit(self, code: u8) -> ! {
+        let _ = std::io::stdout().flush();
+        // When this process leads the terminal's session, as under `script -c` or in a
+        // terminal emulator, its exit makes the kernel send SIGHUP to the terminal's
+        // foreground process group, which the child is in until its setsid. The child
+        // inherits the ignored disposition, and this process is about to exit anyway.
+        // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+        sys::exit_leaving(
+            code.into(),
+            Box::new(move || {
+                // Detached from the caller's session and streams, so that neither a signal
+                // for the caller's process group nor a reader waiting for end of file on its
+                // output involves the child.
+                let _ = sys::setsid();
+                release_stdio();
+                if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
+                    let _ = sys::dup2(null.as_raw_fd(), 2);
+                }
+                if self.run().is_ok() {
+                    0
+                } else {
+                    1
+                }
+            }),
+        )
+    }
 }
 
 /// One sandbox as `airlock ls` shows it.
@@ -226,6 +337,9 @@ impl Engine {
     /// Its audit entries are written together once the command has ended, with one sync.
     /// Its record is not synced at all unless the sandbox is kept. A run that a crash
     /// interrupts leaves no audit entry, and a directory that `airlock gc` removes.
+    ///
+    /// The removal of a sandbox that is not kept, with the writing of its audit entries, is
+    /// left in [`RunResult::cleanup`], for the caller to finish after printing the result.
     pub fn run(
         &self,
         selected: &Selected,
@@ -243,41 +357,20 @@ impl Engine {
         record.ephemeral = true;
         record.phase = Phase::Ready;
         record.supervisor = ProcessRef::of(std::process::id() as i32);
-        let (sandbox, _lock) = self.state.allocate_volatile(&record)?;
-        let mut created = spec_fields(&spec);
-        selected.record(&mut created);
-        let created_at = audit::Pending::now("created", Map::new());
+        let (sandbox, lock) = self.state.allocate_volatile(&record)?;
+        let created = SystemTime::now();
         let options = RunOptions {
             track_stderr_line,
             id: Some(id),
             layers: Some(sandbox.layers()),
             pinned: None,
         };
-        let started = SystemTime::now();
         let mut result = backend(kind).run(&spec, options);
+        let ended = SystemTime::now();
         let teardown = result
             .as_mut()
             .map(|finished| std::mem::take(&mut finished.teardown))
             .unwrap_or_default();
-        if let Ok(finished) = &result {
-            created["enforcement"] = json!(finished.outcome.enforcement);
-            created["landlock_abi"] = json!(finished.outcome.landlock_abi);
-        }
-        let mut entries = vec![created_at.with_fields(fields(created))];
-        match &result {
-            Ok(finished) => {
-                let exec = exec_fields(&spec.command, started, finished);
-                entries.push(audit::Pending::now("exec", fields(exec)));
-                if finished.outcome.reason != EndReason::Exited {
-                    let limit = json!({ "limit": finished.outcome.reason });
-                    entries.push(audit::Pending::now("limit_hit", fields(limit)));
-                }
-            }
-            Err(error) => {
-                let failed = json!({ "error": error_chain(error.as_ref()) });
-                entries.push(audit::Pending::now("failed", fields(failed)));
-            }
-        }
         let may_have_changed =
             spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
         // The teardown may keep signals blocked until it runs. An upper layer with entries may
@@ -300,66 +393,44 @@ impl Engine {
             record.ephemeral = false;
             record.supervisor = None;
             sandbox.write_record(&record)?;
-            let kept = json!({ "reason": "the workspace changed" });
-            entries.push(audit::Pending::now("kept", fields(kept)));
-        } else {
-            entries.push(audit::Pending::now("removed", Map::new()));
         }
+        let cleanup = RunCleanup {
+            state: self.state.clone(),
+            sandbox,
+            _lock: lock,
+            entries: RunEntries {
+                spec,
+                backend: selected.clone(),
+                created,
+                ended,
+                result: match &result {
+                    Ok(finished) => Ok(finished.outcome.clone()),
+                    Err(error) => Err(error_chain(error.as_ref())),
+                },
+                kept: changed,
+            },
+            teardown,
+        };
+        let finished = match result {
+            Ok(finished) => finished,
+            Err(error) => {
+                cleanup.run()?;
+                return Err(error);
+            }
+        };
         if changed {
-            AuditLog::open(&self.state.audit_path(&record.id), &record.id)?.append_all(entries)?;
-        } else {
-            self.finish_in_background(&sandbox, &record.id, entries, teardown)?;
+            cleanup.run()?;
+            return Ok(RunResult {
+                finished,
+                kept: Some(record.id),
+                cleanup: None,
+            });
         }
         Ok(RunResult {
-            finished: result?,
-            kept: changed.then(|| record.id.clone()),
+            finished,
+            kept: None,
+            cleanup: Some(cleanup),
         })
-    }
-
-    /// Runs the backend's teardown, writes a finished run's audit entries and recycles its
-    /// directory in a child process. The caller then gets the command's status without
-    /// waiting for the removal of cgroups and staging directories, the disk sync and the
-    /// directory operations (about 1 ms on ext4, more when the disk was idle). The child
-    /// keeps the sandbox's lock, which it shares with this process, until it is done, so
-    /// `gc` leaves the directory alone meanwhile. If the fork fails, the work is done here.
-    fn finish_in_background(
-        &self,
-        sandbox: &SandboxDir,
-        id: &str,
-        entries: Vec<audit::Pending>,
-        teardown: Teardown,
-    ) -> Result<(), BackendError> {
-        let finish = |teardown: Teardown| -> Result<(), BackendError> {
-            teardown.run();
-            AuditLog::open(&self.state.audit_path(id), id)?.append_all(entries.clone())?;
-            self.state.recycle(sandbox)?;
-            Ok(())
-        };
-        // When this process leads the terminal's session, as under `script -c` or in a
-        // terminal emulator, its exit makes the kernel send SIGHUP to the terminal's
-        // foreground process group, which the child is in until its setsid. The child
-        // inherits the ignored disposition, and this process is about to exit anyway.
-        // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
-        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
-        match sys::clone_process(0, None) {
-            Ok(0) => {
-                // Detached from the caller's session and streams, so that neither a signal
-                // for the caller's process group nor a reader waiting for end of file on
-                // its output involves this process.
-                let _ = sys::setsid();
-                release_stdio();
-                if let Ok(null) = sys::open(Path::new("/dev/null"), libc::O_RDWR) {
-                    let _ = sys::dup2(null.as_raw_fd(), 2);
-                }
-                let code = if finish(teardown).is_ok() { 0 } else { 1 };
-                sys::exit_now(code)
-            }
-            Ok(_) => {
-                teardown.hand_over();
-                Ok(())
-            }
-            Err(_) => finish(teardown),
-        }
     }
 
     /// Rejects a workspace that is, contains or lies inside the state directory.
@@ -386,7 +457,12 @@ impl Engine {
         started: SystemTime,
         finished: &Finished,
     ) -> Result<(), BackendError> {
-        self.log(id, "exec", exec_fields(argv, started, finished))?;
+        let ended = SystemTime::now();
+        self.log(
+            id,
+            "exec",
+            exec_fields(argv, started, ended, &finished.outcome),
+        )?;
         if finished.outcome.reason != EndReason::Exited {
             self.log(id, "limit_hit", json!({ "limit": finished.outcome.reason }))?;
         }

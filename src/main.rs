@@ -441,6 +441,9 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
                     "airlock: the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"
                 );
             }
+            if let Some(cleanup) = result.cleanup {
+                cleanup.finish_after_exit(code);
+            }
             Ok(code)
         }
         Action::Create { backend, spec } => {

@@ -277,16 +277,17 @@ impl Pending {
     /// Makes an entry stamped with the current time. `fields` must not contain environment
     /// values.
     pub fn now(event: &str, fields: Map<String, Value>) -> Pending {
+        Pending::at(SystemTime::now(), event, fields)
+    }
+
+    /// Makes an entry stamped with `time`, for an event that happened before the entry is
+    /// made. `fields` must not contain environment values.
+    pub fn at(time: SystemTime, event: &str, fields: Map<String, Value>) -> Pending {
         Pending {
-            time: now_rfc3339(),
+            time: format_rfc3339(time),
             event: event.to_owned(),
             fields,
         }
-    }
-
-    /// Returns the same entry, at the same time, with `fields`, which are known only later.
-    pub fn with_fields(self, fields: Map<String, Value>) -> Pending {
-        Pending { fields, ..self }
     }
 }
 

@@ -156,16 +156,67 @@ extern "C" fn hold_until_released(arg: *mut libc::c_void) -> libc::c_int {
     0
 }
 
-/// An anonymous mapping for a child's stack. The kernel fills its pages with zeros when they
-/// are first touched, so a child that uses a few kilobytes costs a few page faults. A zeroed
-/// heap buffer of the same size would fault in every page before the child starts.
+/// Exits this process with status `code` and leaves `work` to a new child process that
+/// takes over this process's memory, as a thread would, and exits with what `work` returns.
+/// Unlike a fork, this copies no page tables and costs no copy-on-write faults, and the exit
+/// of this process unmaps nothing, since the child still uses the memory. If the child
+/// cannot be started, `work` runs here before the exit.
+///
+/// The caller must be single-threaded and must have written all of its output: once the
+/// child exists, this process runs nothing but its exit, so no destructor or flush runs.
+pub fn exit_leaving(code: libc::c_int, work: Box<dyn FnOnce() -> libc::c_int>) -> ! {
+    /// As large as a main thread's default stack; only the pages the work touches are used.
+    const HEIR_STACK_SIZE: usize = 8 << 20;
+    let Ok(stack) = Stack::new(HEIR_STACK_SIZE) else {
+        work();
+        exit_now(code);
+    };
+    let arg = Box::into_raw(Box::new(work)).cast::<libc::c_void>();
+    let flags = libc::CLONE_VM | libc::SIGCHLD;
+    // SAFETY: `stack.top()` is the top of a live mapping that only the child uses, and it is
+    // never unmapped, since neither process returns. `arg` owns the boxed work, which the
+    // child takes over; from here on this process touches no memory but its own stack.
+    let pid = unsafe { libc::clone(run_heir, stack.top(), flags, arg) };
+    if pid < 0 {
+        // SAFETY: no child started, so `arg` is still the pointer made by `Box::into_raw`
+        // above, and nothing else owns it.
+        let work = unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce() -> libc::c_int>>()) };
+        work();
+        exit_now(code);
+    }
+    // SAFETY: clearing the address that the kernel zeroes at exit keeps this exit from
+    // writing to the C library's thread data, which the child now uses. Both calls take
+    // plain values, and exit_group does not return.
+    unsafe {
+        libc::syscall(libc::SYS_set_tid_address, 0usize);
+        libc::syscall(libc::SYS_exit_group, code);
+    }
+    unreachable!("exit_group returned")
+}
+
+/// The body of [`exit_leaving`]'s child.
+extern "C" fn run_heir(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the pointer that `exit_leaving` made with `Box::into_raw` and handed
+    // to this child alone.
+    let work = unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce() -> libc::c_int>>()) };
+    exit_now(work())
+}
+
+/// An anonymous mapping for a child's stack, with an inaccessible page below it so that an
+/// overflow faults instead of writing over other memory. The kernel fills its pages with
+/// zeros when they are first touched, so a child that uses a few kilobytes costs a few page
+/// faults. A zeroed heap buffer of the same size would fault in every page before the child
+/// starts.
 pub struct Stack {
     base: *mut libc::c_void,
     len: usize,
 }
 
 impl Stack {
+    /// Maps a stack of `len` bytes, plus its guard page.
     pub fn new(len: usize) -> io::Result<Stack> {
+        const GUARD: usize = 4096;
+        let len = len + GUARD;
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE;
         let protection = libc::PROT_READ | libc::PROT_WRITE;
         // SAFETY: an anonymous mapping at an address of the kernel's choice touches no
@@ -174,7 +225,12 @@ impl Stack {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Stack { base, len })
+        let stack = Stack { base, len };
+        // SAFETY: the first page lies inside the mapping made above, which nothing uses yet.
+        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
     }
 
     /// Returns the highest address of the stack, 16-byte aligned, where an x86-64 stack starts.
