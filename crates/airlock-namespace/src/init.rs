@@ -367,17 +367,16 @@ fn supervise(workload: libc::pid_t, signals: &libc::sigset_t, report: RawFd, gra
 }
 
 /// Kills everything left in the sandbox, reaps it, leaves the cgroup so the launcher can
-/// remove it at once, and reports the workload's status.
+/// remove it at once, and reports the workload's peak memory and status.
 fn finish(status: libc::c_int, report: RawFd, grant: &Grant) -> ! {
     let _ = sys::kill(-1, libc::SIGKILL);
     while sys::waitpid(-1, 0).is_ok() {}
-    Report::Usage {
+    let usage = Report::Usage {
         max_rss: sys::children_max_rss(),
-    }
-    .send(report);
+    };
     // A failure only delays the removal: the launcher then waits for this process to exit.
     let _ = grant.leave();
-    let message = if libc::WIFSIGNALED(status) {
+    let status = if libc::WIFSIGNALED(status) {
         Report::Signaled {
             signal: libc::WTERMSIG(status),
         }
@@ -386,6 +385,10 @@ fn finish(status: libc::c_int, report: RawFd, grant: &Grant) -> ! {
             code: libc::WEXITSTATUS(status),
         }
     };
-    message.send(report);
+    // The launcher waits for this report to return the status, and nothing waits for this
+    // process's exit. At the lowest priority, the launcher takes the CPU as soon as the report
+    // wakes it, rather than after this exit, which tears down the namespaces.
+    let _ = sys::lowest_priority();
+    Report::send_all(&[usage, status], report);
     sys::exit_now(0)
 }

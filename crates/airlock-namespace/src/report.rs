@@ -38,10 +38,18 @@ pub enum Report {
 impl Report {
     /// Writes the report as one line. Reports are small, so one write is atomic on a pipe.
     pub fn send(&self, fd: RawFd) {
-        let mut line = serde_json::to_vec(self).expect("reports always serialize");
-        line.push(b'\n');
+        Report::send_all(std::slice::from_ref(self), fd);
+    }
+
+    /// Writes `reports` as lines in one write, so that the reader wakes once for them all.
+    pub fn send_all(reports: &[Report], fd: RawFd) {
+        let mut lines = Vec::new();
+        for report in reports {
+            serde_json::to_writer(&mut lines, report).expect("reports always serialize");
+            lines.push(b'\n');
+        }
         // Nothing useful can be done if the launcher is gone, so a failed write is dropped.
-        let _ = sys::write_all(fd, &line);
+        let _ = sys::write_all(fd, &lines);
     }
 }
 

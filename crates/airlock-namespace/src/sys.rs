@@ -982,6 +982,24 @@ pub fn execve(program: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Moves this process to SCHED_IDLE, the policy that yields to every other process, as a
+/// process may do without privilege.
+pub fn lowest_priority() -> io::Result<()> {
+    // The kernel's struct sched_param holds the priority alone, which SCHED_IDLE sets to 0.
+    let priority: libc::c_int = 0;
+    // The system call, since musl's sched_setscheduler only returns ENOSYS.
+    // SAFETY: `priority` is a valid struct sched_param for the kernel and outlives the call.
+    let policy = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &priority as *const libc::c_int,
+        )
+    };
+    check_long(policy).map(drop)
+}
+
 /// Exits at once, without running destructors or flushing stdio buffers that belong to the
 /// parent's copy of this process.
 pub fn exit_now(code: libc::c_int) -> ! {
