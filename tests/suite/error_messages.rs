@@ -193,6 +193,23 @@ fn container_mode_help_not_socket() {
     );
 }
 
+/// The nspawn container's init, started by hand without the descriptors that Airlock passes
+/// it, says what it is instead of failing silently.
+#[test]
+fn nspawn_init_by_hand_explains_itself() {
+    let output = Command::new(binary())
+        .arg("__nspawn-init")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run airlock __nspawn-init");
+    let context = describe(&output);
+    assert_eq!(output.status.code(), Some(125), "{context}");
+    assert!(
+        stderr(&output).contains("not a command to run by hand"),
+        "{context}"
+    );
+}
+
 /// A negative value after an option gets no advice to put it after `--`, which would make it
 /// the command.
 #[test]

@@ -73,6 +73,13 @@ fn step<T>(result: io::Result<T>, name: &'static str) -> StepResult<T> {
 
 /// Runs as the container's PID 1; never returns.
 pub fn run() -> ! {
+    if !sys::fd_is_open(PLAN_FD) || !sys::fd_is_open(REPORT_FD) {
+        eprintln!(
+            "airlock: {} is the init that `airlock run --backend nspawn` starts in its container, with the plan on descriptor {PLAN_FD} and the report on {REPORT_FD}; it is not a command to run by hand",
+            crate::command::INIT_SUBCOMMAND
+        );
+        sys::exit_now(airlock_core::exit::AIRLOCK_FAILED.into())
+    }
     match set_up() {
         Ok(plan) if plan.argv.is_empty() => hold(),
         Ok(plan) if plan.terminal => {
