@@ -1,7 +1,7 @@
 //! `airlock cp` failures and the entries it cannot copy, on the namespace backend (as root
 //! and as the unprivileged test user) and on the chroot backend. A failed write in the
-//! sandbox exits 125 with that write's error and leaves nothing at the target. Symlink
-//! targets arrive byte for byte.
+//! sandbox exits 125 with that write's error and leaves nothing at the target, and so does a
+//! target that ends with '/' but is no directory. Symlink targets arrive byte for byte.
 
 use std::fs;
 use std::path::Path;
@@ -77,6 +77,39 @@ fn cp_into_full_tmp_leaves_nothing() {
         );
         let left = exec_sh(caller, workspace.path(), &id, "ls -A /tmp");
         assert_eq!(stdout(&left), "", "{context}\n{}", describe(&left));
+        remove(caller, workspace.path(), &id);
+    }
+}
+
+/// A target that ends with '/' names a directory, as for cp(1): when none is there, the copy
+/// fails in both directions instead of creating a file of that name.
+#[test]
+fn cp_to_missing_directory_with_slash_fails() {
+    for (caller, backend) in sandboxes() {
+        let workspace = Workspace::new(caller);
+        let id = create(caller, workspace.path(), backend);
+        fs::write(workspace.path().join("note"), "hello\n").expect("write note");
+
+        let into = run(
+            caller,
+            &["cp", "note", &format!("{id}:/tmp/missing/")],
+            workspace.path(),
+        );
+        let context = format!("{caller:?} {backend:?}: {}", describe(&into));
+        assert_eq!(into.status.code(), Some(125), "{context}");
+        assert!(stderr(&into).contains("no directory"), "{context}");
+        let left = exec_sh(caller, workspace.path(), &id, "ls -A /tmp");
+        assert_eq!(stdout(&left), "", "{context}\n{}", describe(&left));
+
+        let out = run(
+            caller,
+            &["cp", &format!("{id}:/workspace/note"), "missing/"],
+            workspace.path(),
+        );
+        let context = format!("{caller:?} {backend:?}: {}", describe(&out));
+        assert_eq!(out.status.code(), Some(125), "{context}");
+        assert!(stderr(&out).contains("no directory"), "{context}");
+        assert!(!workspace.path().join("missing").exists(), "{context}");
         remove(caller, workspace.path(), &id);
     }
 }

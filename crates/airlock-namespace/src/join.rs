@@ -642,6 +642,14 @@ pub fn copy_destination(
     if is_dir(target) {
         return Ok((target.to_owned(), file_name(source)?));
     }
+    if crate::unpack::names_directory(target) {
+        return Err(Error::Copy {
+            step: "name the copy".into(),
+            cause: format!(
+                "{target:?} ends with '/' but is no directory; create the directory first, or leave out the '/' to give the copy that name"
+            ),
+        });
+    }
     let parent = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),

@@ -33,6 +33,13 @@ pub fn new_token() -> String {
 /// are rejected, but symlinks in the stream are followed by later entries, so this is for
 /// the inside of a sandbox, never for the host.
 pub fn unpack_staged(source: impl Read, target: &Path, token: &str) -> io::Result<()> {
+    if names_directory(target) && !target.is_dir() {
+        let message = format!(
+            "cannot write {}: it ends with '/' but is no directory; create the directory first, or leave out the '/' to give the copy that name",
+            target.display()
+        );
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, message));
+    }
     let (dir, new_name) = destination(target);
     let staging = staging_path(&dir, token)?;
     create_staging(&staging, target)?;
@@ -53,6 +60,11 @@ pub fn remove_staging(target: &Path, token: &str) -> io::Result<()> {
         Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
     }
+}
+
+/// Returns whether `path` ends with '/', which, as for cp(1), asks for an existing directory.
+pub fn names_directory(path: &Path) -> bool {
+    path.as_os_str().as_encoded_bytes().ends_with(b"/")
 }
 
 /// Returns the directory that receives the copy and, unless the copy goes into `target`,
