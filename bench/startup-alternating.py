@@ -7,7 +7,7 @@ once, forward in even rounds and backward in odd ones, so a loaded machine weigh
 them alike. It prints each command's median, 10th and 90th percentiles.
 
 Usage: bench/startup-alternating.py BEFORE AFTER [--rounds N] [--pause SECONDS]
-                                     [--backend chroot --rootfs DIR]
+                                     [--backend chroot --rootfs DIR] [--user USER]
 
   BEFORE     the Airlock binary to compare against
   AFTER      the Airlock binary under test
@@ -17,6 +17,9 @@ Usage: bench/startup-alternating.py BEFORE AFTER [--rounds N] [--pause SECONDS]
   --backend  namespace (default) or chroot
   --rootfs   the root filesystem for the chroot backend and chroot(8) (default
              /var/cache/airlock-tests/rootfs-bookworm, which scripts/test builds)
+  --user     run every command as this ordinary user, with a workspace and a state
+             directory it owns (the namespace backend only; both binaries must be
+             executable by the user)
 
 For the namespace backend, the commands are `airlock run -- /bin/true` for both builds,
 `airlock run --workspace-mode bind -- /bin/true` for AFTER, and bwrap with the read-only root
@@ -30,6 +33,7 @@ installed, on a merged-/usr host (/bin, /sbin and /lib* are symlinks into /usr).
 
 import argparse
 import os
+import pwd
 import statistics
 import subprocess
 import tempfile
@@ -56,9 +60,25 @@ def main():
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--backend", choices=["namespace", "chroot"], default="namespace")
     parser.add_argument("--rootfs", default="/var/cache/airlock-tests/rootfs-bookworm")
+    parser.add_argument("--user")
     arguments = parser.parse_args()
+    if arguments.user and arguments.backend != "namespace":
+        parser.error("--user works with the namespace backend only")
 
-    with tempfile.TemporaryDirectory(prefix="airlock-bench-") as workspace:
+    with tempfile.TemporaryDirectory(prefix="airlock-bench-") as workspace, \
+            tempfile.TemporaryDirectory(prefix="airlock-bench-state-") as state:
+        identity = {}
+        environment = None
+        if arguments.user:
+            account = pwd.getpwnam(arguments.user)
+            for directory in (workspace, state):
+                os.chown(directory, account.pw_uid, account.pw_gid)
+            identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+            environment = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": state,
+                "AIRLOCK_STATE_DIR": state,
+            }
         os.chdir(workspace)
         if arguments.backend == "chroot":
             options = ["--backend", "chroot", "--rootfs", arguments.rootfs]
@@ -87,12 +107,16 @@ def main():
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     check=True,
+                    env=environment,
+                    **identity,
                 )
                 times[name].append((time.perf_counter() - start) * 1000)
 
     spacing = f", {arguments.pause} s before each run" if arguments.pause else ""
+    caller = f", as {arguments.user}" if arguments.user else ""
     print(
-        f"{arguments.rounds} rounds{spacing}, load average {os.getloadavg()[0]:.2f} at the end"
+        f"{arguments.rounds} rounds{spacing}{caller}, "
+        f"load average {os.getloadavg()[0]:.2f} at the end"
     )
     print(f"| command | median (ms) | p10 (ms) | p90 (ms) | median minus {peer[0]} per round (ms) |")
     print("|---|---:|---:|---:|---:|")
