@@ -253,21 +253,23 @@ impl RunCleanup {
         Ok(())
     }
 
-    /// Exits this process with `code` and leaves the clean-up to a child. The caller then
-    /// gets the command's status without waiting for the removal of cgroups and staging
-    /// directories, the disk sync and the directory operations: about 1 ms on ext4, more
-    /// when the disk was idle. The child takes over this process's memory rather than a copy of
-    /// it, which spares the copy of the page tables and the faults that follow a fork.
+    /// Finishes the clean-up, in most cases after this process exits with `code`: a child
+    /// does it then, so that the caller gets the command's status without waiting for the
+    /// removal of cgroups and staging directories, the disk sync and the directory
+    /// operations, about 1 ms on ext4 and more when the disk was idle. The child takes over
+    /// this process's memory rather than a copy of it, which spares the copy of the page
+    /// tables and the faults that follow a fork.
     ///
-    /// Call it last, once every output is written: nothing else runs in this process.
-    pub fn finish_after_exit(self, code: u8) -> ! {
+    /// Call it last, once every output is written: nothing else runs in this process unless
+    /// the clean-up runs here. That happens for the PID 1 of a PID namespace, whose exit
+    /// would end the child, and for a process with other threads, which its exit would end
+    /// wherever they are, such as inside the allocator. Then this returns once it is done.
+    pub fn finish(self, code: u8) -> Result<(), BackendError> {
+        let alone = std::process::id() != 1 && sys::thread_count() == Some(1);
+        if !alone {
+            return self.run();
+        }
         let _ = std::io::stdout().flush();
-        // When this process leads the terminal's session, as under `script -c` or in a
-        // terminal emulator, its exit makes the kernel send SIGHUP to the terminal's
-        // foreground process group, which the child is in until its setsid. The child
-        // inherits the ignored disposition, and this process is about to exit anyway.
-        // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
-        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         sys::exit_leaving(
             code.into(),
             Box::new(move || {
@@ -367,6 +369,12 @@ impl Engine {
         };
         let mut result = backend(kind).run(&spec, options);
         let ended = SystemTime::now();
+        // The command has ended. From now on a signal for the caller's process group must not
+        // end this process or the clean-up child before the audit entries are written: a
+        // Ctrl-C that a terminal sends to the whole group, or the SIGHUP that the kernel sends
+        // to the terminal's foreground group when this process leads the session and exits,
+        // which the child is in until its setsid.
+        sys::ignore_interruptions();
         let teardown = result
             .as_mut()
             .map(|finished| std::mem::take(&mut finished.teardown))

@@ -435,14 +435,10 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             warn_about(selected.kind, &spec);
             let advice = install_advice(&spec);
             let result = engine.run(&selected, spec, json)?;
-            let code = report(&result.finished, json, EndReason::message, &advice);
-            if let Some(id) = result.kept {
-                eprintln!(
-                    "airlock: the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"
-                );
-            }
+            let kept = Some(result.kept.as_deref());
+            let code = report(&result.finished, json, EndReason::message, &advice, kept);
             if let Some(cleanup) = result.cleanup {
-                cleanup.finish_after_exit(code);
+                cleanup.finish(code)?;
             }
             Ok(code)
         }
@@ -461,7 +457,13 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
         Action::Exec { sandbox, command } => {
             let finished = engine.exec(&sandbox, command, json)?;
             let advice = "install it in the sandbox's root file system";
-            Ok(report(&finished, json, EndReason::exec_message, advice))
+            Ok(report(
+                &finished,
+                json,
+                EndReason::exec_message,
+                advice,
+                None,
+            ))
         }
         Action::List => {
             let listed = engine.list()?;
@@ -928,11 +930,15 @@ fn install_advice(spec: &Spec) -> String {
 
 /// Prints what the caller should know after the command's own output; returns the exit
 /// status. `advice` names the way to provide a command that was not found.
+///
+/// `kept` is given for `run`: the id of the sandbox when it was kept for its workspace
+/// changes, which the `--json` record states too, as its last line on stderr.
 fn report(
     finished: &Finished,
     json: bool,
     describe: fn(EndReason) -> Option<&'static str>,
     advice: &str,
+    kept: Option<Option<&str>>,
 ) -> u8 {
     let outcome = &finished.outcome;
     let mut stderr = std::io::stderr().lock();
@@ -954,8 +960,14 @@ fn report(
     if let Some(message) = describe(outcome.reason) {
         say(message.to_owned());
     }
+    if let Some(Some(id)) = kept {
+        say(format!("the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"));
+    }
     if json {
-        let record = serde_json::to_string(outcome).expect("outcomes always serialize");
+        let mut record = serde_json::to_value(outcome).expect("outcomes always serialize");
+        if let Some(kept) = kept {
+            record["kept"] = kept.is_some().into();
+        }
         let separator = if line_open { "\n" } else { "" };
         let _ = writeln!(stderr, "{separator}{record}");
     }

@@ -17,6 +17,7 @@ mod probe;
 mod real_project;
 mod risk;
 mod rootfs;
+mod run_cleanup;
 mod smoke;
 mod targets;
 mod vm;

@@ -385,10 +385,6 @@ fn finish(status: libc::c_int, report: RawFd, grant: &Grant) -> ! {
             code: libc::WEXITSTATUS(status),
         }
     };
-    // The launcher waits for this report to return the status, and nothing waits for this
-    // process's exit. At the lowest priority, the launcher takes the CPU as soon as the report
-    // wakes it, rather than after this exit, which tears down the namespaces.
-    let _ = sys::lowest_priority();
     Report::send_all(&[usage, status], report);
     sys::exit_now(0)
 }

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec, WorkspaceMode};
 
@@ -200,12 +200,43 @@ fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), E
         .map_err(|unmet| Error::WeakerThanRequired { unmet })
 }
 
-/// A cgroup that the sandbox has left, and the launcher's signal mask, which stays blocked
-/// until the cgroup is removed. Fields drop in order, so dropping it removes the cgroup,
-/// then restores the mask.
-struct VacatedCgroup {
-    _cgroup: Cgroup,
-    _restore_mask: RestoreMask,
+/// What a finished sandbox leaves: its init, still tearing down its namespaces, the cgroup
+/// it has left, and the launcher's signal mask, which stays blocked until the cgroup is
+/// removed. Fields drop in order, so dropping it waits for the init's exit, removes the
+/// cgroup, then restores the mask.
+struct Leftovers {
+    _init: ExitingInit,
+    _cgroup: Option<Cgroup>,
+    _restore_mask: Option<RestoreMask>,
+}
+
+/// An init that has sent its final report and is exiting. Dropping it waits for the exit,
+/// at most [`INIT_EXIT_WAIT`]: the exit unmounts the sandbox's overlay, whose layers the
+/// caller may hand to the next sandbox once the teardown has run.
+struct ExitingInit {
+    pidfd: OwnedFd,
+}
+
+/// How long the teardown waits for a finished init to exit, which takes about a millisecond.
+const INIT_EXIT_WAIT: Duration = Duration::from_secs(10);
+
+impl Drop for ExitingInit {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + INIT_EXIT_WAIT;
+        loop {
+            let mut fds = [libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let millis = left.as_millis().min(1000) as libc::c_int;
+            match sys::poll(&mut fds, millis) {
+                Ok(0) if !left.is_zero() => continue,
+                _ => break,
+            }
+        }
+    }
 }
 
 /// Restores the launcher's signal mask when dropped.
@@ -608,16 +639,21 @@ pub fn run(spec: &Spec, options: RunOptions) -> Result<Finished, Error> {
     // The caller can report the status before the cgroup's removal, which waits for the
     // host's cgroup lock. Signals stay blocked until then, so that one arriving now cannot
     // end this process with the cgroup still there.
-    let teardown = match ended.cgroup_to_remove.take() {
-        Some(cgroup) => airlock_core::Teardown::later(VacatedCgroup {
-            _cgroup: cgroup,
-            _restore_mask: restore_mask,
-        }),
+    let cgroup = ended.cgroup_to_remove.take();
+    let restore_mask = match cgroup {
+        Some(_) => Some(restore_mask),
         None => {
             drop(restore_mask);
-            airlock_core::Teardown::none()
+            None
         }
     };
+    let teardown = airlock_core::Teardown::later(Leftovers {
+        _init: ExitingInit {
+            pidfd: sandbox.pidfd.try_clone().map_err(Error::Wait)?,
+        },
+        _cgroup: cgroup,
+        _restore_mask: restore_mask,
+    });
 
     let outcome = outcome::build(spec, &id, enforcement, ended, started)?;
     tracing::info!(

@@ -162,8 +162,9 @@ extern "C" fn hold_until_released(arg: *mut libc::c_void) -> libc::c_int {
 /// of this process unmaps nothing, since the child still uses the memory. If the child
 /// cannot be started, `work` runs here before the exit.
 ///
-/// The caller must be single-threaded and must have written all of its output: once the
-/// child exists, this process runs nothing but its exit, so no destructor or flush runs.
+/// The caller must be single-threaded, since the exit ends its other threads wherever they
+/// are, and must have written all of its output: once the child exists, this process runs
+/// nothing but its exit, so no destructor or flush runs.
 pub fn exit_leaving(code: libc::c_int, work: Box<dyn FnOnce() -> libc::c_int>) -> ! {
     /// As large as a main thread's default stack; only the pages the work touches are used.
     const HEIR_STACK_SIZE: usize = 8 << 20;
@@ -185,21 +186,49 @@ pub fn exit_leaving(code: libc::c_int, work: Box<dyn FnOnce() -> libc::c_int>) -
         exit_now(code);
     }
     // SAFETY: clearing the address that the kernel zeroes at exit keeps this exit from
-    // writing to the C library's thread data, which the child now uses. Both calls take
-    // plain values, and exit_group does not return.
-    unsafe {
-        libc::syscall(libc::SYS_set_tid_address, 0usize);
-        libc::syscall(libc::SYS_exit_group, code);
-    }
-    unreachable!("exit_group returned")
+    // writing to the C library's thread data, which the child now uses. The call takes a
+    // plain value.
+    unsafe { libc::syscall(libc::SYS_set_tid_address, 0usize) };
+    exit_group(code)
 }
 
 /// The body of [`exit_leaving`]'s child.
 extern "C" fn run_heir(arg: *mut libc::c_void) -> libc::c_int {
+    // The C library's thread data still names the parent's thread, so its abort, which a
+    // panic ends in, would send SIGABRT to that thread id, which another process may hold
+    // by then. A panic ends this child with an exit instead.
+    std::panic::set_hook(Box::new(|_| exit_group(HEIR_PANICKED)));
     // SAFETY: `arg` is the pointer that `exit_leaving` made with `Box::into_raw` and handed
     // to this child alone.
     let work = unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce() -> libc::c_int>>()) };
     exit_now(work())
+}
+
+/// Exit status of [`exit_leaving`]'s child when its work panicked, as a Rust program's.
+const HEIR_PANICKED: libc::c_int = 101;
+
+/// Ends the process with `code` through the system call alone.
+fn exit_group(code: libc::c_int) -> ! {
+    // SAFETY: exit_group takes a plain value and does not return.
+    unsafe { libc::syscall(libc::SYS_exit_group, code) };
+    unreachable!("exit_group returned")
+}
+
+/// Returns how many threads this process has, from /proc/self/stat.
+pub fn thread_count() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command's name, which may contain spaces, start with the third.
+    let (_, fields) = stat.rsplit_once(')')?;
+    fields.split_whitespace().nth(17)?.parse().ok()
+}
+
+/// Ignores the signals that end a process by default and that a terminal or a process
+/// group sends: SIGHUP, SIGINT, SIGQUIT and SIGTERM. Pending ones are discarded.
+pub fn ignore_interruptions() {
+    for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+        // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
 }
 
 /// An anonymous mapping for a child's stack, with an inaccessible page below it so that an
@@ -980,24 +1009,6 @@ pub fn execve(program: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     // strings that outlive the call.
     unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     io::Error::last_os_error()
-}
-
-/// Moves this process to SCHED_IDLE, the policy that yields to every other process, as a
-/// process may do without privilege.
-pub fn lowest_priority() -> io::Result<()> {
-    // The kernel's struct sched_param holds the priority alone, which SCHED_IDLE sets to 0.
-    let priority: libc::c_int = 0;
-    // The system call, since musl's sched_setscheduler only returns ENOSYS.
-    // SAFETY: `priority` is a valid struct sched_param for the kernel and outlives the call.
-    let policy = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setscheduler,
-            0,
-            libc::SCHED_IDLE,
-            &priority as *const libc::c_int,
-        )
-    };
-    check_long(policy).map(drop)
 }
 
 /// Exits at once, without running destructors or flushing stdio buffers that belong to the
