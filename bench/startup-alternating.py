@@ -34,6 +34,7 @@ installed, on a merged-/usr host (/bin, /sbin and /lib* are symlinks into /usr).
 import argparse
 import os
 import pwd
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -65,8 +66,31 @@ def main():
     if arguments.user and arguments.backend != "namespace":
         parser.error("--user works with the namespace backend only")
 
-    with tempfile.TemporaryDirectory(prefix="airlock-bench-") as workspace, \
-            tempfile.TemporaryDirectory(prefix="airlock-bench-state-") as state:
+    state = tempfile.mkdtemp(prefix="airlock-bench-state-")
+    try:
+        time_rounds(arguments, state)
+    finally:
+        remove_state(state)
+
+
+def remove_state(state):
+    """Removes the state directory once the last runs' clean-up children are done with it."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            shutil.rmtree(state)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def time_rounds(arguments, state):
+    """Times the rounds and prints the table; the state directory is for --user."""
+    with tempfile.TemporaryDirectory(prefix="airlock-bench-") as workspace:
         identity = {}
         environment = None
         if arguments.user:
