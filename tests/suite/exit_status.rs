@@ -571,3 +571,40 @@ fn unreadable_workspace_rejected() {
     assert!(message.contains("cannot be read by this user"), "{message}");
     assert_eq!(message.lines().count(), 1, "{message}");
 }
+
+/// Output that cannot be written, as to a full device, is reported on stderr instead of being
+/// dropped without a word; a reader that went away, as in `| head`, is not.
+#[test]
+fn unwritable_output_reported() {
+    for caller in CALLERS {
+        let workspace = Workspace::new(caller);
+        let (script, _delegation) =
+            airlock_shell_command(caller, &[], &["run", "--", "echo", "hi"]);
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{script} > /dev/full"))
+            .current_dir(workspace.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock");
+        let context = format!("{caller:?}: {}", describe(&output));
+        assert_eq!(output.status.code(), Some(0), "{context}");
+        assert!(
+            stderr(&output).contains("cannot write the command's stdout"),
+            "{context}"
+        );
+        assert!(stderr(&output).contains("No space left"), "{context}");
+
+        let (script, _delegation) =
+            airlock_shell_command(caller, &[], &["run", "--", "seq", "1", "100000"]);
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{script} | head -c 1 > /dev/null"))
+            .current_dir(workspace.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run airlock");
+        let context = format!("{caller:?}: {}", describe(&output));
+        assert!(!stderr(&output).contains("cannot write"), "{context}");
+    }
+}

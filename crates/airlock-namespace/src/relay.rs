@@ -117,12 +117,31 @@ impl Pump {
                 self.last_byte = Some(self.buffer[self.start - 1]);
             }
             Err(error) if retry(&error) => {}
-            Err(_) => {
+            Err(error) => {
+                // A reader that went away is the usual end of a pipeline, as for `| head`.
+                // Any other failure loses output the caller expects, so a warning names it.
+                if !self.is_input && error.kind() != io::ErrorKind::BrokenPipe {
+                    warn_output_lost(self.sink, &error);
+                }
                 self.sink_broken = true;
                 self.start = self.end;
             }
         }
     }
+}
+
+/// Warns on stderr that writing the command's output to `sink` failed with
+/// `error`, so the rest of that stream is dropped. The command's exit status stays its own.
+fn warn_output_lost(sink: RawFd, error: &io::Error) {
+    let stream = match sink {
+        1 => "stdout",
+        2 => "stderr",
+        _ => "output",
+    };
+    let message = format!(
+        "airlock: cannot write the command's {stream}: {error}; the rest of it is dropped\n"
+    );
+    let _ = sys::write_all(2, message.as_bytes());
 }
 
 fn retry(error: &io::Error) -> bool {
