@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use airlock_core::size::{self, format_bytes};
 use airlock_core::spec::{
-    self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE, MAX_PIDS, MIN_MEMORY,
+    self, DEFAULT_MEMORY, DEFAULT_PIDS, DEFAULT_TMP_SIZE, MAX_PIDS, MIN_MEMORY, MIN_TMP_SIZE,
 };
 use airlock_core::specfile::{self, SpecFileError};
 use airlock_core::{
@@ -493,7 +493,10 @@ fn parse_memory(value: &str) -> Result<String, String> {
 }
 
 fn parse_tmp_size(value: &str) -> Result<String, String> {
-    size::parse_bytes("tmp size", value).map_err(|error| error.to_string())?;
+    let bytes = size::parse_bytes("tmp size", value).map_err(|error| error.to_string())?;
+    if bytes < MIN_TMP_SIZE {
+        return Err(spec::tmp_size_too_small(value));
+    }
     Ok(value.to_owned())
 }
 

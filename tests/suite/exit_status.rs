@@ -459,8 +459,9 @@ fn invalid_input_rejected_with_one_line() {
         fs::write(&file, "").expect("write file");
         let missing = missing.to_str().expect("UTF-8 path");
         let file = file.to_str().expect("UTF-8 path");
-        let cases: [(&[&str], &str); 8] = [
+        let cases: [(&[&str], &str); 9] = [
             (&["run"], "no command"),
+            (&["run", "--tmp-size", "512", "--", "true"], "512"),
             (&["run", "--bogus", "--", "true"], "--bogus"),
             (&["run", "--workspace", missing, "--", "true"], missing),
             (&["run", "--workspace", file, "--", "true"], file),

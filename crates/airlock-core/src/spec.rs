@@ -16,6 +16,18 @@ pub const DEFAULT_PIDS: u64 = 1024;
 pub const MAX_PIDS: u64 = (1 << 22) - 1;
 /// Smallest memory limit: less cannot start a dynamically linked command and its init.
 pub const MIN_MEMORY: u64 = 16 << 20;
+
+/// Describes a `--tmp-size` below [`MIN_TMP_SIZE`], as given in `value`.
+pub fn tmp_size_too_small(value: &str) -> String {
+    format!(
+        "tmp size {value} is too small: /tmp needs at least {}; give a unit, as in 512M",
+        crate::size::format_bytes(MIN_TMP_SIZE)
+    )
+}
+
+/// The smallest `/tmp` a sandbox gets: a bare number is bytes, so this catches a size given
+/// without its unit, such as `512` for 512M.
+pub const MIN_TMP_SIZE: u64 = 1 << 20;
 /// Default size of the sandbox's private /tmp.
 pub const DEFAULT_TMP_SIZE: u64 = 512 << 20;
 /// Search path inside the sandbox.

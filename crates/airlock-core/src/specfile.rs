@@ -49,6 +49,7 @@ use crate::risk::RiskLevel;
 use crate::size::{self, format_bytes};
 use crate::spec::{
     self, InnerBackend, Limit, RootFs, Spec, User, WorkspaceMode, MAX_PIDS, MIN_MEMORY,
+    MIN_TMP_SIZE,
 };
 
 /// Every key a spec file may contain, in the order of the format's documentation.
@@ -535,8 +536,13 @@ impl Source<'_> {
 
     fn tmp_size(&self, value: Spanned<Value>) -> Result<u64, SpecFileError> {
         let text = self.text_of("tmp_size", "tmp size", SIZE_FORMS, &value, false)?;
-        size::parse_bytes("tmp size", &text)
-            .map_err(|error| self.invalid("tmp_size", value.span(), error.to_string()))
+        let bytes = size::parse_bytes("tmp size", &text)
+            .map_err(|error| self.invalid("tmp_size", value.span(), error.to_string()))?;
+        if bytes < MIN_TMP_SIZE {
+            let message = spec::tmp_size_too_small(&text);
+            return Err(self.invalid("tmp_size", value.span(), message));
+        }
+        Ok(bytes)
     }
 
     fn cpus(&self, value: Spanned<Value>) -> Result<f64, SpecFileError> {
@@ -822,6 +828,13 @@ A = "1=2"
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn tmp_size_without_unit_is_rejected() {
+        let error = parse_at("tmp_size = \"512\"").unwrap_err();
+        assert!(error.to_string().contains("too small"), "{error}");
+        assert!(error.to_string().contains("512M"), "{error}");
     }
 
     #[test]
