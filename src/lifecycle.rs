@@ -253,12 +253,12 @@ impl RunCleanup {
         Ok(())
     }
 
-    /// Finishes the clean-up, in most cases after this process exits with `code`: a child
-    /// does it then, so that the caller gets the command's status without waiting for the
-    /// removal of cgroups and staging directories, the disk sync and the directory
-    /// operations, about 1 ms on ext4 and more when the disk was idle. The child takes over
-    /// this process's memory rather than a copy of it, which spares the copy of the page
-    /// tables and the faults that follow a fork.
+    /// Finishes the clean-up, in most cases in a child after this process exits with `code`.
+    /// The caller then gets the command's status without waiting for the removal of cgroups
+    /// and staging directories, the disk sync and the directory operations: about 1 ms on
+    /// ext4, more when the disk was idle. The child takes over this process's memory rather
+    /// than a copy of it, which spares the copy of the page tables and the faults that
+    /// follow a fork.
     ///
     /// Call it last, once every output is written: nothing else runs in this process unless
     /// the clean-up runs here. That happens for the PID 1 of a PID namespace, whose exit
@@ -369,11 +369,11 @@ impl Engine {
         };
         let mut result = backend(kind).run(&spec, options);
         let ended = SystemTime::now();
-        // The command has ended. From now on a signal for the caller's process group must not
-        // end this process or the clean-up child before the audit entries are written: a
-        // Ctrl-C that a terminal sends to the whole group, or the SIGHUP that the kernel sends
-        // to the terminal's foreground group when this process leads the session and exits,
-        // which the child is in until its setsid.
+        // The command has ended, and a signal for the caller's process group must no longer
+        // end this process or the clean-up child before the audit entries are written. Such
+        // signals are a Ctrl-C that a terminal sends to the whole group, and the SIGHUP that
+        // the kernel sends to the terminal's foreground group when this process leads the
+        // session and exits. The child is in that group until its setsid.
         sys::ignore_interruptions();
         let teardown = result
             .as_mut()

@@ -194,7 +194,7 @@ fn container_mode_help_not_socket() {
 }
 
 /// The nspawn container's init, started by hand without the descriptors that Airlock passes
-/// it, says what it is instead of failing silently.
+/// it, prints what it is instead of failing silently.
 #[test]
 fn nspawn_init_by_hand_explains_itself() {
     let output = Command::new(binary())

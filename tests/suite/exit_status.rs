@@ -574,7 +574,7 @@ fn unreadable_workspace_rejected() {
 }
 
 /// Output that cannot be written, as to a full device, is reported on stderr instead of being
-/// dropped without a word; a reader that went away, as in `| head`, is not.
+/// dropped without a word. A reader that went away, as in `| head`, gets no report.
 #[test]
 fn unwritable_output_reported() {
     for caller in CALLERS {

@@ -1,7 +1,7 @@
 //! What `run` does after the command has ended: it prints the result, exits with the
 //! command's status, and leaves the audit entries and the removal of the sandbox to a child.
-//! A signal for the caller's process group, a caller that is the PID 1 of a PID namespace, or
-//! a reader that closed stderr must not cost the audit entries or the status, and a sandbox's
+//! The audit entries and the status survive a signal for the caller's process group, a caller
+//! that is the PID 1 of a PID namespace, and a reader that closed stderr. A sandbox's
 //! directory is reused only once its overlay is unmounted.
 
 use std::fs;
@@ -106,7 +106,7 @@ fn pid_namespace_init_keeps_audit_entries() {
 }
 
 /// With `--json`, the record stays the last line of stderr when the workspace changed, after
-/// the message that the sandbox is kept, and says that it was kept.
+/// the message that the sandbox is kept, and its `kept` field is true.
 #[test]
 fn json_record_last_when_changes_kept() {
     let workspace = Workspace::new(Caller::Root);

@@ -200,9 +200,9 @@ fn check_required(enforcement: &Enforcement, allow_weaker: bool) -> Result<(), E
         .map_err(|unmet| Error::WeakerThanRequired { unmet })
 }
 
-/// What a finished sandbox leaves: its init, still tearing down its namespaces, the cgroup
-/// it has left, and the launcher's signal mask, which stays blocked until the cgroup is
-/// removed. Fields drop in order, so dropping it waits for the init's exit, removes the
+/// The leftovers of a finished sandbox: its init, still tearing down its namespaces, the
+/// cgroup it has left, and the launcher's signal mask, which stays blocked until the cgroup
+/// is removed. Fields drop in order, so dropping it waits for the init's exit, removes the
 /// cgroup, then restores the mask.
 struct Leftovers {
     _init: ExitingInit,

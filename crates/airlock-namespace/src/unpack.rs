@@ -62,7 +62,7 @@ pub fn remove_staging(target: &Path, token: &str) -> io::Result<()> {
     }
 }
 
-/// Returns whether `path` ends with '/', which, as for cp(1), asks for an existing directory.
+/// Returns whether `path` ends with '/', which, as for cp(1), names an existing directory.
 pub fn names_directory(path: &Path) -> bool {
     path.as_os_str().as_encoded_bytes().ends_with(b"/")
 }
