@@ -193,7 +193,7 @@ struct RunEntries {
     ended: SystemTime,
     /// The outcome, or the error that ended the run.
     result: Result<Outcome, String>,
-    kept: bool,
+    sandbox_kept: bool,
 }
 
 impl RunEntries {
@@ -219,7 +219,7 @@ impl RunEntries {
                 entries.push(audit::Pending::at(self.ended, "failed", fields(failed)));
             }
         }
-        if self.kept {
+        if self.sandbox_kept {
             let kept = json!({ "reason": "the workspace changed" });
             entries.push(audit::Pending::at(self.ended, "kept", fields(kept)));
         } else {
@@ -243,11 +243,11 @@ pub struct RunCleanup {
 impl RunCleanup {
     /// Runs the clean-up in this process.
     fn run(self) -> Result<(), BackendError> {
-        let kept = self.entries.kept;
+        let sandbox_kept = self.entries.sandbox_kept;
         self.teardown.run();
         let id = &self.sandbox.id;
         AuditLog::open(&self.state.audit_path(id), id)?.append_all(self.entries.into_entries())?;
-        if !kept {
+        if !sandbox_kept {
             self.state.recycle(&self.sandbox)?;
         }
         Ok(())
@@ -415,7 +415,7 @@ impl Engine {
                     Ok(finished) => Ok(finished.outcome.clone()),
                     Err(error) => Err(error_chain(error.as_ref())),
                 },
-                kept: changed,
+                sandbox_kept: changed,
             },
             teardown,
         };

@@ -435,8 +435,14 @@ fn perform(engine: &Engine, action: Action, json: bool) -> Result<u8> {
             warn_about(selected.kind, &spec);
             let advice = install_advice(&spec);
             let result = engine.run(&selected, spec, json)?;
-            let kept = Some(result.kept.as_deref());
-            let code = report(&result.finished, json, EndReason::message, &advice, kept);
+            let kept_sandbox = Some(result.kept.as_deref());
+            let code = report(
+                &result.finished,
+                json,
+                EndReason::message,
+                &advice,
+                kept_sandbox,
+            );
             if let Some(cleanup) = result.cleanup {
                 cleanup.finish(code)?;
             }
@@ -931,14 +937,14 @@ fn install_advice(spec: &Spec) -> String {
 /// Prints what the caller should know after the command's own output; returns the exit
 /// status. `advice` names the way to provide a command that was not found.
 ///
-/// `kept` is given for `run`: the id of the sandbox when it was kept for its workspace
+/// `kept_sandbox` is given for `run`: the id of the sandbox when it was kept for its workspace
 /// changes, which the `--json` record states too, as its last line on stderr.
 fn report(
     finished: &Finished,
     json: bool,
     describe: fn(EndReason) -> Option<&'static str>,
     advice: &str,
-    kept: Option<Option<&str>>,
+    kept_sandbox: Option<Option<&str>>,
 ) -> u8 {
     let outcome = &finished.outcome;
     let mut stderr = std::io::stderr().lock();
@@ -960,13 +966,13 @@ fn report(
     if let Some(message) = describe(outcome.reason) {
         say(message.to_owned());
     }
-    if let Some(Some(id)) = kept {
+    if let Some(Some(id)) = kept_sandbox {
         say(format!("the command changed the workspace; the changes are kept in sandbox {id}: review them with `airlock diff {id}`, then `airlock apply {id}` or `airlock rm {id}`"));
     }
     if json {
         let mut record = serde_json::to_value(outcome).expect("outcomes always serialize");
-        if let Some(kept) = kept {
-            record["kept"] = kept.is_some().into();
+        if let Some(kept_id) = kept_sandbox {
+            record["kept"] = kept_id.is_some().into();
         }
         let separator = if line_open { "\n" } else { "" };
         let _ = writeln!(stderr, "{separator}{record}");

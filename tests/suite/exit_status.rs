@@ -573,21 +573,31 @@ fn unreadable_workspace_rejected() {
     assert_eq!(message.lines().count(), 1, "{message}");
 }
 
+/// Runs `airlock ARGS` as `caller` in `workspace` through `sh -c`, with `redirect`, such as
+/// `> /dev/full`, after it.
+fn run_redirected(caller: Caller, workspace: &Workspace, args: &[&str], redirect: &str) -> Output {
+    let (script, _delegation) = airlock_shell_command(caller, &[], args);
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{script} {redirect}"))
+        .current_dir(workspace.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run airlock")
+}
+
 /// Output that cannot be written, as to a full device, is reported on stderr instead of being
 /// dropped without a word. A reader that went away, as in `| head`, gets no report.
 #[test]
 fn unwritable_output_reported() {
     for caller in CALLERS {
         let workspace = Workspace::new(caller);
-        let (script, _delegation) =
-            airlock_shell_command(caller, &[], &["run", "--", "echo", "hi"]);
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{script} > /dev/full"))
-            .current_dir(workspace.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run airlock");
+        let output = run_redirected(
+            caller,
+            &workspace,
+            &["run", "--", "echo", "hi"],
+            "> /dev/full",
+        );
         let context = format!("{caller:?}: {}", describe(&output));
         assert_eq!(output.status.code(), Some(0), "{context}");
         assert!(
@@ -596,15 +606,8 @@ fn unwritable_output_reported() {
         );
         assert!(stderr(&output).contains("No space left"), "{context}");
 
-        let (script, _delegation) =
-            airlock_shell_command(caller, &[], &["run", "--", "seq", "1", "100000"]);
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{script} | head -c 1 > /dev/null"))
-            .current_dir(workspace.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run airlock");
+        let args = ["run", "--", "seq", "1", "100000"];
+        let output = run_redirected(caller, &workspace, &args, "| head -c 1 > /dev/null");
         let context = format!("{caller:?}: {}", describe(&output));
         assert!(!stderr(&output).contains("cannot write"), "{context}");
     }

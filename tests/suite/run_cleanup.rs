@@ -160,10 +160,10 @@ fn closed_stderr_keeps_run_status() {
     drop(child.stderr.take());
     let status = child.wait().expect("wait for airlock");
     assert_eq!(status.code(), Some(0), "{status:?}");
-    let kept = fs::read_dir(state.path().join("sandboxes"))
+    let sandboxes_left = fs::read_dir(state.path().join("sandboxes"))
         .expect("sandboxes")
         .count();
-    assert_eq!(kept, 1, "the changed sandbox is kept");
+    assert_eq!(sandboxes_left, 1, "the changed sandbox is kept");
 }
 
 /// A sandbox's directory goes back to the spares only after its init has exited, which

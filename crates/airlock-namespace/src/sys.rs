@@ -194,9 +194,9 @@ pub fn exit_leaving(code: libc::c_int, work: Box<dyn FnOnce() -> libc::c_int>) -
 
 /// The body of [`exit_leaving`]'s child.
 extern "C" fn run_heir(arg: *mut libc::c_void) -> libc::c_int {
-    // The C library's thread data still names the parent's thread, so its abort, which a
-    // panic ends in, would send SIGABRT to that thread id, which another process may hold
-    // by then. A panic ends this child with an exit instead.
+    // The C library's thread data still names the parent's thread. Its abort, where a panic
+    // ends, would send SIGABRT to that thread id, which another process may hold by then, so
+    // a panic ends this child with an exit instead.
     std::panic::set_hook(Box::new(|_| exit_group(HEIR_PANICKED)));
     // SAFETY: `arg` is the pointer that `exit_leaving` made with `Box::into_raw` and handed
     // to this child alone.
