@@ -269,7 +269,7 @@ pub fn build(
             if let Workspace::Idmapped(tree, _) = workspace {
                 rootfs::attach_workspace(tree)?;
             }
-            rootfs::finish_workspace(spec.workspace_mode, None)?;
+            rootfs::finish_workspace(spec.workspace_mode)?;
         }
     }
     rootfs::enter_workspace()

@@ -80,6 +80,10 @@ struct Ready {
     grant: Grant,
     /// The pty slave, when the spec asks for a terminal.
     terminal: Option<OwnedFd>,
+    /// Detached mounts that the overlay was made from. The last close of one unmounts it,
+    /// which can wait for the kernel for a fraction of a millisecond, so they are closed once
+    /// the command runs.
+    detached: Vec<OwnedFd>,
 }
 
 /// Runs as PID 1 of the new namespaces; never returns.
@@ -102,7 +106,14 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     wait_for_launcher(plan.sync.as_raw_fd())?;
     let layers = plan.layers.map(rootfs::open_layers).transpose()?;
     become_root_inside(plan.is_root)?;
-    rootfs::build(plan.spec, plan.workspace_source.as_ref())?;
+    // With layers, the workspace is an overlay over the project, which a helper mounts while
+    // the tree is built. Without, the project is bound as it is.
+    let overlay = match (&layers, &plan.workspace_source) {
+        (Some(layers), Some(source)) => Some(rootfs::start_overlay(source, layers)?),
+        _ => None,
+    };
+    let bound = plan.workspace_source.as_ref().filter(|_| overlay.is_none());
+    rootfs::build(plan.spec, bound)?;
     sys::sethostname(&plan.hostname).step("set the hostname")?;
     bring_up_loopback().step("bring up the loopback interface")?;
     let control = plan.control.as_raw_fd();
@@ -113,8 +124,11 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     if let Some(tree) = &grant.workspace {
         rootfs::attach_workspace(tree)?;
     }
-    rootfs::finish_workspace(plan.spec.workspace_mode, layers.as_ref())?;
-    drop(layers);
+    let mut detached: Vec<OwnedFd> = layers.into_iter().collect();
+    if let Some(overlay) = overlay {
+        detached.push(overlay.attach()?);
+    }
+    rootfs::finish_workspace(plan.spec.workspace_mode)?;
     rootfs::enter_workspace()?;
     grant.join().step("join the sandbox's cgroup")?;
     sys::unshare(libc::CLONE_NEWCGROUP).step("create the cgroup namespace")?;
@@ -125,7 +139,11 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     } else {
         None
     };
-    Ok(Ready { grant, terminal })
+    Ok(Ready {
+        grant,
+        terminal,
+        detached,
+    })
 }
 
 /// Closes the launcher's descriptors, which the clone copied: the caller's end of a relay
@@ -240,6 +258,7 @@ fn start_and_supervise(
     // without waiting for the kernel to tear down the init's namespaces.
     release_stdio(&plan.stdio);
     drop(ready.terminal);
+    drop(ready.detached);
     // The init keeps no privilege the workload could borrow: no capabilities, and not
     // dumpable, so /proc/1/mem and ptrace are closed to it.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
@@ -256,6 +275,7 @@ fn hold(ready: Ready, report: RawFd, control: RawFd) -> ! {
         fail(report, "block signals", source);
     }
     drop(ready.terminal);
+    drop(ready.detached);
     release_stdio(&[]);
     if let Err(source) = send_namespaces(control) {
         fail(report, "pass the sandbox's namespaces out", source);

@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod control;
 pub mod error;
+pub mod fsmount;
 pub mod held;
 pub mod init;
 pub mod interrupt;

@@ -263,7 +263,7 @@ impl Stack {
     }
 
     /// Returns the highest address of the stack, 16-byte aligned, where an x86-64 stack starts.
-    fn top(&self) -> *mut libc::c_void {
+    pub(crate) fn top(&self) -> *mut libc::c_void {
         ((self.base as usize + self.len) & !15) as *mut libc::c_void
     }
 }
@@ -631,73 +631,6 @@ pub fn move_mount(tree: RawFd, target: &Path) -> io::Result<()> {
         )
     };
     check_long(result).map(drop)
-}
-
-/// A value of one file system parameter for [`mount_detached`].
-pub enum Parameter<'a> {
-    /// A parameter without a value, such as overlayfs's `userxattr`.
-    Flag(&'a str),
-    /// A parameter with a string value, such as a path.
-    Text(&'a str, &'a OsStr),
-}
-
-/// Creates a new file system of type `fs_type` with `parameters` and returns it as a
-/// detached mount with `attributes`, for [`move_mount`].
-pub fn mount_detached(
-    fs_type: &CStr,
-    parameters: &[Parameter<'_>],
-    attributes: u64,
-) -> io::Result<OwnedFd> {
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    // SAFETY: `fs_type` is NUL-terminated and lives for the call.
-    let context =
-        check_long(unsafe { libc::syscall(libc::SYS_fsopen, fs_type.as_ptr(), FSOPEN_CLOEXEC) })?;
-    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
-    let context = unsafe { OwnedFd::from_raw_fd(context as RawFd) };
-
-    let configure = |command: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>| {
-        let key = key.map_or(std::ptr::null(), CStr::as_ptr);
-        let value = value.map_or(std::ptr::null(), CStr::as_ptr);
-        // SAFETY: `key` and `value` are null or NUL-terminated strings that live for the call.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                context.as_raw_fd(),
-                command,
-                key,
-                value,
-                0,
-            )
-        };
-        check_long(result).map(drop)
-    };
-    for parameter in parameters {
-        match parameter {
-            Parameter::Flag(key) => configure(FSCONFIG_SET_FLAG, Some(&cstring(key)?), None)?,
-            Parameter::Text(key, value) => configure(
-                FSCONFIG_SET_STRING,
-                Some(&cstring(key)?),
-                Some(&cstring(value)?),
-            )?,
-        }
-    }
-    configure(FSCONFIG_CMD_CREATE, None, None)?;
-
-    // SAFETY: plain integer arguments; the context descriptor is open.
-    let mounted = check_long(unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            context.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            attributes,
-        )
-    })?;
-    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(mounted as RawFd) })
 }
 
 /// Sets the real, effective and saved user and group ids to `id` in this user namespace.
