@@ -179,12 +179,14 @@ pub struct Helper {
 }
 
 impl Helper {
-    /// Waits for the helper and returns the mount it made.
-    pub fn finish(mut self) -> io::Result<OwnedFd> {
+    /// Waits for the helper and returns the mount it made. The helper's stack stays mapped
+    /// until this value is dropped.
+    pub fn finish(&mut self) -> io::Result<OwnedFd> {
         self.wait()?;
-        match self.job.result.load(Ordering::Acquire) {
+        match self.job.result.swap(NO_RESULT, Ordering::Acquire) {
             // SAFETY: the helper stored a fresh descriptor from fsmount, in the descriptor
-            // table it shared with this process, and nothing else owns it.
+            // table it shared with this process, and the swap took it out of the job, so
+            // nothing else owns it.
             fd if fd >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
             NO_RESULT => Err(io::Error::other(
                 "the helper process ended without a result",
@@ -211,11 +213,8 @@ impl Helper {
 }
 
 impl Drop for Helper {
-    /// Waits for a helper whose mount no caller took, and closes that mount.
+    /// Waits for the helper, and closes a mount that no caller took.
     fn drop(&mut self) {
-        if self.waited {
-            return;
-        }
         let _ = self.wait();
         let fd = self.job.result.load(Ordering::Acquire);
         if fd >= 0 {

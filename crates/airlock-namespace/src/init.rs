@@ -80,10 +80,9 @@ struct Ready {
     grant: Grant,
     /// The pty slave, when the spec asks for a terminal.
     terminal: Option<OwnedFd>,
-    /// Detached mounts that the overlay was made from. The last close of one unmounts it,
-    /// which can wait for the kernel for a fraction of a millisecond, so they are closed once
-    /// the command runs.
-    detached: Vec<OwnedFd>,
+    /// The workspace overlay, whose sources are released when the init exits, after the
+    /// command's status is reported.
+    overlay: Option<rootfs::Overlay>,
 }
 
 /// Runs as PID 1 of the new namespaces; never returns.
@@ -108,7 +107,7 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     become_root_inside(plan.is_root)?;
     // With layers, the workspace is an overlay over the project, which a helper mounts while
     // the tree is built. Without, the project is bound as it is.
-    let overlay = match (&layers, &plan.workspace_source) {
+    let mut overlay = match (layers, &plan.workspace_source) {
         (Some(layers), Some(source)) => Some(rootfs::start_overlay(source, layers)?),
         _ => None,
     };
@@ -124,9 +123,8 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     if let Some(tree) = &grant.workspace {
         rootfs::attach_workspace(tree)?;
     }
-    let mut detached: Vec<OwnedFd> = layers.into_iter().collect();
-    if let Some(overlay) = overlay {
-        detached.push(overlay.attach()?);
+    if let Some(overlay) = &mut overlay {
+        overlay.attach()?;
     }
     rootfs::finish_workspace(plan.spec.workspace_mode)?;
     rootfs::enter_workspace()?;
@@ -142,7 +140,7 @@ fn set_up(plan: &Plan<'_>) -> Result<Ready, StepError> {
     Ok(Ready {
         grant,
         terminal,
-        detached,
+        overlay,
     })
 }
 
@@ -258,7 +256,7 @@ fn start_and_supervise(
     // without waiting for the kernel to tear down the init's namespaces.
     release_stdio(&plan.stdio);
     drop(ready.terminal);
-    drop(ready.detached);
+    let _released_at_exit = ready.overlay;
     // The init keeps no privilege the workload could borrow: no capabilities, and not
     // dumpable, so /proc/1/mem and ptrace are closed to it.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
@@ -275,7 +273,7 @@ fn hold(ready: Ready, report: RawFd, control: RawFd) -> ! {
         fail(report, "block signals", source);
     }
     drop(ready.terminal);
-    drop(ready.detached);
+    drop(ready.overlay);
     release_stdio(&[]);
     if let Err(source) = send_namespaces(control) {
         fail(report, "pass the sandbox's namespaces out", source);
