@@ -379,8 +379,8 @@ impl Engine {
             .as_mut()
             .map(|finished| std::mem::take(&mut finished.teardown))
             .unwrap_or_default();
-        let may_have_changed =
-            spec.workspace_mode == WorkspaceMode::Overlay && has_entries(&sandbox.upper());
+        let may_have_changed = spec.workspace_mode == WorkspaceMode::Overlay
+            && state::has_entries(&sandbox.upper()) == Some(true);
         // The teardown may keep signals blocked until it runs. An upper layer with entries may
         // be kept, which needs no background work, so the teardown runs now, before a diff
         // that can take a while.
@@ -1070,11 +1070,6 @@ pub fn empty_layers(sandbox: &SandboxDir) {
     if sandbox.layers().is_dir() {
         let _ = airlock_workspace::discard(&sandbox.upper(), &sandbox.work());
     }
-}
-
-/// Returns whether `dir` contains any entry.
-fn has_entries(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 /// Runs as the supervisor process of one sandbox. It starts the sandbox, reports it ready to

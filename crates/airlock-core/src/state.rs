@@ -430,7 +430,7 @@ impl StateDir {
     pub fn recycle(&self, sandbox: &SandboxDir) -> Result<(), StateError> {
         const MAX_SPARES: usize = 4;
         let spares = fs::read_dir(self.spares()).map_or(MAX_SPARES, |entries| entries.count());
-        let upper_empty = fs::read_dir(sandbox.upper()).is_ok_and(|mut e| e.next().is_none());
+        let upper_empty = has_entries(&sandbox.upper()) == Some(false);
         if spares >= MAX_SPARES || !upper_empty {
             return sandbox.remove();
         }
@@ -842,6 +842,25 @@ pub fn make_owner_accessible(dir: &Path) {
     }
 }
 
+/// Returns whether the directory `dir` has entries besides `.` and `..`, or `None` when it
+/// cannot be read. It reads with getdents64 into a buffer on the stack and allocates
+/// nothing, because the upper layer of every finished run is checked this way.
+pub fn has_entries(dir: &Path) -> Option<bool> {
+    use rustix::fs::{Mode, OFlags, RawDir};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::empty()).ok()?;
+    let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+    let mut entries = RawDir::new(&fd, &mut buffer);
+    while let Some(entry) = entries.next() {
+        let entry = entry.ok()?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -856,6 +875,19 @@ mod tests {
         let mut spec = Spec::new(vec!["true".into()]);
         spec.name = name.map(str::to_owned);
         Record::new(id.to_owned(), "namespace", spec)
+    }
+
+    #[test]
+    fn has_entries_sees_files_dirs_and_dotfiles() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(has_entries(dir.path()), Some(false));
+        fs::write(dir.path().join(".hidden"), "").unwrap();
+        assert_eq!(has_entries(dir.path()), Some(true));
+        fs::remove_file(dir.path().join(".hidden")).unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(has_entries(dir.path()), Some(true));
+        assert_eq!(has_entries(&dir.path().join("missing")), None);
+        assert_eq!(has_entries(&dir.path().join("sub").join("..").join("sub")), Some(false));
     }
 
     #[test]

@@ -300,7 +300,7 @@ mod tests {
             let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
             // SAFETY: `stat` is live and writable for the call.
             assert_eq!(unsafe { libc::fstatfs(mounted.as_raw_fd(), &mut stat) }, 0);
-            assert_eq!(stat.f_type as i64, libc::TMPFS_MAGIC as i64);
+            assert_eq!(stat.f_type as i64, libc::TMPFS_MAGIC);
             assert_eq!(stat.f_blocks * stat.f_bsize as u64, 1 << 20);
         }));
     }

@@ -19,7 +19,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use airlock_core::spec::SANDBOX_WORKSPACE;
@@ -420,13 +420,20 @@ fn enter_new_root() -> Result<()> {
 fn open_workspace(source: &BindSource) -> Result<OwnedFd> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let opened = sys::open(&source.path, flags).step(|| "open the workspace".into())?;
-    let metadata = fs::metadata(through_fd(&opened)).step(|| "inspect the workspace".into())?;
-    if (metadata.dev(), metadata.ino()) != source.identity {
+    check_workspace_identity(&opened, source)?;
+    Ok(opened)
+}
+
+/// Checks that `opened` is the directory that the launcher checked.
+fn check_workspace_identity(opened: &OwnedFd, source: &BindSource) -> Result<()> {
+    let identity =
+        sys::fstat_identity(opened.as_raw_fd()).step(|| "inspect the workspace".into())?;
+    if identity != source.identity {
         let changed =
             io::Error::other("the path names another directory than the launcher checked");
         return Err(changed).step(|| "open the workspace".into());
     }
-    Ok(opened)
+    Ok(())
 }
 
 /// Binds the workspace without the mounts below it. In a user namespace the kernel refuses
@@ -442,10 +449,15 @@ fn bind_workspace(opened: &OwnedFd, target: &Path) -> Result<()> {
 /// Names the step that binds the workspace, with the workspace's path and the first mount
 /// point below it, which makes the bind fail in a user namespace.
 fn workspace_bind_step(opened: &OwnedFd) -> String {
-    let Ok(path) = fs::read_link(through_fd(opened)) else {
-        return "bind the workspace (it must not contain mount points)".into();
-    };
-    match first_mount_below(&path) {
+    match fs::read_link(through_fd(opened)) {
+        Ok(path) => mount_points_step(&path),
+        Err(_) => "bind the workspace (it must not contain mount points)".into(),
+    }
+}
+
+/// Names the step that binds the workspace at `path`, with the first mount point below it.
+fn mount_points_step(path: &Path) -> String {
+    match first_mount_below(path) {
         Some(mount) => format!(
             "bind the workspace {path:?}, which contains the mount point {mount:?} (unmount \
              it, or pass a project without mount points)"
@@ -505,10 +517,7 @@ pub fn attach_workspace(tree: &OwnedFd) -> Result<()> {
 /// is gone after the pivot. Called before the init changes its ids, while it can still
 /// reach the caller's state directory.
 pub fn open_layers(layers: &Path) -> Result<OwnedFd> {
-    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    let dir = sys::open(layers, flags).step(|| format!("open the workspace layers {layers:?}"))?;
-    sys::open_tree_clone(dir.as_raw_fd())
-        .step(|| format!("take the workspace layers {layers:?} along"))
+    sys::open_tree_clone_path(layers).step(|| format!("take the workspace layers {layers:?} along"))
 }
 
 /// Overlay options besides the layers, the same wherever the workspace overlay is mounted.
@@ -568,8 +577,8 @@ pub struct Overlay {
 /// and detaches the host's tree, and overlayfs rejects a layer on a detached mount that is
 /// not such a copy. The caller must be single-threaded.
 pub fn start_overlay(source: &BindSource, layers: OwnedFd) -> Result<Overlay> {
-    let opened = open_workspace(source)?;
-    let lower = sys::open_tree_clone(opened.as_raw_fd()).step(|| workspace_bind_step(&opened))?;
+    let lower = sys::open_tree_clone_path(&source.path).step(|| mount_points_step(&source.path))?;
+    check_workspace_identity(&lower, source)?;
     let step = || "mount the copy-on-write overlay on /workspace".to_owned();
     let request = overlay_request(&through_fd(&lower), &through_fd(&layers)).step(step)?;
     let helper = request.start().step(step)?;

@@ -476,6 +476,16 @@ pub fn fstat_mode(fd: RawFd) -> io::Result<Option<(libc::mode_t, libc::dev_t)>> 
     Ok(Some((stat.st_mode, stat.st_rdev)))
 }
 
+/// Returns the device and inode numbers of the file that `fd` refers to, which may be an
+/// O_PATH descriptor.
+pub fn fstat_identity(fd: RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: stat is plain data, so an all-zero value is valid for the kernel to fill.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a live stat buffer for the call.
+    check(unsafe { libc::fstat(fd, &mut stat) })?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
 /// Returns the type of the file system `fd` is on, as statfs(2) reports it.
 pub fn fstatfs_type(fd: RawFd) -> io::Result<i64> {
     // SAFETY: statfs is plain data, so an all-zero value is valid for the kernel to fill.
@@ -579,12 +589,22 @@ pub fn mount_setattr(path: &Path, attr_set: u64, recursive: bool) -> io::Result<
 /// Clones the mount at the directory `dir` into a new detached mount, without the mounts
 /// below it; returns its descriptor.
 pub fn open_tree_clone(dir: RawFd) -> io::Result<OwnedFd> {
+    clone_tree(dir, c"", libc::AT_EMPTY_PATH)
+}
+
+/// Clones the mount at `path` like [`open_tree_clone`], in one call instead of an open and
+/// a clone. A symlink in the last component of `path` is not followed.
+pub fn open_tree_clone_path(path: &Path) -> io::Result<OwnedFd> {
+    let path = cstring(path)?;
+    clone_tree(libc::AT_FDCWD, &path, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+fn clone_tree(dir: RawFd, path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
-    // SAFETY: the path is an empty NUL-terminated string, which with AT_EMPTY_PATH names
-    // `dir` itself.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dir, c"".as_ptr(), flags) };
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | flags as libc::c_uint;
+    // SAFETY: `path` is a NUL-terminated string that lives for the call; with AT_EMPTY_PATH
+    // an empty one names `dir` itself.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dir, path.as_ptr(), flags) };
     // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
     check_long(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
