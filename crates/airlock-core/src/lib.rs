@@ -12,6 +12,7 @@ pub mod exit;
 pub mod id;
 pub mod image_ref;
 pub mod outcome;
+pub mod procfs;
 pub mod risk;
 pub mod size;
 pub mod spec;

@@ -144,7 +144,7 @@ impl ProcessRef {
 }
 
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::procfs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses, so the fields start after the
     // last closing parenthesis. The first of them is field 3, the state.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -587,7 +587,7 @@ fn check_ancestors(root: &Path) -> Result<(), StateError> {
 
 /// Returns whether this process runs in a user namespace other than the host's.
 fn in_user_namespace() -> bool {
-    fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
+    crate::procfs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
         let fields: Vec<&str> = map.split_whitespace().collect();
         fields != ["0", "0", "4294967295"]
     })
@@ -887,7 +887,10 @@ mod tests {
         fs::create_dir(dir.path().join("sub")).unwrap();
         assert_eq!(has_entries(dir.path()), Some(true));
         assert_eq!(has_entries(&dir.path().join("missing")), None);
-        assert_eq!(has_entries(&dir.path().join("sub").join("..").join("sub")), Some(false));
+        assert_eq!(
+            has_entries(&dir.path().join("sub").join("..").join("sub")),
+            Some(false)
+        );
     }
 
     #[test]

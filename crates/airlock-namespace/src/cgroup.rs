@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use airlock_core::EndReason;
+use airlock_core::{procfs, EndReason};
 
 use crate::control::Grant;
 
@@ -114,7 +114,7 @@ fn hierarchies(is_root: bool) -> Vec<Hierarchy> {
             return standard;
         }
     }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mountinfo = procfs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     mountinfo.lines().filter_map(parse_mountinfo_line).collect()
 }
 
@@ -181,7 +181,7 @@ fn parse_mountinfo_line(line: &str) -> Option<Hierarchy> {
 
 /// Parses /proc/self/cgroup into (controllers, path) pairs; v2 has an empty controller list.
 fn own_cgroups() -> Vec<(String, String)> {
-    let content = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let content = procfs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     content
         .lines()
         .filter_map(|line| {

@@ -123,9 +123,7 @@ fn channels() -> Result<(Channels, InitChannels), Error> {
 
 /// Checks that this process has one thread, so that cloning it is safe.
 pub fn ensure_single_threaded() -> Result<(), Error> {
-    let threads = std::fs::read_dir("/proc/self/task")
-        .map(|tasks| tasks.count())
-        .unwrap_or(1);
+    let threads = sys::thread_count().unwrap_or(1);
     if threads > 1 {
         return Err(Error::MultiThreaded { threads });
     }

@@ -214,12 +214,13 @@ fn exit_group(code: libc::c_int) -> ! {
     unreachable!("exit_group returned")
 }
 
-/// Returns how many threads this process has, from /proc/self/stat.
+/// Returns how many threads this process has. Procfs gives /proc/self/task a link count of
+/// two plus the number of threads, so one stat(2) finds it, where reading the directory
+/// or /proc/self/stat takes an open, several reads and a close.
 pub fn thread_count() -> Option<usize> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The fields after the command's name, which may contain spaces, start with the third.
-    let (_, fields) = stat.rsplit_once(')')?;
-    fields.split_whitespace().nth(17)?.parse().ok()
+    use std::os::unix::fs::MetadataExt;
+    let links = std::fs::metadata("/proc/self/task").ok()?.nlink();
+    usize::try_from(links.checked_sub(2)?).ok()
 }
 
 /// Ignores the signals that end a process by default and that a terminal or a process
@@ -1003,6 +1004,26 @@ fn max_rss(who: libc::c_int) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_count_follows_threads() {
+        // A forked child has one thread, while the test harness runs tests on several.
+        // SAFETY: the child only counts, starts a thread and exits; it returns to nothing.
+        match unsafe { libc::fork() } {
+            0 => {
+                let alone = thread_count() == Some(1);
+                let (release, released) = std::sync::mpsc::channel::<()>();
+                let thread = std::thread::spawn(move || released.recv());
+                let two = thread_count() == Some(2);
+                drop(release);
+                let _ = thread.join();
+                // SAFETY: _exit ends the child without running the harness's exit handlers.
+                unsafe { libc::_exit(if alone && two { 0 } else { 1 }) }
+            }
+            -1 => panic!("fork: {}", io::Error::last_os_error()),
+            child => assert_eq!(waitpid(child, 0).unwrap(), Some((child, 0))),
+        }
+    }
 
     /// Finds a cgroup v2 hierarchy this process may create groups in.
     fn v2_mount() -> Option<&'static str> {

@@ -103,7 +103,11 @@ pub fn write_maps(pid: libc::pid_t, identity: Identity, is_root: bool) -> Result
 }
 
 fn read_sysctl(path: &str) -> Option<i64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+    airlock_core::procfs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Explains a failed clone with CLONE_NEWUSER by the sysctl that caused it, if one did.
