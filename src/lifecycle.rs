@@ -379,8 +379,8 @@ impl Engine {
             .as_mut()
             .map(|finished| std::mem::take(&mut finished.teardown))
             .unwrap_or_default();
-        let may_have_changed = spec.workspace_mode == WorkspaceMode::Overlay
-            && state::has_entries(&sandbox.upper()) == Some(true);
+        let may_have_changed =
+            spec.workspace_mode == WorkspaceMode::Overlay && upper_has_entries(&sandbox.upper());
         // The teardown may keep signals blocked until it runs. An upper layer with entries may
         // be kept, which needs no background work, so the teardown runs now, before a diff
         // that can take a while.
@@ -1070,6 +1070,23 @@ pub fn empty_layers(sandbox: &SandboxDir) {
     if sandbox.layers().is_dir() {
         let _ = airlock_workspace::discard(&sandbox.upper(), &sandbox.work());
     }
+}
+
+/// Returns whether the overlay's upper layer `upper` has entries. The upper layer's root is
+/// /workspace, so the command may have taken its owner's read or search permission. Then
+/// the permission is given back and the check repeated, so that the changes are kept rather
+/// than taken for none.
+fn upper_has_entries(upper: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(found) = state::has_entries(upper) {
+        return found;
+    }
+    let Ok(metadata) = std::fs::symlink_metadata(upper) else {
+        return false;
+    };
+    let mode = metadata.permissions().mode() | 0o700;
+    let _ = std::fs::set_permissions(upper, std::fs::Permissions::from_mode(mode));
+    state::has_entries(upper) != Some(false)
 }
 
 /// Runs as the supervisor process of one sandbox. It starts the sandbox, reports it ready to

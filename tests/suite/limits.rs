@@ -211,6 +211,31 @@ fn fork_bomb_hits_pids_limit() {
     }
 }
 
+/// A caller whose hard process limit is below the sandbox's (the default --pids 1024, plus
+/// one for the init) cannot raise it. The lower limit is the stricter one, so the sandbox
+/// keeps it instead of failing to start.
+#[test]
+fn lower_hard_nproc_limit_kept() {
+    let caller = Caller::UserWithoutCgroup;
+    let workspace = Workspace::new(caller);
+    let spawned = spawn_airlock(
+        caller,
+        &["prlimit", "--nproc=1000:1000"],
+        &[
+            "run",
+            "--",
+            "python3",
+            "-c",
+            "import resource; print(resource.getrlimit(resource.RLIMIT_NPROC)[1])",
+        ],
+        workspace.path(),
+        Stdio::piped(),
+    );
+    let output = spawned.child.wait_with_output().expect("wait for airlock");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(stdout(&output).trim(), "1000", "{}", describe(&output));
+}
+
 #[test]
 fn memory_bomb_hits_memory_limit() {
     for caller in CALLERS {

@@ -177,12 +177,7 @@ fn run_keeps_changes_for_review() {
         assert!(output.status.success(), "{caller:?}: {}", describe(&output));
         assert!(!workspace.path().join("made.txt").exists());
         assert!(workspace.path().join("a.txt").exists());
-        let message = stderr(&output);
-        let id = message
-            .split(|c: char| !c.is_ascii_hexdigit())
-            .find(|word| word.len() == 32)
-            .unwrap_or_else(|| panic!("no kept sandbox id in {message:?}"))
-            .to_owned();
+        let id = kept_id(&output);
         let changes = diff_json(caller, &workspace, &id);
         assert_eq!(change(&changes, "made.txt").unwrap()["kind"], "added");
         let apply = run(caller, &["apply", &id], workspace.path());
@@ -196,6 +191,75 @@ fn run_keeps_changes_for_review() {
             "{}",
             describe(&unchanged)
         );
+    }
+}
+
+/// Returns the id of the sandbox whose changes a run kept, from its message.
+fn kept_id(output: &std::process::Output) -> String {
+    let message = stderr(output);
+    message
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|word| word.len() == 32)
+        .unwrap_or_else(|| panic!("no kept sandbox id in {message:?}"))
+        .to_owned()
+}
+
+/// /workspace is the root of the overlay's upper layer. A command that takes the owner's
+/// read permission from it still has its changes kept, not taken for none and removed.
+#[test]
+fn unreadable_workspace_root_keeps_changes() {
+    for caller in CALLERS {
+        let workspace = project(caller);
+        let script = "echo important > keep.txt; chmod 000 /workspace";
+        let output = run(caller, &["run", "--", "sh", "-c", script], workspace.path());
+        assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+        let id = kept_id(&output);
+        let changes = diff_json(caller, &workspace, &id);
+        assert_eq!(change(&changes, "keep.txt").unwrap()["kind"], "added");
+        remove(caller, workspace.path(), &id);
+    }
+}
+
+/// /workspace shows the project's mode, and what a command leaves on /workspace itself (its
+/// mode, an extended attribute) does not reach later runs, which may reuse the directories
+/// of this one.
+#[test]
+fn workspace_root_attributes_not_carried_over() {
+    for caller in CALLERS {
+        let workspace = project(caller);
+        let project_mode = "751";
+        let status = std::process::Command::new("chmod")
+            .arg(project_mode)
+            .arg(workspace.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mark = "import os; os.setxattr('/workspace', 'user.carried', b'x'); \
+                    os.chmod('/workspace', 0o777)";
+        let marked = run(
+            caller,
+            &["run", "--", "python3", "-c", mark],
+            workspace.path(),
+        );
+        assert!(marked.status.success(), "{caller:?}: {}", describe(&marked));
+        // Enough runs to take every spare directory that the marked run's may have joined.
+        for _ in 0..6 {
+            let look = "import os; print(oct(os.stat('/workspace').st_mode & 0o7777)[2:]); \
+                        print(os.listxattr('/workspace'))";
+            let output = run(
+                caller,
+                &["run", "--", "python3", "-c", look],
+                workspace.path(),
+            );
+            assert!(output.status.success(), "{caller:?}: {}", describe(&output));
+            let seen = stdout(&output);
+            assert_eq!(
+                seen.lines().next(),
+                Some(project_mode),
+                "{caller:?}: {seen}"
+            );
+            assert!(!seen.contains("user.carried"), "{caller:?}: {seen}");
+        }
     }
 }
 

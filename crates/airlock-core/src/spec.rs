@@ -454,8 +454,8 @@ const SYSTEM_TREES: [&str; 17] = [
 const SECRET_DIR_NAMES: [&str; 2] = [".ssh", ".gnupg"];
 /// Host directories that may hold projects but are too broad to be a workspace themselves:
 /// the whole of them would be writable, other users' files included.
-const SHARED_DIRS: [&str; 8] = [
-    "/", "/var", "/opt", "/srv", "/home", "/tmp", "/mnt", "/media",
+const SHARED_DIRS: [&str; 9] = [
+    "/", "/var", "/opt", "/srv", "/home", "/tmp", "/var/tmp", "/mnt", "/media",
 ];
 
 /// Returns the home directory that `path` is in or is: /root, or /home/NAME.
@@ -631,6 +631,7 @@ mod tests {
             "/root",
             "/home",
             "/tmp",
+            "/var/tmp",
             "/proc/self",
             "/sys",
             "/dev",

@@ -434,6 +434,9 @@ impl StateDir {
         if spares >= MAX_SPARES || !upper_empty {
             return sandbox.remove();
         }
+        if renew_dir(&sandbox.upper()).is_err() {
+            return sandbox.remove();
+        }
         // The kernel's work directory belongs to the identity of the last run, which may
         // differ next time; the next mount makes it again.
         make_owner_accessible(&sandbox.work());
@@ -840,6 +843,22 @@ pub fn make_owner_accessible(dir: &Path) {
             make_owner_accessible(&entry.path());
         }
     }
+}
+
+/// Replaces the empty directory `dir` with a new one of the same owner and mode 700. The
+/// upper layer's root is /workspace in the sandbox, so its mode, times and extended
+/// attributes are what the last command left on /workspace, and the next run must not see
+/// them.
+fn renew_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let old = fs::symlink_metadata(dir)?;
+    fs::remove_dir(dir)?;
+    fs::DirBuilder::new().mode(0o700).create(dir)?;
+    let new = fs::symlink_metadata(dir)?;
+    if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
+        std::os::unix::fs::lchown(dir, Some(old.uid()), Some(old.gid()))?;
+    }
+    Ok(())
 }
 
 /// Returns whether the directory `dir` has entries besides `.` and `..`, or `None` when it

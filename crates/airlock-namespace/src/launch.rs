@@ -460,22 +460,33 @@ fn prepare_layers(layers: &Path, caller: &Caller) -> Result<(), Error> {
         source,
     };
     let Identity { uid, gid, .. } = caller.identity;
-    for dir in [layers.to_owned(), layers.join("upper"), layers.join("work")] {
+    let upper = layers.join("upper");
+    for dir in [layers.to_owned(), upper.clone(), layers.join("work")] {
         // A reused directory usually has the right owner already, and a chown to the same
         // owner would still cost a journaled metadata change.
-        let owner = match std::fs::symlink_metadata(&dir) {
-            Ok(metadata) if metadata.is_dir() => Some((metadata.uid(), metadata.gid())),
+        let (owner, mode) = match std::fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => (
+                Some((metadata.uid(), metadata.gid())),
+                metadata.mode() & 0o7777,
+            ),
             Ok(_) => return Err(failed(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
             Err(_) => {
                 std::fs::DirBuilder::new()
                     .mode(0o700)
                     .create(&dir)
                     .map_err(failed)?;
-                None
+                (None, 0o700)
             }
         };
         if caller.is_root && owner != Some((uid, gid)) {
             std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).map_err(failed)?;
+        }
+        // The upper layer's root is /workspace in the sandbox, which shows its mode rather
+        // than the project's.
+        let project_mode = caller.workspace.as_ref().map(|workspace| workspace.mode);
+        if dir == upper && project_mode.is_some_and(|project| project != mode) {
+            let permissions = std::fs::Permissions::from_mode(project_mode.unwrap_or(0o700));
+            std::fs::set_permissions(&dir, permissions).map_err(failed)?;
         }
     }
     clear_kernel_work_dir(&layers.join("work").join("work")).map_err(failed)

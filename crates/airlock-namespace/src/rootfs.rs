@@ -451,18 +451,18 @@ fn bind_workspace(opened: &OwnedFd, target: &Path) -> Result<()> {
 fn workspace_bind_step(opened: &OwnedFd) -> String {
     match fs::read_link(through_fd(opened)) {
         Ok(path) => mount_points_step(&path),
-        Err(_) => "bind the workspace (it must not contain mount points)".into(),
+        Err(_) => "use the workspace (it must not contain mount points)".into(),
     }
 }
 
-/// Names the step that binds the workspace at `path`, with the first mount point below it.
+/// Names the step that mounts the workspace at `path`, with the first mount point below it.
 fn mount_points_step(path: &Path) -> String {
     match first_mount_below(path) {
         Some(mount) => format!(
-            "bind the workspace {path:?}, which contains the mount point {mount:?} (unmount \
+            "use the workspace {path:?}, which contains the mount point {mount:?} (unmount \
              it, or pass a project without mount points)"
         ),
-        None => format!("bind the workspace {path:?} (it must not contain mount points)"),
+        None => format!("use the workspace {path:?} (it must not contain mount points)"),
     }
 }
 
@@ -577,7 +577,15 @@ pub struct Overlay {
 /// and detaches the host's tree, and overlayfs rejects a layer on a detached mount that is
 /// not such a copy. The caller must be single-threaded.
 pub fn start_overlay(source: &BindSource, layers: OwnedFd) -> Result<Overlay> {
-    let lower = sys::open_tree_clone_path(&source.path).step(|| mount_points_step(&source.path))?;
+    let lower = sys::open_tree_clone_path(&source.path).map_err(|error| Error {
+        // In a user namespace the kernel rejects the clone (EINVAL) when mounts below the
+        // project would be uncovered, as it rejects a bind.
+        step: match error.raw_os_error() {
+            Some(libc::EINVAL) => mount_points_step(&source.path),
+            _ => format!("open the workspace {:?}", source.path),
+        },
+        source: error,
+    })?;
     check_workspace_identity(&lower, source)?;
     let step = || "mount the copy-on-write overlay on /workspace".to_owned();
     let request = overlay_request(&through_fd(&lower), &through_fd(&layers)).step(step)?;

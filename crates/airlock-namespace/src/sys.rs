@@ -733,13 +733,33 @@ pub type RlimitResource = libc::__rlimit_resource_t;
 #[cfg(not(target_env = "gnu"))]
 pub type RlimitResource = libc::c_int;
 
+/// Sets the soft and hard limits of `resource` to `limit`, or to the current hard limit
+/// where that is lower. Without CAP_SYS_RESOURCE a process cannot raise its hard limit, and
+/// the lower limit is the stricter one, so it is kept rather than failing the sandbox.
 pub fn setrlimit(resource: RlimitResource, limit: u64) -> io::Result<()> {
-    let value = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
+    let set = |limit: u64| {
+        let value = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: `value` is a valid rlimit for the call.
+        check(unsafe { libc::setrlimit(resource, &value) }).map(drop)
     };
-    // SAFETY: `value` is a valid rlimit for the call.
-    check(unsafe { libc::setrlimit(resource, &value) }).map(drop)
+    match set(limit) {
+        Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+            // SAFETY: rlimit is plain data, so all zeros is a valid value for the kernel to
+            // fill.
+            let mut current: libc::rlimit = unsafe { std::mem::zeroed() };
+            // SAFETY: `current` is live and writable for the call.
+            check(unsafe { libc::getrlimit(resource, &mut current) })?;
+            if current.rlim_max < limit {
+                set(current.rlim_max)
+            } else {
+                Err(error)
+            }
+        }
+        result => result,
+    }
 }
 
 /// Clears the effective, permitted and inheritable capability sets of this thread.

@@ -69,6 +69,8 @@ pub struct HostWorkspace {
     pub path: PathBuf,
     pub owner_uid: u32,
     pub owner_gid: u32,
+    /// Permission bits, with the setuid, setgid and sticky bits.
+    pub mode: u32,
     /// Device and inode numbers, which identify the directory across mount namespaces.
     pub identity: (u64, u64),
 }
@@ -115,6 +117,7 @@ impl HostWorkspace {
             path: now,
             owner_uid: metadata.uid(),
             owner_gid: metadata.gid(),
+            mode: metadata.mode() & 0o7777,
             identity: (metadata.dev(), metadata.ino()),
         })
     }
