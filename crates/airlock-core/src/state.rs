@@ -426,15 +426,17 @@ impl StateDir {
     }
 
     /// Keeps the directory of a finished run, whose overlay upper layer is empty, for the
-    /// next run, or removes it when enough spares are kept already.
-    pub fn recycle(&self, sandbox: &SandboxDir) -> Result<(), StateError> {
+    /// next run, or removes it when enough spares are kept already. The spare's upper
+    /// directory gets `upper_mode`, the mode of the run's project, which the next run of
+    /// the same project then need not set.
+    pub fn recycle(&self, sandbox: &SandboxDir, upper_mode: Option<u32>) -> Result<(), StateError> {
         const MAX_SPARES: usize = 4;
         let spares = fs::read_dir(self.spares()).map_or(MAX_SPARES, |entries| entries.count());
         let upper_empty = has_entries(&sandbox.upper()) == Some(false);
         if spares >= MAX_SPARES || !upper_empty {
             return sandbox.remove();
         }
-        if renew_dir(&sandbox.upper()).is_err() {
+        if renew_dir(&sandbox.upper(), upper_mode.unwrap_or(0o700)).is_err() {
             return sandbox.remove();
         }
         // The kernel's work directory belongs to the identity of the last run, which may
@@ -845,12 +847,12 @@ pub fn make_owner_accessible(dir: &Path) {
     }
 }
 
-/// Replaces the empty directory `dir` with a new one of the same owner and mode 700. The
+/// Replaces the empty directory `dir` with a new one of the same owner and mode `mode`. The
 /// upper layer's root is /workspace in the sandbox, so its mode, times and extended
 /// attributes are what the last command left on /workspace, and the next run must not see
 /// them.
-fn renew_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
+fn renew_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let old = fs::symlink_metadata(dir)?;
     fs::remove_dir(dir)?;
     fs::DirBuilder::new().mode(0o700).create(dir)?;
@@ -858,7 +860,8 @@ fn renew_dir(dir: &Path) -> io::Result<()> {
     if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
         std::os::unix::fs::lchown(dir, Some(old.uid()), Some(old.gid()))?;
     }
-    Ok(())
+    // Set apart from the mkdir, which the umask would narrow.
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
 /// Returns whether the directory `dir` has entries besides `.` and `..`, or `None` when it
