@@ -244,16 +244,17 @@ impl RunCleanup {
     /// Runs the clean-up in this process.
     fn run(self) -> Result<(), BackendError> {
         let sandbox_kept = self.entries.sandbox_kept;
-        let project_mode = self.entries.spec.workspace.as_ref().and_then(|project| {
-            use std::os::unix::fs::PermissionsExt;
-            let metadata = std::fs::metadata(project).ok()?;
-            Some(metadata.permissions().mode() & 0o7777)
-        });
+        let project = self
+            .entries
+            .spec
+            .workspace
+            .as_ref()
+            .and_then(|project| std::fs::metadata(project).ok());
         self.teardown.run();
         let id = &self.sandbox.id;
         AuditLog::open(&self.state.audit_path(id), id)?.append_all(self.entries.into_entries())?;
         if !sandbox_kept {
-            self.state.recycle(&self.sandbox, project_mode)?;
+            self.state.recycle(&self.sandbox, project.as_ref())?;
         }
         Ok(())
     }

@@ -427,16 +427,20 @@ impl StateDir {
 
     /// Keeps the directory of a finished run, whose overlay upper layer is empty, for the
     /// next run, or removes it when enough spares are kept already. The spare's upper
-    /// directory gets `upper_mode`, the mode of the run's project, which the next run of
-    /// the same project then need not set.
-    pub fn recycle(&self, sandbox: &SandboxDir, upper_mode: Option<u32>) -> Result<(), StateError> {
+    /// directory takes the mode and times of `project`, the run's project, as described at
+    /// [`reset_upper`].
+    pub fn recycle(
+        &self,
+        sandbox: &SandboxDir,
+        project: Option<&fs::Metadata>,
+    ) -> Result<(), StateError> {
         const MAX_SPARES: usize = 4;
         let spares = fs::read_dir(self.spares()).map_or(MAX_SPARES, |entries| entries.count());
         let upper_empty = has_entries(&sandbox.upper()) == Some(false);
         if spares >= MAX_SPARES || !upper_empty {
             return sandbox.remove();
         }
-        if renew_dir(&sandbox.upper(), upper_mode.unwrap_or(0o700)).is_err() {
+        if reset_upper(&sandbox.upper(), project).is_err() {
             return sandbox.remove();
         }
         // The kernel's work directory belongs to the identity of the last run, which may
@@ -847,21 +851,47 @@ pub fn make_owner_accessible(dir: &Path) {
     }
 }
 
-/// Replaces the empty directory `dir` with a new one of the same owner and mode `mode`. The
-/// upper layer's root is /workspace in the sandbox, so its mode, times and extended
-/// attributes are what the last command left on /workspace, and the next run must not see
-/// them.
-fn renew_dir(dir: &Path, mode: u32) -> io::Result<()> {
+/// Resets the attributes of the empty upper directory `upper` for the next run. The upper
+/// layer's root is /workspace in the sandbox, so its mode, times and extended attributes are
+/// what the last command left on /workspace, and the next run must not see them. The
+/// directory takes the mode and times of `project` (mode 700 and the current time without
+/// one), so that the next run of that project finds them set, and loses its `user.`
+/// extended attributes, the only ones a sandbox can set. Deleting and making the directory
+/// again would do the same, at the cost of a freed and an allocated inode.
+fn reset_upper(upper: &Path, project: Option<&fs::Metadata>) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let old = fs::symlink_metadata(dir)?;
-    fs::remove_dir(dir)?;
-    fs::DirBuilder::new().mode(0o700).create(dir)?;
-    let new = fs::symlink_metadata(dir)?;
-    if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
-        std::os::unix::fs::lchown(dir, Some(old.uid()), Some(old.gid()))?;
+    let mut names = [0u8; 1024];
+    let listed = rustix::fs::llistxattr(upper, &mut names[..])?;
+    for name in names[..listed].split(|byte| *byte == 0) {
+        if name.starts_with(b"user.") {
+            let name = std::ffi::OsStr::from_bytes(name);
+            rustix::fs::lremovexattr(upper, name)?;
+        }
     }
-    // Set apart from the mkdir, which the umask would narrow.
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+    let mode = project.map_or(0o700, |project| project.mode() & 0o7777);
+    fs::set_permissions(upper, fs::Permissions::from_mode(mode))?;
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let time = |seconds: i64, nanoseconds: i64| rustix::fs::Timespec {
+        tv_sec: seconds,
+        tv_nsec: nanoseconds as _,
+    };
+    let times = match project {
+        Some(project) => rustix::fs::Timestamps {
+            last_access: time(project.atime(), project.atime_nsec()),
+            last_modification: time(project.mtime(), project.mtime_nsec()),
+        },
+        None => rustix::fs::Timestamps {
+            last_access: now,
+            last_modification: now,
+        },
+    };
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    rustix::fs::utimensat(rustix::fs::CWD, upper, &times, flags)?;
+    Ok(())
 }
 
 /// Returns whether the directory `dir` has entries besides `.` and `..`, or `None` when it
