@@ -854,10 +854,10 @@ pub fn make_owner_accessible(dir: &Path) {
 /// Resets the attributes of the empty upper directory `upper` for the next run. The upper
 /// layer's root is /workspace in the sandbox, so its mode, times and extended attributes are
 /// what the last command left on /workspace, and the next run must not see them. The
-/// directory takes the mode and times of `project` (mode 700 and the current time without
-/// one), so that the next run of that project finds them set, and loses its `user.`
-/// extended attributes, the only ones a sandbox can set. Deleting and making the directory
-/// again would do the same, at the cost of a freed and an allocated inode.
+/// directory loses its `user.` extended attributes, the only ones a sandbox can set. It
+/// takes the mode and times of `project` (mode 700 and the current time without one), so
+/// the next run of that project finds them set. Deleting and making the directory again
+/// would do the same, at the cost of a freed and an allocated inode.
 fn reset_upper(upper: &Path, project: Option<&fs::Metadata>) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -869,8 +869,10 @@ fn reset_upper(upper: &Path, project: Option<&fs::Metadata>) -> io::Result<()> {
             rustix::fs::lremovexattr(upper, name)?;
         }
     }
+
     let mode = project.map_or(0o700, |project| project.mode() & 0o7777);
     fs::set_permissions(upper, fs::Permissions::from_mode(mode))?;
+
     let now = rustix::fs::Timespec {
         tv_sec: 0,
         tv_nsec: rustix::fs::UTIME_NOW,
