@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use airlock_core::state::{nanos_since_epoch, Record, SandboxDir};
+use airlock_core::state::{self, nanos_since_epoch, Record, SandboxDir};
 use airlock_core::{BackendError, WorkspaceMode};
 use airlock_workspace::{ApplyOptions, ApplyReport, Change, ChangeKind, FileType};
 use serde_json::{json, Value};
@@ -35,10 +35,9 @@ fn layers_of(sandbox: &SandboxDir, record: &Record) -> Result<Layers, ChangesErr
         return Err(not_overlay());
     }
     let lower = record.spec.workspace.clone().ok_or_else(not_overlay)?;
-    Ok(Layers {
-        lower,
-        upper: sandbox.upper(),
-    })
+    let upper = sandbox.upper();
+    state::reopen_upper(&upper);
+    Ok(Layers { lower, upper })
 }
 
 /// Removes the temporary files that a killed apply left in the project, as its journal lists

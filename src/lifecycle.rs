@@ -1078,21 +1078,12 @@ pub fn empty_layers(sandbox: &SandboxDir) {
     }
 }
 
-/// Returns whether the overlay's upper layer `upper` has entries. The upper layer's root is
-/// /workspace, so the command may have taken its owner's read or search permission. Then
-/// the permission is given back and the check repeated, so that the changes are kept rather
-/// than taken for none.
+/// Returns whether the overlay's upper layer `upper` has entries, once its owner has
+/// permission to read it. An upper layer that exists but still cannot be read counts as
+/// changed, so that it is kept rather than removed unseen.
 fn upper_has_entries(upper: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(found) = state::has_entries(upper) {
-        return found;
-    }
-    let Ok(metadata) = std::fs::symlink_metadata(upper) else {
-        return false;
-    };
-    let mode = metadata.permissions().mode() | 0o700;
-    let _ = std::fs::set_permissions(upper, std::fs::Permissions::from_mode(mode));
-    state::has_entries(upper) != Some(false)
+    state::reopen_upper(upper);
+    state::has_entries(upper).unwrap_or_else(|| upper.exists())
 }
 
 /// Runs as the supervisor process of one sandbox. It starts the sandbox, reports it ready to

@@ -220,11 +220,15 @@ fn unreadable_workspace_root_keeps_changes() {
     }
 }
 
-/// /workspace shows the project's mode, and what a command leaves on /workspace itself (its
-/// mode, an extended attribute) does not reach later runs, which may reuse the directories
-/// of this one.
+/// /workspace shows the project's mode and modification time. What a command leaves on
+/// /workspace itself does not reach later runs, which may reuse the directories of this one:
+/// its mode, an extended attribute, and a default ACL, which would widen the modes of new
+/// files.
 #[test]
 fn workspace_root_attributes_not_carried_over() {
+    // A default ACL of user::rwx, group::rwx, other::rwx, as the kernel stores it.
+    const DEFAULT_ACL: &str = "b'\\x02\\x00\\x00\\x00' + b''.join(struct.pack('<HHI', tag, 7, \
+                               0xffffffff) for tag in (1, 4, 0x20))";
     for caller in CALLERS {
         let workspace = project(caller);
         let project_mode = "751";
@@ -234,17 +238,27 @@ fn workspace_root_attributes_not_carried_over() {
             .status()
             .unwrap();
         assert!(status.success());
-        let mark = "import os; os.setxattr('/workspace', 'user.carried', b'x'); \
-                    os.chmod('/workspace', 0o777)";
+        let status = std::process::Command::new("touch")
+            .args(["-d", "2001-02-03 04:05:06 UTC"])
+            .arg(workspace.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mark = format!(
+            "import os, struct; os.setxattr('/workspace', 'user.carried', b'x'); \
+             os.setxattr('/workspace', 'system.posix_acl_default', {DEFAULT_ACL}); \
+             os.chmod('/workspace', 0o777); os.utime('/workspace', (0, 0))"
+        );
         let marked = run(
             caller,
-            &["run", "--", "python3", "-c", mark],
+            &["run", "--", "python3", "-c", &mark],
             workspace.path(),
         );
         assert!(marked.status.success(), "{caller:?}: {}", describe(&marked));
         // Enough runs to take every spare directory that the marked run's may have joined.
         for _ in 0..6 {
-            let look = "import os; print(oct(os.stat('/workspace').st_mode & 0o7777)[2:]); \
+            let look = "import os; status = os.stat('/workspace'); \
+                        print(oct(status.st_mode & 0o7777)[2:]); print(int(status.st_mtime)); \
                         print(os.listxattr('/workspace'))";
             let output = run(
                 caller,
@@ -253,14 +267,31 @@ fn workspace_root_attributes_not_carried_over() {
             );
             assert!(output.status.success(), "{caller:?}: {}", describe(&output));
             let seen = stdout(&output);
-            assert_eq!(
-                seen.lines().next(),
-                Some(project_mode),
-                "{caller:?}: {seen}"
-            );
-            assert!(!seen.contains("user.carried"), "{caller:?}: {seen}");
+            let mut lines = seen.lines();
+            assert_eq!(lines.next(), Some(project_mode), "{caller:?}: {seen}");
+            assert_eq!(lines.next(), Some("981173106"), "{caller:?}: {seen}");
+            assert_eq!(lines.next(), Some("[]"), "{caller:?}: {seen}");
         }
     }
+}
+
+/// A held sandbox whose command takes the owner's read permission from /workspace still has
+/// its changes listed by `diff`.
+#[test]
+fn unreadable_workspace_root_diffs_when_held() {
+    let caller = Caller::User;
+    let workspace = project(caller);
+    let id = create(caller, workspace.path(), &[]);
+    let exec = exec_sh(
+        caller,
+        workspace.path(),
+        &id,
+        "echo made > made.txt; chmod 000 /workspace",
+    );
+    assert!(exec.status.success(), "{}", describe(&exec));
+    let changes = diff_json(caller, &workspace, &id);
+    assert_eq!(change(&changes, "made.txt").unwrap()["kind"], "added");
+    remove(caller, workspace.path(), &id);
 }
 
 #[test]

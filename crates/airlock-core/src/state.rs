@@ -851,11 +851,27 @@ pub fn make_owner_accessible(dir: &Path) {
     }
 }
 
+/// Gives the owner back read, write and search permission on the overlay's upper directory
+/// `upper` when it cannot be read. It is /workspace in the sandbox, and the command may have
+/// taken them, which would hide every change below it.
+pub fn reopen_upper(upper: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if has_entries(upper).is_some() {
+        return;
+    }
+    let Ok(metadata) = fs::symlink_metadata(upper) else {
+        return;
+    };
+    let mode = metadata.permissions().mode() | 0o700;
+    let _ = fs::set_permissions(upper, fs::Permissions::from_mode(mode));
+}
+
 /// Resets the attributes of the empty upper directory `upper` for the next run. The upper
 /// layer's root is /workspace in the sandbox, so its mode, times and extended attributes are
 /// what the last command left on /workspace, and the next run must not see them. The
-/// directory loses its `user.` extended attributes, the only ones a sandbox can set. It
-/// takes the mode and times of `project` (mode 700 and the current time without one), so
+/// directory loses the extended attributes that a sandbox can set on it: `user.` ones and
+/// POSIX ACLs, whose default ACL would widen the modes of new files. It takes the mode and
+/// times of `project` (mode 700 and the current time without one), so
 /// the next run of that project finds them set. Deleting and making the directory again
 /// would do the same, at the cost of a freed and an allocated inode.
 fn reset_upper(upper: &Path, project: Option<&fs::Metadata>) -> io::Result<()> {
@@ -864,7 +880,7 @@ fn reset_upper(upper: &Path, project: Option<&fs::Metadata>) -> io::Result<()> {
     let mut names = [0u8; 1024];
     let listed = rustix::fs::llistxattr(upper, &mut names[..])?;
     for name in names[..listed].split(|byte| *byte == 0) {
-        if name.starts_with(b"user.") {
+        if name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_") {
             let name = std::ffi::OsStr::from_bytes(name);
             rustix::fs::lremovexattr(upper, name)?;
         }

@@ -464,32 +464,53 @@ fn prepare_layers(layers: &Path, caller: &Caller) -> Result<(), Error> {
     for dir in [layers.to_owned(), upper.clone(), layers.join("work")] {
         // A reused directory usually has the right owner already, and a chown to the same
         // owner would still cost a journaled metadata change.
-        let (owner, mode) = match std::fs::symlink_metadata(&dir) {
-            Ok(metadata) if metadata.is_dir() => (
-                Some((metadata.uid(), metadata.gid())),
-                metadata.mode() & 0o7777,
-            ),
+        let metadata = match std::fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => Some(metadata),
             Ok(_) => return Err(failed(std::io::Error::from_raw_os_error(libc::ENOTDIR))),
             Err(_) => {
                 std::fs::DirBuilder::new()
                     .mode(0o700)
                     .create(&dir)
                     .map_err(failed)?;
-                (None, 0o700)
+                None
             }
         };
+        let owner = metadata
+            .as_ref()
+            .map(|metadata| (metadata.uid(), metadata.gid()));
         if caller.is_root && owner != Some((uid, gid)) {
             std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).map_err(failed)?;
         }
-        // The upper layer's root is /workspace in the sandbox, which shows its mode rather
-        // than the project's.
-        let project_mode = caller.workspace.as_ref().map(|workspace| workspace.mode);
-        if dir == upper && project_mode.is_some_and(|project| project != mode) {
-            let permissions = std::fs::Permissions::from_mode(project_mode.unwrap_or(0o700));
-            std::fs::set_permissions(&dir, permissions).map_err(failed)?;
+        if let (true, Some(project)) = (dir == upper, &caller.workspace) {
+            match_project_attributes(&dir, metadata.as_ref(), project).map_err(failed)?;
         }
     }
     clear_kernel_work_dir(&layers.join("work").join("work")).map_err(failed)
+}
+
+/// Gives the upper directory `upper`, whose metadata is `current` (`None` when just made),
+/// the mode and times of the project. The upper layer's root is /workspace in the sandbox,
+/// which shows its attributes rather than the project's. A spare directory usually has them
+/// already, from the clean-up after the last run of the same project.
+fn match_project_attributes(
+    upper: &Path,
+    current: Option<&std::fs::Metadata>,
+    project: &HostWorkspace,
+) -> std::io::Result<()> {
+    let mode = current.map_or(0o700, |metadata| metadata.mode() & 0o7777);
+    if mode != project.mode {
+        std::fs::set_permissions(upper, std::fs::Permissions::from_mode(project.mode))?;
+    }
+    let times = current.map(|metadata| {
+        [
+            (metadata.atime(), metadata.atime_nsec()),
+            (metadata.mtime(), metadata.mtime_nsec()),
+        ]
+    });
+    if times != Some(project.times) {
+        sys::set_times(upper, project.times)?;
+    }
+    Ok(())
 }
 
 /// Removes the directory overlayfs keeps its temporary files in, left by an earlier mount of

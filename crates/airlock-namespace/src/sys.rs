@@ -477,6 +477,27 @@ pub fn fstat_mode(fd: RawFd) -> io::Result<Option<(libc::mode_t, libc::dev_t)>> 
     Ok(Some((stat.st_mode, stat.st_rdev)))
 }
 
+/// Sets the access and modification times of `path`, given as seconds and nanoseconds,
+/// without following a symlink at its end.
+pub fn set_times(path: &Path, times: [(i64, i64); 2]) -> io::Result<()> {
+    let path = cstring(path)?;
+    let times = times.map(|(seconds, nanoseconds)| libc::timespec {
+        tv_sec: seconds as _,
+        tv_nsec: nanoseconds as _,
+    });
+    // SAFETY: `path` is NUL-terminated and `times` is an array of two timespecs, both alive
+    // for the call.
+    let result = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    check(result).map(drop)
+}
+
 /// Returns the device and inode numbers of the file that `fd` refers to, which may be an
 /// O_PATH descriptor.
 pub fn fstat_identity(fd: RawFd) -> io::Result<(u64, u64)> {

@@ -71,6 +71,8 @@ pub struct HostWorkspace {
     pub owner_gid: u32,
     /// Permission bits, with the setuid, setgid and sticky bits.
     pub mode: u32,
+    /// Times of last access and modification, as seconds and nanoseconds.
+    pub times: [(i64, i64); 2],
     /// Device and inode numbers, which identify the directory across mount namespaces.
     pub identity: (u64, u64),
 }
@@ -118,6 +120,10 @@ impl HostWorkspace {
             owner_uid: metadata.uid(),
             owner_gid: metadata.gid(),
             mode: metadata.mode() & 0o7777,
+            times: [
+                (metadata.atime(), metadata.atime_nsec()),
+                (metadata.mtime(), metadata.mtime_nsec()),
+            ],
             identity: (metadata.dev(), metadata.ino()),
         })
     }
