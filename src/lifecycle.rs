@@ -249,12 +249,13 @@ impl RunCleanup {
             .spec
             .workspace
             .as_ref()
-            .and_then(|project| std::fs::metadata(project).ok());
+            .and_then(|project| std::fs::metadata(project).ok())
+            .map(|metadata| state::RootAttributes::of(&metadata));
         self.teardown.run();
         let id = &self.sandbox.id;
         AuditLog::open(&self.state.audit_path(id), id)?.append_all(self.entries.into_entries())?;
         if !sandbox_kept {
-            self.state.recycle(&self.sandbox, project.as_ref())?;
+            self.state.recycle(&self.sandbox, project)?;
         }
         Ok(())
     }
@@ -1082,8 +1083,7 @@ pub fn empty_layers(sandbox: &SandboxDir) {
 /// permission to read it. An upper layer that exists but still cannot be read counts as
 /// changed, so that it is kept rather than removed unseen.
 fn upper_has_entries(upper: &Path) -> bool {
-    state::reopen_upper(upper);
-    state::has_entries(upper).unwrap_or_else(|| upper.exists())
+    state::reopen_upper(upper).unwrap_or_else(|| upper.exists())
 }
 
 /// Runs as the supervisor process of one sandbox. It starts the sandbox, reports it ready to

@@ -427,12 +427,12 @@ impl StateDir {
 
     /// Keeps the directory of a finished run, whose overlay upper layer is empty, for the
     /// next run, or removes it when enough spares are kept already. The spare's upper
-    /// directory takes the mode and times of `project`, the run's project, as described at
-    /// [`reset_upper`].
+    /// directory takes `project`, the attributes of the run's project, as described at
+    /// [`reset_upper`]. Without them the directory is removed.
     pub fn recycle(
         &self,
         sandbox: &SandboxDir,
-        project: Option<&fs::Metadata>,
+        project: Option<RootAttributes>,
     ) -> Result<(), StateError> {
         const MAX_SPARES: usize = 4;
         let spares = fs::read_dir(self.spares()).map_or(MAX_SPARES, |entries| entries.count());
@@ -440,6 +440,9 @@ impl StateDir {
         if spares >= MAX_SPARES || !upper_empty {
             return sandbox.remove();
         }
+        let Some(project) = project else {
+            return sandbox.remove();
+        };
         if reset_upper(&sandbox.upper(), project).is_err() {
             return sandbox.remove();
         }
@@ -851,32 +854,74 @@ pub fn make_owner_accessible(dir: &Path) {
     }
 }
 
-/// Gives the owner back read, write and search permission on the overlay's upper directory
-/// `upper` when it cannot be read. It is /workspace in the sandbox, and the command may have
-/// taken them, which would hide every change below it.
-pub fn reopen_upper(upper: &Path) {
+/// Returns whether the overlay's upper directory `upper` has entries, as [`has_entries`]
+/// does, after giving its owner back read, write and search permission where it cannot be
+/// read. It is /workspace in the sandbox, and the command may have taken them, which would
+/// hide every change below it.
+pub fn reopen_upper(upper: &Path) -> Option<bool> {
     use std::os::unix::fs::PermissionsExt;
-    if has_entries(upper).is_some() {
-        return;
+    if let Some(found) = has_entries(upper) {
+        return Some(found);
     }
-    let Ok(metadata) = fs::symlink_metadata(upper) else {
-        return;
-    };
+    let metadata = fs::symlink_metadata(upper).ok()?;
     let mode = metadata.permissions().mode() | 0o700;
-    let _ = fs::set_permissions(upper, fs::Permissions::from_mode(mode));
+    fs::set_permissions(upper, fs::Permissions::from_mode(mode)).ok()?;
+    has_entries(upper)
 }
 
-/// Resets the attributes of the empty upper directory `upper` for the next run. The upper
-/// layer's root is /workspace in the sandbox, so its mode, times and extended attributes are
-/// what the last command left on /workspace, and the next run must not see them. The
-/// directory loses the extended attributes that a sandbox can set on it: `user.` ones and
-/// POSIX ACLs, whose default ACL would widen the modes of new files. It takes the mode and
-/// times of `project` (mode 700 and the current time without one), so
-/// the next run of that project finds them set. Deleting and making the directory again
-/// would do the same, at the cost of a freed and an allocated inode.
-fn reset_upper(upper: &Path, project: Option<&fs::Metadata>) -> io::Result<()> {
+/// The attributes of a project directory that /workspace shows through the root of the
+/// overlay's upper directory: permission bits (with the setuid, setgid and sticky bits),
+/// and the access and modification times as seconds and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootAttributes {
+    pub mode: u32,
+    pub times: [(i64, i64); 2],
+}
+
+impl RootAttributes {
+    pub fn of(metadata: &fs::Metadata) -> RootAttributes {
+        use std::os::unix::fs::MetadataExt;
+        RootAttributes {
+            mode: metadata.mode() & 0o7777,
+            times: [
+                (metadata.atime(), metadata.atime_nsec()),
+                (metadata.mtime(), metadata.mtime_nsec()),
+            ],
+        }
+    }
+
+    /// Gives the directory `dir` these attributes. `current`, the attributes it has, spares
+    /// the calls for those that already match.
+    pub fn apply_to(&self, dir: &Path, current: Option<RootAttributes>) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if current.map(|current| current.mode) != Some(self.mode) {
+            fs::set_permissions(dir, fs::Permissions::from_mode(self.mode))?;
+        }
+        if current.map(|current| current.times) != Some(self.times) {
+            let time = |(seconds, nanoseconds): (i64, i64)| rustix::fs::Timespec {
+                tv_sec: seconds,
+                tv_nsec: nanoseconds as _,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: time(self.times[0]),
+                last_modification: time(self.times[1]),
+            };
+            let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+            rustix::fs::utimensat(rustix::fs::CWD, dir, &times, flags)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resets the empty upper directory `upper` for the next run. The upper layer's root is
+/// /workspace in the sandbox, so its mode, times and extended attributes are what the last
+/// command left on /workspace, and the next run must not see them. The directory loses the
+/// extended attributes that a sandbox can set on it: `user.` ones and POSIX ACLs, whose
+/// default ACL would widen the modes of new files. It takes `project`'s attributes, so the
+/// next run of that project finds them set. Deleting and making the directory again would
+/// do the same, at the cost of a freed and an allocated inode.
+fn reset_upper(upper: &Path, project: RootAttributes) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut names = [0u8; 1024];
     let listed = rustix::fs::llistxattr(upper, &mut names[..])?;
     for name in names[..listed].split(|byte| *byte == 0) {
@@ -885,31 +930,7 @@ fn reset_upper(upper: &Path, project: Option<&fs::Metadata>) -> io::Result<()> {
             rustix::fs::lremovexattr(upper, name)?;
         }
     }
-
-    let mode = project.map_or(0o700, |project| project.mode() & 0o7777);
-    fs::set_permissions(upper, fs::Permissions::from_mode(mode))?;
-
-    let now = rustix::fs::Timespec {
-        tv_sec: 0,
-        tv_nsec: rustix::fs::UTIME_NOW,
-    };
-    let time = |seconds: i64, nanoseconds: i64| rustix::fs::Timespec {
-        tv_sec: seconds,
-        tv_nsec: nanoseconds as _,
-    };
-    let times = match project {
-        Some(project) => rustix::fs::Timestamps {
-            last_access: time(project.atime(), project.atime_nsec()),
-            last_modification: time(project.mtime(), project.mtime_nsec()),
-        },
-        None => rustix::fs::Timestamps {
-            last_access: now,
-            last_modification: now,
-        },
-    };
-    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
-    rustix::fs::utimensat(rustix::fs::CWD, upper, &times, flags)?;
-    Ok(())
+    project.apply_to(upper, None)
 }
 
 /// Returns whether the directory `dir` has entries besides `.` and `..`, or `None` when it

@@ -6,7 +6,7 @@
 //! descriptor table. Because it shares the memory, the helper also shares the C library's
 //! state. So its half allocates nothing (the request's strings are converted beforehand),
 //! and it makes its system calls through [`raw_syscall`], which leaves `errno` alone. Both
-//! processes use the thread data that holds `errno`, and the parent may be reading its own
+//! processes use the thread data that contains `errno`, and the parent may be reading its own
 //! at that moment.
 
 use std::ffi::{CStr, CString, OsStr};
@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use crate::sys::{self, cstring, Stack};
+use crate::sys::{self, cstring, raw_syscall, Stack};
 
 /// A value of one file system parameter.
 pub enum Parameter<'a> {
@@ -54,7 +54,7 @@ impl Request {
         })
     }
 
-    /// Creates the file system here and returns it as a detached mount, for
+    /// Creates the file system in this process and returns it as a detached mount, for
     /// [`sys::move_mount`].
     pub fn make(&self) -> io::Result<OwnedFd> {
         let fd = self.make_raw().map_err(io::Error::from_raw_os_error)?;
@@ -62,7 +62,7 @@ impl Request {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// Starts a helper process that creates the file system while this process goes on;
+    /// Starts a helper process that creates the file system while this process goes on.
     /// [`Helper::finish`] returns the mount. The caller must be single-threaded.
     pub fn start(self) -> io::Result<Helper> {
         /// Far more than the helper's few frames use; only the pages touched cost memory.
@@ -232,37 +232,6 @@ fn checked(result: isize) -> Result<usize, i32> {
     }
 }
 
-/// Makes system call `number` with up to five arguments and returns what the kernel
-/// returned: the result, or a negated errno. Unlike libc's `syscall`, it never writes
-/// `errno`.
-///
-/// # Safety
-///
-/// The arguments must be valid for the system call: pointers must point to memory that
-/// lives and has the layout the call expects for its duration.
-unsafe fn raw_syscall(number: libc::c_long, args: [usize; 5]) -> isize {
-    let result: isize;
-    // SAFETY: the syscall instruction enters the kernel with the number and arguments in the
-    // registers that the x86-64 Linux system call convention names. It clobbers only rcx and
-    // r11, which are declared, and does not touch the stack. The caller vouches for the
-    // arguments.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") number as isize => result,
-            in("rdi") args[0],
-            in("rsi") args[1],
-            in("rdx") args[2],
-            in("r10") args[3],
-            in("r8") args[4],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
@@ -270,21 +239,13 @@ mod tests {
     use super::*;
 
     /// Runs `check` in a child process, in new user and mount namespaces where it may mount,
-    /// and returns whether it passed. The test harness runs tests on threads, and only a
-    /// single-threaded process may enter a new user namespace, as the init that starts
-    /// helpers is.
+    /// and returns whether it passed. Only a single-threaded process may enter a new user
+    /// namespace, as the init that starts helpers is.
     fn in_own_mount_namespace(check: fn()) -> bool {
-        // SAFETY: the child only unshares, runs `check` and exits; it returns to nothing.
-        match unsafe { libc::fork() } {
-            0 => {
-                let passed = sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS).is_ok()
-                    && std::panic::catch_unwind(check).is_ok();
-                // SAFETY: _exit ends the child without running the harness's exit handlers.
-                unsafe { libc::_exit(if passed { 0 } else { 1 }) }
-            }
-            -1 => panic!("fork: {}", io::Error::last_os_error()),
-            child => matches!(sys::waitpid(child, 0), Ok(Some((_, 0)))),
-        }
+        sys::passes_in_child(move || {
+            sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS).unwrap();
+            check();
+        })
     }
 
     fn tmpfs(parameters: &[Parameter<'_>]) -> Request {

@@ -10,6 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use airlock_core::state::RootAttributes;
 use airlock_core::{Enforcement, Finished, RunOptions, SandboxId, Spec, WorkspaceMode};
 
 use crate::cgroup::{Cgroup, Controller, Layout};
@@ -481,36 +482,15 @@ fn prepare_layers(layers: &Path, caller: &Caller) -> Result<(), Error> {
         if caller.is_root && owner != Some((uid, gid)) {
             std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).map_err(failed)?;
         }
+        // The upper layer's root is /workspace in the sandbox, which shows its attributes
+        // rather than the project's. A spare directory usually has the project's already,
+        // from the clean-up after the last run of the same project.
         if let (true, Some(project)) = (dir == upper, &caller.workspace) {
-            match_project_attributes(&dir, metadata.as_ref(), project).map_err(failed)?;
+            let current = metadata.as_ref().map(RootAttributes::of);
+            project.attributes.apply_to(&dir, current).map_err(failed)?;
         }
     }
     clear_kernel_work_dir(&layers.join("work").join("work")).map_err(failed)
-}
-
-/// Gives the upper directory `upper`, whose metadata is `current` (`None` when just made),
-/// the mode and times of the project. The upper layer's root is /workspace in the sandbox,
-/// which shows its attributes rather than the project's. A spare directory usually has them
-/// already, from the clean-up after the last run of the same project.
-fn match_project_attributes(
-    upper: &Path,
-    current: Option<&std::fs::Metadata>,
-    project: &HostWorkspace,
-) -> std::io::Result<()> {
-    let mode = current.map_or(0o700, |metadata| metadata.mode() & 0o7777);
-    if mode != project.mode {
-        std::fs::set_permissions(upper, std::fs::Permissions::from_mode(project.mode))?;
-    }
-    let times = current.map(|metadata| {
-        [
-            (metadata.atime(), metadata.atime_nsec()),
-            (metadata.mtime(), metadata.mtime_nsec()),
-        ]
-    });
-    if times != Some(project.times) {
-        sys::set_times(upper, project.times)?;
-    }
-    Ok(())
 }
 
 /// Removes the directory overlayfs keeps its temporary files in, left by an earlier mount of

@@ -140,18 +140,50 @@ pub unsafe fn spawn_namespace_holder(
     check(pid)
 }
 
+/// Makes system call `number` with up to five arguments and returns what the kernel
+/// returned: the result, or a negated errno. Unlike libc's `syscall`, it never writes
+/// `errno`.
+///
+/// # Safety
+///
+/// The arguments must be valid for the system call: pointers must point to memory that
+/// lives and has the layout the call expects for its duration.
+pub(crate) unsafe fn raw_syscall(number: libc::c_long, args: [usize; 5]) -> isize {
+    let result: isize;
+    // SAFETY: the syscall instruction enters the kernel with the number and arguments in the
+    // registers that the x86-64 Linux system call convention names. It clobbers only rcx and
+    // r11, which are declared, and does not touch the stack. The caller vouches for the
+    // arguments.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") number as isize => result,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    result
+}
+
 /// The body of [`spawn_namespace_holder`]'s child: raw system calls only, because it shares
-/// the parent's memory, including the C library's state.
+/// the parent's memory, including the C library's state and `errno`.
 extern "C" fn hold_until_released(arg: *mut libc::c_void) -> libc::c_int {
     let value = arg as usize;
-    let (release_read, release_write) = (value as u32 as RawFd, (value >> 32) as u32 as RawFd);
+    let (release_read, release_write) = (value as u32 as usize, (value >> 32) as u32 as usize);
     let mut byte = 0u8;
+    let buffer = &mut byte as *mut u8 as usize;
     // SAFETY: close and read act on this child's own descriptor table, and `byte` is on the
     // child's stack. Exit ends this child alone and does not return.
     unsafe {
-        libc::syscall(libc::SYS_close, release_write);
-        libc::syscall(libc::SYS_read, release_read, &mut byte as *mut u8, 1);
-        libc::syscall(libc::SYS_exit, 0);
+        raw_syscall(libc::SYS_close, [release_write, 0, 0, 0, 0]);
+        raw_syscall(libc::SYS_read, [release_read, buffer, 1, 0, 0]);
+        raw_syscall(libc::SYS_exit, [0; 5]);
     }
     0
 }
@@ -475,27 +507,6 @@ pub fn fstat_mode(fd: RawFd) -> io::Result<Option<(libc::mode_t, libc::dev_t)>> 
         return Err(error);
     }
     Ok(Some((stat.st_mode, stat.st_rdev)))
-}
-
-/// Sets the access and modification times of `path`, given as seconds and nanoseconds,
-/// without following a symlink at its end.
-pub fn set_times(path: &Path, times: [(i64, i64); 2]) -> io::Result<()> {
-    let path = cstring(path)?;
-    let times = times.map(|(seconds, nanoseconds)| libc::timespec {
-        tv_sec: seconds as _,
-        tv_nsec: nanoseconds as _,
-    });
-    // SAFETY: `path` is NUL-terminated and `times` is an array of two timespecs, both alive
-    // for the call.
-    let result = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    check(result).map(drop)
 }
 
 /// Returns the device and inode numbers of the file that `fd` refers to, which may be an
@@ -1042,28 +1053,37 @@ fn max_rss(who: libc::c_int) -> u64 {
     }
 }
 
+/// Runs `check` in a forked child and returns whether it returned without panicking. The
+/// test harness runs tests on threads, while some checks need a single-threaded process, as
+/// the launcher and the init are.
+#[cfg(test)]
+pub(crate) fn passes_in_child(check: impl FnOnce() + std::panic::UnwindSafe) -> bool {
+    // SAFETY: the child runs `check` and exits without returning into the harness.
+    match unsafe { libc::fork() } {
+        0 => {
+            let passed = std::panic::catch_unwind(check).is_ok();
+            // SAFETY: _exit ends the child without running the harness's exit handlers.
+            unsafe { libc::_exit(if passed { 0 } else { 1 }) }
+        }
+        -1 => panic!("fork: {}", io::Error::last_os_error()),
+        child => matches!(waitpid(child, 0), Ok(Some((_, 0)))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn thread_count_follows_threads() {
-        // A forked child has one thread, while the test harness runs tests on several.
-        // SAFETY: the child only counts, starts a thread and exits; it returns to nothing.
-        match unsafe { libc::fork() } {
-            0 => {
-                let alone = thread_count() == Some(1);
-                let (release, released) = std::sync::mpsc::channel::<()>();
-                let thread = std::thread::spawn(move || released.recv());
-                let two = thread_count() == Some(2);
-                drop(release);
-                let _ = thread.join();
-                // SAFETY: _exit ends the child without running the harness's exit handlers.
-                unsafe { libc::_exit(if alone && two { 0 } else { 1 }) }
-            }
-            -1 => panic!("fork: {}", io::Error::last_os_error()),
-            child => assert_eq!(waitpid(child, 0).unwrap(), Some((child, 0))),
-        }
+        assert!(passes_in_child(|| {
+            assert_eq!(thread_count(), Some(1));
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || released.recv());
+            assert_eq!(thread_count(), Some(2));
+            drop(release);
+            let _ = thread.join();
+        }));
     }
 
     /// Finds a cgroup v2 hierarchy this process may create groups in.

@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
+use airlock_core::state::RootAttributes;
+
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +71,8 @@ pub struct HostWorkspace {
     pub path: PathBuf,
     pub owner_uid: u32,
     pub owner_gid: u32,
-    /// Permission bits, with the setuid, setgid and sticky bits.
-    pub mode: u32,
-    /// Times of last access and modification, as seconds and nanoseconds.
-    pub times: [(i64, i64); 2],
+    /// The mode and times that /workspace shows.
+    pub attributes: RootAttributes,
     /// Device and inode numbers, which identify the directory across mount namespaces.
     pub identity: (u64, u64),
 }
@@ -119,11 +119,7 @@ impl HostWorkspace {
             path: now,
             owner_uid: metadata.uid(),
             owner_gid: metadata.gid(),
-            mode: metadata.mode() & 0o7777,
-            times: [
-                (metadata.atime(), metadata.atime_nsec()),
-                (metadata.mtime(), metadata.mtime_nsec()),
-            ],
+            attributes: RootAttributes::of(&metadata),
             identity: (metadata.dev(), metadata.ino()),
         })
     }
